@@ -1,0 +1,137 @@
+// Package blobstore defines the content-addressed, chunked blob store that npu-agent keeps compiled NPU blobs in.
+//
+// A blob is a sequence of fixed-size chunks plus a manifest. Chunk and blob identities are CIDv1 (raw codec,
+// sha2-256 multihash): a chunk's CID hashes its bytes, a blob's CID hashes its encoded manifest. The format is
+// normative in docs/design.md. This package imports nothing of the project; implementations live in
+// sub-packages (badgerstore) and all pass the conformance suite in storetest.
+package blobstore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"time"
+
+	"github.com/ipfs/go-cid"
+)
+
+// ChunkSize is the size of every chunk but the last. 1 MiB: big enough that per-chunk overhead (a badger entry,
+// a CID, a request frame) is small against a GB/s pipe, small enough that a swarm has many units to spread across
+// peers and a bad chunk costs little to refetch. See docs/design.md.
+const ChunkSize = 1 << 20
+
+// MaxBlobSize bounds what a manifest may describe (and so the manifest's own size).
+const MaxBlobSize = 64 << 30
+
+// Errors every implementation returns (wrapped) so callers can branch with errors.Is.
+var (
+	ErrNotFound    = errors.New("blob not found")
+	ErrInvalidData = errors.New("data does not match its hash")
+	ErrIncomplete  = errors.New("blob is incomplete")
+	ErrPinned      = errors.New("blob is pinned")
+)
+
+// Record says: for model ModelID compiled with profile ProfileID on a host with this fingerprint, the blob is Blob.
+// The fingerprint is kept as opaque canonical JSON: compat owns its meaning.
+type Record struct {
+	ModelID     string          `json:"model_id"`
+	ProfileID   string          `json:"profile_id"`
+	Blob        cid.Cid         `json:"blob"`
+	Fingerprint json.RawMessage `json:"fingerprint"`
+	Size        uint64          `json:"size"`
+	CompileTime time.Duration   `json:"compile_time_ns"`
+	Created     time.Time       `json:"created"`
+	Producer    string          `json:"producer"`
+	// Kind distinguishes ordinary blobs from LLM/NPUW ones (which need the exact OpenVINO version).
+	Kind string `json:"kind,omitempty"`
+}
+
+// Info describes a stored blob.
+type Info struct {
+	CID        cid.Cid   `json:"cid"`
+	Size       uint64    `json:"size"`
+	SHA256     string    `json:"sha256"` // hex, as sha256sum prints it
+	Complete   bool      `json:"complete"`
+	HaveChunks int       `json:"have_chunks"`
+	Chunks     int       `json:"chunks"`
+	Pinned     bool      `json:"pinned"`
+	LastAccess time.Time `json:"last_access"`
+}
+
+// GCResult reports what a gc pass removed.
+type GCResult struct {
+	Removed    []cid.Cid `json:"removed"`
+	FreedBytes uint64    `json:"freed_bytes"`
+	SizeAfter  uint64    `json:"size_after"`
+}
+
+// CorruptChunk names a stored chunk whose bytes no longer match its CID.
+type CorruptChunk struct {
+	Blob  cid.Cid `json:"blob"`
+	Index int     `json:"index"`
+	Chunk cid.Cid `json:"chunk"`
+}
+
+// VerifyReport is the result of re-hashing every stored chunk.
+type VerifyReport struct {
+	Blobs   int            `json:"blobs"`
+	Chunks  int            `json:"chunks"`
+	Bytes   uint64         `json:"bytes"`
+	Corrupt []CorruptChunk `json:"corrupt"`
+}
+
+// Store is a content-addressed blob store. All methods are safe for concurrent use.
+type Store interface {
+	// Put streams r into the store, chunking and hashing as it goes, and returns the blob's manifest once every
+	// chunk is stored and the blob is visible. An interrupted Put leaves no visible blob.
+	Put(ctx context.Context, r io.Reader) (*Manifest, error)
+	// Open returns a reader over a complete blob; every chunk is re-hashed as it is read (ErrInvalidData).
+	Open(ctx context.Context, c cid.Cid) (Reader, error)
+	// Export writes a complete blob to path atomically (temp file, fsync, rename, fsync dir).
+	Export(ctx context.Context, c cid.Cid, path string) error
+	// Has reports whether a complete, visible blob is stored.
+	Has(ctx context.Context, c cid.Cid) (bool, error)
+	// Stat describes a blob, complete or partial.
+	Stat(ctx context.Context, c cid.Cid) (Info, error)
+	// Manifest returns the manifest of a complete or partial blob.
+	Manifest(ctx context.Context, c cid.Cid) (*Manifest, error)
+	// Delete removes a blob (complete or partial) and its index records; ErrPinned if pinned.
+	Delete(ctx context.Context, c cid.Cid) error
+
+	// BeginPartial records a manifest whose chunks will arrive out of order (a fetch). Idempotent: resuming a
+	// fetch calls it again and keeps the chunks already stored.
+	BeginPartial(ctx context.Context, m *Manifest) error
+	// PutChunk stores chunk i of a partial blob after checking it against the manifest (ErrInvalidData).
+	PutChunk(ctx context.Context, blob cid.Cid, i int, data []byte) error
+	// HaveChunks reports, per chunk index, whether a verified chunk is stored (complete or partial blob).
+	HaveChunks(ctx context.Context, blob cid.Cid) ([]bool, error)
+	// ReadChunk appends chunk i of a complete or partial blob to dst, re-verified, and returns it.
+	ReadChunk(ctx context.Context, blob cid.Cid, i int, dst []byte) ([]byte, error)
+	// Commit makes a partial blob visible once every chunk is present (ErrIncomplete otherwise).
+	Commit(ctx context.Context, blob cid.Cid) error
+
+	// AddRecord indexes a blob under (model, profile). The blob must be stored (complete).
+	AddRecord(ctx context.Context, r Record) error
+	// Records lists the records for (model, profile); empty strings list all.
+	Records(ctx context.Context, modelID, profileID string) ([]Record, error)
+	// List describes every blob, complete and partial.
+	List(ctx context.Context) ([]Info, error)
+	// Pin or unpin a blob; gc never removes a pinned blob.
+	Pin(ctx context.Context, c cid.Cid, pinned bool) error
+	// Touch records an access (for LRU gc).
+	Touch(ctx context.Context, c cid.Cid) error
+	// GC removes least-recently-used unpinned blobs until the stored size is at most quota, skipping keep.
+	GC(ctx context.Context, quota uint64, keep func(cid.Cid) bool) (GCResult, error)
+	// Verify re-hashes every stored chunk and reports the corrupt ones.
+	Verify(ctx context.Context) (VerifyReport, error)
+	// Close releases the store.
+	Close() error
+}
+
+// Reader streams a blob. WriteTo lets io.Copy skip an intermediate buffer.
+type Reader interface {
+	io.ReadCloser
+	io.WriterTo
+	Size() uint64
+}
