@@ -145,7 +145,9 @@ func (c *Config) readFile(path string) error {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
-		return fmt.Errorf("config %s: %w", path, err)
+		// yaml lists several problems on separate lines; errors here are one line.
+		msg := strings.ReplaceAll(strings.TrimPrefix(err.Error(), "yaml: unmarshal errors:\n"), "\n", ";")
+		return fmt.Errorf("config %s: %s", path, strings.Join(strings.Fields(msg), " "))
 	}
 	return nil
 }

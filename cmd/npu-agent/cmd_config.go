@@ -19,7 +19,16 @@ func (a *app) configCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return a.print(cfg, func(w io.Writer) error {
+			// JSON keys are the YAML keys: round-trip through YAML.
+			var asMap map[string]any
+			raw, err := yaml.Marshal(cfg)
+			if err == nil {
+				err = yaml.Unmarshal(raw, &asMap)
+			}
+			if err != nil {
+				return err
+			}
+			return a.print(asMap, func(w io.Writer) error {
 				fmt.Fprintln(w, "# configuration is valid; effective values:")
 				return yaml.NewEncoder(w).Encode(cfg)
 			})
