@@ -165,3 +165,24 @@ func TestOverride(t *testing.T) {
 		t.Errorf("missing override: %v", err)
 	}
 }
+
+func FuzzParseOverride(f *testing.F) {
+	for _, p := range []string{"testdata/override/pin-mi.yaml", "testdata/override/full.json"} {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(data)
+	}
+	f.Add([]byte("stepping: 0\nos: \"\""))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		o, err := ParseOverride(data)
+		if err != nil {
+			return
+		}
+		// An accepted override applies cleanly to any valid fingerprint.
+		if _, err := o.Apply(lnl()); err != nil {
+			t.Fatalf("accepted override fails to apply: %v", err)
+		}
+	})
+}

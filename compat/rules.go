@@ -271,7 +271,12 @@ func Check(r *Rules, blob, host Fingerprint, kind string) Decision {
 	if !d.Compatible {
 		return d
 	}
-	blob, host = blob.Normalize(), host.Normalize()
+	return r.check(blob.Normalize(), host.Normalize(), ovMatch, kind)
+}
+
+// check applies every field rule to valid, normalised fingerprints.
+func (r *Rules) check(blob, host Fingerprint, ovMatch, kind string) Decision {
+	d := Decision{Compatible: true}
 	for _, f := range fields {
 		r.checkField(&d, f, r.Fields[f.name], blob, host, ovMatch, kind)
 	}
@@ -682,20 +687,31 @@ func hashStrings(parts []string) string {
 // With no peers it returns -1, 0. It is quadratic in len(peers); a class of a LAN fleet has at most a few hundred.
 func PickCompiler(r *Rules, peers []Fingerprint, kind string) (best, serves int) {
 	best = -1
-	var bestHash string
+	ovMatch, err := r.kindMatch(kind)
+	if err != nil {
+		return best, 0
+	}
+	// Validate and normalise once; the pairwise checks then skip it.
+	valid := make([]Fingerprint, 0, len(peers))
+	index := make([]int, 0, len(peers))
+	hashes := make([]string, 0, len(peers))
 	for i, p := range peers {
 		h, err := p.Hash()
 		if err != nil {
 			continue
 		}
+		valid, index, hashes = append(valid, p.Normalize()), append(index, i), append(hashes, h)
+	}
+	var bestHash string
+	for i, p := range valid {
 		n := 0
-		for _, q := range peers {
-			if Check(r, p, q, kind).Compatible {
+		for _, q := range valid {
+			if r.check(p, q, ovMatch, kind).Compatible {
 				n++
 			}
 		}
-		if best < 0 || n > serves || (n == serves && h < bestHash) {
-			best, serves, bestHash = i, n, h
+		if best < 0 || n > serves || (n == serves && hashes[i] < bestHash) {
+			best, serves, bestHash = index[i], n, hashes[i]
 		}
 	}
 	return best, serves
