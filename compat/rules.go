@@ -330,8 +330,7 @@ func (r *Rules) checkField(d *Decision, f field, fr FieldRule, blob, host Finger
 	switch fr.Match {
 	case MatchEqual:
 		if b != h {
-			d.fail("%s: blob %s, host %s: must be equal%s", f.name, orNone(b, bUnknown), orNone(h, hUnknown),
-				unverified(fr))
+			d.fail("%s: blob %s, host %s: must be equal%s", f.name, b, h, unverified(fr))
 		}
 	case MatchMI:
 		if msg := checkMI(b, h); msg != "" {
@@ -364,13 +363,6 @@ func unknownSide(blob, host bool) string {
 		return "blob"
 	}
 	return "host"
-}
-
-func orNone(v string, unknown bool) string {
-	if unknown {
-		return "unknown (" + v + ")"
-	}
-	return v
 }
 
 func unverified(fr FieldRule) string {

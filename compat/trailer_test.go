@@ -322,3 +322,12 @@ func FuzzParseTrailer(f *testing.F) {
 		}
 	})
 }
+
+func TestBlobTypeString(t *testing.T) {
+	t.Parallel()
+	for bt, want := range map[BlobType]string{BlobTypeELF: "ELF", BlobTypeLLVM: "LLVM", BlobTypeBytecode: "BYTECODE", 9: "BlobType(9)"} {
+		if got := bt.String(); got != want {
+			t.Errorf("%d: %q, want %q", bt, got, want)
+		}
+	}
+}
