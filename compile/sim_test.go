@@ -125,7 +125,9 @@ func TestSimDeterministic(t *testing.T) {
 		t.Error("same inputs gave a different blob")
 	}
 	// The same profile written another way is the same compile.
-	if b := blob(testFP, func(r *Request) { r.Profile = Profile{Device: " npu", Shapes: map[string][]int64{"input ": {1, 3, 224, 224}}} }); b != base {
+	if b := blob(testFP, func(r *Request) {
+		r.Profile = Profile{Device: " npu", Shapes: map[string][]int64{"input ": {1, 3, 224, 224}}}
+	}); b != base {
 		t.Error("equivalent profile gave a different blob")
 	}
 	other := testFP
