@@ -144,3 +144,20 @@ func TestModelValidate(t *testing.T) {
 		t.Errorf("zero model: err = %v", err)
 	}
 }
+
+func BenchmarkLoadModel(b *testing.B) {
+	dir := b.TempDir()
+	const size = 64 << 20
+	if err := os.WriteFile(filepath.Join(dir, "m.bin"), make([]byte, size), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "m.xml"), []byte("<net/>"), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(size)
+	for b.Loop() {
+		if _, err := LoadModel(filepath.Join(dir, "m.xml")); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

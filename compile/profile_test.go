@@ -276,3 +276,26 @@ func FuzzDecodeProfile(f *testing.F) {
 		}
 	})
 }
+
+func FuzzParseShape(f *testing.F) {
+	for _, s := range []string{"input=1,3,224,224", "a=b=[4]", "x=1,-1", "x=", " y = [ 2 , 3 ] "} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		name, dims, err := ParseShape(s)
+		if err != nil {
+			if !errors.Is(err, ErrInvalidProfile) {
+				t.Fatalf("error without ErrInvalidProfile: %v", err)
+			}
+			return
+		}
+		p := Profile{Device: "NPU", Shapes: map[string][]int64{name: dims}}
+		c, err := p.Canonical()
+		if err != nil {
+			t.Fatalf("parsed shape %q %v is not canonical: %v", name, dims, err)
+		}
+		if !reflect.DeepEqual(c.Shapes[name], dims) {
+			t.Fatalf("canonical form changed %q %v", name, dims)
+		}
+	})
+}
