@@ -286,7 +286,7 @@ func TestHelperRejectsBadRequests(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			cmd := exec.Command(DefaultPython, script)
-			cmd.Env = append(os.Environ(), o.env...)
+			cmd.Env = append(append(os.Environ(), o.env...), "PYTHONDONTWRITEBYTECODE=1")
 			cmd.Stdin = strings.NewReader(tc.req)
 			out, err := cmd.Output()
 			var ee *exec.ExitError
