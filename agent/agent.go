@@ -75,13 +75,13 @@ type Options struct {
 
 // Agent resolves blobs. Safe for concurrent use.
 type Agent struct {
-	opts      Options
-	hostJSON  json.RawMessage
-	hostHash  string
-	flight    compile.Flight
-	mu        sync.Mutex
-	inflight  map[string]*Activity // what is being fetched or compiled, for status
-	blobsDir  string
+	opts       Options
+	hostJSON   json.RawMessage
+	hostHash   string
+	flight     compile.Flight
+	mu         sync.Mutex
+	inflight   map[string]*Activity // what is being fetched or compiled, for status
+	blobsDir   string
 	scratchDir string
 }
 
@@ -115,11 +115,11 @@ func New(opts Options) (*Agent, error) {
 		return nil, fmt.Errorf("host fingerprint: %w", err)
 	}
 	a := &Agent{
-		opts:      opts,
-		hostJSON:  canon,
-		hostHash:  hash,
-		inflight:  map[string]*Activity{},
-		blobsDir:  filepath.Join(opts.WorkDir, "blobs"),
+		opts:       opts,
+		hostJSON:   canon,
+		hostHash:   hash,
+		inflight:   map[string]*Activity{},
+		blobsDir:   filepath.Join(opts.WorkDir, "blobs"),
 		scratchDir: filepath.Join(opts.WorkDir, "scratch"),
 	}
 	for _, d := range []string{a.blobsDir, a.scratchDir} {
