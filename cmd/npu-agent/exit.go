@@ -3,6 +3,12 @@ package main
 import (
 	"context"
 	"errors"
+	"os"
+
+	"github.com/npu-agent/npu-agent/agent"
+	"github.com/npu-agent/npu-agent/blobstore"
+	"github.com/npu-agent/npu-agent/compat"
+	"github.com/npu-agent/npu-agent/compile"
 )
 
 // Exit codes, documented in README.md and docs/operations.md. One place maps errors to them.
@@ -50,8 +56,23 @@ func exitCode(err error) int {
 	if errors.As(err, &ue) {
 		return exitUsage
 	}
-	if errors.Is(err, context.Canceled) {
-		return exitInterrupted
+	for _, m := range []struct {
+		code int
+		errs []error
+	}{
+		{exitInterrupted, []error{context.Canceled}},
+		{exitNoCompiler, []error{compile.ErrNoCompiler}},
+		{exitCompile, []error{compile.ErrCompileFailed, compile.ErrNoOutput, compile.ErrTimeout, compile.ErrHelperProtocol, compile.ErrNoDevice}},
+		{exitIncompatible, []error{agent.ErrIncompatible, compat.ErrNoMetadata, compat.ErrMetadataVersion, compat.ErrFutureMetadata, compat.ErrMalformedTrailer}},
+		{exitCorrupt, []error{blobstore.ErrInvalidData}},
+		{exitNotFound, []error{blobstore.ErrNotFound, os.ErrNotExist}},
+		{exitUsage, []error{compile.ErrInvalidModel, compile.ErrInvalidProfile, compat.ErrOverride, compat.ErrInvalidFingerprint}},
+	} {
+		for _, e := range m.errs {
+			if errors.Is(err, e) {
+				return m.code
+			}
+		}
 	}
 	return exitError
 }
