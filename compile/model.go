@@ -88,12 +88,12 @@ func hashModelFile(role, path string) (ModelFile, error) {
 			return ModelFile{}, fmt.Errorf("%w: IR weights %s not found (the .bin must sit next to the .xml with the same base name)",
 				ErrInvalidModel, path)
 		}
-		return ModelFile{}, fmt.Errorf("%w: %v", ErrInvalidModel, err)
+		return ModelFile{}, fmt.Errorf("%w: %w", ErrInvalidModel, err)
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil {
-		return ModelFile{}, fmt.Errorf("%w: %v", ErrInvalidModel, err)
+		return ModelFile{}, fmt.Errorf("%w: %w", ErrInvalidModel, err)
 	}
 	if !st.Mode().IsRegular() {
 		return ModelFile{}, fmt.Errorf("%w: %s is not a regular file", ErrInvalidModel, path)
