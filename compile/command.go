@@ -43,8 +43,9 @@ type Command struct {
 
 var _ Backend = (*Command)(nil)
 
-// NewCommand checks the argv template (argv[0] literal, only known placeholders, {out} present) and returns the
-// backend. env is added to the agent's environment for the command.
+// NewCommand checks the argv template (argv[0] literal, only known placeholders, {out} present) and the
+// fingerprint (valid, with openvino and arch) and returns the backend, which reports fp normalised. env is added
+// to the agent's environment for the command.
 func NewCommand(argv []string, fp compat.Fingerprint, env []string) (*Command, error) {
 	if len(argv) == 0 || argv[0] == "" {
 		return nil, errors.New("command backend: empty command")
@@ -64,6 +65,10 @@ func NewCommand(argv []string, fp compat.Fingerprint, env []string) (*Command, e
 	if !hasOut {
 		return nil, fmt.Errorf("command backend: the command must name the output with %s", PhOut)
 	}
+	if err := fp.Validate(); err != nil {
+		return nil, fmt.Errorf("command backend: %w", err)
+	}
+	fp = fp.Normalize()
 	if fp.OpenVINO == "" || fp.Arch == "" {
 		return nil, errors.New("command backend: a fingerprint (at least openvino and arch) must be configured, a command cannot be probed")
 	}

@@ -44,8 +44,17 @@ func TestNewCommandValidation(t *testing.T) {
 			}
 		})
 	}
-	if _, err := NewCommand([]string{"cc", "-o", "{out}"}, compat.Fingerprint{OpenVINO: "2025.3.0"}, nil); err == nil {
-		t.Error("accepted a command without a fingerprint")
+	for _, fp := range []compat.Fingerprint{{OpenVINO: "2025.3.0"}, {OpenVINO: "2025.3", Arch: "4000"}, {OpenVINO: "2025.3.0", Arch: "NPU 4000"}} {
+		if _, err := NewCommand([]string{"cc", "-o", "{out}"}, fp, nil); err == nil {
+			t.Errorf("accepted fingerprint %+v", fp)
+		}
+	}
+	c, err := NewCommand([]string{"cc", "-o", "{out}"}, compat.Fingerprint{OpenVINO: "2025.03.0", Arch: "4000", CompilerType: "mlir"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fp, _ := c.Probe(context.Background()); fp.OpenVINO != "2025.3.0" || fp.CompilerType != compat.CompilerPlugin {
+		t.Errorf("probe = %+v, want the fingerprint normalised", fp)
 	}
 }
 
@@ -181,6 +190,40 @@ func readPID(t *testing.T, path string) int {
 	return pid
 }
 
+// assertCancelKillsGroup runs b.Compile(req), whose compiler starts a child that writes its pid to pidFile, and
+// ends it: by cancelling once the child runs, or by req.Timeout if set. The compile must fail with the matching
+// error, the child must die with the compiler, and nothing but the model may stay next to req.OutPath.
+func assertCancelKillsGroup(t *testing.T, b Backend, req Request, pidFile string) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() { _, err := b.Compile(ctx, req); errc <- err }()
+	// Under load the timeout may strike before the child exists; cancellation waits for it.
+	byTimeout := req.Timeout > 0
+	pid := 0
+	if !byTimeout {
+		pid = readPID(t, pidFile)
+		cancel()
+	}
+	err := <-errc
+	want := error(context.Canceled)
+	if byTimeout {
+		want = ErrTimeout
+	}
+	if !errors.Is(err, want) {
+		t.Fatalf("err = %v, want %v", err, want)
+	}
+	if byTimeout {
+		pid = tryReadPID(pidFile)
+	}
+	if pid != 0 {
+		waitFor(t, "the compiler's child to die", func() bool { return processGone(pid) })
+	}
+	os.Remove(pidFile)
+	assertOnlyOutput(t, filepath.Dir(req.OutPath), false)
+}
+
 // A cancelled compile kills the whole process group: the command and what it started.
 func TestCommandCancelKillsGroup(t *testing.T) {
 	t.Parallel()
@@ -191,35 +234,10 @@ func TestCommandCancelKillsGroup(t *testing.T) {
 			pidFile := filepath.Join(dir, "child.pid")
 			c := shCommand(t, `sleep 60 & echo $! > "$2.tmp"; mv "$2.tmp" "$2"; wait`, "{out}", pidFile)
 			req := testRequest(t, dir)
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
 			if byTimeout {
 				req.Timeout = time.Second
 			}
-			errc := make(chan error, 1)
-			go func() { _, err := c.Compile(ctx, req); errc <- err }()
-			// Under load the timeout may strike before the child exists; cancellation waits for it.
-			pid := 0
-			if !byTimeout {
-				pid = readPID(t, pidFile)
-				cancel()
-			}
-			err := <-errc
-			want := error(context.Canceled)
-			if byTimeout {
-				want = ErrTimeout
-			}
-			if !errors.Is(err, want) {
-				t.Fatalf("err = %v, want %v", err, want)
-			}
-			if byTimeout {
-				pid = tryReadPID(pidFile)
-			}
-			if pid != 0 {
-				waitFor(t, "the grandchild to die", func() bool { return processGone(pid) })
-			}
-			os.Remove(pidFile)
-			assertOnlyOutput(t, dir, false)
+			assertCancelKillsGroup(t, c, req, pidFile)
 		})
 	}
 }

@@ -10,10 +10,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
-	"runtime"
-	"strconv"
 	"strings"
 	"time"
 
@@ -93,43 +92,20 @@ func (o *OpenVINO) Probe(ctx context.Context) (compat.Fingerprint, error) {
 	return fingerprintFromProbe(pr)
 }
 
-// fingerprintFromProbe interprets a probe. compat.FromProperties is meant to replace it; until then it maps the
-// properties one to one and leaves what OpenVINO does not report (firmware MI) empty.
+// fingerprintFromProbe interprets a probe with compat.FromProperties. The helper prints properties with str(), so
+// an enum-typed NPU_COMPILER_TYPE may read "CompilerType.DRIVER"; only the name after the dot is kept. The probe
+// must report DEVICE_ARCHITECTURE: the helper reads it to find the device, and no blob matches without it.
 func fingerprintFromProbe(pr ProbeResult) (compat.Fingerprint, error) {
-	p := pr.Properties
-	major, minor, patch, err := parseOVVersion(pr.OpenVINO)
-	if err != nil {
-		return compat.Fingerprint{}, err
+	props := maps.Clone(pr.Properties)
+	if t, ok := props[compat.PropCompilerType]; ok {
+		props[compat.PropCompilerType] = t[strings.LastIndexByte(t, '.')+1:]
 	}
-	fp := compat.Fingerprint{
-		OpenVINO:            fmt.Sprintf("%d.%d.%d", major, minor, patch),
-		Arch:                p["DEVICE_ARCHITECTURE"],
-		DriverVersion:       p["NPU_DRIVER_VERSION"],
-		RuntimeRequirements: p["RUNTIME_REQUIREMENTS"],
-		OS:                  runtime.GOOS,
-		CPUArch:             runtime.GOARCH,
+	fp, err := compat.FromProperties(props, pr.OpenVINO)
+	if err != nil {
+		return compat.Fingerprint{}, fmt.Errorf("openvino probe: %w", err)
 	}
 	if fp.Arch == "" {
-		return compat.Fingerprint{}, errors.New("probe: OpenVINO reported no DEVICE_ARCHITECTURE")
-	}
-	if t := p["NPU_COMPILER_TYPE"]; t != "" { // enums may print as "CompilerType.DRIVER"
-		fp.CompilerType = strings.ToUpper(t[strings.LastIndexByte(t, '.')+1:])
-	}
-	if v, ok := p["NPU_COMPILER_VERSION"]; ok {
-		n, err := strconv.ParseUint(v, 10, 32)
-		if err != nil {
-			return compat.Fingerprint{}, fmt.Errorf("probe: NPU_COMPILER_VERSION %q is not a number", v)
-		}
-		fp.CompilerVersion = formatCompilerVersion(uint32(n))
-	}
-	for name, dst := range map[string]*int{"NPU_MAX_TILES": &fp.MaxTiles, "NPU_STEPPING": &fp.Stepping} {
-		if v, ok := p[name]; ok {
-			n, err := strconv.Atoi(v)
-			if err != nil {
-				return compat.Fingerprint{}, fmt.Errorf("probe: %s %q is not a number", name, v)
-			}
-			*dst = n
-		}
+		return compat.Fingerprint{}, fmt.Errorf("openvino probe: OpenVINO reported no %s", compat.PropDeviceArchitecture)
 	}
 	return fp, nil
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -92,6 +93,93 @@ func TestOpenVINOProbe(t *testing.T) {
 	}
 }
 
+// The trailer follows the OpenVINO release that exported the blob.
+func TestOpenVINOTrailerVersion(t *testing.T) {
+	t.Parallel()
+	o, _ := fakeOV(t, "FAKEOV_VERSION=2026.1.2-20000-abc-releases/2026/1")
+	req := testRequest(t, t.TempDir())
+	res, err := o.Compile(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := blobTrailer(t, req.OutPath)
+	if tr.OpenVINO.String() != "2026.1.2" || !strings.HasPrefix(res.RuntimeRequirements, "meta=2.7;ov=2026.1.2;") {
+		t.Errorf("trailer %+v, runtime requirements %q", tr, res.RuntimeRequirements)
+	}
+	fp, err := o.Probe(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertAccepted(t, tr, fp)
+}
+
+func TestFingerprintFromProbe(t *testing.T) {
+	t.Parallel()
+	base := map[string]string{
+		"DEVICE_ARCHITECTURE": "4000", "NPU_DRIVER_VERSION": "1758000000", "NPU_COMPILER_VERSION": "458773",
+		"NPU_COMPILER_TYPE": "DRIVER", "NPU_MAX_TILES": "6", "NPU_STEPPING": "0",
+	}
+	want := compat.Fingerprint{
+		OpenVINO: "2025.3.0", Arch: "4000", DriverVersion: "1758000000", CompilerType: "DRIVER",
+		CompilerVersion: "7.21", MaxTiles: 6, OS: runtime.GOOS, CPUArch: runtime.GOARCH,
+	}
+	tests := []struct {
+		name    string
+		ov      string
+		props   map[string]string // merged into base; "" deletes
+		want    func(*compat.Fingerprint)
+		wantErr bool
+	}{
+		{name: "plain"},
+		{name: "enum compiler type", props: map[string]string{"NPU_COMPILER_TYPE": "CompilerType.PLUGIN"},
+			want: func(f *compat.Fingerprint) { f.CompilerType = compat.CompilerPlugin }},
+		{name: "NPU prefix on the architecture", props: map[string]string{"DEVICE_ARCHITECTURE": "NPU3720"},
+			want: func(f *compat.Fingerprint) { f.Arch = "3720" }},
+		{name: "runtime requirements give the firmware MI",
+			props: map[string]string{"RUNTIME_REQUIREMENTS": "meta=2.6;ov=2025.3.0;desc=[npu=4000;mi=11.4.10]"},
+			want: func(f *compat.Fingerprint) {
+				f.FirmwareMI, f.RuntimeRequirements = "11.4.10", "meta=2.6;ov=2025.3.0;desc=[mi=11.4.10;npu=4000]"
+			}},
+		{name: "compiler version 0 is unknown", props: map[string]string{"NPU_COMPILER_VERSION": "0"},
+			want: func(f *compat.Fingerprint) { f.CompilerVersion = "" }},
+		{name: "no architecture", props: map[string]string{"DEVICE_ARCHITECTURE": ""}, wantErr: true},
+		{name: "compiler version not a number", props: map[string]string{"NPU_COMPILER_VERSION": "7.21"}, wantErr: true},
+		{name: "tiles not a number", props: map[string]string{"NPU_MAX_TILES": "six"}, wantErr: true},
+		{name: "bad runtime requirements", props: map[string]string{"RUNTIME_REQUIREMENTS": "desc=["}, wantErr: true},
+		{name: "bad openvino version", ov: "master", wantErr: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			pr := ProbeResult{OpenVINO: "2025.3.0-19807-44526285f24-releases/2025/3", Properties: maps.Clone(base)}
+			if tc.ov != "" {
+				pr.OpenVINO = tc.ov
+			}
+			for k, v := range tc.props {
+				if v == "" {
+					delete(pr.Properties, k)
+				} else {
+					pr.Properties[k] = v
+				}
+			}
+			got, err := fingerprintFromProbe(pr)
+			if tc.wantErr {
+				if err == nil || !strings.HasPrefix(err.Error(), "openvino probe: ") {
+					t.Fatalf("got %+v, %v; want an openvino probe error", got, err)
+				}
+				return
+			}
+			w := want
+			if tc.want != nil {
+				tc.want(&w)
+			}
+			if err != nil || got != w {
+				t.Fatalf("got %+v, %v\nwant %+v", got, err, w)
+			}
+		})
+	}
+}
+
 func TestOpenVINONoDevice(t *testing.T) {
 	t.Parallel()
 	o, _ := fakeOV(t, "FAKEOV_DEVICES=CPU")
@@ -118,17 +206,24 @@ func TestOpenVINOCompile(t *testing.T) {
 		t.Fatal(err)
 	}
 	assertOnlyOutput(t, dir, true)
-	tr, err := readTestTrailer(req.OutPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if tr.OV != [3]uint16{2025, 3, 0} || tr.CompilerVersion != 7<<16|21 {
+	// The stand-in's blob carries a trailer compat reads, and the rules accept it on the probed stack.
+	tr := blobTrailer(t, req.OutPath)
+	if tr.Metadata.String() != "2.7" || tr.OpenVINO.String() != "2025.3.0" || tr.CompilerVersionString() != "7.21" ||
+		tr.BlobType != compat.BlobTypeELF {
 		t.Errorf("trailer = %+v", tr)
 	}
 	st, _ := os.Stat(req.OutPath)
-	if res.Size != st.Size() || res.RuntimeRequirements != tr.RuntimeRequirements || res.RuntimeRequirements == "" {
+	if wantRR := "meta=2.7;ov=2025.3.0;desc=[" + tr.RuntimeRequirements + "]"; res.Size != st.Size() ||
+		tr.RuntimeRequirements == "" || res.RuntimeRequirements != wantRR {
 		t.Errorf("result = %+v, trailer %+v", res, tr)
 	}
+	fp, err := o.Probe(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertAccepted(t, tr, fp)
+	fp.RuntimeRequirements = res.RuntimeRequirements
+	assertAccepted(t, tr, fp)
 	if !strings.Contains(res.Log, "native plugin chatter") {
 		t.Errorf("log %q lacks what the plugin printed to stdout", res.Log)
 	}
@@ -199,31 +294,7 @@ func TestOpenVINOCancelKillsGroup(t *testing.T) {
 			if byTimeout {
 				req.Timeout = 2 * time.Second
 			}
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
-			errc := make(chan error, 1)
-			go func() { _, err := o.Compile(ctx, req); errc <- err }()
-			// Under load the timeout may strike before the child exists; cancellation waits for it.
-			pid := 0
-			if !byTimeout {
-				pid = readPID(t, pidFile)
-				cancel()
-			}
-			err := <-errc
-			want := error(context.Canceled)
-			if byTimeout {
-				want = ErrTimeout
-			}
-			if !errors.Is(err, want) {
-				t.Fatalf("err = %v, want %v", err, want)
-			}
-			if byTimeout {
-				pid = tryReadPID(pidFile)
-			}
-			if pid != 0 {
-				waitFor(t, "the helper's child to die", func() bool { return processGone(pid) })
-			}
-			assertOnlyOutput(t, dir, false)
+			assertCancelKillsGroup(t, o, req, pidFile)
 		})
 	}
 }

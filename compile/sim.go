@@ -6,7 +6,7 @@ import (
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/sha256"
-	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -21,7 +21,7 @@ const (
 	DefaultSimPayloadSize = 1 << 20
 	MaxSimPayloadSize     = 64 << 30
 	elfMagic              = "\x7fELF"
-	simSeedDomain         = "npu-agent sim v1"
+	simSeedDomain         = "npu-agent sim v2"
 )
 
 // SimOptions configure the simulator.
@@ -33,16 +33,18 @@ type SimOptions struct {
 // Sim is a deterministic compiler simulator for demos and tests: the same model, profile and fingerprint always
 // give the same blob, and blobs for different fingerprints differ. It is never chosen unless configured.
 type Sim struct {
-	fp   compat.Fingerprint
-	fpJS []byte
-	meta ovnpuMeta
-	opts SimOptions
+	fp      compat.Fingerprint // normalised
+	canon   []byte             // fp.Canonical(), part of every seed
+	trailer compat.Trailer
+	rr      string // the RUNTIME_REQUIREMENTS a compile reports
+	opts    SimOptions
 }
 
 var _ Backend = (*Sim)(nil)
 
-// NewSim returns a simulator that compiles for fp. fp.OpenVINO must be major.minor.patch and fp.CompilerVersion
-// empty or major.minor, as they go into the blob's trailer.
+// NewSim returns a simulator that compiles for fp. fp must be valid (compat.Fingerprint.Validate) and name its
+// OpenVINO version, which goes into the blob's trailer. It is refused if compat.CheckBlob would reject the
+// simulator's own blobs on fp, i.e. if fp's runtime requirements contradict its other fields.
 func NewSim(fp compat.Fingerprint, opts SimOptions) (*Sim, error) {
 	if opts.PayloadSize == 0 {
 		opts.PayloadSize = DefaultSimPayloadSize
@@ -53,40 +55,91 @@ func NewSim(fp compat.Fingerprint, opts SimOptions) (*Sim, error) {
 	if opts.CompileTime < 0 {
 		return nil, fmt.Errorf("sim: negative compile time %s", opts.CompileTime)
 	}
-	var m ovnpuMeta
-	var err error
-	if m.OVMajor, m.OVMinor, m.OVPatch, err = parseOVVersion(fp.OpenVINO); err != nil {
-		return nil, fmt.Errorf("sim: fingerprint: %w", err)
-	}
-	if m.CompilerVersion, err = parseCompilerVersion(fp.CompilerVersion); err != nil {
-		return nil, fmt.Errorf("sim: fingerprint: %w", err)
-	}
-	m.RuntimeRequirements = fp.RuntimeRequirements
-	if m.RuntimeRequirements == "" {
-		m.RuntimeRequirements = simRuntimeRequirements(fp)
-	}
-	// encoding/json writes struct fields in declaration order, so this is stable for a given compat version.
-	js, err := json.Marshal(fp)
+	canon, err := fp.Canonical()
 	if err != nil {
-		return nil, fmt.Errorf("sim: encoding fingerprint: %w", err)
+		return nil, fmt.Errorf("sim: %w", err)
 	}
-	return &Sim{fp: fp, fpJS: js, meta: m, opts: opts}, nil
+	fp = fp.Normalize()
+	if fp.OpenVINO == "" {
+		return nil, errors.New("sim: the fingerprint has no openvino version for the blob's trailer")
+	}
+	tr, rr, err := simTrailer(fp)
+	if err != nil {
+		return nil, fmt.Errorf("sim: %w", err)
+	}
+	if d := compat.CheckBlob(compat.DefaultRules(), &tr, fp, compat.KindModel); !d.Compatible {
+		return nil, fmt.Errorf("sim: the fingerprint contradicts itself, its own blobs would be rejected: %s",
+			strings.Join(d.Reasons, "; "))
+	}
+	return &Sim{fp: fp, canon: canon, trailer: tr, rr: rr, opts: opts}, nil
 }
 
-// simRuntimeRequirements writes a RUNTIME_REQUIREMENTS string in OpenVINO's format from what fp knows.
-func simRuntimeRequirements(fp compat.Fingerprint) string {
-	desc := []string{}
-	add := func(k, v string) {
-		if v != "" && v != "0" {
-			desc = append(desc, k+"="+v)
+// simTrailer returns the trailer the simulator writes for the normalised fp and the RUNTIME_REQUIREMENTS it
+// reports: fp's own when set, else one built from fp's fields in OpenVINO's format. The trailer carries the
+// descriptor (the inside of desc=[...]) at the metadata version of the string's meta key, 2.7 by default.
+func simTrailer(fp compat.Fingerprint) (compat.Trailer, string, error) {
+	tr := compat.Trailer{Metadata: compat.MetadataVersion{Major: 2, Minor: 7}, BlobType: compat.BlobTypeELF}
+	ov, err := versionParts(fp.OpenVINO, 3)
+	if err != nil {
+		return compat.Trailer{}, "", err
+	}
+	tr.OpenVINO = compat.OVVersion{Major: ov[0], Minor: ov[1], Patch: ov[2]}
+	if fp.CompilerVersion != "" {
+		cv, err := versionParts(fp.CompilerVersion, 2)
+		if err != nil {
+			return compat.Trailer{}, "", err
+		}
+		tr.CompilerVersion = uint32(cv[0])<<16 | uint32(cv[1])
+	}
+	var rr compat.RuntimeRequirements
+	if fp.RuntimeRequirements != "" {
+		if rr, err = compat.ParseRuntimeRequirements(fp.RuntimeRequirements); err != nil {
+			return compat.Trailer{}, "", err
+		}
+		if meta, ok := rr.Top["meta"]; ok {
+			m, err := versionParts(meta, 2)
+			if err != nil || m[0] != 2 || m[1] < 6 || m[1] > 7 {
+				return compat.Trailer{}, "", fmt.Errorf("runtime requirements meta=%s: the simulator writes metadata 2.6 or 2.7", meta)
+			}
+			tr.Metadata.Minor = m[1]
+		}
+	} else {
+		rr = compat.RuntimeRequirements{
+			Top:  map[string]string{"meta": tr.Metadata.String(), "ov": fp.OpenVINO},
+			Desc: map[string]string{},
+		}
+		for k, v := range map[string]string{"compiler": fp.CompilerVersion, "npu": fp.Arch, "mi": fp.FirmwareMI} {
+			if v != "" {
+				rr.Desc[k] = v
+			}
+		}
+		if fp.MaxTiles != 0 {
+			rr.Desc["t"] = strconv.Itoa(fp.MaxTiles)
 		}
 	}
-	add("compiler", fp.CompilerVersion)
-	add("npu", fp.Arch)
-	add("t", strconv.Itoa(fp.MaxTiles))
-	add("mi", fp.FirmwareMI)
-	core, _, _ := strings.Cut(fp.OpenVINO, "-")
-	return "meta=2.7;ov=" + core + ";desc=[" + strings.Join(desc, ";") + "]"
+	if rr.Desc != nil {
+		desc := compat.RuntimeRequirements{Desc: rr.Desc}.String()
+		tr.RuntimeRequirements = strings.TrimSuffix(strings.TrimPrefix(desc, "desc=["), "]")
+	}
+	return tr, rr.String(), nil
+}
+
+// versionParts splits a dotted version of exactly n uint16 components. compat validates a fingerprint's
+// versions but keeps its parser private, and the trailer needs the numbers.
+func versionParts(s string, n int) ([]uint16, error) {
+	parts := strings.Split(s, ".")
+	if len(parts) != n {
+		return nil, fmt.Errorf("version %q has %d components, want %d", s, len(parts), n)
+	}
+	v := make([]uint16, n)
+	for i, p := range parts {
+		x, err := strconv.ParseUint(p, 10, 16)
+		if err != nil {
+			return nil, fmt.Errorf("version %q: component %d is not a number up to 65535", s, i+1)
+		}
+		v[i] = uint16(x)
+	}
+	return v, nil
 }
 
 // Name is "sim".
@@ -96,7 +149,7 @@ func (s *Sim) Name() string { return "sim" }
 func (s *Sim) Probe(context.Context) (compat.Fingerprint, error) { return s.fp, nil }
 
 // Compile waits CompileTime (or until ctx ends), then streams "\x7fELF" plus a keystream seeded by
-// sha256(model ID, profile ID, fingerprint JSON) to a staging file, appends an OVNPU 2.7 trailer and renames
+// sha256(model ID, profile ID, canonical fingerprint) to a staging file, appends the OVNPU trailer and renames
 // the blob to req.OutPath.
 func (s *Sim) Compile(ctx context.Context, req Request) (*Result, error) {
 	start := time.Now()
@@ -137,13 +190,13 @@ func (s *Sim) Compile(ctx context.Context, req Request) (*Result, error) {
 		Size:                size,
 		Duration:            d,
 		Log:                 fmt.Sprintf("sim: compiled model %s profile %s in %s (%d bytes)\n", req.Model.ID, profileID, d.Round(time.Millisecond), size),
-		RuntimeRequirements: s.meta.RuntimeRequirements,
+		RuntimeRequirements: s.rr,
 	}, nil
 }
 
 func (s *Sim) seed(modelID, profileID string) [32]byte {
 	h := sha256.New()
-	for _, part := range [][]byte{[]byte(simSeedDomain), []byte(modelID), []byte(profileID), s.fpJS} {
+	for _, part := range [][]byte{[]byte(simSeedDomain), []byte(modelID), []byte(profileID), s.canon} {
 		h.Write(part)
 		h.Write([]byte{0})
 	}
@@ -185,7 +238,7 @@ func (s *Sim) write(ctx context.Context, path string, seed [32]byte) (err error)
 		}
 		left -= int64(n)
 	}
-	if _, err := w.Write(appendOVNPUTrailer(nil, uint64(s.opts.PayloadSize), s.meta)); err != nil {
+	if err := compat.AppendTrailer(w, uint64(s.opts.PayloadSize), s.trailer); err != nil {
 		return err
 	}
 	return w.Flush() // staging.commit syncs

@@ -3,7 +3,8 @@
 It mimics exactly the API surface npu_agent_ov_helper.py uses: get_version, Core.get_property,
 Core.read_model, Model.reshape, Core.compile_model, CompiledModel.export_model, CompiledModel.get_property and
 Core.import_model, with OpenVINO's behaviour where the helper depends on it (RuntimeError for an unknown device or
-property, bytes from export_model, an NPU blob ending in an OVNPU 2.7 trailer).
+property, bytes from export_model, an NPU blob ending in an OVNPU 2.7 trailer whose compatibility descriptor is the
+inside of the model's RUNTIME_REQUIREMENTS desc=[...]).
 
 Environment knobs:
   FAKEOV_DEVICES          comma-separated devices present (default "CPU,NPU")
@@ -31,7 +32,7 @@ _DEVICE_PROPERTIES = {
     "NPU_MAX_TILES": 6,
     "NPU_STEPPING": 0,
 }
-_RUNTIME_REQUIREMENTS = "meta=2.7;ov=2025.3.0;desc=[compiler=7.21;npu=4000;t=6;mi=11.4]"
+_DESCRIPTOR = "compiler=7.21;npu=4000;t=6;mi=11.4"
 
 
 def _record(call, **kw):
@@ -49,10 +50,19 @@ def get_version():
     return os.environ.get("FAKEOV_VERSION", "2025.3.0-19807-44526285f24-releases/2025/3")
 
 
-def _trailer(payload_size, rr):
-    rr = rr.encode()
-    meta = struct.pack("<IHHHQqQQIB", (2 << 16) | 7, 2025, 3, 0, 0, 0, 0, 0, (7 << 16) | 21, 0)
-    meta += struct.pack("<Q", len(rr)) + rr + struct.pack("<B", 0)
+def _ov_version():
+    """major, minor, patch of get_version(), as the plugin writes them into the trailer."""
+    return tuple(int(p) for p in get_version().split("-")[0].split("."))
+
+
+def _runtime_requirements():
+    return "meta=2.7;ov=%d.%d.%d;desc=[%s]" % (_ov_version() + (_DESCRIPTOR,))
+
+
+def _trailer(payload_size):
+    desc = _DESCRIPTOR.encode()
+    meta = struct.pack("<IHHHQqQQIB", (2 << 16) | 7, *_ov_version(), 0, 0, 0, 0, (7 << 16) | 21, 0)
+    meta += struct.pack("<Q", len(desc)) + desc + struct.pack("<B", 0)
     return meta + struct.pack("<Q", payload_size) + b"OVNPU"
 
 
@@ -84,7 +94,7 @@ class CompiledModel:
 
     def get_property(self, name):
         if name == "RUNTIME_REQUIREMENTS" and os.environ.get("FAKEOV_NO_RR") != "1":
-            return _RUNTIME_REQUIREMENTS
+            return _runtime_requirements()
         raise RuntimeError("Unsupported property %s by CPU plugin" % name)
 
 
@@ -130,7 +140,7 @@ class Core:
         seed = model._digest.copy()
         seed.update(json.dumps([device_name, config, model.shapes], sort_keys=True).encode())
         payload = b"\x7fELF" + seed.digest() * 64
-        return CompiledModel(payload + _trailer(len(payload), _RUNTIME_REQUIREMENTS))
+        return CompiledModel(payload + _trailer(len(payload)))
 
     def import_model(self, model_stream, device_name, config=None):
         self._check_device(device_name)
