@@ -32,3 +32,11 @@ bench-store:
 
 clean:
 	rm -rf bin
+
+# Every fuzz target for FUZZTIME each (seeds also run as plain tests in `make test`).
+fuzz:
+	@set -e; for pkg in $$($(GO) list ./...); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
+	    echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
+	  done; \
+	done
