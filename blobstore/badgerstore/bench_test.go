@@ -169,4 +169,3 @@ func BenchmarkStore(b *testing.B) {
 	b.ReportMetric(write.Seconds()/put.Seconds(), "put/plain-write")
 	b.ReportMetric(cp.Seconds()/export.Seconds(), "export/plain-copy")
 }
-
