@@ -49,9 +49,12 @@ func (s *Store) Put(ctx context.Context, r io.Reader) (*blobstore.Manifest, erro
 	m, err := p.run(r)
 	if err != nil {
 		// Drop what this put wrote and no other blob uses; a crash instead leaves it to the sweep at Open.
+		var serr error
 		s.mu.Lock()
 		p.unregisterLocked()
-		_, serr := s.sweepLocked(p.mine)
+		if len(p.mine) > 0 {
+			_, serr = s.sweepLocked(p.mine)
+		}
 		s.mu.Unlock()
 		if serr != nil {
 			s.log.Warn("blob store: remove chunks of a failed put", "err", serr)

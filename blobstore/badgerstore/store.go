@@ -357,6 +357,11 @@ func (s *Store) cacheManifest(d [32]byte, m *blobstore.Manifest) {
 	s.manBytes += 32 * len(m.Chunks)
 }
 
+// isCorrupt reports an error that means stored bytes are damaged, as opposed to an I/O or badger failure.
+func isCorrupt(err error) bool {
+	return errors.Is(err, blobstore.ErrInvalidData) || errors.Is(err, blobstore.ErrInvalidManifest)
+}
+
 func cloneManifest(m *blobstore.Manifest) *blobstore.Manifest {
 	c := *m
 	c.Chunks = append([][32]byte(nil), m.Chunks...)
@@ -468,6 +473,10 @@ func (s *Store) List(ctx context.Context) ([]blobstore.Info, error) {
 					return err
 				}
 				info, err := s.info(txn, d)
+				if isCorrupt(err) {
+					s.log.Warn("blob store: list: skipping a blob with a corrupt manifest (see verify)", "blob", blobstore.DigestCID(d), "err", err)
+					continue
+				}
 				if err != nil {
 					return err
 				}
@@ -547,6 +556,11 @@ func (s *Store) deleteLocked(d [32]byte, checkPin bool) (uint64, error) {
 	err := s.update(func(txn *badger.Txn) error {
 		var err error
 		m, _, err = s.manifest(txn, d)
+		if isCorrupt(err) {
+			// The blob's keys still go; its chunks are found by a full sweep below.
+			s.log.Warn("blob store: deleting a blob with a corrupt manifest", "blob", blobstore.DigestCID(d), "err", err)
+			m, err = nil, nil
+		}
 		if err != nil {
 			return err
 		}
@@ -575,10 +589,18 @@ func (s *Store) deleteLocked(d [32]byte, checkPin bool) (uint64, error) {
 	s.accMu.Lock()
 	delete(s.access, d)
 	s.accMu.Unlock()
-	if _, err := s.sweepLocked(m.Chunks); err != nil {
+	var candidates [][32]byte // nil: all chunks
+	var size uint64
+	if m != nil {
+		candidates, size = m.Chunks, m.Size
+		if candidates == nil {
+			candidates = [][32]byte{} // an empty blob has no chunk to sweep
+		}
+	}
+	if _, err := s.sweepLocked(candidates); err != nil {
 		return 0, fmt.Errorf("delete %s: blob removed, its chunks not yet: %w", blobstore.DigestCID(d), err)
 	}
-	return m.Size, nil
+	return size, nil
 }
 
 // Touch records an access to a blob for LRU gc. It is cheap: the time is kept in memory and written to disk at
