@@ -250,8 +250,9 @@ func (s *Store) hasReaders(d [32]byte) bool {
 func (s *Store) reclaim() error {
 	s.reclaimMu.Lock()
 	defer s.reclaimMu.Unlock()
-	// A value-log rewrite copies up to half a file; without room for it, mmap writes would crash the process.
-	if err := s.checkSpace(uint64(s.opts.ValueLogFileSize)); err != nil {
+	// A value-log rewrite copies at most half a file; without room for it, mmap writes would crash the process.
+	// Reclaim is what frees a full disk, so it dips into MinFreeSpace, down to a smaller reserve.
+	if err := s.checkSpaceReserve(uint64(s.opts.ValueLogFileSize)/2, reclaimReserve); err != nil {
 		return err
 	}
 	s.gate.Lock()

@@ -54,7 +54,8 @@ const (
 	numMemtables     = 2         // one active, one flushing
 	blockCacheSize   = 16 << 20  // LSM blocks; values are read straight from the mmapped value log
 	defaultVlogSize  = 128 << 20 // value-log GC rewrites whole files: smaller files reclaim sooner
-	defaultMinFree   = 256 << 20 // headroom for badger's memtables, tables and a value-log GC rewrite
+	defaultMinFree   = 256 << 20 // headroom for badger's memtables and tables, and for reclaim
+	reclaimReserve   = 32 << 20  // what reclaim leaves free: two memtables' worth of LSM tables
 	putBuffers       = 16        // chunks in flight per Put (16 MiB)
 	putBatch         = 8         // chunks per badger transaction in Put
 	readWindow       = 4         // chunks read ahead and verified in parallel by a reader
@@ -267,14 +268,17 @@ func digestOf(c cid.Cid) ([32]byte, error) {
 }
 
 // checkSpace fails with ErrNoSpace unless n more bytes leave MinFreeSpace free.
-func (s *Store) checkSpace(n uint64) error {
+func (s *Store) checkSpace(n uint64) error { return s.checkSpaceReserve(n, s.opts.MinFreeSpace) }
+
+// checkSpaceReserve fails with ErrNoSpace unless n more bytes leave reserve bytes free.
+func (s *Store) checkSpaceReserve(n, reserve uint64) error {
 	free, err := s.opts.freeSpace(s.dir)
 	if err != nil {
 		return fmt.Errorf("blob store: free space of %s: %w", s.dir, err)
 	}
-	if free < n+s.opts.MinFreeSpace {
+	if free < n+reserve {
 		return fmt.Errorf("%w in %s: writing %d bytes would leave %d of the %d bytes kept free",
-			ErrNoSpace, s.dir, n, int64(free)-int64(n), s.opts.MinFreeSpace)
+			ErrNoSpace, s.dir, n, int64(free)-int64(n), reserve)
 	}
 	return nil
 }
