@@ -482,3 +482,36 @@ func TestLayoutVersion(t *testing.T) {
 		t.Fatal("Open accepted an unknown layout")
 	}
 }
+
+func TestCorruptManifest(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dir := t.TempDir()
+	data := storetest.Data(60, 40*cs) // a 1336-byte manifest: stored in the value log
+	other := storetest.Data(61, cs)
+	s := open(t, dir, testOptions(t))
+	m := putData(t, s, data)
+	mo := putData(t, s, other)
+	closeStore(t, s)
+	corrupt(t, dir, m.Encode()[:52]) // header and whole-blob sha256: only the manifest holds these bytes
+
+	s = open(t, dir, testOptions(t))
+	defer closeStore(t, s)
+	if _, err := readAll(s, m); !errors.Is(err, blobstore.ErrInvalidData) {
+		t.Fatalf("Open with a corrupt manifest = %v", err)
+	}
+	if list, err := s.List(ctx); err != nil || len(list) != 1 || !list[0].CID.Equals(mo.CID()) {
+		t.Fatalf("List = %+v, %v; want the intact blob only", list, err)
+	}
+	rep, err := s.Verify(ctx)
+	if err != nil || rep.Blobs != 2 || len(rep.Corrupt) != 1 || rep.Corrupt[0].Index != -1 || !rep.Corrupt[0].Blob.Equals(m.CID()) {
+		t.Fatalf("Verify = %+v, %v", rep, err)
+	}
+	if err := s.Delete(ctx, m.CID()); err != nil {
+		t.Fatalf("Delete of a blob with a corrupt manifest: %v", err)
+	}
+	rep, err = s.Verify(ctx)
+	if err != nil || rep.Blobs != 1 || len(rep.Corrupt) != 0 || rep.Chunks != 1 {
+		t.Fatalf("Verify after delete = %+v, %v; the 40 chunks should be swept", rep, err)
+	}
+}
