@@ -235,6 +235,10 @@ func (a *app) verifyCmd() *cobra.Command {
 			}
 			if err := a.print(rep, func(w io.Writer) error {
 				for _, c := range rep.Corrupt {
+					if c.Index < 0 {
+						fmt.Fprintf(w, "corrupt: blob %s manifest\n", c.Blob)
+						continue
+					}
 					fmt.Fprintf(w, "corrupt: blob %s chunk %d (%s)\n", c.Blob, c.Index, c.Chunk)
 				}
 				_, err := fmt.Fprintf(w, "verified %d blobs, %d chunks, %s: %d corrupt\n", rep.Blobs, rep.Chunks, humanBytes(rep.Bytes), len(rep.Corrupt))
