@@ -368,6 +368,8 @@ func TestErrorStatus(t *testing.T) {
 		{fmt.Errorf("%w: %w", ErrShuttingDown, context.Canceled), 503, "shutting_down"},
 		{fmt.Errorf("%w: x", ErrBadRequest), 400, "bad_request"},
 		{io.ErrUnexpectedEOF, 500, "internal"},
+		{fmt.Errorf("ensure: %w", &Error{Status: 422, Code: "incompatible", Message: "x"}), 422, "incompatible"},
+		{&Error{Status: 200, Code: "ok"}, 500, "internal"},
 	}
 	for _, tc := range tests {
 		if status, code := errorStatus(tc.err); status != tc.status || code != tc.code {

@@ -3,7 +3,6 @@ package api
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io/fs"
 	"net/http"
 
@@ -58,8 +57,13 @@ var wireErrors = []struct {
 
 const codeInternal = "internal"
 
-// errorStatus maps err to its HTTP status and wire code; unknown errors are 500 "internal".
+// errorStatus maps err to its HTTP status and wire code; unknown errors are 500 "internal". An *Error in err's
+// chain keeps its own status and code: an Agent adapter can answer errors of packages this one cannot import.
 func errorStatus(err error) (int, string) {
+	var ae *Error
+	if errors.As(err, &ae) && ae.Status >= 400 && ae.Status <= 599 && ae.Code != "" {
+		return ae.Status, ae.Code
+	}
 	var mbe *http.MaxBytesError
 	if errors.As(err, &mbe) {
 		return http.StatusRequestEntityTooLarge, "too_large"
@@ -86,9 +90,8 @@ type Error struct {
 	Message string // the daemon's error text
 }
 
-func (e *Error) Error() string {
-	return fmt.Sprintf("npu-agent daemon: %s", e.Message)
-}
+// Error returns the daemon's message as is: it already says what failed.
+func (e *Error) Error() string { return e.Message }
 
 // Unwrap returns the sentinel error of e's code, or nil for codes this client does not know.
 func (e *Error) Unwrap() error {
