@@ -157,7 +157,7 @@ type testServer struct {
 }
 
 // startServer serves agent on a fresh unix socket (and the extra listeners) until the test ends.
-func startServer(t *testing.T, agent Agent, opts Options, extra ...net.Listener) *testServer {
+func startServer(t testing.TB, agent Agent, opts Options, extra ...net.Listener) *testServer {
 	t.Helper()
 	socket := filepath.Join(t.TempDir(), "run", "api.sock")
 	ln, err := ListenUnix(socket)
