@@ -23,7 +23,7 @@ import (
 )
 
 // ErrIncompatible reports a blob the host's NPU stack cannot load, by the rules.
-var ErrIncompatible = errors.New("blob is not compatible with this host")
+var ErrIncompatible = compat.ErrIncompatible
 
 // Source says where Ensure found a blob.
 type Source string

@@ -8,6 +8,7 @@ import (
 
 	"github.com/npu-agent/npu-agent/blobstore"
 	"github.com/npu-agent/npu-agent/compat"
+	"github.com/npu-agent/npu-agent/compile"
 )
 
 // StatusClientClosedRequest is the status logged when the client went away before the answer (nginx's 499).
@@ -49,6 +50,12 @@ var wireErrors = []struct {
 	{compat.ErrRuntimeRequirements, http.StatusUnprocessableEntity, "runtime_requirements"},
 	{compat.ErrInvalidFingerprint, http.StatusUnprocessableEntity, "invalid_fingerprint"},
 	{compat.ErrNoNPU, http.StatusServiceUnavailable, "no_npu"},
+	{compat.ErrIncompatible, http.StatusUnprocessableEntity, "incompatible"},
+	{compile.ErrNoCompiler, http.StatusServiceUnavailable, "no_compiler"},
+	{compile.ErrCompileFailed, http.StatusInternalServerError, "compile_failed"},
+	{compile.ErrTimeout, http.StatusGatewayTimeout, "compile_timeout"},
+	{compile.ErrInvalidModel, http.StatusUnprocessableEntity, "invalid_model"},
+	{compile.ErrInvalidProfile, http.StatusUnprocessableEntity, "invalid_profile"},
 	{fs.ErrNotExist, http.StatusNotFound, "no_such_file"},
 	{fs.ErrPermission, http.StatusForbidden, "permission"},
 	{context.Canceled, StatusClientClosedRequest, "canceled"},

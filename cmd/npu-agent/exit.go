@@ -5,7 +5,6 @@ import (
 	"errors"
 	"os"
 
-	"github.com/npu-agent/npu-agent/agent"
 	"github.com/npu-agent/npu-agent/blobstore"
 	"github.com/npu-agent/npu-agent/compat"
 	"github.com/npu-agent/npu-agent/compile"
@@ -63,7 +62,7 @@ func exitCode(err error) int {
 		{exitInterrupted, []error{context.Canceled}},
 		{exitNoCompiler, []error{compile.ErrNoCompiler}},
 		{exitCompile, []error{compile.ErrCompileFailed, compile.ErrNoOutput, compile.ErrTimeout, compile.ErrHelperProtocol, compile.ErrNoDevice}},
-		{exitIncompatible, []error{agent.ErrIncompatible, compat.ErrNoMetadata, compat.ErrMetadataVersion, compat.ErrFutureMetadata, compat.ErrMalformedTrailer}},
+		{exitIncompatible, []error{compat.ErrIncompatible, compat.ErrNoMetadata, compat.ErrMetadataVersion, compat.ErrFutureMetadata, compat.ErrMalformedTrailer}},
 		{exitCorrupt, []error{blobstore.ErrInvalidData}},
 		{exitNotFound, []error{blobstore.ErrNotFound, os.ErrNotExist}},
 		{exitUsage, []error{compile.ErrInvalidModel, compile.ErrInvalidProfile, compat.ErrOverride, compat.ErrInvalidFingerprint}},
