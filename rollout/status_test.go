@@ -115,7 +115,9 @@ func TestStatusRejects(t *testing.T) {
 	}{
 		{"claimed by another peer", edit(func(e *statusEnvelope) { e.Peer = other.id.String() }), ErrStatusVerifier},
 		{"forged signature", edit(func(e *statusEnvelope) { e.Sig[3] ^= 1 }), ErrStatusVerifier},
-		{"payload changed", edit(func(e *statusEnvelope) { e.Payload = bytes.Replace(e.Payload, []byte(`"ready"`), []byte(`"failed"`), 1) }), ErrStatusVerifier},
+		{"payload changed", edit(func(e *statusEnvelope) {
+			e.Payload = bytes.Replace(e.Payload, []byte(`"ready"`), []byte(`"failed"`), 1)
+		}), ErrStatusVerifier},
 		{"manifest signature context", edit(func(e *statusEnvelope) {
 			e.Sig, _ = k.sign(signedMessage(ManifestType, e.Payload))
 		}), ErrStatusVerifier},
@@ -208,9 +210,9 @@ func TestFleetView(t *testing.T) {
 	}{
 		{"peerB", at(3, PhaseFetching, 0), true},
 		{"peerB", at(3, PhaseReady, time.Second), true},
-		{"peerB", at(3, PhaseFetching, 0), false},                 // a late, older report
-		{"peerB", at(3, PhaseCompiling, time.Second), false},      // same time: first one kept
-		{"peerB", at(2, PhaseReady, time.Hour), false},            // older version, however recent
+		{"peerB", at(3, PhaseFetching, 0), false},            // a late, older report
+		{"peerB", at(3, PhaseCompiling, time.Second), false}, // same time: first one kept
+		{"peerB", at(2, PhaseReady, time.Hour), false},       // older version, however recent
 		{"peerA", at(3, PhaseFailed, 0), true},
 		{"peerC", at(2, PhaseReady, 0), true},
 		{"peerD", at(4, PhaseCompiling, 0), true},
