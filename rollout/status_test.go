@@ -19,9 +19,10 @@ type agentKey struct {
 	priv ic.PrivKey
 }
 
-func newAgentKey(t testing.TB) agentKey {
+// newAgentKey derives a libp2p ed25519 identity from seed n, so fuzz workers and their parent agree on it.
+func newAgentKey(t testing.TB, n byte) agentKey {
 	t.Helper()
-	priv, _, err := ic.GenerateEd25519Key(nil)
+	priv, _, err := ic.GenerateEd25519Key(bytes.NewReader(bytes.Repeat([]byte{n}, 32)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,7 +67,7 @@ func testStatus(t testing.TB) *Status {
 
 func TestStatusRoundTrip(t *testing.T) {
 	t.Parallel()
-	k := newAgentKey(t)
+	k := newAgentKey(t, 1)
 	s := testStatus(t)
 	s.Updated = now.Add(123 * time.Millisecond).In(time.FixedZone("CET", 3600))
 	b, err := SignStatus(s, k.id.String(), k.sign)
@@ -84,7 +85,7 @@ func TestStatusRoundTrip(t *testing.T) {
 
 func TestStatusRejects(t *testing.T) {
 	t.Parallel()
-	k, other := newAgentKey(t), newAgentKey(t)
+	k, other := newAgentKey(t, 1), newAgentKey(t, 2)
 	good, err := SignStatus(testStatus(t), k.id.String(), k.sign)
 	if err != nil {
 		t.Fatal(err)
@@ -170,7 +171,7 @@ func TestStatusValidate(t *testing.T) {
 		}},
 		{"no time", func(s *Status) { s.Updated = time.Time{} }},
 	}
-	k := newAgentKey(t)
+	k := newAgentKey(t, 1)
 	for _, tc := range tests {
 		s := testStatus(t)
 		tc.change(s)
@@ -274,7 +275,7 @@ func TestFleetViewBounds(t *testing.T) {
 }
 
 func FuzzVerifyStatus(f *testing.F) {
-	k := newAgentKey(f)
+	k := newAgentKey(f, 1)
 	good, err := SignStatus(testStatus(f), k.id.String(), k.sign)
 	if err != nil {
 		f.Fatal(err)
