@@ -344,13 +344,22 @@ func (m *Manifest) ProfileIDs() ([]string, error) {
 // the Manifest (fields in declaration order, map keys sorted, times as RFC 3339 in UTC). Created and Expires are
 // taken in UTC, truncated to whole seconds.
 func (m *Manifest) Canonical() ([]byte, error) {
-	c := *m
-	c.Created = m.Created.UTC().Truncate(time.Second)
-	c.Expires = m.Expires.UTC().Truncate(time.Second)
+	c := m.normalized()
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
-	b, err := json.Marshal(&c)
+	return c.marshal()
+}
+
+func (m *Manifest) normalized() *Manifest {
+	c := *m
+	c.Created = m.Created.UTC().Truncate(time.Second)
+	c.Expires = m.Expires.UTC().Truncate(time.Second)
+	return &c
+}
+
+func (m *Manifest) marshal() ([]byte, error) {
+	b, err := json.Marshal(m)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidManifest, err) // a year outside 0..9999
 	}
@@ -507,8 +516,9 @@ func decodeSigned(signed []byte) (*envelope, *Manifest, error) {
 
 // checkCanonical makes sure payload is the one encoding of m, so that equal manifests have equal bytes and a
 // signature cannot cover a second spelling (reordered fields, other white space, duplicate keys, another offset).
+// m must be valid (decodePayload checked it); normalising does not change validity.
 func checkCanonical(m *Manifest, payload []byte) error {
-	want, err := m.Canonical()
+	want, err := m.normalized().marshal()
 	if err != nil {
 		return err
 	}
