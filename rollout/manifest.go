@@ -551,17 +551,16 @@ func verify(signed []byte, trust TrustConfig, now time.Time) (*verified, error) 
 	msg := signedMessage(ManifestType, env.Payload)
 	var good []Signature
 	var bad, unknown int
-	seen := map[string]bool{}
+	valid := map[string]bool{} // one key counts once, however often it signs
 	for _, s := range env.Signatures {
-		if seen[s.KeyID] {
-			continue // one key counts once, however often it signs
-		}
-		seen[s.KeyID] = true
 		pub, ok := trust.keys[s.KeyID]
 		switch {
 		case !ok:
 			unknown++
+		case valid[s.KeyID]:
 		case ed25519.Verify(pub, msg, s.Sig):
+			// A bad signature under the same key ID earlier in the list does not hide this one.
+			valid[s.KeyID] = true
 			good = append(good, s)
 		default:
 			bad++

@@ -255,6 +255,16 @@ func TestCosignThreshold(t *testing.T) {
 	if err != nil {
 		t.Fatalf("valid pair with a forged third: %v", err)
 	}
+	// A relay that puts a bad signature under a signer's key ID in front of the real one does not hide it.
+	shadowed := editEnvelope(t, both, func(e *envelope) {
+		bad := e.Signatures[0]
+		bad.Sig = append([]byte(nil), bad.Sig...)
+		bad.Sig[0] ^= 1
+		e.Signatures = append([]Signature{bad}, e.Signatures...)
+	})
+	if _, err := Verify(shadowed, two, now); err != nil {
+		t.Fatalf("valid pair behind a bad signature with the same key id: %v", err)
+	}
 	// What is stored and re-served carries only the signatures that verified.
 	var stored envelope
 	if err := json.Unmarshal(st.Current.Signed, &stored); err != nil || len(stored.Signatures) != 2 {
