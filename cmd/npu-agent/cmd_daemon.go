@@ -74,15 +74,6 @@ func runDaemon(ctx context.Context, cfg config.Config, log *slog.Logger) (err er
 	svc := &agent.Service{Version: version, Quota: uint64(cfg.Store.Quota)}
 
 	g, ctx := errgroup.WithContext(ctx)
-	if cfg.P2P.Enabled {
-		fleet, err := startFleet(ctx, g, cfg, store, host, reg, m, log)
-		if err != nil {
-			return err
-		}
-		defer func() { err = errors.Join(err, fleet.Close()) }()
-		opts.Fleet, opts.Producer = fleet, fleet.ID()
-		svc.PeerID, svc.Peers = fleet.ID(), fleet.APIPeers
-	}
 	ag, err := agent.New(opts)
 	if err != nil {
 		return hostError(err, notes)
@@ -122,4 +113,11 @@ func gcLoop(ctx context.Context, ag *agent.Agent, sc config.Store, log *slog.Log
 		case <-t.C:
 		}
 	}
+}
+
+func backendName(b interface{ Name() string }) string {
+	if b == nil {
+		return "none"
+	}
+	return b.Name()
 }
