@@ -181,7 +181,9 @@ func (a *Agent) ensure(ctx context.Context, model compile.Model, profile compile
 		return Result{}, err
 	}
 	key := compile.FlightKey{ModelID: model.ID, ProfileID: pid, Class: class}
-	compileHere := func(ctx context.Context) (cid.Cid, error) { return a.compileAndStore(ctx, model, profile, pid, progress) }
+	compileHere := func(ctx context.Context) (cid.Cid, error) {
+		return a.compileAndStore(ctx, model, profile, pid, progress)
+	}
 	var waitedFor string
 	_, shared, err := a.flight.Do(ctx, key, func(ctx context.Context) (*compile.Result, error) {
 		// A flight that finished just before ours may have stored it.
