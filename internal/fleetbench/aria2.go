@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -109,7 +108,7 @@ func (a *Aria2) Setup(ctx context.Context, env Env) error {
 	if err != nil {
 		return err
 	}
-	scrape := "http://" + trackerAddr + "/scrape?info_hash=" + url.QueryEscape(string(a.infoHash[:]))
+	scrape := "http://" + trackerAddr + "/scrape?info_hash=" + percentEncode(a.infoHash[:])
 	ready, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	if err := waitHTTP(ready, env.Lab, 1, http.MethodGet, scrape, a.tracker, func(r *http.Response, body []byte) bool {
@@ -144,6 +143,16 @@ func parseInfoHash(out []byte) ([20]byte, error) {
 	}
 	_, err := hex.Decode(h[:], m[1])
 	return h, err
+}
+
+// percentEncode encodes every byte as %XX: trackers differ in how they read '+' and other reserved characters
+// that url.QueryEscape leaves or rewrites.
+func percentEncode(b []byte) string {
+	var sb strings.Builder
+	for _, c := range b {
+		fmt.Fprintf(&sb, "%%%02X", c)
+	}
+	return sb.String()
 }
 
 // hookScript records when aria2 finished the download, next to itself, atomically for the poller.

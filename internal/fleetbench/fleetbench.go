@@ -108,6 +108,7 @@ type Result struct {
 	Median time.Duration
 	Bound  time.Duration
 	CPU    CPUUsage // machine CPU use during Run
+	Links  LinkUse  // how busy the links were until the last host finished
 	Err    error    // the run failed; the other fields may be zero
 }
 
@@ -177,9 +178,18 @@ func runOne(ctx context.Context, cfg Config, s System, seed Blob, log io.Writer)
 		sampler.Stop()
 		return Result{Err: err}
 	}
+	before, err := labStats(ctx, lab)
+	if err != nil {
+		sampler.Stop()
+		return Result{Err: err}
+	}
 	t0 := time.Now()
 	hosts, err := s.Run(ctx)
 	wall := time.Since(t0)
+	var after []netlab.LinkStats
+	if err == nil {
+		after, err = labStats(ctx, lab)
+	}
 	cpu := sampler.Stop()
 	if procs, merr := meter.stop(); merr == nil {
 		cpu.Procs = procs
@@ -200,7 +210,42 @@ func runOne(ctx context.Context, cfg Config, s System, seed Blob, log io.Writer)
 		}
 	}
 	slices.SortFunc(hosts, func(a, b HostResult) int { return int(a.Elapsed - b.Elapsed) })
-	return Result{Hosts: hosts, Last: hosts[len(hosts)-1].Elapsed, Median: median(hosts), CPU: cpu}
+	last := hosts[len(hosts)-1].Elapsed
+	bps, _ := netlab.ParseRate(cfg.Rate)
+	return Result{Hosts: hosts, Last: last, Median: median(hosts), CPU: cpu, Links: linkUse(before, after, last, float64(bps))}
+}
+
+// LinkUse says how close to their rate the links ran, from interface byte counters (headers included, as tc
+// counts them) over the time to the last host. Near 1 the links, not the CPU or the protocol, were the limit.
+type LinkUse struct {
+	SeedUp float64 // seed's bytes sent over what its uplink could carry
+	AllUp  float64 // all hosts' bytes sent over what all uplinks could carry
+}
+
+func linkUse(before, after []netlab.LinkStats, elapsed time.Duration, bps float64) LinkUse {
+	if len(before) == 0 || len(before) != len(after) || elapsed <= 0 || bps <= 0 {
+		return LinkUse{}
+	}
+	capacity := elapsed.Seconds() * bps / 8 // bytes one link can carry
+	var all float64
+	for i := range after {
+		all += float64(after[i].TxBytes - before[i].TxBytes)
+	}
+	return LinkUse{
+		SeedUp: float64(after[SeedHost].TxBytes-before[SeedHost].TxBytes) / capacity,
+		AllUp:  all / (capacity * float64(len(after))),
+	}
+}
+
+func labStats(ctx context.Context, lab *netlab.Lab) ([]netlab.LinkStats, error) {
+	stats := make([]netlab.LinkStats, len(lab.Hosts))
+	for i := range lab.Hosts {
+		var err error
+		if stats[i], err = lab.Stats(ctx, i); err != nil {
+			return nil, err
+		}
+	}
+	return stats, nil
 }
 
 // checkHosts checks there is exactly one result per receiver.
@@ -246,19 +291,30 @@ func LowerBound(size int64, seedUp float64, down, up []float64) time.Duration {
 	return time.Duration(t * float64(time.Second))
 }
 
-// WriteTable prints results as a table: system, time to last host, median host time, bound, ratio, CPU.
+// WriteTable prints results as a table: system, time to last host, median host time, bound, ratio, link use, CPU.
 func WriteTable(w io.Writer, results []Result) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "system\tlast host\tmedian host\tbound\tlast/bound\tcpu avg\tcpu peak core\tbench procs cpu\t")
+	fmt.Fprintln(tw, "system\tlast host\tmedian host\tbound\tlast/bound\tseed up use\tall up use\tcpu avg\tcpu peak core\tbench procs cpu\t")
 	for _, r := range results {
 		if r.Err != nil {
-			fmt.Fprintf(tw, "%s\tfailed: %s\t\t\t\t\t\t\t\n", r.System, oneLine(r.Err))
+			fmt.Fprintf(tw, "%s\tfailed\t\t\t\t\t\t\t\t\t\n", r.System)
 			continue
 		}
-		fmt.Fprintf(tw, "%s\t%.2fs\t%.2fs\t%.2fs\t%.2f\t%.0f%%\t%.0f%%\t%.0f%%\t\n", r.System, r.Last.Seconds(),
-			r.Median.Seconds(), r.Bound.Seconds(), r.Ratio(), 100*r.CPU.Avg, 100*r.CPU.PeakCore, 100*r.CPU.ProcsShare)
+		fmt.Fprintf(tw, "%s\t%.2fs\t%.2fs\t%.2fs\t%.2f\t%.0f%%\t%.0f%%\t%.0f%%\t%.0f%%\t%.0f%%\t\n", r.System, r.Last.Seconds(),
+			r.Median.Seconds(), r.Bound.Seconds(), r.Ratio(), 100*r.Links.SeedUp, 100*r.Links.AllUp,
+			100*r.CPU.Avg, 100*r.CPU.PeakCore, 100*r.CPU.ProcsShare)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, r := range results {
+		if r.Err != nil {
+			if _, err := fmt.Fprintf(w, "%s: %s\n", r.System, oneLine(r.Err)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 func oneLine(err error) string { return strings.Join(strings.Fields(err.Error()), " ") }

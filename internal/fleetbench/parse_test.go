@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/npu-agent/npu-agent/internal/netlab"
 )
 
 func TestLowerBound(t *testing.T) {
@@ -186,6 +188,13 @@ func FuzzParseInfoHash(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) { _, _ = parseInfoHash(b) })
 }
 
+func TestPercentEncode(t *testing.T) {
+	t.Parallel()
+	if got := percentEncode([]byte{0x20, '+', 0xff, 'a'}); got != "%20%2B%FF%61" {
+		t.Errorf("percentEncode = %q", got)
+	}
+}
+
 func TestReadDone(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
@@ -319,14 +328,14 @@ func TestWriteTable(t *testing.T) {
 	t.Parallel()
 	var buf bytes.Buffer
 	err := WriteTable(&buf, []Result{
-		{System: "nginx", Last: 20 * time.Second, Median: 15 * time.Second, Bound: 10 * time.Second, CPU: CPUUsage{Avg: 0.25, PeakCore: 0.5, ProcsShare: 0.1}},
+		{System: "nginx", Last: 20 * time.Second, Median: 15 * time.Second, Bound: 10 * time.Second, CPU: CPUUsage{Avg: 0.25, PeakCore: 0.5, ProcsShare: 0.1}, Links: LinkUse{SeedUp: 0.96, AllUp: 0.33}},
 		{System: "broken", Err: errors.New("no\nway")},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	out := buf.String()
-	for _, want := range []string{"last/bound", "nginx", "20.00s", "15.00s", "10.00s", "2.00", "25%", "50%", "10%", "failed: no way"} {
+	for _, want := range []string{"last/bound", "nginx", "20.00s", "15.00s", "10.00s", "2.00", "25%", "50%", "10%", "96%", "33%", "failed", "broken: no way"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("table lacks %q:\n%s", want, out)
 		}
@@ -343,5 +352,19 @@ func TestCPUSampler(t *testing.T) {
 	u := s.Stop()
 	if u.Samples < 1 || u.Avg < 0 || u.Avg > 1 || u.PeakCore < 0 || u.PeakCore > 1 {
 		t.Errorf("usage = %+v", u)
+	}
+}
+
+func TestLinkUse(t *testing.T) {
+	t.Parallel()
+	before := []netlab.LinkStats{{TxBytes: 100}, {TxBytes: 0}, {TxBytes: 0}}
+	// 10 s at 8 Mbit/s is 10 MB per link: the seed sent 10 MB, the others 5 MB and none.
+	after := []netlab.LinkStats{{TxBytes: 100 + 10e6}, {TxBytes: 5e6}, {TxBytes: 0}}
+	got := linkUse(before, after, 10*time.Second, 8e6)
+	if got.SeedUp != 1 || got.AllUp != 0.5 {
+		t.Errorf("linkUse = %+v, want seed 1, all 0.5", got)
+	}
+	if got := linkUse(before, after[:2], time.Second, 8e6); got != (LinkUse{}) {
+		t.Errorf("linkUse with mismatched counters = %+v", got)
 	}
 }

@@ -520,3 +520,36 @@ func run(ctx context.Context, args ...string) error {
 	}
 	return nil
 }
+
+// LinkStats are the byte counters of a host's HostIface, Ethernet headers included (what tc shapes).
+type LinkStats struct {
+	RxBytes, TxBytes uint64
+}
+
+// Stats reads host i's interface counters. sysfs shows a namespace's devices only when mounted inside it, which
+// `ip netns exec` does, so the counters are read by a command run in the host.
+func (l *Lab) Stats(ctx context.Context, i int) (LinkStats, error) {
+	dir := "/sys/class/net/" + HostIface + "/statistics/"
+	ctx, cancel := context.WithTimeout(ctx, cmdTimeout)
+	defer cancel()
+	out, err := l.Command(ctx, i, "cat", dir+"rx_bytes", dir+"tx_bytes").Output()
+	if err != nil {
+		return LinkStats{}, fmt.Errorf("netlab: read counters of host %d: %w", i, err)
+	}
+	return parseStats(out)
+}
+
+func parseStats(out []byte) (LinkStats, error) {
+	f := strings.Fields(string(out))
+	if len(f) != 2 {
+		return LinkStats{}, fmt.Errorf("netlab: interface counters %q: want rx and tx bytes", out)
+	}
+	var v [2]uint64
+	for j := range v {
+		var err error
+		if v[j], err = strconv.ParseUint(f[j], 10, 64); err != nil {
+			return LinkStats{}, fmt.Errorf("netlab: interface counter %q: %w", f[j], err)
+		}
+	}
+	return LinkStats{RxBytes: v[0], TxBytes: v[1]}, nil
+}

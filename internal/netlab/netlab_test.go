@@ -235,6 +235,10 @@ func TestShapingLimitsBothDirections(t *testing.T) {
 	if got, err := lab.Rate(0); err != nil || got != rate {
 		t.Fatalf("Rate(0) = %d, %v", got, err)
 	}
+	before, err := lab.Stats(context.Background(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, dir := range []struct {
 		name     string
 		from, to int
@@ -244,6 +248,14 @@ func TestShapingLimitsBothDirections(t *testing.T) {
 		if got < 0.5*rate || got > 1.3*rate {
 			t.Errorf("%s of host shaped to %.0f Mbit/s ran at %.1f Mbit/s", dir.name, rate/1e6, got/1e6)
 		}
+	}
+	after, err := lab.Stats(context.Background(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Payload plus headers, and not much more: the counters see the lab's traffic and only that.
+	if tx, rx := after.TxBytes-before.TxBytes, after.RxBytes-before.RxBytes; tx < n || rx < n || tx > 2*n || rx > 2*n {
+		t.Errorf("host 0 counters moved tx %d rx %d bytes, want about %d each", tx, rx, n)
 	}
 	if err := lab.Shape(0, ""); err != nil {
 		t.Fatal(err)

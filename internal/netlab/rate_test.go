@@ -135,3 +135,32 @@ func TestRunID(t *testing.T) {
 		}
 	}
 }
+
+func TestParseStats(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		in   string
+		want LinkStats
+		ok   bool
+	}{
+		{"123\n456\n", LinkStats{RxBytes: 123, TxBytes: 456}, true},
+		{"0 0", LinkStats{}, true},
+		{"123\n", LinkStats{}, false},
+		{"1 2 3", LinkStats{}, false},
+		{"-1 2", LinkStats{}, false},
+		{"x 2", LinkStats{}, false},
+		{"", LinkStats{}, false},
+	}
+	for _, tt := range tests {
+		got, err := parseStats([]byte(tt.in))
+		if tt.ok != (err == nil) || got != tt.want {
+			t.Errorf("parseStats(%q) = %+v, %v", tt.in, got, err)
+		}
+	}
+}
+
+func FuzzParseStats(f *testing.F) {
+	f.Add([]byte("123\n456\n"))
+	f.Add([]byte("18446744073709551615 0"))
+	f.Fuzz(func(t *testing.T, b []byte) { _, _ = parseStats(b) })
+}
