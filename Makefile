@@ -56,3 +56,8 @@ deb:
 
 test-deb: deb
 	bash packaging/test-deb.sh $(DEB)
+
+# Fleet distribution benchmark in network namespaces (root): npu-agent, nginx and aria2 from one seed to N hosts.
+# BENCH_FLAGS e.g. "-hosts 12 -size 128MiB -rate 100mbit".
+bench-fleet:
+	bash scripts/bench-fleet.sh $(BENCH_FLAGS)
