@@ -15,6 +15,8 @@ func (a *app) commands() []*cobra.Command {
 		a.pinCmd(true),
 		a.pinCmd(false),
 		a.daemonCmd(),
+		a.statusCmd(),
+		a.peersCmd(),
 		a.configCmd(),
 	}
 }

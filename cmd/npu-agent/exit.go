@@ -20,6 +20,7 @@ const (
 	exitNoCompiler   = 5 // a compile was needed and no compiler is available
 	exitCompile      = 6 // the compiler failed
 	exitCorrupt      = 7 // verify found corrupt data
+	exitNoDaemon     = 8 // the command needs a running daemon and none answers
 	exitInterrupted  = 130
 )
 
@@ -60,6 +61,7 @@ func exitCode(err error) int {
 		errs []error
 	}{
 		{exitInterrupted, []error{context.Canceled}},
+		{exitNoDaemon, []error{errNoDaemon}},
 		{exitNoCompiler, []error{compile.ErrNoCompiler}},
 		{exitCompile, []error{compile.ErrCompileFailed, compile.ErrNoOutput, compile.ErrTimeout, compile.ErrHelperProtocol, compile.ErrNoDevice}},
 		{exitIncompatible, []error{compat.ErrIncompatible, compat.ErrNoMetadata, compat.ErrMetadataVersion, compat.ErrFutureMetadata, compat.ErrMalformedTrailer}},
