@@ -44,7 +44,7 @@ func (t msgType) String() string {
 const (
 	frameHeaderLen     = 5 // type u8, payload length u32 little-endian
 	maxChunks          = blobstore.MaxBlobSize / blobstore.ChunkSize
-	maxManifestLen     = 56 + 32*maxChunks
+	maxManifestLen     = blobstore.MaxManifestSize
 	maxErrorMsgLen     = 256
 	maxRangesPerReq    = 64
 	maxChunksPerReq    = 64

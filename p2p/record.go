@@ -13,7 +13,6 @@ import (
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/record"
-	mh "github.com/multiformats/go-multihash"
 
 	"github.com/npu-agent/npu-agent/blobstore"
 )
@@ -138,11 +137,8 @@ func checkBlobCID(c cid.Cid) error {
 	if !c.Defined() {
 		return errors.New("blob CID is undefined")
 	}
-	p := c.Prefix()
-	if p.Version != 1 || p.Codec != cid.Raw || p.MhType != mh.SHA2_256 || p.MhLength != sha256.Size {
-		return fmt.Errorf("blob CID %s is not CIDv1 raw sha2-256", c)
-	}
-	return nil
+	_, err := blobstore.Digest(c)
+	return err
 }
 
 // recordReader consumes a canonical record encoding, failing once on the first short read.
@@ -260,6 +256,9 @@ func SealRecord(r blobstore.Record, key crypto.PrivKey) (SignedRecord, error) {
 		return SignedRecord{}, fmt.Errorf("%w: producer %q is not the signer %s", ErrBadRecord, r.Producer, id)
 	}
 	r.Created = r.Created.UTC().Round(0)
+	if err := checkRecordFields(r); err != nil {
+		return SignedRecord{}, err
+	}
 	env, err := record.Seal(&recordPayload{r: r}, key)
 	if err != nil {
 		return SignedRecord{}, fmt.Errorf("seal record: %w", err)
