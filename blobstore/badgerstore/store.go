@@ -1,0 +1,717 @@
+// Package badgerstore implements blobstore.Store on an embedded badger v4 database tuned for large values.
+//
+// The key layout, visibility rule, partial state, pins, gc and verify are normative in docs/design.md 3.3+.
+package badgerstore
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	badger "github.com/dgraph-io/badger/v4"
+	"github.com/dgraph-io/badger/v4/options"
+	"github.com/ipfs/go-cid"
+
+	"github.com/npu-agent/npu-agent/blobstore"
+)
+
+// ErrClosed is returned by every method once Close has begun.
+var ErrClosed = errors.New("blob store closed")
+
+// ErrNoSpace is returned (wrapped) when a write would leave less free disk space than Options.MinFreeSpace.
+// Nothing is written in that case, so the store stays consistent and opens and verifies afterwards.
+var ErrNoSpace = errors.New("not enough free disk space")
+
+// Key prefixes (docs/design.md 3.3). Every key but keyVersion and keyFlush is a prefix byte plus a 32-byte digest,
+// except records, which are variable-length.
+const (
+	prefixChunk    = 'c' // c + chunk digest → chunk bytes
+	prefixManifest = 'm' // m + blob digest → encoded manifest of a complete, visible blob
+	prefixPartial  = 'p' // p + blob digest → encoded manifest of a partial blob (a fetch in progress)
+	prefixAccess   = 'a' // a + blob digest → last access, unix nanoseconds, 8 bytes big-endian
+	prefixPin      = 'n' // n + blob digest → empty: the blob is pinned
+	prefixRecord   = 'r' // r + model + profile + blob digest + fingerprint digest → record JSON
+)
+
+var (
+	keyVersion = []byte("v")      // store layout version
+	keyFlush   = []byte("zflush") // written and dropped to force badger to flush its memtable (reclaim)
+)
+
+const layoutVersion = "npu-agent blobstore 1"
+
+// Tuning. Chunks are 1 MiB values: they go to the value log, and the LSM tree holds only keys and pointers, so
+// memtables and caches can be small (this runs on edge machines).
+const (
+	valueThreshold   = 1 << 10   // values above 1 KiB (chunks, manifests) go to the value log
+	memTableSize     = 16 << 20  // keys and value pointers only; 16 MiB holds ~200k entries
+	numMemtables     = 2         // one active, one flushing
+	blockCacheSize   = 16 << 20  // LSM blocks; values are read straight from the mmapped value log
+	defaultVlogSize  = 128 << 20 // value-log GC rewrites whole files: smaller files reclaim sooner
+	defaultMinFree   = 256 << 20 // headroom for badger's memtables, tables and a value-log GC rewrite
+	putBuffers       = 16        // chunks in flight per Put (16 MiB)
+	putBatch         = 8         // chunks per badger transaction in Put
+	readWindow       = 4         // chunks read ahead and verified in parallel by a reader
+	accessResolution = time.Minute
+	maxRecordSize    = 64 << 10
+	maxIDLen         = 1024
+)
+
+// Options tune a Store. The zero value is usable.
+type Options struct {
+	// Logger receives the store's and badger's logs; badger's info and debug messages are logged at debug level.
+	// nil means slog.Default().
+	Logger *slog.Logger
+	// ValueLogFileSize is the size of one badger value-log file; 0 means 128 MiB.
+	ValueLogFileSize int64
+	// MinFreeSpace is the free disk space every write leaves; 0 means 256 MiB. Badger writes through mmap, where
+	// a full disk is a crash (SIGBUS) rather than an error, so the store refuses writes before that point.
+	MinFreeSpace uint64
+
+	now       func() time.Time                 // tests
+	freeSpace func(dir string) (uint64, error) // tests
+}
+
+// Store is a blobstore.Store on badger. Create it with Open.
+type Store struct {
+	db   *badger.DB
+	dir  string
+	log  *slog.Logger
+	opts Options
+
+	// mu serialises metadata changes (manifests, pins, records, deletes, sweeps) and guards inflight, the chunk
+	// digests that Puts in progress have written or will write: a sweep keeps them.
+	mu       sync.Mutex
+	inflight map[[32]byte]int
+
+	// gate is held shared by every write and exclusively while reclaim makes badger flush its memtable, during
+	// which badger refuses writes.
+	gate      sync.RWMutex
+	reclaimMu sync.Mutex
+
+	accMu  sync.Mutex
+	access map[[32]byte]accessTimes
+
+	manMu     sync.Mutex
+	manifests map[[32]byte]*blobstore.Manifest
+	manBytes  int
+
+	readersMu sync.Mutex
+	readers   map[[32]byte]int // open Readers per blob; gc skips them
+
+	bufs sync.Pool // *[]byte of ChunkSize
+
+	opMu    sync.Mutex
+	opCond  *sync.Cond
+	ops     int
+	closed  bool
+	bg      chan struct{} // wakes the background reclaimer
+	bgDone  chan struct{}
+	bgClose chan struct{}
+}
+
+type accessTimes struct{ last, persisted time.Time }
+
+var _ blobstore.Store = (*Store)(nil)
+
+// Open opens (creating if needed) the store in dir. It removes what interrupted puts and deletes left behind.
+func Open(dir string, opts Options) (*Store, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.ValueLogFileSize == 0 {
+		opts.ValueLogFileSize = defaultVlogSize
+	}
+	if opts.MinFreeSpace == 0 {
+		opts.MinFreeSpace = defaultMinFree
+	}
+	if opts.now == nil {
+		opts.now = time.Now
+	}
+	if opts.freeSpace == nil {
+		opts.freeSpace = freeSpace
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("blob store: %w", err)
+	}
+	bopts := badger.DefaultOptions(dir).
+		WithLogger(badgerLogger{opts.Logger.With("component", "badger")}).
+		WithValueThreshold(valueThreshold).
+		WithMemTableSize(memTableSize).
+		WithNumMemtables(numMemtables).
+		WithBlockCacheSize(blockCacheSize).
+		WithIndexCacheSize(0).
+		WithValueLogFileSize(opts.ValueLogFileSize).
+		WithNumVersionsToKeep(1).
+		WithNumCompactors(2).
+		WithNumLevelZeroTables(2).
+		WithNumLevelZeroTablesStall(8).
+		WithCompression(options.None). // chunks are not in the LSM; compiled blobs compress poorly anyway
+		WithMetricsEnabled(false)
+	db, err := badger.Open(bopts)
+	if err != nil {
+		return nil, fmt.Errorf("blob store: open badger in %s: %w", dir, err)
+	}
+	s := &Store{
+		db:        db,
+		dir:       dir,
+		log:       opts.Logger,
+		opts:      opts,
+		inflight:  map[[32]byte]int{},
+		access:    map[[32]byte]accessTimes{},
+		manifests: map[[32]byte]*blobstore.Manifest{},
+		readers:   map[[32]byte]int{},
+		bg:        make(chan struct{}, 1),
+		bgDone:    make(chan struct{}),
+		bgClose:   make(chan struct{}),
+	}
+	s.opCond = sync.NewCond(&s.opMu)
+	s.bufs.New = func() any { b := make([]byte, blobstore.ChunkSize); return &b }
+	if err := s.checkVersion(); err != nil {
+		return nil, errors.Join(err, db.Close())
+	}
+	removed, err := s.cleanup()
+	if err != nil {
+		return nil, errors.Join(fmt.Errorf("blob store: clean up leftovers: %w", err), db.Close())
+	}
+	go s.background()
+	if removed > 0 {
+		s.log.Info("blob store: removed leftovers of interrupted writes", "chunks", removed)
+		s.kickReclaim()
+	}
+	return s, nil
+}
+
+func (s *Store) checkVersion() error {
+	return s.update(func(txn *badger.Txn) error {
+		item, err := txn.Get(keyVersion)
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return txn.Set(keyVersion, []byte(layoutVersion))
+		}
+		if err != nil {
+			return err
+		}
+		return item.Value(func(v []byte) error {
+			if string(v) != layoutVersion {
+				return fmt.Errorf("blob store: %s holds layout %q, this version reads %q", s.dir, v, layoutVersion)
+			}
+			return nil
+		})
+	})
+}
+
+// Close flushes access times and closes badger. It waits for running calls; open Readers fail afterwards.
+func (s *Store) Close() error {
+	s.opMu.Lock()
+	if s.closed {
+		s.opMu.Unlock()
+		return nil
+	}
+	s.closed = true
+	for s.ops > 0 {
+		s.opCond.Wait()
+	}
+	s.opMu.Unlock()
+	close(s.bgClose)
+	<-s.bgDone
+	err := s.flushAccess()
+	return errors.Join(err, s.db.Close())
+}
+
+// enter registers a running call so Close waits for it; every enter is paired with leave.
+func (s *Store) enter() error {
+	s.opMu.Lock()
+	defer s.opMu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+	s.ops++
+	return nil
+}
+
+func (s *Store) leave() {
+	s.opMu.Lock()
+	s.ops--
+	if s.ops == 0 {
+		s.opCond.Broadcast()
+	}
+	s.opMu.Unlock()
+}
+
+// update runs a read-write transaction while holding the write gate.
+func (s *Store) update(fn func(txn *badger.Txn) error) error {
+	s.gate.RLock()
+	defer s.gate.RUnlock()
+	return s.db.Update(fn)
+}
+
+func key(prefix byte, d [32]byte) []byte {
+	k := make([]byte, 33)
+	k[0] = prefix
+	copy(k[1:], d[:])
+	return k
+}
+
+func digestOf(c cid.Cid) ([32]byte, error) {
+	d, err := blobstore.Digest(c)
+	if err != nil {
+		return d, fmt.Errorf("%w: %w", blobstore.ErrNotFound, err)
+	}
+	return d, nil
+}
+
+// checkSpace fails with ErrNoSpace unless n more bytes leave MinFreeSpace free.
+func (s *Store) checkSpace(n uint64) error {
+	free, err := s.opts.freeSpace(s.dir)
+	if err != nil {
+		return fmt.Errorf("blob store: free space of %s: %w", s.dir, err)
+	}
+	if free < n+s.opts.MinFreeSpace {
+		return fmt.Errorf("%w in %s: writing %d bytes would leave %d of the %d bytes kept free",
+			ErrNoSpace, s.dir, n, int64(free)-int64(n), s.opts.MinFreeSpace)
+	}
+	return nil
+}
+
+// blobState is what the keys say about a blob.
+type blobState int
+
+const (
+	stateAbsent blobState = iota
+	statePartial
+	stateComplete
+)
+
+func (s *Store) state(txn *badger.Txn, d [32]byte) (blobState, error) {
+	for _, st := range []struct {
+		prefix byte
+		state  blobState
+	}{{prefixManifest, stateComplete}, {prefixPartial, statePartial}} {
+		_, err := txn.Get(key(st.prefix, d))
+		if err == nil {
+			return st.state, nil
+		}
+		if !errors.Is(err, badger.ErrKeyNotFound) {
+			return stateAbsent, err
+		}
+	}
+	return stateAbsent, nil
+}
+
+// manifest loads a blob's manifest (complete or partial) and its state; the manifest is shared, do not modify it.
+func (s *Store) manifest(txn *badger.Txn, d [32]byte) (*blobstore.Manifest, blobState, error) {
+	st, err := s.state(txn, d)
+	if err != nil {
+		return nil, stateAbsent, err
+	}
+	if st == stateAbsent {
+		return nil, stateAbsent, fmt.Errorf("%w: %s", blobstore.ErrNotFound, blobstore.DigestCID(d))
+	}
+	s.manMu.Lock()
+	m := s.manifests[d]
+	s.manMu.Unlock()
+	if m != nil {
+		return m, st, nil
+	}
+	prefix := byte(prefixManifest)
+	if st == statePartial {
+		prefix = prefixPartial
+	}
+	item, err := txn.Get(key(prefix, d))
+	if err != nil {
+		return nil, stateAbsent, fmt.Errorf("read manifest of %s: %w", blobstore.DigestCID(d), err)
+	}
+	if item.ValueSize() > blobstore.MaxManifestSize {
+		return nil, stateAbsent, fmt.Errorf("%w: manifest of %s is %d bytes", blobstore.ErrInvalidData, blobstore.DigestCID(d), item.ValueSize())
+	}
+	err = item.Value(func(v []byte) error {
+		if sha256.Sum256(v) != d {
+			return fmt.Errorf("%w: stored manifest of %s", blobstore.ErrInvalidData, blobstore.DigestCID(d))
+		}
+		m, err = blobstore.DecodeManifest(v)
+		return err
+	})
+	if err != nil {
+		return nil, stateAbsent, err
+	}
+	s.cacheManifest(d, m)
+	return m, st, nil
+}
+
+// cacheManifest keeps decoded manifests (immutable: content-addressed) for the per-chunk calls of a fetch.
+func (s *Store) cacheManifest(d [32]byte, m *blobstore.Manifest) {
+	const maxBytes = 8 << 20
+	s.manMu.Lock()
+	defer s.manMu.Unlock()
+	if s.manBytes+32*len(m.Chunks) > maxBytes {
+		clear(s.manifests)
+		s.manBytes = 0
+	}
+	s.manifests[d] = m
+	s.manBytes += 32 * len(m.Chunks)
+}
+
+func cloneManifest(m *blobstore.Manifest) *blobstore.Manifest {
+	c := *m
+	c.Chunks = append([][32]byte(nil), m.Chunks...)
+	return &c
+}
+
+// Has reports whether a complete blob is stored.
+func (s *Store) Has(ctx context.Context, c cid.Cid) (bool, error) {
+	if err := s.enter(); err != nil {
+		return false, err
+	}
+	defer s.leave()
+	d, err := blobstore.Digest(c)
+	if err != nil {
+		return false, nil
+	}
+	var st blobState
+	err = s.db.View(func(txn *badger.Txn) error {
+		st, err = s.state(txn, d)
+		return err
+	})
+	return st == stateComplete, err
+}
+
+// Manifest returns a copy of the manifest of a complete or partial blob.
+func (s *Store) Manifest(ctx context.Context, c cid.Cid) (*blobstore.Manifest, error) {
+	if err := s.enter(); err != nil {
+		return nil, err
+	}
+	defer s.leave()
+	d, err := digestOf(c)
+	if err != nil {
+		return nil, err
+	}
+	var m *blobstore.Manifest
+	err = s.db.View(func(txn *badger.Txn) error {
+		m, _, err = s.manifest(txn, d)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return cloneManifest(m), nil
+}
+
+// Stat describes a complete or partial blob.
+func (s *Store) Stat(ctx context.Context, c cid.Cid) (blobstore.Info, error) {
+	if err := s.enter(); err != nil {
+		return blobstore.Info{}, err
+	}
+	defer s.leave()
+	d, err := digestOf(c)
+	if err != nil {
+		return blobstore.Info{}, err
+	}
+	var info blobstore.Info
+	err = s.db.View(func(txn *badger.Txn) error {
+		info, err = s.info(txn, d)
+		return err
+	})
+	return info, err
+}
+
+func (s *Store) info(txn *badger.Txn, d [32]byte) (blobstore.Info, error) {
+	m, st, err := s.manifest(txn, d)
+	if err != nil {
+		return blobstore.Info{}, err
+	}
+	info := blobstore.Info{
+		CID:      blobstore.DigestCID(d),
+		Size:     m.Size,
+		SHA256:   fmt.Sprintf("%x", m.SHA256),
+		Complete: st == stateComplete,
+		Chunks:   len(m.Chunks),
+	}
+	if info.Complete {
+		info.HaveChunks = len(m.Chunks)
+	} else {
+		have, err := haveChunks(txn, m)
+		if err != nil {
+			return blobstore.Info{}, err
+		}
+		for _, h := range have {
+			if h {
+				info.HaveChunks++
+			}
+		}
+	}
+	if _, err := txn.Get(key(prefixPin, d)); err == nil {
+		info.Pinned = true
+	} else if !errors.Is(err, badger.ErrKeyNotFound) {
+		return blobstore.Info{}, err
+	}
+	info.LastAccess, err = s.lastAccess(txn, d)
+	return info, err
+}
+
+// List describes every blob, complete and partial, complete ones first, each group in key order.
+func (s *Store) List(ctx context.Context) ([]blobstore.Info, error) {
+	if err := s.enter(); err != nil {
+		return nil, err
+	}
+	defer s.leave()
+	var infos []blobstore.Info
+	err := s.db.View(func(txn *badger.Txn) error {
+		for _, prefix := range []byte{prefixManifest, prefixPartial} {
+			for _, d := range digestKeys(txn, prefix) {
+				if err := ctx.Err(); err != nil {
+					return err
+				}
+				info, err := s.info(txn, d)
+				if err != nil {
+					return err
+				}
+				infos = append(infos, info)
+			}
+		}
+		return nil
+	})
+	return infos, err
+}
+
+// digestKeys lists the digests of the keys with this one-byte prefix.
+func digestKeys(txn *badger.Txn, prefix byte) [][32]byte {
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefix}})
+	defer it.Close()
+	var ds [][32]byte
+	for it.Rewind(); it.Valid(); it.Next() {
+		k := it.Item().Key()
+		if len(k) != 33 {
+			continue // not ours; never written by this version
+		}
+		ds = append(ds, [32]byte(k[1:]))
+	}
+	return ds
+}
+
+// Pin or unpin a complete or partial blob.
+func (s *Store) Pin(ctx context.Context, c cid.Cid, pinned bool) error {
+	if err := s.enter(); err != nil {
+		return err
+	}
+	defer s.leave()
+	d, err := digestOf(c)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.update(func(txn *badger.Txn) error {
+		st, err := s.state(txn, d)
+		if err != nil {
+			return err
+		}
+		if st == stateAbsent {
+			return fmt.Errorf("pin %s: %w", c, blobstore.ErrNotFound)
+		}
+		if pinned {
+			return txn.Set(key(prefixPin, d), nil)
+		}
+		return txn.Delete(key(prefixPin, d))
+	})
+}
+
+// Delete removes a blob, complete or partial, with its pin state, access time and records; ErrPinned if pinned.
+func (s *Store) Delete(ctx context.Context, c cid.Cid) error {
+	if err := s.enter(); err != nil {
+		return err
+	}
+	defer s.leave()
+	d, err := digestOf(c)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, err := s.deleteLocked(d, true); err != nil {
+		return err
+	}
+	s.kickReclaim()
+	return nil
+}
+
+// deleteLocked removes a blob's keys and then its chunks no other blob uses; s.mu must be held. It returns the
+// blob's size.
+func (s *Store) deleteLocked(d [32]byte, checkPin bool) (uint64, error) {
+	var m *blobstore.Manifest
+	err := s.update(func(txn *badger.Txn) error {
+		var err error
+		m, _, err = s.manifest(txn, d)
+		if err != nil {
+			return err
+		}
+		if checkPin {
+			if _, err := txn.Get(key(prefixPin, d)); err == nil {
+				return fmt.Errorf("delete %s: %w", blobstore.DigestCID(d), blobstore.ErrPinned)
+			} else if !errors.Is(err, badger.ErrKeyNotFound) {
+				return err
+			}
+		}
+		for _, prefix := range []byte{prefixManifest, prefixPartial, prefixAccess, prefixPin} {
+			if err := txn.Delete(key(prefix, d)); err != nil {
+				return err
+			}
+		}
+		for _, k := range recordKeysOf(txn, d) {
+			if err := txn.Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	s.accMu.Lock()
+	delete(s.access, d)
+	s.accMu.Unlock()
+	if _, err := s.sweepLocked(m.Chunks); err != nil {
+		return 0, fmt.Errorf("delete %s: blob removed, its chunks not yet: %w", blobstore.DigestCID(d), err)
+	}
+	return m.Size, nil
+}
+
+// Touch records an access to a blob for LRU gc. It is cheap: the time is kept in memory and written to disk at
+// most once per minute per blob (and at Close).
+func (s *Store) Touch(ctx context.Context, c cid.Cid) error {
+	if err := s.enter(); err != nil {
+		return err
+	}
+	defer s.leave()
+	d, err := digestOf(c)
+	if err != nil {
+		return err
+	}
+	var st blobState
+	err = s.db.View(func(txn *badger.Txn) error {
+		st, err = s.state(txn, d)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if st == stateAbsent {
+		return fmt.Errorf("touch %s: %w", c, blobstore.ErrNotFound)
+	}
+	return s.touch(d)
+}
+
+// touch updates the in-memory access time and persists it when the stored one is older than accessResolution.
+func (s *Store) touch(d [32]byte) error {
+	now := s.opts.now()
+	s.accMu.Lock()
+	a := s.access[d]
+	a.last = now
+	persist := now.Sub(a.persisted) >= accessResolution
+	s.access[d] = a
+	s.accMu.Unlock()
+	if !persist {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	err := s.update(func(txn *badger.Txn) error {
+		st, err := s.state(txn, d)
+		if err != nil || st == stateAbsent {
+			return err // deleted meanwhile: write nothing
+		}
+		return txn.Set(key(prefixAccess, d), encodeTime(now))
+	})
+	if err != nil {
+		return fmt.Errorf("record access to %s: %w", blobstore.DigestCID(d), err)
+	}
+	s.accMu.Lock()
+	if a, ok := s.access[d]; ok && a.persisted.Before(now) {
+		a.persisted = now
+		s.access[d] = a
+	}
+	s.accMu.Unlock()
+	return nil
+}
+
+// setAccess records a fresh write (put, begin partial) as persisted at now; txn writes the key.
+func (s *Store) setAccess(txn *badger.Txn, d [32]byte, now time.Time) error {
+	if err := txn.Set(key(prefixAccess, d), encodeTime(now)); err != nil {
+		return err
+	}
+	s.accMu.Lock()
+	s.access[d] = accessTimes{last: now, persisted: now}
+	s.accMu.Unlock()
+	return nil
+}
+
+func (s *Store) lastAccess(txn *badger.Txn, d [32]byte) (time.Time, error) {
+	s.accMu.Lock()
+	a, ok := s.access[d]
+	s.accMu.Unlock()
+	if ok && !a.last.IsZero() {
+		return a.last, nil
+	}
+	item, err := txn.Get(key(prefixAccess, d))
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return time.Time{}, nil
+	}
+	if err != nil {
+		return time.Time{}, err
+	}
+	var t time.Time
+	err = item.Value(func(v []byte) error {
+		t, err = decodeTime(v)
+		return err
+	})
+	return t, err
+}
+
+// flushAccess writes the access times not yet on disk.
+func (s *Store) flushAccess() error {
+	s.accMu.Lock()
+	pending := map[[32]byte]time.Time{}
+	for d, a := range s.access {
+		if a.last.After(a.persisted) {
+			pending[d] = a.last
+		}
+	}
+	s.accMu.Unlock()
+	if len(pending) == 0 {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.update(func(txn *badger.Txn) error {
+		for d, t := range pending {
+			st, err := s.state(txn, d)
+			if err != nil {
+				return err
+			}
+			if st != stateAbsent {
+				if err := txn.Set(key(prefixAccess, d), encodeTime(t)); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+}
+
+func encodeTime(t time.Time) []byte { return binary.BigEndian.AppendUint64(nil, uint64(t.UnixNano())) }
+
+func decodeTime(b []byte) (time.Time, error) {
+	if len(b) != 8 {
+		return time.Time{}, fmt.Errorf("%w: access time of %d bytes", blobstore.ErrInvalidData, len(b))
+	}
+	return time.Unix(0, int64(binary.BigEndian.Uint64(b))), nil
+}
+
+func (s *Store) getBuf() *[]byte { return s.bufs.Get().(*[]byte) }
+
+func (s *Store) putBuf(b *[]byte) { s.bufs.Put(b) }

@@ -1,0 +1,484 @@
+package badgerstore
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	badger "github.com/dgraph-io/badger/v4"
+	"go.uber.org/goleak"
+
+	"github.com/npu-agent/npu-agent/blobstore"
+	"github.com/npu-agent/npu-agent/blobstore/storetest"
+)
+
+const cs = blobstore.ChunkSize
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// testWriter sends log lines to t.Log.
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(string(bytes.TrimSpace(p)))
+	return len(p), nil
+}
+
+func testOptions(t testing.TB) Options {
+	return Options{Logger: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))}
+}
+
+func open(t testing.TB, dir string, opts Options) *Store {
+	t.Helper()
+	s, err := Open(dir, opts)
+	if err != nil {
+		t.Fatalf("Open %s: %v", dir, err)
+	}
+	return s
+}
+
+func closeStore(t testing.TB, s *Store) {
+	t.Helper()
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+}
+
+func TestConformance(t *testing.T) {
+	t.Parallel()
+	storetest.Run(t, func(t *testing.T) blobstore.Store { return open(t, t.TempDir(), testOptions(t)) })
+}
+
+func putData(t *testing.T, s *Store, data []byte) *blobstore.Manifest {
+	t.Helper()
+	m, err := s.Put(context.Background(), bytes.NewReader(data))
+	if err != nil {
+		t.Fatalf("Put: %v", err)
+	}
+	return m
+}
+
+func readAll(s *Store, m *blobstore.Manifest) ([]byte, error) {
+	r, err := s.Open(context.Background(), m.CID())
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	return io.ReadAll(r)
+}
+
+func chunkOf(data []byte, m *blobstore.Manifest, i int) []byte {
+	return data[m.ChunkOffset(i) : m.ChunkOffset(i)+uint64(m.ChunkLen(i))]
+}
+
+// manifestOf computes a manifest without a store.
+func manifestOf(t *testing.T, data []byte) *blobstore.Manifest {
+	t.Helper()
+	s := open(t, t.TempDir(), testOptions(t))
+	defer closeStore(t, s)
+	return putData(t, s, data)
+}
+
+func TestReopen(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dir := t.TempDir()
+	data := storetest.Data(1, 2*cs+9)
+	partData := storetest.Data(2, 3*cs)
+	part := manifestOf(t, partData)
+
+	s := open(t, dir, testOptions(t))
+	m := putData(t, s, data)
+	if err := s.Pin(ctx, m.CID(), true); err != nil {
+		t.Fatal(err)
+	}
+	rec := blobstore.Record{ModelID: "m", ProfileID: "p", Blob: m.CID(), Fingerprint: []byte(`{"a":1}`)}
+	if err := s.AddRecord(ctx, rec); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.BeginPartial(ctx, part); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutChunk(ctx, part.CID(), 1, chunkOf(partData, part, 1)); err != nil {
+		t.Fatal(err)
+	}
+	closeStore(t, s)
+
+	s = open(t, dir, testOptions(t))
+	defer closeStore(t, s)
+	if got, err := readAll(s, m); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("blob after reopen: %v", err)
+	}
+	if info, err := s.Stat(ctx, m.CID()); err != nil || !info.Pinned || info.LastAccess.IsZero() {
+		t.Fatalf("Stat after reopen = %+v, %v", info, err)
+	}
+	if recs, err := s.Records(ctx, "m", "p"); err != nil || len(recs) != 1 || !recs[0].Blob.Equals(m.CID()) {
+		t.Fatalf("Records after reopen = %+v, %v", recs, err)
+	}
+	// Resume the fetch: BeginPartial again keeps chunk 1.
+	if err := s.BeginPartial(ctx, part); err != nil {
+		t.Fatal(err)
+	}
+	have, err := s.HaveChunks(ctx, part.CID())
+	if err != nil || !slices.Equal(have, []bool{false, true, false}) {
+		t.Fatalf("HaveChunks after reopen = %v, %v", have, err)
+	}
+	for _, i := range []int{0, 2} {
+		if err := s.PutChunk(ctx, part.CID(), i, chunkOf(partData, part, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Commit(ctx, part.CID()); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := readAll(s, part); err != nil || !bytes.Equal(got, partData) {
+		t.Fatalf("resumed blob: %v", err)
+	}
+}
+
+func TestLeftoverCleanup(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dir := t.TempDir()
+	s := open(t, dir, testOptions(t))
+	kept := putData(t, s, storetest.Data(3, cs+1))
+	// What a crash leaves: chunks of an unfinished put, access, pin and record keys of a blob whose delete did
+	// not finish.
+	orphan := [32]byte{1, 2, 3}
+	gone := [32]byte{9}
+	recKey := recordKey(&blobstore.Record{ModelID: "m", ProfileID: "p", Fingerprint: []byte("{}")}, gone)
+	err := s.db.Update(func(txn *badger.Txn) error {
+		return errors.Join(
+			txn.Set(key(prefixChunk, orphan), bytes.Repeat([]byte{1}, 4096)),
+			txn.Set(key(prefixAccess, gone), encodeTime(time.Now())),
+			txn.Set(key(prefixPin, gone), nil),
+			txn.Set(recKey, []byte("{}")),
+		)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	closeStore(t, s)
+
+	s = open(t, dir, testOptions(t))
+	defer closeStore(t, s)
+	err = s.db.View(func(txn *badger.Txn) error {
+		for _, k := range [][]byte{key(prefixChunk, orphan), key(prefixAccess, gone), key(prefixPin, gone), recKey} {
+			if _, err := txn.Get(k); !errors.Is(err, badger.ErrKeyNotFound) {
+				t.Errorf("leftover key %x survived Open: %v", k, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := s.Verify(ctx)
+	if err != nil || len(rep.Corrupt) != 0 || rep.Chunks != len(kept.Chunks) {
+		t.Fatalf("Verify after cleanup = %+v, %v", rep, err)
+	}
+}
+
+// corrupt flips one byte of needle where it occurs in the value log of dir (the store must be closed). It opens
+// and closes the store first so that the value-log file is sealed: badger checks the last file at Open and
+// truncates it at a bad entry (a torn write), while bit rot in a sealed file is left for the store to find.
+func corrupt(t *testing.T, dir string, needle []byte) {
+	t.Helper()
+	closeStore(t, open(t, dir, testOptions(t)))
+	files, err := filepath.Glob(filepath.Join(dir, "*.vlog"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i := bytes.Index(b, needle); i >= 0 {
+			b[i+len(needle)/2] ^= 0x40
+			if err := os.WriteFile(f, b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			return
+		}
+	}
+	t.Fatal("bytes to corrupt not found in the value log")
+}
+
+func TestCorruptChunkDetected(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dir := t.TempDir()
+	data := storetest.Data(4, 3*cs)
+	s := open(t, dir, testOptions(t))
+	m := putData(t, s, data)
+	closeStore(t, s)
+	corrupt(t, dir, data[cs+1000:cs+1064]) // inside chunk 1
+
+	s = open(t, dir, testOptions(t))
+	defer closeStore(t, s)
+	if _, err := readAll(s, m); !errors.Is(err, blobstore.ErrInvalidData) {
+		t.Fatalf("Read of a corrupt blob = %v, want ErrInvalidData", err)
+	}
+	if _, err := s.ReadChunk(ctx, m.CID(), 1, nil); !errors.Is(err, blobstore.ErrInvalidData) {
+		t.Fatalf("ReadChunk of the corrupt chunk = %v", err)
+	}
+	if got, err := s.ReadChunk(ctx, m.CID(), 2, nil); err != nil || !bytes.Equal(got, chunkOf(data, m, 2)) {
+		t.Fatalf("ReadChunk of a good chunk = %v", err)
+	}
+	out := filepath.Join(t.TempDir(), "x.blob")
+	if err := s.Export(ctx, m.CID(), out); !errors.Is(err, blobstore.ErrInvalidData) {
+		t.Fatalf("Export of a corrupt blob = %v", err)
+	}
+	if entries, _ := os.ReadDir(filepath.Dir(out)); len(entries) != 0 {
+		t.Fatalf("failed export left %v", entries)
+	}
+	rep, err := s.Verify(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []blobstore.CorruptChunk{{Blob: m.CID(), Index: 1, Chunk: blobstore.ChunkCID(m.Chunks[1])}}
+	if len(rep.Corrupt) != 1 || rep.Corrupt[0].Index != 1 || !rep.Corrupt[0].Blob.Equals(want[0].Blob) ||
+		!rep.Corrupt[0].Chunk.Equals(want[0].Chunk) || rep.Chunks != 3 {
+		t.Fatalf("Verify = %+v, want %+v", rep, want)
+	}
+	// Putting the blob again rewrites its chunks: the store heals.
+	putData(t, s, data)
+	if rep, err := s.Verify(ctx); err != nil || len(rep.Corrupt) != 0 {
+		t.Fatalf("Verify after re-put = %+v, %v", rep, err)
+	}
+}
+
+func TestCommitDropsCorruptChunk(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dir := t.TempDir()
+	data := storetest.Data(5, 2*cs)
+	m := manifestOf(t, data)
+	s := open(t, dir, testOptions(t))
+	if err := s.BeginPartial(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	for i := range m.Chunks {
+		if err := s.PutChunk(ctx, m.CID(), i, chunkOf(data, m, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	closeStore(t, s)
+	corrupt(t, dir, data[100:164])
+
+	s = open(t, dir, testOptions(t))
+	defer closeStore(t, s)
+	if err := s.Commit(ctx, m.CID()); !errors.Is(err, blobstore.ErrInvalidData) {
+		t.Fatalf("Commit with a corrupt chunk = %v", err)
+	}
+	have, err := s.HaveChunks(ctx, m.CID())
+	if err != nil || !slices.Equal(have, []bool{false, true}) {
+		t.Fatalf("HaveChunks after a failed commit = %v, %v; the corrupt chunk should be gone", have, err)
+	}
+	if err := s.PutChunk(ctx, m.CID(), 0, chunkOf(data, m, 0)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Commit(ctx, m.CID()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestNoSpace(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dir := t.TempDir()
+	var mu sync.Mutex
+	free := uint64(1 << 40)
+	opts := testOptions(t)
+	opts.MinFreeSpace = 10 << 20
+	opts.freeSpace = func(string) (uint64, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return free, nil
+	}
+	setFree := func(n uint64) { mu.Lock(); free = n; mu.Unlock() }
+	s := open(t, dir, opts)
+	kept := putData(t, s, storetest.Data(6, cs))
+	setFree(10<<20 + 512<<10) // not even one chunk fits
+
+	data := storetest.Data(7, 8*cs)
+	if _, err := s.Put(ctx, bytes.NewReader(data)); !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("Put on a full disk = %v, want ErrNoSpace", err)
+	}
+	m := manifestOf(t, data)
+	if err := s.BeginPartial(ctx, m); !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("BeginPartial of a blob that does not fit = %v", err)
+	}
+	small := storetest.Data(8, cs)
+	sm := manifestOf(t, small)
+	setFree(12 << 20)
+	if err := s.BeginPartial(ctx, sm); err != nil {
+		t.Fatal(err)
+	}
+	setFree(10 << 20)
+	if err := s.PutChunk(ctx, sm.CID(), 0, small); !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("PutChunk on a full disk = %v", err)
+	}
+	if list, err := s.List(ctx); err != nil || len(list) != 2 {
+		t.Fatalf("List = %+v, %v; want the kept blob and the partial", list, err)
+	}
+	closeStore(t, s)
+
+	setFree(1 << 40)
+	s = open(t, dir, opts)
+	defer closeStore(t, s)
+	rep, err := s.Verify(ctx)
+	if err != nil || len(rep.Corrupt) != 0 || rep.Chunks != 1 {
+		t.Fatalf("Verify after a full disk = %+v, %v", rep, err)
+	}
+	if got, err := readAll(s, kept); err != nil || len(got) != cs {
+		t.Fatalf("kept blob: %v", err)
+	}
+	if got := putData(t, s, data); !got.CID().Equals(m.CID()) {
+		t.Fatal("put after freeing space gave another blob")
+	}
+}
+
+// allocated is the disk space the value-log files of dir occupy (they are sparse while written).
+func allocated(t *testing.T, dir string) int64 {
+	t.Helper()
+	files, _ := filepath.Glob(filepath.Join(dir, "*.vlog"))
+	var n int64
+	for _, f := range files {
+		st, err := os.Stat(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n += st.Sys().(*syscall.Stat_t).Blocks * 512
+	}
+	return n
+}
+
+func TestGCReclaimsDisk(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dir := t.TempDir()
+	opts := testOptions(t)
+	opts.ValueLogFileSize = 4 << 20
+	s := open(t, dir, opts)
+	defer closeStore(t, s)
+	var ms []*blobstore.Manifest
+	for i := range 3 {
+		ms = append(ms, putData(t, s, storetest.Data(uint64(10+i), 8*cs)))
+	}
+	before := allocated(t, dir)
+	res, err := s.GC(ctx, 8*cs, nil)
+	if err != nil || len(res.Removed) != 2 {
+		t.Fatalf("GC = %+v, %v", res, err)
+	}
+	after := allocated(t, dir)
+	t.Logf("value log: %d MiB before gc, %d MiB after", before>>20, after>>20)
+	if after > before-8*cs {
+		t.Fatalf("gc of 16 MiB freed only %d bytes of value log", before-after)
+	}
+	if got, err := readAll(s, ms[2]); err != nil || len(got) != 8*cs {
+		t.Fatalf("surviving blob after value-log gc: %v", err)
+	}
+}
+
+func TestTouchCoalesced(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dir := t.TempDir()
+	var mu sync.Mutex
+	now := time.Unix(1_700_000_000, 0)
+	opts := testOptions(t)
+	opts.now = func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	onDisk := func(s *Store, d [32]byte) time.Time {
+		var at time.Time
+		err := s.db.View(func(txn *badger.Txn) error {
+			item, err := txn.Get(key(prefixAccess, d))
+			if err != nil {
+				return err
+			}
+			return item.Value(func(v []byte) error { at, err = decodeTime(v); return err })
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return at
+	}
+	s := open(t, dir, opts)
+	m := putData(t, s, []byte("hot blob"))
+	d, _ := blobstore.Digest(m.CID())
+	t0 := opts.now()
+	advance(10 * time.Second)
+	if err := s.Touch(ctx, m.CID()); err != nil {
+		t.Fatal(err)
+	}
+	if got := onDisk(s, d); !got.Equal(t0) {
+		t.Fatalf("a touch within a minute was written: %v", got)
+	}
+	if info, _ := s.Stat(ctx, m.CID()); !info.LastAccess.Equal(t0.Add(10 * time.Second)) {
+		t.Fatalf("Stat LastAccess = %v, want the touch time", info.LastAccess)
+	}
+	advance(time.Minute)
+	if err := s.Touch(ctx, m.CID()); err != nil {
+		t.Fatal(err)
+	}
+	if got := onDisk(s, d); !got.Equal(t0.Add(70 * time.Second)) {
+		t.Fatalf("a touch after a minute was not written: %v", got)
+	}
+	advance(time.Second)
+	if _, err := s.ReadChunk(ctx, m.CID(), 0, nil); err != nil { // an access too
+		t.Fatal(err)
+	}
+	closeStore(t, s) // flushes
+	s = open(t, dir, opts)
+	defer closeStore(t, s)
+	if got := onDisk(s, d); !got.Equal(t0.Add(71 * time.Second)) {
+		t.Fatalf("Close did not flush the last access: %v", got)
+	}
+}
+
+func TestClosed(t *testing.T) {
+	t.Parallel()
+	s := open(t, t.TempDir(), testOptions(t))
+	m := putData(t, s, []byte("x"))
+	r, err := s.Open(context.Background(), m.CID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	closeStore(t, s)
+	closeStore(t, s) // idempotent
+	if _, err := s.Put(context.Background(), bytes.NewReader(nil)); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Put after Close = %v", err)
+	}
+	if _, err := io.ReadAll(r); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Read after Close = %v", err)
+	}
+	r.Close()
+}
+
+func TestLayoutVersion(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	s := open(t, dir, testOptions(t))
+	if err := s.db.Update(func(txn *badger.Txn) error { return txn.Set(keyVersion, []byte("future")) }); err != nil {
+		t.Fatal(err)
+	}
+	closeStore(t, s)
+	if s, err := Open(dir, testOptions(t)); err == nil {
+		s.Close()
+		t.Fatal("Open accepted an unknown layout")
+	}
+}
