@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
@@ -30,12 +31,14 @@ var chunkBufPool = sync.Pool{New: func() any {
 
 // server answers chunk-protocol requests from the store. It serves verified chunks of partial blobs too.
 type server struct {
-	ctx   context.Context
-	store blobstore.Store
-	log   *slog.Logger
-	slots chan struct{}
-	// corrupt, if set, may alter a chunk just before it is sent: tests use it to play a malicious peer.
-	corrupt func(i int, data []byte)
+	ctx    context.Context
+	store  blobstore.Store
+	log    *slog.Logger
+	slots  chan struct{}
+	served atomic.Int64 // chunks sent
+	// beforeSend, if set, sees (and may alter or delay) each chunk just before it is sent: tests use it to play
+	// a slow or malicious peer.
+	beforeSend func(i int, data []byte)
 }
 
 func newServer(ctx context.Context, store blobstore.Store, log *slog.Logger) *server {
@@ -121,14 +124,15 @@ func (s *server) serveChunks(st stream, req request) error {
 				continue
 			}
 			*bp = b[:0]
-			if s.corrupt != nil {
-				s.corrupt(i, b[hdr:])
+			if s.beforeSend != nil {
+				s.beforeSend(i, b[hdr:])
 			}
 			frameHeader(b, msgChunk, len(b)-frameHeaderLen)
 			putIndex(b[frameHeaderLen:], i)
 			if err := s.write(st, b); err != nil {
 				return err
 			}
+			s.served.Add(1)
 		}
 	}
 	return nil
