@@ -66,7 +66,8 @@ type GCResult struct {
 	SizeAfter  uint64    `json:"size_after"`
 }
 
-// CorruptChunk names a stored chunk whose bytes no longer match its CID.
+// CorruptChunk names a stored chunk whose bytes no longer match its CID. Index -1 (and an undefined Chunk) means
+// the blob's manifest itself is damaged.
 type CorruptChunk struct {
 	Blob  cid.Cid `json:"blob"`
 	Index int     `json:"index"`

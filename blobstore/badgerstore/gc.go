@@ -102,7 +102,10 @@ func (s *Store) cleanup() (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	removed, err := s.sweepLocked(nil)
-	if err != nil {
+	if isCorrupt(err) {
+		// Open anyway, so that verify can report the damage and delete can remove the blob.
+		s.log.Warn("blob store: not sweeping chunks at open: a manifest is corrupt (see verify)", "err", err)
+	} else if err != nil {
 		return 0, err
 	}
 	var doomed [][]byte
@@ -164,6 +167,10 @@ func (s *Store) GC(ctx context.Context, quota uint64, keep func(cid.Cid) bool) (
 		for _, prefix := range []byte{prefixManifest, prefixPartial} {
 			for _, d := range digestKeys(txn, prefix) {
 				m, _, err := s.manifest(txn, d)
+				if isCorrupt(err) {
+					s.log.Warn("blob store: gc: skipping a blob with a corrupt manifest (see verify)", "blob", blobstore.DigestCID(d), "err", err)
+					continue
+				}
 				if err != nil {
 					return err
 				}
@@ -187,10 +194,14 @@ func (s *Store) GC(ctx context.Context, quota uint64, keep func(cid.Cid) bool) (
 	slices.SortFunc(cands, func(a, b cand) int {
 		return cmp.Or(cmp.Compare(a.access, b.access), bytes.Compare(a.d[:], b.d[:]))
 	})
+	protected := make([]bool, len(cands)) // keep is asked before taking the lock: it may call the store
+	for i, c := range cands {
+		protected[i] = c.pinned || (keep != nil && keep(blobstore.DigestCID(c.d)))
+	}
 
 	res := blobstore.GCResult{Removed: []cid.Cid{}}
 	s.mu.Lock()
-	for _, c := range cands {
+	for i, c := range cands {
 		if total <= quota {
 			break
 		}
@@ -199,7 +210,7 @@ func (s *Store) GC(ctx context.Context, quota uint64, keep func(cid.Cid) bool) (
 			return res, err
 		}
 		id := blobstore.DigestCID(c.d)
-		if c.pinned || (keep != nil && keep(id)) || s.hasReaders(c.d) {
+		if protected[i] || s.hasReaders(c.d) {
 			continue
 		}
 		size, err := s.deleteLocked(c.d, true)
@@ -239,8 +250,9 @@ func (s *Store) hasReaders(d [32]byte) bool {
 func (s *Store) reclaim() error {
 	s.reclaimMu.Lock()
 	defer s.reclaimMu.Unlock()
-	// A value-log rewrite copies up to half a file; without room for it, mmap writes would crash the process.
-	if err := s.checkSpace(uint64(s.opts.ValueLogFileSize)); err != nil {
+	// Reclaim is what frees a full disk, so it dips into MinFreeSpace, down to a smaller reserve; Open makes sure
+	// MinFreeSpace covers it.
+	if err := s.checkSpaceReserve(reclaimRoom(s.opts.ValueLogFileSize)-reclaimReserve, reclaimReserve); err != nil {
 		return err
 	}
 	s.gate.Lock()
@@ -266,6 +278,10 @@ func (s *Store) reclaim() error {
 	}
 	return nil
 }
+
+// reclaimRoom is the free space reclaim needs: a value-log rewrite copies at most half a file (RunValueLogGC at
+// 0.5), and without room for it mmap writes would crash the process; plus the reserve for LSM tables.
+func reclaimRoom(vlogFileSize int64) uint64 { return uint64(vlogFileSize)/2 + reclaimReserve }
 
 // kickReclaim asks the background goroutine to reclaim space soon (after a delete); calls coalesce.
 func (s *Store) kickReclaim() {

@@ -31,6 +31,7 @@ type put struct {
 	cancel context.CancelCauseFunc
 	slots  chan struct{} // bounds chunks in flight (memory)
 
+	flush   *flusher
 	digests [][32]byte // chunk digests by index; written by the writer goroutine only
 	mine    [][32]byte // digests registered in s.inflight; guarded by s.mu
 }
@@ -48,9 +49,12 @@ func (s *Store) Put(ctx context.Context, r io.Reader) (*blobstore.Manifest, erro
 	m, err := p.run(r)
 	if err != nil {
 		// Drop what this put wrote and no other blob uses; a crash instead leaves it to the sweep at Open.
+		var serr error
 		s.mu.Lock()
 		p.unregisterLocked()
-		_, serr := s.sweepLocked(p.mine)
+		if len(p.mine) > 0 {
+			_, serr = s.sweepLocked(p.mine)
+		}
 		s.mu.Unlock()
 		if serr != nil {
 			s.log.Warn("blob store: remove chunks of a failed put", "err", serr)
@@ -108,6 +112,7 @@ func (p *put) run(r io.Reader) (*blobstore.Manifest, error) {
 		hashers.Wait()
 		close(writeCh)
 	})
+	p.flush = newFlusher(p.s.db.Sync)
 	wg.Go(func() { p.write(writeCh) })
 
 	var size uint64
@@ -115,8 +120,12 @@ func (p *put) run(r io.Reader) (*blobstore.Manifest, error) {
 	close(wholeCh)
 	close(hashCh)
 	wg.Wait()
+	ferr := p.flush.close()
 	if err := p.err(); err != nil {
 		return nil, fmt.Errorf("put: %w", err)
+	}
+	if ferr != nil {
+		return nil, fmt.Errorf("put: sync chunks: %w", ferr)
 	}
 
 	m := &blobstore.Manifest{Size: size, ChunkSize: blobstore.ChunkSize, Chunks: p.digests}
@@ -263,6 +272,7 @@ func (p *put) commit(chunks []*putChunk, commits *sync.WaitGroup) error {
 			p.fail(fmt.Errorf("write chunks: %w", err))
 		}
 		for _, c := range chunks {
+			p.flush.add(len(c.data))
 			p.release(c)
 		}
 		commits.Done()

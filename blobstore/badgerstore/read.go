@@ -269,7 +269,12 @@ func (s *Store) Export(ctx context.Context, c cid.Cid, path string) (err error) 
 			os.Remove(f.Name())
 		}
 	}()
-	if _, err := r.WriteTo(f); err != nil {
+	fl := newFlusher(f.Sync)
+	_, err = r.WriteTo(flushWriter{f, fl})
+	if ferr := fl.close(); err == nil && ferr != nil {
+		err = fmt.Errorf("sync %s: %w", f.Name(), ferr)
+	}
+	if err != nil {
 		return fmt.Errorf("export %s to %s: %w", c, path, err)
 	}
 	if err := f.Chmod(0o644); err != nil { // CreateTemp makes 0600; the loader may run as another user
@@ -285,6 +290,18 @@ func (s *Store) Export(ctx context.Context, c cid.Cid, path string) (err error) 
 		return fmt.Errorf("export %s: %w", c, err)
 	}
 	return syncDir(dir)
+}
+
+// flushWriter counts what it writes for a flusher.
+type flushWriter struct {
+	w io.Writer
+	f *flusher
+}
+
+func (w flushWriter) Write(p []byte) (int, error) {
+	n, err := w.w.Write(p)
+	w.f.add(n)
+	return n, err
 }
 
 func syncDir(dir string) error {

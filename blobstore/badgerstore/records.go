@@ -83,9 +83,12 @@ func (s *Store) AddRecord(ctx context.Context, r blobstore.Record) error {
 	if err := validateID("profile ID", r.ProfileID); err != nil {
 		return err
 	}
-	if !json.Valid(r.Fingerprint) {
-		return fmt.Errorf("record for %s: fingerprint is not valid JSON", r.Blob)
+	// Stored compact, as json.Marshal writes it, so that the key's fingerprint digest matches what is read back.
+	var fp bytes.Buffer
+	if err := json.Compact(&fp, r.Fingerprint); err != nil {
+		return fmt.Errorf("record for %s: fingerprint is not valid JSON: %w", r.Blob, err)
 	}
+	r.Fingerprint = fp.Bytes()
 	d, err := digestOf(r.Blob)
 	if err != nil {
 		return fmt.Errorf("record: %w", err)

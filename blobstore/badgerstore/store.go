@@ -54,7 +54,8 @@ const (
 	numMemtables     = 2         // one active, one flushing
 	blockCacheSize   = 16 << 20  // LSM blocks; values are read straight from the mmapped value log
 	defaultVlogSize  = 128 << 20 // value-log GC rewrites whole files: smaller files reclaim sooner
-	defaultMinFree   = 256 << 20 // headroom for badger's memtables, tables and a value-log GC rewrite
+	defaultMinFree   = 256 << 20 // headroom for badger's memtables and tables, and for reclaim
+	reclaimReserve   = 32 << 20  // what reclaim leaves free: two memtables' worth of LSM tables
 	putBuffers       = 16        // chunks in flight per Put (16 MiB)
 	putBatch         = 8         // chunks per badger transaction in Put
 	readWindow       = 4         // chunks read ahead and verified in parallel by a reader
@@ -71,7 +72,8 @@ type Options struct {
 	// ValueLogFileSize is the size of one badger value-log file; 0 means 128 MiB.
 	ValueLogFileSize int64
 	// MinFreeSpace is the free disk space every write leaves; 0 means 256 MiB. Badger writes through mmap, where
-	// a full disk is a crash (SIGBUS) rather than an error, so the store refuses writes before that point.
+	// a full disk is a crash (SIGBUS) rather than an error, so the store refuses writes before that point. It
+	// must be at least half a value-log file plus 64 MiB: the room gc needs to give space back on a full disk.
 	MinFreeSpace uint64
 
 	now       func() time.Time                 // tests
@@ -130,6 +132,12 @@ func Open(dir string, opts Options) (*Store, error) {
 	}
 	if opts.MinFreeSpace == 0 {
 		opts.MinFreeSpace = defaultMinFree
+	}
+	// Deletes, the memtable and access times are written past the guard, so gc needs a reserve more than
+	// reclaimRoom to start on a full disk.
+	if need := reclaimRoom(opts.ValueLogFileSize) + reclaimReserve; opts.MinFreeSpace < need {
+		return nil, fmt.Errorf("blob store: min free space of %d bytes is below the %d that gc needs to free a full disk (half a value-log file plus %d)",
+			opts.MinFreeSpace, need, 2*reclaimReserve)
 	}
 	if opts.now == nil {
 		opts.now = time.Now
@@ -267,14 +275,17 @@ func digestOf(c cid.Cid) ([32]byte, error) {
 }
 
 // checkSpace fails with ErrNoSpace unless n more bytes leave MinFreeSpace free.
-func (s *Store) checkSpace(n uint64) error {
+func (s *Store) checkSpace(n uint64) error { return s.checkSpaceReserve(n, s.opts.MinFreeSpace) }
+
+// checkSpaceReserve fails with ErrNoSpace unless n more bytes leave reserve bytes free.
+func (s *Store) checkSpaceReserve(n, reserve uint64) error {
 	free, err := s.opts.freeSpace(s.dir)
 	if err != nil {
 		return fmt.Errorf("blob store: free space of %s: %w", s.dir, err)
 	}
-	if free < n+s.opts.MinFreeSpace {
+	if free < n+reserve {
 		return fmt.Errorf("%w in %s: writing %d bytes would leave %d of the %d bytes kept free",
-			ErrNoSpace, s.dir, n, int64(free)-int64(n), s.opts.MinFreeSpace)
+			ErrNoSpace, s.dir, n, int64(free)-int64(n), reserve)
 	}
 	return nil
 }
@@ -355,6 +366,11 @@ func (s *Store) cacheManifest(d [32]byte, m *blobstore.Manifest) {
 	}
 	s.manifests[d] = m
 	s.manBytes += 32 * len(m.Chunks)
+}
+
+// isCorrupt reports an error that means stored bytes are damaged, as opposed to an I/O or badger failure.
+func isCorrupt(err error) bool {
+	return errors.Is(err, blobstore.ErrInvalidData) || errors.Is(err, blobstore.ErrInvalidManifest)
 }
 
 func cloneManifest(m *blobstore.Manifest) *blobstore.Manifest {
@@ -468,6 +484,10 @@ func (s *Store) List(ctx context.Context) ([]blobstore.Info, error) {
 					return err
 				}
 				info, err := s.info(txn, d)
+				if isCorrupt(err) {
+					s.log.Warn("blob store: list: skipping a blob with a corrupt manifest (see verify)", "blob", blobstore.DigestCID(d), "err", err)
+					continue
+				}
 				if err != nil {
 					return err
 				}
@@ -547,6 +567,11 @@ func (s *Store) deleteLocked(d [32]byte, checkPin bool) (uint64, error) {
 	err := s.update(func(txn *badger.Txn) error {
 		var err error
 		m, _, err = s.manifest(txn, d)
+		if isCorrupt(err) {
+			// The blob's keys still go; its chunks are found by a full sweep below.
+			s.log.Warn("blob store: deleting a blob with a corrupt manifest", "blob", blobstore.DigestCID(d), "err", err)
+			m, err = nil, nil
+		}
 		if err != nil {
 			return err
 		}
@@ -575,10 +600,18 @@ func (s *Store) deleteLocked(d [32]byte, checkPin bool) (uint64, error) {
 	s.accMu.Lock()
 	delete(s.access, d)
 	s.accMu.Unlock()
-	if _, err := s.sweepLocked(m.Chunks); err != nil {
+	var candidates [][32]byte // nil: all chunks
+	var size uint64
+	if m != nil {
+		candidates, size = m.Chunks, m.Size
+		if candidates == nil {
+			candidates = [][32]byte{} // an empty blob has no chunk to sweep
+		}
+	}
+	if _, err := s.sweepLocked(candidates); err != nil {
 		return 0, fmt.Errorf("delete %s: blob removed, its chunks not yet: %w", blobstore.DigestCID(d), err)
 	}
-	return m.Size, nil
+	return size, nil
 }
 
 // Touch records an access to a blob for LRU gc. It is cheap: the time is kept in memory and written to disk at

@@ -12,7 +12,8 @@ import (
 )
 
 // Verify re-hashes every stored chunk of every complete and partial blob. A chunk that several blobs share is
-// hashed once and reported for each. A complete blob's missing chunk is corrupt; a partial blob's is expected.
+// hashed once and reported for each. A complete blob's missing chunk is corrupt; a partial blob's is expected. A
+// corrupt manifest is reported with Index -1 and no chunk CID.
 func (s *Store) Verify(ctx context.Context) (blobstore.VerifyReport, error) {
 	if err := s.enter(); err != nil {
 		return blobstore.VerifyReport{}, err
@@ -24,10 +25,15 @@ func (s *Store) Verify(ctx context.Context) (blobstore.VerifyReport, error) {
 		complete bool
 	}
 	var blobs []blob
+	var badManifests []blobstore.CorruptChunk
 	err := s.db.View(func(txn *badger.Txn) error {
 		for _, prefix := range []byte{prefixManifest, prefixPartial} {
 			for _, d := range digestKeys(txn, prefix) {
 				m, st, err := s.manifest(txn, d)
+				if isCorrupt(err) {
+					badManifests = append(badManifests, blobstore.CorruptChunk{Blob: blobstore.DigestCID(d), Index: -1})
+					continue
+				}
 				if err != nil {
 					return err
 				}
@@ -53,7 +59,7 @@ func (s *Store) Verify(ctx context.Context) (blobstore.VerifyReport, error) {
 	var (
 		mu      sync.Mutex
 		seen    = map[[32]byte]outcome{}
-		report  = blobstore.VerifyReport{Blobs: len(blobs), Corrupt: []blobstore.CorruptChunk{}}
+		report  = blobstore.VerifyReport{Blobs: len(blobs) + len(badManifests), Corrupt: append([]blobstore.CorruptChunk{}, badManifests...)}
 		jobs    = make(chan job)
 		wg      sync.WaitGroup
 		failErr error

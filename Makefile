@@ -1,0 +1,42 @@
+# npu-agent. `make demo` runs the main job, `make test` runs the tests (what CI runs).
+GO      ?= go
+BIN     := bin/npu-agent
+PKGS    := ./...
+# Fuzz time per target for `make fuzz`.
+FUZZTIME ?= 20s
+
+.PHONY: all build test test-short vet demo bench-store bench-fetch bench-fleet test-faults fuzz clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/npu-agent
+
+vet:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
+	$(GO) vet $(PKGS)
+
+# The test suite CI runs: race detector on, fuzz seeds run as unit tests, namespace tests when root.
+test: vet
+	$(GO) test -race -timeout 12m $(PKGS)
+
+test-short:
+	$(GO) test -short -timeout 5m $(PKGS)
+
+demo: build
+	bash scripts/demo.sh
+
+# Store put/export of a 1 GiB blob against plain file write/copy, ratios from one run.
+bench-store:
+	$(GO) test -run '^$$' -bench 'Store' -benchtime 1x -timeout 30m ./blobstore/badgerstore
+
+clean:
+	rm -rf bin
+
+# Every fuzz target for FUZZTIME each (seeds also run as plain tests in `make test`).
+fuzz:
+	@set -e; for pkg in $$($(GO) list ./...); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
+	    echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
+	  done; \
+	done

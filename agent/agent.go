@@ -1,0 +1,518 @@
+// Package agent ties the blob store, the compatibility rules, the compilers and (optionally) the fleet together:
+// Ensure(model, profile) answers from the local store, else fetches a compatible blob a peer holds, else
+// compiles once (once per process and, with a fleet, once per compatibility class) and shares the result.
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/ipfs/go-cid"
+
+	"github.com/npu-agent/npu-agent/blobstore"
+	"github.com/npu-agent/npu-agent/compat"
+	"github.com/npu-agent/npu-agent/compile"
+)
+
+// ErrIncompatible reports a blob the host's NPU stack cannot load, by the rules.
+var ErrIncompatible = errors.New("blob is not compatible with this host")
+
+// Source says where Ensure found a blob.
+type Source string
+
+const (
+	SourceStore    Source = "store"    // already in the local store
+	SourcePeer     Source = "peer"     // fetched from fleet peers
+	SourceCompiled Source = "compiled" // compiled here
+)
+
+// Result is the outcome of Ensure.
+type Result struct {
+	CID       cid.Cid          `json:"cid"`
+	Source    Source           `json:"source"`
+	Record    blobstore.Record `json:"record"`
+	SHA256    string           `json:"sha256"`
+	Path      string           `json:"path,omitempty"` // set by Materialize
+	WaitedFor string           `json:"waited_for,omitempty"`
+}
+
+// Progress reports long work: phase is "compile" or "fetch"; total is 0 when unknown.
+type Progress func(phase string, done, total int64)
+
+// Fleet is what the agent needs of its peers. The p2p layer implements it; nil means this agent runs alone.
+type Fleet interface {
+	// Records returns verified, trusted peer records for (model, profile).
+	Records(modelID, profileID string) []blobstore.Record
+	// Fetch brings blob c from peers into the store, verified, and makes it visible.
+	Fetch(ctx context.Context, c cid.Cid, progress func(done, total int64)) error
+	// Publish signs and announces a record of a blob this agent holds.
+	Publish(ctx context.Context, r blobstore.Record) error
+	// Coordinate runs the fleet-wide single flight for key: it calls compile when this agent is chosen (or
+	// takes over), or returns once ready reports a usable record, naming the peer waited for.
+	Coordinate(ctx context.Context, key compile.FlightKey, compile func(context.Context) error, ready func() bool) (waitedFor string, err error)
+}
+
+// Options configure an Agent.
+type Options struct {
+	Store    blobstore.Store
+	Backend  compile.Backend // nil: a needed compile fails with compile.ErrNoCompiler
+	Rules    *compat.Rules   // nil: compat.DefaultRules()
+	Host     compat.Fingerprint
+	Producer string // written into records: the libp2p peer ID, or the host name when alone
+	WorkDir  string // compiler outputs and materialised blobs live under it
+	Timeout  time.Duration
+	Fleet    Fleet
+	Logger   *slog.Logger
+}
+
+// Agent resolves blobs. Safe for concurrent use.
+type Agent struct {
+	opts       Options
+	hostJSON   json.RawMessage
+	hostHash   string
+	flight     compile.Flight
+	mu         sync.Mutex
+	inflight   map[string]*Activity // what is being fetched or compiled, for status
+	blobsDir   string
+	scratchDir string
+}
+
+// Activity is one fetch or compile under way.
+type Activity struct {
+	Phase   string    `json:"phase"` // "fetch" or "compile"
+	Model   string    `json:"model_id"`
+	Profile string    `json:"profile_id"`
+	Started time.Time `json:"started"`
+	Done    int64     `json:"done"`
+	Total   int64     `json:"total"`
+}
+
+// New validates the host fingerprint and prepares the work directories.
+func New(opts Options) (*Agent, error) {
+	if opts.Store == nil {
+		return nil, errors.New("agent: no store")
+	}
+	if opts.Rules == nil {
+		opts.Rules = compat.DefaultRules()
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	canon, err := opts.Host.Canonical()
+	if err != nil {
+		return nil, fmt.Errorf("host fingerprint: %w", err)
+	}
+	hash, err := opts.Host.Hash()
+	if err != nil {
+		return nil, fmt.Errorf("host fingerprint: %w", err)
+	}
+	a := &Agent{
+		opts:       opts,
+		hostJSON:   canon,
+		hostHash:   hash,
+		inflight:   map[string]*Activity{},
+		blobsDir:   filepath.Join(opts.WorkDir, "blobs"),
+		scratchDir: filepath.Join(opts.WorkDir, "scratch"),
+	}
+	for _, d := range []string{a.blobsDir, a.scratchDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, fmt.Errorf("agent: %w", err)
+		}
+	}
+	// Compiler outputs of a killed process are garbage.
+	if old, err := os.ReadDir(a.scratchDir); err == nil {
+		for _, e := range old {
+			_ = os.RemoveAll(filepath.Join(a.scratchDir, e.Name()))
+		}
+	}
+	return a, nil
+}
+
+// Host is the fingerprint the agent resolves for.
+func (a *Agent) Host() compat.Fingerprint { return a.opts.Host }
+
+// Store is the agent's blob store.
+func (a *Agent) Store() blobstore.Store { return a.opts.Store }
+
+// Ensure returns a blob for (model, profile) that this host can load: from the store, else from peers, else
+// compiled. progress may be nil.
+func (a *Agent) Ensure(ctx context.Context, model compile.Model, profile compile.Profile, progress Progress) (Result, error) {
+	pid, err := profile.ID()
+	if err != nil {
+		return Result{}, err
+	}
+	kind := profile.Kind
+	if r, ok, err := a.findLocal(ctx, model.ID, pid, kind); err != nil || ok {
+		if ok {
+			_ = a.opts.Store.Touch(ctx, r.CID)
+		}
+		return r, err
+	}
+	if a.opts.Fleet != nil {
+		if r, ok, err := a.fromPeers(ctx, model.ID, pid, kind, progress); err != nil || ok {
+			return r, err
+		}
+	}
+	class, err := compat.Class(a.opts.Rules, a.opts.Host, kind)
+	if err != nil {
+		return Result{}, err
+	}
+	key := compile.FlightKey{ModelID: model.ID, ProfileID: pid, Class: class}
+	var waitedFor string
+	_, _, err = a.flight.Do(ctx, key, func(ctx context.Context) (*compile.Result, error) {
+		// A flight that finished just before ours may have stored it.
+		if _, ok, err := a.findLocal(ctx, model.ID, pid, kind); err != nil || ok {
+			return nil, err
+		}
+		compileHere := func(ctx context.Context) error { return a.compileAndStore(ctx, model, profile, pid, progress) }
+		if a.opts.Fleet == nil {
+			return nil, compileHere(ctx)
+		}
+		ready := func() bool { return len(a.compatible(a.opts.Fleet.Records(model.ID, pid), kind)) > 0 }
+		w, err := a.opts.Fleet.Coordinate(ctx, key, compileHere, ready)
+		waitedFor = w
+		return nil, err
+	})
+	if err != nil {
+		return Result{}, err
+	}
+	if r, ok, err := a.findLocal(ctx, model.ID, pid, kind); err != nil || ok {
+		if ok && r.Record.Producer == a.opts.Producer && waitedFor == "" {
+			r.Source = SourceCompiled
+		}
+		return r, err
+	}
+	// Another peer compiled it: fetch.
+	if a.opts.Fleet != nil {
+		r, ok, err := a.fromPeers(ctx, model.ID, pid, kind, progress)
+		if err != nil {
+			return Result{}, err
+		}
+		if ok {
+			r.WaitedFor = waitedFor
+			return r, nil
+		}
+	}
+	return Result{}, fmt.Errorf("blob for model %s profile %s vanished after it was compiled", model.ID, pid)
+}
+
+// findLocal returns the best compatible blob in the store.
+func (a *Agent) findLocal(ctx context.Context, modelID, profileID, kind string) (Result, bool, error) {
+	recs, err := a.opts.Store.Records(ctx, modelID, profileID)
+	if err != nil {
+		return Result{}, false, err
+	}
+	for _, r := range a.compatible(recs, kind) {
+		info, err := a.opts.Store.Stat(ctx, r.Blob)
+		if errors.Is(err, blobstore.ErrNotFound) || (err == nil && !info.Complete) {
+			continue
+		}
+		if err != nil {
+			return Result{}, false, err
+		}
+		return Result{CID: r.Blob, Source: SourceStore, Record: r, SHA256: info.SHA256}, true, nil
+	}
+	return Result{}, false, nil
+}
+
+// compatible filters records to those this host can load, best first: compiled on this very fingerprint, then
+// the newest.
+func (a *Agent) compatible(recs []blobstore.Record, kind string) []blobstore.Record {
+	var out []blobstore.Record
+	for _, r := range recs {
+		if r.Kind != kind && !(r.Kind == "" && kind == compat.KindModel) && !(kind == "" && r.Kind == compat.KindModel) {
+			continue
+		}
+		var fp compat.Fingerprint
+		if err := json.Unmarshal(r.Fingerprint, &fp); err != nil {
+			continue
+		}
+		if d := compat.Check(a.opts.Rules, fp, a.opts.Host, kind); !d.Compatible {
+			continue
+		}
+		out = append(out, r)
+	}
+	slices.SortStableFunc(out, func(x, y blobstore.Record) int {
+		xs, ys := a.sameHost(x), a.sameHost(y)
+		if xs != ys {
+			if xs {
+				return -1
+			}
+			return 1
+		}
+		return y.Created.Compare(x.Created)
+	})
+	return out
+}
+
+func (a *Agent) sameHost(r blobstore.Record) bool {
+	var fp compat.Fingerprint
+	if json.Unmarshal(r.Fingerprint, &fp) != nil {
+		return false
+	}
+	h, err := fp.Hash()
+	return err == nil && h == a.hostHash
+}
+
+// fromPeers fetches the best compatible blob peers advertise, trying the next on failure.
+func (a *Agent) fromPeers(ctx context.Context, modelID, profileID, kind string, progress Progress) (Result, bool, error) {
+	var errs []error
+	for _, r := range a.compatible(a.opts.Fleet.Records(modelID, profileID), kind) {
+		act := a.begin("fetch", modelID, profileID)
+		err := a.opts.Fleet.Fetch(ctx, r.Blob, func(done, total int64) {
+			act.update(a, done, total)
+			if progress != nil {
+				progress("fetch", done, total)
+			}
+		})
+		a.end(act)
+		if err == nil {
+			err = a.checkStored(ctx, r.Blob, kind)
+		}
+		if err == nil {
+			err = a.opts.Store.AddRecord(ctx, r)
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return Result{}, false, ctx.Err()
+			}
+			a.opts.Logger.Warn("fetch failed, trying the next record", "blob", r.Blob, "producer", r.Producer, "err", err)
+			errs = append(errs, err)
+			continue
+		}
+		info, err := a.opts.Store.Stat(ctx, r.Blob)
+		if err != nil {
+			return Result{}, false, err
+		}
+		return Result{CID: r.Blob, Source: SourcePeer, Record: r, SHA256: info.SHA256}, true, nil
+	}
+	if len(errs) > 0 {
+		a.opts.Logger.Info("no peer could serve a compatible blob; compiling", "model", modelID, "err", errors.Join(errs...))
+	}
+	return Result{}, false, nil
+}
+
+// checkStored parses a stored blob's trailer and applies the rules: a record's claim is not enough.
+func (a *Agent) checkStored(ctx context.Context, c cid.Cid, kind string) error {
+	ra, err := newStoreReaderAt(ctx, a.opts.Store, c)
+	if err != nil {
+		return err
+	}
+	t, err := compat.ParseTrailer(ra, ra.Size())
+	if err != nil {
+		return fmt.Errorf("blob %s: %w", c, err)
+	}
+	if d := compat.CheckBlob(a.opts.Rules, t, a.opts.Host, kind); !d.Compatible {
+		return fmt.Errorf("blob %s: %w: %v", c, ErrIncompatible, d.Reasons)
+	}
+	return nil
+}
+
+func (a *Agent) compileAndStore(ctx context.Context, model compile.Model, profile compile.Profile, pid string, progress Progress) error {
+	if a.opts.Backend == nil {
+		return compile.ErrNoCompiler
+	}
+	act := a.begin("compile", model.ID, pid)
+	defer a.end(act)
+	stop := make(chan struct{})
+	defer close(stop)
+	if progress != nil {
+		go func() {
+			t := time.NewTicker(200 * time.Millisecond)
+			defer t.Stop()
+			for {
+				select {
+				case <-stop:
+					return
+				case <-t.C:
+					progress("compile", int64(time.Since(act.Started)), 0)
+				}
+			}
+		}()
+	}
+	dir, err := os.MkdirTemp(a.scratchDir, "compile-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	out := filepath.Join(dir, "out.blob")
+	a.opts.Logger.Info("compiling", "backend", a.opts.Backend.Name(), "model", model.ID, "profile", pid)
+	res, err := a.opts.Backend.Compile(ctx, compile.Request{Model: model, Profile: profile, OutPath: out, Timeout: a.opts.Timeout})
+	if err != nil {
+		return err
+	}
+	c, sha, err := a.putChecked(ctx, res.Path, profile.Kind)
+	if err != nil {
+		return fmt.Errorf("compiler output: %w", err)
+	}
+	rec := blobstore.Record{
+		ModelID: model.ID, ProfileID: pid, Blob: c, Fingerprint: a.hostJSON, CompileTime: res.Duration,
+		Created: time.Now().UTC(), Producer: a.opts.Producer, Kind: profile.Kind,
+	}
+	if rec.Size, err = a.size(ctx, c); err != nil {
+		return err
+	}
+	if err := a.opts.Store.AddRecord(ctx, rec); err != nil {
+		return err
+	}
+	a.opts.Logger.Info("compiled", "blob", c, "sha256", sha, "duration", res.Duration)
+	a.publish(ctx, rec)
+	return nil
+}
+
+func (a *Agent) publish(ctx context.Context, rec blobstore.Record) {
+	if a.opts.Fleet == nil {
+		return
+	}
+	if err := a.opts.Fleet.Publish(ctx, rec); err != nil {
+		a.opts.Logger.Warn("could not announce record to peers", "blob", rec.Blob, "err", err)
+	}
+}
+
+func (a *Agent) size(ctx context.Context, c cid.Cid) (uint64, error) {
+	info, err := a.opts.Store.Stat(ctx, c)
+	return info.Size, err
+}
+
+// putChecked checks a blob file's trailer against the rules for this host, then streams it into the store.
+func (a *Agent) putChecked(ctx context.Context, path, kind string) (cid.Cid, string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return cid.Undef, "", err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return cid.Undef, "", err
+	}
+	if !st.Mode().IsRegular() {
+		return cid.Undef, "", fmt.Errorf("%s is not a regular file", path)
+	}
+	t, err := compat.ParseTrailer(f, st.Size())
+	if err != nil {
+		return cid.Undef, "", fmt.Errorf("%s: %w", path, err)
+	}
+	if d := compat.CheckBlob(a.opts.Rules, t, a.opts.Host, kind); !d.Compatible {
+		return cid.Undef, "", fmt.Errorf("%s: %w: %v", path, ErrIncompatible, d.Reasons)
+	}
+	m, err := a.opts.Store.Put(ctx, f)
+	if err != nil {
+		return cid.Undef, "", err
+	}
+	return m.CID(), fmt.Sprintf("%x", m.SHA256), nil
+}
+
+// Put registers a blob compiled elsewhere for (model, profile), as compiled on fp (nil: this host's stack).
+func (a *Agent) Put(ctx context.Context, path string, model compile.Model, profile compile.Profile, fp *compat.Fingerprint) (Result, error) {
+	pid, err := profile.ID()
+	if err != nil {
+		return Result{}, err
+	}
+	fpJSON := a.hostJSON
+	if fp != nil {
+		if d := compat.Check(a.opts.Rules, *fp, a.opts.Host, profile.Kind); !d.Compatible {
+			return Result{}, fmt.Errorf("%w: %v", ErrIncompatible, d.Reasons)
+		}
+		if fpJSON, err = fp.Canonical(); err != nil {
+			return Result{}, err
+		}
+	}
+	c, sha, err := a.putChecked(ctx, path, profile.Kind)
+	if err != nil {
+		return Result{}, err
+	}
+	rec := blobstore.Record{
+		ModelID: model.ID, ProfileID: pid, Blob: c, Fingerprint: fpJSON,
+		Created: time.Now().UTC(), Producer: a.opts.Producer, Kind: profile.Kind,
+	}
+	if rec.Size, err = a.size(ctx, c); err != nil {
+		return Result{}, err
+	}
+	if err := a.opts.Store.AddRecord(ctx, rec); err != nil {
+		return Result{}, err
+	}
+	a.publish(ctx, rec)
+	return Result{CID: c, Source: SourceStore, Record: rec, SHA256: sha}, nil
+}
+
+// Materialize gives the loader a stable read-only file for a stored blob: <work>/blobs/<cid>.blob, exported
+// atomically on first use and reused while it is there.
+func (a *Agent) Materialize(ctx context.Context, c cid.Cid) (string, error) {
+	path := a.BlobPath(c)
+	info, err := a.opts.Store.Stat(ctx, c)
+	if err != nil {
+		return "", err
+	}
+	if st, err := os.Stat(path); err == nil && uint64(st.Size()) == info.Size {
+		return path, nil
+	}
+	if err := a.opts.Store.Export(ctx, c, path); err != nil {
+		return "", err
+	}
+	if err := os.Chmod(path, 0o444); err != nil {
+		return "", err
+	}
+	return path, nil
+}
+
+// BlobPath is where Materialize puts a blob.
+func (a *Agent) BlobPath(c cid.Cid) string { return filepath.Join(a.blobsDir, c.String()+".blob") }
+
+// GC trims the store to quota, least recently used first, never a pinned blob or one being handed out, and
+// removes the materialised files of what it removed.
+func (a *Agent) GC(ctx context.Context, quota uint64) (blobstore.GCResult, error) {
+	res, err := a.opts.Store.GC(ctx, quota, nil)
+	for _, c := range res.Removed {
+		_ = os.Remove(a.BlobPath(c))
+	}
+	return res, err
+}
+
+// Remove deletes a blob and its materialised file.
+func (a *Agent) Remove(ctx context.Context, c cid.Cid) error {
+	if err := a.opts.Store.Delete(ctx, c); err != nil {
+		return err
+	}
+	_ = os.Remove(a.BlobPath(c))
+	return nil
+}
+
+// Activities lists fetches and compiles under way.
+func (a *Agent) Activities() []Activity {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make([]Activity, 0, len(a.inflight))
+	for _, act := range a.inflight {
+		out = append(out, *act)
+	}
+	slices.SortFunc(out, func(x, y Activity) int { return x.Started.Compare(y.Started) })
+	return out
+}
+
+func (a *Agent) begin(phase, model, profile string) *Activity {
+	act := &Activity{Phase: phase, Model: model, Profile: profile, Started: time.Now()}
+	a.mu.Lock()
+	a.inflight[phase+"/"+model+"/"+profile] = act
+	a.mu.Unlock()
+	return act
+}
+
+func (a *Agent) end(act *Activity) {
+	a.mu.Lock()
+	delete(a.inflight, act.Phase+"/"+act.Model+"/"+act.Profile)
+	a.mu.Unlock()
+}
+
+func (act *Activity) update(a *Agent, done, total int64) {
+	a.mu.Lock()
+	act.Done, act.Total = done, total
+	a.mu.Unlock()
+}

@@ -1,0 +1,215 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/npu-agent/npu-agent/agent"
+	"github.com/npu-agent/npu-agent/compat"
+	"github.com/npu-agent/npu-agent/compile"
+	"github.com/npu-agent/npu-agent/config"
+)
+
+// profileFlags builds a profile from --profile FILE and/or --device, --shape, --prop, --kind.
+type profileFlags struct {
+	file   string
+	device string
+	shapes []string
+	props  []string
+	kind   string
+}
+
+func (p *profileFlags) register(c *cobra.Command) {
+	f := c.Flags()
+	f.StringVar(&p.file, "profile", "", "profile file (JSON or YAML: device, properties, shapes, kind)")
+	f.StringVar(&p.device, "device", "", "device (default NPU, or the profile file's)")
+	f.StringArrayVar(&p.shapes, "shape", nil, "static input shape NAME=D1,D2,... (repeatable; overrides the file's)")
+	f.StringArrayVar(&p.props, "prop", nil, "compile property KEY=VALUE (repeatable; overrides the file's)")
+	f.StringVar(&p.kind, "kind", "", `"llm" for LLM/NPUW pipeline blobs`)
+}
+
+func (p *profileFlags) profile() (compile.Profile, error) {
+	prof := compile.Profile{Device: "NPU"}
+	if p.file != "" {
+		var err error
+		if prof, err = compile.LoadProfile(p.file); err != nil {
+			return prof, usageError{err}
+		}
+	}
+	if p.device != "" {
+		prof.Device = p.device
+	}
+	if p.kind != "" {
+		prof.Kind = p.kind
+	}
+	for _, s := range p.shapes {
+		name, dims, err := compile.ParseShape(s)
+		if err != nil {
+			return prof, usageError{err}
+		}
+		if prof.Shapes == nil {
+			prof.Shapes = map[string][]int64{}
+		}
+		prof.Shapes[name] = dims
+	}
+	for _, s := range p.props {
+		k, v, err := compile.ParseProperty(s)
+		if err != nil {
+			return prof, usageError{err}
+		}
+		if prof.Properties == nil {
+			prof.Properties = map[string]string{}
+		}
+		prof.Properties[k] = v
+	}
+	canon, err := prof.Canonical()
+	if err != nil {
+		return prof, usageError{err}
+	}
+	return canon, nil
+}
+
+// fetchResult is what fetch and put print.
+type fetchResult struct {
+	Source    agent.Source `json:"source"`
+	CID       string       `json:"cid"`
+	Path      string       `json:"path"`
+	Size      uint64       `json:"size"`
+	SHA256    string       `json:"sha256"`
+	ModelID   string       `json:"model_id"`
+	ProfileID string       `json:"profile_id"`
+	Producer  string       `json:"producer"`
+	WaitedFor string       `json:"waited_for,omitempty"`
+}
+
+func (a *app) printFetch(r fetchResult) error {
+	return a.print(r, func(w io.Writer) error {
+		return table(w, []string{"SOURCE", "CID", "SIZE", "PATH"}, [][]string{{string(r.Source), r.CID, humanBytes(r.Size), r.Path}})
+	})
+}
+
+func (a *app) fetchCmd() *cobra.Command {
+	var model, out string
+	var pf profileFlags
+	c := &cobra.Command{
+		Use:   "fetch --model PATH [--profile FILE | --shape ...] [--out FILE]",
+		Short: "Get the blob for this host: from the store, from peers, or compiled (and stored)",
+		Args:  exactArgs(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if model == "" {
+				return usageError{fmt.Errorf("--model is required")}
+			}
+			prof, err := pf.profile()
+			if err != nil {
+				return err
+			}
+			m, err := compile.LoadModel(model)
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			l, err := a.openLocal(ctx)
+			if err != nil {
+				return err
+			}
+			defer l.Close()
+			bar := newProgressBar(a.stderr)
+			res, err := l.agent.Ensure(ctx, m, prof, func(phase string, done, total int64) {
+				if phase == "compile" {
+					bar.Update("compiling", 0, 0)
+					return
+				}
+				bar.Update(phase, done, total)
+			})
+			bar.Done()
+			if err != nil {
+				return err
+			}
+			return a.finishFetch(cmd, l, res, out)
+		},
+	}
+	c.Flags().StringVar(&model, "model", "", "model: an OpenVINO IR .xml (with its .bin) or an .onnx file")
+	c.Flags().StringVar(&out, "out", "", "also write the blob to this file (atomically)")
+	pf.register(c)
+	return c
+}
+
+func (a *app) finishFetch(cmd *cobra.Command, l *local, res agent.Result, out string) error {
+	path, err := l.agent.Materialize(cmd.Context(), res.CID)
+	if err != nil {
+		return err
+	}
+	if out != "" {
+		if path, err = filepath.Abs(out); err != nil {
+			return err
+		}
+		if err := l.store.Export(cmd.Context(), res.CID, path); err != nil {
+			return err
+		}
+	}
+	return a.printFetch(fetchResult{
+		Source: res.Source, CID: res.CID.String(), Path: path, Size: res.Record.Size, SHA256: res.SHA256,
+		ModelID: res.Record.ModelID, ProfileID: res.Record.ProfileID, Producer: res.Record.Producer, WaitedFor: res.WaitedFor,
+	})
+}
+
+func (a *app) putCmd() *cobra.Command {
+	var model, fpFile string
+	var pf profileFlags
+	c := &cobra.Command{
+		Use:   "put --model PATH [--profile FILE | --shape ...] BLOB",
+		Short: "Register a blob compiled elsewhere, after checking its trailer against the rules",
+		Args:  exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if model == "" {
+				return usageError{fmt.Errorf("--model is required: a blob is registered for a model and profile")}
+			}
+			prof, err := pf.profile()
+			if err != nil {
+				return err
+			}
+			m, err := compile.LoadModel(model)
+			if err != nil {
+				return err
+			}
+			var fp *compat.Fingerprint
+			if fpFile != "" {
+				o, err := compat.LoadOverride(fpFile)
+				if err != nil {
+					return usageError{err}
+				}
+				f, err := o.Apply(compat.Fingerprint{})
+				if err != nil {
+					return usageError{err}
+				}
+				fp = &f
+			}
+			if _, err := os.Stat(args[0]); err != nil {
+				return err
+			}
+			l, err := a.openLocal(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer l.Close()
+			res, err := l.agent.Put(cmd.Context(), args[0], m, prof, fp)
+			if err != nil {
+				return err
+			}
+			return a.finishFetch(cmd, l, res, "")
+		},
+	}
+	c.Flags().StringVar(&model, "model", "", "the source model the blob was compiled from")
+	c.Flags().StringVar(&fpFile, "compiled-on", "", "fingerprint file of the host that compiled it (default: this host)")
+	pf.register(c)
+	return c
+}
+
+func parseSize(s string) (uint64, error) {
+	b, err := config.ParseByteSize(s)
+	return uint64(b), err
+}

@@ -1,0 +1,19 @@
+package main
+
+import "github.com/spf13/cobra"
+
+func (a *app) commands() []*cobra.Command {
+	return []*cobra.Command{
+		a.fingerprintCmd(),
+		a.inspectCmd(),
+		a.fetchCmd(),
+		a.putCmd(),
+		a.lsCmd(),
+		a.gcCmd(),
+		a.verifyCmd(),
+		a.rmCmd(),
+		a.pinCmd(true),
+		a.pinCmd(false),
+		a.configCmd(),
+	}
+}

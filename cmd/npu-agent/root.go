@@ -1,0 +1,120 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/npu-agent/npu-agent/config"
+)
+
+// app holds what every command shares: global flags and output streams.
+type app struct {
+	stdout, stderr io.Writer
+
+	configPath string
+	dataDir    string
+	overrideFP string
+	backend    string
+	logLevel   string
+	asJSON     bool
+}
+
+const defaultConfigPath = "/etc/npu-agent/config.yaml"
+
+func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
+	a := &app{stdout: stdout, stderr: stderr}
+	root := &cobra.Command{
+		Use:           "npu-agent",
+		Short:         "Keep, share and fetch compiled Intel NPU blobs; compile only when no compatible blob exists",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	pf := root.PersistentFlags()
+	pf.StringVar(&a.configPath, "config", "", "config file (default "+defaultConfigPath+" if it exists; env NPU_AGENT_CONFIG)")
+	pf.StringVar(&a.dataDir, "data-dir", "", "data directory (overrides data_dir)")
+	pf.StringVar(&a.overrideFP, "fingerprint-override", "", "file pinning fingerprint fields (overrides fingerprint_override)")
+	pf.StringVar(&a.backend, "compiler", "", "compiler backend: openvino, command or sim (overrides compiler.backend)")
+	pf.StringVar(&a.logLevel, "log-level", "", "debug, info, warn or error (overrides log_level)")
+	pf.BoolVar(&a.asJSON, "json", false, "print machine-readable JSON")
+
+	root.AddCommand(a.commands()...)
+	return root
+}
+
+// loadConfig reads the config file, the environment and the global flags, in rising priority.
+func (a *app) loadConfig() (config.Config, error) {
+	path := a.configPath
+	if path == "" {
+		path = os.Getenv("NPU_AGENT_CONFIG")
+	}
+	if path == "" {
+		if _, err := os.Stat(defaultConfigPath); err == nil {
+			path = defaultConfigPath
+		}
+	}
+	env := os.Environ()
+	cfg, err := config.Load(path, env)
+	if err != nil && !(path == "" && a.dataDir != "") {
+		return cfg, usageError{err}
+	}
+	if path == "" && os.Getuid() != 0 && os.Getenv(config.EnvPrefix+"DATA_DIR") == "" {
+		// Without a config an unprivileged user keeps a store of their own.
+		if dir, err := os.UserCacheDir(); err == nil {
+			cfg.DataDir = filepath.Join(dir, "npu-agent")
+		}
+		if dir := os.Getenv("XDG_RUNTIME_DIR"); dir != "" {
+			cfg.RuntimeDir = filepath.Join(dir, "npu-agent")
+		}
+	}
+	if a.dataDir != "" {
+		cfg.DataDir = a.dataDir
+	}
+	if a.overrideFP != "" {
+		cfg.FingerprintOverride = a.overrideFP
+	}
+	if a.backend != "" {
+		cfg.Compiler.Backend = a.backend
+	}
+	if a.logLevel != "" {
+		cfg.LogLevel = a.logLevel
+	}
+	if err := cfg.Validate(); err != nil {
+		return cfg, usageError{err}
+	}
+	return cfg, nil
+}
+
+func (a *app) logger(cfg config.Config) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(strings.ToUpper(cfg.LogLevel)))
+	return slog.New(slog.NewTextHandler(a.stderr, &slog.HandlerOptions{Level: level}))
+}
+
+// print writes v as JSON with --json, else calls human.
+func (a *app) print(v any, human func(w io.Writer) error) error {
+	if a.asJSON {
+		return writeJSON(a.stdout, v)
+	}
+	return human(a.stdout)
+}
+
+func exactArgs(n int) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) != n {
+			return usageError{fmt.Errorf("%s takes %d argument(s), got %d (see --help)", cmd.CommandPath(), n, len(args))}
+		}
+		return nil
+	}
+}
+
+var errNoDaemon = errors.New("no daemon is running")

@@ -1,0 +1,302 @@
+// Package config is npu-agent's configuration file: every option, its default, environment overrides and
+// validation with errors an operator can act on.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// MaxFileSize bounds a config file; a real one is a few KiB.
+const MaxFileSize = 1 << 20
+
+// EnvPrefix prefixes environment overrides: NPU_AGENT_P2P_FLEET_KEY_FILE sets p2p.fleet_key_file.
+const EnvPrefix = "NPU_AGENT_"
+
+// Config is the whole configuration. YAML keys are the field tags; see docs/operations.md.
+type Config struct {
+	DataDir    string `yaml:"data_dir"`    // badger store, identity key, compile scratch
+	RuntimeDir string `yaml:"runtime_dir"` // unix socket of the local API
+	LogLevel   string `yaml:"log_level"`   // debug, info, warn, error
+	// FingerprintOverride is a file pinning some or all fingerprint fields (operators, tests).
+	FingerprintOverride string `yaml:"fingerprint_override"`
+	// SysfsRoot is where the sysfs probe looks (tests point it at a fixture tree).
+	SysfsRoot string `yaml:"sysfs_root"`
+
+	API      API      `yaml:"api"`
+	Store    Store    `yaml:"store"`
+	Compiler Compiler `yaml:"compiler"`
+	P2P      P2P      `yaml:"p2p"`
+	Flight   Flight   `yaml:"flight"`
+}
+
+// API is the local HTTP API.
+type API struct {
+	Socket string `yaml:"socket"` // default <runtime_dir>/api.sock
+	TCP    string `yaml:"tcp"`    // optional, loopback only, e.g. 127.0.0.1:4800
+}
+
+// Store configures the blob store.
+type Store struct {
+	Quota      ByteSize      `yaml:"quota"`       // gc keeps the store at most this big; 0 = no quota
+	GCInterval time.Duration `yaml:"gc_interval"` // how often the daemon runs gc
+}
+
+// Compiler selects and configures the compiler backend.
+type Compiler struct {
+	Backend string        `yaml:"backend"` // "openvino", "command", "sim"; empty = openvino if importable
+	Python  string        `yaml:"python"`  // interpreter for the OpenVINO helper
+	Command []string      `yaml:"command"` // argv template of the command backend
+	Timeout time.Duration `yaml:"timeout"` // per compile
+	Sim     Sim           `yaml:"sim"`
+}
+
+// Sim configures the simulator backend (demos and tests only).
+type Sim struct {
+	CompileTime time.Duration `yaml:"compile_time"`
+	BlobSize    ByteSize      `yaml:"blob_size"`
+}
+
+// P2P configures the libp2p node.
+type P2P struct {
+	Enabled          bool     `yaml:"enabled"`
+	Listen           []string `yaml:"listen"`
+	Peers            []string `yaml:"peers"` // static peer multiaddrs with /p2p/<id>
+	MDNS             bool     `yaml:"mdns"`
+	FleetKeyFile     string   `yaml:"fleet_key_file"`
+	Allowlist        []string `yaml:"allowlist"`         // peer IDs; empty = any holder of the fleet key
+	TrustedProducers []string `yaml:"trusted_producers"` // peer IDs whose records are accepted; empty = any member
+	AllowLoopback    bool     `yaml:"allow_loopback"`    // single-machine demos and tests only
+}
+
+// Flight configures the fleet-wide single flight.
+type Flight struct {
+	Window   time.Duration `yaml:"window"`    // how long wants are collected before electing a compiler
+	LeaseTTL time.Duration `yaml:"lease_ttl"` // a compiler that misses heartbeats this long is replaced
+	Deadline time.Duration `yaml:"deadline"`  // past this a waiting peer compiles itself
+}
+
+// Default returns the configuration used where the file is silent.
+func Default() Config {
+	return Config{
+		DataDir:    "/var/lib/npu-agent",
+		RuntimeDir: "/run/npu-agent",
+		LogLevel:   "info",
+		SysfsRoot:  "/",
+		Store:      Store{GCInterval: 10 * time.Minute},
+		Compiler: Compiler{
+			Python:  "python3",
+			Timeout: 2 * time.Hour,
+			Sim:     Sim{CompileTime: 2 * time.Second, BlobSize: 8 << 20},
+		},
+		P2P: P2P{
+			Enabled: true,
+			Listen:  []string{"/ip4/0.0.0.0/tcp/4801", "/ip4/0.0.0.0/udp/4801/quic-v1"},
+			MDNS:    true,
+		},
+		Flight: Flight{Window: 500 * time.Millisecond, LeaseTTL: 15 * time.Second, Deadline: 30 * time.Minute},
+	}
+}
+
+// Load reads path (if not empty) over the defaults, then applies environment overrides, then validates.
+func Load(path string, environ []string) (Config, error) {
+	c := Default()
+	if path != "" {
+		if err := c.readFile(path); err != nil {
+			return c, err
+		}
+	}
+	if err := c.applyEnv(environ); err != nil {
+		return c, err
+	}
+	if err := c.Validate(); err != nil {
+		if path != "" {
+			return c, fmt.Errorf("%s: %w", path, err)
+		}
+		return c, err
+	}
+	return c, nil
+}
+
+func (c *Config) readFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
+	if err != nil {
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	if len(data) > MaxFileSize {
+		return fmt.Errorf("config %s: larger than %d bytes", path, MaxFileSize)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
+		// yaml lists several problems on separate lines; errors here are one line.
+		msg := strings.ReplaceAll(strings.TrimPrefix(err.Error(), "yaml: unmarshal errors:\n"), "\n", ";")
+		return fmt.Errorf("config %s: %s", path, strings.Join(strings.Fields(msg), " "))
+	}
+	return nil
+}
+
+// Validate reports the first thing wrong, naming the key.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.DataDir == "" {
+		errs = append(errs, errors.New("data_dir: must be set"))
+	}
+	switch strings.ToLower(c.LogLevel) {
+	case "debug", "info", "warn", "error":
+	default:
+		errs = append(errs, fmt.Errorf("log_level: %q is not one of debug, info, warn, error", c.LogLevel))
+	}
+	if c.API.TCP != "" {
+		host, _, err := net.SplitHostPort(c.API.TCP)
+		ip := net.ParseIP(host)
+		if err != nil || ip == nil || !ip.IsLoopback() {
+			errs = append(errs, fmt.Errorf("api.tcp: %q must be a loopback host:port such as 127.0.0.1:4800", c.API.TCP))
+		}
+	}
+	switch c.Compiler.Backend {
+	case "", "openvino", "sim":
+	case "command":
+		if len(c.Compiler.Command) == 0 {
+			errs = append(errs, errors.New("compiler.command: the command backend needs an argv template"))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("compiler.backend: %q is not one of openvino, command, sim", c.Compiler.Backend))
+	}
+	if c.Compiler.Timeout < 0 {
+		errs = append(errs, errors.New("compiler.timeout: must not be negative"))
+	}
+	if c.Flight.Window <= 0 || c.Flight.LeaseTTL <= 0 || c.Flight.Deadline <= 0 {
+		errs = append(errs, errors.New("flight: window, lease_ttl and deadline must be positive"))
+	} else if c.Flight.Deadline < c.Flight.LeaseTTL {
+		errs = append(errs, errors.New("flight.deadline: must be at least flight.lease_ttl"))
+	}
+	if c.P2P.Enabled && len(c.P2P.Listen) == 0 {
+		errs = append(errs, errors.New("p2p.listen: at least one address when p2p is enabled"))
+	}
+	for _, f := range []struct{ key, path string }{
+		{"fingerprint_override", c.FingerprintOverride},
+		{"p2p.fleet_key_file", c.P2P.FleetKeyFile},
+	} {
+		if f.path != "" {
+			if _, err := os.Stat(f.path); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", f.key, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// SocketPath is where the local API listens.
+func (c *Config) SocketPath() string {
+	if c.API.Socket != "" {
+		return c.API.Socket
+	}
+	return filepath.Join(c.RuntimeDir, "api.sock")
+}
+
+// applyEnv sets fields from NPU_AGENT_<PATH> variables, PATH being the yaml keys joined by "_" in upper case.
+// Lists are comma-separated.
+func (c *Config) applyEnv(environ []string) error {
+	env := map[string]string{}
+	for _, kv := range environ {
+		if k, v, ok := strings.Cut(kv, "="); ok && strings.HasPrefix(k, EnvPrefix) {
+			env[k] = v
+		}
+	}
+	if len(env) == 0 {
+		return nil
+	}
+	known := map[string]bool{}
+	err := walk(reflect.ValueOf(c).Elem(), EnvPrefix, func(name string, v reflect.Value) error {
+		known[name] = true
+		s, ok := env[name]
+		if !ok {
+			return nil
+		}
+		if err := setString(v, s); err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for k := range env {
+		if !known[k] {
+			return fmt.Errorf("%s: no such option", k)
+		}
+	}
+	return nil
+}
+
+func walk(v reflect.Value, prefix string, fn func(string, reflect.Value) error) error {
+	t := v.Type()
+	for i := 0; i < t.NumField(); i++ {
+		tag := t.Field(i).Tag.Get("yaml")
+		name := prefix + strings.ToUpper(tag)
+		f := v.Field(i)
+		if f.Kind() == reflect.Struct && f.Type() != reflect.TypeOf(time.Duration(0)) {
+			if err := walk(f, name+"_", fn); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := fn(name, f); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func setString(v reflect.Value, s string) error {
+	switch v.Interface().(type) {
+	case time.Duration:
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			return err
+		}
+		v.SetInt(int64(d))
+	case ByteSize:
+		b, err := ParseByteSize(s)
+		if err != nil {
+			return err
+		}
+		v.SetUint(uint64(b))
+	case string:
+		v.SetString(s)
+	case bool:
+		b, err := strconv.ParseBool(s)
+		if err != nil {
+			return err
+		}
+		v.SetBool(b)
+	case []string:
+		var list []string
+		for _, p := range strings.Split(s, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				list = append(list, p)
+			}
+		}
+		v.Set(reflect.ValueOf(list))
+	default:
+		return fmt.Errorf("unsupported type %s", v.Type())
+	}
+	return nil
+}

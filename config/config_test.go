@@ -1,0 +1,121 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func writeFile(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "npu-agent.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestLoad(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		body    string
+		env     []string
+		wantErr string
+		check   func(t *testing.T, c Config)
+	}{
+		{name: "empty file keeps defaults", body: "", check: func(t *testing.T, c Config) {
+			if c.DataDir != "/var/lib/npu-agent" || !c.P2P.MDNS || c.Flight.LeaseTTL != 15*time.Second {
+				t.Errorf("defaults lost: %+v", c)
+			}
+		}},
+		{name: "values override defaults", body: "data_dir: /srv/npu\nstore:\n  quota: 20GiB\nflight:\n  window: 50ms\np2p:\n  peers: [\"/ip4/10.0.0.2/tcp/4801/p2p/x\"]\n",
+			check: func(t *testing.T, c Config) {
+				if c.DataDir != "/srv/npu" || c.Store.Quota != 20<<30 || c.Flight.Window != 50*time.Millisecond || len(c.P2P.Peers) != 1 {
+					t.Errorf("got %+v", c)
+				}
+			}},
+		{name: "env overrides file", body: "log_level: info\n",
+			env: []string{"NPU_AGENT_LOG_LEVEL=debug", "NPU_AGENT_P2P_MDNS=false", "NPU_AGENT_P2P_ALLOWLIST=a, b", "NPU_AGENT_STORE_QUOTA=1GiB", "PATH=/bin"},
+			check: func(t *testing.T, c Config) {
+				if c.LogLevel != "debug" || c.P2P.MDNS || len(c.P2P.Allowlist) != 2 || c.P2P.Allowlist[1] != "b" || c.Store.Quota != 1<<30 {
+					t.Errorf("got %+v", c)
+				}
+			}},
+		{name: "unknown key", body: "data_dri: /x\n", wantErr: "field data_dri not found"},
+		{name: "wrong type", body: "p2p:\n  mdns: maybe\n", wantErr: "cannot unmarshal"},
+		{name: "bad level", body: "log_level: loud\n", wantErr: "log_level"},
+		{name: "bad size", body: "store:\n  quota: lots\n", wantErr: "size \"lots\""},
+		{name: "api tcp not loopback", body: "api:\n  tcp: 0.0.0.0:4800\n", wantErr: "api.tcp"},
+		{name: "command backend without argv", body: "compiler:\n  backend: command\n", wantErr: "compiler.command"},
+		{name: "unknown backend", body: "compiler:\n  backend: magic\n", wantErr: "compiler.backend"},
+		{name: "missing key file", body: "p2p:\n  fleet_key_file: /nonexistent/key\n", wantErr: "p2p.fleet_key_file"},
+		{name: "unknown env option", env: []string{"NPU_AGENT_NOPE=1"}, wantErr: "NPU_AGENT_NOPE: no such option"},
+		{name: "bad env bool", env: []string{"NPU_AGENT_P2P_MDNS=perhaps"}, wantErr: "NPU_AGENT_P2P_MDNS"},
+		{name: "deadline below ttl", body: "flight:\n  deadline: 1s\n", wantErr: "flight.deadline"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			c, err := Load(writeFile(t, tt.body), tt.env)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want it to contain %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt.check(t, c)
+		})
+	}
+}
+
+func TestLoadOversized(t *testing.T) {
+	t.Parallel()
+	_, err := Load(writeFile(t, "# "+strings.Repeat("x", MaxFileSize)), nil)
+	if err == nil || !strings.Contains(err.Error(), "larger than") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestByteSize(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		in   string
+		want ByteSize
+		err  bool
+	}{
+		{"0", 0, false}, {"512", 512, false}, {"8MiB", 8 << 20, false}, {"1.5GiB", 3 << 29, false},
+		{"2 GB", 2e9, false}, {"10B", 10, false}, {"-1", 0, true}, {"GiB", 0, true}, {"1e30TiB", 0, true}, {"NaN", 0, true},
+	} {
+		got, err := ParseByteSize(tt.in)
+		if (err != nil) != tt.err || got != tt.want {
+			t.Errorf("ParseByteSize(%q) = %v, %v; want %v, err %v", tt.in, got, err, tt.want, tt.err)
+		}
+		if err == nil && got != 0 {
+			back, err := ParseByteSize(got.String())
+			if err != nil || back != got {
+				t.Errorf("round trip of %v via %q = %v, %v", got, got.String(), back, err)
+			}
+		}
+	}
+}
+
+func FuzzParseByteSize(f *testing.F) {
+	for _, s := range []string{"1GiB", "0", "1.5MB", "", "-3", "9999999999999TiB"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		b, err := ParseByteSize(s)
+		if err != nil {
+			return
+		}
+		if b2, err := ParseByteSize(b.String()); err != nil || b2 != b {
+			t.Fatalf("%q -> %d -> %q -> %d, %v", s, b, b.String(), b2, err)
+		}
+	})
+}
