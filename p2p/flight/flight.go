@@ -45,12 +45,12 @@ type flight struct {
 	wake  chan struct{}
 	done  chan struct{}
 
-	start     time.Time
-	wants     map[peer.ID]want  // live WANTs of other peers
-	leases    map[peer.ID]lease // live claims and leases of other peers
-	excluded  map[peer.ID]bool  // never elected again in this flight: expired, failed or silent when elected
-	failed    map[peer.ID]uint64
-	failures  map[peer.ID]string // reasons of failed DONEs from usable holders
+	start      time.Time
+	wants      map[peer.ID]want  // live WANTs of other peers
+	leases     map[peer.ID]lease // live claims and leases of other peers
+	excluded   map[peer.ID]bool  // never elected again in this flight: expired, failed or silent when elected
+	failed     map[peer.ID]uint64
+	failures   map[peer.ID]string // reasons of failed DONEs from usable holders
 	maxEpoch   uint64
 	lostHolder bool // a usable claim or lease of another peer ended without a blob: compiling is a takeover
 
