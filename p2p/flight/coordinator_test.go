@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"os"
 	"slices"
 	"sync"
 	"testing"
@@ -14,7 +16,16 @@ import (
 
 // fastConfig keeps in-memory flights quick: ticks of a few ms, takeover after 300 ms.
 func fastConfig() Config {
-	return Config{Window: 30 * time.Millisecond, LeaseTTL: 300 * time.Millisecond, Deadline: 20 * time.Second}
+	return Config{Window: 50 * time.Millisecond, LeaseTTL: 400 * time.Millisecond, Deadline: 20 * time.Second,
+		Logger: testLogger()}
+}
+
+// testLogger logs flight events to stderr when FLIGHT_DEBUG is set, and nowhere otherwise.
+func testLogger() *slog.Logger {
+	if os.Getenv("FLIGHT_DEBUG") == "" {
+		return slog.New(slog.DiscardHandler)
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
 type testPeer struct {
