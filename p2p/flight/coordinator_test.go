@@ -230,17 +230,11 @@ func TestCompilerDiesMidCompile(t *testing.T) {
 	net, peers := newMemFleet(t, 4, fastConfig())
 	var rec compiles
 	started := make(chan peer.ID, 4)
-	never := make(chan struct{})
+	release := make(chan struct{})
 	results := make(chan result, 4)
-	deadCtx, killDead := context.WithCancel(t.Context())
-	defer killDead()
 	// Ranks 0..3: peer 0 compiles first, peer 1 must take over.
 	for i, p := range peers {
-		ctx := t.Context()
-		if i == 0 {
-			ctx = deadCtx
-		}
-		goDo(ctx, p, Request{Key: testKey, Rank: i, Compile: blocking(&rec, p.id, started, never)}, results)
+		goDo(t.Context(), p, Request{Key: testKey, Rank: i, Compile: blocking(&rec, p.id, started, release)}, results)
 	}
 	if id := awaitStart(t, started); id != peers[0].id {
 		t.Fatalf("first compiler %s, want %s", id, peers[0].id)
@@ -250,7 +244,7 @@ func TestCompilerDiesMidCompile(t *testing.T) {
 		t.Fatalf("took over by %s, want %s", id, peers[1].id)
 	}
 	// Release both compiles: the dropped holder finishes unheard, the new holder serves everyone.
-	close(never)
+	close(release)
 	got := await(t, results, 4)
 	dead := got[peers[0].id]
 	delete(got, peers[0].id)
