@@ -250,9 +250,9 @@ func (s *Store) hasReaders(d [32]byte) bool {
 func (s *Store) reclaim() error {
 	s.reclaimMu.Lock()
 	defer s.reclaimMu.Unlock()
-	// A value-log rewrite copies at most half a file; without room for it, mmap writes would crash the process.
-	// Reclaim is what frees a full disk, so it dips into MinFreeSpace, down to a smaller reserve.
-	if err := s.checkSpaceReserve(uint64(s.opts.ValueLogFileSize)/2, reclaimReserve); err != nil {
+	// Reclaim is what frees a full disk, so it dips into MinFreeSpace, down to a smaller reserve; Open makes sure
+	// MinFreeSpace covers it.
+	if err := s.checkSpaceReserve(reclaimRoom(s.opts.ValueLogFileSize)-reclaimReserve, reclaimReserve); err != nil {
 		return err
 	}
 	s.gate.Lock()
@@ -278,6 +278,10 @@ func (s *Store) reclaim() error {
 	}
 	return nil
 }
+
+// reclaimRoom is the free space reclaim needs: a value-log rewrite copies at most half a file (RunValueLogGC at
+// 0.5), and without room for it mmap writes would crash the process; plus the reserve for LSM tables.
+func reclaimRoom(vlogFileSize int64) uint64 { return uint64(vlogFileSize)/2 + reclaimReserve }
 
 // kickReclaim asks the background goroutine to reclaim space soon (after a delete); calls coalesce.
 func (s *Store) kickReclaim() {

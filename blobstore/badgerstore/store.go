@@ -72,7 +72,8 @@ type Options struct {
 	// ValueLogFileSize is the size of one badger value-log file; 0 means 128 MiB.
 	ValueLogFileSize int64
 	// MinFreeSpace is the free disk space every write leaves; 0 means 256 MiB. Badger writes through mmap, where
-	// a full disk is a crash (SIGBUS) rather than an error, so the store refuses writes before that point.
+	// a full disk is a crash (SIGBUS) rather than an error, so the store refuses writes before that point. It
+	// must be at least half a value-log file plus 64 MiB: the room gc needs to give space back on a full disk.
 	MinFreeSpace uint64
 
 	now       func() time.Time                 // tests
@@ -131,6 +132,12 @@ func Open(dir string, opts Options) (*Store, error) {
 	}
 	if opts.MinFreeSpace == 0 {
 		opts.MinFreeSpace = defaultMinFree
+	}
+	// Deletes, the memtable and access times are written past the guard, so gc needs a reserve more than
+	// reclaimRoom to start on a full disk.
+	if need := reclaimRoom(opts.ValueLogFileSize) + reclaimReserve; opts.MinFreeSpace < need {
+		return nil, fmt.Errorf("blob store: min free space of %d bytes is below the %d that gc needs to free a full disk (half a value-log file plus %d)",
+			opts.MinFreeSpace, need, 2*reclaimReserve)
 	}
 	if opts.now == nil {
 		opts.now = time.Now

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -19,11 +20,13 @@ import (
 
 	"github.com/npu-agent/npu-agent/blobstore"
 	"github.com/npu-agent/npu-agent/blobstore/storetest"
+	"github.com/npu-agent/npu-agent/internal/faults"
 )
 
 const cs = blobstore.ChunkSize
 
 func TestMain(m *testing.M) {
+	faults.RunChild(map[string]faults.Helper{"put": childPut, "fetch": childFetch, "fill": childFill})
 	goleak.VerifyTestMain(m)
 }
 
@@ -302,8 +305,10 @@ func TestNoSpace(t *testing.T) {
 	dir := t.TempDir()
 	var mu sync.Mutex
 	free := uint64(1 << 40)
+	const guard = 70 << 20
 	opts := testOptions(t)
-	opts.MinFreeSpace = 10 << 20
+	opts.ValueLogFileSize = 4 << 20
+	opts.MinFreeSpace = guard
 	opts.freeSpace = func(string) (uint64, error) {
 		mu.Lock()
 		defer mu.Unlock()
@@ -312,7 +317,7 @@ func TestNoSpace(t *testing.T) {
 	setFree := func(n uint64) { mu.Lock(); free = n; mu.Unlock() }
 	s := open(t, dir, opts)
 	kept := putData(t, s, storetest.Data(6, cs))
-	setFree(10<<20 + 512<<10) // not even one chunk fits
+	setFree(guard + 512<<10) // not even one chunk fits
 
 	data := storetest.Data(7, 8*cs)
 	if _, err := s.Put(ctx, bytes.NewReader(data)); !errors.Is(err, ErrNoSpace) {
@@ -324,11 +329,11 @@ func TestNoSpace(t *testing.T) {
 	}
 	small := storetest.Data(8, cs)
 	sm := manifestOf(t, small)
-	setFree(12 << 20)
+	setFree(guard + 2<<20)
 	if err := s.BeginPartial(ctx, sm); err != nil {
 		t.Fatal(err)
 	}
-	setFree(10 << 20)
+	setFree(guard)
 	if err := s.PutChunk(ctx, sm.CID(), 0, small); !errors.Is(err, ErrNoSpace) {
 		t.Fatalf("PutChunk on a full disk = %v", err)
 	}
@@ -349,6 +354,18 @@ func TestNoSpace(t *testing.T) {
 	}
 	if got := putData(t, s, data); !got.CID().Equals(m.CID()) {
 		t.Fatal("put after freeing space gave another blob")
+	}
+}
+
+func TestMinFreeSpaceTooSmall(t *testing.T) {
+	t.Parallel()
+	opts := testOptions(t)
+	opts.MinFreeSpace = 96 << 20 // gc on a full disk needs 64 MiB (half a 128 MiB value-log file) plus 64 MiB
+	if s, err := Open(t.TempDir(), opts); err == nil || !strings.Contains(err.Error(), "gc needs") {
+		if err == nil {
+			s.Close()
+		}
+		t.Fatalf("Open with a guard gc cannot work within = %v", err)
 	}
 }
 
