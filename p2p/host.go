@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -53,6 +54,8 @@ type Config struct {
 	TrustedProducers []peer.ID
 	// AllowLoopback advertises and dials loopback addresses: single-machine tests and demos only.
 	AllowLoopback bool
+	// Registerer receives libp2p's own metrics (swarm, identify, ...) beside the agent's; nil disables them.
+	Registerer prometheus.Registerer
 }
 
 // DefaultConfig returns the production defaults: all interfaces on port 4051 over TCP and QUIC, mDNS on.
@@ -257,7 +260,11 @@ func newHost(cfg Config, log *slog.Logger) (host.Host, error) {
 		libp2p.AddrsFactory(func(as []ma.Multiaddr) []ma.Multiaddr { return filterAddrs(as, cfg.AllowLoopback) }),
 		libp2p.Transport(tcp.NewTCPTransport),
 		libp2p.DisableRelay(),
-		libp2p.DisableMetrics(),
+	}
+	if cfg.Registerer != nil {
+		opts = append(opts, libp2p.PrometheusRegisterer(cfg.Registerer))
+	} else {
+		opts = append(opts, libp2p.DisableMetrics())
 	}
 	if len(cfg.FleetKey) > 0 {
 		opts = append(opts, libp2p.PrivateNetwork(cfg.FleetKey))

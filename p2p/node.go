@@ -100,7 +100,8 @@ func (n *Node) start(ctx context.Context, cfg Config) error {
 	n.h.SetStreamHandler(ChunkProtocol, n.srv.handle)
 	n.h.SetStreamHandler(RecordSyncProtocol, n.book.serveSync)
 
-	if n.ps, err = pubsub.NewGossipSub(n.ctx, n.h); err != nil {
+	// Flood publishing reaches peers that joined less than a mesh heartbeat ago (the fleet single flight needs it).
+	if n.ps, err = pubsub.NewGossipSub(n.ctx, n.h, pubsub.WithFloodPublish(true)); err != nil {
 		return fmt.Errorf("p2p: gossipsub: %w", err)
 	}
 	if err := n.ps.RegisterTopicValidator(RecordTopic, n.validateRecord); err != nil {

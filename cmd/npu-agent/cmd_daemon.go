@@ -74,6 +74,15 @@ func runDaemon(ctx context.Context, cfg config.Config, log *slog.Logger) (err er
 	svc := &agent.Service{Version: version, Quota: uint64(cfg.Store.Quota)}
 
 	g, ctx := errgroup.WithContext(ctx)
+	if cfg.P2P.Enabled {
+		fl, err := startFleet(ctx, g, cfg, store, host, reg, m, log)
+		if err != nil {
+			return err
+		}
+		defer func() { err = errors.Join(err, fl.Close()) }()
+		opts.Fleet, opts.Producer = fl, fl.ID()
+		svc.PeerID, svc.Peers = fl.ID(), fl.APIPeers
+	}
 	ag, err := agent.New(opts)
 	if err != nil {
 		return hostError(err, notes)
