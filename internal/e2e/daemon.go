@@ -250,6 +250,24 @@ func (d *Daemon) WaitPeers(ctx context.Context, n int) error {
 	})
 }
 
+// WaitPeerRecords waits until the daemon has seen at least n records of the fleet member with peer ID id.
+func (d *Daemon) WaitPeerRecords(ctx context.Context, id string, n int) error {
+	return d.poll(ctx, fmt.Sprintf("%d records of peer %s", n, id), func(ctx context.Context) (bool, error) {
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		st, err := d.api.Status(cctx)
+		if err != nil {
+			return false, err
+		}
+		for _, p := range st.Peers {
+			if p.ID == id {
+				return p.Records >= n, fmt.Errorf("%d records", p.Records)
+			}
+		}
+		return false, errors.New("not a connected peer")
+	})
+}
+
 // WaitLog waits until the daemon's log has a line for which match is true.
 func (d *Daemon) WaitLog(ctx context.Context, what string, match func(line string) bool) error {
 	return d.poll(ctx, what, func(context.Context) (bool, error) {
