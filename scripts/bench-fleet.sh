@@ -3,7 +3,7 @@
 # against the physical lower bound. See docs/benchmarks.md.
 #
 # Usage: scripts/bench-fleet.sh [fleetbench flags]
-#   e.g. scripts/bench-fleet.sh -hosts 12 -size 128MiB -rate 100mbit -systems nginx,aria2
+#   e.g. scripts/bench-fleet.sh -hosts 12 -size 128MiB -rate 100mbit -systems npu-agent,nginx,aria2
 #
 # Needs root (it builds network namespaces) and Debian/Ubuntu packages it installs with apt-get when missing.
 set -euo pipefail
@@ -44,8 +44,9 @@ fi
 bin=$(mktemp -d)
 trap 'rm -rf "$bin"' EXIT
 go build -o "$bin/fleetbench" ./internal/fleetbench/cmd/fleetbench
+go build -o "$bin/npu-agent" ./cmd/npu-agent
 
 echo "machine: $(nproc) CPUs, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), kernel $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
 # Every simulated host shares this machine's CPUs; ahead of unrelated jobs they behave more like hosts with CPUs of
 # their own. The table's "bench procs cpu" column says how much CPU the benchmark itself used.
-nice -n -10 "$bin/fleetbench" "$@"
+nice -n -10 "$bin/fleetbench" -npu-agent "$bin/npu-agent" "$@"

@@ -2,17 +2,21 @@ package fleetbench
 
 import (
 	"bufio"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"math"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/npu-agent/npu-agent/compat"
+	"github.com/npu-agent/npu-agent/compile"
+	"github.com/npu-agent/npu-agent/internal/e2e"
 )
 
 // Blob is the file being distributed.
@@ -20,43 +24,86 @@ type Blob struct {
 	Path   string
 	Size   int64
 	SHA256 [32]byte
+	// Model is the model the blob was compiled from (an IR .xml); npu-agent registers the blob under it.
+	Model string
 }
 
 // chunk is the unit of blob I/O: files are streamed, never held whole.
 const chunk = 1 << 20
 
-// MakeBlob writes size random (incompressible) bytes to path, creating its directory, and returns its digest.
-func MakeBlob(path string, size int64) (Blob, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+// SeedFingerprint is the NPU stack the seed blob is compiled for. npu-agent hosts of the benchmark claim it, so
+// that the blob is valid on all of them.
+var SeedFingerprint = e2e.LunarLake
+
+// SeedShape is the static input shape of the profile the seed blob is compiled with (npu-agent's --shape).
+const SeedShape = "x=1,8"
+
+// MakeSeed writes the blob every system distributes into dir: an NPU blob as npu-agent's simulated compiler makes
+// it for SeedFingerprint, that is an ELF payload of size pseudo-random (incompressible) bytes followed by an OVNPU
+// trailer, compiled from a small model written beside it. npu-agent accepts it like any blob compiled for the host;
+// to the other systems it is just a file.
+func MakeSeed(ctx context.Context, dir string, size int64) (Blob, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return Blob{}, fmt.Errorf("fleetbench: %w", err)
 	}
-	f, err := os.Create(path)
+	modelPath, err := e2e.WriteModel(dir, "fleetbench", 4096)
+	if err == nil {
+		modelPath, err = filepath.Abs(modelPath) // daemons are given it through their API
+	}
+	if err != nil {
+		return Blob{}, err
+	}
+	model, err := compile.LoadModel(modelPath)
 	if err != nil {
 		return Blob{}, fmt.Errorf("fleetbench: %w", err)
 	}
-	var seed [32]byte
-	for i := range 4 {
-		v := rand.Uint64()
-		for j := range 8 {
-			seed[i*8+j] = byte(v >> (8 * j))
-		}
+	o, err := compat.ParseOverride(SeedFingerprint.YAML())
+	if err != nil {
+		return Blob{}, fmt.Errorf("fleetbench: seed fingerprint: %w", err)
 	}
+	fp, err := o.Apply(compat.Fingerprint{})
+	if err != nil {
+		return Blob{}, fmt.Errorf("fleetbench: seed fingerprint: %w", err)
+	}
+	sim, err := compile.NewSim(fp, compile.SimOptions{PayloadSize: size})
+	if err != nil {
+		return Blob{}, fmt.Errorf("fleetbench: %w", err)
+	}
+	prof, err := seedProfile()
+	if err != nil {
+		return Blob{}, err
+	}
+	path := filepath.Join(dir, "blob")
+	if _, err := sim.Compile(ctx, compile.Request{Model: model, Profile: prof, OutPath: path}); err != nil {
+		return Blob{}, fmt.Errorf("fleetbench: make seed blob: %w", err)
+	}
+	b, err := hashFile(path)
+	b.Model = modelPath
+	return b, err
+}
+
+// seedProfile is the compile profile of the seed blob.
+func seedProfile() (compile.Profile, error) {
+	name, dims, err := compile.ParseShape(SeedShape)
+	if err != nil {
+		return compile.Profile{}, err
+	}
+	return compile.Profile{Device: "NPU", Shapes: map[string][]int64{name: dims}}.Canonical()
+}
+
+// hashFile returns path as a Blob: its size and SHA-256.
+func hashFile(path string) (Blob, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return Blob{}, fmt.Errorf("fleetbench: %w", err)
+	}
+	defer f.Close()
 	h := sha256.New()
-	w := bufio.NewWriterSize(io.MultiWriter(f, h), chunk)
-	_, err = io.CopyN(w, rand.NewChaCha8(seed), size)
-	if err == nil {
-		err = w.Flush()
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
+	n, err := io.Copy(h, bufio.NewReaderSize(f, chunk))
 	if err != nil {
-		return Blob{}, fmt.Errorf("fleetbench: write blob %s: %w", path, err)
+		return Blob{}, fmt.Errorf("fleetbench: read %s: %w", path, err)
 	}
-	b := Blob{Path: path, Size: size}
+	b := Blob{Path: path, Size: n}
 	h.Sum(b.SHA256[:0])
 	return b, nil
 }

@@ -68,7 +68,7 @@ type HostResult struct {
 // Config is one benchmark run.
 type Config struct {
 	Hosts   int    // lab hosts including the seed, at least 2
-	Size    int64  // blob size in bytes
+	Size    int64  // blob payload size in bytes (the blob's trailer adds a few hundred)
 	Rate    string // every host's rate in each direction, e.g. "100mbit"
 	Dir     string // working directory; blob and copies go under it
 	Timeout time.Duration
@@ -124,18 +124,17 @@ func Run(ctx context.Context, cfg Config, systems []System, log io.Writer) ([]Re
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	fmt.Fprintf(log, "creating %s blob\n", FormatSize(cfg.Size))
+	seed, err := MakeSeed(ctx, filepath.Join(cfg.Dir, "seed"), cfg.Size)
+	if err != nil {
+		return nil, err
+	}
 	bps, _ := netlab.ParseRate(cfg.Rate)
 	rates := make([]float64, cfg.Hosts-1)
 	for i := range rates {
 		rates[i] = float64(bps)
 	}
-	bound := LowerBound(cfg.Size, float64(bps), rates, rates)
-
-	fmt.Fprintf(log, "creating %s blob\n", FormatSize(cfg.Size))
-	seed, err := MakeBlob(filepath.Join(cfg.Dir, "seed", "blob"), cfg.Size)
-	if err != nil {
-		return nil, err
-	}
+	bound := LowerBound(seed.Size, float64(bps), rates, rates)
 	var results []Result
 	for _, s := range systems {
 		fmt.Fprintf(log, "running %s\n", s.Name())

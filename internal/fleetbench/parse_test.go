@@ -2,6 +2,7 @@ package fleetbench
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -9,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/npu-agent/npu-agent/compat"
 	"github.com/npu-agent/npu-agent/internal/netlab"
 )
 
@@ -225,23 +227,33 @@ func TestReadDone(t *testing.T) {
 	}
 }
 
-func TestMakeBlobAndVerify(t *testing.T) {
+// TestMakeSeedAndVerify: the seed is a blob npu-agent accepts (its trailer parses), and VerifyFile accepts it and
+// rejects every altered copy.
+func TestMakeSeedAndVerify(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	const size = 3<<20 + 7
-	b, err := MakeBlob(filepath.Join(dir, "sub", "blob"), size)
+	b, err := MakeSeed(context.Background(), filepath.Join(dir, "sub"), size)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := VerifyFile(b.Path, b); err != nil {
 		t.Fatalf("VerifyFile(seed) = %v", err)
 	}
-	other, err := MakeBlob(filepath.Join(dir, "other"), size)
+	if b.Size <= size || b.Model == "" {
+		t.Fatalf("seed %+v: want more than %d bytes and a model", b, size)
+	}
+	f, err := os.Open(b.Path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if other.SHA256 == b.SHA256 {
-		t.Fatal("two blobs have the same content")
+	tr, err := compat.ParseTrailer(f, b.Size)
+	f.Close()
+	if err != nil {
+		t.Fatalf("seed trailer: %v", err)
+	}
+	if got := tr.OpenVINO.String(); got != SeedFingerprint.OpenVINO {
+		t.Errorf("seed trailer OpenVINO %s, want %s", got, SeedFingerprint.OpenVINO)
 	}
 	data, err := os.ReadFile(b.Path)
 	if err != nil {
@@ -250,7 +262,7 @@ func TestMakeBlobAndVerify(t *testing.T) {
 	flipped := bytes.Clone(data)
 	flipped[size/2] ^= 1
 	for name, content := range map[string][]byte{
-		"flipped": flipped, "short": data[:size-1], "long": append(bytes.Clone(data), 0), "empty": nil,
+		"flipped": flipped, "short": data[:len(data)-1], "long": append(bytes.Clone(data), 0), "empty": nil,
 	} {
 		path := filepath.Join(dir, name)
 		if err := os.WriteFile(path, content, 0o644); err != nil {

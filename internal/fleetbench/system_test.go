@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/npu-agent/npu-agent/internal/e2e"
 	"github.com/npu-agent/npu-agent/internal/netlab"
 )
 
@@ -144,21 +145,28 @@ func TestRunVerifiesEveryCopy(t *testing.T) {
 	}
 }
 
-// TestRealSystems runs nginx and aria2 on a small fleet when their programs are installed
-// (scripts/bench-fleet.sh installs them).
+// TestRealSystems runs npu-agent (built from this repository), nginx and aria2 on a small fleet; nginx and aria2
+// only when their programs are installed (scripts/bench-fleet.sh installs them).
 func TestRealSystems(t *testing.T) {
 	t.Parallel()
 	requireLab(t)
-	for _, s := range []System{&Nginx{}, &Aria2{}} {
+	for _, s := range []System{&NPUAgent{}, &Nginx{}, &Aria2{}} {
 		t.Run(s.Name(), func(t *testing.T) {
 			t.Parallel()
 			tools := map[string][]string{"nginx": {"nginx", "curl"}, "aria2": {"aria2c", "opentracker", "mktorrent"}}[s.Name()]
 			if err := requireTools(tools...); err != nil {
 				t.Skip(err)
 			}
-			cfg := Config{Hosts: 4, Size: 4 << 20, Rate: "200mbit", Dir: t.TempDir(), Timeout: 2 * time.Minute}
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
+			if a, ok := s.(*NPUAgent); ok {
+				bin, err := e2e.Build(ctx, t.TempDir())
+				if err != nil {
+					t.Fatal(err)
+				}
+				a.Binary = bin
+			}
+			cfg := Config{Hosts: 4, Size: 4 << 20, Rate: "200mbit", Dir: t.TempDir(), Timeout: 2 * time.Minute}
 			results, err := Run(ctx, cfg, []System{s}, io.Discard)
 			if err != nil {
 				t.Fatal(err)

@@ -10,7 +10,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -19,13 +21,19 @@ import (
 	"github.com/npu-agent/npu-agent/internal/netlab"
 )
 
-// systems are the distribution systems fleetbench knows, by -systems name. Each call makes a fresh one.
-var systems = map[string]func() fleetbench.System{
-	"nginx": func() fleetbench.System { return &fleetbench.Nginx{} },
-	"aria2": func() fleetbench.System { return &fleetbench.Aria2{} },
+// options are the flags that systems take.
+type options struct {
+	npuAgent string // npu-agent binary
 }
 
-var defaultSystems = "nginx,aria2"
+// systems are the distribution systems fleetbench knows, by -systems name. Each call makes a fresh one.
+var systems = map[string]func(options) fleetbench.System{
+	"npu-agent": func(o options) fleetbench.System { return &fleetbench.NPUAgent{Binary: o.npuAgent} },
+	"nginx":     func(options) fleetbench.System { return &fleetbench.Nginx{} },
+	"aria2":     func(options) fleetbench.System { return &fleetbench.Aria2{} },
+}
+
+var defaultSystems = "npu-agent,nginx,aria2"
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -50,6 +58,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	dir := fs.String("dir", "", "working directory (default: a new temporary directory, removed afterwards)")
 	timeout := fs.Duration("timeout", 10*time.Minute, "limit for each system's run")
 	verbose := fs.Bool("v", false, "print every host's time")
+	var opts options
+	fs.StringVar(&opts.npuAgent, "npu-agent", "npu-agent", "npu-agent binary, for the npu-agent system (a name is looked up in PATH)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -62,11 +72,23 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	var chosen []fleetbench.System
 	for _, name := range strings.Split(*names, ",") {
-		mk, ok := systems[strings.TrimSpace(name)]
+		name = strings.TrimSpace(name)
+		mk, ok := systems[name]
 		if !ok {
 			return fmt.Errorf("%w: unknown system %q (known: %s)", fleetbench.ErrConfig, name, defaultSystems)
 		}
-		chosen = append(chosen, mk())
+		if name == "npu-agent" {
+			// Daemons run from other directories: the path must be absolute.
+			path, err := exec.LookPath(opts.npuAgent)
+			if err == nil {
+				path, err = filepath.Abs(path)
+			}
+			if err != nil {
+				return fmt.Errorf("%w: -npu-agent: %w", fleetbench.ErrConfig, err)
+			}
+			opts.npuAgent = path
+		}
+		chosen = append(chosen, mk(opts))
 	}
 	if err := netlab.Available(); err != nil {
 		return err
