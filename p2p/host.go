@@ -294,18 +294,30 @@ type discovery struct {
 
 	ctx    context.Context
 	cancel context.CancelFunc
-	mu     sync.Mutex // guards closed against wg.Add racing wg.Wait: mDNS calls back from its own goroutines
+	mu     sync.Mutex // guards closed against wg.Add racing wg.Wait (mDNS calls back from its own goroutines), and found
 	closed bool
+	found  map[peer.ID]foundPeer // mDNS peers, redialled while disconnected until they go unseen for foundTTL
 	wg     sync.WaitGroup
+}
+
+type foundPeer struct {
+	ai   peer.AddrInfo
+	seen time.Time
 }
 
 const (
 	redialInterval = 10 * time.Second
 	dialTimeout    = 10 * time.Second
+	// foundTTL is how long a peer found by mDNS is redialled after it was last announced: a dial that failed
+	// while the peer was starting (or a dropped connection) must not leave two members apart until the next
+	// announcement.
+	foundTTL = 10 * time.Minute
+	// maxFoundPeers bounds what mDNS announcements (from anyone on the LAN) can make us remember.
+	maxFoundPeers = 1024
 )
 
 func startDiscovery(h host.Host, cfg Config, log *slog.Logger) (*discovery, error) {
-	d := &discovery{h: h, log: log, allowLoopback: cfg.AllowLoopback}
+	d := &discovery{h: h, log: log, allowLoopback: cfg.AllowLoopback, found: map[peer.ID]foundPeer{}}
 	for _, a := range cfg.StaticPeers {
 		ai, err := peer.AddrInfoFromP2pAddr(a)
 		if err != nil {
@@ -325,9 +337,7 @@ func startDiscovery(h host.Host, cfg Config, log *slog.Logger) (*discovery, erro
 			return nil, fmt.Errorf("p2p: start mDNS: %w", err)
 		}
 	}
-	if len(d.static) > 0 {
-		d.wg.Go(func() { d.keepStatic(d.ctx) })
-	}
+	d.wg.Go(func() { d.keepConnected(d.ctx) })
 	return d, nil
 }
 
@@ -345,6 +355,9 @@ func (d *discovery) HandlePeerFound(ai peer.AddrInfo) {
 	if d.closed {
 		return
 	}
+	if len(d.found) < maxFoundPeers {
+		d.found[ai.ID] = foundPeer{ai: ai, seen: time.Now()}
+	}
 	d.wg.Go(func() {
 		ctx, cancel := context.WithTimeout(d.ctx, dialTimeout)
 		defer cancel()
@@ -354,17 +367,18 @@ func (d *discovery) HandlePeerFound(ai peer.AddrInfo) {
 	})
 }
 
-func (d *discovery) keepStatic(ctx context.Context) {
+// keepConnected redials static peers and recently announced mDNS peers while they are disconnected.
+func (d *discovery) keepConnected(ctx context.Context) {
 	t := time.NewTicker(redialInterval)
 	defer t.Stop()
 	for {
-		for _, ai := range d.static {
+		for _, ai := range d.targets() {
 			if d.h.Network().Connectedness(ai.ID) == network.Connected {
 				continue
 			}
 			cctx, cancel := context.WithTimeout(ctx, dialTimeout)
 			if err := d.h.Connect(cctx, ai); err != nil && ctx.Err() == nil {
-				d.log.Debug("static peer unreachable", "peer", ai.ID, "err", err)
+				d.log.Debug("peer unreachable", "peer", ai.ID, "err", err)
 			}
 			cancel()
 		}
@@ -374,6 +388,21 @@ func (d *discovery) keepStatic(ctx context.Context) {
 		case <-t.C:
 		}
 	}
+}
+
+// targets are the static peers plus the mDNS peers announced within foundTTL (older ones are forgotten).
+func (d *discovery) targets() []peer.AddrInfo {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := slices.Clone(d.static)
+	for id, f := range d.found {
+		if time.Since(f.seen) > foundTTL {
+			delete(d.found, id)
+			continue
+		}
+		out = append(out, f.ai)
+	}
+	return out
 }
 
 func (d *discovery) close() {
