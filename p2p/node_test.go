@@ -80,7 +80,7 @@ func startNode(t *testing.T, dir string, mod func(*Config)) *testNode {
 	if dir == "" {
 		dir = t.TempDir()
 	}
-	st, err := badgerstore.Open(filepath.Join(dir, "store"), badgerstore.Options{Logger: testLog, MinFreeSpace: 1})
+	st, err := badgerstore.Open(filepath.Join(dir, "store"), badgerstore.Options{Logger: testLog})
 	if err != nil {
 		t.Fatal(err)
 	}
