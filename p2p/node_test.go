@@ -225,6 +225,9 @@ func TestIdentityPersisted(t *testing.T) {
 	dir := t.TempDir()
 	a := startNode(t, dir, nil)
 	id := a.ID()
+	if err := a.Node.Close(); err != nil {
+		t.Errorf("close: %v", err)
+	}
 	a.close()
 	fi, err := os.Stat(filepath.Join(dir, "p2p", IdentityFile))
 	if err != nil {
