@@ -441,15 +441,23 @@ func (t *transfer) setHave(fp *fpeer, have []bool) {
 	t.cond.Broadcast()
 }
 
+// worker requests ranges from fp one after the other over one stream, kept while requests succeed so that
+// its flow-control window stays open.
 func (t *transfer) worker(fp *fpeer) {
 	bp := chunkBufPool.Get().(*[]byte)
 	defer chunkBufPool.Put(bp)
+	var st network.Stream
+	defer func() {
+		if st != nil {
+			st.Close()
+		}
+	}()
 	for {
 		r, ok := t.next(fp)
 		if !ok {
 			return
 		}
-		err := t.request(fp, r, (*bp)[:0])
+		err := t.request(fp, &st, r, (*bp)[:0])
 		t.release(fp, r)
 		if err != nil {
 			t.failed(fp, err)
@@ -546,18 +554,34 @@ func (t *transfer) release(fp *fpeer, r chunkRange) {
 // errBadChunk marks a chunk that failed verification: the sending peer is dropped.
 var errBadChunk = errors.New("peer sent a chunk that does not match its hash")
 
-// request fetches range r from fp and stores each chunk as it arrives.
-func (t *transfer) request(fp *fpeer, r chunkRange, buf []byte) error {
-	ctx, cancel := context.WithTimeout(t.ctx, t.p.requestTimeout)
-	defer cancel()
-	st, done, err := rpc(ctx, t.n.h, fp.id, msgGetChunks, encodeGetChunks(t.blob, []chunkRange{r}), t.p.requestTimeout)
-	if err != nil {
+// request fetches range r from fp over *st (opened if nil, reset and cleared on any error) and stores each
+// chunk as it arrives.
+func (t *transfer) request(fp *fpeer, st *network.Stream, r chunkRange, buf []byte) (err error) {
+	if *st == nil {
+		ctx, cancel := context.WithTimeout(t.ctx, t.p.rpcTimeout)
+		s, err := t.n.h.NewStream(ctx, fp.id, ChunkProtocol)
+		cancel()
+		if err != nil {
+			return err
+		}
+		*st = s
+	}
+	s := *st
+	stop := context.AfterFunc(t.ctx, func() { s.Reset() })
+	defer func() {
+		if !stop() || err != nil {
+			s.Reset()
+			*st = nil
+		}
+	}()
+	s.SetDeadline(time.Now().Add(t.p.requestTimeout))
+	rs := []chunkRange{r}
+	if err := writeFrame(s, msgGetChunks, encodeGetChunks(t.blob, rs)); err != nil {
 		return err
 	}
-	defer done()
 	served := 0
 	defer func() { t.n.adjustScore(fp.id, served*scoreChunk) }()
-	return readChunks(st, t.m, []chunkRange{r}, buf, func(i int, data []byte) error {
+	return readChunks(s, t.m, rs, buf, func(i int, data []byte) error {
 		if data == nil {
 			t.noChunk(fp, i)
 			return nil

@@ -146,16 +146,9 @@ func (n *Node) Close() error {
 	if n.disc != nil {
 		n.disc.close()
 	}
-	n.cancel()
-	if n.sub != nil {
-		n.sub.Cancel()
-	}
-	var errs []error
-	if n.topic != nil {
-		errs = append(errs, n.topic.Close())
-	}
-	errs = append(errs, n.h.Close())
+	n.cancel() // stops gossipsub (started on n.ctx), fetches, syncs and in-flight serving
 	n.wg.Wait()
+	errs := []error{n.h.Close()}
 	if n.book != nil {
 		errs = append(errs, n.book.close())
 	}

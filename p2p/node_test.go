@@ -225,6 +225,9 @@ func TestIdentityPersisted(t *testing.T) {
 	dir := t.TempDir()
 	a := startNode(t, dir, nil)
 	id := a.ID()
+	if err := a.Node.Close(); err != nil {
+		t.Errorf("close: %v", err)
+	}
 	a.close()
 	fi, err := os.Stat(filepath.Join(dir, "p2p", IdentityFile))
 	if err != nil {
@@ -653,6 +656,23 @@ func TestFetchNoPeers(t *testing.T) {
 	lonely := startNode(t, "", nil)
 	if err := fetch(t, lonely, testCID("x")); !errors.Is(err, ErrNoPeers) {
 		t.Fatalf("err = %v, want ErrNoPeers", err)
+	}
+}
+
+// A chunk nobody holds stalls the fetch, which gives up after stallTimeout and keeps what it got for a resume.
+func TestFetchStalls(t *testing.T) {
+	t.Parallel()
+	data := randomBlob(t, 2<<20)
+	f, s := startNode(t, "", nil), startNode(t, "", nil)
+	f.fp.stallTimeout = 500 * time.Millisecond
+	blob := putPartial(t, s, data, 0)
+	connect(t, f, s)
+	if err := fetch(t, f, blob, s); !errors.Is(err, ErrStalled) {
+		t.Fatalf("err = %v, want ErrStalled", err)
+	}
+	have, err := f.store.HaveChunks(context.Background(), blob)
+	if err != nil || !have[0] || have[1] {
+		t.Fatalf("kept chunks %v, %v", have, err)
 	}
 }
 

@@ -17,10 +17,10 @@ import (
 
 // Server-side limits of the chunk protocol.
 const (
-	serveRequestTimeout = 10 * time.Second // to receive the request frame
-	serveWriteTimeout   = 30 * time.Second // per response frame: a reader that stalls longer is dropped
-	maxServing          = 32               // GET_CHUNKS requests served at once; each holds a chunk buffer
-	servingWait         = 5 * time.Second  // how long a request waits for a slot before ErrBusy
+	serveIdleTimeout  = time.Minute      // to receive the next request frame on a stream
+	serveWriteTimeout = 30 * time.Second // per response frame: a reader that stalls longer is dropped
+	maxServing        = 32               // GET_CHUNKS requests served at once; each holds a chunk buffer
+	servingWait       = 5 * time.Second  // how long a request waits for a slot before ErrBusy
 )
 
 // chunkBufPool holds buffers for one chunk frame: header, index and up to ChunkSize bytes.
@@ -45,6 +45,9 @@ func newServer(ctx context.Context, store blobstore.Store, log *slog.Logger) *se
 	return &server{ctx: ctx, store: store, log: log, slots: make(chan struct{}, maxServing)}
 }
 
+// errStopServing ends a stream after an ERROR answer was sent: closed, not reset, so the client reads it.
+var errStopServing = errors.New("stop serving the stream")
+
 // stream is what the server needs of a network.Stream; net.Pipe's ends have it too, for tests.
 type stream interface {
 	io.ReadWriter
@@ -58,19 +61,38 @@ func (s *server) handle(st network.Stream) {
 	defer stop()
 	if err := s.serve(st); err != nil {
 		s.log.Debug("chunk request failed", "peer", st.Conn().RemotePeer(), "err", err)
-		st.Reset()
+		if !errors.Is(err, errStopServing) {
+			st.Reset()
+		}
 	}
 }
 
+// serve answers the requests on st one after the other until the client closes its side.
 func (s *server) serve(st stream) error {
-	st.SetReadDeadline(time.Now().Add(serveRequestTimeout))
-	t, p, err := readFrame(st, nil)
-	if err != nil {
-		return fmt.Errorf("read request: %w", noEOF(err))
+	for {
+		st.SetReadDeadline(time.Now().Add(serveIdleTimeout))
+		t, p, err := readFrame(st, nil)
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("read request: %w", noEOF(err))
+		}
+		if err := s.serveOne(st, t, p); err != nil {
+			return err
+		}
 	}
+}
+
+// serveOne answers one request: with its full response, or with a single ERROR frame.
+func (s *server) serveOne(st stream, t msgType, p []byte) error {
 	req, err := decodeRequest(t, p)
 	if err != nil {
-		return s.fail(st, err)
+		// A client that sends garbage gets an answer saying so, and no more.
+		if ferr := s.fail(st, err); ferr != nil {
+			return ferr
+		}
+		return fmt.Errorf("%w: %w", errStopServing, err)
 	}
 	switch req.Type {
 	case msgGetManifest:
