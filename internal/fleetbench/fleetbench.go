@@ -109,7 +109,9 @@ type Result struct {
 	Bound  time.Duration
 	CPU    CPUUsage // machine CPU use during Run
 	Links  LinkUse  // how busy the links were until the last host finished
-	Err    error    // the run failed; the other fields may be zero
+	// Timeline is link and CPU use every TimelineInterval during the run.
+	Timeline []LinkSample
+	Err      error // the run failed; the other fields may be zero
 }
 
 // Ratio is Last over Bound.
@@ -182,9 +184,19 @@ func runOne(ctx context.Context, cfg Config, s System, seed Blob, log io.Writer)
 		sampler.Stop()
 		return Result{Err: err}
 	}
+	bps, _ := netlab.ParseRate(cfg.Rate)
+	tl, err := startTimeline(ctx, lab, float64(bps), TimelineInterval)
+	if err != nil {
+		sampler.Stop()
+		return Result{Err: err}
+	}
 	t0 := time.Now()
 	hosts, err := s.Run(ctx)
 	wall := time.Since(t0)
+	samples, terr := tl.stop()
+	if err == nil {
+		err = terr
+	}
 	var after []netlab.LinkStats
 	if err == nil {
 		after, err = labStats(ctx, lab)
@@ -210,8 +222,8 @@ func runOne(ctx context.Context, cfg Config, s System, seed Blob, log io.Writer)
 	}
 	slices.SortFunc(hosts, func(a, b HostResult) int { return int(a.Elapsed - b.Elapsed) })
 	last := hosts[len(hosts)-1].Elapsed
-	bps, _ := netlab.ParseRate(cfg.Rate)
-	return Result{Hosts: hosts, Last: last, Median: median(hosts), CPU: cpu, Links: linkUse(before, after, last, float64(bps))}
+	return Result{Hosts: hosts, Last: last, Median: median(hosts), CPU: cpu, Links: linkUse(before, after, last, float64(bps)),
+		Timeline: samples}
 }
 
 // LinkUse says how close to their rate the links ran, from interface byte counters (headers included, as tc

@@ -57,7 +57,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	names := fs.String("systems", defaultSystems, "comma-separated systems to run")
 	dir := fs.String("dir", "", "working directory (default: a new temporary directory, removed afterwards)")
 	timeout := fs.Duration("timeout", 10*time.Minute, "limit for each system's run")
-	verbose := fs.Bool("v", false, "print every host's time")
+	verbose := fs.Bool("v", false, "print every host's time and each system's link and CPU use per second")
 	var opts options
 	fs.StringVar(&opts.npuAgent, "npu-agent", "npu-agent", "npu-agent binary, for the npu-agent system (a name is looked up in PATH)")
 	if err := fs.Parse(args); err != nil {
@@ -120,6 +120,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		for _, r := range results {
 			for _, h := range r.Hosts {
 				fmt.Fprintf(stdout, "%s host %d: %.2fs\n", r.System, h.Host, h.Elapsed.Seconds())
+			}
+			if r.Err == nil {
+				if err := fleetbench.WriteTimeline(stdout, r); err != nil {
+					return err
+				}
 			}
 		}
 	}
