@@ -240,9 +240,12 @@ func (n *Node) manifest(ctx context.Context, f *flight) (*blobstore.Manifest, er
 	if !errors.Is(err, blobstore.ErrNotFound) {
 		return nil, fmt.Errorf("fetch %s: %w", f.blob, err)
 	}
+	// Ranking takes the node's lock (scores); joinFlight takes the node's lock and then f.mu, so f.mu must not be
+	// held here.
 	f.mu.Lock()
-	ps := n.candidates(f.peers)
+	from := slices.Clone(f.peers)
 	f.mu.Unlock()
+	ps := n.candidates(from)
 	if len(ps) == 0 {
 		return nil, fmt.Errorf("fetch %s: %w: no peers", f.blob, ErrNoPeers)
 	}
