@@ -405,6 +405,20 @@ func (d *Daemon) Kill() error {
 	return err
 }
 
+// DumpStacks sends the daemon SIGQUIT: the Go runtime writes every goroutine's stack to its log and exits. It is
+// for diagnosing a daemon that hangs; Stop reports the exit as an error afterwards.
+func (d *Daemon) DumpStacks() error {
+	if err := d.cmd.Process.Signal(syscall.SIGQUIT); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		return fmt.Errorf("%s: SIGQUIT: %w", d.Name, err)
+	}
+	select {
+	case <-d.done:
+	case <-time.After(stopGrace):
+		return fmt.Errorf("%s: still running %s after SIGQUIT", d.Name, stopGrace)
+	}
+	return nil
+}
+
 // Stop ends the daemon with SIGTERM and waits for it. A daemon that exits with an error, had already died, or
 // needs SIGKILL after stopGrace is an error: shutting down cleanly is part of what is tested.
 func (d *Daemon) Stop() error {

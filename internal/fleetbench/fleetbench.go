@@ -72,6 +72,8 @@ type Config struct {
 	Rate    string // every host's rate in each direction, e.g. "100mbit"
 	Dir     string // working directory; blob and copies go under it
 	Timeout time.Duration
+	// KeepFailed keeps a failed system's directory under Dir (its programs' logs) instead of removing it.
+	KeepFailed bool
 }
 
 // Limits that keep a run within what one machine can hold.
@@ -162,7 +164,12 @@ func runOne(ctx context.Context, cfg Config, s System, seed Blob, log io.Writer)
 	}
 	dir := filepath.Join(cfg.Dir, s.Name())
 	defer func() {
-		r.Err = errors.Join(r.Err, s.Close(), lab.Close(), os.RemoveAll(dir))
+		r.Err = errors.Join(r.Err, s.Close(), lab.Close())
+		if r.Err != nil && cfg.KeepFailed {
+			fmt.Fprintf(log, "%s failed; its files are kept in %s\n", s.Name(), dir)
+			return
+		}
+		r.Err = errors.Join(r.Err, os.RemoveAll(dir))
 	}()
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return Result{Err: fmt.Errorf("fleetbench: %w", err)}

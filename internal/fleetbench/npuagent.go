@@ -121,6 +121,9 @@ func (a *NPUAgent) Run(ctx context.Context) ([]HostResult, error) {
 			res, err := d.Fetch(ctx, a.env.Seed.Model, SeedShape)
 			results[k] = HostResult{Host: d.Host, Elapsed: time.Since(t0), Path: res.Path}
 			switch {
+			case err != nil && ctx.Err() != nil:
+				// Hung rather than failed: its stacks in its log say where.
+				errs[k] = errors.Join(fmt.Errorf("host %d: %w (stacks in %s)", d.Host, err, d.LogPath), d.DumpStacks())
 			case err != nil:
 				errs[k] = fmt.Errorf("host %d: %w", d.Host, err)
 			case res.Source != "peer":

@@ -57,6 +57,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	names := fs.String("systems", defaultSystems, "comma-separated systems to run")
 	dir := fs.String("dir", "", "working directory (default: a new temporary directory, removed afterwards)")
 	timeout := fs.Duration("timeout", 10*time.Minute, "limit for each system's run")
+	keep := fs.Bool("keep-failed", false, "keep a failed system's files (logs) in -dir, which must be given")
 	verbose := fs.Bool("v", false, "print every host's time and each system's link and CPU use per second")
 	var opts options
 	fs.StringVar(&opts.npuAgent, "npu-agent", "npu-agent", "npu-agent binary, for the npu-agent system (a name is looked up in PATH)")
@@ -98,6 +99,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	} else if removed > 0 {
 		fmt.Fprintf(stderr, "removed %d stale labs of killed runs\n", removed)
 	}
+	if *keep && *dir == "" {
+		return fmt.Errorf("%w: -keep-failed needs -dir", fleetbench.ErrConfig)
+	}
 	if *dir == "" {
 		tmp, err := os.MkdirTemp("", "fleetbench-")
 		if err != nil {
@@ -106,7 +110,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		defer os.RemoveAll(tmp)
 		*dir = tmp
 	}
-	cfg := fleetbench.Config{Hosts: *hosts, Size: n, Rate: *rate, Dir: *dir, Timeout: *timeout}
+	cfg := fleetbench.Config{Hosts: *hosts, Size: n, Rate: *rate, Dir: *dir, Timeout: *timeout, KeepFailed: *keep}
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
