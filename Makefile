@@ -61,3 +61,9 @@ test-deb: deb
 # BENCH_FLAGS e.g. "-hosts 12 -size 128MiB -rate 100mbit".
 bench-fleet:
 	bash scripts/bench-fleet.sh $(BENCH_FLAGS)
+
+# Fault scenarios at full size (root, network namespaces): real daemons with the seed killed mid-transfer, a peer
+# serving corrupt chunks, a partition that heals, and the compiling host killed during a fleet single flight. The
+# short versions of the first and third run in `make test`.
+test-faults:
+	E2E_LONG=1 $(GO) test -race -count=1 -timeout 20m -run '^Test(Fault|FleetCompilerKilled)' ./internal/e2e/

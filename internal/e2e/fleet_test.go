@@ -24,6 +24,9 @@ const labPrefix = "e2e"
 var npuAgent string
 
 func TestMain(m *testing.M) {
+	if mode := os.Getenv(helperEnv); mode != "" {
+		os.Exit(runHelper(mode))
+	}
 	flag.Parse()
 	os.Exit(testMain(m))
 }
@@ -100,6 +103,8 @@ type testFleet struct {
 	daemons []*Daemon
 	model   string
 	killed  map[int]bool
+	dir     string // the test's directory: hosts' directories, fleet key, model
+	key     string // fleet key file
 }
 
 const testShape = "x=1,8"
@@ -109,6 +114,11 @@ type fleetOptions struct {
 	compileTime time.Duration
 	blobSize    int64
 	leaseTTL    time.Duration
+	// seedCompileTime, if set, is host 0's compile time instead of compileTime: the fault tests let the seed
+	// compile the blob quickly and give every other host a compile too long to finish, so they must fetch.
+	seedCompileTime time.Duration
+	rate            string // every host's link rate (tc syntax); "" unshaped
+	extraHosts      int    // lab hosts after the members' without a daemon, for helpers
 }
 
 // standardMembers: 7 hosts, classes interleaved over the lab.
@@ -121,7 +131,7 @@ var standardMembers = []member{
 // every daemon's log is printed.
 func startFleet(ctx context.Context, t *testing.T, members []member, o fleetOptions) *testFleet {
 	t.Helper()
-	lab, err := netlab.New(ctx, netlab.Config{Hosts: len(members), Prefix: labPrefix})
+	lab, err := netlab.New(ctx, netlab.Config{Hosts: len(members) + o.extraHosts, Rate: o.rate, Prefix: labPrefix})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,10 +151,15 @@ func startFleet(ctx context.Context, t *testing.T, members []member, o fleetOpti
 	}
 	f := &testFleet{t: t, lab: lab, members: members, model: model, killed: map[int]bool{}}
 	t.Cleanup(f.stop)
+	f.dir, f.key = dir, key
 	for i, m := range members {
+		ct := o.compileTime
+		if i == 0 && o.seedCompileTime > 0 {
+			ct = o.seedCompileTime
+		}
 		d, err := Start(ctx, lab, i, Config{
 			Binary: npuAgent, Dir: filepath.Join(dir, fmt.Sprintf("h%d", i)), Fingerprint: m.fp,
-			CompileTime: o.compileTime, BlobSize: o.blobSize, P2P: true, FleetKeyFile: key,
+			CompileTime: ct, BlobSize: o.blobSize, P2P: true, FleetKeyFile: key,
 			LeaseTTL: o.leaseTTL, Deadline: 5 * time.Minute,
 		})
 		if err != nil {
