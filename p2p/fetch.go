@@ -35,11 +35,11 @@ type fetchParams struct {
 }
 
 var defaultFetchParams = fetchParams{
-	perPeer:        4,
-	chunksPerReq:   4,
+	perPeer:        2,
+	chunksPerReq:   1,
 	requestTimeout: 30 * time.Second,
 	rpcTimeout:     10 * time.Second,
-	haveRefresh:    2 * time.Second,
+	haveRefresh:    500 * time.Millisecond,
 	stallTimeout:   60 * time.Second,
 	maxFailures:    3,
 }
@@ -293,6 +293,7 @@ type transfer struct {
 type fpeer struct {
 	id       peer.ID
 	have     []bool // nil until its first HAVE
+	held     int    // chunks set in have
 	inflight map[int]bool
 	dropped  bool
 	failures int
@@ -432,6 +433,7 @@ func (t *transfer) setHave(fp *fpeer, have []bool) {
 	if fp.dropped {
 		return
 	}
+	held := 0
 	for i, h := range have {
 		old := fp.have != nil && fp.have[i]
 		if h && !old {
@@ -439,8 +441,11 @@ func (t *transfer) setHave(fp *fpeer, have []bool) {
 		} else if !h && old {
 			t.avail[i]--
 		}
+		if h {
+			held++
+		}
 	}
-	fp.have = have
+	fp.have, fp.held = have, held
 	t.cond.Broadcast()
 }
 
@@ -486,6 +491,10 @@ func (t *transfer) next(fp *fpeer) (chunkRange, bool) {
 		if t.ctx.Err() != nil || t.missing == 0 || fp.dropped {
 			return chunkRange{}, false
 		}
+		if len(fp.inflight) > 0 && t.seedLike(fp) {
+			t.cond.Wait()
+			continue
+		}
 		if r, ok := t.pick(fp); ok {
 			for i := r.First; i < r.First+r.Count; i++ {
 				t.assigned[i]++
@@ -497,9 +506,32 @@ func (t *transfer) next(fp *fpeer) (chunkRange, bool) {
 	}
 }
 
-// pick chooses the rarest missing chunk fp holds that nobody is fetching (a random one among equals) and
+// seedLike reports whether fp holds the whole blob while another live peer holds part of it. Such a peer is most
+// likely the seed that every receiver of a fleet starts from, and it gets one request at a time: its uplink is
+// shared by every receiver, so fewer chunks in flight each get through sooner and spread from the receivers that
+// hold them, rather than the seed sending many chunks slowly to everyone at once. A lone source keeps every
+// worker busy.
+func (t *transfer) seedLike(fp *fpeer) bool {
+	n := len(t.have)
+	if fp.held < n {
+		return false
+	}
+	for _, p := range t.peers {
+		if p != fp && !p.dropped && p.held > 0 && p.held < n {
+			return true
+		}
+	}
+	return false
+}
+
+// pick chooses the rarest missing chunk fp holds that nobody is fetching, uniformly at random among equals, and
 // extends it with the following chunks fp can serve, up to chunksPerReq. When every missing chunk is already
-// requested (the end game), it duplicates chunks requested from a single other peer.
+// requested (the end game), it duplicates a chunk requested from a single other peer, again at random.
+//
+// The choice among equals must be uniform: receivers that start together from one seed pick concurrently from the
+// same rarest chunks, and any bias (such as taking the first candidate after a random start, which favours
+// chunks that follow long runs of non-candidates) makes them fetch the same chunks from the seed while other
+// chunks wait, so the seed's uplink carries duplicates.
 func (t *transfer) pick(fp *fpeer) (chunkRange, bool) {
 	if fp.have == nil {
 		return chunkRange{}, false
@@ -507,16 +539,20 @@ func (t *transfer) pick(fp *fpeer) (chunkRange, bool) {
 	n := len(t.have)
 	free := func(i int) bool { return !t.have[i] && t.assigned[i] == 0 && fp.have[i] }
 	dup := func(i int) bool { return !t.have[i] && t.assigned[i] == 1 && fp.have[i] && !fp.inflight[i] }
-	start := rand.IntN(n)
-	best, anyFree := -1, false
-	for k := range n {
-		i := (start + k) % n
+	best, ties, anyFree := -1, 0, false
+	for i := range n {
 		if !t.have[i] && t.assigned[i] == 0 {
 			anyFree = true
 		}
-		if free(i) && (best < 0 || t.avail[i] < t.avail[best]) {
-			if best = i; t.avail[i] <= 1 {
-				break
+		if !free(i) {
+			continue
+		}
+		switch {
+		case best < 0 || t.avail[i] < t.avail[best]:
+			best, ties = i, 1
+		case t.avail[i] == t.avail[best]:
+			if ties++; rand.IntN(ties) == 0 { // reservoir sampling: each of the ties kept with probability 1/ties
+				best = i
 			}
 		}
 	}
@@ -526,10 +562,11 @@ func (t *transfer) pick(fp *fpeer) (chunkRange, bool) {
 			return chunkRange{}, false // other peers hold what is left; wait for them or for a HAVE refresh
 		}
 		ok = dup
-		for k := range n {
-			if i := (start + k) % n; dup(i) {
-				best = i
-				break
+		for i := range n {
+			if dup(i) {
+				if ties++; rand.IntN(ties) == 0 {
+					best = i
+				}
 			}
 		}
 		if best < 0 {
@@ -631,6 +668,7 @@ func (t *transfer) noChunk(fp *fpeer, i int) {
 	defer t.mu.Unlock()
 	if !fp.dropped && fp.have != nil && fp.have[i] {
 		fp.have[i] = false
+		fp.held--
 		t.avail[i]--
 	}
 }

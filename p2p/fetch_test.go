@@ -3,10 +3,13 @@ package p2p
 import (
 	"context"
 	"errors"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/npu-agent/npu-agent/blobstore"
 )
@@ -70,5 +73,115 @@ func TestFetchRanksPeersWithoutFlightLock(t *testing.T) {
 	}
 	if err := <-res; !errors.Is(err, ErrNoPeers) {
 		t.Errorf("fetch: %v, want ErrNoPeers", err)
+	}
+}
+
+// testTransfer is a transfer of n chunks, none held, with no node behind it: enough for the scheduling logic.
+func testTransfer(t *testing.T, n int) *transfer {
+	t.Helper()
+	tr := &transfer{
+		p: testFetchParams, have: make([]bool, n), assigned: make([]uint8, n), avail: make([]uint16, n),
+		missing: n, peers: map[peer.ID]*fpeer{},
+	}
+	tr.p.chunksPerReq = 1
+	tr.cond = sync.NewCond(&tr.mu)
+	tr.ctx, tr.cancel = context.WithCancelCause(context.Background())
+	t.Cleanup(func() { tr.cancel(nil) })
+	return tr
+}
+
+// addTestPeer adds a peer holding the listed chunks (all if none are listed).
+func (t *transfer) addTestPeer(id string, chunks ...int) *fpeer {
+	fp := &fpeer{id: peer.ID(id), inflight: map[int]bool{}}
+	have := make([]bool, len(t.have))
+	for i := range have {
+		have[i] = len(chunks) == 0 || slices.Contains(chunks, i)
+	}
+	t.peers[fp.id] = fp
+	t.setHave(fp, have)
+	return fp
+}
+
+// The rarest free chunks are chosen uniformly. Candidates 4, 9, 13 and 30 of 33 follow runs of 5, 4, 3 and 16
+// non-candidates: taking the first candidate after a random start picks 30 about half the time.
+func TestPickUniformAmongRarest(t *testing.T) {
+	t.Parallel()
+	tr := testTransfer(t, 33)
+	cands := []int{4, 9, 13, 30}
+	seed := tr.addTestPeer("seed")
+	var others []int // held by a second peer too, so not the rarest
+	for i := range 33 {
+		if !slices.Contains(cands, i) {
+			others = append(others, i)
+		}
+	}
+	tr.addTestPeer("partial", others...)
+	const draws = 4000
+	count := map[int]int{}
+	for range draws {
+		r, ok := tr.pick(seed)
+		if !ok || r.Count != 1 {
+			t.Fatalf("pick = %+v, %t", r, ok)
+		}
+		count[int(r.First)]++
+	}
+	for _, c := range cands {
+		// Expected 1000 each; a fair draw leaves [800, 1200] with probability 1 - 1e-11.
+		if n := count[c]; n < 800 || n > 1200 {
+			t.Errorf("chunk %d picked %d times of %d, want about %d (all: %v)", c, n, draws, draws/len(cands), count)
+		}
+	}
+	if len(count) != len(cands) {
+		t.Errorf("picked chunks %v, want only the rarest %v", count, cands)
+	}
+}
+
+// A peer with the whole blob gets one request at a time while other peers hold parts of it; alone, it gets as
+// many as it has workers.
+func TestSeedLikePeerOneRequest(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		partial []int // chunks of a second peer; nil for no second peer
+		want    int   // ranges handed out to the full peer before the next one blocks
+	}{
+		{"alone", nil, 4},
+		{"beside a partial peer", []int{0}, 1},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			tr := testTransfer(t, 8)
+			full := tr.addTestPeer("full")
+			if tc.partial != nil {
+				tr.addTestPeer("partial", tc.partial...)
+			}
+			got := 0
+			for range 4 {
+				res := make(chan bool, 1)
+				go func() {
+					_, ok := tr.next(full)
+					res <- ok
+				}()
+				select {
+				case ok := <-res:
+					if !ok {
+						t.Fatal("next gave up")
+					}
+					got++
+					continue
+				case <-time.After(time.Second): // blocked, as it should once the limit is reached
+				}
+				tr.cancel(nil) // unblock the waiting next
+				tr.mu.Lock()
+				tr.cond.Broadcast()
+				tr.mu.Unlock()
+				<-res
+				break
+			}
+			if got != tc.want {
+				t.Errorf("%d ranges in flight at once, want %d", got, tc.want)
+			}
+		})
 	}
 }
