@@ -25,6 +25,7 @@ test-short:
 
 demo: build
 	bash scripts/demo.sh
+	bash scripts/demo-fleet.sh
 
 # Store put/export of a 1 GiB blob against plain file write/copy, ratios from one run.
 bench-store:
