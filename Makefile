@@ -40,3 +40,8 @@ fuzz:
 	    echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
 	  done; \
 	done
+
+# Process-level fault tests, long versions: SIGKILL mid-write at random points (seed logged), full tmpfs disks.
+# Root is needed for the tmpfs mounts (they are skipped otherwise). Short versions run in `make test`.
+test-faults:
+	NPU_TEST_FAULTS=long $(GO) test -race -count=1 -run Fault -timeout 30m ./internal/faults/... ./blobstore/...
