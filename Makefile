@@ -41,6 +41,27 @@ fuzz:
 	  done; \
 	done
 
+# Debian package: a static bin/npu-agent and dist/npu-agent_<version>_amd64.deb, built with nfpm from the Go
+# module proxy. `make test-deb` checks the package in a scratch directory (nothing is installed).
+NFPM        ?= $(GO) run github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.44.0
+DEB_VERSION ?= $(shell packaging/version.sh)
+DEB         := dist/npu-agent_$(DEB_VERSION)_amd64.deb
+
+.PHONY: deb test-deb
+
+deb:
+	CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -trimpath -ldflags '-s -w -X main.version=$(DEB_VERSION)' -o $(BIN) ./cmd/npu-agent
+	mkdir -p dist
+	VERSION='$(DEB_VERSION)' $(NFPM) package --config packaging/nfpm.yaml --packager deb --target $(DEB)
+
+test-deb: deb
+	bash packaging/test-deb.sh $(DEB)
+
+# Fleet distribution benchmark in network namespaces (root): npu-agent, nginx and aria2 from one seed to N hosts.
+# BENCH_FLAGS e.g. "-hosts 12 -size 128MiB -rate 100mbit".
+bench-fleet:
+	bash scripts/bench-fleet.sh $(BENCH_FLAGS)
+
 # Process-level fault tests, long versions: SIGKILL mid-write at random points (seed logged), full tmpfs disks.
 # Root is needed for the tmpfs mounts (they are skipped otherwise). Short versions run in `make test`.
 test-faults:

@@ -20,10 +20,11 @@ import (
 	"github.com/npu-agent/npu-agent/blobstore"
 	"github.com/npu-agent/npu-agent/compat"
 	"github.com/npu-agent/npu-agent/compile"
+	"github.com/npu-agent/npu-agent/metrics"
 )
 
 // ErrIncompatible reports a blob the host's NPU stack cannot load, by the rules.
-var ErrIncompatible = errors.New("blob is not compatible with this host")
+var ErrIncompatible = compat.ErrIncompatible
 
 // Source says where Ensure found a blob.
 type Source string
@@ -56,8 +57,9 @@ type Fleet interface {
 	// Publish signs and announces a record of a blob this agent holds.
 	Publish(ctx context.Context, r blobstore.Record) error
 	// Coordinate runs the fleet-wide single flight for key: it calls compile when this agent is chosen (or
-	// takes over), or returns once ready reports a usable record, naming the peer waited for.
-	Coordinate(ctx context.Context, key compile.FlightKey, compile func(context.Context) error, ready func() bool) (waitedFor string, err error)
+	// takes over), or returns once another member's compile is done or ready reports a usable blob, naming the
+	// peer waited for ("" if this agent compiled).
+	Coordinate(ctx context.Context, key compile.FlightKey, compile func(context.Context) (cid.Cid, error), ready func() (cid.Cid, bool)) (waitedFor string, err error)
 }
 
 // Options configure an Agent.
@@ -71,6 +73,7 @@ type Options struct {
 	Timeout  time.Duration
 	Fleet    Fleet
 	Logger   *slog.Logger
+	Metrics  *metrics.Metrics // nil: no metrics
 }
 
 // Agent resolves blobs. Safe for concurrent use.
@@ -145,6 +148,18 @@ func (a *Agent) Store() blobstore.Store { return a.opts.Store }
 // Ensure returns a blob for (model, profile) that this host can load: from the store, else from peers, else
 // compiled. progress may be nil.
 func (a *Agent) Ensure(ctx context.Context, model compile.Model, profile compile.Profile, progress Progress) (Result, error) {
+	r, err := a.ensure(ctx, model, profile, progress)
+	if err == nil {
+		a.opts.Metrics.Lookup(r.Source == SourceStore)
+		a.opts.Metrics.Fetched(metrics.Source(r.Source), r.Record.Size)
+		if r.WaitedFor != "" {
+			a.opts.Metrics.Waited(metrics.ScopeFleet)
+		}
+	}
+	return r, err
+}
+
+func (a *Agent) ensure(ctx context.Context, model compile.Model, profile compile.Profile, progress Progress) (Result, error) {
 	pid, err := profile.ID()
 	if err != nil {
 		return Result{}, err
@@ -166,21 +181,32 @@ func (a *Agent) Ensure(ctx context.Context, model compile.Model, profile compile
 		return Result{}, err
 	}
 	key := compile.FlightKey{ModelID: model.ID, ProfileID: pid, Class: class}
+	compileHere := func(ctx context.Context) (cid.Cid, error) {
+		return a.compileAndStore(ctx, model, profile, pid, progress)
+	}
 	var waitedFor string
-	_, _, err = a.flight.Do(ctx, key, func(ctx context.Context) (*compile.Result, error) {
+	_, shared, err := a.flight.Do(ctx, key, func(ctx context.Context) (*compile.Result, error) {
 		// A flight that finished just before ours may have stored it.
 		if _, ok, err := a.findLocal(ctx, model.ID, pid, kind); err != nil || ok {
 			return nil, err
 		}
-		compileHere := func(ctx context.Context) error { return a.compileAndStore(ctx, model, profile, pid, progress) }
 		if a.opts.Fleet == nil {
-			return nil, compileHere(ctx)
+			_, err := compileHere(ctx)
+			return nil, err
 		}
-		ready := func() bool { return len(a.compatible(a.opts.Fleet.Records(model.ID, pid), kind)) > 0 }
+		ready := func() (cid.Cid, bool) {
+			if recs := a.compatible(a.opts.Fleet.Records(model.ID, pid), kind); len(recs) > 0 {
+				return recs[0].Blob, true
+			}
+			return cid.Undef, false
+		}
 		w, err := a.opts.Fleet.Coordinate(ctx, key, compileHere, ready)
 		waitedFor = w
 		return nil, err
 	})
+	if shared {
+		a.opts.Metrics.Waited(metrics.ScopeLocal)
+	}
 	if err != nil {
 		return Result{}, err
 	}
@@ -190,18 +216,26 @@ func (a *Agent) Ensure(ctx context.Context, model compile.Model, profile compile
 		}
 		return r, err
 	}
-	// Another peer compiled it: fetch.
-	if a.opts.Fleet != nil {
-		r, ok, err := a.fromPeers(ctx, model.ID, pid, kind, progress)
-		if err != nil {
-			return Result{}, err
-		}
-		if ok {
-			r.WaitedFor = waitedFor
-			return r, nil
-		}
+	// Another member compiled: fetch its blob.
+	r, ok, err := a.fromPeers(ctx, model.ID, pid, kind, progress)
+	if err != nil || ok {
+		r.WaitedFor = waitedFor
+		return r, err
 	}
-	return Result{}, fmt.Errorf("blob for model %s profile %s vanished after it was compiled", model.ID, pid)
+	// What the fleet compiled does not serve this host (range rules), or no peer could deliver it: compile here.
+	a.opts.Logger.Warn("the fleet's blob is not usable here; compiling locally", "model", model.ID, "profile", pid, "waited_for", waitedFor)
+	if _, _, err := a.flight.Do(ctx, key, func(ctx context.Context) (*compile.Result, error) {
+		_, err := compileHere(ctx)
+		return nil, err
+	}); err != nil {
+		return Result{}, err
+	}
+	r, ok, err = a.findLocal(ctx, model.ID, pid, kind)
+	if err == nil && !ok {
+		err = fmt.Errorf("blob for model %s profile %s is missing from the store right after it was compiled", model.ID, pid)
+	}
+	r.Source = SourceCompiled
+	return r, err
 }
 
 // findLocal returns the best compatible blob in the store.
@@ -316,9 +350,9 @@ func (a *Agent) checkStored(ctx context.Context, c cid.Cid, kind string) error {
 	return nil
 }
 
-func (a *Agent) compileAndStore(ctx context.Context, model compile.Model, profile compile.Profile, pid string, progress Progress) error {
+func (a *Agent) compileAndStore(ctx context.Context, model compile.Model, profile compile.Profile, pid string, progress Progress) (cid.Cid, error) {
 	if a.opts.Backend == nil {
-		return compile.ErrNoCompiler
+		return cid.Undef, compile.ErrNoCompiler
 	}
 	act := a.begin("compile", model.ID, pid)
 	defer a.end(act)
@@ -340,32 +374,34 @@ func (a *Agent) compileAndStore(ctx context.Context, model compile.Model, profil
 	}
 	dir, err := os.MkdirTemp(a.scratchDir, "compile-")
 	if err != nil {
-		return err
+		return cid.Undef, err
 	}
 	defer os.RemoveAll(dir)
 	out := filepath.Join(dir, "out.blob")
 	a.opts.Logger.Info("compiling", "backend", a.opts.Backend.Name(), "model", model.ID, "profile", pid)
 	res, err := a.opts.Backend.Compile(ctx, compile.Request{Model: model, Profile: profile, OutPath: out, Timeout: a.opts.Timeout})
 	if err != nil {
-		return err
+		a.opts.Metrics.Compiled(time.Since(act.Started), err)
+		return cid.Undef, err
 	}
+	a.opts.Metrics.Compiled(res.Duration, nil)
 	c, sha, err := a.putChecked(ctx, res.Path, profile.Kind)
 	if err != nil {
-		return fmt.Errorf("compiler output: %w", err)
+		return cid.Undef, fmt.Errorf("compiler output: %w", err)
 	}
 	rec := blobstore.Record{
 		ModelID: model.ID, ProfileID: pid, Blob: c, Fingerprint: a.hostJSON, CompileTime: res.Duration,
 		Created: time.Now().UTC(), Producer: a.opts.Producer, Kind: profile.Kind,
 	}
 	if rec.Size, err = a.size(ctx, c); err != nil {
-		return err
+		return cid.Undef, err
 	}
 	if err := a.opts.Store.AddRecord(ctx, rec); err != nil {
-		return err
+		return cid.Undef, err
 	}
 	a.opts.Logger.Info("compiled", "blob", c, "sha256", sha, "duration", res.Duration)
 	a.publish(ctx, rec)
-	return nil
+	return c, nil
 }
 
 func (a *Agent) publish(ctx context.Context, rec blobstore.Record) {

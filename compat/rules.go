@@ -21,6 +21,9 @@ var defaultRulesYAML []byte
 // ErrRules reports a rule table that does not load.
 var ErrRules = errors.New("invalid compatibility rules")
 
+// ErrIncompatible reports a blob the rules say a host cannot load; callers wrap it with the decision's reasons.
+var ErrIncompatible = errors.New("blob is not compatible with this host")
+
 // Match kinds of a rule.
 const (
 	MatchEqual               = "equal"

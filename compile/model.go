@@ -73,7 +73,7 @@ func LoadModel(path string) (Model, error) {
 		m.Files = append(m.Files, f)
 	}
 	sort.Slice(m.Files, func(i, j int) bool { return m.Files[i].Name < m.Files[j].Name })
-	id, err := modelID(m.Files)
+	id, err := ModelID(m.Files)
 	if err != nil {
 		return Model{}, err
 	}
@@ -116,9 +116,10 @@ func hashModelFile(role, path string) (ModelFile, error) {
 	return ModelFile{Role: role, Name: filepath.Base(path), Path: path, Size: n, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
 }
 
-// modelID is the CIDv1 (raw, sha2-256) of the canonical manifest: a header line, then one line per file sorted by
-// role, "<role> <size> <sha256 hex>\n". Names and paths are left out so a renamed model keeps its ID.
-func modelID(files []ModelFile) (string, error) {
+// ModelID is the CIDv1 (raw, sha2-256) of the canonical manifest: a header line, then one line per file sorted by
+// role, "<role> <size> <sha256 hex>\n". Names and paths are left out so a renamed model keeps its ID. Only Role,
+// Size and SHA256 of files are read, so a model fetched from peers can be checked without its original paths.
+func ModelID(files []ModelFile) (string, error) {
 	byRole := append([]ModelFile(nil), files...)
 	sort.Slice(byRole, func(i, j int) bool { return byRole[i].Role < byRole[j].Role })
 	var b strings.Builder
@@ -162,7 +163,7 @@ func (m Model) Validate() error {
 	default:
 		return fmt.Errorf("%w: model %s must be an IR (xml and bin) or one onnx file", ErrInvalidModel, m.ID)
 	}
-	id, err := modelID(m.Files)
+	id, err := ModelID(m.Files)
 	if err != nil {
 		return err
 	}

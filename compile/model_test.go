@@ -92,6 +92,41 @@ func TestModelIDGolden(t *testing.T) {
 	}
 }
 
+// ModelID computes the same ID from (role, size, sha256) alone as LoadModel does from the files, whatever the
+// names and order, and rejects what LoadModel could never produce.
+func TestModelIDFromFiles(t *testing.T) {
+	t.Parallel()
+	m, err := LoadModel(writeIR(t, t.TempDir(), "m", "<net/>", "weights"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fetched := []ModelFile{ // as a peer knows them: no names, no paths, another order
+		{Role: RoleXML, Size: m.Files[1].Size, SHA256: m.Files[1].SHA256},
+		{Role: RoleBin, Size: m.Files[0].Size, SHA256: m.Files[0].SHA256},
+	}
+	id, err := ModelID(fetched)
+	if err != nil || id != m.ID {
+		t.Fatalf("ModelID = %s, %v; want %s", id, err, m.ID)
+	}
+	fetched[1].Size++
+	if id, err := ModelID(fetched); err != nil || id == m.ID {
+		t.Fatalf("ModelID with another size = %s, %v; want a different ID", id, err)
+	}
+	bad := []struct {
+		name  string
+		files []ModelFile
+	}{
+		{"duplicate role", []ModelFile{fetched[0], fetched[0]}},
+		{"upper-case sha256", []ModelFile{{Role: RoleONNX, Size: 1, SHA256: strings.ToUpper(m.Files[0].SHA256)}}},
+		{"short sha256", []ModelFile{{Role: RoleONNX, Size: 1, SHA256: "abcd"}}},
+	}
+	for _, tc := range bad {
+		if _, err := ModelID(tc.files); !errors.Is(err, ErrInvalidModel) {
+			t.Errorf("%s: err = %v, want ErrInvalidModel", tc.name, err)
+		}
+	}
+}
+
 func TestLoadModelErrors(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()

@@ -39,6 +39,14 @@ type Config struct {
 	Compiler Compiler `yaml:"compiler"`
 	P2P      P2P      `yaml:"p2p"`
 	Flight   Flight   `yaml:"flight"`
+	Rollout  Rollout  `yaml:"rollout"`
+}
+
+// Rollout configures which operator-signed rollouts this agent follows (docs/operations.md).
+type Rollout struct {
+	TrustedKeys []string `yaml:"trusted_keys"` // "npu-agent-ed25519:<base64>" public keys from `npu-agent keygen`
+	Threshold   int      `yaml:"threshold"`    // signatures of distinct trusted keys a manifest needs; 0 means 1
+	Tags        []string `yaml:"tags"`         // "name=value" labels rollout selectors can match (tag:name)
 }
 
 // API is the local HTTP API.
@@ -186,6 +194,14 @@ func (c *Config) Validate() error {
 		errs = append(errs, errors.New("flight: window, lease_ttl and deadline must be positive"))
 	} else if c.Flight.Deadline < c.Flight.LeaseTTL {
 		errs = append(errs, errors.New("flight.deadline: must be at least flight.lease_ttl"))
+	}
+	if c.Rollout.Threshold < 0 || c.Rollout.Threshold > len(c.Rollout.TrustedKeys) && len(c.Rollout.TrustedKeys) > 0 {
+		errs = append(errs, fmt.Errorf("rollout.threshold: %d is not between 1 and the %d trusted keys", c.Rollout.Threshold, len(c.Rollout.TrustedKeys)))
+	}
+	for _, tag := range c.Rollout.Tags {
+		if k, _, ok := strings.Cut(tag, "="); !ok || k == "" {
+			errs = append(errs, fmt.Errorf("rollout.tags: %q is not name=value", tag))
+		}
 	}
 	if c.P2P.Enabled && len(c.P2P.Listen) == 0 {
 		errs = append(errs, errors.New("p2p.listen: at least one address when p2p is enabled"))

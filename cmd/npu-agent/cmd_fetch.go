@@ -1,14 +1,20 @@
 package main
 
 import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/npu-agent/npu-agent/agent"
+	"github.com/npu-agent/npu-agent/api"
+	"github.com/npu-agent/npu-agent/blobstore"
 	"github.com/npu-agent/npu-agent/compat"
 	"github.com/npu-agent/npu-agent/compile"
 	"github.com/npu-agent/npu-agent/config"
@@ -112,6 +118,9 @@ func (a *app) fetchCmd() *cobra.Command {
 				return err
 			}
 			ctx := cmd.Context()
+			if done, err := a.fetchViaDaemon(cmd, model, prof, out); done {
+				return err
+			}
 			l, err := a.openLocal(ctx)
 			if err != nil {
 				return err
@@ -212,4 +221,84 @@ func (a *app) putCmd() *cobra.Command {
 func parseSize(s string) (uint64, error) {
 	b, err := config.ParseByteSize(s)
 	return uint64(b), err
+}
+
+// fetchViaDaemon asks a running daemon (so the fleet serves the request); done is false when none answers.
+func (a *app) fetchViaDaemon(cmd *cobra.Command, model string, prof compile.Profile, out string) (done bool, err error) {
+	cfg, err := a.loadConfig()
+	if err != nil {
+		return true, err
+	}
+	ctx := cmd.Context()
+	c, err := api.Dial(ctx, cfg.SocketPath())
+	if err != nil {
+		return false, nil
+	}
+	defer c.Close()
+	abs, err := filepath.Abs(model)
+	if err != nil {
+		return true, err
+	}
+	bar := newProgressBar(a.stderr)
+	stop := make(chan struct{})
+	go func() { // the API answers when done; show that work is under way
+		t := time.NewTicker(200 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				bar.Update("daemon working", 0, 0)
+			}
+		}
+	}()
+	res, err := c.Ensure(ctx, api.EnsureRequest{Model: abs, Profile: prof})
+	close(stop)
+	bar.Done()
+	if err != nil {
+		return true, err
+	}
+	path := res.Path
+	if out != "" {
+		if path, err = filepath.Abs(out); err != nil {
+			return true, err
+		}
+		if err := copyBlob(ctx, c, res, path); err != nil {
+			return true, err
+		}
+	}
+	return true, a.printFetch(fetchResult{
+		Source: agent.Source(res.Source), CID: res.CID.String(), Path: path, Size: res.Size, SHA256: res.SHA256,
+		ModelID: res.ModelID, ProfileID: res.ProfileID, Producer: res.From, WaitedFor: res.From,
+	})
+}
+
+// copyBlob streams a blob from the daemon into path atomically, checking its sha256.
+func copyBlob(ctx context.Context, c *api.Client, res api.EnsureResponse, path string) error {
+	r, err := c.Blob(ctx, res.CID)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(io.MultiWriter(f, h), r); err != nil {
+		return err
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != res.SHA256 {
+		return fmt.Errorf("blob from the daemon has sha256 %s, want %s: %w", got, res.SHA256, blobstore.ErrInvalidData)
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
 }

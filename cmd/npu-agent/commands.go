@@ -14,6 +14,9 @@ func (a *app) commands() []*cobra.Command {
 		a.rmCmd(),
 		a.pinCmd(true),
 		a.pinCmd(false),
+		a.daemonCmd(),
+		a.statusCmd(),
+		a.peersCmd(),
 		a.configCmd(),
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"os"
 
-	"github.com/npu-agent/npu-agent/agent"
 	"github.com/npu-agent/npu-agent/blobstore"
 	"github.com/npu-agent/npu-agent/compat"
 	"github.com/npu-agent/npu-agent/compile"
@@ -21,6 +20,7 @@ const (
 	exitNoCompiler   = 5 // a compile was needed and no compiler is available
 	exitCompile      = 6 // the compiler failed
 	exitCorrupt      = 7 // verify found corrupt data
+	exitNoDaemon     = 8 // the command needs a running daemon and none answers
 	exitInterrupted  = 130
 )
 
@@ -61,9 +61,10 @@ func exitCode(err error) int {
 		errs []error
 	}{
 		{exitInterrupted, []error{context.Canceled}},
+		{exitNoDaemon, []error{errNoDaemon}},
 		{exitNoCompiler, []error{compile.ErrNoCompiler}},
 		{exitCompile, []error{compile.ErrCompileFailed, compile.ErrNoOutput, compile.ErrTimeout, compile.ErrHelperProtocol, compile.ErrNoDevice}},
-		{exitIncompatible, []error{agent.ErrIncompatible, compat.ErrNoMetadata, compat.ErrMetadataVersion, compat.ErrFutureMetadata, compat.ErrMalformedTrailer}},
+		{exitIncompatible, []error{compat.ErrIncompatible, compat.ErrNoMetadata, compat.ErrMetadataVersion, compat.ErrFutureMetadata, compat.ErrMalformedTrailer}},
 		{exitCorrupt, []error{blobstore.ErrInvalidData}},
 		{exitNotFound, []error{blobstore.ErrNotFound, os.ErrNotExist}},
 		{exitUsage, []error{compile.ErrInvalidModel, compile.ErrInvalidProfile, compat.ErrOverride, compat.ErrInvalidFingerprint}},

@@ -1,0 +1,124 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/ipfs/go-cid"
+
+	"github.com/npu-agent/npu-agent/api"
+	"github.com/npu-agent/npu-agent/blobstore"
+	"github.com/npu-agent/npu-agent/compat"
+	"github.com/npu-agent/npu-agent/compile"
+)
+
+// Service serves an Agent through the local API.
+type Service struct {
+	Agent   *Agent
+	Version string
+	PeerID  string
+	Quota   uint64
+	// Peers lists connected fleet members; nil when running alone.
+	Peers func() []api.Peer
+}
+
+var _ api.Agent = (*Service)(nil)
+
+// Ensure loads the model from its path, ensures a blob and materialises it for the loader.
+func (s *Service) Ensure(ctx context.Context, req api.EnsureRequest) (api.EnsureResponse, error) {
+	m, err := compile.LoadModel(req.Model)
+	if err != nil {
+		return api.EnsureResponse{}, err
+	}
+	r, err := s.Agent.Ensure(ctx, m, req.Profile, nil)
+	if err != nil {
+		return api.EnsureResponse{}, err
+	}
+	return s.response(ctx, r)
+}
+
+func (s *Service) response(ctx context.Context, r Result) (api.EnsureResponse, error) {
+	path, err := s.Agent.Materialize(ctx, r.CID)
+	if err != nil {
+		return api.EnsureResponse{}, err
+	}
+	from := r.WaitedFor
+	if r.Source == SourcePeer && from == "" {
+		from = r.Record.Producer
+	}
+	return api.EnsureResponse{
+		CID: r.CID, Path: path, Source: api.Source(r.Source), Size: r.Record.Size, SHA256: r.SHA256,
+		ModelID: r.Record.ModelID, ProfileID: r.Record.ProfileID, From: from, CompileTime: r.Record.CompileTime,
+	}, nil
+}
+
+// OpenBlob streams a stored blob and marks it used.
+func (s *Service) OpenBlob(ctx context.Context, c cid.Cid) (blobstore.Reader, error) {
+	r, err := s.Agent.Store().Open(ctx, c)
+	if err == nil {
+		_ = s.Agent.Store().Touch(ctx, c)
+	}
+	return r, err
+}
+
+// PutBlob spools the upload to a scratch file (the trailer sits at its end), then registers it like `put`.
+func (s *Service) PutBlob(ctx context.Context, req api.PutRequest, blob io.Reader) (api.EnsureResponse, error) {
+	m, err := compile.LoadModel(req.Model)
+	if err != nil {
+		return api.EnsureResponse{}, err
+	}
+	f, err := os.CreateTemp(s.Agent.scratchDir, "upload-*.blob")
+	if err != nil {
+		return api.EnsureResponse{}, err
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	if _, err := io.Copy(f, blob); err != nil {
+		return api.EnsureResponse{}, fmt.Errorf("receiving blob: %w", err)
+	}
+	r, err := s.Agent.Put(ctx, f.Name(), m, req.Profile, nil)
+	if err != nil {
+		return api.EnsureResponse{}, err
+	}
+	return s.response(ctx, r)
+}
+
+// Status reports the store, the jobs under way and the peers.
+func (s *Service) Status(ctx context.Context) (api.Status, error) {
+	a := s.Agent
+	st := api.Status{Version: s.Version, PeerID: s.PeerID, Fingerprint: a.hostJSON, Jobs: []api.Job{}, Peers: []api.Peer{}}
+	st.Class, _ = compat.Class(a.opts.Rules, a.opts.Host, "")
+	if a.opts.Backend != nil {
+		st.Compiler = a.opts.Backend.Name()
+	}
+	infos, err := a.Store().List(ctx)
+	if err != nil {
+		return st, err
+	}
+	recs, err := a.Store().Records(ctx, "", "")
+	if err != nil {
+		return st, err
+	}
+	st.Store = api.StoreStatus{Quota: s.Quota, Records: len(recs), List: infos}
+	for _, in := range infos {
+		if in.Complete {
+			st.Store.Blobs++
+		} else {
+			st.Store.Partial++
+		}
+		st.Store.Bytes += in.Size
+	}
+	a.opts.Metrics.SetStore(st.Store.Bytes, st.Store.Blobs)
+	for _, act := range a.Activities() {
+		st.Jobs = append(st.Jobs, api.Job{
+			Kind: api.JobKind(act.Phase), ModelID: act.Model, ProfileID: act.Profile, Started: act.Started,
+			Done: uint64(max(act.Done, 0)), Total: uint64(max(act.Total, 0)),
+		})
+	}
+	if s.Peers != nil {
+		st.Peers = s.Peers()
+	}
+	return st, nil
+}

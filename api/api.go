@@ -1,0 +1,128 @@
+// Package api is the daemon's local HTTP API: the server, served on a unix socket and optionally a loopback TCP
+// address, and the Go client the CLI uses to talk to a running daemon. The Agent interface is what the server
+// serves; the agent package implements it. Endpoints and wire formats are described in docs/operations.md.
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"time"
+
+	"github.com/ipfs/go-cid"
+
+	"github.com/npu-agent/npu-agent/blobstore"
+	"github.com/npu-agent/npu-agent/compile"
+)
+
+// Agent is what the API serves. All methods are safe for concurrent use and honour ctx: the server passes the
+// request's context, which is cancelled when the client disconnects or the daemon shuts down.
+type Agent interface {
+	// Ensure makes a blob of req.Model compiled with req.Profile available on this host, from the store, a peer
+	// or a local compile, and names a stable read-only file of it. It may take minutes (fetch or compile).
+	Ensure(ctx context.Context, req EnsureRequest) (EnsureResponse, error)
+	// OpenBlob opens a complete stored blob for streaming (blobstore.ErrNotFound if absent).
+	OpenBlob(ctx context.Context, c cid.Cid) (blobstore.Reader, error)
+	// PutBlob stores blob, compiled elsewhere for req.Model and req.Profile, and records it for this host.
+	PutBlob(ctx context.Context, req PutRequest, blob io.Reader) (EnsureResponse, error)
+	// Status describes what the agent holds, what it is doing and which peers it sees.
+	Status(ctx context.Context) (Status, error)
+}
+
+// EnsureRequest asks for a compiled blob of a model.
+type EnsureRequest struct {
+	// Model is the absolute path on this host of the model's .xml (with its .bin beside it) or .onnx file. The
+	// daemon reads it, so it must be readable by the daemon's user.
+	Model   string          `json:"model"`
+	Profile compile.Profile `json:"profile"`
+}
+
+// PutRequest names what a blob uploaded with PutBlob was compiled from.
+type PutRequest struct {
+	Model   string          `json:"model"` // absolute path on this host, as in EnsureRequest
+	Profile compile.Profile `json:"profile"`
+}
+
+// Source says where Ensure found a blob.
+type Source string
+
+// Sources of a blob.
+const (
+	SourceStore    Source = "store"    // already in the local store
+	SourcePeer     Source = "peer"     // fetched from peers (or waited for a peer's compile, then fetched)
+	SourceCompiled Source = "compiled" // compiled on this host
+)
+
+// EnsureResponse describes a blob ready for the loader.
+type EnsureResponse struct {
+	CID cid.Cid `json:"cid"`
+	// Path is a stable read-only file with the blob's bytes, for core.import_model or an mmap. It stays valid
+	// while the blob is stored; GET /v1/blobs/{cid} streams the same bytes to clients that cannot read it.
+	Path        string        `json:"path"`
+	Source      Source        `json:"source"`
+	Size        uint64        `json:"size"`
+	SHA256      string        `json:"sha256"` // hex, as sha256sum prints it
+	ModelID     string        `json:"model_id"`
+	ProfileID   string        `json:"profile_id"`
+	From        string        `json:"from,omitempty"` // peer ID the blob came from (Source peer)
+	CompileTime time.Duration `json:"compile_time_ns"`
+}
+
+// Status is a snapshot of the agent.
+type Status struct {
+	Version     string          `json:"version"`
+	PeerID      string          `json:"peer_id,omitempty"`
+	Fingerprint json.RawMessage `json:"fingerprint,omitempty"` // canonical JSON; compat owns its meaning
+	Class       string          `json:"class,omitempty"`       // this host's compatibility class
+	Compiler    string          `json:"compiler,omitempty"`    // backend name; empty when none is available
+	Store       StoreStatus     `json:"store"`
+	Jobs        []Job           `json:"jobs"`  // fetches, compiles and waits in progress
+	Peers       []Peer          `json:"peers"` // connected fleet members
+}
+
+// StoreStatus summarises the blob store.
+type StoreStatus struct {
+	Blobs   int              `json:"blobs"`   // complete blobs
+	Partial int              `json:"partial"` // blobs being fetched
+	Bytes   uint64           `json:"bytes"`   // stored size
+	Quota   uint64           `json:"quota"`   // 0: no quota
+	Records int              `json:"records"` // (model, profile) -> blob records
+	List    []blobstore.Info `json:"list,omitempty"`
+}
+
+// JobKind says what a job does.
+type JobKind string
+
+// Kinds of jobs.
+const (
+	JobFetch   JobKind = "fetch"   // chunks coming from peers
+	JobCompile JobKind = "compile" // compiling on this host
+	JobWait    JobKind = "wait"    // waiting for a peer of the same class to compile
+)
+
+// Job is one fetch, compile or wait in progress.
+type Job struct {
+	Kind      JobKind   `json:"kind"`
+	ModelID   string    `json:"model_id"`
+	ProfileID string    `json:"profile_id"`
+	CID       string    `json:"cid,omitempty"`  // known for fetches
+	Peer      string    `json:"peer,omitempty"` // the compiling peer, for waits
+	Started   time.Time `json:"started"`
+	Done      uint64    `json:"done,omitempty"`  // bytes so far, for fetches
+	Total     uint64    `json:"total,omitempty"` // bytes expected, for fetches
+	Waiters   int       `json:"waiters"`         // local callers sharing this job
+}
+
+// Peer is a connected fleet member.
+type Peer struct {
+	ID    string   `json:"id"`
+	Addrs []string `json:"addrs"`
+	Class string   `json:"class,omitempty"` // its compatibility class, once known
+	// Records is how many of its records this agent has seen.
+	Records int `json:"records"`
+}
+
+// Health is the body of GET /v1/healthz.
+type Health struct {
+	Status string `json:"status"` // "ok"
+}

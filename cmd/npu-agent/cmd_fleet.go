@@ -1,0 +1,143 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/npu-agent/npu-agent/agent"
+	"github.com/npu-agent/npu-agent/api"
+	"github.com/npu-agent/npu-agent/blobstore"
+	"github.com/npu-agent/npu-agent/compat"
+	"github.com/npu-agent/npu-agent/config"
+	"github.com/npu-agent/npu-agent/metrics"
+	"github.com/npu-agent/npu-agent/p2p"
+	"github.com/npu-agent/npu-agent/p2p/flight"
+)
+
+// fleet is the daemon's libp2p side: node, single-flight coordinator and their adapter for the agent.
+type fleet struct {
+	*agent.P2PFleet
+	node *p2p.Node
+	tr   *flight.PubSubTransport
+}
+
+// p2pConfig translates the config file's p2p section.
+func p2pConfig(cfg config.Config) (p2p.Config, error) {
+	pc := p2p.DefaultConfig(cfg.DataDir)
+	pc.MDNS, pc.AllowLoopback = cfg.P2P.MDNS, cfg.P2P.AllowLoopback
+	var err error
+	if pc.ListenAddrs, err = multiaddrs("p2p.listen", cfg.P2P.Listen); err != nil {
+		return pc, err
+	}
+	if pc.StaticPeers, err = multiaddrs("p2p.peers", cfg.P2P.Peers); err != nil {
+		return pc, err
+	}
+	if cfg.P2P.FleetKeyFile != "" {
+		if pc.FleetKey, err = p2p.ReadFleetKey(cfg.P2P.FleetKeyFile); err != nil {
+			return pc, usageError{fmt.Errorf("p2p.fleet_key_file: %w", err)}
+		}
+	}
+	if pc.Allowlist, err = peerIDs("p2p.allowlist", cfg.P2P.Allowlist); err != nil {
+		return pc, err
+	}
+	if pc.TrustedProducers, err = peerIDs("p2p.trusted_producers", cfg.P2P.TrustedProducers); err != nil {
+		return pc, err
+	}
+	return pc, nil
+}
+
+func multiaddrs(key string, ss []string) ([]ma.Multiaddr, error) {
+	out := make([]ma.Multiaddr, 0, len(ss))
+	for _, s := range ss {
+		a, err := ma.NewMultiaddr(s)
+		if err != nil {
+			return nil, usageError{fmt.Errorf("%s: %q: %w", key, s, err)}
+		}
+		out = append(out, a)
+	}
+	return out, nil
+}
+
+func peerIDs(key string, ss []string) ([]peer.ID, error) {
+	out := make([]peer.ID, 0, len(ss))
+	for _, s := range ss {
+		id, err := peer.Decode(s)
+		if err != nil {
+			return nil, usageError{fmt.Errorf("%s: %q is not a peer ID: %w", key, s, err)}
+		}
+		out = append(out, id)
+	}
+	return out, nil
+}
+
+// startFleet starts the node and the coordinator; the coordinator and the peer gauge run in g until ctx ends.
+func startFleet(ctx context.Context, g *errgroup.Group, cfg config.Config, store blobstore.Store, host compat.Fingerprint,
+	reg prometheus.Registerer, m *metrics.Metrics, log *slog.Logger) (*fleet, error) {
+	pc, err := p2pConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	pc.Registerer = reg
+	node, err := p2p.New(ctx, pc, store, log)
+	if err != nil {
+		return nil, err
+	}
+	tr, err := flight.NewPubSubTransport(node.PubSub(), node.ID())
+	if err != nil {
+		return nil, errors.Join(err, node.Close())
+	}
+	coord, err := flight.New(tr, flight.Config{Window: cfg.Flight.Window, LeaseTTL: cfg.Flight.LeaseTTL,
+		Deadline: cfg.Flight.Deadline, Logger: log.With("component", "flight")})
+	if err != nil {
+		return nil, errors.Join(err, tr.Close(), node.Close())
+	}
+	g.Go(func() error { return coord.Run(ctx) })
+	g.Go(func() error {
+		t := time.NewTicker(5 * time.Second)
+		defer t.Stop()
+		for {
+			m.SetPeers(len(node.Peers()))
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-t.C:
+			}
+		}
+	})
+	log.Info("fleet node running", "peer_id", node.ID(), "addrs", node.Host().Addrs())
+	return &fleet{P2PFleet: agent.NewP2PFleet(node, coord, host, log), node: node, tr: tr}, nil
+}
+
+// ID is this member's peer ID, the producer of its records.
+func (f *fleet) ID() string { return f.node.ID().String() }
+
+// APIPeers lists connected members for status and peers.
+func (f *fleet) APIPeers() []api.Peer {
+	byProducer := map[string]int{}
+	for _, r := range f.node.Records("", "") {
+		byProducer[r.Producer]++
+	}
+	var out []api.Peer
+	for _, p := range f.node.Peers() {
+		ap := api.Peer{ID: p.ID.String(), Records: byProducer[p.ID.String()]}
+		for _, a := range p.Addrs {
+			ap.Addrs = append(ap.Addrs, a.String())
+		}
+		out = append(out, ap)
+	}
+	return out
+}
+
+// Close stops the adapter, the transport and the node, in that order.
+func (f *fleet) Close() error {
+	f.P2PFleet.Close()
+	return errors.Join(f.tr.Close(), f.node.Close())
+}

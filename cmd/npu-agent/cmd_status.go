@@ -1,0 +1,114 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/npu-agent/npu-agent/api"
+)
+
+// daemonClient connects to the running daemon or explains that none runs.
+func (a *app) daemonClient(cmd *cobra.Command) (*api.Client, error) {
+	cfg, err := a.loadConfig()
+	if err != nil {
+		return nil, err
+	}
+	c, err := api.Dial(cmd.Context(), cfg.SocketPath())
+	if err != nil {
+		return nil, fmt.Errorf("%w: start it with `npu-agent daemon` (socket %s)", errNoDaemon, cfg.SocketPath())
+	}
+	return c, nil
+}
+
+func (a *app) statusCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "status",
+		Short: "What the running daemon holds, what it is fetching or compiling, and who is connected",
+		Args:  exactArgs(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := a.daemonClient(cmd)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			st, err := c.Status(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return a.print(st, func(w io.Writer) error {
+				peerID := st.PeerID
+				if peerID == "" {
+					peerID = "(fleet disabled)"
+				}
+				if err := table(w, []string{"AGENT", "VALUE"}, [][]string{
+					{"version", st.Version}, {"peer id", peerID}, {"compiler", orNone(st.Compiler)},
+					{"class", short(st.Class)},
+					{"store", fmt.Sprintf("%d blobs, %d partial, %s of quota %s, %d records", st.Store.Blobs, st.Store.Partial,
+						humanBytes(st.Store.Bytes), quota(st.Store.Quota), st.Store.Records)},
+					{"peers", strconv.Itoa(len(st.Peers))},
+				}); err != nil {
+					return err
+				}
+				if len(st.Jobs) > 0 {
+					fmt.Fprintln(w)
+					var rows [][]string
+					for _, j := range st.Jobs {
+						prog := "-"
+						if j.Total > 0 {
+							prog = fmt.Sprintf("%s / %s", humanBytes(j.Done), humanBytes(j.Total))
+						}
+						rows = append(rows, []string{string(j.Kind), short(j.ModelID), short(j.ProfileID), prog,
+							time.Since(j.Started).Round(time.Second).String()})
+					}
+					return table(w, []string{"JOB", "MODEL", "PROFILE", "PROGRESS", "RUNNING"}, rows)
+				}
+				return nil
+			})
+		},
+	}
+}
+
+func (a *app) peersCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "peers",
+		Short: "Fleet members the running daemon is connected to",
+		Args:  exactArgs(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := a.daemonClient(cmd)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			st, err := c.Status(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return a.print(st.Peers, func(w io.Writer) error {
+				var rows [][]string
+				for _, p := range st.Peers {
+					rows = append(rows, []string{p.ID, strings.Join(p.Addrs, ","), short(p.Class), strconv.Itoa(p.Records)})
+				}
+				return table(w, []string{"PEER", "ADDRS", "CLASS", "RECORDS"}, rows)
+			})
+		},
+	}
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}
+
+func quota(q uint64) string {
+	if q == 0 {
+		return "unlimited"
+	}
+	return humanBytes(q)
+}

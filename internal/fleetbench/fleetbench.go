@@ -1,0 +1,319 @@
+// Package fleetbench measures how long a distribution system takes to copy one blob from one seed host to every
+// other host of a simulated LAN (internal/netlab), and compares it with the physical lower bound.
+//
+// Host 0 of the lab is the seed; hosts 1..N receive. With upload rate u_s on the seed, download rates d_i and
+// upload rates u_i on the receivers, no system can finish before
+//
+//	max(S/u_s, S/min d_i, N*S/(u_s + sum u_i))
+//
+// (the seed must send every byte once, the slowest receiver must receive every byte, and N copies must cross the
+// hosts' uplinks). Systems plug in through the System interface.
+package fleetbench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/npu-agent/npu-agent/internal/netlab"
+)
+
+// Sentinel errors.
+var (
+	ErrConfig     = errors.New("invalid fleet benchmark config")
+	ErrVerify     = errors.New("copy does not match the seed blob")
+	ErrIncomplete = errors.New("not every receiver reported a copy")
+)
+
+// SeedHost is the lab host that holds the blob at the start.
+const SeedHost = 0
+
+// System is one way of distributing a blob. A System value is used for one run: Setup, Run, Close.
+type System interface {
+	// Name identifies the system in results, e.g. "nginx".
+	Name() string
+	// Setup starts whatever must run before the transfer (servers, trackers, the seed) and returns once Run can
+	// start. It is not timed.
+	Setup(ctx context.Context, env Env) error
+	// Run starts the transfer on every receiver (hosts 1..N) at the same moment and returns when each holds the
+	// blob, with each receiver's completion time since that moment and the path of its copy. The harness checks
+	// every copy's size and SHA-256 after Run.
+	Run(ctx context.Context) ([]HostResult, error)
+	// Close stops every process the system started. The harness removes Env.Dir itself.
+	Close() error
+}
+
+// Env is what a system gets to work with.
+type Env struct {
+	Lab  *netlab.Lab
+	Seed Blob   // on the seed host (host 0)
+	Dir  string // empty directory for the system's files and the receivers' copies
+}
+
+// HostResult is one receiver's outcome.
+type HostResult struct {
+	Host    int           // lab host index, 1..N
+	Elapsed time.Duration // from the start of Run's transfer to the complete copy
+	Path    string        // the copy
+}
+
+// Config is one benchmark run.
+type Config struct {
+	Hosts   int    // lab hosts including the seed, at least 2
+	Size    int64  // blob payload size in bytes (the blob's trailer adds a few hundred)
+	Rate    string // every host's rate in each direction, e.g. "100mbit"
+	Dir     string // working directory; blob and copies go under it
+	Timeout time.Duration
+}
+
+// Limits that keep a run within what one machine can hold.
+const (
+	MaxHosts = 64
+	MaxSize  = 8 << 30
+)
+
+// Validate checks c.
+func (c Config) Validate() error {
+	if c.Hosts < 2 || c.Hosts > MaxHosts {
+		return fmt.Errorf("%w: hosts %d out of range 2..%d (one seed and at least one receiver)", ErrConfig, c.Hosts, MaxHosts)
+	}
+	if c.Size < 1 || c.Size > MaxSize {
+		return fmt.Errorf("%w: size %d out of range 1..%d bytes", ErrConfig, c.Size, int64(MaxSize))
+	}
+	if _, err := netlab.ParseRate(c.Rate); err != nil {
+		return fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	if c.Dir == "" {
+		return fmt.Errorf("%w: no working directory", ErrConfig)
+	}
+	if c.Timeout <= 0 {
+		return fmt.Errorf("%w: timeout %v", ErrConfig, c.Timeout)
+	}
+	return nil
+}
+
+// Result is one system's run.
+type Result struct {
+	System string
+	Hosts  []HostResult // sorted by Elapsed
+	Last   time.Duration
+	Median time.Duration
+	Bound  time.Duration
+	CPU    CPUUsage // machine CPU use during Run
+	Links  LinkUse  // how busy the links were until the last host finished
+	Err    error    // the run failed; the other fields may be zero
+}
+
+// Ratio is Last over Bound.
+func (r Result) Ratio() float64 { return r.Last.Seconds() / r.Bound.Seconds() }
+
+// LabPrefix names the benchmark's labs; CleanupStale(LabPrefix) removes those of killed runs.
+const LabPrefix = "fleetbench"
+
+// Run benchmarks each system in turn, each on a fresh lab, and returns one Result per system. A system's failure
+// is recorded in its Result and the next system still runs; only errors of the harness itself are returned.
+func Run(ctx context.Context, cfg Config, systems []System, log io.Writer) ([]Result, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(log, "creating %s blob\n", FormatSize(cfg.Size))
+	seed, err := MakeSeed(ctx, filepath.Join(cfg.Dir, "seed"), cfg.Size)
+	if err != nil {
+		return nil, err
+	}
+	bps, _ := netlab.ParseRate(cfg.Rate)
+	rates := make([]float64, cfg.Hosts-1)
+	for i := range rates {
+		rates[i] = float64(bps)
+	}
+	bound := LowerBound(seed.Size, float64(bps), rates, rates)
+	var results []Result
+	for _, s := range systems {
+		fmt.Fprintf(log, "running %s\n", s.Name())
+		r := runOne(ctx, cfg, s, seed, log)
+		r.System, r.Bound = s.Name(), bound
+		if r.Err != nil {
+			fmt.Fprintf(log, "%s failed: %v\n", s.Name(), r.Err)
+		}
+		results = append(results, r)
+		if ctx.Err() != nil {
+			return results, ctx.Err()
+		}
+	}
+	return results, nil
+}
+
+func runOne(ctx context.Context, cfg Config, s System, seed Blob, log io.Writer) (r Result) {
+	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	defer cancel()
+	lab, err := netlab.New(ctx, netlab.Config{Hosts: cfg.Hosts, Rate: cfg.Rate, Prefix: LabPrefix})
+	if err != nil {
+		return Result{Err: err}
+	}
+	dir := filepath.Join(cfg.Dir, s.Name())
+	defer func() {
+		r.Err = errors.Join(r.Err, s.Close(), lab.Close(), os.RemoveAll(dir))
+	}()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return Result{Err: fmt.Errorf("fleetbench: %w", err)}
+	}
+	if err := s.Setup(ctx, Env{Lab: lab, Seed: seed, Dir: dir}); err != nil {
+		return Result{Err: fmt.Errorf("%s setup: %w", s.Name(), err)}
+	}
+	sampler, err := StartCPUSampler(500 * time.Millisecond)
+	if err != nil {
+		return Result{Err: err}
+	}
+	meter, err := startProcCPU(lab)
+	if err != nil {
+		sampler.Stop()
+		return Result{Err: err}
+	}
+	before, err := labStats(ctx, lab)
+	if err != nil {
+		sampler.Stop()
+		return Result{Err: err}
+	}
+	t0 := time.Now()
+	hosts, err := s.Run(ctx)
+	wall := time.Since(t0)
+	var after []netlab.LinkStats
+	if err == nil {
+		after, err = labStats(ctx, lab)
+	}
+	cpu := sampler.Stop()
+	if procs, merr := meter.stop(); merr == nil {
+		cpu.Procs = procs
+		cpu.ProcsShare = procs.Seconds() / (wall.Seconds() * float64(runtime.NumCPU()))
+	} else if err == nil {
+		err = merr
+	}
+	if err != nil {
+		return Result{Err: fmt.Errorf("%s run: %w", s.Name(), err), CPU: cpu}
+	}
+	if err := checkHosts(hosts, cfg.Hosts); err != nil {
+		return Result{Err: err, CPU: cpu}
+	}
+	fmt.Fprintf(log, "verifying %d copies\n", len(hosts))
+	for _, h := range hosts {
+		if err := VerifyFile(h.Path, seed); err != nil {
+			return Result{Err: fmt.Errorf("host %d: %w", h.Host, err), CPU: cpu}
+		}
+	}
+	slices.SortFunc(hosts, func(a, b HostResult) int { return int(a.Elapsed - b.Elapsed) })
+	last := hosts[len(hosts)-1].Elapsed
+	bps, _ := netlab.ParseRate(cfg.Rate)
+	return Result{Hosts: hosts, Last: last, Median: median(hosts), CPU: cpu, Links: linkUse(before, after, last, float64(bps))}
+}
+
+// LinkUse says how close to their rate the links ran, from interface byte counters (headers included, as tc
+// counts them) over the time to the last host. Near 1 the links, not the CPU or the protocol, were the limit.
+type LinkUse struct {
+	SeedUp float64 // seed's bytes sent over what its uplink could carry
+	AllUp  float64 // all hosts' bytes sent over what all uplinks could carry
+}
+
+func linkUse(before, after []netlab.LinkStats, elapsed time.Duration, bps float64) LinkUse {
+	if len(before) == 0 || len(before) != len(after) || elapsed <= 0 || bps <= 0 {
+		return LinkUse{}
+	}
+	capacity := elapsed.Seconds() * bps / 8 // bytes one link can carry
+	var all float64
+	for i := range after {
+		all += float64(after[i].TxBytes - before[i].TxBytes)
+	}
+	return LinkUse{
+		SeedUp: float64(after[SeedHost].TxBytes-before[SeedHost].TxBytes) / capacity,
+		AllUp:  all / (capacity * float64(len(after))),
+	}
+}
+
+func labStats(ctx context.Context, lab *netlab.Lab) ([]netlab.LinkStats, error) {
+	stats := make([]netlab.LinkStats, len(lab.Hosts))
+	for i := range lab.Hosts {
+		var err error
+		if stats[i], err = lab.Stats(ctx, i); err != nil {
+			return nil, err
+		}
+	}
+	return stats, nil
+}
+
+// checkHosts checks there is exactly one result per receiver.
+func checkHosts(hosts []HostResult, labHosts int) error {
+	seen := make([]bool, labHosts)
+	for _, h := range hosts {
+		if h.Host <= SeedHost || h.Host >= labHosts || seen[h.Host] {
+			return fmt.Errorf("%w: bad or repeated host %d", ErrIncomplete, h.Host)
+		}
+		seen[h.Host] = true
+	}
+	if len(hosts) != labHosts-1 {
+		return fmt.Errorf("%w: %d of %d receivers", ErrIncomplete, len(hosts), labHosts-1)
+	}
+	return nil
+}
+
+// median of hosts sorted by Elapsed; the mean of the middle two for an even count.
+func median(hosts []HostResult) time.Duration {
+	n := len(hosts)
+	if n == 0 {
+		return 0
+	}
+	if n%2 == 1 {
+		return hosts[n/2].Elapsed
+	}
+	return (hosts[n/2-1].Elapsed + hosts[n/2].Elapsed) / 2
+}
+
+// LowerBound is the shortest time in which one seed with upload rate seedUp (bit/s) can get size bytes to receivers
+// with download rates down and upload rates up: max(S/u_s, S/min d, N*S/(u_s + sum u)).
+func LowerBound(size int64, seedUp float64, down, up []float64) time.Duration {
+	bits := float64(size) * 8
+	t := bits / seedUp
+	if len(down) > 0 {
+		t = max(t, bits/slices.Min(down))
+	}
+	sumUp := seedUp
+	for _, u := range up {
+		sumUp += u
+	}
+	t = max(t, float64(len(down))*bits/sumUp)
+	return time.Duration(t * float64(time.Second))
+}
+
+// WriteTable prints results as a table: system, time to last host, median host time, bound, ratio, link use, CPU.
+func WriteTable(w io.Writer, results []Result) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "system\tlast host\tmedian host\tbound\tlast/bound\tseed up use\tall up use\tcpu avg\tcpu peak core\tbench procs cpu\t")
+	for _, r := range results {
+		if r.Err != nil {
+			fmt.Fprintf(tw, "%s\tfailed\t\t\t\t\t\t\t\t\t\n", r.System)
+			continue
+		}
+		fmt.Fprintf(tw, "%s\t%.2fs\t%.2fs\t%.2fs\t%.2f\t%.0f%%\t%.0f%%\t%.0f%%\t%.0f%%\t%.0f%%\t\n", r.System, r.Last.Seconds(),
+			r.Median.Seconds(), r.Bound.Seconds(), r.Ratio(), 100*r.Links.SeedUp, 100*r.Links.AllUp,
+			100*r.CPU.Avg, 100*r.CPU.PeakCore, 100*r.CPU.ProcsShare)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, r := range results {
+		if r.Err != nil {
+			if _, err := fmt.Fprintf(w, "%s: %s\n", r.System, oneLine(r.Err)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func oneLine(err error) string { return strings.Join(strings.Fields(err.Error()), " ") }

@@ -1,0 +1,149 @@
+package fleetbench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/npu-agent/npu-agent/api"
+	"github.com/npu-agent/npu-agent/internal/e2e"
+)
+
+// NPUAgent is npu-agent's own distribution: a daemon on every host, joined into one fleet by mDNS and a fleet
+// key. The seed's daemon holds the blob (registered through its API before the run); at the start every receiver
+// runs `npu-agent fetch`, which asks its daemon, which fetches the blob from the peers that have it, chunk by chunk,
+// serving the chunks it holds to the others meanwhile. A host's time is when its fetch command returns: the blob
+// verified, stored and written out as the file a loader would import.
+type NPUAgent struct {
+	// Binary is the npu-agent binary to run.
+	Binary string
+
+	env     Env
+	daemons []*e2e.Daemon // index = lab host
+}
+
+var _ System = (*NPUAgent)(nil)
+
+// receiverCompileTime is the simulated compile time on receivers. They must fetch, never compile: a compile this
+// long would overrun any run's timeout, so a receiver that compiles fails the run instead of skewing it.
+const receiverCompileTime = 24 * time.Hour
+
+// Name implements System.
+func (*NPUAgent) Name() string { return "npu-agent" }
+
+// Setup implements System: it starts a daemon on every host, waits until each sees all the others, registers the
+// seed blob with the seed's daemon, and waits until every receiver has the record of it.
+func (a *NPUAgent) Setup(ctx context.Context, env Env) error {
+	if a.Binary == "" {
+		return fmt.Errorf("%w: no npu-agent binary (fleetbench -npu-agent)", ErrConfig)
+	}
+	if _, err := os.Stat(a.Binary); err != nil {
+		return fmt.Errorf("fleetbench: npu-agent binary: %w", err)
+	}
+	a.env = env
+	key := filepath.Join(env.Dir, "fleet.key")
+	if err := e2e.WriteFleetKey(key); err != nil {
+		return err
+	}
+	for i := range env.Lab.Hosts {
+		d, err := e2e.Start(ctx, env.Lab, i, e2e.Config{
+			Binary: a.Binary, Dir: filepath.Join(env.Dir, "h"+strconv.Itoa(i)), Fingerprint: SeedFingerprint,
+			CompileTime: receiverCompileTime, BlobSize: 4096, P2P: true, FleetKeyFile: key,
+		})
+		if err != nil {
+			return err
+		}
+		a.daemons = append(a.daemons, d)
+	}
+	ready, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	for _, d := range a.daemons {
+		if err := d.WaitReady(ready); err != nil {
+			return err
+		}
+	}
+	for _, d := range a.daemons {
+		if err := d.WaitPeers(ready, len(a.daemons)-1); err != nil {
+			return err
+		}
+	}
+	return a.seed(ready)
+}
+
+// seed registers the seed blob with the seed host's daemon, which announces it to the fleet, then waits until
+// every receiver's daemon knows of it: a fetch that started before would find no record and go to the compile path.
+func (a *NPUAgent) seed(ctx context.Context) error {
+	prof, err := seedProfile()
+	if err != nil {
+		return err
+	}
+	f, err := os.Open(a.env.Seed.Path)
+	if err != nil {
+		return fmt.Errorf("fleetbench: %w", err)
+	}
+	defer f.Close()
+	res, err := a.daemons[SeedHost].API().Put(ctx, api.PutRequest{Model: a.env.Seed.Model, Profile: prof}, f)
+	if err != nil {
+		return fmt.Errorf("fleetbench: register the seed blob: %w", err)
+	}
+	if res.SHA256 != fmt.Sprintf("%x", a.env.Seed.SHA256) {
+		return fmt.Errorf("%w: the seed daemon stored sha256 %s", ErrVerify, res.SHA256)
+	}
+	st, err := a.daemons[SeedHost].API().Status(ctx)
+	if err != nil {
+		return fmt.Errorf("fleetbench: seed status: %w", err)
+	}
+	for _, d := range a.daemons[SeedHost+1:] {
+		if err := d.WaitPeerRecords(ctx, st.PeerID, 1); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Run implements System: every receiver's fetch is released at the same moment; a host is done when its fetch
+// returns. A fetch that was not served from a peer fails the run.
+func (a *NPUAgent) Run(ctx context.Context) ([]HostResult, error) {
+	receivers := a.daemons[SeedHost+1:]
+	results := make([]HostResult, len(receivers))
+	errs := make([]error, len(receivers))
+	release := make(chan struct{})
+	var wg sync.WaitGroup
+	var t0 time.Time
+	for k, d := range receivers {
+		wg.Go(func() {
+			<-release
+			res, err := d.Fetch(ctx, a.env.Seed.Model, SeedShape)
+			results[k] = HostResult{Host: d.Host, Elapsed: time.Since(t0), Path: res.Path}
+			switch {
+			case err != nil:
+				errs[k] = fmt.Errorf("host %d: %w", d.Host, err)
+			case res.Source != "peer":
+				errs[k] = fmt.Errorf("host %d: blob came from %q, want peer", d.Host, res.Source)
+			}
+		})
+	}
+	t0 = time.Now()
+	close(release)
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return results, nil
+}
+
+// Close implements System.
+func (a *NPUAgent) Close() error {
+	errs := make([]error, len(a.daemons))
+	var wg sync.WaitGroup
+	for i, d := range a.daemons {
+		wg.Go(func() { errs[i] = d.Stop() })
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}

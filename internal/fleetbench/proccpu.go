@@ -1,0 +1,122 @@
+package fleetbench
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/npu-agent/npu-agent/internal/netlab"
+)
+
+// clockTick is USER_HZ, the unit of /proc/<pid>/stat times: 100 on every Linux ABI Go supports.
+const clockTick = time.Second / 100
+
+// procCPU is the CPU time (user+system) of one process from /proc/<pid>/stat. The command name in parentheses
+// may itself hold spaces and parentheses, so fields are counted from the last ')'.
+func parseProcPidStat(b []byte) (time.Duration, error) {
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, errors.New("fleetbench: /proc/<pid>/stat without command name")
+	}
+	f := bytes.Fields(b[i+1:])
+	// After the name: state(3) ... utime(14) stime(15), i.e. index 11 and 12 here.
+	if len(f) < 13 {
+		return 0, errors.New("fleetbench: /proc/<pid>/stat too short")
+	}
+	var ticks uint64
+	for _, s := range f[11:13] {
+		v, err := strconv.ParseUint(string(s), 10, 63)
+		if err != nil {
+			return 0, fmt.Errorf("fleetbench: /proc/<pid>/stat time %q: %w", s, err)
+		}
+		ticks += v
+	}
+	if ticks > uint64(1<<63-1)/uint64(clockTick) {
+		return 0, errors.New("fleetbench: /proc/<pid>/stat time out of range")
+	}
+	return time.Duration(ticks) * clockTick, nil
+}
+
+// labProcCPU returns the CPU time so far of every process in the lab's namespaces, by PID.
+func labProcCPU(lab *netlab.Lab) (map[int]time.Duration, error) {
+	inLab := map[string]bool{}
+	for _, h := range lab.Hosts {
+		fi, err := os.Stat(filepath.Join("/run/netns", h.NS))
+		if err != nil {
+			return nil, fmt.Errorf("fleetbench: %w", err)
+		}
+		st, ok := fi.Sys().(*syscall.Stat_t)
+		if !ok {
+			return nil, errors.New("fleetbench: no inode for a namespace")
+		}
+		inLab["net:["+strconv.FormatUint(st.Ino, 10)+"]"] = true
+	}
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, fmt.Errorf("fleetbench: %w", err)
+	}
+	cpu := map[int]time.Duration{}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		ns, err := os.Readlink(filepath.Join("/proc", e.Name(), "ns", "net"))
+		if err != nil || !inLab[ns] {
+			continue // gone, or not ours
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		if t, err := parseProcPidStat(b); err == nil {
+			cpu[pid] = t
+		}
+	}
+	return cpu, nil
+}
+
+// ownCPU is the CPU time of this process and of its reaped children. Commands started in the lab are children
+// (ip netns exec execs in place), so the ones that exit during a run are counted here when reaped.
+func ownCPU() time.Duration {
+	var t time.Duration
+	for _, who := range []int{syscall.RUSAGE_SELF, syscall.RUSAGE_CHILDREN} {
+		var ru syscall.Rusage
+		if syscall.Getrusage(who, &ru) == nil {
+			t += time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+		}
+	}
+	return t
+}
+
+// procCPUMeter measures the CPU time spent by the harness, its children and every process in a lab over a run.
+type procCPUMeter struct {
+	lab   *netlab.Lab
+	own   time.Duration
+	procs map[int]time.Duration
+}
+
+func startProcCPU(lab *netlab.Lab) (*procCPUMeter, error) {
+	m := &procCPUMeter{lab: lab, own: ownCPU()}
+	var err error
+	m.procs, err = labProcCPU(lab)
+	return m, err
+}
+
+// stop returns the CPU time used since start. Call it before the lab's processes are stopped and reaped.
+func (m *procCPUMeter) stop() (time.Duration, error) {
+	now, err := labProcCPU(m.lab)
+	if err != nil {
+		return 0, err
+	}
+	total := ownCPU() - m.own
+	for pid, t := range now {
+		total += t - m.procs[pid]
+	}
+	return total, nil
+}

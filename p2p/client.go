@@ -1,0 +1,135 @@
+package p2p
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/npu-agent/npu-agent/blobstore"
+)
+
+func putIndex(b []byte, i int) { binary.LittleEndian.PutUint32(b, uint32(i)) }
+
+// rpc opens a chunk-protocol stream to p, sends one request and returns the stream for the response. The stream
+// is reset when ctx ends and gets ctx's deadline, if any, or timeout.
+func rpc(ctx context.Context, h host.Host, p peer.ID, t msgType, payload []byte, timeout time.Duration) (network.Stream, func(), error) {
+	st, err := h.NewStream(ctx, p, ChunkProtocol)
+	if err != nil {
+		return nil, nil, err
+	}
+	stop := context.AfterFunc(ctx, func() { st.Reset() })
+	done := func() {
+		stop()
+		st.Close()
+	}
+	dl := time.Now().Add(timeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(dl) {
+		dl = d
+	}
+	st.SetDeadline(dl)
+	if err := writeFrame(st, t, payload); err != nil {
+		st.Reset()
+		done()
+		return nil, nil, err
+	}
+	if err := st.CloseWrite(); err != nil {
+		st.Reset()
+		done()
+		return nil, nil, err
+	}
+	return st, done, nil
+}
+
+// readResponse reads one frame, turning an ERROR frame into its error and anything but want into ErrProtocol.
+func readResponse(r io.Reader, buf []byte, want ...msgType) (msgType, []byte, error) {
+	t, p, err := readFrame(r, buf)
+	if err != nil {
+		return 0, nil, noEOF(err)
+	}
+	if t == msgError {
+		return 0, nil, decodeError(p)
+	}
+	for _, w := range want {
+		if t == w {
+			return t, p, nil
+		}
+	}
+	return 0, nil, fmt.Errorf("%w: unexpected %s frame", ErrProtocol, t)
+}
+
+// getManifest fetches blob's manifest from p and checks that it hashes to the CID.
+func getManifest(ctx context.Context, h host.Host, p peer.ID, blob cid.Cid, timeout time.Duration) (*blobstore.Manifest, error) {
+	st, done, err := rpc(ctx, h, p, msgGetManifest, blob.Bytes(), timeout)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	return readManifest(st, blob)
+}
+
+func readManifest(r io.Reader, blob cid.Cid) (*blobstore.Manifest, error) {
+	_, b, err := readResponse(r, nil, msgManifest)
+	if err != nil {
+		return nil, err
+	}
+	want, err := blobstore.Digest(blob)
+	if err != nil {
+		return nil, err
+	}
+	if sha256.Sum256(b) != want {
+		return nil, fmt.Errorf("manifest from peer: %w", blobstore.ErrInvalidData)
+	}
+	return blobstore.DecodeManifest(b)
+}
+
+// getHave asks p which chunks of blob (n chunks) it holds verified.
+func getHave(ctx context.Context, h host.Host, p peer.ID, blob cid.Cid, n int, timeout time.Duration) ([]bool, error) {
+	st, done, err := rpc(ctx, h, p, msgGetHave, blob.Bytes(), timeout)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	_, b, err := readResponse(st, nil, msgHave)
+	if err != nil {
+		return nil, err
+	}
+	return decodeHave(b, n)
+}
+
+// readChunks reads the answer to a GET_CHUNKS for rs: exactly one CHUNK or NO_CHUNK frame per requested index,
+// in request order. fn gets each index with its bytes (nil for NO_CHUNK); the bytes are valid only during the
+// call. The chunk length is checked against the manifest before fn sees it; the content is fn's to verify.
+func readChunks(r io.Reader, m *blobstore.Manifest, rs []chunkRange, buf []byte, fn func(i int, data []byte) error) error {
+	for _, cr := range rs {
+		for i := int(cr.First); i < int(cr.First)+int(cr.Count); i++ {
+			t, p, err := readResponse(r, buf, msgChunk, msgNoChunk)
+			if err != nil {
+				return err
+			}
+			got, data, err := decodeChunkIndex(t, p)
+			if err != nil {
+				return err
+			}
+			if got != i {
+				return fmt.Errorf("%w: got chunk %d, want %d", ErrProtocol, got, i)
+			}
+			if t == msgNoChunk {
+				data = nil
+			} else if len(data) != m.ChunkLen(i) {
+				return fmt.Errorf("%w: chunk %d is %d bytes, want %d", ErrProtocol, i, len(data), m.ChunkLen(i))
+			}
+			if err := fn(i, data); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,649 @@
+package p2p
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/npu-agent/npu-agent/blobstore"
+)
+
+// Fetch errors.
+var (
+	ErrNoPeers = errors.New("no peer can provide the blob")
+	ErrStalled = errors.New("fetch made no progress")
+	ErrClosed  = errors.New("p2p node is closed")
+)
+
+// fetchParams tune the swarm fetch (docs/design.md 6.7); tests shorten the timeouts.
+type fetchParams struct {
+	perPeer        int           // GET_CHUNKS requests in flight per peer (1 for a peer with a negative score)
+	chunksPerReq   int           // chunks per GET_CHUNKS request
+	requestTimeout time.Duration // deadline of one GET_CHUNKS request
+	rpcTimeout     time.Duration // deadline of GET_MANIFEST and HAVE
+	haveRefresh    time.Duration // how often partial peers are asked HAVE again
+	stallTimeout   time.Duration // fail when no chunk arrived for this long
+	maxFailures    int           // consecutive failed requests before a peer is dropped from the fetch
+}
+
+var defaultFetchParams = fetchParams{
+	perPeer:        4,
+	chunksPerReq:   4,
+	requestTimeout: 30 * time.Second,
+	rpcTimeout:     10 * time.Second,
+	haveRefresh:    2 * time.Second,
+	stallTimeout:   60 * time.Second,
+	maxFailures:    3,
+}
+
+// Score changes.
+const (
+	scoreBadData = -100 // sent a chunk or manifest that does not match its hash
+	scoreFailure = -5   // a request failed or timed out
+	scoreChunk   = 1    // per chunk served
+)
+
+// flight is one transfer of a blob shared by every concurrent Fetch of it in this process.
+type flight struct {
+	blob   cid.Cid
+	cancel context.CancelFunc
+	done   chan struct{}
+	err    error // set before done is closed
+	refs   int   // Fetch calls waiting; guarded by Node.mu. At 0 the flight is cancelled.
+
+	mu    sync.Mutex // guards peers and t
+	peers []peer.ID
+	t     *transfer
+
+	wmu      sync.Mutex // guards watchers and reported
+	watchers map[int]func(done, total int64)
+	nextW    int
+	reported int64
+}
+
+// Fetch downloads blob into the store from the given peers (all connected peers when from is empty), verifying
+// every chunk, and commits it. Chunks already in the store are kept, so a fetch interrupted by a crash or
+// cancel resumes. Concurrent Fetch calls for one blob share one transfer (their peers are pooled); cancelling
+// one caller's ctx ends only that caller's wait unless it was the last. progress, if not nil, gets the bytes
+// held so far and the blob size, increasing, never concurrently.
+func (n *Node) Fetch(ctx context.Context, blob cid.Cid, from []peer.ID, progress func(done, total int64)) error {
+	if err := checkBlobCID(blob); err != nil {
+		return fmt.Errorf("fetch: %w", err)
+	}
+	f, w, err := n.joinFlight(blob, from, progress)
+	if err != nil {
+		return err
+	}
+	defer n.leaveFlight(f, w)
+	select {
+	case <-f.done:
+		return f.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (n *Node) joinFlight(blob cid.Cid, from []peer.ID, progress func(done, total int64)) (*flight, int, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed {
+		return nil, 0, ErrClosed
+	}
+	f := n.flights[blob]
+	if f == nil || f.refs == 0 { // none, or one being cancelled by its last caller
+		ctx, cancel := context.WithCancel(n.ctx)
+		f = &flight{blob: blob, cancel: cancel, done: make(chan struct{}), watchers: map[int]func(int64, int64){}}
+		n.flights[blob] = f
+		n.wg.Go(func() { n.runFlight(ctx, f) })
+	}
+	f.refs++
+	f.addPeers(from)
+	f.wmu.Lock()
+	defer f.wmu.Unlock()
+	w := f.nextW
+	f.nextW++
+	if progress != nil {
+		f.watchers[w] = progress
+	}
+	return f, w, nil
+}
+
+func (n *Node) leaveFlight(f *flight, w int) {
+	f.wmu.Lock()
+	delete(f.watchers, w)
+	f.wmu.Unlock()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if f.refs--; f.refs == 0 {
+		f.cancel()
+	}
+}
+
+func (f *flight) addPeers(ps []peer.ID) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, p := range ps {
+		if !slices.Contains(f.peers, p) {
+			f.peers = append(f.peers, p)
+		}
+	}
+	if f.t != nil {
+		f.t.addPeers(ps)
+	}
+}
+
+func (f *flight) report(done, total int64) {
+	f.wmu.Lock()
+	defer f.wmu.Unlock()
+	if done < f.reported {
+		return
+	}
+	f.reported = done
+	for _, fn := range f.watchers {
+		fn(done, total)
+	}
+}
+
+func (n *Node) runFlight(ctx context.Context, f *flight) {
+	f.err = n.fetch(ctx, f)
+	f.cancel()
+	n.mu.Lock()
+	if n.flights[f.blob] == f {
+		delete(n.flights, f.blob)
+	}
+	n.mu.Unlock()
+	close(f.done)
+}
+
+// candidates returns ps, or every connected peer if ps is empty, best score first.
+func (n *Node) candidates(ps []peer.ID) []peer.ID {
+	ps = slices.Clone(ps)
+	if len(ps) == 0 {
+		ps = n.h.Network().Peers()
+	}
+	ps = slices.DeleteFunc(ps, func(p peer.ID) bool { return p == n.ID() })
+	rand.Shuffle(len(ps), func(i, j int) { ps[i], ps[j] = ps[j], ps[i] })
+	slices.SortStableFunc(ps, func(a, b peer.ID) int { return n.score(b) - n.score(a) })
+	return ps
+}
+
+func (n *Node) fetch(ctx context.Context, f *flight) error {
+	m, err := n.manifest(ctx, f)
+	if err != nil {
+		return err
+	}
+	total := int64(m.Size)
+	if ok, err := n.store.Has(ctx, f.blob); err != nil {
+		return fmt.Errorf("fetch %s: %w", f.blob, err)
+	} else if ok {
+		f.report(total, total)
+		return nil
+	}
+	if err := n.store.BeginPartial(ctx, m); err != nil {
+		return fmt.Errorf("fetch %s: %w", f.blob, err)
+	}
+	// A chunk found corrupt at Commit is deleted by the store; one more transfer fetches it again.
+	for attempt := 0; ; attempt++ {
+		have, err := n.store.HaveChunks(ctx, f.blob)
+		if err != nil {
+			return fmt.Errorf("fetch %s: %w", f.blob, err)
+		}
+		t := newTransfer(ctx, n, f.blob, m, have, func(done int64) { f.report(done, total) })
+		f.report(t.done, total)
+		f.mu.Lock()
+		f.t = t // from here on, callers joining the flight add their peers to t
+		ps := slices.Clone(f.peers)
+		f.mu.Unlock()
+		t.addPeers(n.candidates(ps))
+		err = t.run()
+		f.mu.Lock()
+		f.t = nil
+		f.mu.Unlock()
+		if err != nil {
+			return fmt.Errorf("fetch %s: %w", f.blob, err)
+		}
+		err = n.store.Commit(ctx, f.blob)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, blobstore.ErrInvalidData) || attempt > 0 {
+			return fmt.Errorf("fetch %s: %w", f.blob, err)
+		}
+		n.log.Warn("stored chunk corrupt at commit; fetching it again", "blob", f.blob, "err", err)
+	}
+	// Index the records that name this blob now that it is local.
+	for _, sr := range n.book.records("", "") {
+		if sr.Blob.Equals(f.blob) {
+			if err := n.store.AddRecord(ctx, sr.Record); err != nil {
+				n.log.Warn("cannot index record of fetched blob", "blob", f.blob, "err", err)
+			}
+		}
+	}
+	return nil
+}
+
+// manifest returns blob's manifest from the store (a resumed fetch) or else from the first peer that has it,
+// checked against the CID.
+func (n *Node) manifest(ctx context.Context, f *flight) (*blobstore.Manifest, error) {
+	m, err := n.store.Manifest(ctx, f.blob)
+	if err == nil {
+		return m, nil
+	}
+	if !errors.Is(err, blobstore.ErrNotFound) {
+		return nil, fmt.Errorf("fetch %s: %w", f.blob, err)
+	}
+	f.mu.Lock()
+	ps := n.candidates(f.peers)
+	f.mu.Unlock()
+	if len(ps) == 0 {
+		return nil, fmt.Errorf("fetch %s: %w: no peers", f.blob, ErrNoPeers)
+	}
+	var errs []error
+	for _, p := range ps {
+		m, err := getManifest(ctx, n.h, p, f.blob, n.fp.rpcTimeout)
+		if err == nil {
+			return m, nil
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		if errors.Is(err, blobstore.ErrInvalidData) || errors.Is(err, blobstore.ErrInvalidManifest) {
+			n.adjustScore(p, scoreBadData)
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", p, err))
+	}
+	return nil, fmt.Errorf("fetch %s: %w: manifest: %w", f.blob, ErrNoPeers, errors.Join(errs...))
+}
+
+// transfer moves the missing chunks of one blob from a set of peers into the store.
+type transfer struct {
+	n      *Node
+	blob   cid.Cid
+	m      *blobstore.Manifest
+	p      fetchParams
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	report func(done int64)
+	wg     sync.WaitGroup
+
+	mu           sync.Mutex
+	cond         *sync.Cond // signalled on every state change a waiting worker may care about
+	have         []bool     // chunk is stored
+	assigned     []uint8    // requests in flight for the chunk
+	avail        []uint16   // live peers holding the chunk
+	missing      int
+	done         int64
+	lastProgress time.Time
+	peers        map[peer.ID]*fpeer
+	live         int
+}
+
+// fpeer is one peer's state within a transfer.
+type fpeer struct {
+	id       peer.ID
+	have     []bool // nil until its first HAVE
+	inflight map[int]bool
+	dropped  bool
+	failures int
+}
+
+func newTransfer(ctx context.Context, n *Node, blob cid.Cid, m *blobstore.Manifest, have []bool, report func(int64)) *transfer {
+	t := &transfer{
+		n: n, blob: blob, m: m, p: n.fp, report: report,
+		have: have, assigned: make([]uint8, len(have)), avail: make([]uint16, len(have)),
+		peers: map[peer.ID]*fpeer{}, lastProgress: time.Now(),
+	}
+	t.cond = sync.NewCond(&t.mu)
+	t.ctx, t.cancel = context.WithCancelCause(ctx)
+	for i, h := range have {
+		if h {
+			t.done += int64(m.ChunkLen(i))
+		} else {
+			t.missing++
+		}
+	}
+	return t
+}
+
+// addPeers starts fetching from peers not yet in the transfer.
+func (t *transfer) addPeers(ps []peer.ID) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, p := range ps {
+		if p == t.n.ID() || t.peers[p] != nil || t.ctx.Err() != nil {
+			continue
+		}
+		fp := &fpeer{id: p, inflight: map[int]bool{}}
+		t.peers[p] = fp
+		t.live++
+		t.wg.Go(func() { t.runPeer(fp) })
+	}
+}
+
+// run waits until every chunk is stored, the transfer fails or ctx ends, then stops all workers.
+func (t *transfer) run() error {
+	stop := context.AfterFunc(t.ctx, func() {
+		t.mu.Lock()
+		t.cond.Broadcast()
+		t.mu.Unlock()
+	})
+	defer stop()
+	t.wg.Go(t.watchdog)
+	t.mu.Lock()
+	if t.live == 0 && t.missing > 0 {
+		t.cancel(fmt.Errorf("%w: no peers", ErrNoPeers))
+	}
+	for t.missing > 0 && t.ctx.Err() == nil {
+		t.cond.Wait()
+	}
+	t.mu.Unlock()
+	t.cancel(nil)
+	t.wg.Wait()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.missing == 0 {
+		return nil
+	}
+	return context.Cause(t.ctx)
+}
+
+// watchdog fails the transfer when no chunk has arrived for stallTimeout.
+func (t *transfer) watchdog() {
+	tick := time.NewTicker(min(time.Second, t.p.stallTimeout/4))
+	defer tick.Stop()
+	for {
+		select {
+		case <-t.ctx.Done():
+			return
+		case <-tick.C:
+			t.mu.Lock()
+			idle := time.Since(t.lastProgress)
+			t.mu.Unlock()
+			if idle > t.p.stallTimeout {
+				t.cancel(fmt.Errorf("%w for %s", ErrStalled, idle.Round(time.Second)))
+				return
+			}
+		}
+	}
+}
+
+// runPeer asks fp for its HAVE bitmap, runs its request workers, and refreshes the bitmap while fp lacks
+// chunks (it may be fetching the blob too).
+func (t *transfer) runPeer(fp *fpeer) {
+	var workers sync.WaitGroup
+	defer workers.Wait()
+	started := false
+	tick := time.NewTicker(t.p.haveRefresh)
+	defer tick.Stop()
+	for {
+		t.mu.Lock()
+		full := fp.have != nil && !slices.Contains(fp.have, false)
+		stop := fp.dropped || t.missing == 0
+		t.mu.Unlock()
+		if stop {
+			return
+		}
+		if !full {
+			have, err := getHave(t.ctx, t.n.h, fp.id, t.blob, len(t.have), t.p.rpcTimeout)
+			switch {
+			case t.ctx.Err() != nil:
+				return
+			case errors.Is(err, blobstore.ErrNotFound):
+				have = make([]bool, len(t.have)) // not (yet) fetching it; ask again later
+			case err != nil:
+				t.failed(fp, err)
+			}
+			if have != nil {
+				t.setHave(fp, have)
+			}
+		}
+		if !started {
+			started = true
+			k := t.p.perPeer
+			if t.n.score(fp.id) < 0 {
+				k = 1
+			}
+			for range k {
+				workers.Go(func() { t.worker(fp) })
+			}
+		}
+		select {
+		case <-t.ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+func (t *transfer) setHave(fp *fpeer, have []bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if fp.dropped {
+		return
+	}
+	for i, h := range have {
+		old := fp.have != nil && fp.have[i]
+		if h && !old {
+			t.avail[i]++
+		} else if !h && old {
+			t.avail[i]--
+		}
+	}
+	fp.have = have
+	t.cond.Broadcast()
+}
+
+func (t *transfer) worker(fp *fpeer) {
+	bp := chunkBufPool.Get().(*[]byte)
+	defer chunkBufPool.Put(bp)
+	for {
+		r, ok := t.next(fp)
+		if !ok {
+			return
+		}
+		err := t.request(fp, r, (*bp)[:0])
+		t.release(fp, r)
+		if err != nil {
+			t.failed(fp, err)
+			if errors.Is(err, ErrBusy) {
+				select {
+				case <-t.ctx.Done():
+				case <-time.After(time.Duration(100+rand.IntN(400)) * time.Millisecond):
+				}
+			}
+			continue
+		}
+		t.mu.Lock()
+		fp.failures = 0
+		t.mu.Unlock()
+	}
+}
+
+// next blocks until there is a range for fp to request and marks it in flight; false when fp should stop.
+func (t *transfer) next(fp *fpeer) (chunkRange, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for {
+		if t.ctx.Err() != nil || t.missing == 0 || fp.dropped {
+			return chunkRange{}, false
+		}
+		if r, ok := t.pick(fp); ok {
+			for i := r.First; i < r.First+r.Count; i++ {
+				t.assigned[i]++
+				fp.inflight[int(i)] = true
+			}
+			return r, true
+		}
+		t.cond.Wait()
+	}
+}
+
+// pick chooses the rarest missing chunk fp holds that nobody is fetching (a random one among equals) and
+// extends it with the following chunks fp can serve, up to chunksPerReq. When every missing chunk is already
+// requested (the end game), it duplicates chunks requested from a single other peer.
+func (t *transfer) pick(fp *fpeer) (chunkRange, bool) {
+	if fp.have == nil {
+		return chunkRange{}, false
+	}
+	n := len(t.have)
+	free := func(i int) bool { return !t.have[i] && t.assigned[i] == 0 && fp.have[i] }
+	dup := func(i int) bool { return !t.have[i] && t.assigned[i] == 1 && fp.have[i] && !fp.inflight[i] }
+	start := rand.IntN(n)
+	best, anyFree := -1, false
+	for k := range n {
+		i := (start + k) % n
+		if !t.have[i] && t.assigned[i] == 0 {
+			anyFree = true
+		}
+		if free(i) && (best < 0 || t.avail[i] < t.avail[best]) {
+			if best = i; t.avail[i] <= 1 {
+				break
+			}
+		}
+	}
+	ok := free
+	if best < 0 {
+		if anyFree {
+			return chunkRange{}, false // other peers hold what is left; wait for them or for a HAVE refresh
+		}
+		ok = dup
+		for k := range n {
+			if i := (start + k) % n; dup(i) {
+				best = i
+				break
+			}
+		}
+		if best < 0 {
+			return chunkRange{}, false
+		}
+	}
+	r := chunkRange{First: uint32(best), Count: 1}
+	for j := best + 1; j < n && int(r.Count) < t.p.chunksPerReq && ok(j); j++ {
+		r.Count++
+	}
+	return r, true
+}
+
+// release ends r's assignment to fp and wakes workers that may now pick its unfetched chunks.
+func (t *transfer) release(fp *fpeer, r chunkRange) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for i := r.First; i < r.First+r.Count; i++ {
+		t.assigned[i]--
+		delete(fp.inflight, int(i))
+	}
+	t.cond.Broadcast()
+}
+
+// errBadChunk marks a chunk that failed verification: the sending peer is dropped.
+var errBadChunk = errors.New("peer sent a chunk that does not match its hash")
+
+// request fetches range r from fp and stores each chunk as it arrives.
+func (t *transfer) request(fp *fpeer, r chunkRange, buf []byte) error {
+	ctx, cancel := context.WithTimeout(t.ctx, t.p.requestTimeout)
+	defer cancel()
+	st, done, err := rpc(ctx, t.n.h, fp.id, msgGetChunks, encodeGetChunks(t.blob, []chunkRange{r}), t.p.requestTimeout)
+	if err != nil {
+		return err
+	}
+	defer done()
+	served := 0
+	defer func() { t.n.adjustScore(fp.id, served*scoreChunk) }()
+	return readChunks(st, t.m, []chunkRange{r}, buf, func(i int, data []byte) error {
+		if data == nil {
+			t.noChunk(fp, i)
+			return nil
+		}
+		t.mu.Lock()
+		have := t.have[i]
+		t.mu.Unlock()
+		if have { // the end game got it from another peer first
+			return nil
+		}
+		if err := t.n.store.PutChunk(t.ctx, t.blob, i, data); err != nil {
+			if errors.Is(err, blobstore.ErrInvalidData) {
+				return fmt.Errorf("%w: chunk %d: %w", errBadChunk, i, err)
+			}
+			// The store failing (disk full, closed) ends the whole transfer.
+			t.cancel(fmt.Errorf("store chunk %d: %w", i, err))
+			return err
+		}
+		served++
+		t.stored(i)
+		return nil
+	})
+}
+
+func (t *transfer) stored(i int) {
+	t.mu.Lock()
+	if t.have[i] {
+		t.mu.Unlock()
+		return
+	}
+	t.have[i] = true
+	t.missing--
+	t.done += int64(t.m.ChunkLen(i))
+	t.lastProgress = time.Now()
+	done := t.done
+	t.cond.Broadcast()
+	t.mu.Unlock()
+	t.report(done)
+}
+
+// noChunk records that fp no longer claims chunk i.
+func (t *transfer) noChunk(fp *fpeer, i int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !fp.dropped && fp.have != nil && fp.have[i] {
+		fp.have[i] = false
+		t.avail[i]--
+	}
+}
+
+// failed accounts a failed request of fp: bad data drops it at once, anything else after maxFailures in a row
+// or when it has disconnected.
+func (t *transfer) failed(fp *fpeer, err error) {
+	if t.ctx.Err() != nil {
+		return
+	}
+	var drop bool
+	switch {
+	case errors.Is(err, errBadChunk):
+		t.n.adjustScore(fp.id, scoreBadData)
+		drop = true
+	case errors.Is(err, ErrBusy):
+		return
+	case errors.Is(err, blobstore.ErrNotFound):
+		drop = true // it deleted the blob
+	default:
+		t.n.adjustScore(fp.id, scoreFailure)
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	fp.failures++
+	if fp.failures >= t.p.maxFailures || t.n.h.Network().Connectedness(fp.id) != network.Connected {
+		drop = true
+	}
+	if !drop || fp.dropped {
+		return
+	}
+	t.n.log.Warn("peer dropped from fetch", "blob", t.blob, "peer", fp.id, "err", err)
+	fp.dropped = true
+	for i, h := range fp.have {
+		if h {
+			t.avail[i]--
+		}
+	}
+	if t.live--; t.live == 0 {
+		t.cancel(fmt.Errorf("%w: every peer failed, last %s: %w", ErrNoPeers, fp.id, err))
+	}
+	t.cond.Broadcast()
+}

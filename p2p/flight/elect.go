@@ -1,0 +1,45 @@
+package flight
+
+import (
+	"bytes"
+	"crypto/sha256"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// weight is the rendezvous (highest-random-weight) hash of a peer for a key: every peer computes the same weight
+// for the same (key, peer), and for different keys the winners spread evenly over the peers.
+func weight(k Key, p peer.ID) [32]byte {
+	h := sha256.New()
+	h.Write([]byte("npu-agent/flight/hrw/1\x00"))
+	for _, s := range [...]string{k.Model, k.Profile, k.Class} {
+		h.Write([]byte(s))
+		h.Write([]byte{0})
+	}
+	h.Write([]byte(p))
+	var w [32]byte
+	h.Sum(w[:0])
+	return w
+}
+
+// before reports whether candidate a (rank ra) is preferred to b (rank rb) as the compiler of k: lower rank
+// first, then higher rendezvous weight, then the smaller peer ID (only if the hashes collide).
+func before(k Key, a peer.ID, ra uint16, b peer.ID, rb uint16) bool {
+	if ra != rb {
+		return ra < rb
+	}
+	wa, wb := weight(k, a), weight(k, b)
+	if c := bytes.Compare(wa[:], wb[:]); c != 0 {
+		return c > 0
+	}
+	return a < b
+}
+
+// claimBeats reports whether claim (pa, ra, ea) wins over claim (pb, rb, eb): the higher epoch, then the
+// preferred candidate. It is a strict total order, so of two racing claimants exactly one yields.
+func claimBeats(k Key, pa peer.ID, ra uint16, ea uint64, pb peer.ID, rb uint16, eb uint64) bool {
+	if ea != eb {
+		return ea > eb
+	}
+	return before(k, pa, ra, pb, rb)
+}

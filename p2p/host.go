@@ -1,0 +1,417 @@
+package p2p
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"github.com/prometheus/client_golang/prometheus"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/control"
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/pnet"
+	"github.com/libp2p/go-libp2p/p2p/discovery/mdns"
+	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
+	quic "github.com/libp2p/go-libp2p/p2p/transport/quic"
+	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
+	ma "github.com/multiformats/go-multiaddr"
+	manet "github.com/multiformats/go-multiaddr/net"
+)
+
+// IdentityFile is the name of the host's private key file in Config.DataDir.
+const IdentityFile = "identity.key"
+
+// DefaultMDNSService is the mDNS service name fleet members announce and browse.
+const DefaultMDNSService = "_npu-agent._udp"
+
+// Config configures a Node's libp2p host and trust policy.
+type Config struct {
+	// DataDir holds the identity key (IdentityFile, created 0600 on first start) and the record log.
+	DataDir string
+	// ListenAddrs are TCP and QUIC multiaddrs. QUIC addresses are dropped when FleetKey is set (pnet is TCP only).
+	ListenAddrs []ma.Multiaddr
+	// StaticPeers are dialled at start and redialled while disconnected; each must end in /p2p/<id>.
+	StaticPeers []ma.Multiaddr
+	// MDNS enables LAN discovery under MDNSService (DefaultMDNSService when empty).
+	MDNS        bool
+	MDNSService string
+	// FleetKey is a pnet pre-shared key (pnet.DecodeV1PSK's format, see ReadFleetKey). Nil: no private network.
+	FleetKey pnet.PSK
+	// Allowlist, when non-empty, is the only peers allowed to connect (either direction).
+	Allowlist []peer.ID
+	// TrustedProducers, when non-empty, is the only producers whose records are used; empty trusts any member.
+	TrustedProducers []peer.ID
+	// AllowLoopback advertises and dials loopback addresses: single-machine tests and demos only.
+	AllowLoopback bool
+	// Registerer receives libp2p's own metrics (swarm, identify, ...) beside the agent's; nil disables them.
+	Registerer prometheus.Registerer
+}
+
+// DefaultConfig returns the production defaults: all interfaces on port 4051 over TCP and QUIC, mDNS on.
+func DefaultConfig(dataDir string) Config {
+	return Config{
+		DataDir: dataDir,
+		ListenAddrs: []ma.Multiaddr{
+			ma.StringCast("/ip4/0.0.0.0/tcp/4051"),
+			ma.StringCast("/ip6/::/tcp/4051"),
+			ma.StringCast("/ip4/0.0.0.0/udp/4051/quic-v1"),
+			ma.StringCast("/ip6/::/udp/4051/quic-v1"),
+		},
+		MDNS:        true,
+		MDNSService: DefaultMDNSService,
+	}
+}
+
+// ReadFleetKey reads a fleet key file in the go-libp2p/ipfs "swarm.key" v1 format.
+func ReadFleetKey(path string) (pnet.PSK, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("read fleet key: %w", err)
+	}
+	defer f.Close()
+	psk, err := pnet.DecodeV1PSK(f)
+	if err != nil {
+		return nil, fmt.Errorf("read fleet key %s: %w", path, err)
+	}
+	return psk, nil
+}
+
+// loadIdentity reads the host key from dir, creating an Ed25519 key (mode 0600) on first start.
+func loadIdentity(dir string, log *slog.Logger) (crypto.PrivKey, error) {
+	path := filepath.Join(dir, IdentityFile)
+	b, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o077 != 0 {
+			log.Warn("identity key is readable by others", "path", path, "mode", fi.Mode().Perm())
+		}
+		k, err := crypto.UnmarshalPrivateKey(b)
+		if err != nil {
+			return nil, fmt.Errorf("identity key %s: %w", path, err)
+		}
+		return k, nil
+	case !errors.Is(err, fs.ErrNotExist):
+		return nil, fmt.Errorf("read identity key: %w", err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create data dir: %w", err)
+	}
+	k, _, err := crypto.GenerateEd25519Key(rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("generate identity key: %w", err)
+	}
+	b, err = crypto.MarshalPrivateKey(k)
+	if err != nil {
+		return nil, fmt.Errorf("encode identity key: %w", err)
+	}
+	if err := writeFileAtomic(path, b, 0o600); err != nil {
+		return nil, fmt.Errorf("write identity key: %w", err)
+	}
+	log.Info("created identity key", "path", path)
+	return k, nil
+}
+
+// writeFileAtomic writes b to path via a temp file, fsync, rename and directory fsync.
+func writeFileAtomic(path string, b []byte, perm os.FileMode) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	ok := false
+	defer func() {
+		if !ok {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	if err := f.Chmod(perm); err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	ok = true
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// usableAddr reports whether a is worth advertising to or dialling on another host.
+func usableAddr(a ma.Multiaddr, allowLoopback bool) bool {
+	if manet.IsIPUnspecified(a) || manet.IsIP6LinkLocal(a) {
+		return false
+	}
+	return allowLoopback || !manet.IsIPLoopback(a)
+}
+
+func filterAddrs(addrs []ma.Multiaddr, allowLoopback bool) []ma.Multiaddr {
+	out := make([]ma.Multiaddr, 0, len(addrs))
+	for _, a := range addrs {
+		if usableAddr(a, allowLoopback) {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// gater admits only allowlisted peers (when an allowlist is set), checked at dial and again after the
+// security handshake has authenticated the remote peer ID; it never dials unusable addresses.
+type gater struct {
+	allow         map[peer.ID]bool // nil: any peer holding the fleet key
+	allowLoopback bool
+}
+
+func (g *gater) allowed(p peer.ID) bool { return g.allow == nil || g.allow[p] }
+
+func (g *gater) InterceptPeerDial(p peer.ID) bool { return g.allowed(p) }
+
+func (g *gater) InterceptAddrDial(p peer.ID, a ma.Multiaddr) bool {
+	return g.allowed(p) && usableAddr(a, g.allowLoopback)
+}
+
+func (g *gater) InterceptAccept(network.ConnMultiaddrs) bool { return true }
+
+func (g *gater) InterceptSecured(_ network.Direction, p peer.ID, _ network.ConnMultiaddrs) bool {
+	return g.allowed(p)
+}
+
+func (g *gater) InterceptUpgraded(network.Conn) (bool, control.DisconnectReason) { return true, 0 }
+
+// resourceLimits raises the default limits for the chunk protocol so that a few concurrent fetches with several
+// requests in flight each, and yamux windows large enough for a GB/s link, fit.
+func resourceLimits() rcmgr.ConcreteLimitConfig {
+	cfg := rcmgr.DefaultLimits
+	libp2p.SetDefaultServiceLimits(&cfg)
+	cfg.AddProtocolLimit(ChunkProtocol,
+		rcmgr.BaseLimit{StreamsInbound: 1024, StreamsOutbound: 1024, Streams: 2048, Memory: 256 << 20},
+		rcmgr.BaseLimitIncrease{StreamsInbound: 256, StreamsOutbound: 256, Streams: 512, Memory: 128 << 20})
+	cfg.AddProtocolPeerLimit(ChunkProtocol,
+		rcmgr.BaseLimit{StreamsInbound: 128, StreamsOutbound: 128, Streams: 256, Memory: 128 << 20},
+		rcmgr.BaseLimitIncrease{})
+	return cfg.AutoScale()
+}
+
+// newHost builds the libp2p host described by cfg.
+func newHost(cfg Config, log *slog.Logger) (host.Host, error) {
+	if cfg.DataDir == "" {
+		return nil, errors.New("p2p: config: DataDir is empty")
+	}
+	if len(cfg.FleetKey) != 0 && len(cfg.FleetKey) != 32 {
+		return nil, fmt.Errorf("p2p: config: fleet key is %d bytes, want 32", len(cfg.FleetKey))
+	}
+	key, err := loadIdentity(cfg.DataDir, log)
+	if err != nil {
+		return nil, err
+	}
+	listen := cfg.ListenAddrs
+	if len(cfg.FleetKey) > 0 {
+		listen = slices.DeleteFunc(slices.Clone(listen), func(a ma.Multiaddr) bool {
+			if isQUIC(a) {
+				log.Warn("QUIC listen address dropped: a fleet key (pnet) works over TCP only", "addr", a)
+				return true
+			}
+			return false
+		})
+	}
+	if len(listen) == 0 {
+		return nil, errors.New("p2p: config: no usable listen address")
+	}
+	var allow map[peer.ID]bool
+	if len(cfg.Allowlist) > 0 {
+		allow = make(map[peer.ID]bool, len(cfg.Allowlist))
+		for _, p := range cfg.Allowlist {
+			allow[p] = true
+		}
+	}
+	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(resourceLimits()))
+	if err != nil {
+		return nil, fmt.Errorf("p2p: resource manager: %w", err)
+	}
+	opts := []libp2p.Option{
+		libp2p.Identity(key),
+		libp2p.ListenAddrs(listen...),
+		libp2p.ConnectionGater(&gater{allow: allow, allowLoopback: cfg.AllowLoopback}),
+		libp2p.ResourceManager(rm),
+		libp2p.AddrsFactory(func(as []ma.Multiaddr) []ma.Multiaddr { return filterAddrs(as, cfg.AllowLoopback) }),
+		libp2p.Transport(tcp.NewTCPTransport),
+		libp2p.DisableRelay(),
+	}
+	if cfg.Registerer != nil {
+		opts = append(opts, libp2p.PrometheusRegisterer(cfg.Registerer))
+	} else {
+		opts = append(opts, libp2p.DisableMetrics())
+	}
+	if len(cfg.FleetKey) > 0 {
+		opts = append(opts, libp2p.PrivateNetwork(cfg.FleetKey))
+	} else {
+		opts = append(opts, libp2p.Transport(quic.NewTransport))
+	}
+	h, err := libp2p.New(opts...)
+	if err != nil {
+		rm.Close()
+		return nil, fmt.Errorf("p2p: start host: %w", err)
+	}
+	return h, nil
+}
+
+func isQUIC(a ma.Multiaddr) bool {
+	_, err := a.ValueForProtocol(ma.P_QUIC_V1)
+	return err == nil
+}
+
+// discovery connects to static peers (redialled while disconnected) and to peers found by mDNS.
+type discovery struct {
+	h             host.Host
+	log           *slog.Logger
+	allowLoopback bool
+	static        []peer.AddrInfo
+	mdns          mdns.Service
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	mu     sync.Mutex // guards closed against wg.Add racing wg.Wait (mDNS calls back from its own goroutines), and found
+	closed bool
+	found  map[peer.ID]foundPeer // mDNS peers, redialled while disconnected until they go unseen for foundTTL
+	wg     sync.WaitGroup
+}
+
+type foundPeer struct {
+	ai   peer.AddrInfo
+	seen time.Time
+}
+
+const (
+	redialInterval = 10 * time.Second
+	dialTimeout    = 10 * time.Second
+	// foundTTL is how long a peer found by mDNS is redialled after it was last announced: a dial that failed
+	// while the peer was starting (or a dropped connection) must not leave two members apart until the next
+	// announcement.
+	foundTTL = 10 * time.Minute
+	// maxFoundPeers bounds what mDNS announcements (from anyone on the LAN) can make us remember.
+	maxFoundPeers = 1024
+)
+
+func startDiscovery(h host.Host, cfg Config, log *slog.Logger) (*discovery, error) {
+	d := &discovery{h: h, log: log, allowLoopback: cfg.AllowLoopback, found: map[peer.ID]foundPeer{}}
+	for _, a := range cfg.StaticPeers {
+		ai, err := peer.AddrInfoFromP2pAddr(a)
+		if err != nil {
+			return nil, fmt.Errorf("p2p: static peer %s: %w", a, err)
+		}
+		d.static = append(d.static, *ai)
+	}
+	d.ctx, d.cancel = context.WithCancel(context.Background())
+	if cfg.MDNS {
+		name := cfg.MDNSService
+		if name == "" {
+			name = DefaultMDNSService
+		}
+		d.mdns = mdns.NewMdnsService(h, name, d)
+		if err := d.mdns.Start(); err != nil {
+			d.cancel()
+			return nil, fmt.Errorf("p2p: start mDNS: %w", err)
+		}
+	}
+	d.wg.Go(func() { d.keepConnected(d.ctx) })
+	return d, nil
+}
+
+// HandlePeerFound is called by mDNS; another host's loopback addresses are never dialled.
+func (d *discovery) HandlePeerFound(ai peer.AddrInfo) {
+	if ai.ID == d.h.ID() {
+		return
+	}
+	ai.Addrs = filterAddrs(ai.Addrs, d.allowLoopback)
+	if len(ai.Addrs) == 0 {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return
+	}
+	if len(d.found) < maxFoundPeers {
+		d.found[ai.ID] = foundPeer{ai: ai, seen: time.Now()}
+	}
+	d.wg.Go(func() {
+		ctx, cancel := context.WithTimeout(d.ctx, dialTimeout)
+		defer cancel()
+		if err := d.h.Connect(ctx, ai); err != nil {
+			d.log.Debug("mDNS peer unreachable", "peer", ai.ID, "err", err)
+		}
+	})
+}
+
+// keepConnected redials static peers and recently announced mDNS peers while they are disconnected.
+func (d *discovery) keepConnected(ctx context.Context) {
+	t := time.NewTicker(redialInterval)
+	defer t.Stop()
+	for {
+		for _, ai := range d.targets() {
+			if d.h.Network().Connectedness(ai.ID) == network.Connected {
+				continue
+			}
+			cctx, cancel := context.WithTimeout(ctx, dialTimeout)
+			if err := d.h.Connect(cctx, ai); err != nil && ctx.Err() == nil {
+				d.log.Debug("peer unreachable", "peer", ai.ID, "err", err)
+			}
+			cancel()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// targets are the static peers plus the mDNS peers announced within foundTTL (older ones are forgotten).
+func (d *discovery) targets() []peer.AddrInfo {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := slices.Clone(d.static)
+	for id, f := range d.found {
+		if time.Since(f.seen) > foundTTL {
+			delete(d.found, id)
+			continue
+		}
+		out = append(out, f.ai)
+	}
+	return out
+}
+
+func (d *discovery) close() {
+	d.mu.Lock()
+	d.closed = true
+	d.mu.Unlock()
+	d.cancel()
+	if d.mdns != nil {
+		d.mdns.Close()
+	}
+	d.wg.Wait()
+}

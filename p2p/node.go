@@ -1,0 +1,343 @@
+// Package p2p shares blobs and signed records with fleet peers over libp2p: a host restricted to fleet members,
+// LAN discovery, signed records gossiped and pulled on connect, a chunk-exchange protocol, and a swarm fetch
+// that pulls one blob's chunks from many peers at once. docs/design.md section 6 is normative.
+package p2p
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/ipfs/go-cid"
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
+
+	"github.com/npu-agent/npu-agent/blobstore"
+)
+
+// Gossipsub drops messages published while a new peer's streams are still being set up, so records are also
+// pulled: on connect, again joinSettle after the peer joins the record topic, and from one random peer every
+// antiEntropyInterval.
+const (
+	joinSettle          = time.Second
+	antiEntropyInterval = time.Minute
+)
+
+// Node is a fleet member: a libp2p host serving the local store's chunks and exchanging records.
+type Node struct {
+	h     host.Host
+	ps    *pubsub.PubSub
+	topic *pubsub.Topic
+	sub   *pubsub.Subscription
+	store blobstore.Store
+	log   *slog.Logger
+	book  *recordBook
+	disc  *discovery
+	srv   *server
+	fp    fetchParams
+
+	ctx    context.Context // ends at Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu      sync.Mutex
+	closed  bool
+	syncing map[peer.ID]bool
+	scores  map[peer.ID]int
+	flights map[cid.Cid]*flight
+}
+
+// PeerInfo describes a connected peer.
+type PeerInfo struct {
+	ID             peer.ID        `json:"id"`
+	Addrs          []ma.Multiaddr `json:"addrs"`
+	ConnectedSince time.Time      `json:"connected_since"`
+	// Score starts at 0, drops when the peer fails or sends bad data and rises as it serves chunks; fetches
+	// prefer high scores.
+	Score int `json:"score"`
+}
+
+// New starts a node: the host, discovery, the record book (loaded from cfg.DataDir), gossip and the protocol
+// handlers. ctx only bounds the start; Close stops the node.
+func New(ctx context.Context, cfg Config, store blobstore.Store, log *slog.Logger) (*Node, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	log = log.With("component", "p2p")
+	h, err := newHost(cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	n := &Node{
+		h: h, store: store, log: log, fp: defaultFetchParams,
+		syncing: map[peer.ID]bool{}, scores: map[peer.ID]int{}, flights: map[cid.Cid]*flight{},
+	}
+	n.ctx, n.cancel = context.WithCancel(context.Background())
+	if err := n.start(ctx, cfg); err != nil {
+		n.Close()
+		return nil, err
+	}
+	log.Info("p2p node started", "peer", h.ID(), "addrs", h.Addrs())
+	return n, nil
+}
+
+func (n *Node) start(ctx context.Context, cfg Config) error {
+	var err error
+	trust := newTrustPolicy(n.h.ID(), cfg.TrustedProducers, cfg.Allowlist)
+	if n.book, err = openRecordBook(filepath.Join(cfg.DataDir, RecordsFile), trust, n.log); err != nil {
+		return err
+	}
+	n.srv = newServer(n.ctx, n.store, n.log)
+	n.h.SetStreamHandler(ChunkProtocol, n.srv.handle)
+	n.h.SetStreamHandler(RecordSyncProtocol, n.book.serveSync)
+
+	// Flood publishing reaches peers that joined less than a mesh heartbeat ago (the fleet single flight needs it).
+	if n.ps, err = pubsub.NewGossipSub(n.ctx, n.h, pubsub.WithFloodPublish(true)); err != nil {
+		return fmt.Errorf("p2p: gossipsub: %w", err)
+	}
+	if err := n.ps.RegisterTopicValidator(RecordTopic, n.validateRecord); err != nil {
+		return fmt.Errorf("p2p: gossip validator: %w", err)
+	}
+	if n.topic, err = n.ps.Join(RecordTopic); err != nil {
+		return fmt.Errorf("p2p: join %s: %w", RecordTopic, err)
+	}
+	if n.sub, err = n.topic.Subscribe(); err != nil {
+		return fmt.Errorf("p2p: subscribe %s: %w", RecordTopic, err)
+	}
+	n.wg.Go(n.readGossip)
+	evh, err := n.topic.EventHandler()
+	if err != nil {
+		return fmt.Errorf("p2p: topic events: %w", err)
+	}
+	n.wg.Go(func() { n.syncOnJoin(evh) })
+
+	n.h.Network().Notify(&network.NotifyBundle{ConnectedF: func(_ network.Network, c network.Conn) {
+		n.syncWith(c.RemotePeer())
+	}})
+	for _, p := range n.h.Network().Peers() {
+		n.syncWith(p)
+	}
+	n.wg.Go(n.antiEntropy)
+
+	if n.disc, err = startDiscovery(n.h, cfg, n.log); err != nil {
+		return err
+	}
+	return ctx.Err()
+}
+
+// Close stops discovery, fetches and handlers and closes the host. The store is the caller's to close.
+func (n *Node) Close() error {
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		return nil
+	}
+	n.closed = true
+	n.mu.Unlock()
+	if n.disc != nil {
+		n.disc.close()
+	}
+	n.cancel()
+	if n.sub != nil {
+		n.sub.Cancel()
+	}
+	var errs []error
+	if n.topic != nil {
+		errs = append(errs, n.topic.Close())
+	}
+	errs = append(errs, n.h.Close())
+	n.wg.Wait()
+	if n.book != nil {
+		errs = append(errs, n.book.close())
+	}
+	return errors.Join(errs...)
+}
+
+// Host is the libp2p host, for other protocols on the same connections.
+func (n *Node) Host() host.Host { return n.h }
+
+// PubSub is the node's gossipsub router, shared with other components (fleet single flight).
+func (n *Node) PubSub() *pubsub.PubSub { return n.ps }
+
+// ID is the node's peer ID, the Producer of records it publishes.
+func (n *Node) ID() peer.ID { return n.h.ID() }
+
+// Publish signs r as this node (Producer is set to ID()), indexes it in the store and announces it. The blob
+// must be complete in the store. It returns the signed record.
+func (n *Node) Publish(ctx context.Context, r blobstore.Record) (SignedRecord, error) {
+	if r.Producer == "" {
+		r.Producer = n.ID().String()
+	}
+	ok, err := n.store.Has(ctx, r.Blob)
+	if err != nil {
+		return SignedRecord{}, fmt.Errorf("publish: %w", err)
+	}
+	if !ok {
+		return SignedRecord{}, fmt.Errorf("publish %s: %w", r.Blob, blobstore.ErrNotFound)
+	}
+	sr, err := SealRecord(r, n.h.Peerstore().PrivKey(n.ID()))
+	if err != nil {
+		return SignedRecord{}, fmt.Errorf("publish: %w", err)
+	}
+	if err := n.store.AddRecord(ctx, sr.Record); err != nil {
+		return SignedRecord{}, fmt.Errorf("publish: %w", err)
+	}
+	if _, err := n.book.add(sr); err != nil {
+		return SignedRecord{}, fmt.Errorf("publish: %w", err)
+	}
+	// Peers that miss the gossip get the record by sync on their next connection or anti-entropy pull.
+	if err := n.topic.Publish(ctx, sr.Envelope); err != nil {
+		return sr, fmt.Errorf("publish: gossip: %w", err)
+	}
+	return sr, nil
+}
+
+// Records returns the verified, trusted records for (model, profile), newest first; empty strings match all.
+func (n *Node) Records(modelID, profileID string) []SignedRecord {
+	return n.book.records(modelID, profileID)
+}
+
+// OnRecord calls fn for every new verified, trusted record, local or remote, until the returned cancel is
+// called. fn runs on the goroutine that learnt the record and must not block (hand off to a channel).
+func (n *Node) OnRecord(fn func(SignedRecord)) (cancel func()) {
+	return n.book.subscribe(fn)
+}
+
+// Peers lists the connected peers.
+func (n *Node) Peers() []PeerInfo {
+	var out []PeerInfo
+	for _, p := range n.h.Network().Peers() {
+		pi := PeerInfo{ID: p, Score: n.score(p)}
+		for _, c := range n.h.Network().ConnsToPeer(p) {
+			pi.Addrs = append(pi.Addrs, c.RemoteMultiaddr())
+			if o := c.Stat().Opened; pi.ConnectedSince.IsZero() || o.Before(pi.ConnectedSince) {
+				pi.ConnectedSince = o
+			}
+		}
+		out = append(out, pi)
+	}
+	slices.SortFunc(out, func(a, b PeerInfo) int { return b.Score - a.Score })
+	return out
+}
+
+func (n *Node) score(p peer.ID) int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.scores[p]
+}
+
+// adjustScore adds delta to p's score, kept within [-1000, 1000] so a peer can always recover or fall.
+func (n *Node) adjustScore(p peer.ID, delta int) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.scores[p] = min(max(n.scores[p]+delta, -1000), 1000)
+}
+
+// validateRecord is the gossip validator: forged records are rejected (the sender is penalised by gossipsub),
+// untrusted ones ignored.
+func (n *Node) validateRecord(_ context.Context, from peer.ID, m *pubsub.Message) pubsub.ValidationResult {
+	sr, err := OpenRecord(m.Data, time.Now())
+	if err != nil {
+		n.log.Warn("rejected gossiped record", "from", from, "err", err)
+		return pubsub.ValidationReject
+	}
+	if !n.book.trust.allows(sr.Signer) {
+		n.log.Debug("ignored record of untrusted producer", "from", from, "producer", sr.Signer)
+		return pubsub.ValidationIgnore
+	}
+	m.ValidatorData = sr
+	return pubsub.ValidationAccept
+}
+
+func (n *Node) readGossip() {
+	for {
+		m, err := n.sub.Next(n.ctx)
+		if err != nil {
+			return
+		}
+		sr, ok := m.ValidatorData.(SignedRecord)
+		if !ok || m.ReceivedFrom == n.ID() {
+			continue
+		}
+		if _, err := n.book.add(sr); err != nil {
+			n.log.Debug("gossiped record not kept", "err", err)
+		}
+	}
+}
+
+// syncWith pulls p's records unless a pull from p is already running.
+func (n *Node) syncWith(p peer.ID) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed || n.syncing[p] {
+		return
+	}
+	n.syncing[p] = true
+	n.wg.Go(func() {
+		defer func() {
+			n.mu.Lock()
+			delete(n.syncing, p)
+			n.mu.Unlock()
+		}()
+		ctx, cancel := context.WithTimeout(n.ctx, syncTimeout)
+		defer cancel()
+		st, err := n.h.NewStream(ctx, p, RecordSyncProtocol)
+		if err != nil {
+			n.log.Debug("record sync: cannot open stream", "peer", p, "err", err)
+			return
+		}
+		added, err := n.book.pull(ctx, st)
+		if err != nil {
+			n.log.Debug("record sync failed", "peer", p, "err", err)
+		}
+		if added > 0 {
+			n.log.Info("records learnt by sync", "peer", p, "count", added)
+		}
+	})
+}
+
+func (n *Node) syncOnJoin(evh *pubsub.TopicEventHandler) {
+	defer evh.Cancel()
+	for {
+		ev, err := evh.NextPeerEvent(n.ctx)
+		if err != nil {
+			return
+		}
+		if ev.Type != pubsub.PeerJoin {
+			continue
+		}
+		n.wg.Go(func() {
+			t := time.NewTimer(joinSettle)
+			defer t.Stop()
+			select {
+			case <-n.ctx.Done():
+			case <-t.C:
+				n.syncWith(ev.Peer)
+			}
+		})
+	}
+}
+
+func (n *Node) antiEntropy() {
+	t := time.NewTicker(antiEntropyInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-t.C:
+			if ps := n.h.Network().Peers(); len(ps) > 0 {
+				n.syncWith(ps[rand.IntN(len(ps))])
+			}
+		}
+	}
+}

@@ -1,0 +1,158 @@
+package p2p
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+
+	"github.com/npu-agent/npu-agent/blobstore"
+)
+
+// Server-side limits of the chunk protocol.
+const (
+	serveRequestTimeout = 10 * time.Second // to receive the request frame
+	serveWriteTimeout   = 30 * time.Second // per response frame: a reader that stalls longer is dropped
+	maxServing          = 32               // GET_CHUNKS requests served at once; each holds a chunk buffer
+	servingWait         = 5 * time.Second  // how long a request waits for a slot before ErrBusy
+)
+
+// chunkBufPool holds buffers for one chunk frame: header, index and up to ChunkSize bytes.
+var chunkBufPool = sync.Pool{New: func() any {
+	b := make([]byte, 0, frameHeaderLen+chunkFrameOverhead+blobstore.ChunkSize)
+	return &b
+}}
+
+// server answers chunk-protocol requests from the store. It serves verified chunks of partial blobs too.
+type server struct {
+	ctx    context.Context
+	store  blobstore.Store
+	log    *slog.Logger
+	slots  chan struct{}
+	served atomic.Int64 // chunks sent
+	// beforeSend, if set, sees (and may alter or delay) each chunk just before it is sent: tests use it to play
+	// a slow or malicious peer.
+	beforeSend func(i int, data []byte)
+}
+
+func newServer(ctx context.Context, store blobstore.Store, log *slog.Logger) *server {
+	return &server{ctx: ctx, store: store, log: log, slots: make(chan struct{}, maxServing)}
+}
+
+// stream is what the server needs of a network.Stream; net.Pipe's ends have it too, for tests.
+type stream interface {
+	io.ReadWriter
+	SetReadDeadline(time.Time) error
+	SetWriteDeadline(time.Time) error
+}
+
+func (s *server) handle(st network.Stream) {
+	defer st.Close()
+	stop := context.AfterFunc(s.ctx, func() { st.Reset() })
+	defer stop()
+	if err := s.serve(st); err != nil {
+		s.log.Debug("chunk request failed", "peer", st.Conn().RemotePeer(), "err", err)
+		st.Reset()
+	}
+}
+
+func (s *server) serve(st stream) error {
+	st.SetReadDeadline(time.Now().Add(serveRequestTimeout))
+	t, p, err := readFrame(st, nil)
+	if err != nil {
+		return fmt.Errorf("read request: %w", noEOF(err))
+	}
+	req, err := decodeRequest(t, p)
+	if err != nil {
+		return s.fail(st, err)
+	}
+	switch req.Type {
+	case msgGetManifest:
+		m, err := s.store.Manifest(s.ctx, req.Blob)
+		if err != nil {
+			return s.fail(st, err)
+		}
+		return s.send(st, msgManifest, m.Encode())
+	case msgGetHave:
+		have, err := s.store.HaveChunks(s.ctx, req.Blob)
+		if err != nil {
+			return s.fail(st, err)
+		}
+		return s.send(st, msgHave, encodeHave(have))
+	default: // msgGetChunks
+		return s.serveChunks(st, req)
+	}
+}
+
+func (s *server) serveChunks(st stream, req request) error {
+	wait := time.NewTimer(servingWait)
+	defer wait.Stop()
+	select {
+	case s.slots <- struct{}{}:
+		defer func() { <-s.slots }()
+	case <-wait.C:
+		return s.fail(st, fmt.Errorf("%w: %d chunk requests in progress", ErrBusy, maxServing))
+	case <-s.ctx.Done():
+		return s.ctx.Err()
+	}
+	bp := chunkBufPool.Get().(*[]byte)
+	defer chunkBufPool.Put(bp)
+	hdr := frameHeaderLen + chunkFrameOverhead
+	for _, r := range req.Ranges {
+		for i := int(r.First); i < int(r.First)+int(r.Count); i++ {
+			b, err := s.store.ReadChunk(s.ctx, req.Blob, i, (*bp)[:hdr])
+			if err != nil {
+				if s.ctx.Err() != nil {
+					return s.ctx.Err()
+				}
+				// Not held (yet), out of range, or corrupt on disk: the client asks elsewhere.
+				if !errors.Is(err, blobstore.ErrNotFound) {
+					s.log.Warn("cannot serve chunk", "blob", req.Blob, "index", i, "err", err)
+				}
+				b = (*bp)[:hdr]
+				frameHeader(b, msgNoChunk, chunkFrameOverhead)
+				putIndex(b[frameHeaderLen:], i)
+				if err := s.write(st, b); err != nil {
+					return err
+				}
+				continue
+			}
+			*bp = b[:0]
+			if s.beforeSend != nil {
+				s.beforeSend(i, b[hdr:])
+			}
+			frameHeader(b, msgChunk, len(b)-frameHeaderLen)
+			putIndex(b[frameHeaderLen:], i)
+			if err := s.write(st, b); err != nil {
+				return err
+			}
+			s.served.Add(1)
+		}
+	}
+	return nil
+}
+
+func (s *server) write(st stream, b []byte) error {
+	st.SetWriteDeadline(time.Now().Add(serveWriteTimeout))
+	_, err := st.Write(b)
+	return err
+}
+
+func (s *server) send(st stream, t msgType, payload []byte) error {
+	st.SetWriteDeadline(time.Now().Add(serveWriteTimeout))
+	return writeFrame(st, t, payload)
+}
+
+// fail reports err to the client in an ERROR frame; the request is over either way.
+func (s *server) fail(st stream, err error) error {
+	if werr := s.send(st, msgError, encodeError(err)); werr != nil {
+		return errors.Join(err, werr)
+	}
+	return nil
+}
