@@ -177,8 +177,11 @@ func TestFaultCrashCLIFetch(t *testing.T) {
 	}
 	span := time.Since(start)
 
-	for it := range faults.Pick(1, 5) {
-		p := faults.Start(t, timeout, c.cmd(c.fetchArgs("x=1,8")...))
+	// Each kill hits its own blob (another shape), so that each fetch compiles even when the one before finished
+	// ahead of its kill.
+	shapes := []string{"x=1,8", "x=1,9", "x=1,10", "x=1,11", "x=1,12"}[:faults.Pick(1, 5)]
+	for it, shape := range shapes {
+		p := faults.Start(t, timeout, c.cmd(c.fetchArgs(shape)...))
 		p.Await("msg=compiling")
 		delay := time.Duration(rng.Int64N(int64(span)))
 		killed := p.KillAfter(delay)
@@ -195,10 +198,12 @@ func TestFaultCrashCLIFetch(t *testing.T) {
 		t.Logf("kill %d: %s of %s after the compile began (%s): killed %v; left behind: %v; ls:\n%s", it, delay, span,
 			phase, killed, left, stdout)
 	}
-	r := c.fetchOK("x=1,8")
-	t.Logf("fetch after the kills: %s %s, %d bytes", r.Source, r.CID, r.Size)
-	if again := c.fetchOK("x=1,8"); again.Source != "store" || again.CID != r.CID {
-		t.Errorf("second fetch: %s %s, want the stored %s", again.Source, again.CID, r.CID)
+	for _, shape := range shapes {
+		r := c.fetchOK(shape)
+		t.Logf("fetch %s after the kills: %s %s, %d bytes", shape, r.Source, r.CID, r.Size)
+		if again := c.fetchOK(shape); again.Source != "store" || again.CID != r.CID {
+			t.Errorf("second fetch of %s: %s %s, want the stored %s", shape, again.Source, again.CID, r.CID)
+		}
 	}
 	stdout, stderr, code := c.run("--json", "ls")
 	if code != 0 {
