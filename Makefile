@@ -62,3 +62,8 @@ test-deb: deb
 # BENCH_FLAGS e.g. "-hosts 12 -size 128MiB -rate 100mbit".
 bench-fleet:
 	bash scripts/bench-fleet.sh $(BENCH_FLAGS)
+
+# Process-level fault tests, long versions: SIGKILL mid-write at random points (seed logged), full tmpfs disks.
+# Root is needed for the tmpfs mounts (they are skipped otherwise). Short versions run in `make test`.
+test-faults:
+	NPU_TEST_FAULTS=long $(GO) test -race -count=1 -run Fault -timeout 30m ./internal/faults/... ./blobstore/...
