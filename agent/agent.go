@@ -130,7 +130,8 @@ func New(opts Options) (*Agent, error) {
 			return nil, fmt.Errorf("agent: %w", err)
 		}
 	}
-	// Compiler outputs of a killed process are garbage.
+	// Compiler outputs of a killed process are garbage. Only the store's owner gets here (badger locks its directory),
+	// so no other live process is using them.
 	if old, err := os.ReadDir(a.scratchDir); err == nil {
 		for _, e := range old {
 			_ = os.RemoveAll(filepath.Join(a.scratchDir, e.Name()))

@@ -11,7 +11,6 @@ import (
 	"github.com/npu-agent/npu-agent/api"
 	"github.com/npu-agent/npu-agent/blobstore"
 	"github.com/npu-agent/npu-agent/compat"
-	"github.com/npu-agent/npu-agent/compile"
 )
 
 // Service serves an Agent through the local API.
@@ -22,13 +21,15 @@ type Service struct {
 	Quota   uint64
 	// Peers lists connected fleet members; nil when running alone.
 	Peers func() []api.Peer
+
+	models modelCache
 }
 
 var _ api.Agent = (*Service)(nil)
 
 // Ensure loads the model from its path, ensures a blob and materialises it for the loader.
 func (s *Service) Ensure(ctx context.Context, req api.EnsureRequest) (api.EnsureResponse, error) {
-	m, err := compile.LoadModel(req.Model)
+	m, err := s.models.load(req.Model)
 	if err != nil {
 		return api.EnsureResponse{}, err
 	}
@@ -65,7 +66,7 @@ func (s *Service) OpenBlob(ctx context.Context, c cid.Cid) (blobstore.Reader, er
 
 // PutBlob spools the upload to a scratch file (the trailer sits at its end), then registers it like `put`.
 func (s *Service) PutBlob(ctx context.Context, req api.PutRequest, blob io.Reader) (api.EnsureResponse, error) {
-	m, err := compile.LoadModel(req.Model)
+	m, err := s.models.load(req.Model)
 	if err != nil {
 		return api.EnsureResponse{}, err
 	}
