@@ -5,7 +5,7 @@ PKGS    := ./...
 # Fuzz time per target for `make fuzz`.
 FUZZTIME ?= 20s
 
-.PHONY: all build test test-short vet demo bench-store bench-fetch bench-fleet test-faults fuzz clean
+.PHONY: all build test test-short vet demo bench-store bench-fetch bench-api bench-fleet test-faults fuzz clean
 
 all: build
 
@@ -30,6 +30,14 @@ demo: build
 # Store put/export of a 1 GiB blob against plain file write/copy, ratios from one run.
 bench-store:
 	$(GO) test -run '^$$' -bench 'Store' -benchtime 1x -timeout 30m ./blobstore/badgerstore
+
+# One fetch between two nodes over loopback against a plain libp2p stream copy of the same bytes (fetch/stream).
+bench-fetch:
+	$(GO) test -run '^$$' -bench 'BenchmarkFetch' -benchtime 4x -timeout 30m ./p2p
+
+# Ensure latency of a stored blob (p50/p99 over the unix socket) and a 1 GiB blob handed to a loader against cat.
+bench-api:
+	$(GO) test -run '^$$' -bench 'EnsureLatency|HandBlob' -benchtime 3x -timeout 30m ./cmd/npu-agent
 
 clean:
 	rm -rf bin
