@@ -57,11 +57,25 @@ func (s *Service) response(ctx context.Context, r Result) (api.EnsureResponse, e
 
 // OpenBlob streams a stored blob and marks it used.
 func (s *Service) OpenBlob(ctx context.Context, c cid.Cid) (blobstore.Reader, error) {
+	release := s.Agent.use(c)
 	r, err := s.Agent.Store().Open(ctx, c)
-	if err == nil {
-		_ = s.Agent.Store().Touch(ctx, c)
+	if err != nil {
+		release()
+		return nil, err
 	}
-	return r, err
+	_ = s.Agent.Store().Touch(ctx, c)
+	return inUseReader{r, release}, nil
+}
+
+// inUseReader keeps its blob from gc until closed.
+type inUseReader struct {
+	blobstore.Reader
+	release func()
+}
+
+func (r inUseReader) Close() error {
+	r.release()
+	return r.Reader.Close()
 }
 
 // PutBlob spools the upload to a scratch file (the trailer sits at its end), then registers it like `put`.
