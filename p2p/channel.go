@@ -34,7 +34,7 @@ const (
 	// MaxChannelMessage bounds ChannelConfig.MaxMessage: a document must fit a gossipsub message comfortably.
 	MaxChannelMessage = 256 << 10
 	// MaxChannelSync bounds ChannelConfig.MaxSync.
-	MaxChannelSync = 100000
+	MaxChannelSync   = 100000
 	channelLenPrefix = 4
 )
 
