@@ -108,6 +108,34 @@ var (
 // fingerprint field: "tag:site" matches the tag "site".
 const TagPrefix = "tag:"
 
+// ParseTags parses an agent's tags, "name=value" each (rollout.tags in the config), under the rules of selector
+// tags: names of 1 to 64 of a-z 0-9 . _ -, values as selector values, no name twice.
+func ParseTags(list []string) (map[string]string, error) {
+	tags := make(map[string]string, len(list))
+	for _, t := range list {
+		name, value, ok := strings.Cut(t, "=")
+		if !ok || !tagNameRE.MatchString(name) {
+			return nil, fmt.Errorf("tag %.100q: want name=value with a name of 1 to 64 of a-z 0-9 . _ -", t)
+		}
+		if err := checkSelectorValue(value); err != nil {
+			return nil, fmt.Errorf("tag %s: %w", name, err)
+		}
+		if _, dup := tags[name]; dup {
+			return nil, fmt.Errorf("tag %s is given twice", name)
+		}
+		tags[name] = value
+	}
+	return tags, nil
+}
+
+func checkSelectorValue(v string) error {
+	if v == "" || len(v) > maxSelectorValue || !utf8.ValidString(v) || strings.ContainsFunc(v, unicode.IsControl) ||
+		strings.TrimSpace(v) != v {
+		return fmt.Errorf("value %.140q: want 1 to %d printable bytes without surrounding spaces", v, maxSelectorValue)
+	}
+	return nil
+}
+
 // fingerprintFields are the selector keys naming fingerprint fields: compat.Fingerprint's JSON names.
 var fingerprintFields = sync.OnceValue(func() map[string]bool {
 	fields := map[string]bool{}
@@ -274,10 +302,8 @@ func checkSelector(sel map[string]string) error {
 		} else if !fingerprintFields()[k] {
 			return fmt.Errorf("%w: selector key %q is neither a fingerprint field nor %s<name>", ErrInvalidManifest, k, TagPrefix)
 		}
-		if v == "" || len(v) > maxSelectorValue || !utf8.ValidString(v) || strings.ContainsFunc(v, unicode.IsControl) ||
-			strings.TrimSpace(v) != v {
-			return fmt.Errorf("%w: selector %s: value %q: want 1 to %d printable bytes without surrounding spaces",
-				ErrInvalidManifest, k, v, maxSelectorValue)
+		if err := checkSelectorValue(v); err != nil {
+			return fmt.Errorf("%w: selector %s: %w", ErrInvalidManifest, k, err)
 		}
 	}
 	return nil

@@ -343,3 +343,16 @@ func FuzzDecodePayload(f *testing.F) {
 		}
 	})
 }
+
+func TestParseTags(t *testing.T) {
+	t.Parallel()
+	got, err := ParseTags([]string{"site=berlin", "line=3", "room.a=2nd floor"})
+	if err != nil || len(got) != 3 || got["site"] != "berlin" || got["room.a"] != "2nd floor" {
+		t.Fatalf("ParseTags = %v, %v", got, err)
+	}
+	for _, bad := range [][]string{{"site"}, {"=x"}, {"Site=x"}, {"site="}, {"site= x"}, {"site=a", "site=b"}, {"s=\x01"}} {
+		if _, err := ParseTags(bad); err == nil {
+			t.Errorf("ParseTags(%q) accepted", bad)
+		}
+	}
+}

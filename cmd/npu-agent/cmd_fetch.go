@@ -30,8 +30,13 @@ type profileFlags struct {
 }
 
 func (p *profileFlags) register(c *cobra.Command) {
+	c.Flags().StringVar(&p.file, "profile", "", "profile file (JSON or YAML: device, properties, shapes, kind)")
+	p.registerOverrides(c)
+}
+
+// registerOverrides registers the flags that build or override a profile, without --profile.
+func (p *profileFlags) registerOverrides(c *cobra.Command) {
 	f := c.Flags()
-	f.StringVar(&p.file, "profile", "", "profile file (JSON or YAML: device, properties, shapes, kind)")
 	f.StringVar(&p.device, "device", "", "device (default NPU, or the profile file's)")
 	f.StringArrayVar(&p.shapes, "shape", nil, "static input shape NAME=D1,D2,... (repeatable; overrides the file's)")
 	f.StringArrayVar(&p.props, "prop", nil, "compile property KEY=VALUE (repeatable; overrides the file's)")

@@ -31,6 +31,12 @@ func startDaemon(t *testing.T, f fixture) string {
 	cfg.Compiler.Backend = "sim"
 	cfg.Compiler.Sim.CompileTime = 10 * time.Millisecond
 	cfg.P2P.Enabled = false
+	return runTestDaemon(t, cfg)
+}
+
+// runTestDaemon runs the daemon in-process with cfg until the test ends and returns its socket once it answers.
+func runTestDaemon(t *testing.T, cfg config.Config) string {
+	t.Helper()
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
