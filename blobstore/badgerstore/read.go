@@ -247,8 +247,8 @@ func (r *reader) Close() error {
 	return nil
 }
 
-// Export writes a complete blob to path atomically: a temp file in the same directory, written, synced, renamed
-// over path, and the directory synced. The temp file is removed on any error.
+// Export writes a complete blob to path atomically: a file in the same directory, unnamed while written (Linux
+// O_TMPFILE, else a temp file removed on any error), synced, renamed over path, and the directory synced.
 func (s *Store) Export(ctx context.Context, c cid.Cid, path string) (err error) {
 	r, err := s.Open(ctx, c)
 	if err != nil {
@@ -259,35 +259,37 @@ func (s *Store) Export(ctx context.Context, c cid.Cid, path string) (err error) 
 	if dir == "" {
 		dir = "."
 	}
-	f, err := os.CreateTemp(dir, "."+base+".tmp-*")
+	f, tmpName, err := createHidden(dir, base)
 	if err != nil {
 		return fmt.Errorf("export %s: %w", c, err)
 	}
 	defer func() {
 		if err != nil {
 			f.Close()
-			os.Remove(f.Name())
+			if tmpName != "" {
+				os.Remove(tmpName)
+			}
 		}
 	}()
 	fl := newFlusher(f.Sync)
 	_, err = r.WriteTo(flushWriter{f, fl})
 	if ferr := fl.close(); err == nil && ferr != nil {
-		err = fmt.Errorf("sync %s: %w", f.Name(), ferr)
+		err = fmt.Errorf("sync %s: %w", path, ferr)
 	}
 	if err != nil {
 		return fmt.Errorf("export %s to %s: %w", c, path, err)
 	}
-	if err := f.Chmod(0o644); err != nil { // CreateTemp makes 0600; the loader may run as another user
+	if err := f.Chmod(0o644); err != nil { // a temp file is 0600 and umask applies; the loader may run as another user
 		return fmt.Errorf("export %s: %w", c, err)
 	}
 	if err := f.Sync(); err != nil {
-		return fmt.Errorf("export %s: sync %s: %w", c, f.Name(), err)
+		return fmt.Errorf("export %s: sync %s: %w", c, path, err)
+	}
+	if err := publish(f, tmpName, path); err != nil {
+		return fmt.Errorf("export %s: %w", c, err)
 	}
 	if err := f.Close(); err != nil {
-		return fmt.Errorf("export %s: close %s: %w", c, f.Name(), err)
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		return fmt.Errorf("export %s: %w", c, err)
+		return fmt.Errorf("export %s: close %s: %w", c, path, err)
 	}
 	return syncDir(dir)
 }

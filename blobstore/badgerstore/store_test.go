@@ -532,3 +532,31 @@ func TestCorruptManifest(t *testing.T) {
 		t.Fatalf("Verify after delete = %+v, %v; the 40 chunks should be swept", rep, err)
 	}
 }
+
+func TestExportLeavesOnlyTheFile(t *testing.T) {
+	t.Parallel()
+	s := open(t, t.TempDir(), testOptions(t))
+	defer closeStore(t, s)
+	data := storetest.Data(11, 2*cs+5)
+	m := putData(t, s, data)
+	dir := t.TempDir()
+	for range 2 { // the second export replaces the first
+		if err := s.Export(context.Background(), m.CID(), filepath.Join(dir, "b.blob")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 1 || entries[0].Name() != "b.blob" {
+		t.Fatalf("export left %v, want only b.blob", entries)
+	}
+	got, err := os.ReadFile(filepath.Join(dir, "b.blob"))
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("exported file: %d bytes, %v", len(got), err)
+	}
+	if st, _ := os.Stat(filepath.Join(dir, "b.blob")); st.Mode().Perm() != 0o644 {
+		t.Errorf("exported file mode %v, want 0644", st.Mode().Perm())
+	}
+}

@@ -47,7 +47,7 @@ func TestPublishAndRollback(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	runTestDaemon(t, cfg)
+	startDaemon(t, f, func(c *config.Config) { *c = cfg })
 	cli := func(args ...string) (string, string, int) {
 		return run(t, append([]string{"--config", cfgPath}, args...)...)
 	}
