@@ -57,7 +57,7 @@ var (
 )
 
 // Manifest is one version of a named rollout: which source model every selected agent prepares, with which
-// profiles. It is the signed payload; see docs/rollout.md for the canonical encoding.
+// profiles. It is the signed payload; see docs/design.md section 8 for the canonical encoding.
 type Manifest struct {
 	Name     string            `json:"name"`    // [a-z0-9][a-z0-9._-]*, at most 64 bytes
 	Version  uint64            `json:"version"` // >= 1; each new version of a name must be higher
@@ -176,7 +176,7 @@ func (s SourceModel) ModelFiles() []compile.ModelFile {
 	return files
 }
 
-// Validate checks every rule of docs/rollout.md that needs no key and no clock.
+// Validate checks every rule of docs/design.md section 8 that needs no key and no clock.
 func (m *Manifest) Validate() error {
 	if err := checkName(m.Name); err != nil {
 		return err
@@ -401,7 +401,7 @@ func signedMessage(typ string, payload []byte) []byte {
 	return append(msg, payload...)
 }
 
-// Sign returns the signed manifest (the envelope of docs/rollout.md) with one signature by priv. Created and
+// Sign returns the signed manifest (the envelope of docs/design.md section 8) with one signature by priv. Created and
 // Expires are taken in UTC, truncated to whole seconds.
 func Sign(m *Manifest, priv ed25519.PrivateKey) ([]byte, error) {
 	if len(priv) != ed25519.PrivateKeySize {

@@ -41,7 +41,7 @@ func TestSignVerifyRoundTrip(t *testing.T) {
 	}
 }
 
-// The canonical payload is normative (docs/rollout.md): pin one so an accidental change of the encoding fails.
+// The canonical payload is normative (docs/design.md section 8): pin one so an accidental change of the encoding fails.
 func TestCanonicalGolden(t *testing.T) {
 	t.Parallel()
 	m := &Manifest{

@@ -48,11 +48,12 @@ func (a *app) keygenCmd() *cobra.Command {
 
 // publishFlags are the flags of publish beside the profile ones.
 type publishFlags struct {
-	key, name, model string
-	version          uint64
-	profiles         []string
-	selectors        []string
-	expires          time.Duration
+	keys        []string
+	name, model string
+	version     uint64
+	profiles    []string
+	selectors   []string
+	expires     time.Duration
 }
 
 func (a *app) publishCmd() *cobra.Command {
@@ -68,7 +69,7 @@ func (a *app) publishCmd() *cobra.Command {
 			"profile. A rollback is a new, higher version naming the older model.",
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			priv, m, err := o.manifest(&pf)
+			keys, m, err := o.manifest(&pf)
 			if err != nil {
 				return err
 			}
@@ -84,7 +85,12 @@ func (a *app) publishCmd() *cobra.Command {
 			if m.Model, err = c.AddSource(cmd.Context(), model); err != nil {
 				return err
 			}
-			signed, err := rollout.Sign(m, priv)
+			signed, err := rollout.Sign(m, keys[0])
+			for _, k := range keys[1:] {
+				if err == nil {
+					signed, err = rollout.Cosign(signed, k)
+				}
+			}
 			if err != nil {
 				return usageError{err}
 			}
@@ -96,7 +102,7 @@ func (a *app) publishCmd() *cobra.Command {
 		},
 	}
 	f := c.Flags()
-	f.StringVar(&o.key, "key", "", "operator private key file (from keygen)")
+	f.StringArrayVar(&o.keys, "key", nil, "operator private key file from keygen (repeat to co-sign for rollout.threshold above 1)")
 	f.StringVar(&o.name, "name", "", "rollout name: a-z 0-9 . _ -")
 	f.Uint64Var(&o.version, "version", 0, "version, higher than every earlier one of this name")
 	f.StringVar(&o.model, "model", "", "source model: OpenVINO IR .xml (with its .bin) or .onnx")
@@ -107,12 +113,15 @@ func (a *app) publishCmd() *cobra.Command {
 	return c
 }
 
-// manifest reads the key and builds the unsigned manifest (without its source model) from the flags.
-func (o *publishFlags) manifest(pf *profileFlags) (ed25519.PrivateKey, *rollout.Manifest, error) {
-	for _, req := range []struct{ flag, val string }{{"--key", o.key}, {"--name", o.name}, {"--model", o.model}} {
+// manifest reads the keys and builds the unsigned manifest (without its source model) from the flags.
+func (o *publishFlags) manifest(pf *profileFlags) ([]ed25519.PrivateKey, *rollout.Manifest, error) {
+	for _, req := range []struct{ flag, val string }{{"--name", o.name}, {"--model", o.model}} {
 		if req.val == "" {
 			return nil, nil, usageError{fmt.Errorf("%s is required", req.flag)}
 		}
+	}
+	if len(o.keys) == 0 {
+		return nil, nil, usageError{fmt.Errorf("--key is required")}
 	}
 	if o.version == 0 {
 		return nil, nil, usageError{fmt.Errorf("--version is required (1 or higher)")}
@@ -120,9 +129,13 @@ func (o *publishFlags) manifest(pf *profileFlags) (ed25519.PrivateKey, *rollout.
 	if o.expires <= 0 {
 		return nil, nil, usageError{fmt.Errorf("--expires must be positive")}
 	}
-	priv, err := rollout.ReadPrivateKeyFile(o.key)
-	if err != nil {
-		return nil, nil, usageError{err}
+	var keys []ed25519.PrivateKey
+	for _, path := range o.keys {
+		k, err := rollout.ReadPrivateKeyFile(path)
+		if err != nil {
+			return nil, nil, usageError{err}
+		}
+		keys = append(keys, k)
 	}
 	files := o.profiles
 	if len(files) == 0 {
@@ -147,7 +160,7 @@ func (o *publishFlags) manifest(pf *profileFlags) (ed25519.PrivateKey, *rollout.
 		sel[k] = v
 	}
 	now := time.Now().UTC()
-	return priv, &rollout.Manifest{
+	return keys, &rollout.Manifest{
 		Name: o.name, Version: o.version, Created: now, Expires: now.Add(o.expires),
 		Profiles: profiles, Selector: sel,
 	}, nil
