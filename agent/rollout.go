@@ -72,7 +72,8 @@ type Rollouts struct {
 	log  *slog.Logger
 	self string // peer of this agent's status rows
 
-	wake chan struct{}
+	wake   chan struct{}
+	outbox chan []byte // signed reports of this agent waiting to be gossiped
 
 	mu       sync.Mutex
 	names    map[string]bool              // rollouts accepted, so statuses of unknown ones can be ignored
@@ -133,7 +134,8 @@ func NewRollouts(opts RolloutOptions) (*Rollouts, error) {
 	r := &Rollouts{
 		opts: opts, acc: rollout.NewAcceptor(opts.KV, opts.Trust), view: rollout.NewFleetView(),
 		log: opts.Logger.With("component", "rollout"), self: localPeer, wake: make(chan struct{}, 1),
-		names: map[string]bool{}, dirty: map[string]bool{}, jobs: map[string]*prepJob{}, retries: map[string]retry{},
+		outbox: make(chan []byte, 64),
+		names:  map[string]bool{}, dirty: map[string]bool{}, jobs: map[string]*prepJob{}, retries: map[string]retry{},
 		local: map[string]rollout.Status{}, raw: map[string]map[string][]byte{},
 	}
 	if opts.Net != nil {
@@ -176,6 +178,9 @@ func (r *Rollouts) Run(ctx context.Context) error {
 	r.mu.Unlock()
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	if r.opts.Net != nil {
+		wg.Go(func() { r.publishStatuses(ctx) })
+	}
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
@@ -510,7 +515,7 @@ func (r *Rollouts) prepare(ctx context.Context, name string) (uint64, error) {
 	for _, id := range ids {
 		p.profiles[id] = string(rollout.PhasePending)
 	}
-	p.set(ctx, rollout.PhasePending, "")
+	p.set(rollout.PhasePending, "")
 	model, err := r.fetchSource(ctx, m, p)
 	if err != nil {
 		return m.Version, p.fail(ctx, err)
@@ -518,25 +523,25 @@ func (r *Rollouts) prepare(ctx context.Context, name string) (uint64, error) {
 	blobs := map[string]string{}
 	for i, prof := range m.Profiles {
 		id := ids[i]
-		p.profile(ctx, id, rollout.PhaseCompiling)
+		p.profile(id, rollout.PhaseCompiling)
 		res, err := r.opts.Agent.Ensure(ctx, model, prof, func(phase string, _, _ int64) {
 			if phase == "fetch" {
-				p.profile(ctx, id, rollout.PhaseFetching)
+				p.profile(id, rollout.PhaseFetching)
 			} else {
-				p.profile(ctx, id, rollout.PhaseCompiling)
+				p.profile(id, rollout.PhaseCompiling)
 			}
 		})
 		if err != nil {
 			return m.Version, p.fail(ctx, fmt.Errorf("profile %s: %w", id, err), id)
 		}
 		blobs[id] = res.CID.String()
-		p.resolved(ctx, id, res.CID.String())
+		p.resolved(id, res.CID.String())
 		log.Info("rollout profile ready", "profile", id, "blob", res.CID, "source", res.Source)
 	}
 	if err := r.updatePins(ctx, m, blobs); err != nil {
 		return m.Version, p.fail(ctx, err)
 	}
-	p.set(ctx, rollout.PhaseReady, "")
+	p.set(rollout.PhaseReady, "")
 	return m.Version, nil
 }
 
@@ -567,7 +572,7 @@ func (r *Rollouts) fetchSource(ctx context.Context, m *rollout.Manifest, p *prog
 				return compile.Model{}, fmt.Errorf("source %s file %s (blob %s) is not in the store and there is no fleet to fetch it from",
 					f.Role, f.Name, c)
 			}
-			p.set(ctx, rollout.PhaseFetching, "")
+			p.set(rollout.PhaseFetching, "")
 			if err := fleet.Fetch(ctx, c, nil); err != nil {
 				return compile.Model{}, fmt.Errorf("fetching source %s file %s (blob %s): %w", f.Role, f.Name, c, err)
 			}
@@ -785,18 +790,18 @@ type progress struct {
 	profiles map[string]string
 }
 
-func (p *progress) set(ctx context.Context, state rollout.Phase, reason string) {
+func (p *progress) set(state rollout.Phase, reason string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if state == p.state && reason == p.reason {
 		return
 	}
 	p.state, p.reason = state, reason
-	p.r.report(ctx, p.m, state, reason, p.profiles)
+	p.r.report(p.m, state, reason, p.profiles)
 }
 
 // profile moves one profile to a phase; the rollout's state follows the profile being worked on.
-func (p *progress) profile(ctx context.Context, id string, phase rollout.Phase) {
+func (p *progress) profile(id string, phase rollout.Phase) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.profiles[id] == string(phase) && p.state == phase {
@@ -804,14 +809,14 @@ func (p *progress) profile(ctx context.Context, id string, phase rollout.Phase) 
 	}
 	p.profiles[id] = string(phase)
 	p.state = phase
-	p.r.report(ctx, p.m, phase, "", p.profiles)
+	p.r.report(p.m, phase, "", p.profiles)
 }
 
-func (p *progress) resolved(ctx context.Context, id, blob string) {
+func (p *progress) resolved(id, blob string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.profiles[id] = blob
-	p.r.report(ctx, p.m, p.state, "", p.profiles)
+	p.r.report(p.m, p.state, "", p.profiles)
 }
 
 // fail reports the failure unless the preparation was cancelled (a newer version, or shutdown).
@@ -826,7 +831,7 @@ func (p *progress) fail(ctx context.Context, err error, failedProfile ...string)
 		p.profiles[id] = string(rollout.PhaseFailed)
 	}
 	p.mu.Unlock()
-	p.set(ctx, rollout.PhaseFailed, oneLine(err.Error(), rollout.MaxReasonLen))
+	p.set(rollout.PhaseFailed, oneLine(err.Error(), rollout.MaxReasonLen))
 	return err
 }
 
@@ -846,7 +851,7 @@ func oneLine(s string, max int) string {
 }
 
 // report signs and publishes this agent's status and keeps it for its own status rows and pulling peers.
-func (r *Rollouts) report(ctx context.Context, m *rollout.Manifest, state rollout.Phase, reason string, profiles map[string]string) {
+func (r *Rollouts) report(m *rollout.Manifest, state rollout.Phase, reason string, profiles map[string]string) {
 	r.mu.Lock()
 	stamp := time.Now().UTC()
 	if !stamp.After(r.lastStmp) {
@@ -871,10 +876,26 @@ func (r *Rollouts) report(ctx context.Context, m *rollout.Manifest, state rollou
 	if err := r.keepStatus(r.self, &s, signed); err != nil {
 		r.log.Debug("own rollout status not kept", "err", err)
 	}
-	// The report outlives a cancelled preparation (a newer version is on its way; peers see both in order).
-	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	if err := r.opts.Net.PublishStatus(pctx, signed); err != nil {
-		r.log.Debug("rollout status not gossiped; peers pull it", "err", err)
+	// Gossip from Run's publisher: report runs inside fetch progress callbacks, which must not wait on the network.
+	select {
+	case r.outbox <- signed:
+	default:
+		r.log.Debug("rollout status outbox full; peers pull the report")
+	}
+}
+
+// publishStatuses gossips this agent's reports in order until ctx ends.
+func (r *Rollouts) publishStatuses(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case signed := <-r.outbox:
+			pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			if err := r.opts.Net.PublishStatus(pctx, signed); err != nil {
+				r.log.Debug("rollout status not gossiped; peers pull it", "err", err)
+			}
+			cancel()
+		}
 	}
 }

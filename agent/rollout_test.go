@@ -285,9 +285,15 @@ func TestRolloutPreparesAndRollsBack(t *testing.T) {
 		t.Errorf("compiled blob %s of version 1 is not pinned", blob1)
 	}
 	var phases []rollout.Phase
-	for _, s := range rig.net.statuses() {
-		if len(phases) == 0 || phases[len(phases)-1] != s.State {
-			phases = append(phases, s.State)
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		phases = phases[:0]
+		for _, s := range rig.net.statuses() { // gossiped in the background
+			if len(phases) == 0 || phases[len(phases)-1] != s.State {
+				phases = append(phases, s.State)
+			}
+		}
+		if len(phases) > 0 && phases[len(phases)-1] == rollout.PhaseReady || time.Now().After(deadline) {
+			break
 		}
 	}
 	if want := []rollout.Phase{"pending", "fetching", "compiling", "ready"}; !slices.Equal(phases, want) {
