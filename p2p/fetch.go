@@ -596,6 +596,7 @@ func (t *transfer) request(fp *fpeer, st *network.Stream, r chunkRange, buf []by
 		}
 		if err := t.n.store.PutChunk(t.ctx, t.blob, i, data); err != nil {
 			if errors.Is(err, blobstore.ErrInvalidData) {
+				t.n.onBadChunk(fp.id)
 				return fmt.Errorf("%w: chunk %d: %w", errBadChunk, i, err)
 			}
 			// The store failing (disk full, closed) ends the whole transfer.
