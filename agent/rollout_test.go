@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"io/fs"
@@ -21,6 +23,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/npu-agent/npu-agent/blobstore"
+	"github.com/npu-agent/npu-agent/blobstore/badgerstore"
 	"github.com/npu-agent/npu-agent/compat"
 	"github.com/npu-agent/npu-agent/compile"
 	"github.com/npu-agent/npu-agent/p2p"
@@ -685,4 +688,74 @@ func TestOneLine(t *testing.T) {
 			t.Errorf("oneLine(%q) = %q, want %q", tc.in, got, tc.want)
 		}
 	}
+}
+
+// FuzzHandleManifest: whatever a peer sends, a manifest that is not accepted leaves the stored state as it was
+// and schedules nothing. The agent has accepted version 2; seeds are it, its replay and damaged forms.
+func FuzzHandleManifest(f *testing.F) {
+	store, err := badgerstore.Open(f.TempDir(), badgerstore.Options{})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { store.Close() })
+	a, err := New(Options{Store: store, Host: lnl(), Producer: "fuzz", WorkDir: f.TempDir()})
+	if err != nil {
+		f.Fatal(err)
+	}
+	op := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{7}, ed25519.SeedSize)) // fixed: seeds must verify in every worker
+	trust, err := rollout.NewTrustConfig([]string{rollout.FormatPublicKey(op.Public().(ed25519.PublicKey))}, 1)
+	if err != nil {
+		f.Fatal(err)
+	}
+	kvDir := f.TempDir()
+	kv, err := OpenFileKV(kvDir)
+	if err != nil {
+		f.Fatal(err)
+	}
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	r, err := NewRollouts(RolloutOptions{Agent: a, KV: kv, Trust: trust, ModelsDir: f.TempDir(), Now: func() time.Time { return now }})
+	if err != nil {
+		f.Fatal(err)
+	}
+	sum := func(s string) string { h := sha256.Sum256([]byte(s)); return hex.EncodeToString(h[:]) }
+	src := rollout.SourceModel{Files: []rollout.SourceFile{
+		{Role: "bin", Name: "m.bin", Size: 3, SHA256: sum("bin"), Blob: blobstore.DigestCID(sha256.Sum256([]byte("b"))).String()},
+		{Role: "xml", Name: "m.xml", Size: 3, SHA256: sum("xml"), Blob: blobstore.DigestCID(sha256.Sum256([]byte("x"))).String()},
+	}}
+	if src.ID, err = compile.ModelID(src.ModelFiles()); err != nil {
+		f.Fatal(err)
+	}
+	manifest := func(v uint64) []byte {
+		b, err := rollout.Sign(&rollout.Manifest{Name: "kiosk", Version: v, Created: now.Add(-time.Hour), Expires: now.Add(time.Hour),
+			Model: src, Profiles: []compile.Profile{{Device: "NPU"}}}, op)
+		if err != nil {
+			f.Fatal(err)
+		}
+		return b
+	}
+	v2 := manifest(2)
+	if err := r.HandleManifest("seed", v2); err != nil {
+		f.Fatal(err)
+	}
+	f.Add(v2)
+	f.Add(manifest(1))
+	f.Add(bytes.Replace(v2, []byte(`"payload":"`), []byte(`"payload":"A`), 1))
+	f.Add([]byte(`{"type":"npu-agent/rollout-manifest/v1","payload":"e30=","signatures":[]}`))
+	f.Fuzz(func(t *testing.T, signed []byte) {
+		r.mu.Lock()
+		clear(r.dirty)
+		r.mu.Unlock()
+		before := dirSnapshot(t, kvDir)
+		if err := r.HandleManifest("fuzz", signed); err == nil {
+			return // signed by the operator's key and newer: accepting it is right
+		}
+		if after := dirSnapshot(t, kvDir); !mapsEqualStr(before, after) {
+			t.Fatal("a rejected manifest changed the stored state")
+		}
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if len(r.dirty) != 0 {
+			t.Fatal("a rejected manifest scheduled a preparation")
+		}
+	})
 }
