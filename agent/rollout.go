@@ -87,6 +87,8 @@ type Rollouts struct {
 	pinMu sync.Mutex // serialises pin plans
 }
 
+var _ api.Rollouts = (*Rollouts)(nil)
+
 type prepJob struct {
 	version uint64
 	cancel  context.CancelFunc
@@ -287,19 +289,19 @@ func (r *Rollouts) HandleManifest(from string, signed []byte) error {
 // again is gossiped again (the first gossip may have reached nobody).
 func (r *Rollouts) Publish(ctx context.Context, signed []byte) (api.Rollout, error) {
 	m, err := r.acc.Accept(signed, r.opts.Now())
-	if err != nil && !errors.Is(err, rollout.ErrDuplicate) {
-		return api.Rollout{}, err
-	}
-	var name string
-	if m != nil {
-		name = m.Name
+	switch {
+	case err == nil:
 		r.log.Info("rollout accepted", "rollout", m.Name, "version", m.Version, "model", m.Model.ID, "from", "local")
 		r.schedule(m.Name)
-	} else if m, err = rollout.Verify(signed, r.opts.Trust, r.opts.Now()); err != nil {
-		return api.Rollout{}, err // unreachable: Accept verified it
-	} else {
-		name = m.Name
+	case errors.Is(err, rollout.ErrDuplicate):
+		// Verified by Accept already; only the name is needed.
+		if m, err = rollout.Verify(signed, r.opts.Trust, r.opts.Now()); err != nil {
+			return api.Rollout{}, err
+		}
+	default:
+		return api.Rollout{}, err
 	}
+	name := m.Name
 	st, err := r.acc.State(name)
 	if err != nil {
 		return api.Rollout{}, err
