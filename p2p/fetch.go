@@ -240,9 +240,11 @@ func (n *Node) manifest(ctx context.Context, f *flight) (*blobstore.Manifest, er
 	if !errors.Is(err, blobstore.ErrNotFound) {
 		return nil, fmt.Errorf("fetch %s: %w", f.blob, err)
 	}
+	// Rank outside f.mu: candidates takes n.mu, and joinFlight holds n.mu while it takes f.mu.
 	f.mu.Lock()
-	ps := n.candidates(f.peers)
+	peers := slices.Clone(f.peers)
 	f.mu.Unlock()
+	ps := n.candidates(peers)
 	if len(ps) == 0 {
 		return nil, fmt.Errorf("fetch %s: %w: no peers", f.blob, ErrNoPeers)
 	}

@@ -35,6 +35,13 @@ func (p *profileFlags) register(c *cobra.Command, modelUsage string) {
 	f := c.Flags()
 	f.StringVar(&p.model, "model", "", modelUsage)
 	f.StringVar(&p.file, "profile", "", "profile file (JSON or YAML: device, properties, shapes, kind)")
+	p.registerOverrides(c)
+}
+
+// registerOverrides registers the flags that build a profile or override the file's, without --model and
+// --profile.
+func (p *profileFlags) registerOverrides(c *cobra.Command) {
+	f := c.Flags()
 	f.StringVar(&p.device, "device", "", "device (default NPU, or the profile file's)")
 	f.StringArrayVar(&p.shapes, "shape", nil, "static input shape NAME=D1,D2,... (repeatable; overrides the file's)")
 	f.StringArrayVar(&p.props, "prop", nil, "compile property KEY=VALUE (repeatable; overrides the file's)")
