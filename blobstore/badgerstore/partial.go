@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"io"
 
 	badger "github.com/dgraph-io/badger/v4"
 	"github.com/ipfs/go-cid"
@@ -128,9 +127,9 @@ func haveChunks(txn *badger.Txn, m *blobstore.Manifest) ([]bool, error) {
 	return have, nil
 }
 
-// Commit makes a partial blob visible. It re-reads every chunk, verifying each and the whole-blob sha256 the
-// manifest claims, syncs, and then swaps the partial key for the manifest key in one transaction. A missing chunk
-// gives ErrIncomplete; a corrupt one is deleted (so HaveChunks asks for it again) and gives ErrInvalidData.
+// Commit makes a partial blob visible. It re-reads every chunk to check the whole-blob sha256 the manifest
+// claims (verifyWhole), syncs, and then swaps the partial key for the manifest key in one transaction. A missing
+// chunk gives ErrIncomplete; a corrupt one is deleted (so HaveChunks asks for it again) and gives ErrInvalidData.
 // Committing a complete blob does nothing.
 func (s *Store) Commit(ctx context.Context, blob cid.Cid) error {
 	if err := s.enter(); err != nil {
@@ -193,36 +192,52 @@ func (s *Store) Commit(ctx context.Context, blob cid.Cid) error {
 	return nil
 }
 
-// verifyWhole reads every chunk in order, verified, and checks the whole-blob sha256. A corrupt or vanished
-// chunk is deleted so that the fetch gets it again.
+// verifyWhole checks the whole-blob sha256 the manifest claims in one pass, hashing the chunks straight from
+// badger's value log. PutChunk verified every chunk, so they are re-hashed one by one only when the whole does not
+// match: to find a chunk damaged since and delete it, so that the fetch gets it again. A chunk that is missing or
+// that badger cannot read is deleted too.
 func (s *Store) verifyWhole(ctx context.Context, d [32]byte, m *blobstore.Manifest) error {
-	cs := s.streamChunks(ctx, d, m, 0)
-	defer cs.close()
 	h := sha256.New()
-	for i := 0; ; i++ {
-		r := cs.next()
-		if errors.Is(r.err, io.EOF) {
-			break
+	for i := range m.Chunks {
+		if err := ctx.Err(); err != nil {
+			return err
 		}
-		if r.err != nil {
-			if errors.Is(r.err, blobstore.ErrInvalidData) || errors.Is(r.err, errChunkMissing) {
-				s.mu.Lock()
-				derr := s.deleteKeys([][]byte{key(prefixChunk, m.Chunks[i])})
-				s.mu.Unlock()
-				if derr != nil {
-					return errors.Join(r.err, derr)
-				}
-				if errors.Is(r.err, errChunkMissing) {
-					return fmt.Errorf("%w: %w", blobstore.ErrIncomplete, r.err)
-				}
-			}
-			return r.err
+		err := s.chunkValue(d, m, i, func(v []byte) { h.Write(v) })
+		if err != nil {
+			return s.dropChunk(m, i, err)
 		}
-		h.Write(r.data)
-		s.putBuf(r.buf)
 	}
-	if [32]byte(h.Sum(nil)) != m.SHA256 {
-		return fmt.Errorf("%w: the chunks' sha256 is %x, the manifest claims %x", blobstore.ErrInvalidData, h.Sum(nil), m.SHA256)
+	var sum [32]byte
+	if h.Sum(sum[:0]); sum == m.SHA256 {
+		return nil
 	}
-	return nil
+	buf := s.getBuf()
+	defer s.putBuf(buf)
+	for i := range m.Chunks {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if _, err := s.readChunk(d, m, i, (*buf)[:0]); err != nil {
+			return s.dropChunk(m, i, err)
+		}
+	}
+	return fmt.Errorf("%w: the chunks' sha256 is %x, the manifest claims %x", blobstore.ErrInvalidData, sum, m.SHA256)
+}
+
+// dropChunk deletes chunk i of m when err (from reading it) says it is corrupt or missing, and returns err:
+// ErrInvalidData, or ErrIncomplete for a missing chunk.
+func (s *Store) dropChunk(m *blobstore.Manifest, i int, err error) error {
+	if !errors.Is(err, blobstore.ErrInvalidData) && !errors.Is(err, errChunkMissing) {
+		return err
+	}
+	s.mu.Lock()
+	derr := s.deleteKeys([][]byte{key(prefixChunk, m.Chunks[i])})
+	s.mu.Unlock()
+	if derr != nil {
+		return errors.Join(err, derr)
+	}
+	if errors.Is(err, errChunkMissing) {
+		return fmt.Errorf("%w: %w", blobstore.ErrIncomplete, err)
+	}
+	return err
 }
