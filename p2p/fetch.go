@@ -44,6 +44,9 @@ var defaultFetchParams = fetchParams{
 	maxFailures:    3,
 }
 
+// pickWindow is how many of the first unrequested missing chunks a request may start at (pick).
+const pickWindow = 16
+
 // Score changes.
 const (
 	scoreBadData = -100 // sent a chunk or manifest that does not match its hash
@@ -282,6 +285,7 @@ type transfer struct {
 	assigned     []uint8    // requests in flight for the chunk
 	avail        []uint16   // live peers holding the chunk
 	missing      int
+	low          int // every chunk before it is stored
 	done         int64
 	lastProgress time.Time
 	peers        map[peer.ID]*fpeer
@@ -496,9 +500,10 @@ func (t *transfer) next(fp *fpeer) (chunkRange, bool) {
 	}
 }
 
-// pick chooses the rarest missing chunk fp holds that nobody is fetching (a random one among equals) and
-// extends it with the following chunks fp can serve, up to chunksPerReq. When every missing chunk is already
-// requested (the end game), it duplicates chunks requested from a single other peer.
+// pick chooses the rarest missing chunk fp holds that nobody is fetching and extends it with the following
+// chunks fp can serve, up to chunksPerReq. Among equally rare chunks it takes the first from a random start
+// among the first pickWindow unrequested missing chunks. When every missing chunk is already requested (the
+// end game), it duplicates chunks requested from a single other peer.
 func (t *transfer) pick(fp *fpeer) (chunkRange, bool) {
 	if fp.have == nil {
 		return chunkRange{}, false
@@ -506,7 +511,7 @@ func (t *transfer) pick(fp *fpeer) (chunkRange, bool) {
 	n := len(t.have)
 	free := func(i int) bool { return !t.have[i] && t.assigned[i] == 0 && fp.have[i] }
 	dup := func(i int) bool { return !t.have[i] && t.assigned[i] == 1 && fp.have[i] && !fp.inflight[i] }
-	start := rand.IntN(n)
+	start := t.randomStart()
 	best, anyFree := -1, false
 	for k := range n {
 		i := (start + k) % n
@@ -540,6 +545,28 @@ func (t *transfer) pick(fp *fpeer) (chunkRange, bool) {
 		r.Count++
 	}
 	return r, true
+}
+
+// randomStart returns one of the first pickWindow chunks that are missing and not requested, at random (the
+// first missing chunk if all are requested). Starting near the front makes chunks arrive nearly in order, so the
+// store hashes the whole blob as it arrives and Commit has little left to hash; the randomness still spreads
+// peers that fetch the blob at the same time over different chunks, which they can then trade.
+func (t *transfer) randomStart() int {
+	for t.low < len(t.have) && t.have[t.low] {
+		t.low++
+	}
+	var window [pickWindow]int
+	k := 0
+	for i := t.low; i < len(t.have) && k < len(window); i++ {
+		if !t.have[i] && t.assigned[i] == 0 {
+			window[k] = i
+			k++
+		}
+	}
+	if k == 0 {
+		return min(t.low, len(t.have)-1)
+	}
+	return window[rand.IntN(k)]
 }
 
 // release ends r's assignment to fp and wakes workers that may now pick its unfetched chunks.

@@ -161,6 +161,7 @@ func (p *put) run(r io.Reader) (*blobstore.Manifest, error) {
 	}
 	p.unregisterLocked()
 	p.mine = nil // referenced by the manifest now
+	p.s.dropPrefix(d)
 	return m, nil
 }
 
