@@ -5,7 +5,7 @@ PKGS    := ./...
 # Fuzz time per target for `make fuzz`.
 FUZZTIME ?= 20s
 
-.PHONY: all build test test-short vet demo bench-store bench-fetch bench-fleet test-faults fuzz clean
+.PHONY: all build test test-short vet demo bench-store bench-fetch bench-api bench-fleet test-faults fuzz clean
 
 all: build
 
@@ -25,10 +25,19 @@ test-short:
 
 demo: build
 	bash scripts/demo.sh
+	bash scripts/demo-fleet.sh
 
 # Store put/export of a 1 GiB blob against plain file write/copy, ratios from one run.
 bench-store:
 	$(GO) test -run '^$$' -bench 'Store' -benchtime 1x -timeout 30m ./blobstore/badgerstore
+
+# One fetch between two nodes over loopback against a plain libp2p stream copy of the same bytes (fetch/stream).
+bench-fetch:
+	$(GO) test -run '^$$' -bench 'BenchmarkFetch' -benchtime 4x -timeout 30m ./p2p
+
+# Ensure latency of a stored blob (p50/p99 over the unix socket) and a 1 GiB blob handed to a loader against cat.
+bench-api:
+	$(GO) test -run '^$$' -bench 'EnsureLatency|HandBlob' -benchtime 3x -timeout 30m ./cmd/npu-agent
 
 clean:
 	rm -rf bin
@@ -62,8 +71,11 @@ test-deb: deb
 bench-fleet:
 	bash scripts/bench-fleet.sh $(BENCH_FLAGS)
 
-# Fault scenarios at full size (root, network namespaces): real daemons with the seed killed mid-transfer, a peer
-# serving corrupt chunks, a partition that heals, and the compiling host killed during a fleet single flight. The
-# short versions of the first and third run in `make test`.
+# Process-level fault tests, long versions: SIGKILL mid-write at random points (seed logged), full tmpfs disks.
+# Root is needed for the tmpfs mounts (they are skipped otherwise). Short versions run in `make test`.
+# Then network fault scenarios at full size (root, network namespaces): real daemons with the seed killed
+# mid-transfer, a peer serving corrupt chunks, a partition that heals, and the compiling host killed during a
+# fleet single flight; short versions of the first and third run in `make test`.
 test-faults:
-	E2E_LONG=1 $(GO) test -race -count=1 -timeout 20m -run '^Test(Fault|FleetCompilerKilled)' ./internal/e2e/
+	NPU_TEST_FAULTS=long $(GO) test -race -count=1 -run Fault -timeout 30m ./internal/faults/... ./blobstore/...
+	NPU_TEST_FAULTS=long $(GO) test -race -count=1 -timeout 20m -run '^Test(Fault|FleetCompilerKilled)' ./internal/e2e/

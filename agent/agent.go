@@ -84,6 +84,7 @@ type Agent struct {
 	flight     compile.Flight
 	mu         sync.Mutex
 	inflight   map[string]*Activity // what is being fetched or compiled, for status
+	inUse      map[cid.Cid]int      // blobs being fetched, exported or streamed: gc keeps them
 	blobsDir   string
 	scratchDir string
 }
@@ -122,6 +123,7 @@ func New(opts Options) (*Agent, error) {
 		hostJSON:   canon,
 		hostHash:   hash,
 		inflight:   map[string]*Activity{},
+		inUse:      map[cid.Cid]int{},
 		blobsDir:   filepath.Join(opts.WorkDir, "blobs"),
 		scratchDir: filepath.Join(opts.WorkDir, "scratch"),
 	}
@@ -130,7 +132,8 @@ func New(opts Options) (*Agent, error) {
 			return nil, fmt.Errorf("agent: %w", err)
 		}
 	}
-	// Compiler outputs of a killed process are garbage.
+	// Compiler outputs of a killed process are garbage. Only the store's owner gets here (badger locks its directory),
+	// so no other live process is using them.
 	if old, err := os.ReadDir(a.scratchDir); err == nil {
 		for _, e := range old {
 			_ = os.RemoveAll(filepath.Join(a.scratchDir, e.Name()))
@@ -301,6 +304,7 @@ func (a *Agent) fromPeers(ctx context.Context, modelID, profileID, kind string, 
 	var errs []error
 	for _, r := range a.compatible(a.opts.Fleet.Records(modelID, profileID), kind) {
 		act := a.begin("fetch", modelID, profileID)
+		release := a.use(r.Blob)
 		err := a.opts.Fleet.Fetch(ctx, r.Blob, func(done, total int64) {
 			act.update(a, done, total)
 			if progress != nil {
@@ -308,6 +312,7 @@ func (a *Agent) fromPeers(ctx context.Context, modelID, profileID, kind string, 
 			}
 		})
 		a.end(act)
+		release()
 		if err == nil {
 			err = a.checkStored(ctx, r.Blob, kind)
 		}
@@ -482,6 +487,7 @@ func (a *Agent) Put(ctx context.Context, path string, model compile.Model, profi
 // Materialize gives the loader a stable read-only file for a stored blob: <work>/blobs/<cid>.blob, exported
 // atomically on first use and reused while it is there.
 func (a *Agent) Materialize(ctx context.Context, c cid.Cid) (string, error) {
+	defer a.use(c)()
 	path := a.BlobPath(c)
 	info, err := a.opts.Store.Stat(ctx, c)
 	if err != nil {
@@ -502,10 +508,10 @@ func (a *Agent) Materialize(ctx context.Context, c cid.Cid) (string, error) {
 // BlobPath is where Materialize puts a blob.
 func (a *Agent) BlobPath(c cid.Cid) string { return filepath.Join(a.blobsDir, c.String()+".blob") }
 
-// GC trims the store to quota, least recently used first, never a pinned blob or one being handed out, and
-// removes the materialised files of what it removed.
+// GC trims the store to quota, least recently used first, never a pinned blob or one in use (being fetched,
+// exported or streamed), and removes the materialised files of what it removed.
 func (a *Agent) GC(ctx context.Context, quota uint64) (blobstore.GCResult, error) {
-	res, err := a.opts.Store.GC(ctx, quota, nil)
+	res, err := a.opts.Store.GC(ctx, quota, a.inUseNow)
 	for _, c := range res.Removed {
 		_ = os.Remove(a.BlobPath(c))
 	}
@@ -519,6 +525,29 @@ func (a *Agent) Remove(ctx context.Context, c cid.Cid) error {
 	}
 	_ = os.Remove(a.BlobPath(c))
 	return nil
+}
+
+// use marks c in use until the returned release is called.
+func (a *Agent) use(c cid.Cid) (release func()) {
+	a.mu.Lock()
+	a.inUse[c]++
+	a.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			a.mu.Lock()
+			if a.inUse[c]--; a.inUse[c] <= 0 {
+				delete(a.inUse, c)
+			}
+			a.mu.Unlock()
+		})
+	}
+}
+
+func (a *Agent) inUseNow(c cid.Cid) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.inUse[c] > 0
 }
 
 // Activities lists fetches and compiles under way.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"sync"
@@ -253,5 +254,51 @@ func TestPutChecksBlob(t *testing.T) {
 	list, err := a.Store().List(ctx)
 	if err != nil || len(list) != 1 {
 		t.Fatalf("store holds %d blobs (%v), want only the good one", len(list), err)
+	}
+}
+
+func TestGCKeepsPinnedAndInUse(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	a, _ := newAgent(t, openStore(t), lnl(), 0)
+	m := testModel(t)
+	var cids []Result
+	for _, shape := range []int64{1, 2, 3} {
+		p := compile.Profile{Device: "NPU", Shapes: map[string][]int64{"input": {shape, 8}}}
+		r, err := a.Ensure(ctx, m, p, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cids = append(cids, r)
+	}
+	svc := &Service{Agent: a}
+	streaming, err := svc.OpenBlob(ctx, cids[0].CID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Store().Pin(ctx, cids[1].CID, true); err != nil {
+		t.Fatal(err)
+	}
+	path, err := a.Materialize(ctx, cids[2].CID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := a.GC(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Removed) != 1 || res.Removed[0] != cids[2].CID {
+		t.Fatalf("gc removed %v, want only the unpinned blob nobody uses (%s)", res.Removed, cids[2].CID)
+	}
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("materialised file of a removed blob: %v", err)
+	}
+	if _, err := io.Copy(io.Discard, streaming); err != nil {
+		t.Fatalf("stream of a blob in use: %v", err)
+	}
+	streaming.Close()
+	res, err = a.GC(ctx, 0)
+	if err != nil || len(res.Removed) != 1 || res.Removed[0] != cids[0].CID {
+		t.Fatalf("after the stream closed gc removed %v, %v; want %s", res.Removed, err, cids[0].CID)
 	}
 }

@@ -11,7 +11,6 @@ import (
 	"github.com/npu-agent/npu-agent/api"
 	"github.com/npu-agent/npu-agent/blobstore"
 	"github.com/npu-agent/npu-agent/compat"
-	"github.com/npu-agent/npu-agent/compile"
 )
 
 // Service serves an Agent through the local API.
@@ -22,13 +21,15 @@ type Service struct {
 	Quota   uint64
 	// Peers lists connected fleet members; nil when running alone.
 	Peers func() []api.Peer
+
+	models modelCache
 }
 
 var _ api.Agent = (*Service)(nil)
 
 // Ensure loads the model from its path, ensures a blob and materialises it for the loader.
 func (s *Service) Ensure(ctx context.Context, req api.EnsureRequest) (api.EnsureResponse, error) {
-	m, err := compile.LoadModel(req.Model)
+	m, err := s.models.load(req.Model)
 	if err != nil {
 		return api.EnsureResponse{}, err
 	}
@@ -56,16 +57,30 @@ func (s *Service) response(ctx context.Context, r Result) (api.EnsureResponse, e
 
 // OpenBlob streams a stored blob and marks it used.
 func (s *Service) OpenBlob(ctx context.Context, c cid.Cid) (blobstore.Reader, error) {
+	release := s.Agent.use(c)
 	r, err := s.Agent.Store().Open(ctx, c)
-	if err == nil {
-		_ = s.Agent.Store().Touch(ctx, c)
+	if err != nil {
+		release()
+		return nil, err
 	}
-	return r, err
+	_ = s.Agent.Store().Touch(ctx, c)
+	return inUseReader{r, release}, nil
+}
+
+// inUseReader keeps its blob from gc until closed.
+type inUseReader struct {
+	blobstore.Reader
+	release func()
+}
+
+func (r inUseReader) Close() error {
+	r.release()
+	return r.Reader.Close()
 }
 
 // PutBlob spools the upload to a scratch file (the trailer sits at its end), then registers it like `put`.
 func (s *Service) PutBlob(ctx context.Context, req api.PutRequest, blob io.Reader) (api.EnsureResponse, error) {
-	m, err := compile.LoadModel(req.Model)
+	m, err := s.models.load(req.Model)
 	if err != nil {
 		return api.EnsureResponse{}, err
 	}

@@ -9,6 +9,7 @@ import (
 	"github.com/npu-agent/npu-agent/blobstore"
 	"github.com/npu-agent/npu-agent/compat"
 	"github.com/npu-agent/npu-agent/compile"
+	"github.com/npu-agent/npu-agent/rollout"
 )
 
 // StatusClientClosedRequest is the status logged when the client went away before the answer (nginx's 499).
@@ -39,6 +40,22 @@ var wireErrors = []struct {
 	{ErrTooLarge, http.StatusRequestEntityTooLarge, "too_large"},
 	{ErrForbidden, http.StatusForbidden, "forbidden"},
 	{ErrShuttingDown, http.StatusServiceUnavailable, "shutting_down"},
+	{ErrRolloutsDisabled, http.StatusServiceUnavailable, "rollouts_disabled"},
+	{rollout.ErrNoTrustedKeys, http.StatusServiceUnavailable, "no_trusted_keys"},
+	{rollout.ErrTooLarge, http.StatusRequestEntityTooLarge, "manifest_too_large"},
+	{rollout.ErrUnsigned, http.StatusForbidden, "unsigned"},
+	{rollout.ErrUnknownKey, http.StatusForbidden, "unknown_key"},
+	{rollout.ErrBadSignature, http.StatusForbidden, "bad_signature"},
+	{rollout.ErrThreshold, http.StatusForbidden, "threshold"},
+	{rollout.ErrRollback, http.StatusConflict, "rollback"},
+	{rollout.ErrEquivocation, http.StatusConflict, "equivocation"},
+	{rollout.ErrNameMismatch, http.StatusConflict, "name_mismatch"},
+	{rollout.ErrExpired, http.StatusUnprocessableEntity, "expired"},
+	{rollout.ErrSourceMismatch, http.StatusUnprocessableEntity, "source_mismatch"},
+	{rollout.ErrNonCanonical, http.StatusUnprocessableEntity, "non_canonical"},
+	{rollout.ErrInvalidManifest, http.StatusUnprocessableEntity, "invalid_manifest"},
+	{rollout.ErrCorruptState, http.StatusInternalServerError, "corrupt_state"},
+	{rollout.ErrNotFound, http.StatusNotFound, "no_such_rollout"},
 	{blobstore.ErrNotFound, http.StatusNotFound, "not_found"},
 	{blobstore.ErrInvalidData, http.StatusUnprocessableEntity, "invalid_data"},
 	{blobstore.ErrIncomplete, http.StatusConflict, "incomplete"},

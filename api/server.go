@@ -52,6 +52,7 @@ type Options struct {
 	TCP      string              // loopback host:port; "" for none
 	Gatherer prometheus.Gatherer // served on /metrics; nil: /metrics answers 404
 	Logger   *slog.Logger        // nil: slog.Default()
+	Rollouts Rollouts            // nil: the rollout endpoints answer ErrRolloutsDisabled
 }
 
 // Server serves an Agent over HTTP.
@@ -73,6 +74,10 @@ func NewServer(a Agent, opts Options) *Server {
 	s.mux.HandleFunc("POST /v1/blobs", s.handlePutBlob)
 	s.mux.HandleFunc("GET /v1/status", s.handleStatus)
 	s.mux.HandleFunc("GET /v1/healthz", s.handleHealth)
+	s.mux.HandleFunc("POST /v1/rollouts/sources", s.handleAddSource)
+	s.mux.HandleFunc("POST /v1/rollouts", s.handlePublishRollout)
+	s.mux.HandleFunc("GET /v1/rollouts", s.handleListRollouts)
+	s.mux.HandleFunc("GET /v1/rollouts/{name}", s.handleGetRollout)
 	if opts.Gatherer != nil {
 		s.mux.Handle("GET /metrics", promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{
 			ErrorLog:      slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
@@ -407,6 +412,17 @@ func (s *Server) handleUnknown(w http.ResponseWriter, r *http.Request) {
 // checkModelProfile rejects requests the agent could only misread: a relative model path means nothing to a
 // daemon with another working directory.
 func checkModelProfile(model string, p compile.Profile) error {
+	if err := checkModelPath(model); err != nil {
+		return err
+	}
+	if p.Device == "" {
+		return fmt.Errorf("%w: profile.device is missing", ErrBadRequest)
+	}
+	return nil
+}
+
+// checkModelPath accepts an absolute path of an .xml or .onnx model.
+func checkModelPath(model string) error {
 	switch {
 	case model == "":
 		return fmt.Errorf("%w: model path is missing", ErrBadRequest)
@@ -417,9 +433,6 @@ func checkModelProfile(model string, p compile.Profile) error {
 	}
 	if ext := strings.ToLower(filepath.Ext(model)); ext != ".xml" && ext != ".onnx" {
 		return fmt.Errorf("%w: model %s: expected an OpenVINO IR .xml or an .onnx file", ErrBadRequest, model)
-	}
-	if p.Device == "" {
-		return fmt.Errorf("%w: profile.device is missing", ErrBadRequest)
 	}
 	return nil
 }

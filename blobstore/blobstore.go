@@ -109,6 +109,10 @@ type Store interface {
 	HaveChunks(ctx context.Context, blob cid.Cid) ([]bool, error)
 	// ReadChunk appends chunk i of a complete or partial blob to dst, re-verified, and returns it.
 	ReadChunk(ctx context.Context, blob cid.Cid, i int, dst []byte) ([]byte, error)
+	// ServeChunk is ReadChunk for a peer, which verifies every chunk it receives: the stored bytes are checked
+	// with a cheap checksum of the store's own instead of being re-hashed, so that damage on disk is still found
+	// (ErrInvalidData) and not served.
+	ServeChunk(ctx context.Context, blob cid.Cid, i int, dst []byte) ([]byte, error)
 	// Commit makes a partial blob visible once every chunk is present (ErrIncomplete otherwise).
 	Commit(ctx context.Context, blob cid.Cid) error
 

@@ -44,6 +44,9 @@ var defaultFetchParams = fetchParams{
 	maxFailures:    3,
 }
 
+// pickWindow is how many of the first unrequested missing chunks a request may start at (pick).
+const pickWindow = 16
+
 // Score changes.
 const (
 	scoreBadData = -100 // sent a chunk or manifest that does not match its hash
@@ -240,12 +243,11 @@ func (n *Node) manifest(ctx context.Context, f *flight) (*blobstore.Manifest, er
 	if !errors.Is(err, blobstore.ErrNotFound) {
 		return nil, fmt.Errorf("fetch %s: %w", f.blob, err)
 	}
-	// Ranking takes the node's lock (scores); joinFlight takes the node's lock and then f.mu, so f.mu must not be
-	// held here.
+	// Rank outside f.mu: candidates takes n.mu, and joinFlight holds n.mu while it takes f.mu.
 	f.mu.Lock()
-	from := slices.Clone(f.peers)
+	peers := slices.Clone(f.peers)
 	f.mu.Unlock()
-	ps := n.candidates(from)
+	ps := n.candidates(peers)
 	if len(ps) == 0 {
 		return nil, fmt.Errorf("fetch %s: %w: no peers", f.blob, ErrNoPeers)
 	}
@@ -283,6 +285,7 @@ type transfer struct {
 	assigned     []uint8    // requests in flight for the chunk
 	avail        []uint16   // live peers holding the chunk
 	missing      int
+	low          int // every chunk before it is stored
 	done         int64
 	lastProgress time.Time
 	peers        map[peer.ID]*fpeer
@@ -524,14 +527,17 @@ func (t *transfer) seedLike(fp *fpeer) bool {
 	return false
 }
 
-// pick chooses the rarest missing chunk fp holds that nobody is fetching, uniformly at random among equals, and
-// extends it with the following chunks fp can serve, up to chunksPerReq. When every missing chunk is already
-// requested (the end game), it duplicates a chunk requested from a single other peer, again at random.
+// pick chooses the chunk fp should send next: a missing chunk fp holds that no request is fetching, the rarest
+// (fewest live peers holding it); among equally rare ones, one in the front window (the first pickWindow missing
+// chunks no request is fetching) if any; among those, one uniformly at random. It extends the chunk with the
+// following ones fp can serve under the same condition, up to chunksPerReq. When every missing chunk is already
+// requested (the end game), it duplicates a chunk requested from a single other peer, chosen at random.
 //
-// The choice among equals must be uniform: receivers that start together from one seed pick concurrently from the
-// same rarest chunks, and any bias (such as taking the first candidate after a random start, which favours
-// chunks that follow long runs of non-candidates) makes them fetch the same chunks from the seed while other
-// chunks wait, so the seed's uplink carries duplicates.
+// Rarity first spreads a seed's chunks over the receivers of a fleet. The front window makes chunks arrive
+// nearly in order where rarity does not decide (one source), so the store hashes the whole blob while it arrives.
+// The choice among equals must be uniform: receivers starting together from one seed choose from the same rarest
+// chunks, and a biased choice (such as the first candidate after a random start, which favours chunks that follow
+// long runs of non-candidates) makes them fetch the same chunks from the seed while others wait.
 func (t *transfer) pick(fp *fpeer) (chunkRange, bool) {
 	if fp.have == nil {
 		return chunkRange{}, false
@@ -539,45 +545,71 @@ func (t *transfer) pick(fp *fpeer) (chunkRange, bool) {
 	n := len(t.have)
 	free := func(i int) bool { return !t.have[i] && t.assigned[i] == 0 && fp.have[i] }
 	dup := func(i int) bool { return !t.have[i] && t.assigned[i] == 1 && fp.have[i] && !fp.inflight[i] }
-	best, ties, anyFree := -1, 0, false
-	for i := range n {
+	for t.low < n && t.have[t.low] {
+		t.low++
+	}
+	anyFree, rarest := false, -1
+	for i := t.low; i < n; i++ {
 		if !t.have[i] && t.assigned[i] == 0 {
 			anyFree = true
 		}
-		if !free(i) {
-			continue
-		}
-		switch {
-		case best < 0 || t.avail[i] < t.avail[best]:
-			best, ties = i, 1
-		case t.avail[i] == t.avail[best]:
-			if ties++; rand.IntN(ties) == 0 { // reservoir sampling: each of the ties kept with probability 1/ties
-				best = i
-			}
+		if free(i) && (rarest < 0 || t.avail[i] < t.avail[rarest]) {
+			rarest = i
 		}
 	}
 	ok := free
-	if best < 0 {
+	var best int
+	if rarest >= 0 {
+		var front, all reservoir
+		window := 0 // unrequested missing chunks so far: the front window is the first pickWindow of them
+		for i := t.low; i < n; i++ {
+			if !t.have[i] && t.assigned[i] == 0 {
+				window++
+			}
+			if free(i) && t.avail[i] == t.avail[rarest] {
+				all.add(i)
+				if window <= pickWindow {
+					front.add(i)
+				}
+			}
+		}
+		best = all.pick
+		if front.n > 0 {
+			best = front.pick
+		}
+	} else {
 		if anyFree {
 			return chunkRange{}, false // other peers hold what is left; wait for them or for a HAVE refresh
 		}
 		ok = dup
-		for i := range n {
+		var any reservoir
+		for i := t.low; i < n; i++ {
 			if dup(i) {
-				if ties++; rand.IntN(ties) == 0 {
-					best = i
-				}
+				any.add(i)
 			}
 		}
-		if best < 0 {
+		if any.n == 0 {
 			return chunkRange{}, false
 		}
+		best = any.pick
 	}
 	r := chunkRange{First: uint32(best), Count: 1}
 	for j := best + 1; j < n && int(r.Count) < t.p.chunksPerReq && ok(j); j++ {
 		r.Count++
 	}
 	return r, true
+}
+
+// reservoir picks one of the values added to it, each with equal probability, without storing them.
+type reservoir struct {
+	n    int
+	pick int
+}
+
+func (r *reservoir) add(i int) {
+	if r.n++; rand.IntN(r.n) == 0 {
+		r.pick = i
+	}
 }
 
 // release ends r's assignment to fp and wakes workers that may now pick its unfetched chunks.
@@ -634,6 +666,7 @@ func (t *transfer) request(fp *fpeer, st *network.Stream, r chunkRange, buf []by
 		}
 		if err := t.n.store.PutChunk(t.ctx, t.blob, i, data); err != nil {
 			if errors.Is(err, blobstore.ErrInvalidData) {
+				t.n.onBadChunk(fp.id)
 				return fmt.Errorf("%w: chunk %d: %w", errBadChunk, i, err)
 			}
 			// The store failing (disk full, closed) ends the whole transfer.

@@ -102,15 +102,15 @@ func (t *transfer) addTestPeer(id string, chunks ...int) *fpeer {
 	return fp
 }
 
-// The rarest free chunks are chosen uniformly. Candidates 4, 9, 13 and 30 of 33 follow runs of 5, 4, 3 and 16
-// non-candidates: taking the first candidate after a random start picks 30 about half the time.
+// The rarest free chunks are chosen uniformly. Candidates 1, 4, 5 and 10 of 12 follow runs of 2 (wrapping), 2, 0
+// and 4 non-candidates: taking the first candidate after a random start picks 10 five times as often as 5.
 func TestPickUniformAmongRarest(t *testing.T) {
 	t.Parallel()
-	tr := testTransfer(t, 33)
-	cands := []int{4, 9, 13, 30}
+	tr := testTransfer(t, 12)
+	cands := []int{1, 4, 5, 10}
 	seed := tr.addTestPeer("seed")
 	var others []int // held by a second peer too, so not the rarest
-	for i := range 33 {
+	for i := range 12 {
 		if !slices.Contains(cands, i) {
 			others = append(others, i)
 		}
@@ -133,6 +133,35 @@ func TestPickUniformAmongRarest(t *testing.T) {
 	}
 	if len(count) != len(cands) {
 		t.Errorf("picked chunks %v, want only the rarest %v", count, cands)
+	}
+}
+
+// From a lone source every chunk is as rare as any other: picks come from the first pickWindow missing chunks
+// that no request is fetching, so chunks arrive nearly in order.
+func TestPickFrontWindow(t *testing.T) {
+	t.Parallel()
+	tr := testTransfer(t, 3*pickWindow)
+	src := tr.addTestPeer("source")
+	for i := range 5 { // stored
+		tr.have[i] = true
+		tr.missing--
+	}
+	for i := 5; i < 10; i++ { // requested
+		tr.assigned[i] = 1
+	}
+	seen := map[int]bool{}
+	for range 500 {
+		r, ok := tr.pick(src)
+		if !ok {
+			t.Fatal("no pick")
+		}
+		if i := int(r.First); i < 10 || i >= 10+pickWindow {
+			t.Fatalf("picked chunk %d, want one of %d..%d", i, 10, 10+pickWindow-1)
+		}
+		seen[int(r.First)] = true
+	}
+	if len(seen) < pickWindow/2 {
+		t.Errorf("500 picks hit only %d chunks of the window of %d", len(seen), pickWindow)
 	}
 }
 

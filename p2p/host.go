@@ -54,6 +54,8 @@ type Config struct {
 	TrustedProducers []peer.ID
 	// AllowLoopback advertises and dials loopback addresses: single-machine tests and demos only.
 	AllowLoopback bool
+	// OnBadChunk is called for every chunk a peer sent that did not match its CID (metrics); nil: nothing.
+	OnBadChunk func(from peer.ID)
 	// Registerer receives libp2p's own metrics (swarm, identify, ...) beside the agent's; nil disables them.
 	Registerer prometheus.Registerer
 }

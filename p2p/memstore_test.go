@@ -154,6 +154,10 @@ func (s *memStore) ReadChunk(ctx context.Context, c cid.Cid, i int, dst []byte) 
 	return append(dst, b.chunks[i]...), nil
 }
 
+func (s *memStore) ServeChunk(ctx context.Context, c cid.Cid, i int, dst []byte) ([]byte, error) {
+	return s.ReadChunk(ctx, c, i, dst)
+}
+
 func (s *memStore) Commit(ctx context.Context, c cid.Cid) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -44,6 +44,8 @@ type Node struct {
 	disc  *discovery
 	srv   *server
 	fp    fetchParams
+	// onBadChunk is Config.OnBadChunk (never nil).
+	onBadChunk func(from peer.ID)
 
 	ctx    context.Context // ends at Close
 	cancel context.CancelFunc
@@ -78,8 +80,11 @@ func New(ctx context.Context, cfg Config, store blobstore.Store, log *slog.Logge
 		return nil, err
 	}
 	n := &Node{
-		h: h, store: store, log: log, fp: defaultFetchParams,
+		h: h, store: store, log: log, fp: defaultFetchParams, onBadChunk: cfg.OnBadChunk,
 		syncing: map[peer.ID]bool{}, scores: map[peer.ID]int{}, flights: map[cid.Cid]*flight{},
+	}
+	if n.onBadChunk == nil {
+		n.onBadChunk = func(peer.ID) {}
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	if err := n.start(ctx, cfg); err != nil {

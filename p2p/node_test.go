@@ -409,7 +409,8 @@ func TestUntrustedProducerIgnored(t *testing.T) {
 func TestFetchFromSeveralSeeds(t *testing.T) {
 	t.Parallel()
 	data := randomBlob(t, 16<<20)
-	f := startNode(t, "", nil)
+	var rejected atomic.Int64
+	f := startNode(t, "", func(c *Config) { c.OnBadChunk = func(peer.ID) { rejected.Add(1) } })
 	f.fp.perPeer, f.fp.chunksPerReq = 1, 1
 	var seeds []*testNode
 	var blob cid.Cid
@@ -496,7 +497,8 @@ func TestFetchHaveRefresh(t *testing.T) {
 func TestFetchDropsBadChunkPeer(t *testing.T) {
 	t.Parallel()
 	data := randomBlob(t, 16<<20)
-	f := startNode(t, "", nil)
+	var rejected atomic.Int64
+	f := startNode(t, "", func(c *Config) { c.OnBadChunk = func(peer.ID) { rejected.Add(1) } })
 	f.fp.perPeer, f.fp.chunksPerReq = 1, 1
 	var seeds []*testNode
 	var blob cid.Cid
@@ -521,6 +523,9 @@ func TestFetchDropsBadChunkPeer(t *testing.T) {
 	}
 	if flipped.Load() > 1 {
 		t.Errorf("bad peer asked for %d chunks after its first bad one", flipped.Load()-1)
+	}
+	if rejected.Load() != flipped.Load() {
+		t.Errorf("OnBadChunk called %d times for %d bad chunks", rejected.Load(), flipped.Load())
 	}
 	if sc := f.score(bad.ID()); sc >= 0 {
 		t.Errorf("bad peer score %d, want negative", sc)

@@ -128,7 +128,7 @@ func (s *server) serveChunks(st stream, req request) error {
 	hdr := frameHeaderLen + chunkFrameOverhead
 	for _, r := range req.Ranges {
 		for i := int(r.First); i < int(r.First)+int(r.Count); i++ {
-			b, err := s.store.ReadChunk(s.ctx, req.Blob, i, (*bp)[:hdr])
+			b, err := s.store.ServeChunk(s.ctx, req.Blob, i, (*bp)[:hdr])
 			if err != nil {
 				if s.ctx.Err() != nil {
 					return s.ctx.Err()

@@ -1,7 +1,7 @@
 // Package rollout is the core of LAN-only model rollout: operator keys, signed rollout manifests, the acceptance
 // rules that stop forged, replayed, rolled-back and frozen manifests, signed agent status reports with a fleet
 // view, and the pin set an agent keeps. It is pure: no network, no store of its own (state goes through KV).
-// Formats and rules are normative in docs/rollout.md.
+// Formats and rules are normative in docs/design.md section 8.
 package rollout
 
 import (

@@ -57,7 +57,7 @@ var (
 )
 
 // Manifest is one version of a named rollout: which source model every selected agent prepares, with which
-// profiles. It is the signed payload; see docs/rollout.md for the canonical encoding.
+// profiles. It is the signed payload; see docs/design.md section 8 for the canonical encoding.
 type Manifest struct {
 	Name     string            `json:"name"`    // [a-z0-9][a-z0-9._-]*, at most 64 bytes
 	Version  uint64            `json:"version"` // >= 1; each new version of a name must be higher
@@ -108,6 +108,34 @@ var (
 // fingerprint field: "tag:site" matches the tag "site".
 const TagPrefix = "tag:"
 
+// ParseTags parses an agent's tags, "name=value" each (rollout.tags in the config), under the rules of selector
+// tags: names of 1 to 64 of a-z 0-9 . _ -, values as selector values, no name twice.
+func ParseTags(list []string) (map[string]string, error) {
+	tags := make(map[string]string, len(list))
+	for _, t := range list {
+		name, value, ok := strings.Cut(t, "=")
+		if !ok || !tagNameRE.MatchString(name) {
+			return nil, fmt.Errorf("tag %.100q: want name=value with a name of 1 to 64 of a-z 0-9 . _ -", t)
+		}
+		if err := checkSelectorValue(value); err != nil {
+			return nil, fmt.Errorf("tag %s: %w", name, err)
+		}
+		if _, dup := tags[name]; dup {
+			return nil, fmt.Errorf("tag %s is given twice", name)
+		}
+		tags[name] = value
+	}
+	return tags, nil
+}
+
+func checkSelectorValue(v string) error {
+	if v == "" || len(v) > maxSelectorValue || !utf8.ValidString(v) || strings.ContainsFunc(v, unicode.IsControl) ||
+		strings.TrimSpace(v) != v {
+		return fmt.Errorf("value %.140q: want 1 to %d printable bytes without surrounding spaces", v, maxSelectorValue)
+	}
+	return nil
+}
+
 // fingerprintFields are the selector keys naming fingerprint fields: compat.Fingerprint's JSON names.
 var fingerprintFields = sync.OnceValue(func() map[string]bool {
 	fields := map[string]bool{}
@@ -148,7 +176,7 @@ func (s SourceModel) ModelFiles() []compile.ModelFile {
 	return files
 }
 
-// Validate checks every rule of docs/rollout.md that needs no key and no clock.
+// Validate checks every rule of docs/design.md section 8 that needs no key and no clock.
 func (m *Manifest) Validate() error {
 	if err := checkName(m.Name); err != nil {
 		return err
@@ -274,10 +302,8 @@ func checkSelector(sel map[string]string) error {
 		} else if !fingerprintFields()[k] {
 			return fmt.Errorf("%w: selector key %q is neither a fingerprint field nor %s<name>", ErrInvalidManifest, k, TagPrefix)
 		}
-		if v == "" || len(v) > maxSelectorValue || !utf8.ValidString(v) || strings.ContainsFunc(v, unicode.IsControl) ||
-			strings.TrimSpace(v) != v {
-			return fmt.Errorf("%w: selector %s: value %q: want 1 to %d printable bytes without surrounding spaces",
-				ErrInvalidManifest, k, v, maxSelectorValue)
+		if err := checkSelectorValue(v); err != nil {
+			return fmt.Errorf("%w: selector %s: %w", ErrInvalidManifest, k, err)
 		}
 	}
 	return nil
@@ -375,7 +401,7 @@ func signedMessage(typ string, payload []byte) []byte {
 	return append(msg, payload...)
 }
 
-// Sign returns the signed manifest (the envelope of docs/rollout.md) with one signature by priv. Created and
+// Sign returns the signed manifest (the envelope of docs/design.md section 8) with one signature by priv. Created and
 // Expires are taken in UTC, truncated to whole seconds.
 func Sign(m *Manifest, priv ed25519.PrivateKey) ([]byte, error) {
 	if len(priv) != ed25519.PrivateKeySize {

@@ -41,7 +41,7 @@ func TestSignVerifyRoundTrip(t *testing.T) {
 	}
 }
 
-// The canonical payload is normative (docs/rollout.md): pin one so an accidental change of the encoding fails.
+// The canonical payload is normative (docs/design.md section 8): pin one so an accidental change of the encoding fails.
 func TestCanonicalGolden(t *testing.T) {
 	t.Parallel()
 	m := &Manifest{
@@ -342,4 +342,17 @@ func FuzzDecodePayload(f *testing.F) {
 			t.Fatalf("canonical form is not stable:\n%s\n%s", c, c2)
 		}
 	})
+}
+
+func TestParseTags(t *testing.T) {
+	t.Parallel()
+	got, err := ParseTags([]string{"site=berlin", "line=3", "room.a=2nd floor"})
+	if err != nil || len(got) != 3 || got["site"] != "berlin" || got["room.a"] != "2nd floor" {
+		t.Fatalf("ParseTags = %v, %v", got, err)
+	}
+	for _, bad := range [][]string{{"site"}, {"=x"}, {"Site=x"}, {"site="}, {"site= x"}, {"site=a", "site=b"}, {"s=\x01"}} {
+		if _, err := ParseTags(bad); err == nil {
+			t.Errorf("ParseTags(%q) accepted", bad)
+		}
+	}
 }

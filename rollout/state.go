@@ -53,7 +53,7 @@ func (s State) Expired(now time.Time) bool {
 }
 
 // Accept checks a signed manifest against the trust configuration and the state for its name and returns the new
-// state. On any error it returns st unchanged. Rules (docs/rollout.md): Verify passes (signed, trusted keys,
+// state. On any error it returns st unchanged. Rules (docs/design.md section 8): Verify passes (signed, trusted keys,
 // threshold, valid, canonical, not expired), the name is st's, and the version is above st's (equal with the same
 // payload is ErrDuplicate, equal with another payload ErrEquivocation, lower ErrRollback). A rollback to an older
 // model is a new, higher version naming that model.
@@ -117,7 +117,7 @@ type stateRecord struct {
 	Previous json.RawMessage `json:"previous,omitempty"`
 }
 
-// EncodeState is the stored form of st (docs/rollout.md).
+// EncodeState is the stored form of st (docs/design.md section 8).
 func EncodeState(st State) ([]byte, error) {
 	if st.Current == nil {
 		return nil, fmt.Errorf("%w: state of %q has no accepted manifest", ErrCorruptState, st.Name)

@@ -31,7 +31,7 @@ func acceptedV5(t *testing.T, trust TrustConfig) (State, *memKV, *Acceptor) {
 	return st, kv, a
 }
 
-// TestAttacks runs every attack of docs/rollout.md against both the pure Accept and the stored Acceptor. Each
+// TestAttacks runs every attack of docs/design.md section 8 against both the pure Accept and the stored Acceptor. Each
 // must fail with its own error and leave the state exactly as it was.
 func TestAttacks(t *testing.T) {
 	t.Parallel()

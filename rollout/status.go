@@ -81,7 +81,7 @@ type statusEnvelope struct {
 // signed message stays unambiguous.
 var peerIDRE = regexp.MustCompile(`^[A-Za-z0-9]+$`)
 
-// Validate checks the rules of docs/rollout.md.
+// Validate checks the rules of docs/design.md section 8.
 func (s *Status) Validate() error {
 	if err := checkName(s.Name); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalidStatus, err)

@@ -219,7 +219,7 @@ func TestFaultCrashPut(t *testing.T) {
 			}
 			if strings.HasPrefix(line, "committed") {
 				bigCommitted = true
-				break
+				break read
 			}
 			if n, ok := strings.CutPrefix(line, "progress "); ok {
 				if n, _ := strconv.ParseInt(n, 10, 64); n >= killAt {
@@ -253,7 +253,13 @@ func TestFaultCrashPut(t *testing.T) {
 	if _, err := s.Put(context.Background(), last.Reader(nil)); err != nil {
 		t.Fatalf("Put after the kills: %v", err)
 	}
-	checkStore(t, s, append(committed, last), nil)
+	committed = append(committed, last)
+	checkStore(t, s, committed, nil)
+	var live int64
+	for _, d := range committed {
+		live += d.Size
+	}
+	t.Logf("after the kills: the value log takes %d MiB of disk for %d MiB of blobs", allocated(t, dir)>>20, live>>20)
 }
 
 func TestFaultCrashFetch(t *testing.T) {

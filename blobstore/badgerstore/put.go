@@ -49,15 +49,19 @@ func (s *Store) Put(ctx context.Context, r io.Reader) (*blobstore.Manifest, erro
 	m, err := p.run(r)
 	if err != nil {
 		// Drop what this put wrote and no other blob uses; a crash instead leaves it to the sweep at Open.
+		var removed int
 		var serr error
 		s.mu.Lock()
 		p.unregisterLocked()
 		if len(p.mine) > 0 {
-			_, serr = s.sweepLocked(p.mine)
+			removed, serr = s.sweepLocked(p.mine)
 		}
 		s.mu.Unlock()
 		if serr != nil {
 			s.log.Warn("blob store: remove chunks of a failed put", "err", serr)
+		}
+		if removed > 0 {
+			s.kickReclaim() // a put that ran out of space should give it back without waiting for a gc
 		}
 		return nil, err
 	}
@@ -157,6 +161,7 @@ func (p *put) run(r io.Reader) (*blobstore.Manifest, error) {
 	}
 	p.unregisterLocked()
 	p.mine = nil // referenced by the manifest now
+	p.s.dropPrefix(d)
 	return m, nil
 }
 

@@ -22,43 +22,52 @@ var errChunkMissing = errors.New("chunk missing")
 // readChunk appends chunk i of m (blob digest d) to dst after checking its length and re-hashing it. The bytes
 // handed out are exactly the bytes hashed: they are copied out of badger first.
 func (s *Store) readChunk(d [32]byte, m *blobstore.Manifest, i int, dst []byte) ([]byte, error) {
+	start := len(dst)
+	err := s.chunkValue(d, m, i, func(v []byte) { dst = append(dst, v...) })
+	if err != nil {
+		return dst[:start], err
+	}
+	if sha256.Sum256(dst[start:]) != m.Chunks[i] {
+		return dst[:start], fmt.Errorf("%w: %s", blobstore.ErrInvalidData, chunkID(d, m, i))
+	}
+	return dst, nil
+}
+
+// chunkValue calls fn with the stored bytes of chunk i of m (blob digest d) after checking their length, not
+// their hash. v points into badger's mmapped value log and is valid only during fn. A missing key is
+// errChunkMissing; a wrong length or a value badger cannot read (its CRC32C does not match, a truncated value
+// log) is ErrInvalidData.
+func (s *Store) chunkValue(d [32]byte, m *blobstore.Manifest, i int, fn func(v []byte)) error {
 	if err := s.enter(); err != nil {
-		return dst, err
+		return err
 	}
 	defer s.leave()
-	want := m.Chunks[i]
 	n := m.ChunkLen(i)
-	id := func() string {
-		return fmt.Sprintf("chunk %d (%s) of %s", i, blobstore.ChunkCID(want), blobstore.DigestCID(d))
-	}
-	start := len(dst)
 	err := s.db.View(func(txn *badger.Txn) error {
-		item, err := txn.Get(key(prefixChunk, want))
+		item, err := txn.Get(key(prefixChunk, m.Chunks[i]))
 		if errors.Is(err, badger.ErrKeyNotFound) {
-			return fmt.Errorf("%s: %w", id(), errChunkMissing)
+			return fmt.Errorf("%s: %w", chunkID(d, m, i), errChunkMissing)
 		}
 		if err != nil {
-			return fmt.Errorf("%s: %w", id(), err)
+			return fmt.Errorf("%s: %w", chunkID(d, m, i), err)
 		}
-		return item.Value(func(v []byte) error { // v points into the mmapped value log: no copy until checked
+		return item.Value(func(v []byte) error {
 			if len(v) != n {
-				return fmt.Errorf("%w: %s is %d bytes, want %d", blobstore.ErrInvalidData, id(), len(v), n)
+				return fmt.Errorf("%w: %s is %d bytes, want %d", blobstore.ErrInvalidData, chunkID(d, m, i), len(v), n)
 			}
-			dst = append(dst, v...)
+			fn(v)
 			return nil
 		})
 	})
-	if err != nil {
-		// Badger read errors of a value (a truncated or damaged value log) are corruption too.
-		if !errors.Is(err, errChunkMissing) && !errors.Is(err, blobstore.ErrInvalidData) && !errors.Is(err, ErrClosed) {
-			err = fmt.Errorf("%w: %w", blobstore.ErrInvalidData, err)
-		}
-		return dst[:start], err
+	// Badger read errors of a value (a checksum mismatch, a truncated or damaged value log) are corruption too.
+	if err != nil && !errors.Is(err, errChunkMissing) && !errors.Is(err, blobstore.ErrInvalidData) && !errors.Is(err, ErrClosed) {
+		err = fmt.Errorf("%w: %w", blobstore.ErrInvalidData, err)
 	}
-	if sha256.Sum256(dst[start:]) != want {
-		return dst[:start], fmt.Errorf("%w: %s", blobstore.ErrInvalidData, id())
-	}
-	return dst, nil
+	return err
+}
+
+func chunkID(d [32]byte, m *blobstore.Manifest, i int) string {
+	return fmt.Sprintf("chunk %d (%s) of %s", i, blobstore.ChunkCID(m.Chunks[i]), blobstore.DigestCID(d))
 }
 
 // chunkResult is one verified chunk (data in a pooled buffer) or the error reading it.
@@ -247,8 +256,8 @@ func (r *reader) Close() error {
 	return nil
 }
 
-// Export writes a complete blob to path atomically: a temp file in the same directory, written, synced, renamed
-// over path, and the directory synced. The temp file is removed on any error.
+// Export writes a complete blob to path atomically: a file in the same directory, unnamed while written (Linux
+// O_TMPFILE, else a temp file removed on any error), synced, renamed over path, and the directory synced.
 func (s *Store) Export(ctx context.Context, c cid.Cid, path string) (err error) {
 	r, err := s.Open(ctx, c)
 	if err != nil {
@@ -259,35 +268,37 @@ func (s *Store) Export(ctx context.Context, c cid.Cid, path string) (err error) 
 	if dir == "" {
 		dir = "."
 	}
-	f, err := os.CreateTemp(dir, "."+base+".tmp-*")
+	f, tmpName, err := createHidden(dir, base)
 	if err != nil {
 		return fmt.Errorf("export %s: %w", c, err)
 	}
 	defer func() {
 		if err != nil {
 			f.Close()
-			os.Remove(f.Name())
+			if tmpName != "" {
+				os.Remove(tmpName)
+			}
 		}
 	}()
 	fl := newFlusher(f.Sync)
 	_, err = r.WriteTo(flushWriter{f, fl})
 	if ferr := fl.close(); err == nil && ferr != nil {
-		err = fmt.Errorf("sync %s: %w", f.Name(), ferr)
+		err = fmt.Errorf("sync %s: %w", path, ferr)
 	}
 	if err != nil {
 		return fmt.Errorf("export %s to %s: %w", c, path, err)
 	}
-	if err := f.Chmod(0o644); err != nil { // CreateTemp makes 0600; the loader may run as another user
+	if err := f.Chmod(0o644); err != nil { // a temp file is 0600 and umask applies; the loader may run as another user
 		return fmt.Errorf("export %s: %w", c, err)
 	}
 	if err := f.Sync(); err != nil {
-		return fmt.Errorf("export %s: sync %s: %w", c, f.Name(), err)
+		return fmt.Errorf("export %s: sync %s: %w", c, path, err)
+	}
+	if err := publish(f, tmpName, path); err != nil {
+		return fmt.Errorf("export %s: %w", c, err)
 	}
 	if err := f.Close(); err != nil {
-		return fmt.Errorf("export %s: close %s: %w", c, f.Name(), err)
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		return fmt.Errorf("export %s: %w", c, err)
+		return fmt.Errorf("export %s: close %s: %w", c, path, err)
 	}
 	return syncDir(dir)
 }
@@ -318,6 +329,18 @@ func syncDir(dir string) error {
 
 // ReadChunk appends chunk i of a complete or partial blob to dst, re-verified. It counts as an access.
 func (s *Store) ReadChunk(ctx context.Context, blob cid.Cid, i int, dst []byte) ([]byte, error) {
+	return s.readChunkOf(blob, i, dst, true)
+}
+
+// ServeChunk is ReadChunk for a peer, which hashes every chunk it receives: the bytes are checked against their
+// length and badger's CRC32C of the value-log entry (Open sets VerifyValueChecksum), not re-hashed, so damage on
+// disk is still ErrInvalidData and not served, at a fifteenth of the CPU. A chunk short enough to be kept in the
+// LSM tree instead of the value log has no such checksum and is re-hashed. It counts as an access.
+func (s *Store) ServeChunk(ctx context.Context, blob cid.Cid, i int, dst []byte) ([]byte, error) {
+	return s.readChunkOf(blob, i, dst, false)
+}
+
+func (s *Store) readChunkOf(blob cid.Cid, i int, dst []byte, rehash bool) ([]byte, error) {
 	if err := s.enter(); err != nil {
 		return dst, err
 	}
@@ -338,7 +361,13 @@ func (s *Store) ReadChunk(ctx context.Context, blob cid.Cid, i int, dst []byte) 
 	if i < 0 || i >= len(m.Chunks) {
 		return dst, fmt.Errorf("%w: chunk %d of %s, which has %d", blobstore.ErrNotFound, i, blob, len(m.Chunks))
 	}
-	out, err := s.readChunk(d, m, i, dst)
+	var out []byte
+	if rehash || m.ChunkLen(i) < valueThreshold {
+		out, err = s.readChunk(d, m, i, dst)
+	} else {
+		out = dst
+		err = s.chunkValue(d, m, i, func(v []byte) { out = append(out, v...) })
+	}
 	if errors.Is(err, errChunkMissing) {
 		if st == stateComplete {
 			return dst, fmt.Errorf("%w: %w", blobstore.ErrInvalidData, err)

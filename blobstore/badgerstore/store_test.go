@@ -16,6 +16,7 @@ import (
 	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
+	"github.com/ipfs/go-cid"
 	"go.uber.org/goleak"
 
 	"github.com/npu-agent/npu-agent/blobstore"
@@ -235,11 +236,16 @@ func TestCorruptChunkDetected(t *testing.T) {
 	if _, err := readAll(s, m); !errors.Is(err, blobstore.ErrInvalidData) {
 		t.Fatalf("Read of a corrupt blob = %v, want ErrInvalidData", err)
 	}
-	if _, err := s.ReadChunk(ctx, m.CID(), 1, nil); !errors.Is(err, blobstore.ErrInvalidData) {
-		t.Fatalf("ReadChunk of the corrupt chunk = %v", err)
-	}
-	if got, err := s.ReadChunk(ctx, m.CID(), 2, nil); err != nil || !bytes.Equal(got, chunkOf(data, m, 2)) {
-		t.Fatalf("ReadChunk of a good chunk = %v", err)
+	// ServeChunk does not re-hash: badger's checksum of the value-log entry finds the damage.
+	for name, read := range map[string]func(context.Context, cid.Cid, int, []byte) ([]byte, error){
+		"ReadChunk": s.ReadChunk, "ServeChunk": s.ServeChunk,
+	} {
+		if _, err := read(ctx, m.CID(), 1, nil); !errors.Is(err, blobstore.ErrInvalidData) {
+			t.Fatalf("%s of the corrupt chunk = %v", name, err)
+		}
+		if got, err := read(ctx, m.CID(), 2, nil); err != nil || !bytes.Equal(got, chunkOf(data, m, 2)) {
+			t.Fatalf("%s of a good chunk = %v", name, err)
+		}
 	}
 	out := filepath.Join(t.TempDir(), "x.blob")
 	if err := s.Export(ctx, m.CID(), out); !errors.Is(err, blobstore.ErrInvalidData) {
@@ -261,6 +267,88 @@ func TestCorruptChunkDetected(t *testing.T) {
 	putData(t, s, data)
 	if rep, err := s.Verify(ctx); err != nil || len(rep.Corrupt) != 0 {
 		t.Fatalf("Verify after re-put = %+v, %v", rep, err)
+	}
+}
+
+// TestFetchOrders stores a partial blob's chunks in the orders a fetch may deliver them: Commit's whole-blob
+// hash (built as they arrive, the rest read back) must match whatever the order.
+func TestFetchOrders(t *testing.T) {
+	t.Parallel()
+	data := storetest.Data(7, 6*cs+100)
+	m := manifestOf(t, data)
+	tests := []struct {
+		name    string
+		order   []int
+		workers int
+	}{
+		{"in order", []int{0, 1, 2, 3, 4, 5, 6}, 1},
+		{"reverse", []int{6, 5, 4, 3, 2, 1, 0}, 1},
+		{"first last", []int{1, 2, 3, 4, 5, 6, 0}, 1},
+		{"gaps", []int{0, 2, 4, 6, 1, 3, 5}, 1},
+		{"duplicates", []int{0, 0, 3, 1, 3, 2, 4, 5, 6, 6}, 1},
+		{"concurrent", []int{3, 0, 5, 1, 6, 2, 4, 0, 1, 2, 3, 4, 5, 6}, 4},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			s := open(t, t.TempDir(), testOptions(t))
+			defer closeStore(t, s)
+			if err := s.BeginPartial(ctx, m); err != nil {
+				t.Fatal(err)
+			}
+			next := make(chan int, len(tt.order))
+			for _, i := range tt.order {
+				next <- i
+			}
+			close(next)
+			var wg sync.WaitGroup
+			for range tt.workers {
+				wg.Go(func() {
+					for i := range next {
+						if err := s.PutChunk(ctx, m.CID(), i, chunkOf(data, m, i)); err != nil {
+							t.Error(err)
+						}
+					}
+				})
+			}
+			wg.Wait()
+			if err := s.Commit(ctx, m.CID()); err != nil {
+				t.Fatalf("Commit: %v", err)
+			}
+			if got, err := readAll(s, m); err != nil || !bytes.Equal(got, data) {
+				t.Fatalf("read back: %v (equal %v)", err, bytes.Equal(got, data))
+			}
+		})
+	}
+}
+
+func TestPutChunkAfterDelete(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	data := storetest.Data(8, 2*cs)
+	m := manifestOf(t, data)
+	s := open(t, t.TempDir(), testOptions(t))
+	defer closeStore(t, s)
+	if err := s.BeginPartial(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutChunk(ctx, m.CID(), 0, chunkOf(data, m, 0)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Delete(ctx, m.CID()); err != nil {
+		t.Fatal(err)
+	}
+	// The manifest is still cached; the chunk must not be written for a blob that is gone.
+	if err := s.PutChunk(ctx, m.CID(), 1, chunkOf(data, m, 1)); !errors.Is(err, blobstore.ErrNotFound) {
+		t.Fatalf("PutChunk after Delete = %v, want ErrNotFound", err)
+	}
+	var left [][32]byte
+	if err := s.db.View(func(txn *badger.Txn) error { left = digestKeys(txn, prefixChunk); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if len(left) != 0 {
+		t.Fatalf("%d chunks left after Delete, want none", len(left))
 	}
 }
 
@@ -530,5 +618,33 @@ func TestCorruptManifest(t *testing.T) {
 	rep, err = s.Verify(ctx)
 	if err != nil || rep.Blobs != 1 || len(rep.Corrupt) != 0 || rep.Chunks != 1 {
 		t.Fatalf("Verify after delete = %+v, %v; the 40 chunks should be swept", rep, err)
+	}
+}
+
+func TestExportLeavesOnlyTheFile(t *testing.T) {
+	t.Parallel()
+	s := open(t, t.TempDir(), testOptions(t))
+	defer closeStore(t, s)
+	data := storetest.Data(11, 2*cs+5)
+	m := putData(t, s, data)
+	dir := t.TempDir()
+	for range 2 { // the second export replaces the first
+		if err := s.Export(context.Background(), m.CID(), filepath.Join(dir, "b.blob")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 1 || entries[0].Name() != "b.blob" {
+		t.Fatalf("export left %v, want only b.blob", entries)
+	}
+	got, err := os.ReadFile(filepath.Join(dir, "b.blob"))
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("exported file: %d bytes, %v", len(got), err)
+	}
+	if st, _ := os.Stat(filepath.Join(dir, "b.blob")); st.Mode().Perm() != 0o644 {
+		t.Errorf("exported file mode %v, want 0644", st.Mode().Perm())
 	}
 }

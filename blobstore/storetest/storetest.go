@@ -140,12 +140,16 @@ func testRoundTrip(t *testing.T, s blobstore.Store) {
 				t.Fatal(err)
 			}
 			for i := range m.Chunks {
-				got, err := s.ReadChunk(ctx, c, i, []byte("prefix"))
-				if err != nil {
-					t.Fatalf("ReadChunk %d: %v", i, err)
-				}
-				if !bytes.Equal(got[6:], data[m.ChunkOffset(i):m.ChunkOffset(i)+uint64(m.ChunkLen(i))]) || string(got[:6]) != "prefix" {
-					t.Fatalf("ReadChunk %d returned wrong bytes", i)
+				for name, read := range map[string]func(context.Context, cid.Cid, int, []byte) ([]byte, error){
+					"ReadChunk": s.ReadChunk, "ServeChunk": s.ServeChunk,
+				} {
+					got, err := read(ctx, c, i, []byte("prefix"))
+					if err != nil {
+						t.Fatalf("%s %d: %v", name, i, err)
+					}
+					if !bytes.Equal(got[6:], data[m.ChunkOffset(i):m.ChunkOffset(i)+uint64(m.ChunkLen(i))]) || string(got[:6]) != "prefix" {
+						t.Fatalf("%s %d returned wrong bytes", name, i)
+					}
 				}
 			}
 			have, err := s.HaveChunks(ctx, c)
@@ -178,6 +182,7 @@ func testNotFound(t *testing.T, s blobstore.Store) {
 		_, checks["Manifest"] = s.Manifest(ctx, c)
 		_, checks["HaveChunks"] = s.HaveChunks(ctx, c)
 		_, checks["ReadChunk"] = s.ReadChunk(ctx, c, 0, nil)
+		_, checks["ServeChunk"] = s.ServeChunk(ctx, c, 0, nil)
 		checks["PutChunk"] = s.PutChunk(ctx, c, 0, []byte("x"))
 		checks["Commit"] = s.Commit(ctx, c)
 		checks["Delete"] = s.Delete(ctx, c)
@@ -234,6 +239,9 @@ func testPutChunkWrongHash(t *testing.T, s blobstore.Store) {
 	}
 	if _, err := s.ReadChunk(ctx, c, 0, nil); !errors.Is(err, blobstore.ErrNotFound) {
 		t.Fatalf("ReadChunk of an absent chunk of a partial blob = %v, want ErrNotFound", err)
+	}
+	if _, err := s.ServeChunk(ctx, c, 0, nil); !errors.Is(err, blobstore.ErrNotFound) {
+		t.Fatalf("ServeChunk of an absent chunk of a partial blob = %v, want ErrNotFound", err)
 	}
 }
 
@@ -417,6 +425,9 @@ func testPartialCommit(t *testing.T, s blobstore.Store) {
 	}
 	if got, err := s.ReadChunk(ctx, c, 3, nil); err != nil || !bytes.Equal(got, chunk(3)) {
 		t.Fatalf("ReadChunk of a partial blob's chunk = %v", err)
+	}
+	if got, err := s.ServeChunk(ctx, c, 1, nil); err != nil || !bytes.Equal(got, chunk(1)) {
+		t.Fatalf("ServeChunk of a partial blob's chunk = %v", err)
 	}
 	if err := s.Commit(ctx, c); !errors.Is(err, blobstore.ErrIncomplete) {
 		t.Fatalf("Commit with a chunk missing = %v, want ErrIncomplete", err)

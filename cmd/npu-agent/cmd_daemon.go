@@ -19,6 +19,7 @@ import (
 	"github.com/npu-agent/npu-agent/blobstore/badgerstore"
 	"github.com/npu-agent/npu-agent/config"
 	"github.com/npu-agent/npu-agent/metrics"
+	"github.com/npu-agent/npu-agent/rollout"
 )
 
 // version is set at build time (-X main.version=...).
@@ -74,9 +75,9 @@ func runDaemon(ctx context.Context, cfg config.Config, log *slog.Logger) (err er
 	svc := &agent.Service{Version: version, Quota: uint64(cfg.Store.Quota)}
 
 	g, ctx := errgroup.WithContext(ctx)
+	var fl *fleet
 	if cfg.P2P.Enabled {
-		fl, err := startFleet(ctx, g, cfg, store, host, reg, m, log)
-		if err != nil {
+		if fl, err = startFleet(ctx, g, cfg, store, host, reg, m, log); err != nil {
 			return err
 		}
 		defer func() { err = errors.Join(err, fl.Close()) }()
@@ -88,7 +89,17 @@ func runDaemon(ctx context.Context, cfg config.Config, log *slog.Logger) (err er
 		return hostError(err, notes)
 	}
 	svc.Agent = ag
-	srv := api.NewServer(svc, api.Options{Socket: cfg.SocketPath(), TCP: cfg.API.TCP, Gatherer: reg, Logger: log})
+	apiOpts := api.Options{Socket: cfg.SocketPath(), TCP: cfg.API.TCP, Gatherer: reg, Logger: log}
+	if len(cfg.Rollout.TrustedKeys) > 0 {
+		ro, err := startRollouts(ctx, g, cfg, ag, fl, log)
+		if err != nil {
+			return err
+		}
+		apiOpts.Rollouts = ro
+	} else {
+		log.Info("rollouts disabled: rollout.trusted_keys is empty")
+	}
+	srv := api.NewServer(svc, apiOpts)
 	g.Go(func() error { return srv.Run(ctx) })
 	g.Go(func() error { return gcLoop(ctx, ag, cfg.Store, log) })
 	log.Info("npu-agent daemon running", "version", version, "socket", cfg.SocketPath(), "data_dir", cfg.DataDir,
@@ -99,6 +110,41 @@ func runDaemon(ctx context.Context, cfg config.Config, log *slog.Logger) (err er
 		err = nil
 	}
 	return err
+}
+
+// startRollouts follows the rollouts signed by the configured operator keys: state in <data_dir>/rollouts,
+// source models in <data_dir>/models, manifests and status reports over the fleet when there is one.
+func startRollouts(ctx context.Context, g *errgroup.Group, cfg config.Config, ag *agent.Agent, fl *fleet, log *slog.Logger) (*agent.Rollouts, error) {
+	trust, err := rollout.NewTrustConfig(cfg.Rollout.TrustedKeys, cfg.Rollout.Threshold)
+	if err != nil {
+		return nil, usageError{fmt.Errorf("rollout.trusted_keys: %w", err)}
+	}
+	tags, err := rollout.ParseTags(cfg.Rollout.Tags)
+	if err != nil {
+		return nil, usageError{fmt.Errorf("rollout.tags: %w", err)}
+	}
+	kv, err := agent.OpenFileKV(filepath.Join(cfg.DataDir, "rollouts"))
+	if err != nil {
+		return nil, err
+	}
+	opts := agent.RolloutOptions{Agent: ag, KV: kv, Trust: trust, Tags: tags, ModelsDir: filepath.Join(cfg.DataDir, "models"), Logger: log}
+	var ch *agent.RolloutChannels
+	if fl != nil {
+		ch = agent.NewRolloutChannels(fl.node)
+		opts.Net = ch
+	}
+	ro, err := agent.NewRollouts(opts)
+	if err != nil {
+		return nil, err
+	}
+	if ch != nil {
+		if err := ch.Open(ro); err != nil {
+			return nil, err
+		}
+	}
+	g.Go(func() error { return ro.Run(ctx) })
+	log.Info("following rollouts", "trusted_keys", trust.KeyIDs(), "threshold", trust.Threshold(), "tags", cfg.Rollout.Tags)
+	return ro, nil
 }
 
 // gcLoop keeps the store within its quota.

@@ -20,8 +20,10 @@ import (
 	"github.com/npu-agent/npu-agent/config"
 )
 
-// profileFlags builds a profile from --profile FILE and/or --device, --shape, --prop, --kind.
+// profileFlags names a model (--model) and builds a profile from --profile FILE and/or --device, --shape,
+// --prop, --kind.
 type profileFlags struct {
+	model  string
 	file   string
 	device string
 	shapes []string
@@ -29,13 +31,34 @@ type profileFlags struct {
 	kind   string
 }
 
-func (p *profileFlags) register(c *cobra.Command) {
+func (p *profileFlags) register(c *cobra.Command, modelUsage string) {
 	f := c.Flags()
+	f.StringVar(&p.model, "model", "", modelUsage)
 	f.StringVar(&p.file, "profile", "", "profile file (JSON or YAML: device, properties, shapes, kind)")
+	p.registerOverrides(c)
+}
+
+// registerOverrides registers the flags that build a profile or override the file's, without --model and
+// --profile.
+func (p *profileFlags) registerOverrides(c *cobra.Command) {
+	f := c.Flags()
 	f.StringVar(&p.device, "device", "", "device (default NPU, or the profile file's)")
 	f.StringArrayVar(&p.shapes, "shape", nil, "static input shape NAME=D1,D2,... (repeatable; overrides the file's)")
 	f.StringArrayVar(&p.props, "prop", nil, "compile property KEY=VALUE (repeatable; overrides the file's)")
 	f.StringVar(&p.kind, "kind", "", `"llm" for LLM/NPUW pipeline blobs`)
+}
+
+// load reads the model (hashing its files) and builds the canonical profile.
+func (p *profileFlags) load() (compile.Model, compile.Profile, error) {
+	if p.model == "" {
+		return compile.Model{}, compile.Profile{}, usageError{fmt.Errorf("--model is required")}
+	}
+	prof, err := p.profile()
+	if err != nil {
+		return compile.Model{}, prof, err
+	}
+	m, err := compile.LoadModel(p.model)
+	return m, prof, err
 }
 
 func (p *profileFlags) profile() (compile.Profile, error) {
@@ -99,26 +122,19 @@ func (a *app) printFetch(r fetchResult) error {
 }
 
 func (a *app) fetchCmd() *cobra.Command {
-	var model, out string
+	var out string
 	var pf profileFlags
 	c := &cobra.Command{
 		Use:   "fetch --model PATH [--profile FILE | --shape ...] [--out FILE]",
 		Short: "Get the blob for this host: from the store, from peers, or compiled (and stored)",
 		Args:  exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if model == "" {
-				return usageError{fmt.Errorf("--model is required")}
-			}
-			prof, err := pf.profile()
-			if err != nil {
-				return err
-			}
-			m, err := compile.LoadModel(model)
+			m, prof, err := pf.load()
 			if err != nil {
 				return err
 			}
 			ctx := cmd.Context()
-			if done, err := a.fetchViaDaemon(cmd, model, prof, out); done {
+			if done, err := a.fetchViaDaemon(cmd, pf.model, prof, out); done {
 				return err
 			}
 			l, err := a.openLocal(ctx)
@@ -141,9 +157,8 @@ func (a *app) fetchCmd() *cobra.Command {
 			return a.finishFetch(cmd, l, res, out)
 		},
 	}
-	c.Flags().StringVar(&model, "model", "", "model: an OpenVINO IR .xml (with its .bin) or an .onnx file")
 	c.Flags().StringVar(&out, "out", "", "also write the blob to this file (atomically)")
-	pf.register(c)
+	pf.register(c, "model: an OpenVINO IR .xml (with its .bin) or an .onnx file")
 	return c
 }
 
@@ -167,21 +182,14 @@ func (a *app) finishFetch(cmd *cobra.Command, l *local, res agent.Result, out st
 }
 
 func (a *app) putCmd() *cobra.Command {
-	var model, fpFile string
+	var fpFile string
 	var pf profileFlags
 	c := &cobra.Command{
 		Use:   "put --model PATH [--profile FILE | --shape ...] BLOB",
 		Short: "Register a blob compiled elsewhere, after checking its trailer against the rules",
 		Args:  exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if model == "" {
-				return usageError{fmt.Errorf("--model is required: a blob is registered for a model and profile")}
-			}
-			prof, err := pf.profile()
-			if err != nil {
-				return err
-			}
-			m, err := compile.LoadModel(model)
+			m, prof, err := pf.load()
 			if err != nil {
 				return err
 			}
@@ -212,9 +220,8 @@ func (a *app) putCmd() *cobra.Command {
 			return a.finishFetch(cmd, l, res, "")
 		},
 	}
-	c.Flags().StringVar(&model, "model", "", "the source model the blob was compiled from")
 	c.Flags().StringVar(&fpFile, "compiled-on", "", "fingerprint file of the host that compiled it (default: this host)")
-	pf.register(c)
+	pf.register(c, "the source model the blob was compiled from")
 	return c
 }
 

@@ -86,6 +86,10 @@ func startFleet(ctx context.Context, g *errgroup.Group, cfg config.Config, store
 		return nil, err
 	}
 	pc.Registerer = reg
+	pc.OnBadChunk = func(from peer.ID) {
+		m.ChunkRejected()
+		log.Warn("rejected a chunk that does not match its CID", "peer", from)
+	}
 	node, err := p2p.New(ctx, pc, store, log)
 	if err != nil {
 		return nil, err

@@ -134,12 +134,7 @@ func (a *app) lsCmd() *cobra.Command {
 		Use:   "ls",
 		Short: "List stored blobs and the records that index them",
 		Args:  exactArgs(0),
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			l, err := a.openLocal(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer l.Close()
+		RunE: a.withLocal(func(cmd *cobra.Command, l *local, _ []string) error {
 			ctx := cmd.Context()
 			infos, err := l.store.List(ctx)
 			if err != nil {
@@ -177,7 +172,7 @@ func (a *app) lsCmd() *cobra.Command {
 				}
 				return table(w, []string{"CID", "SIZE", "STATE", "PINNED", "USED", "MODEL", "PROFILE"}, rows)
 			})
-		},
+		}),
 	}
 }
 
@@ -187,12 +182,7 @@ func (a *app) gcCmd() *cobra.Command {
 		Use:   "gc",
 		Short: "Remove least-recently-used unpinned blobs until the store fits the quota",
 		Args:  exactArgs(0),
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			l, err := a.openLocal(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer l.Close()
+		RunE: a.withLocal(func(cmd *cobra.Command, l *local, _ []string) error {
 			q := uint64(l.cfg.Store.Quota)
 			if quota != "" {
 				b, err := parseSize(quota)
@@ -212,7 +202,7 @@ func (a *app) gcCmd() *cobra.Command {
 				_, err := fmt.Fprintf(w, "freed %s, store now %s\n", humanBytes(res.FreedBytes), humanBytes(res.SizeAfter))
 				return err
 			})
-		},
+		}),
 	}
 	c.Flags().StringVar(&quota, "quota", "", "keep the store at most this big (e.g. 20GiB); default store.quota")
 	return c
@@ -223,12 +213,7 @@ func (a *app) verifyCmd() *cobra.Command {
 		Use:   "verify",
 		Short: "Re-hash every stored chunk and report corrupt ones (exit code 7 if any)",
 		Args:  exactArgs(0),
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			l, err := a.openLocal(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer l.Close()
+		RunE: a.withLocal(func(cmd *cobra.Command, l *local, _ []string) error {
 			rep, err := l.store.Verify(cmd.Context())
 			if err != nil {
 				return err
@@ -250,7 +235,7 @@ func (a *app) verifyCmd() *cobra.Command {
 				return withCode(fmt.Errorf("%d corrupt chunks", len(rep.Corrupt)), exitCorrupt)
 			}
 			return nil
-		},
+		}),
 	}
 }
 
@@ -259,16 +244,11 @@ func (a *app) rmCmd() *cobra.Command {
 		Use:   "rm CID",
 		Short: "Remove a blob and its records (refused while pinned)",
 		Args:  exactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
+		RunE: a.withLocal(func(cmd *cobra.Command, l *local, args []string) error {
 			c, err := blobstore.ParseCID(args[0])
 			if err != nil {
 				return usageError{err}
 			}
-			l, err := a.openLocal(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer l.Close()
 			if err := l.agent.Remove(cmd.Context(), c); err != nil {
 				return err
 			}
@@ -276,7 +256,7 @@ func (a *app) rmCmd() *cobra.Command {
 				_, err := fmt.Fprintln(w, "removed", c)
 				return err
 			})
-		},
+		}),
 	}
 }
 
@@ -289,16 +269,11 @@ func (a *app) pinCmd(pin bool) *cobra.Command {
 		Use:   use,
 		Short: short,
 		Args:  exactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
+		RunE: a.withLocal(func(cmd *cobra.Command, l *local, args []string) error {
 			c, err := blobstore.ParseCID(args[0])
 			if err != nil {
 				return usageError{err}
 			}
-			l, err := a.openLocal(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer l.Close()
 			if err := l.store.Pin(cmd.Context(), c, pin); err != nil {
 				return err
 			}
@@ -306,7 +281,7 @@ func (a *app) pinCmd(pin bool) *cobra.Command {
 				_, err := fmt.Fprintf(w, "%s pinned=%v\n", c, pin)
 				return err
 			})
-		},
+		}),
 	}
 }
 
@@ -322,4 +297,16 @@ func ago(t time.Time) string {
 		return "never"
 	}
 	return time.Since(t).Round(time.Second).String() + " ago"
+}
+
+// withLocal runs a command against the store opened in this process, closing it afterwards.
+func (a *app) withLocal(run func(cmd *cobra.Command, l *local, args []string) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		l, err := a.openLocal(cmd.Context())
+		if err != nil {
+			return err
+		}
+		defer l.Close()
+		return run(cmd, l, args)
+	}
 }

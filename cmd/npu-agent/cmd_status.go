@@ -30,16 +30,7 @@ func (a *app) statusCmd() *cobra.Command {
 		Use:   "status",
 		Short: "What the running daemon holds, what it is fetching or compiling, and who is connected",
 		Args:  exactArgs(0),
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := a.daemonClient(cmd)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			st, err := c.Status(cmd.Context())
-			if err != nil {
-				return err
-			}
+		RunE: a.withStatus(func(st api.Status) error {
 			return a.print(st, func(w io.Writer) error {
 				peerID := st.PeerID
 				if peerID == "" {
@@ -69,7 +60,7 @@ func (a *app) statusCmd() *cobra.Command {
 				}
 				return nil
 			})
-		},
+		}),
 	}
 }
 
@@ -78,16 +69,7 @@ func (a *app) peersCmd() *cobra.Command {
 		Use:   "peers",
 		Short: "Fleet members the running daemon is connected to",
 		Args:  exactArgs(0),
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := a.daemonClient(cmd)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			st, err := c.Status(cmd.Context())
-			if err != nil {
-				return err
-			}
+		RunE: a.withStatus(func(st api.Status) error {
 			return a.print(st.Peers, func(w io.Writer) error {
 				var rows [][]string
 				for _, p := range st.Peers {
@@ -95,7 +77,23 @@ func (a *app) peersCmd() *cobra.Command {
 				}
 				return table(w, []string{"PEER", "ADDRS", "CLASS", "RECORDS"}, rows)
 			})
-		},
+		}),
+	}
+}
+
+// withStatus runs a command on the running daemon's status.
+func (a *app) withStatus(run func(st api.Status) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, _ []string) error {
+		c, err := a.daemonClient(cmd)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		st, err := c.Status(cmd.Context())
+		if err != nil {
+			return err
+		}
+		return run(st)
 	}
 }
 

@@ -18,5 +18,8 @@ func (a *app) commands() []*cobra.Command {
 		a.statusCmd(),
 		a.peersCmd(),
 		a.configCmd(),
+		a.keygenCmd(),
+		a.publishCmd(),
+		a.rolloutCmd(),
 	}
 }

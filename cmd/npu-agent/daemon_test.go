@@ -22,7 +22,7 @@ import (
 )
 
 // startDaemon runs the daemon in-process on a fresh data dir with the simulator and returns its socket.
-func startDaemon(t *testing.T, f fixture) string {
+func startDaemon(t testing.TB, f fixture, mod func(*config.Config)) string {
 	t.Helper()
 	cfg := config.Default()
 	cfg.DataDir = filepath.Join(f.dir, "data")
@@ -31,6 +31,9 @@ func startDaemon(t *testing.T, f fixture) string {
 	cfg.Compiler.Backend = "sim"
 	cfg.Compiler.Sim.CompileTime = 10 * time.Millisecond
 	cfg.P2P.Enabled = false
+	if mod != nil {
+		mod(&cfg)
+	}
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -74,7 +77,7 @@ func TestDaemonServesLoader(t *testing.T) {
 		t.Skip("python3 not installed")
 	}
 	f := newFixture(t)
-	sock := startDaemon(t, f)
+	sock := startDaemon(t, f, nil)
 	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
 	}}}

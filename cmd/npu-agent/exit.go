@@ -5,9 +5,11 @@ import (
 	"errors"
 	"os"
 
+	"github.com/npu-agent/npu-agent/api"
 	"github.com/npu-agent/npu-agent/blobstore"
 	"github.com/npu-agent/npu-agent/compat"
 	"github.com/npu-agent/npu-agent/compile"
+	"github.com/npu-agent/npu-agent/rollout"
 )
 
 // Exit codes, documented in README.md and docs/operations.md. One place maps errors to them.
@@ -21,6 +23,7 @@ const (
 	exitCompile      = 6 // the compiler failed
 	exitCorrupt      = 7 // verify found corrupt data
 	exitNoDaemon     = 8 // the command needs a running daemon and none answers
+	exitRejected     = 9 // the daemon rejected a rollout manifest (trust, signature, version, expiry) or follows none
 	exitInterrupted  = 130
 )
 
@@ -62,12 +65,16 @@ func exitCode(err error) int {
 	}{
 		{exitInterrupted, []error{context.Canceled}},
 		{exitNoDaemon, []error{errNoDaemon}},
+		{exitRejected, []error{api.ErrRolloutsDisabled, rollout.ErrNoTrustedKeys, rollout.ErrUnsigned, rollout.ErrUnknownKey,
+			rollout.ErrBadSignature, rollout.ErrThreshold, rollout.ErrRollback, rollout.ErrEquivocation, rollout.ErrExpired,
+			rollout.ErrNameMismatch, rollout.ErrSourceMismatch, rollout.ErrNonCanonical, rollout.ErrTooLarge}},
 		{exitNoCompiler, []error{compile.ErrNoCompiler}},
 		{exitCompile, []error{compile.ErrCompileFailed, compile.ErrNoOutput, compile.ErrTimeout, compile.ErrHelperProtocol, compile.ErrNoDevice}},
 		{exitIncompatible, []error{compat.ErrIncompatible, compat.ErrNoMetadata, compat.ErrMetadataVersion, compat.ErrFutureMetadata, compat.ErrMalformedTrailer}},
 		{exitCorrupt, []error{blobstore.ErrInvalidData}},
-		{exitNotFound, []error{blobstore.ErrNotFound, os.ErrNotExist}},
-		{exitUsage, []error{compile.ErrInvalidModel, compile.ErrInvalidProfile, compat.ErrOverride, compat.ErrInvalidFingerprint}},
+		{exitNotFound, []error{blobstore.ErrNotFound, os.ErrNotExist, rollout.ErrNotFound}},
+		{exitUsage, []error{compile.ErrInvalidModel, compile.ErrInvalidProfile, compat.ErrOverride, compat.ErrInvalidFingerprint,
+			rollout.ErrInvalidManifest, rollout.ErrInvalidKey, rollout.ErrKeyPermissions}},
 	} {
 		for _, e := range m.errs {
 			if errors.Is(err, e) {

@@ -37,7 +37,7 @@ type fixture struct {
 	dir, model, fp string
 }
 
-func newFixture(t *testing.T) fixture {
+func newFixture(t testing.TB) fixture {
 	t.Helper()
 	dir := t.TempDir()
 	f := fixture{dir: dir, model: filepath.Join(dir, "m.xml"), fp: filepath.Join(dir, "fp.yaml")}

@@ -74,6 +74,9 @@ type Config struct {
 	LeaseTTL     time.Duration
 	Deadline     time.Duration
 	LogLevel     string // "" is info
+	// TrustedKeys are operator public keys (rollout.trusted_keys); none disables rollouts.
+	TrustedKeys []string
+	Tags        []string // rollout.tags, "name=value"
 }
 
 // yaml renders c as the daemon's config file. Every value is quoted or numeric, so no path can break the syntax.
@@ -93,6 +96,18 @@ func (c Config) yaml() []byte {
 		fmt.Fprintf(&b, "  listen: [%s]\n  mdns: true\n", q("/ip4/0.0.0.0/tcp/"+strconv.Itoa(P2PPort)))
 		if c.FleetKeyFile != "" {
 			fmt.Fprintf(&b, "  fleet_key_file: %s\n", q(c.FleetKeyFile))
+		}
+	}
+	if len(c.TrustedKeys) > 0 {
+		b.WriteString("rollout:\n  trusted_keys:\n")
+		for _, k := range c.TrustedKeys {
+			fmt.Fprintf(&b, "    - %s\n", q(k))
+		}
+		if len(c.Tags) > 0 {
+			b.WriteString("  tags:\n")
+			for _, tag := range c.Tags {
+				fmt.Fprintf(&b, "    - %s\n", q(tag))
+			}
 		}
 	}
 	b.WriteString("flight:\n")
@@ -390,6 +405,33 @@ func (d *Daemon) Fetch(ctx context.Context, model, shape string) (FetchResult, e
 		return r, fmt.Errorf("%s: %w: incomplete answer %.300q", d.Name, ErrFetch, stdout.Bytes())
 	}
 	return r, nil
+}
+
+// CLI runs `npu-agent --config <the daemon's> --json args...` in the daemon's host and returns its stdout. A
+// non-zero exit is an error with the command's stderr.
+func (d *Daemon) CLI(ctx context.Context, args ...string) ([]byte, error) {
+	cmd := d.lab.Command(ctx, d.Host, d.bin, append([]string{"--config", d.ConfigPath, "--json"}, args...)...)
+	cmd.Env = daemonEnv()
+	stdout, stderr := &limitedBuffer{max: maxOutput}, &limitedBuffer{max: maxOutput}
+	cmd.Stdout, cmd.Stderr = stdout, stderr
+	if err := cmd.Run(); err != nil {
+		return stdout.Bytes(), fmt.Errorf("%s: npu-agent %s: %w: %s", d.Name, strings.Join(args, " "), err, bytes.TrimSpace(stderr.Bytes()))
+	}
+	return stdout.Bytes(), nil
+}
+
+// WaitRollout polls the daemon's view of rollout name until cond holds for it.
+func (d *Daemon) WaitRollout(ctx context.Context, name, what string, cond func(api.RolloutStatus) error) error {
+	return d.poll(ctx, what, func(ctx context.Context) (bool, error) {
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		st, err := d.api.Rollout(cctx, name)
+		if err != nil {
+			return false, err
+		}
+		err = cond(st)
+		return err == nil, err
+	})
 }
 
 // Kill ends the daemon with SIGKILL, as a crash or power loss would, and waits for it.

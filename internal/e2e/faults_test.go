@@ -14,10 +14,9 @@ import (
 // what the seed compiled, fetched from peers (never compiled: receivers' compiles take longer than the test).
 // The compiling host killed during a fleet single flight is TestFleetCompilerKilled.
 //
-// `make test` runs the short versions; `make test-faults` sets E2E_LONG=1 for bigger blobs and fleets and the
-// scenarios too slow for every run. (An environment variable rather than a flag, so that one `go test` can run
-// these with other packages' fault tests.)
-var longFaults = os.Getenv("E2E_LONG") != ""
+// `make test` runs the short versions; `make test-faults` sets NPU_TEST_FAULTS=long (as for the store's fault
+// tests) for bigger blobs and fleets and the scenarios too slow for every run.
+var longFaults = os.Getenv("NPU_TEST_FAULTS") == "long"
 
 // faultScale sizes a fault scenario.
 type faultScale struct {
@@ -161,7 +160,7 @@ func TestFaultSeedKilled(t *testing.T) {
 	}
 	probeHost := len(f.daemons)
 	probe := startHelper(t, f.lab, probeHost, helperProbe, helperArgs{
-		Dir: filepath.Join(f.dir, "probe"), FleetKey: f.key, Blob: seed.CID, Peers: addrs, Deadline: sc.timeout,
+		Dir: filepath.Join(f.dir, "probe"), FleetKey: f.fleetKey, Blob: seed.CID, Peers: addrs, Deadline: sc.timeout,
 	})
 
 	out := f.fetchEach(ctx, receivers)
@@ -225,11 +224,11 @@ func TestFaultPartitionHeals(t *testing.T) {
 
 // TestFaultCorruptPeer: a fleet member serves the blob with a byte of every chunk flipped and announces a valid
 // record of it. Every honest receiver must reject its chunks, drop it, and still end with the seed's exact blob.
-// Only with E2E_LONG=1.
+// Only with NPU_TEST_FAULTS=long.
 func TestFaultCorruptPeer(t *testing.T) {
 	requireLab(t)
 	if !longFaults {
-		t.Skip("fault scenario run by make test-faults (E2E_LONG=1)")
+		t.Skip("fault scenario run by make test-faults (NPU_TEST_FAULTS=long)")
 	}
 	sc := scale()
 	ctx, cancel := context.WithTimeout(context.Background(), sc.timeout)
@@ -237,7 +236,7 @@ func TestFaultCorruptPeer(t *testing.T) {
 	f, seed := faultFleet(ctx, t, sc, 1)
 	evilHost := len(f.daemons)
 	evil := startHelper(t, f.lab, evilHost, helperEvil, helperArgs{
-		Dir: filepath.Join(f.dir, "evil"), FleetKey: f.key, Blob: seed.CID, File: seed.Path, Deadline: sc.timeout,
+		Dir: filepath.Join(f.dir, "evil"), FleetKey: f.fleetKey, Blob: seed.CID, File: seed.Path, Deadline: sc.timeout,
 	})
 	ready, err := evil.next(ctx)
 	if err != nil {

@@ -103,8 +103,10 @@ type testFleet struct {
 	daemons []*Daemon
 	model   string
 	killed  map[int]bool
-	dir     string // the test's directory: hosts' directories, fleet key, model
-	key     string // fleet key file
+
+	dir      string // the test's files: fleet key, models, one directory per daemon
+	fleetKey string
+	o        fleetOptions
 }
 
 const testShape = "x=1,8"
@@ -114,11 +116,12 @@ type fleetOptions struct {
 	compileTime time.Duration
 	blobSize    int64
 	leaseTTL    time.Duration
+	trustedKeys []string // operator keys the daemons follow rollouts of
+	extraHosts  int      // lab hosts left free for daemons started later (startMember) and helpers
+	rate        string   // every host's link rate (tc syntax); "" unshaped
 	// seedCompileTime, if set, is host 0's compile time instead of compileTime: the fault tests let the seed
 	// compile the blob quickly and give every other host a compile too long to finish, so they must fetch.
 	seedCompileTime time.Duration
-	rate            string // every host's link rate (tc syntax); "" unshaped
-	extraHosts      int    // lab hosts after the members' without a daemon, for helpers
 }
 
 // standardMembers: 7 hosts, classes interleaved over the lab.
@@ -126,9 +129,9 @@ var standardMembers = []member{
 	{"A", classA114}, {"B", classB}, {"A", classA116}, {"B", classB}, {"A", classA114}, {"B", classB}, {"A", classA116},
 }
 
-// startFleet builds a lab with one daemon per member, waits until every daemon's API answers and every daemon
-// sees every other as a connected peer. Everything is stopped and removed when the test ends; if the test failed,
-// every daemon's log is printed.
+// startFleet builds a lab with one daemon per member (and o.extraHosts hosts left free for startMember), waits
+// until every daemon's API answers and every daemon sees every other as a connected peer. Everything is stopped
+// and removed when the test ends; if the test failed, every daemon's log is printed.
 func startFleet(ctx context.Context, t *testing.T, members []member, o fleetOptions) *testFleet {
 	t.Helper()
 	lab, err := netlab.New(ctx, netlab.Config{Hosts: len(members) + o.extraHosts, Rate: o.rate, Prefix: labPrefix})
@@ -149,23 +152,10 @@ func startFleet(ctx context.Context, t *testing.T, members []member, o fleetOpti
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &testFleet{t: t, lab: lab, members: members, model: model, killed: map[int]bool{}}
+	f := &testFleet{t: t, lab: lab, model: model, killed: map[int]bool{}, dir: dir, fleetKey: key, o: o}
 	t.Cleanup(f.stop)
-	f.dir, f.key = dir, key
-	for i, m := range members {
-		ct := o.compileTime
-		if i == 0 && o.seedCompileTime > 0 {
-			ct = o.seedCompileTime
-		}
-		d, err := Start(ctx, lab, i, Config{
-			Binary: npuAgent, Dir: filepath.Join(dir, fmt.Sprintf("h%d", i)), Fingerprint: m.fp,
-			CompileTime: ct, BlobSize: o.blobSize, P2P: true, FleetKeyFile: key,
-			LeaseTTL: o.leaseTTL, Deadline: 5 * time.Minute,
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		f.daemons = append(f.daemons, d)
+	for _, m := range members {
+		f.startMember(ctx, m)
 	}
 	for _, d := range f.daemons {
 		if err := d.WaitReady(ctx); err != nil {
@@ -178,6 +168,27 @@ func startFleet(ctx context.Context, t *testing.T, members []member, o fleetOpti
 		}
 	}
 	return f
+}
+
+// startMember starts a daemon for m on the next free host of the lab and returns it; it does not wait for it.
+func (f *testFleet) startMember(ctx context.Context, m member) *Daemon {
+	f.t.Helper()
+	i := len(f.daemons)
+	ct := f.o.compileTime
+	if i == 0 && f.o.seedCompileTime > 0 {
+		ct = f.o.seedCompileTime
+	}
+	d, err := Start(ctx, f.lab, i, Config{
+		Binary: npuAgent, Dir: filepath.Join(f.dir, fmt.Sprintf("h%d", i)), Fingerprint: m.fp,
+		CompileTime: ct, BlobSize: f.o.blobSize, P2P: true, FleetKeyFile: f.fleetKey,
+		LeaseTTL: f.o.leaseTTL, Deadline: 5 * time.Minute, TrustedKeys: f.o.trustedKeys,
+	})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	f.members = append(f.members, m)
+	f.daemons = append(f.daemons, d)
+	return d
 }
 
 // stop stops every daemon that was not killed, checking that each shuts down cleanly, and prints their logs if

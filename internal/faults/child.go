@@ -149,11 +149,21 @@ func (p *Proc) Await(substr string) string {
 	}
 }
 
-// Kill sends SIGKILL (if the process still runs) and reaps it. It returns whether the signal killed it, as
-// opposed to the process having exited on its own first.
+// Kill sends SIGKILL (if the process still runs) and reaps it. It returns whether the signal ended the
+// process, as opposed to the process having exited on its own first.
 func (p *Proc) Kill() bool {
 	_ = p.cmd.Process.Signal(syscall.SIGKILL)
-	err := p.Wait()
+	return killed(p.Wait())
+}
+
+// KillAfter kills the process d from now unless it exits first; it returns like Kill.
+func (p *Proc) KillAfter(d time.Duration) bool {
+	timer := time.AfterFunc(d, func() { _ = p.cmd.Process.Signal(syscall.SIGKILL) })
+	defer timer.Stop()
+	return killed(p.Wait())
+}
+
+func killed(err error) bool {
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
 		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL {

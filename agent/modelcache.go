@@ -1,0 +1,84 @@
+package agent
+
+import (
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/npu-agent/npu-agent/compile"
+)
+
+// maxCachedModels bounds the model cache; an application uses a handful of models.
+const maxCachedModels = 256
+
+// modelCache remembers model identities by path so that an ensure of an unchanged model does not re-hash
+// gigabytes of weights. An entry is used only while every file still has the size, mtime, ctime and inode it had
+// when hashed (as git's index does); any write to a file changes its ctime.
+type modelCache struct {
+	mu sync.Mutex
+	m  map[string]cachedModel
+}
+
+type cachedModel struct {
+	model  compile.Model
+	stamps []fileStamp
+}
+
+type fileStamp struct {
+	size         int64
+	mtime, ctime time.Time
+	ino          uint64
+}
+
+func stamp(path string) (fileStamp, bool) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return fileStamp{}, false
+	}
+	fs := fileStamp{size: st.Size(), mtime: st.ModTime()}
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+		fs.ino = sys.Ino
+		fs.ctime = time.Unix(sys.Ctim.Sec, sys.Ctim.Nsec)
+	}
+	return fs, true
+}
+
+// load returns the model at path, hashing its files only when they changed since the last load.
+func (c *modelCache) load(path string) (compile.Model, error) {
+	c.mu.Lock()
+	e, ok := c.m[path]
+	c.mu.Unlock()
+	if ok && e.current() {
+		return e.model, nil
+	}
+	start := time.Now()
+	m, err := compile.LoadModel(path)
+	if err != nil {
+		return m, err
+	}
+	stamps := make([]fileStamp, 0, len(m.Files))
+	for _, f := range m.Files {
+		s, ok := stamp(f.Path)
+		if !ok || !s.ctime.Before(start) {
+			return m, nil // changed or vanished while being hashed: do not cache
+		}
+		stamps = append(stamps, s)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil || len(c.m) >= maxCachedModels {
+		c.m = map[string]cachedModel{}
+	}
+	c.m[path] = cachedModel{model: m, stamps: stamps}
+	return m, nil
+}
+
+func (e cachedModel) current() bool {
+	for i, f := range e.model.Files {
+		if s, ok := stamp(f.Path); !ok || s != e.stamps[i] {
+			return false
+		}
+	}
+	return true
+}
