@@ -110,20 +110,30 @@ func helperNode(ctx context.Context, a helperArgs, store blobstore.Store, mdns b
 	return p2p.New(ctx, cfg, store, log)
 }
 
-// flipStore corrupts every chunk it reads: one byte in the middle flipped, so the chunk no longer matches the
-// manifest's hash. HAVE answers stay truthful, so honest peers ask it for everything.
+// flipStore corrupts every chunk it reads for a peer or for itself: one byte in the middle flipped, so the chunk
+// no longer matches the manifest's hash. HAVE answers stay truthful, so honest peers ask it for everything.
 type flipStore struct {
 	blobstore.Store
 	flipped atomic.Int64
 }
 
+func (s *flipStore) ServeChunk(ctx context.Context, blob cid.Cid, i int, dst []byte) ([]byte, error) {
+	b, err := s.Store.ServeChunk(ctx, blob, i, dst)
+	return s.corrupt(b, len(dst), err)
+}
+
 func (s *flipStore) ReadChunk(ctx context.Context, blob cid.Cid, i int, dst []byte) ([]byte, error) {
 	b, err := s.Store.ReadChunk(ctx, blob, i, dst)
+	return s.corrupt(b, len(dst), err)
+}
+
+// corrupt flips a byte in the middle of the chunk that starts at b[off].
+func (s *flipStore) corrupt(b []byte, off int, err error) ([]byte, error) {
 	if err != nil {
 		return b, err
 	}
-	if n := len(b) - len(dst); n > 0 {
-		b[len(dst)+n/2] ^= 0x40
+	if n := len(b) - off; n > 0 {
+		b[off+n/2] ^= 0x40
 		s.flipped.Add(1)
 	}
 	return b, nil
