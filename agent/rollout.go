@@ -575,7 +575,10 @@ func (r *Rollouts) fetchSource(ctx context.Context, m *rollout.Manifest, p *prog
 					f.Role, f.Name, c)
 			}
 			p.set(rollout.PhaseFetching, "")
-			if err := fleet.Fetch(ctx, c, nil); err != nil {
+			release := r.opts.Agent.use(c) // a partial blob is a gc candidate like any other
+			err := fleet.Fetch(ctx, c, nil)
+			release()
+			if err != nil {
 				return compile.Model{}, fmt.Errorf("fetching source %s file %s (blob %s): %w", f.Role, f.Name, c, err)
 			}
 		}
