@@ -1,12 +1,9 @@
 package p2p
 
 import (
-	"bufio"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"slices"
 	"sync"
@@ -34,8 +31,7 @@ const (
 	// MaxChannelMessage bounds ChannelConfig.MaxMessage: a document must fit a gossipsub message comfortably.
 	MaxChannelMessage = 256 << 10
 	// MaxChannelSync bounds ChannelConfig.MaxSync.
-	MaxChannelSync   = 100000
-	channelLenPrefix = 4
+	MaxChannelSync = 100000
 )
 
 // Handler takes a document from a peer: from is the peer that sent it (for gossip the forwarding peer, not
@@ -204,55 +200,29 @@ func (c *Channel) syncWith(p peer.ID) {
 	}
 }
 
-// serveSync answers a pull: every snapshot document, each as u32 little-endian length + bytes, then EOF.
+// serveSync answers a pull with every snapshot document (at most MaxSync, each within MaxMessage).
 func (c *Channel) serveSync(st network.Stream) {
-	defer st.Close()
-	st.SetDeadline(time.Now().Add(syncTimeout))
-	w := bufio.NewWriter(st)
 	docs := c.cfg.Snapshot()
-	for _, d := range docs[:min(len(docs), c.cfg.MaxSync)] {
-		if len(d) == 0 || len(d) > c.cfg.MaxMessage {
-			continue // the peer would reject it
-		}
-		if _, err := w.Write(appendChannelEntry(nil, d)); err != nil {
-			st.Reset()
-			return
-		}
-	}
-	if err := w.Flush(); err != nil {
-		st.Reset()
-	}
+	docs = slices.DeleteFunc(docs[:min(len(docs), c.cfg.MaxSync)], func(d []byte) bool {
+		return len(d) == 0 || len(d) > c.cfg.MaxMessage // the peer would reject it
+	})
+	serveEntries(st, docs)
 }
 
 // pull reads a peer's snapshot and hands each document to the Handler. A document the Handler rejects is logged
 // and skipped; a broken frame ends the pull.
 func (c *Channel) pull(ctx context.Context, st network.Stream) (added int, err error) {
-	defer st.Close()
-	stop := context.AfterFunc(ctx, func() { st.Reset() })
-	defer stop()
-	st.SetDeadline(time.Now().Add(syncTimeout))
-	if err := st.CloseWrite(); err != nil {
-		return 0, err
-	}
 	from := st.Conn().RemotePeer()
-	n := 0
-	err = readChannelEntries(bufio.NewReader(st), c.cfg.MaxMessage, func(doc []byte) bool {
-		if n++; n > c.cfg.MaxSync {
-			return false
-		}
+	return pullEntries(ctx, st, c.cfg.MaxMessage, c.cfg.MaxSync, "documents", func(doc []byte) bool {
 		switch err := c.cfg.Handle(ctx, from, doc); {
 		case err == nil:
-			added++
+			return true
 		case errors.Is(err, ErrIgnore):
 		default:
 			c.n.log.Warn("peer sent an invalid document", "topic", c.cfg.Topic, "peer", from, "err", err)
 		}
-		return true
+		return false
 	})
-	if n > c.cfg.MaxSync {
-		return added, fmt.Errorf("peer %s sent more than %d documents", from, c.cfg.MaxSync)
-	}
-	return added, err
 }
 
 func (c *Channel) syncOnJoin(evh *pubsub.TopicEventHandler) {
@@ -289,37 +259,6 @@ func (c *Channel) antiEntropy() {
 			if ps := c.n.h.Network().Peers(); len(ps) > 0 {
 				c.syncWith(ps[rand.IntN(len(ps))])
 			}
-		}
-	}
-}
-
-func appendChannelEntry(b, doc []byte) []byte {
-	b = binary.LittleEndian.AppendUint32(b, uint32(len(doc)))
-	return append(b, doc...)
-}
-
-// readChannelEntries calls fn for each length-prefixed document of at most max bytes until EOF or fn returns
-// false; a zero or oversized length or a cut entry is an error.
-func readChannelEntries(r io.Reader, max int, fn func([]byte) bool) error {
-	var n [channelLenPrefix]byte
-	var buf []byte
-	for {
-		if _, err := io.ReadFull(r, n[:]); err != nil {
-			if err == io.EOF {
-				return nil
-			}
-			return fmt.Errorf("truncated length: %w", err)
-		}
-		l := binary.LittleEndian.Uint32(n[:])
-		if l == 0 || l > uint32(max) {
-			return fmt.Errorf("document of %d bytes, limit %d", l, max)
-		}
-		buf = slices.Grow(buf[:0], int(l))[:l]
-		if _, err := io.ReadFull(r, buf); err != nil {
-			return fmt.Errorf("truncated document: %w", noEOF(err))
-		}
-		if !fn(buf) {
-			return nil
 		}
 	}
 }

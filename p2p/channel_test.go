@@ -168,7 +168,7 @@ func TestReadChannelEntries(t *testing.T) {
 	entries := func(docs ...string) []byte {
 		var b []byte
 		for _, d := range docs {
-			b = appendChannelEntry(b, []byte(d))
+			b = appendEntry(b, []byte(d))
 		}
 		return b
 	}
@@ -187,7 +187,7 @@ func TestReadChannelEntries(t *testing.T) {
 		{"cut body", append(entries("a"), 3, 0, 0, 0, 'x'), []string{"a"}, true},
 	} {
 		var got []string
-		err := readChannelEntries(bytes.NewReader(tc.in), 8, func(d []byte) bool {
+		err := readEntries(bytes.NewReader(tc.in), 8, func(d []byte) bool {
 			got = append(got, string(d))
 			return true
 		})
@@ -198,16 +198,16 @@ func TestReadChannelEntries(t *testing.T) {
 }
 
 func FuzzReadChannelEntries(f *testing.F) {
-	f.Add(appendChannelEntry(appendChannelEntry(nil, []byte("doc")), []byte("x")))
+	f.Add(appendEntry(appendEntry(nil, []byte("doc")), []byte("x")))
 	f.Add([]byte{0xff, 0xff, 0xff, 0xff})
 	f.Add([]byte{2, 0, 0, 0, 'a'})
 	f.Fuzz(func(t *testing.T, in []byte) {
 		total := 0
-		_ = readChannelEntries(bytes.NewReader(in), 1024, func(d []byte) bool {
+		_ = readEntries(bytes.NewReader(in), 1024, func(d []byte) bool {
 			if len(d) == 0 || len(d) > 1024 {
 				t.Fatalf("entry of %d bytes passed the bound", len(d))
 			}
-			total += channelLenPrefix + len(d)
+			total += entryLenPrefix + len(d)
 			return true
 		})
 		if total > len(in) {

@@ -310,7 +310,7 @@ func attacker(t *testing.T, syncAnswer ...[]byte) (*pubsub.Topic, peer.AddrInfo)
 	h.SetStreamHandler(RecordSyncProtocol, func(st network.Stream) {
 		defer st.Close()
 		for _, raw := range syncAnswer {
-			st.Write(appendRecordEntry(nil, raw))
+			st.Write(appendEntry(nil, raw))
 		}
 	})
 	t.Cleanup(func() {

@@ -3,10 +3,8 @@ package p2p
 import (
 	"bufio"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -26,9 +24,8 @@ const (
 	RecordsFile                    = "records.log"
 
 	// MaxRecords bounds the records kept (in memory and on disk); past it the oldest by Created are dropped.
-	MaxRecords      = 10000
-	syncTimeout     = 30 * time.Second
-	recordLenPrefix = 4
+	MaxRecords  = 10000
+	syncTimeout = 30 * time.Second
 )
 
 // recordBook holds verified, trusted records in memory and in an append-only file in the data directory.
@@ -51,7 +48,7 @@ func openRecordBook(path string, trust trustPolicy, log *slog.Logger) (*recordBo
 	f, err := os.Open(path)
 	switch {
 	case err == nil:
-		err = readRecordLog(bufio.NewReader(f), func(raw []byte) bool {
+		err = readEntries(bufio.NewReader(f), MaxRecordEnvelope, func(raw []byte) bool {
 			sr, err := OpenRecord(raw, time.Now())
 			if err != nil {
 				log.Warn("dropping invalid stored record", "file", path, "err", err)
@@ -74,42 +71,11 @@ func openRecordBook(path string, trust trustPolicy, log *slog.Logger) (*recordBo
 	return b, nil
 }
 
-// readRecordLog calls fn for each length-prefixed entry until fn returns false; it stops at the first damaged
-// entry with an error.
-func readRecordLog(r io.Reader, fn func([]byte) bool) error {
-	var n [recordLenPrefix]byte
-	buf := make([]byte, 0, 4096)
-	for {
-		if _, err := io.ReadFull(r, n[:]); err != nil {
-			if err == io.EOF {
-				return nil
-			}
-			return fmt.Errorf("truncated length: %w", err)
-		}
-		l := binary.LittleEndian.Uint32(n[:])
-		if l == 0 || l > MaxRecordEnvelope {
-			return fmt.Errorf("entry of %d bytes, limit %d", l, MaxRecordEnvelope)
-		}
-		buf = slices.Grow(buf[:0], int(l))[:l]
-		if _, err := io.ReadFull(r, buf); err != nil {
-			return fmt.Errorf("truncated entry: %w", noEOF(err))
-		}
-		if !fn(buf) {
-			return nil
-		}
-	}
-}
-
-func appendRecordEntry(b []byte, raw []byte) []byte {
-	b = binary.LittleEndian.AppendUint32(b, uint32(len(raw)))
-	return append(b, raw...)
-}
-
 // rewrite replaces the file with the current set and reopens it for appending. Called with mu held or before use.
 func (b *recordBook) rewrite() error {
 	var buf []byte
 	for _, sr := range b.sorted() {
-		buf = appendRecordEntry(buf, sr.Envelope)
+		buf = appendEntry(buf, sr.Envelope)
 	}
 	if err := writeFileAtomic(b.path, buf, 0o600); err != nil {
 		return fmt.Errorf("write record log: %w", err)
@@ -165,7 +131,7 @@ func (b *recordBook) add(sr SignedRecord) (bool, error) {
 		b.evict()
 		err = b.rewrite()
 	} else if b.file != nil {
-		_, err = b.file.Write(appendRecordEntry(nil, sr.Envelope))
+		_, err = b.file.Write(appendEntry(nil, sr.Envelope))
 		b.entries++
 	}
 	_, kept := b.byID[sr.ID]
@@ -226,54 +192,31 @@ func (b *recordBook) close() error {
 	return err
 }
 
-// serveSync answers a record pull: every record held, each length-prefixed, then the stream closes.
+// serveSync answers a record pull with every record held.
 func (b *recordBook) serveSync(st network.Stream) {
-	defer st.Close()
-	st.SetDeadline(time.Now().Add(syncTimeout))
 	b.mu.Lock()
 	all := b.sorted()
 	b.mu.Unlock()
-	w := bufio.NewWriter(st)
-	for _, sr := range all {
-		if _, err := w.Write(appendRecordEntry(nil, sr.Envelope)); err != nil {
-			st.Reset()
-			return
-		}
+	docs := make([][]byte, len(all))
+	for i, sr := range all {
+		docs[i] = sr.Envelope
 	}
-	if err := w.Flush(); err != nil {
-		st.Reset()
-	}
+	serveEntries(st, docs)
 }
 
 // pull fetches p's records and adds the valid, trusted ones. Invalid ones are logged and skipped.
 func (b *recordBook) pull(ctx context.Context, st network.Stream) (added int, err error) {
-	defer st.Close()
-	stop := context.AfterFunc(ctx, func() { st.Reset() })
-	defer stop()
-	st.SetDeadline(time.Now().Add(syncTimeout))
-	if err := st.CloseWrite(); err != nil {
-		return 0, err
-	}
 	from := st.Conn().RemotePeer()
-	n := 0
-	err = readRecordLog(bufio.NewReader(st), func(raw []byte) bool {
-		if n++; n > MaxRecords {
-			return false
-		}
+	return pullEntries(ctx, st, MaxRecordEnvelope, MaxRecords, "records", func(raw []byte) bool {
 		sr, err := OpenRecord(raw, time.Now())
 		if err != nil {
 			b.log.Warn("peer sent an invalid record", "peer", from, "err", err)
-			return true
+			return false
 		}
-		if ok, err := b.add(sr); err != nil {
+		ok, err := b.add(sr)
+		if err != nil {
 			b.log.Debug("record ignored", "peer", from, "err", err)
-		} else if ok {
-			added++
 		}
-		return true
+		return ok
 	})
-	if n > MaxRecords {
-		return added, fmt.Errorf("peer %s sent more than %d records", from, MaxRecords)
-	}
-	return added, err
 }
