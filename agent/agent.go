@@ -263,9 +263,13 @@ func (a *Agent) findLocal(ctx context.Context, modelID, profileID, kind string) 
 // compatible filters records to those this host can load, best first: compiled on this very fingerprint, then
 // the newest.
 func (a *Agent) compatible(recs []blobstore.Record, kind string) []blobstore.Record {
-	var out []blobstore.Record
+	type candidate struct {
+		r        blobstore.Record
+		sameHost bool
+	}
+	var cands []candidate
 	for _, r := range recs {
-		if r.Kind != kind && !(r.Kind == "" && kind == compat.KindModel) && !(kind == "" && r.Kind == compat.KindModel) {
+		if normKind(r.Kind) != normKind(kind) {
 			continue
 		}
 		var fp compat.Fingerprint
@@ -275,28 +279,31 @@ func (a *Agent) compatible(recs []blobstore.Record, kind string) []blobstore.Rec
 		if d := compat.Check(a.opts.Rules, fp, a.opts.Host, kind); !d.Compatible {
 			continue
 		}
-		out = append(out, r)
+		h, err := fp.Hash()
+		cands = append(cands, candidate{r: r, sameHost: err == nil && h == a.hostHash})
 	}
-	slices.SortStableFunc(out, func(x, y blobstore.Record) int {
-		xs, ys := a.sameHost(x), a.sameHost(y)
-		if xs != ys {
-			if xs {
+	slices.SortStableFunc(cands, func(x, y candidate) int {
+		if x.sameHost != y.sameHost {
+			if x.sameHost {
 				return -1
 			}
 			return 1
 		}
-		return y.Created.Compare(x.Created)
+		return y.r.Created.Compare(x.r.Created)
 	})
+	out := make([]blobstore.Record, len(cands))
+	for i, c := range cands {
+		out[i] = c.r
+	}
 	return out
 }
 
-func (a *Agent) sameHost(r blobstore.Record) bool {
-	var fp compat.Fingerprint
-	if json.Unmarshal(r.Fingerprint, &fp) != nil {
-		return false
+// normKind treats "" as the default kind.
+func normKind(k string) string {
+	if k == "" {
+		return compat.KindModel
 	}
-	h, err := fp.Hash()
-	return err == nil && h == a.hostHash
+	return k
 }
 
 // fromPeers fetches the best compatible blob peers advertise, trying the next on failure.
