@@ -27,12 +27,23 @@ import (
 var ErrIncompatible = compat.ErrIncompatible
 
 // Source says where Ensure found a blob.
-type Source string
+type Source = blobstore.Source
 
+// Sources of a blob.
 const (
-	SourceStore    Source = "store"    // already in the local store
-	SourcePeer     Source = "peer"     // fetched from fleet peers
-	SourceCompiled Source = "compiled" // compiled here
+	SourceStore    = blobstore.SourceStore
+	SourcePeer     = blobstore.SourcePeer
+	SourceCompiled = blobstore.SourceCompiled
+)
+
+// Phase says what a job under way does.
+type Phase string
+
+// Phases of a job.
+const (
+	PhaseFetch   Phase = "fetch"   // chunks coming from peers
+	PhaseCompile Phase = "compile" // compiling on this host
+	PhaseWait    Phase = "wait"    // waiting for a peer of the same class to compile
 )
 
 // Result is the outcome of Ensure.
@@ -45,8 +56,8 @@ type Result struct {
 	WaitedFor string           `json:"waited_for,omitempty"`
 }
 
-// Progress reports long work: phase is "compile" or "fetch"; total is 0 when unknown.
-type Progress func(phase string, done, total int64)
+// Progress reports long work; total is 0 when unknown (for a compile, done is the time spent so far in ns).
+type Progress func(phase Phase, done, total int64)
 
 // Fleet is what the agent needs of its peers. The p2p layer implements it; nil means this agent runs alone.
 type Fleet interface {
@@ -91,7 +102,7 @@ type Agent struct {
 
 // Activity is one fetch or compile under way.
 type Activity struct {
-	Phase   string    `json:"phase"` // "fetch" or "compile"
+	Phase   Phase     `json:"phase"`
 	Model   string    `json:"model_id"`
 	Profile string    `json:"profile_id"`
 	Started time.Time `json:"started"`
@@ -154,7 +165,7 @@ func (a *Agent) Ensure(ctx context.Context, model compile.Model, profile compile
 	r, err := a.ensure(ctx, model, profile, progress)
 	if err == nil {
 		a.opts.Metrics.Lookup(r.Source == SourceStore)
-		a.opts.Metrics.Fetched(metrics.Source(r.Source), r.Record.Size)
+		a.opts.Metrics.Fetched(r.Source, r.Record.Size)
 		if r.WaitedFor != "" {
 			a.opts.Metrics.Waited(metrics.ScopeFleet)
 		}
@@ -310,12 +321,12 @@ func normKind(k string) string {
 func (a *Agent) fromPeers(ctx context.Context, modelID, profileID, kind string, progress Progress) (Result, bool, error) {
 	var errs []error
 	for _, r := range a.compatible(a.opts.Fleet.Records(modelID, profileID), kind) {
-		act := a.begin("fetch", modelID, profileID)
+		act := a.begin(PhaseFetch, modelID, profileID)
 		release := a.use(r.Blob)
 		err := a.opts.Fleet.Fetch(ctx, r.Blob, func(done, total int64) {
 			act.update(a, done, total)
 			if progress != nil {
-				progress("fetch", done, total)
+				progress(PhaseFetch, done, total)
 			}
 		})
 		a.end(act)
@@ -366,7 +377,7 @@ func (a *Agent) compileAndStore(ctx context.Context, model compile.Model, profil
 	if a.opts.Backend == nil {
 		return cid.Undef, compile.ErrNoCompiler
 	}
-	act := a.begin("compile", model.ID, pid)
+	act := a.begin(PhaseCompile, model.ID, pid)
 	defer a.end(act)
 	stop := make(chan struct{})
 	defer close(stop)
@@ -379,7 +390,7 @@ func (a *Agent) compileAndStore(ctx context.Context, model compile.Model, profil
 				case <-stop:
 					return
 				case <-t.C:
-					progress("compile", int64(time.Since(act.Started)), 0)
+					progress(PhaseCompile, int64(time.Since(act.Started)), 0)
 				}
 			}
 		}()
@@ -569,17 +580,17 @@ func (a *Agent) Activities() []Activity {
 	return out
 }
 
-func (a *Agent) begin(phase, model, profile string) *Activity {
+func (a *Agent) begin(phase Phase, model, profile string) *Activity {
 	act := &Activity{Phase: phase, Model: model, Profile: profile, Started: time.Now()}
 	a.mu.Lock()
-	a.inflight[phase+"/"+model+"/"+profile] = act
+	a.inflight[string(phase)+"/"+model+"/"+profile] = act
 	a.mu.Unlock()
 	return act
 }
 
 func (a *Agent) end(act *Activity) {
 	a.mu.Lock()
-	delete(a.inflight, act.Phase+"/"+act.Model+"/"+act.Profile)
+	delete(a.inflight, string(act.Phase)+"/"+act.Model+"/"+act.Profile)
 	a.mu.Unlock()
 }
 

@@ -526,8 +526,8 @@ func (r *Rollouts) prepare(ctx context.Context, name string) (uint64, error) {
 	for i, prof := range m.Profiles {
 		id := ids[i]
 		p.profile(id, rollout.PhaseCompiling)
-		res, err := r.opts.Agent.Ensure(ctx, model, prof, func(phase string, _, _ int64) {
-			if phase == "fetch" {
+		res, err := r.opts.Agent.Ensure(ctx, model, prof, func(phase Phase, _, _ int64) {
+			if phase == PhaseFetch {
 				p.profile(id, rollout.PhaseFetching)
 			} else {
 				p.profile(id, rollout.PhaseCompiling)

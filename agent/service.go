@@ -50,7 +50,7 @@ func (s *Service) response(ctx context.Context, r Result) (api.EnsureResponse, e
 		from = r.Record.Producer
 	}
 	return api.EnsureResponse{
-		CID: r.CID, Path: path, Source: api.Source(r.Source), Size: r.Record.Size, SHA256: r.SHA256,
+		CID: r.CID, Path: path, Source: r.Source, Size: r.Record.Size, SHA256: r.SHA256,
 		ModelID: r.Record.ModelID, ProfileID: r.Record.ProfileID, From: from, CompileTime: r.Record.CompileTime,
 	}, nil
 }

@@ -43,29 +43,19 @@ type PutRequest struct {
 	Profile compile.Profile `json:"profile"`
 }
 
-// Source says where Ensure found a blob.
-type Source string
-
-// Sources of a blob.
-const (
-	SourceStore    Source = "store"    // already in the local store
-	SourcePeer     Source = "peer"     // fetched from peers (or waited for a peer's compile, then fetched)
-	SourceCompiled Source = "compiled" // compiled on this host
-)
-
 // EnsureResponse describes a blob ready for the loader.
 type EnsureResponse struct {
 	CID cid.Cid `json:"cid"`
 	// Path is a stable read-only file with the blob's bytes, for core.import_model or an mmap. It stays valid
 	// while the blob is stored; GET /v1/blobs/{cid} streams the same bytes to clients that cannot read it.
-	Path        string        `json:"path"`
-	Source      Source        `json:"source"`
-	Size        uint64        `json:"size"`
-	SHA256      string        `json:"sha256"` // hex, as sha256sum prints it
-	ModelID     string        `json:"model_id"`
-	ProfileID   string        `json:"profile_id"`
-	From        string        `json:"from,omitempty"` // peer ID the blob came from (Source peer)
-	CompileTime time.Duration `json:"compile_time_ns"`
+	Path        string           `json:"path"`
+	Source      blobstore.Source `json:"source"`
+	Size        uint64           `json:"size"`
+	SHA256      string           `json:"sha256"` // hex, as sha256sum prints it
+	ModelID     string           `json:"model_id"`
+	ProfileID   string           `json:"profile_id"`
+	From        string           `json:"from,omitempty"` // peer ID the blob came from (Source peer)
+	CompileTime time.Duration    `json:"compile_time_ns"`
 }
 
 // Status is a snapshot of the agent.
@@ -90,15 +80,8 @@ type StoreStatus struct {
 	List    []blobstore.Info `json:"list,omitempty"`
 }
 
-// JobKind says what a job does.
+// JobKind says what a job does: the agent's job phases.
 type JobKind string
-
-// Kinds of jobs.
-const (
-	JobFetch   JobKind = "fetch"   // chunks coming from peers
-	JobCompile JobKind = "compile" // compiling on this host
-	JobWait    JobKind = "wait"    // waiting for a peer of the same class to compile
-)
 
 // Job is one fetch, compile or wait in progress.
 type Job struct {

@@ -119,7 +119,7 @@ func (a *fakeAgent) PutBlob(_ context.Context, req PutRequest, blob io.Reader) (
 	a.mu.Lock()
 	a.puts = append(a.puts, putCall{req, data})
 	a.mu.Unlock()
-	return EnsureResponse{CID: c, Source: SourceStore, Size: uint64(len(data)), ModelID: "m", ProfileID: "p"}, nil
+	return EnsureResponse{CID: c, Source: blobstore.SourceStore, Size: uint64(len(data)), ModelID: "m", ProfileID: "p"}, nil
 }
 
 func (a *fakeAgent) Status(context.Context) (Status, error) {
@@ -203,7 +203,7 @@ func TestEnsure(t *testing.T) {
 	t.Parallel()
 	agent := newFakeAgent()
 	c := agent.add([]byte("blob"))
-	want := EnsureResponse{CID: c, Path: "/var/lib/npu-agent/blobs/x", Source: SourcePeer, Size: 4,
+	want := EnsureResponse{CID: c, Path: "/var/lib/npu-agent/blobs/x", Source: blobstore.SourcePeer, Size: 4,
 		SHA256: "ab", ModelID: "bafymodel", ProfileID: "bafyprofile", From: "12D3KooW", CompileTime: 3 * time.Second}
 	var got EnsureRequest
 	agent.ensure = func(_ context.Context, req EnsureRequest) (EnsureResponse, error) {
@@ -585,7 +585,7 @@ func TestStatusHealthMetrics(t *testing.T) {
 	agent := newFakeAgent()
 	agent.status = Status{Version: "1.2.3", PeerID: "12D3KooWx", Compiler: "sim",
 		Store: StoreStatus{Blobs: 2, Bytes: 1 << 30, Records: 3},
-		Jobs:  []Job{{Kind: JobFetch, ModelID: "m", ProfileID: "p", Done: 10, Total: 100, Waiters: 2}},
+		Jobs:  []Job{{Kind: "fetch", ModelID: "m", ProfileID: "p", Done: 10, Total: 100, Waiters: 2}},
 		Peers: []Peer{{ID: "12D3KooWy", Addrs: []string{"/ip4/127.0.0.1/tcp/4801"}, Records: 1}}}
 	reg := prometheus.NewRegistry()
 	counter := prometheus.NewCounter(prometheus.CounterOpts{Name: "npu_agent_test_total", Help: "test"})
@@ -598,7 +598,7 @@ func TestStatusHealthMetrics(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Version != "1.2.3" || st.Store.Bytes != 1<<30 || len(st.Jobs) != 1 || st.Jobs[0].Kind != JobFetch ||
+	if st.Version != "1.2.3" || st.Store.Bytes != 1<<30 || len(st.Jobs) != 1 || st.Jobs[0].Kind != "fetch" ||
 		st.Jobs[0].Waiters != 2 || len(st.Peers) != 1 || st.Peers[0].Addrs[0] != "/ip4/127.0.0.1/tcp/4801" {
 		t.Errorf("status %+v", st)
 	}

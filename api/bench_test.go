@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"github.com/npu-agent/npu-agent/blobstore"
 	"io"
 	"testing"
 )
@@ -35,7 +36,7 @@ func BenchmarkEnsure(b *testing.B) {
 	agent := newFakeAgent()
 	c := agent.add([]byte("blob"))
 	agent.ensure = func(context.Context, EnsureRequest) (EnsureResponse, error) {
-		return EnsureResponse{CID: c, Path: "/var/lib/npu-agent/blobs/x.blob", Source: SourceStore, Size: 4}, nil
+		return EnsureResponse{CID: c, Path: "/var/lib/npu-agent/blobs/x.blob", Source: blobstore.SourceStore, Size: 4}, nil
 	}
 	ts := startServer(b, agent, Options{})
 	req := EnsureRequest{Model: "/m.xml", Profile: testProfile()}

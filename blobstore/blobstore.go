@@ -134,6 +134,16 @@ type Store interface {
 	Close() error
 }
 
+// Source says where a host got a blob it hands to a loader.
+type Source string
+
+// Sources of a blob.
+const (
+	SourceStore    Source = "store"    // already in the local store
+	SourcePeer     Source = "peer"     // fetched from peers (or waited for a peer's compile, then fetched)
+	SourceCompiled Source = "compiled" // compiled on this host
+)
+
 // Reader streams a blob. WriteTo lets io.Copy skip an intermediate buffer.
 type Reader interface {
 	io.ReadCloser

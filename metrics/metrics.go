@@ -7,6 +7,7 @@ package metrics
 import (
 	"errors"
 	"fmt"
+	"github.com/npu-agent/npu-agent/blobstore"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -14,16 +15,6 @@ import (
 
 // Namespace prefixes every metric name.
 const Namespace = "npu_agent"
-
-// Source says where the agent got a blob it handed to a loader.
-type Source string
-
-// Sources of blobs; other values are counted as "other" to keep label values bounded.
-const (
-	SourceStore    Source = "store"    // found in the local store
-	SourcePeer     Source = "peer"     // fetched from peers
-	SourceCompiled Source = "compiled" // compiled on this host
-)
 
 // Scope says which single flight a caller waited on.
 type Scope string
@@ -100,7 +91,7 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 		}),
 	}
 	// Export every label value from the start so that rate() and ratios have a series to work on.
-	for _, s := range []Source{SourceStore, SourcePeer, SourceCompiled} {
+	for _, s := range []blobstore.Source{blobstore.SourceStore, blobstore.SourcePeer, blobstore.SourceCompiled} {
 		m.fetches.WithLabelValues(string(s))
 		m.fetchBytes.WithLabelValues(string(s))
 	}
@@ -127,7 +118,7 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 }
 
 // Fetched counts a blob of n bytes obtained for an ensure request from source.
-func (m *Metrics) Fetched(source Source, n uint64) {
+func (m *Metrics) Fetched(source blobstore.Source, n uint64) {
 	if m == nil {
 		return
 	}
@@ -136,9 +127,9 @@ func (m *Metrics) Fetched(source Source, n uint64) {
 	m.fetchBytes.WithLabelValues(l).Add(float64(n))
 }
 
-func sourceLabel(s Source) string {
+func sourceLabel(s blobstore.Source) string {
 	switch s {
-	case SourceStore, SourcePeer, SourceCompiled:
+	case blobstore.SourceStore, blobstore.SourcePeer, blobstore.SourceCompiled:
 		return string(s)
 	}
 	return "other"

@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"errors"
+	"github.com/npu-agent/npu-agent/blobstore"
 	"strings"
 	"testing"
 	"time"
@@ -25,9 +26,9 @@ func newTest(t *testing.T) (*Metrics, *prometheus.Registry) {
 func TestCounters(t *testing.T) {
 	t.Parallel()
 	m, _ := newTest(t)
-	m.Fetched(SourcePeer, 100)
-	m.Fetched(SourcePeer, 50)
-	m.Fetched(SourceStore, 7)
+	m.Fetched(blobstore.SourcePeer, 100)
+	m.Fetched(blobstore.SourcePeer, 50)
+	m.Fetched(blobstore.SourceStore, 7)
 	m.Fetched("garbage", 1)
 	m.Compiled(90*time.Second, nil)
 	m.Compiled(time.Second, errors.New("boom"))
@@ -140,7 +141,7 @@ func mustGather(t *testing.T, reg *prometheus.Registry) []*dto.MetricFamily {
 func TestNilSafe(t *testing.T) {
 	t.Parallel()
 	var m *Metrics
-	m.Fetched(SourcePeer, 1)
+	m.Fetched(blobstore.SourcePeer, 1)
 	m.Compiled(time.Second, nil)
 	m.Waited(ScopeLocal)
 	m.Lookup(true)

@@ -37,7 +37,7 @@ func (a *wireAgent) Ensure(_ context.Context, req api.EnsureRequest) (api.Ensure
 	defer a.mu.Unlock()
 	a.ensured = append(a.ensured, req)
 	for c, b := range a.blobs {
-		return api.EnsureResponse{CID: c, Path: "/nonexistent/blob", Source: api.SourceStore, Size: uint64(len(b))}, nil
+		return api.EnsureResponse{CID: c, Path: "/nonexistent/blob", Source: blobstore.SourceStore, Size: uint64(len(b))}, nil
 	}
 	return api.EnsureResponse{}, blobstore.ErrNotFound
 }
@@ -62,7 +62,7 @@ func (a *wireAgent) PutBlob(_ context.Context, req api.PutRequest, r io.Reader) 
 	defer a.mu.Unlock()
 	a.blobs[c] = b
 	a.put = append(a.put, req)
-	return api.EnsureResponse{CID: c, Source: api.SourceStore, Size: uint64(len(b))}, nil
+	return api.EnsureResponse{CID: c, Source: blobstore.SourceStore, Size: uint64(len(b))}, nil
 }
 
 func (a *wireAgent) Status(context.Context) (api.Status, error) { return api.Status{}, nil }

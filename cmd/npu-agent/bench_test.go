@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"github.com/npu-agent/npu-agent/blobstore"
 	"io"
 	"os"
 	"os/exec"
@@ -39,7 +40,7 @@ func BenchmarkEnsureLatency(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			if res.Source != api.SourceStore {
+			if res.Source != blobstore.SourceStore {
 				b.Fatalf("source %s, want store", res.Source)
 			}
 			all = append(all, time.Since(start))

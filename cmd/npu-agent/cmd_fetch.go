@@ -143,12 +143,12 @@ func (a *app) fetchCmd() *cobra.Command {
 			}
 			defer l.Close()
 			bar := newProgressBar(a.stderr)
-			res, err := l.agent.Ensure(ctx, m, prof, func(phase string, done, total int64) {
-				if phase == "compile" {
+			res, err := l.agent.Ensure(ctx, m, prof, func(phase agent.Phase, done, total int64) {
+				if phase == agent.PhaseCompile {
 					bar.Update("compiling", 0, 0)
 					return
 				}
-				bar.Update(phase, done, total)
+				bar.Update(string(phase), done, total)
 			})
 			bar.Done()
 			if err != nil {
