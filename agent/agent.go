@@ -26,6 +26,13 @@ import (
 // ErrIncompatible reports a blob the host's NPU stack cannot load, by the rules.
 var ErrIncompatible = compat.ErrIncompatible
 
+// ErrRecordMismatch reports a peer's record whose blob is not what the record says.
+var ErrRecordMismatch = errors.New("blob does not match its record")
+
+// maxRejected bounds the blobs remembered as not serving this host; past it the memory starts afresh (a rejected
+// blob is then fetched and rejected once more).
+const maxRejected = 4096
+
 // Source says where Ensure found a blob.
 type Source = blobstore.Source
 
@@ -96,6 +103,7 @@ type Agent struct {
 	mu         sync.Mutex
 	inflight   map[string]*Activity // what is being fetched or compiled, for status
 	inUse      map[cid.Cid]int      // blobs being fetched, exported or streamed: gc keeps them
+	rejected   map[string]bool      // peers' records (or their blobs) that failed the checks here
 	blobsDir   string
 	scratchDir string
 }
@@ -135,6 +143,7 @@ func New(opts Options) (*Agent, error) {
 		hostHash:   hash,
 		inflight:   map[string]*Activity{},
 		inUse:      map[cid.Cid]int{},
+		rejected:   map[string]bool{},
 		blobsDir:   filepath.Join(opts.WorkDir, "blobs"),
 		scratchDir: filepath.Join(opts.WorkDir, "scratch"),
 	}
@@ -280,7 +289,7 @@ func (a *Agent) compatible(recs []blobstore.Record, kind string) []blobstore.Rec
 	}
 	var cands []candidate
 	for _, r := range recs {
-		if normKind(r.Kind) != normKind(kind) {
+		if normKind(r.Kind) != normKind(kind) || a.isRejected(r, kind) {
 			continue
 		}
 		var fp compat.Fingerprint
@@ -321,22 +330,7 @@ func normKind(k string) string {
 func (a *Agent) fromPeers(ctx context.Context, modelID, profileID, kind string, progress Progress) (Result, bool, error) {
 	var errs []error
 	for _, r := range a.compatible(a.opts.Fleet.Records(modelID, profileID), kind) {
-		act := a.begin(PhaseFetch, modelID, profileID)
-		release := a.use(r.Blob)
-		err := a.opts.Fleet.Fetch(ctx, r.Blob, func(done, total int64) {
-			act.update(a, done, total)
-			if progress != nil {
-				progress(PhaseFetch, done, total)
-			}
-		})
-		a.end(act)
-		release()
-		if err == nil {
-			err = a.checkStored(ctx, r.Blob, kind)
-		}
-		if err == nil {
-			err = a.opts.Store.AddRecord(ctx, r)
-		}
+		err := a.fetchChecked(ctx, r, kind, progress)
 		if err != nil {
 			if ctx.Err() != nil {
 				return Result{}, false, ctx.Err()
@@ -357,18 +351,86 @@ func (a *Agent) fromPeers(ctx context.Context, modelID, profileID, kind string, 
 	return Result{}, false, nil
 }
 
-// checkStored parses a stored blob's trailer and applies the rules: a record's claim is not enough.
-func (a *Agent) checkStored(ctx context.Context, c cid.Cid, kind string) error {
-	ra, err := newStoreReaderAt(ctx, a.opts.Store, c)
+// fetchChecked brings the blob of a peer's record into the store and indexes the record only once the blob itself
+// passed the checks: a record's claim is never enough. A blob that fails them is remembered as rejected and, if
+// the fetch brought it, removed again, so that no path (ensure, the blob endpoints, peers) serves it.
+func (a *Agent) fetchChecked(ctx context.Context, r blobstore.Record, kind string, progress Progress) error {
+	release := a.use(r.Blob)
+	defer release()
+	held, err := a.opts.Store.Has(ctx, r.Blob)
 	if err != nil {
 		return err
 	}
+	act := a.begin(PhaseFetch, r.ModelID, r.ProfileID)
+	err = a.opts.Fleet.Fetch(ctx, r.Blob, func(done, total int64) {
+		act.update(a, done, total)
+		if progress != nil {
+			progress(PhaseFetch, done, total)
+		}
+	})
+	a.end(act)
+	if err != nil {
+		return err
+	}
+	if err := a.checkStored(ctx, r, kind); err != nil {
+		a.reject(ctx, r, kind, err, held)
+		return err
+	}
+	return a.opts.Store.AddRecord(ctx, r)
+}
+
+// reject remembers a record that failed the checks here, and deletes its blob unless it was held before the fetch
+// or a stored record names it. An incompatible blob is remembered by its bytes (no record can make it load here);
+// a record whose blob differs from what it says, by the record, so that a forged record cannot bar a good blob.
+func (a *Agent) reject(ctx context.Context, r blobstore.Record, kind string, why error, held bool) {
+	a.mu.Lock()
+	if len(a.rejected) >= maxRejected {
+		clear(a.rejected)
+	}
+	a.rejected[rejectKey(r, kind, errors.Is(why, ErrIncompatible))] = true
+	a.mu.Unlock()
+	if held {
+		return
+	}
+	if recs, err := a.opts.Store.Records(ctx, "", ""); err != nil ||
+		slices.ContainsFunc(recs, func(x blobstore.Record) bool { return x.Blob.Equals(r.Blob) }) {
+		return
+	}
+	if err := a.opts.Store.Delete(ctx, r.Blob); err != nil && !errors.Is(err, blobstore.ErrNotFound) {
+		a.opts.Logger.Warn("cannot remove a rejected blob", "blob", r.Blob, "err", err)
+	}
+	_ = os.Remove(a.BlobPath(r.Blob))
+}
+
+func rejectKey(r blobstore.Record, kind string, byBlob bool) string {
+	if byBlob {
+		return "blob/" + normKind(kind) + "/" + r.Blob.String()
+	}
+	return fmt.Sprintf("record/%s/%s/%s/%s/%d", r.Producer, r.ModelID, r.ProfileID, r.Blob, r.Size)
+}
+
+func (a *Agent) isRejected(r blobstore.Record, kind string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.rejected[rejectKey(r, kind, true)] || a.rejected[rejectKey(r, kind, false)]
+}
+
+// checkStored checks a stored blob against a record that names it: the blob's own trailer must pass the rules for
+// this host, and its size must be the record's.
+func (a *Agent) checkStored(ctx context.Context, r blobstore.Record, kind string) error {
+	ra, err := newStoreReaderAt(ctx, a.opts.Store, r.Blob)
+	if err != nil {
+		return err
+	}
+	if r.Size != 0 && uint64(ra.Size()) != r.Size {
+		return fmt.Errorf("blob %s: %w: %d bytes, its record says %d", r.Blob, ErrRecordMismatch, ra.Size(), r.Size)
+	}
 	t, err := compat.ParseTrailer(ra, ra.Size())
 	if err != nil {
-		return fmt.Errorf("blob %s: %w", c, err)
+		return fmt.Errorf("blob %s: %w", r.Blob, err)
 	}
 	if d := compat.CheckBlob(a.opts.Rules, t, a.opts.Host, kind); !d.Compatible {
-		return fmt.Errorf("blob %s: %w: %v", c, ErrIncompatible, d.Reasons)
+		return fmt.Errorf("blob %s: %w: %v", r.Blob, ErrIncompatible, d.Reasons)
 	}
 	return nil
 }

@@ -82,24 +82,14 @@ type VerifyReport struct {
 	Corrupt []CorruptChunk `json:"corrupt"`
 }
 
-// Store is a content-addressed blob store. All methods are safe for concurrent use.
-type Store interface {
-	// Put streams r into the store, chunking and hashing as it goes, and returns the blob's manifest once every
-	// chunk is stored and the blob is visible. An interrupted Put leaves no visible blob.
-	Put(ctx context.Context, r io.Reader) (*Manifest, error)
-	// Open returns a reader over a complete blob; every chunk is re-hashed as it is read (ErrInvalidData).
-	Open(ctx context.Context, c cid.Cid) (Reader, error)
-	// Export writes a complete blob to path atomically (temp file, fsync, rename, fsync dir).
-	Export(ctx context.Context, c cid.Cid, path string) error
+// ChunkStore is the side of the store that peers see: the p2p layer serves chunks of what is held and brings
+// blobs in chunk by chunk, verified against their manifest. It never decides what a blob is for (records are the
+// agent's). All methods are safe for concurrent use.
+type ChunkStore interface {
 	// Has reports whether a complete, visible blob is stored.
 	Has(ctx context.Context, c cid.Cid) (bool, error)
-	// Stat describes a blob, complete or partial.
-	Stat(ctx context.Context, c cid.Cid) (Info, error)
 	// Manifest returns the manifest of a complete or partial blob.
 	Manifest(ctx context.Context, c cid.Cid) (*Manifest, error)
-	// Delete removes a blob (complete or partial) and its index records; ErrPinned if pinned.
-	Delete(ctx context.Context, c cid.Cid) error
-
 	// BeginPartial records a manifest whose chunks will arrive out of order (a fetch). Idempotent: resuming a
 	// fetch calls it again and keeps the chunks already stored.
 	BeginPartial(ctx context.Context, m *Manifest) error
@@ -107,19 +97,42 @@ type Store interface {
 	PutChunk(ctx context.Context, blob cid.Cid, i int, data []byte) error
 	// HaveChunks reports, per chunk index, whether a verified chunk is stored (complete or partial blob).
 	HaveChunks(ctx context.Context, blob cid.Cid) ([]bool, error)
-	// ReadChunk appends chunk i of a complete or partial blob to dst, re-verified, and returns it.
-	ReadChunk(ctx context.Context, blob cid.Cid, i int, dst []byte) ([]byte, error)
-	// ServeChunk is ReadChunk for a peer, which verifies every chunk it receives: the stored bytes are checked
-	// with a cheap checksum of the store's own instead of being re-hashed, so that damage on disk is still found
-	// (ErrInvalidData) and not served.
+	// ServeChunk appends chunk i of a complete or partial blob to dst for a peer, which verifies every chunk it
+	// receives: the stored bytes are checked with a cheap checksum of the store's own instead of being re-hashed,
+	// so that damage on disk is still found (ErrInvalidData) and not served.
 	ServeChunk(ctx context.Context, blob cid.Cid, i int, dst []byte) ([]byte, error)
 	// Commit makes a partial blob visible once every chunk is present (ErrIncomplete otherwise).
 	Commit(ctx context.Context, blob cid.Cid) error
+}
 
+// RecordIndex maps (model, profile) to the blobs compiled for it. The agent is its only writer: it adds a record
+// only after checking the blob itself against this host.
+type RecordIndex interface {
 	// AddRecord indexes a blob under (model, profile). The blob must be stored (complete).
 	AddRecord(ctx context.Context, r Record) error
 	// Records lists the records for (model, profile); empty strings list all.
 	Records(ctx context.Context, modelID, profileID string) ([]Record, error)
+}
+
+// Store is a content-addressed blob store: the chunk side peers use, the record index, and whole-blob access and
+// maintenance for the agent and the CLI. All methods are safe for concurrent use.
+type Store interface {
+	ChunkStore
+	RecordIndex
+
+	// Put streams r into the store, chunking and hashing as it goes, and returns the blob's manifest once every
+	// chunk is stored and the blob is visible. An interrupted Put leaves no visible blob.
+	Put(ctx context.Context, r io.Reader) (*Manifest, error)
+	// Open returns a reader over a complete blob; every chunk is re-hashed as it is read (ErrInvalidData).
+	Open(ctx context.Context, c cid.Cid) (Reader, error)
+	// Export writes a complete blob to path atomically (temp file, fsync, rename, fsync dir).
+	Export(ctx context.Context, c cid.Cid, path string) error
+	// Stat describes a blob, complete or partial.
+	Stat(ctx context.Context, c cid.Cid) (Info, error)
+	// ReadChunk appends chunk i of a complete or partial blob to dst, re-verified, and returns it.
+	ReadChunk(ctx context.Context, blob cid.Cid, i int, dst []byte) ([]byte, error)
+	// Delete removes a blob (complete or partial) and its index records; ErrPinned if pinned.
+	Delete(ctx context.Context, c cid.Cid) error
 	// List describes every blob, complete and partial.
 	List(ctx context.Context) ([]Info, error)
 	// Pin or unpin a blob; gc never removes a pinned blob.

@@ -222,14 +222,7 @@ func (n *Node) fetch(ctx context.Context, f *flight) error {
 		}
 		n.log.Warn("stored chunk corrupt at commit; fetching it again", "blob", f.blob, "err", err)
 	}
-	// Index the records that name this blob now that it is local.
-	for _, sr := range n.book.records("", "") {
-		if sr.Blob.Equals(f.blob) {
-			if err := n.store.AddRecord(ctx, sr.Record); err != nil {
-				n.log.Warn("cannot index record of fetched blob", "blob", f.blob, "err", err)
-			}
-		}
-	}
+	// What the blob is for is not p2p's to decide: the agent checks it against this host and indexes its records.
 	return nil
 }
 

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"errors"
 	"fmt"
 	"io"
 	"sync"
@@ -14,13 +13,12 @@ import (
 	"github.com/npu-agent/npu-agent/blobstore"
 )
 
-// memStore is an in-memory blobstore.Store with just what the p2p package uses (fetch, serve, records), so that
+// memStore is an in-memory blobstore.ChunkStore (what the p2p package uses: fetch and serve) plus Put, so that
 // the benchmark can tell the cost of the protocol from the cost of the disk store. Chunks are verified on
 // PutChunk like the real store; ReadChunk does not re-hash (memory does not rot).
 type memStore struct {
 	mu       sync.Mutex
 	blobs    map[cid.Cid]*memBlob
-	records  []blobstore.Record
 	complete map[cid.Cid]bool
 }
 
@@ -29,13 +27,11 @@ type memBlob struct {
 	chunks [][]byte
 }
 
-var _ blobstore.Store = (*memStore)(nil)
+var _ blobstore.ChunkStore = (*memStore)(nil)
 
 func newMemStore() *memStore {
 	return &memStore{blobs: map[cid.Cid]*memBlob{}, complete: map[cid.Cid]bool{}}
 }
-
-var errMemUnsupported = errors.New("memStore: not implemented")
 
 func (s *memStore) Put(ctx context.Context, r io.Reader) (*blobstore.Manifest, error) {
 	m := &blobstore.Manifest{ChunkSize: blobstore.ChunkSize}
@@ -174,32 +170,4 @@ func (s *memStore) Commit(ctx context.Context, c cid.Cid) error {
 	return nil
 }
 
-func (s *memStore) AddRecord(ctx context.Context, r blobstore.Record) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.records = append(s.records, r)
-	return nil
-}
-
-func (s *memStore) Records(ctx context.Context, modelID, profileID string) ([]blobstore.Record, error) {
-	return nil, errMemUnsupported
-}
-func (s *memStore) Open(ctx context.Context, c cid.Cid) (blobstore.Reader, error) {
-	return nil, errMemUnsupported
-}
-func (s *memStore) Export(ctx context.Context, c cid.Cid, path string) error {
-	return errMemUnsupported
-}
-func (s *memStore) Stat(ctx context.Context, c cid.Cid) (blobstore.Info, error) {
-	return blobstore.Info{}, errMemUnsupported
-}
-func (s *memStore) List(ctx context.Context) ([]blobstore.Info, error)    { return nil, errMemUnsupported }
-func (s *memStore) Pin(ctx context.Context, c cid.Cid, pinned bool) error { return errMemUnsupported }
-func (s *memStore) Touch(ctx context.Context, c cid.Cid) error            { return errMemUnsupported }
-func (s *memStore) Verify(ctx context.Context) (blobstore.VerifyReport, error) {
-	return blobstore.VerifyReport{}, errMemUnsupported
-}
-func (s *memStore) GC(ctx context.Context, quota uint64, keep func(cid.Cid) bool) (blobstore.GCResult, error) {
-	return blobstore.GCResult{}, errMemUnsupported
-}
 func (s *memStore) Close() error { return nil }

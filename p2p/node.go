@@ -38,7 +38,7 @@ type Node struct {
 	ps    *pubsub.PubSub
 	topic *pubsub.Topic
 	sub   *pubsub.Subscription
-	store blobstore.Store
+	store blobstore.ChunkStore
 	log   *slog.Logger
 	book  *recordBook
 	disc  *discovery
@@ -70,7 +70,7 @@ type PeerInfo struct {
 
 // New starts a node: the host, discovery, the record book (loaded from cfg.DataDir), gossip and the protocol
 // handlers. ctx only bounds the start; Close stops the node.
-func New(ctx context.Context, cfg Config, store blobstore.Store, log *slog.Logger) (*Node, error) {
+func New(ctx context.Context, cfg Config, store blobstore.ChunkStore, log *slog.Logger) (*Node, error) {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -169,8 +169,9 @@ func (n *Node) PubSub() *pubsub.PubSub { return n.ps }
 // ID is the node's peer ID, the Producer of records it publishes.
 func (n *Node) ID() peer.ID { return n.h.ID() }
 
-// Publish signs r as this node (Producer is set to ID()), indexes it in the store and announces it. The blob
-// must be complete in the store. It returns the signed record.
+// Publish signs r as this node (Producer is set to ID()), adds it to the record book and announces it. The blob
+// must be complete in the store; indexing the record in the store is the caller's (the agent's). It returns the
+// signed record.
 func (n *Node) Publish(ctx context.Context, r blobstore.Record) (SignedRecord, error) {
 	if r.Producer == "" {
 		r.Producer = n.ID().String()
@@ -184,9 +185,6 @@ func (n *Node) Publish(ctx context.Context, r blobstore.Record) (SignedRecord, e
 	}
 	sr, err := SealRecord(r, n.h.Peerstore().PrivKey(n.ID()))
 	if err != nil {
-		return SignedRecord{}, fmt.Errorf("publish: %w", err)
-	}
-	if err := n.store.AddRecord(ctx, sr.Record); err != nil {
 		return SignedRecord{}, fmt.Errorf("publish: %w", err)
 	}
 	if _, err := n.book.add(sr); err != nil {

@@ -264,9 +264,12 @@ func TestRecordPropagation(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("record not gossiped to b")
 	}
-	// The producer indexed its own record in its store.
-	if rs, err := a.store.Records(context.Background(), "model-a", ""); err != nil || len(rs) != 1 {
-		t.Fatalf("store records = %v, %v", rs, err)
+	// Records are the agent's: the node keeps its own in the book and leaves the store's index alone.
+	if rs, err := a.store.Records(context.Background(), "", ""); err != nil || len(rs) != 0 {
+		t.Fatalf("store records = %v, %v; the node must not write records", rs, err)
+	}
+	if !hasRecord(a, "model-a") {
+		t.Fatal("the producer's book lacks its own record")
 	}
 
 	// A late joiner learns the record by sync on connect, from a peer that is not its producer.
@@ -281,13 +284,16 @@ func TestRecordPropagation(t *testing.T) {
 	if !hasRecord(c2, "model-a") {
 		t.Fatal("record lost across restart")
 	}
-	// Fetching the blob indexes the record in the fetcher's store.
+	// Fetching the blob stores its bytes and no record: whether it serves this host is the agent's decision.
 	connect(t, c2, a)
 	if err := fetch(t, c2, r.Blob, a); err != nil {
 		t.Fatal(err)
 	}
-	if rs, err := c2.store.Records(context.Background(), "model-a", ""); err != nil || len(rs) != 1 {
-		t.Fatalf("fetcher store records = %v, %v", rs, err)
+	if ok, err := c2.store.Has(context.Background(), r.Blob); !ok || err != nil {
+		t.Fatalf("fetcher does not hold the blob (%v)", err)
+	}
+	if rs, err := c2.store.Records(context.Background(), "", ""); err != nil || len(rs) != 0 {
+		t.Fatalf("fetcher store records = %v, %v; the node must not write records", rs, err)
 	}
 }
 

@@ -32,7 +32,7 @@ var chunkBufPool = sync.Pool{New: func() any {
 // server answers chunk-protocol requests from the store. It serves verified chunks of partial blobs too.
 type server struct {
 	ctx    context.Context
-	store  blobstore.Store
+	store  blobstore.ChunkStore
 	log    *slog.Logger
 	slots  chan struct{}
 	served atomic.Int64 // chunks sent
@@ -41,7 +41,7 @@ type server struct {
 	beforeSend func(i int, data []byte)
 }
 
-func newServer(ctx context.Context, store blobstore.Store, log *slog.Logger) *server {
+func newServer(ctx context.Context, store blobstore.ChunkStore, log *slog.Logger) *server {
 	return &server{ctx: ctx, store: store, log: log, slots: make(chan struct{}, maxServing)}
 }
 
