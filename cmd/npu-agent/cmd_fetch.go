@@ -19,6 +19,7 @@ import (
 	"github.com/npu-agent/npu-agent/compile"
 	"github.com/npu-agent/npu-agent/config"
 	"github.com/npu-agent/npu-agent/internal/atomicfile"
+	"github.com/npu-agent/npu-agent/internal/tick"
 )
 
 // profileFlags names a model (--model) and builds a profile from --profile FILE and/or --device, --shape,
@@ -248,21 +249,10 @@ func (a *app) fetchViaDaemon(cmd *cobra.Command, model string, prof compile.Prof
 		return true, err
 	}
 	bar := newProgressBar(a.stderr)
-	stop := make(chan struct{})
-	go func() { // the API answers when done; show that work is under way
-		t := time.NewTicker(200 * time.Millisecond)
-		defer t.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-t.C:
-				bar.Update("daemon working", 0, 0)
-			}
-		}
-	}()
+	// The API answers when done; show that work is under way.
+	stop := tick.Every(200*time.Millisecond, func() { bar.Update("daemon working", 0, 0) })
 	res, err := c.Ensure(ctx, api.EnsureRequest{Model: abs, Profile: prof})
-	close(stop)
+	stop()
 	bar.Done()
 	if err != nil {
 		return true, err
