@@ -13,6 +13,8 @@ type FlightKey struct {
 	Class     string // the compatibility class of the fingerprint compiled for (compat)
 }
 
+func (k FlightKey) String() string { return k.ModelID + "/" + k.ProfileID + "/" + k.Class }
+
 // Flight shares one compile among concurrent callers with the same key. The zero value is ready to use.
 type Flight struct {
 	g flightgroup.Group[FlightKey, struct{}, *Result]
