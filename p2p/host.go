@@ -62,15 +62,16 @@ type Config struct {
 	Registerer prometheus.Registerer
 }
 
-// DefaultConfig returns the production defaults: all interfaces on port 4051 over TCP and QUIC, mDNS on.
+// DefaultConfig returns the defaults: all interfaces on port 4801 (the port of config's p2p.listen default) over TCP
+// and QUIC, mDNS on. The daemon replaces ListenAddrs with p2p.listen.
 func DefaultConfig(dataDir string) Config {
 	return Config{
 		DataDir: dataDir,
 		ListenAddrs: []ma.Multiaddr{
-			ma.StringCast("/ip4/0.0.0.0/tcp/4051"),
-			ma.StringCast("/ip6/::/tcp/4051"),
-			ma.StringCast("/ip4/0.0.0.0/udp/4051/quic-v1"),
-			ma.StringCast("/ip6/::/udp/4051/quic-v1"),
+			ma.StringCast("/ip4/0.0.0.0/tcp/4801"),
+			ma.StringCast("/ip6/::/tcp/4801"),
+			ma.StringCast("/ip4/0.0.0.0/udp/4801/quic-v1"),
+			ma.StringCast("/ip6/::/udp/4801/quic-v1"),
 		},
 		MDNS:        true,
 		MDNSService: DefaultMDNSService,
