@@ -12,9 +12,13 @@ all: build
 build:
 	$(GO) build -o $(BIN) ./cmd/npu-agent
 
+# vet: gofmt, then go vet for this system and for darwin and windows (the Linux-only test harnesses, internal/netlab,
+# internal/fleetbench and internal/e2e, are excluded there by build constraints; everything else must build).
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 	$(GO) vet $(PKGS)
+	GOOS=darwin $(GO) vet $(PKGS)
+	GOOS=windows $(GO) vet $(PKGS)
 
 # The test suite CI runs: race detector on, fuzz seeds run as unit tests, namespace tests when root.
 test: vet

@@ -80,24 +80,7 @@ func (f *P2PFleet) Publish(ctx context.Context, r blobstore.Record) error {
 
 // Coordinate runs the fleet single flight for key.
 func (f *P2PFleet) Coordinate(ctx context.Context, key compile.FlightKey, compileFn func(context.Context) (cid.Cid, error), ready func() (cid.Cid, bool)) (string, error) {
-	out, err := f.coord.Do(ctx, flight.Request{
-		Key:  flight.Key{Model: key.ModelID, Profile: key.ProfileID, Class: key.Class},
-		Rank: f.rank,
-		Compile: func(ctx context.Context) (string, error) {
-			c, err := compileFn(ctx)
-			if err != nil {
-				return "", err
-			}
-			return c.String(), nil
-		},
-		Ready: func() (string, bool) {
-			c, ok := ready()
-			if !ok {
-				return "", false
-			}
-			return c.String(), true
-		},
-	})
+	out, err := f.coord.Do(ctx, flight.Request{Key: key, Rank: f.rank, Compile: compileFn, Ready: ready})
 	if err != nil {
 		return "", err
 	}

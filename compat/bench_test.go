@@ -39,17 +39,3 @@ func BenchmarkParseTrailer(b *testing.B) {
 		}
 	}
 }
-
-func BenchmarkPickCompiler100(b *testing.B) {
-	r := DefaultRules()
-	peers := make([]Fingerprint, 100)
-	for i := range peers {
-		peers[i] = lnl()
-		peers[i].FirmwareMI = "11." + string(rune('0'+i%10))
-	}
-	for b.Loop() {
-		if best, _ := PickCompiler(r, peers, ""); best < 0 {
-			b.Fatal("no pick")
-		}
-	}
-}

@@ -449,16 +449,8 @@ func kindName(kind string) string {
 	return kind
 }
 
-// CheckRuntimeRequirements compares a blob's RUNTIME_REQUIREMENTS string with the host's, key by key, with the
-// rule table's runtime_requirements rules. Use it when both sides carry the string; Check does so itself.
-func CheckRuntimeRequirements(r *Rules, blob, host, kind string) Decision {
-	d := r.checkRuntimeRequirements(blob, host, kind)
-	if _, err := r.kindMatch(kind); err != nil {
-		d.fail("%v", err)
-	}
-	return d
-}
-
+// checkRuntimeRequirements compares a blob's RUNTIME_REQUIREMENTS string with the host's, key by key, with the
+// rule table's runtime_requirements rules (Check, when both sides carry the string).
 func (r *Rules) checkRuntimeRequirements(blob, host, kind string) Decision {
 	d := Decision{Compatible: true}
 	b, err := ParseRuntimeRequirements(blob)
@@ -613,7 +605,8 @@ func parseDescriptorField(s string) (RuntimeRequirements, error) {
 // be EQUAL between a blob and its host under r (rule-table version, compiler type, every equal rule that applies
 // to f's compiler type, the MI major, and the OpenVINO components the era of f fixes). Peers of one class can
 // share one compile, but compatibility is not an equivalence: range rules (MI minor, OpenVINO not_newer) still
-// decide within a class, so pick the compiler with PickCompiler.
+// decide within a class: the fleet single flight elects the compiler by rank (p2p/flight elect.go; the agent
+// derives the rank from the fingerprint).
 func Class(r *Rules, f Fingerprint, kind string) (string, error) {
 	if err := f.Validate(); err != nil {
 		return "", err
@@ -667,47 +660,11 @@ func (r *Rules) classOpenVINO(v, ovMatch string) string {
 	case strings.HasPrefix(match, ovMinor):
 		return match + ":" + h[:2].String()
 	}
-	return match // not_newer: a range rule, decided by PickCompiler
+	return match // not_newer: a range rule, decided within the class (Check, and the rank of the election)
 }
 
 // hashStrings hashes "k=v" parts; values are validated tokens without newlines, so joining is unambiguous.
 func hashStrings(parts []string) string {
 	sum := sha256.Sum256([]byte(strings.Join(parts, "\n")))
 	return hex.EncodeToString(sum[:])
-}
-
-// PickCompiler returns the index of the peer whose blob the most peers can import (Check with that peer's
-// fingerprint as the blob's), and how many peers that is, itself included. Ties go to the lowest fingerprint hash,
-// so every peer that sees the same set picks the same compiler. Peers with invalid fingerprints serve no one.
-// With no peers it returns -1, 0. It is quadratic in len(peers); a class of a LAN fleet has at most a few hundred.
-func PickCompiler(r *Rules, peers []Fingerprint, kind string) (best, serves int) {
-	best = -1
-	ovMatch, err := r.kindMatch(kind)
-	if err != nil {
-		return best, 0
-	}
-	// Validate and normalise once; the pairwise checks then skip it.
-	valid := make([]Fingerprint, 0, len(peers))
-	index := make([]int, 0, len(peers))
-	hashes := make([]string, 0, len(peers))
-	for i, p := range peers {
-		h, err := p.Hash()
-		if err != nil {
-			continue
-		}
-		valid, index, hashes = append(valid, p.Normalize()), append(index, i), append(hashes, h)
-	}
-	var bestHash string
-	for i, p := range valid {
-		n := 0
-		for _, q := range valid {
-			if r.check(p, q, ovMatch, kind).Compatible {
-				n++
-			}
-		}
-		if best < 0 || n > serves || (n == serves && hashes[i] < bestHash) {
-			best, serves, bestHash = index[i], n, hashes[i]
-		}
-	}
-	return best, serves
 }

@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -139,19 +138,6 @@ func TestCommandLogBounded(t *testing.T) {
 	if len(res.Log) > maxLog+100 || !strings.HasSuffix(res.Log, "END\n") || !strings.HasPrefix(res.Log, "[earlier output dropped]") {
 		t.Errorf("log of %d bytes, head %q", len(res.Log), res.Log[:min(len(res.Log), 40)])
 	}
-}
-
-// processGone reports whether pid has exited (absent, or a zombie nobody reaped yet).
-func processGone(pid int) bool {
-	if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
-		return true
-	}
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return os.IsNotExist(err)
-	}
-	_, rest, _ := strings.Cut(string(b), ") ")
-	return strings.HasPrefix(rest, "Z")
 }
 
 // waitFor polls cond every 10 ms for at most 10 s.

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/npu-agent/npu-agent/compat"
+	"github.com/npu-agent/npu-agent/internal/atomicfile"
 )
 
 //go:embed ovhelper/npu_agent_ov_helper.py
@@ -279,19 +280,7 @@ func (o *OpenVINO) installHelper() (string, error) {
 	if err := os.MkdirAll(o.helperDir, 0o700); err != nil {
 		return "", fmt.Errorf("openvino backend: installing helper: %w", err)
 	}
-	f, err := os.CreateTemp(o.helperDir, ".helper-*.py")
-	if err != nil {
-		return "", fmt.Errorf("openvino backend: installing helper: %w", err)
-	}
-	_, err = f.Write(helperScript)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), path)
-	}
-	if err != nil {
-		os.Remove(f.Name())
+	if err := atomicfile.WriteFile(path, helperScript, 0o600); err != nil {
 		return "", fmt.Errorf("openvino backend: installing helper: %w", err)
 	}
 	return path, nil

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/npu-agent/npu-agent/internal/atomicfile"
 )
 
 // staging is a private directory next to the output path where a compiler writes; commit renames the blob into
@@ -51,20 +53,8 @@ func (s *staging) commit() (int64, error) {
 	if err := os.Rename(s.path, s.out); err != nil {
 		return 0, fmt.Errorf("moving blob into place: %w", err)
 	}
-	return st.Size(), syncDir(filepath.Dir(s.out))
+	return st.Size(), atomicfile.SyncDir(filepath.Dir(s.out))
 }
 
 // cleanup removes the staging directory and whatever the compiler left in it.
 func (s *staging) cleanup() { _ = os.RemoveAll(s.dir) }
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}

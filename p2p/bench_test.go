@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"syscall"
 	"testing"
 	"time"
 
@@ -19,6 +18,7 @@ import (
 
 	"github.com/npu-agent/npu-agent/blobstore"
 	"github.com/npu-agent/npu-agent/blobstore/badgerstore"
+	"github.com/npu-agent/npu-agent/internal/cputime"
 )
 
 const benchStreamProtocol = "/npu-agent/bench/stream/1"
@@ -99,7 +99,7 @@ func benchFetch(b *testing.B, mem bool) {
 		b.Fatal(err)
 	}
 	streamCopy := func() (time.Duration, time.Duration) {
-		start, cpu := time.Now(), cpuTime()
+		start, cpu := time.Now(), cputime.Self()
 		st, err := f.Host().NewStream(ctx, seed.ID(), benchStreamProtocol)
 		if err != nil {
 			b.Fatal(err)
@@ -109,7 +109,7 @@ func benchFetch(b *testing.B, mem bool) {
 		if err != nil || n != size {
 			b.Fatalf("stream copy: %d bytes, %v", n, err)
 		}
-		return time.Since(start), cpuTime() - cpu
+		return time.Since(start), cputime.Self() - cpu
 	}
 	streamCopy() // warm up the connection's windows
 
@@ -127,12 +127,12 @@ func benchFetch(b *testing.B, mem bool) {
 			}
 		}
 		b.StartTimer()
-		start, cpu := time.Now(), cpuTime()
+		start, cpu := time.Now(), cputime.Self()
 		if err := f.Fetch(ctx, blob, []peer.ID{seed.ID()}, nil); err != nil {
 			b.Fatal(err)
 		}
 		fetchTime += time.Since(start)
-		fetchCPU += cpuTime() - cpu
+		fetchCPU += cputime.Self() - cpu
 		b.StopTimer()
 		wall, cpu := streamCopy()
 		streamTime += wall
@@ -148,13 +148,4 @@ func benchFetch(b *testing.B, mem bool) {
 	perByte := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / float64(size) / float64(b.N) }
 	b.ReportMetric(perByte(fetchCPU), "fetch-cpu-ns/B")
 	b.ReportMetric(perByte(streamCPU), "stream-cpu-ns/B")
-}
-
-// cpuTime is the user plus system CPU time the process has used.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -54,80 +54,72 @@ const (
 	scoreChunk   = 1    // per chunk served
 )
 
-// flight is one transfer of a blob shared by every concurrent Fetch of it in this process.
+// flight is the state of one transfer of a blob, shared by every concurrent Fetch of it in this process through
+// Node.flights (internal/flightgroup: the transfer is cancelled when its last Fetch leaves).
 type flight struct {
-	blob   cid.Cid
-	cancel context.CancelFunc
-	done   chan struct{}
-	err    error // set before done is closed
-	refs   int   // Fetch calls waiting; guarded by Node.mu. At 0 the flight is cancelled.
+	blob cid.Cid
 
 	mu    sync.Mutex // guards peers and t
 	peers []peer.ID
 	t     *transfer
 
 	wmu      sync.Mutex // guards watchers and reported
-	watchers map[int]func(done, total int64)
-	nextW    int
+	watchers map[*watcher]bool
 	reported int64
+}
+
+// watcher is one Fetch's progress callback.
+type watcher struct{ fn func(done, total int64) }
+
+// initFlights sets up the node's fetch single flight: transfers run on the node's context and wait group, and
+// none starts once the node is closing.
+func (n *Node) initFlights() {
+	n.flights.New = func(blob cid.Cid) *flight {
+		return &flight{blob: blob, watchers: map[*watcher]bool{}}
+	}
+	n.flights.Context = func(context.Context) context.Context { return n.ctx }
+	n.flights.Start = func(run func()) error {
+		if !n.spawn(run) {
+			return ErrClosed
+		}
+		return nil
+	}
 }
 
 // Fetch downloads blob into the store from the given peers (all connected peers when from is empty), verifying
 // every chunk, and commits it. Chunks already in the store are kept, so a fetch interrupted by a crash or
 // cancel resumes. Concurrent Fetch calls for one blob share one transfer (their peers are pooled); cancelling
 // one caller's ctx ends only that caller's wait unless it was the last. progress, if not nil, gets the bytes
-// held so far and the blob size, increasing, never concurrently.
+// held so far and the blob size, increasing, never concurrently, and not after Fetch has returned.
 func (n *Node) Fetch(ctx context.Context, blob cid.Cid, from []peer.ID, progress func(done, total int64)) error {
 	if err := checkBlobCID(blob); err != nil {
 		return fmt.Errorf("fetch: %w", err)
 	}
-	f, w, err := n.joinFlight(blob, from, progress)
-	if err != nil {
-		return err
-	}
-	defer n.leaveFlight(f, w)
-	select {
-	case <-f.done:
-		return f.err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-func (n *Node) joinFlight(blob cid.Cid, from []peer.ID, progress func(done, total int64)) (*flight, int, error) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.closed {
-		return nil, 0, ErrClosed
-	}
-	f := n.flights[blob]
-	if f == nil || f.refs == 0 { // none, or one being cancelled by its last caller
-		ctx, cancel := context.WithCancel(n.ctx)
-		f = &flight{blob: blob, cancel: cancel, done: make(chan struct{}), watchers: map[int]func(int64, int64){}}
-		n.flights[blob] = f
-		n.wg.Go(func() { n.runFlight(ctx, f) })
-	}
-	f.refs++
-	f.addPeers(from)
-	f.wmu.Lock()
-	defer f.wmu.Unlock()
-	w := f.nextW
-	f.nextW++
+	// No new transfer starts once the node is closing (ErrClosed, initFlights); a caller joining a transfer
+	// that Close is cancelling gets its error, as the callers already waiting do.
+	var (
+		f *flight
+		w *watcher
+	)
 	if progress != nil {
-		f.watchers[w] = progress
+		w = &watcher{fn: progress}
 	}
-	return f, w, nil
-}
-
-func (n *Node) leaveFlight(f *flight, w int) {
-	f.wmu.Lock()
-	delete(f.watchers, w)
-	f.wmu.Unlock()
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if f.refs--; f.refs == 0 {
-		f.cancel()
+	join := func(fl *flight) {
+		f = fl
+		fl.addPeers(from)
+		if w != nil {
+			fl.wmu.Lock()
+			fl.watchers[w] = true
+			fl.wmu.Unlock()
+		}
 	}
+	_, _, err := n.flights.Do(ctx, blob, join, n.fetch)
+	if f != nil && w != nil {
+		f.wmu.Lock()
+		delete(f.watchers, w)
+		f.wmu.Unlock()
+	}
+	return err
 }
 
 func (f *flight) addPeers(ps []peer.ID) {
@@ -139,7 +131,7 @@ func (f *flight) addPeers(ps []peer.ID) {
 		}
 	}
 	if f.t != nil {
-		f.t.addPeers(ps)
+		f.t.addPeers(ps) // a caller joining a running transfer adds its peers to it
 	}
 }
 
@@ -150,20 +142,9 @@ func (f *flight) report(done, total int64) {
 		return
 	}
 	f.reported = done
-	for _, fn := range f.watchers {
-		fn(done, total)
+	for w := range f.watchers {
+		w.fn(done, total)
 	}
-}
-
-func (n *Node) runFlight(ctx context.Context, f *flight) {
-	f.err = n.fetch(ctx, f)
-	f.cancel()
-	n.mu.Lock()
-	if n.flights[f.blob] == f {
-		delete(n.flights, f.blob)
-	}
-	n.mu.Unlock()
-	close(f.done)
 }
 
 // candidates returns ps, or every connected peer if ps is empty, best score first.
@@ -178,7 +159,12 @@ func (n *Node) candidates(ps []peer.ID) []peer.ID {
 	return ps
 }
 
-func (n *Node) fetch(ctx context.Context, f *flight) error {
+func (n *Node) fetch(ctx context.Context, f *flight) (struct{}, error) {
+	return struct{}{}, n.transferBlob(ctx, f)
+}
+
+// transferBlob runs one flight: the manifest, then transfers until the blob commits.
+func (n *Node) transferBlob(ctx context.Context, f *flight) error {
 	m, err := n.manifest(ctx, f)
 	if err != nil {
 		return err
@@ -236,7 +222,7 @@ func (n *Node) manifest(ctx context.Context, f *flight) (*blobstore.Manifest, er
 	if !errors.Is(err, blobstore.ErrNotFound) {
 		return nil, fmt.Errorf("fetch %s: %w", f.blob, err)
 	}
-	// Rank outside f.mu: candidates takes n.mu, and joinFlight holds n.mu while it takes f.mu.
+	// Rank outside f.mu: candidates takes n.mu, which no lock ordering puts after f.mu.
 	f.mu.Lock()
 	peers := slices.Clone(f.peers)
 	f.mu.Unlock()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -31,10 +32,10 @@ func (s *gatedStore) Manifest(ctx context.Context, c cid.Cid) (*blobstore.Manife
 }
 
 // Regression: a flight ranked its peers by score (which takes the node's lock) while holding the flight's lock,
-// and joinFlight takes them in the other order, so a Fetch whose flight goroutine reached the manifest step while
-// another caller was joining (or before its own joinFlight returned) hung the whole node. The test holds the
-// node's lock as a joining caller does, lets the flight reach that step, and checks that the flight's lock is
-// free meanwhile, as the joining caller needs it.
+// and a joining Fetch took them in the other order, so a Fetch whose flight goroutine reached the manifest step
+// while another caller was joining (or before its own join returned) hung the whole node. The test holds the
+// node's lock, lets the flight reach that step, and checks that a second Fetch of the blob can still join it
+// (joining takes the flight's lock).
 func TestFetchRanksPeersWithoutFlightLock(t *testing.T) {
 	t.Parallel()
 	f := startNode(t, "", nil)
@@ -46,7 +47,7 @@ func TestFetchRanksPeersWithoutFlightLock(t *testing.T) {
 	blob := testCID("held by nobody")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	res := make(chan error, 1)
+	res := make(chan error, 2)
 	go func() { res <- f.Fetch(ctx, blob, nil, nil) }()
 	select {
 	case <-gs.entered:
@@ -55,24 +56,24 @@ func TestFetchRanksPeersWithoutFlightLock(t *testing.T) {
 	}
 
 	f.mu.Lock()
-	fl := f.flights[blob]
 	close(gs.release)
 	// Give the flight time to take whatever locks it takes before it needs the node's lock.
 	time.Sleep(200 * time.Millisecond)
-	free := false
-	for deadline := time.Now().Add(2 * time.Second); !free && time.Now().Before(deadline); {
-		if free = fl.mu.TryLock(); free {
-			fl.mu.Unlock()
-		} else {
+	go func() { res <- f.Fetch(ctx, blob, nil, nil) }()
+	joined := false
+	for deadline := time.Now().Add(2 * time.Second); !joined && time.Now().Before(deadline); {
+		if joined = f.flights.Waiters(blob) == 2; !joined {
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
 	f.mu.Unlock()
-	if !free {
-		t.Error("the flight holds its lock while it waits for the node's lock: a joining Fetch would deadlock")
+	if !joined {
+		t.Error("a second Fetch cannot join while the flight waits for the node's lock: deadlock")
 	}
-	if err := <-res; !errors.Is(err, ErrNoPeers) {
-		t.Errorf("fetch: %v, want ErrNoPeers", err)
+	for range 2 {
+		if err := <-res; !errors.Is(err, ErrNoPeers) {
+			t.Errorf("fetch: %v, want ErrNoPeers", err)
+		}
 	}
 }
 
@@ -212,5 +213,67 @@ func TestSeedLikePeerOneRequest(t *testing.T) {
 				t.Errorf("%d ranges in flight at once, want %d", got, tc.want)
 			}
 		})
+	}
+}
+
+// A Fetch joining a running transfer adds its peers to it and gets progress: the first Fetch names only a peer
+// missing a chunk, the second names a full seed, and both complete.
+func TestFetchJoinerAddsPeers(t *testing.T) {
+	t.Parallel()
+	data := randomBlob(t, 2<<20)
+	f, partial, full := startNode(t, "", nil), startNode(t, "", nil), startNode(t, "", nil)
+	blob := putPartial(t, partial, data, 0)
+	put(t, full, data)
+	connect(t, f, partial)
+	connect(t, f, full)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	first := make(chan error, 1)
+	var firstDone atomic.Int64
+	go func() {
+		first <- f.Fetch(ctx, blob, []peer.ID{partial.ID()}, func(done, _ int64) { firstDone.Store(done) })
+	}()
+	eventually(t, "the first chunk from the partial peer", func() bool { return firstDone.Load() > 0 })
+	var lastDone, lastTotal int64
+	if err := f.Fetch(ctx, blob, []peer.ID{full.ID()}, func(done, total int64) { lastDone, lastTotal = done, total }); err != nil {
+		t.Fatalf("joining fetch: %v", err)
+	}
+	if err := <-first; err != nil {
+		t.Fatalf("first fetch: %v", err)
+	}
+	if lastDone != int64(len(data)) || lastTotal != int64(len(data)) || firstDone.Load() != int64(len(data)) {
+		t.Errorf("progress: joiner %d/%d, first %d; want %d", lastDone, lastTotal, firstDone.Load(), len(data))
+	}
+	checkBlob(t, f, blob, data)
+}
+
+// The transfer ends when its last Fetch leaves; a Fetch after Close is refused.
+func TestFetchLastCallerCancels(t *testing.T) {
+	t.Parallel()
+	data := randomBlob(t, 4<<20)
+	f, seed := startNode(t, "", nil), startNode(t, "", nil)
+	blob := put(t, seed, data)
+	release := make(chan struct{})
+	seed.srv.beforeSend = func(int, []byte) { <-release }
+	defer close(release)
+	connect(t, f, seed)
+	ctx, cancel := context.WithCancel(context.Background())
+	errs := make(chan error, 2)
+	for range 2 {
+		go func() { errs <- f.Fetch(ctx, blob, []peer.ID{seed.ID()}, nil) }()
+	}
+	eventually(t, "both fetches to join", func() bool { return f.flights.Waiters(blob) == 2 })
+	cancel()
+	for range 2 {
+		if err := <-errs; !errors.Is(err, context.Canceled) {
+			t.Fatalf("err = %v, want context.Canceled", err)
+		}
+	}
+	eventually(t, "the transfer to end", func() bool { return f.flights.Waiters(blob) == 0 })
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := fetch(t, f, blob, seed); !errors.Is(err, ErrClosed) {
+		t.Fatalf("fetch after Close: %v, want ErrClosed", err)
 	}
 }

@@ -27,6 +27,8 @@ import (
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	ma "github.com/multiformats/go-multiaddr"
 	manet "github.com/multiformats/go-multiaddr/net"
+
+	"github.com/npu-agent/npu-agent/internal/atomicfile"
 )
 
 // IdentityFile is the name of the host's private key file in Config.DataDir.
@@ -60,15 +62,16 @@ type Config struct {
 	Registerer prometheus.Registerer
 }
 
-// DefaultConfig returns the production defaults: all interfaces on port 4051 over TCP and QUIC, mDNS on.
+// DefaultConfig returns the defaults: all interfaces on port 4801 (the port of config's p2p.listen default) over TCP
+// and QUIC, mDNS on. The daemon replaces ListenAddrs with p2p.listen.
 func DefaultConfig(dataDir string) Config {
 	return Config{
 		DataDir: dataDir,
 		ListenAddrs: []ma.Multiaddr{
-			ma.StringCast("/ip4/0.0.0.0/tcp/4051"),
-			ma.StringCast("/ip6/::/tcp/4051"),
-			ma.StringCast("/ip4/0.0.0.0/udp/4051/quic-v1"),
-			ma.StringCast("/ip6/::/udp/4051/quic-v1"),
+			ma.StringCast("/ip4/0.0.0.0/tcp/4801"),
+			ma.StringCast("/ip6/::/tcp/4801"),
+			ma.StringCast("/ip4/0.0.0.0/udp/4801/quic-v1"),
+			ma.StringCast("/ip6/::/udp/4801/quic-v1"),
 		},
 		MDNS:        true,
 		MDNSService: DefaultMDNSService,
@@ -117,50 +120,17 @@ func loadIdentity(dir string, log *slog.Logger) (crypto.PrivKey, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode identity key: %w", err)
 	}
-	if err := writeFileAtomic(path, b, 0o600); err != nil {
+	if err := atomicfile.WriteFile(path, b, 0o600); err != nil {
 		return nil, fmt.Errorf("write identity key: %w", err)
 	}
 	log.Info("created identity key", "path", path)
 	return k, nil
 }
 
-// writeFileAtomic writes b to path via a temp file, fsync, rename and directory fsync.
+// writeFileAtomic is atomicfile.WriteFile, kept only for records.go (the lead's file, under change in parallel).
+// TODO(restructure merge): call atomicfile.WriteFile in records.go and delete this.
 func writeFileAtomic(path string, b []byte, perm os.FileMode) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	ok := false
-	defer func() {
-		if !ok {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
-	if err := f.Chmod(perm); err != nil {
-		return err
-	}
-	if _, err := f.Write(b); err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	ok = true
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return atomicfile.WriteFile(path, b, perm)
 }
 
 // usableAddr reports whether a is worth advertising to or dialling on another host.

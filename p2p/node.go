@@ -22,6 +22,7 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/npu-agent/npu-agent/blobstore"
+	"github.com/npu-agent/npu-agent/internal/flightgroup"
 )
 
 // Gossipsub drops messages published while a new peer's streams are still being set up, so records are also
@@ -50,12 +51,13 @@ type Node struct {
 	ctx    context.Context // ends at Close
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	// flights shares one transfer among concurrent Fetch calls of a blob (fetch.go).
+	flights flightgroup.Group[cid.Cid, *flight, struct{}]
 
 	mu      sync.Mutex
 	closed  bool
 	syncing map[peer.ID]bool
 	scores  map[peer.ID]int
-	flights map[cid.Cid]*flight
 }
 
 // PeerInfo describes a connected peer.
@@ -81,8 +83,9 @@ func New(ctx context.Context, cfg Config, store blobstore.ChunkStore, log *slog.
 	}
 	n := &Node{
 		h: h, store: store, log: log, fp: defaultFetchParams, onBadChunk: cfg.OnBadChunk,
-		syncing: map[peer.ID]bool{}, scores: map[peer.ID]int{}, flights: map[cid.Cid]*flight{},
+		syncing: map[peer.ID]bool{}, scores: map[peer.ID]int{},
 	}
+	n.initFlights()
 	if n.onBadChunk == nil {
 		n.onBadChunk = func(peer.ID) {}
 	}

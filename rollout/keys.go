@@ -16,8 +16,9 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strings"
+
+	"github.com/npu-agent/npu-agent/internal/atomicfile"
 )
 
 // PublicKeyPrefix starts the one-line text form of an operator public key (rollout.trusted_keys).
@@ -127,46 +128,12 @@ func WritePrivateKeyFile(path string, priv ed25519.PrivateKey) error {
 	if err != nil {
 		return err
 	}
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, ".npu-agent-key-*")
-	if err != nil {
-		return fmt.Errorf("writing private key: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	// CreateTemp already uses 0600; Chmod makes it explicit whatever the umask.
-	if err := tmp.Chmod(0o600); err != nil {
-		tmp.Close()
-		return fmt.Errorf("writing private key: %w", err)
-	}
-	if _, err := tmp.Write(b); err != nil {
-		tmp.Close()
-		return fmt.Errorf("writing private key: %w", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("writing private key: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("writing private key: %w", err)
-	}
 	// Link, unlike rename, fails when path exists.
-	if err := os.Link(tmp.Name(), path); err != nil {
+	if err := atomicfile.WriteNew(path, b, 0o600); err != nil {
 		if errors.Is(err, os.ErrExist) {
 			return fmt.Errorf("writing private key: %s already exists; not replacing an operator key", path)
 		}
 		return fmt.Errorf("writing private key: %w", err)
-	}
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("syncing %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("syncing %s: %w", dir, err)
 	}
 	return nil
 }

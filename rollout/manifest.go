@@ -42,7 +42,7 @@ const (
 // ManifestType is the envelope type of a signed rollout manifest; it is also the signing context.
 const ManifestType = "npu-agent/rollout-manifest/v1"
 
-// Manifest errors. Verify and Accept wrap exactly one of them (ErrSourceMismatch may come wrapped in
+// Manifest errors. Verify and Acceptor.Accept wrap exactly one of them (ErrSourceMismatch may come wrapped in
 // ErrInvalidManifest's message), so callers and tests can tell attacks apart with errors.Is.
 var (
 	ErrTooLarge        = errors.New("too large")
@@ -617,7 +617,7 @@ func verify(signed []byte, trust TrustConfig, now time.Time) (*verified, error) 
 
 // Verify checks a signed manifest: size and form, at least trust.Threshold() distinct trusted keys with valid
 // signatures over the payload, a valid payload in canonical form, and not expired at now. It does not check the
-// version against earlier ones: Accept does.
+// version against earlier ones: Acceptor.Accept does.
 func Verify(signed []byte, trust TrustConfig, now time.Time) (*Manifest, error) {
 	v, err := verify(signed, trust, now)
 	if err != nil {

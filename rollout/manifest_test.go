@@ -251,7 +251,7 @@ func TestCosignThreshold(t *testing.T) {
 	forged.Sig[0] ^= 1
 	env.Signatures = append(env.Signatures, forged)
 	withForged, _ := json.Marshal(env)
-	st, err := Accept(State{}, withForged, two, now)
+	st, err := accept(State{}, withForged, two, now)
 	if err != nil {
 		t.Fatalf("valid pair with a forged third: %v", err)
 	}

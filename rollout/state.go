@@ -52,19 +52,10 @@ func (s State) Expired(now time.Time) bool {
 	return s.Current != nil && !now.Before(s.Current.Manifest.Expires)
 }
 
-// Accept checks a signed manifest against the trust configuration and the state for its name and returns the new
-// state. On any error it returns st unchanged. Rules (docs/design.md section 8): Verify passes (signed, trusted keys,
-// threshold, valid, canonical, not expired), the name is st's, and the version is above st's (equal with the same
-// payload is ErrDuplicate, equal with another payload ErrEquivocation, lower ErrRollback). A rollback to an older
-// model is a new, higher version naming that model.
-func Accept(st State, signed []byte, trust TrustConfig, now time.Time) (State, error) {
-	v, err := verify(signed, trust, now)
-	if err != nil {
-		return st, err
-	}
-	return advance(st, v)
-}
-
+// advance applies a verified manifest to the state for its name and returns the new state. On any error it returns
+// st unchanged. Rules (docs/design.md section 8): the name is st's, and the version is above st's (equal with the
+// same payload is ErrDuplicate, equal with another payload ErrEquivocation, lower ErrRollback). A rollback to an
+// older model is a new, higher version naming that model.
 func advance(st State, v *verified) (State, error) {
 	m := v.m
 	if st.Name != "" && m.Name != st.Name {
@@ -171,7 +162,7 @@ func decodeAccepted(name string, signed []byte) (*Accepted, error) {
 	return &Accepted{Manifest: m, Signed: append([]byte(nil), signed...)}, nil
 }
 
-// Acceptor applies Accept to the state stored in a KV, one manifest at a time.
+// Acceptor accepts signed manifests against the state stored in a KV, one manifest at a time.
 type Acceptor struct {
 	kv    KV
 	trust TrustConfig
@@ -183,8 +174,9 @@ func NewAcceptor(kv KV, trust TrustConfig) *Acceptor {
 	return &Acceptor{kv: kv, trust: trust}
 }
 
-// Accept verifies a signed manifest, checks it against the stored state of its name and, if it is accepted,
-// stores the new state before returning the manifest. On error nothing is stored.
+// Accept verifies a signed manifest (Verify: signed, trusted keys, threshold, valid, canonical, not expired),
+// checks it against the stored state of its name (advance) and, if it is accepted, stores the new state before
+// returning the manifest. On error nothing is stored.
 func (a *Acceptor) Accept(signed []byte, now time.Time) (*Manifest, error) {
 	v, err := verify(signed, a.trust, now)
 	if err != nil {

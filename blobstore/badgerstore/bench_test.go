@@ -16,11 +16,11 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/npu-agent/npu-agent/blobstore"
+	"github.com/npu-agent/npu-agent/internal/cputime"
 )
 
 // benchSize is NPU_BENCH_SIZE in bytes (suffixes K, M, G: binary), default 1 GiB.
@@ -210,7 +210,7 @@ func BenchmarkStoreFetch(b *testing.B) {
 			b.Fatal(err)
 		}
 		b.StartTimer()
-		start := cpuTime()
+		start := cputime.Self()
 		if err := s.BeginPartial(ctx, m); err != nil {
 			b.Fatal(err)
 		}
@@ -231,16 +231,7 @@ func BenchmarkStoreFetch(b *testing.B) {
 		if err := s.Commit(ctx, m.CID()); err != nil {
 			b.Fatal(err)
 		}
-		cpu += cpuTime() - start
+		cpu += cputime.Self() - start
 	}
 	b.ReportMetric(float64(cpu.Nanoseconds())/float64(size)/float64(b.N), "cpu-ns/B")
-}
-
-// cpuTime is the user plus system CPU time the process has used.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/ipfs/go-cid"
 
 	"github.com/npu-agent/npu-agent/blobstore"
+	"github.com/npu-agent/npu-agent/internal/atomicfile"
 )
 
 // errChunkMissing marks a chunk key that is absent: expected for a partial blob, corruption for a complete one.
@@ -258,6 +259,8 @@ func (r *reader) Close() error {
 
 // Export writes a complete blob to path atomically: a file in the same directory, unnamed while written (Linux
 // O_TMPFILE, else a temp file removed on any error), synced, renamed over path, and the directory synced.
+// It does not use internal/atomicfile.Write on purpose: a blob is gigabytes, so the file is unnamed while written
+// (a kill leaves nothing to clean up, hidden_linux.go) and synced as it grows (flusher) rather than all at the end.
 func (s *Store) Export(ctx context.Context, c cid.Cid, path string) (err error) {
 	r, err := s.Open(ctx, c)
 	if err != nil {
@@ -300,7 +303,10 @@ func (s *Store) Export(ctx context.Context, c cid.Cid, path string) (err error) 
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("export %s: close %s: %w", c, path, err)
 	}
-	return syncDir(dir)
+	if err := atomicfile.SyncDir(dir); err != nil {
+		return fmt.Errorf("export %s: sync directory %s: %w", c, dir, err)
+	}
+	return nil
 }
 
 // flushWriter counts what it writes for a flusher.
@@ -313,18 +319,6 @@ func (w flushWriter) Write(p []byte) (int, error) {
 	n, err := w.w.Write(p)
 	w.f.add(n)
 	return n, err
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("sync directory: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync directory %s: %w", dir, err)
-	}
-	return nil
 }
 
 // ReadChunk appends chunk i of a complete or partial blob to dst, re-verified. It counts as an access.

@@ -11,7 +11,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -455,21 +454,6 @@ func TestMinFreeSpaceTooSmall(t *testing.T) {
 		}
 		t.Fatalf("Open with a guard gc cannot work within = %v", err)
 	}
-}
-
-// allocated is the disk space the value-log files of dir occupy (they are sparse while written).
-func allocated(t *testing.T, dir string) int64 {
-	t.Helper()
-	files, _ := filepath.Glob(filepath.Join(dir, "*.vlog"))
-	var n int64
-	for _, f := range files {
-		st, err := os.Stat(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		n += st.Sys().(*syscall.Stat_t).Blocks * 512
-	}
-	return n
 }
 
 func TestGCReclaimsDisk(t *testing.T) {

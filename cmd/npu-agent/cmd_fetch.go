@@ -18,6 +18,8 @@ import (
 	"github.com/npu-agent/npu-agent/compat"
 	"github.com/npu-agent/npu-agent/compile"
 	"github.com/npu-agent/npu-agent/config"
+	"github.com/npu-agent/npu-agent/internal/atomicfile"
+	"github.com/npu-agent/npu-agent/internal/tick"
 )
 
 // profileFlags names a model (--model) and builds a profile from --profile FILE and/or --device, --shape,
@@ -247,21 +249,10 @@ func (a *app) fetchViaDaemon(cmd *cobra.Command, model string, prof compile.Prof
 		return true, err
 	}
 	bar := newProgressBar(a.stderr)
-	stop := make(chan struct{})
-	go func() { // the API answers when done; show that work is under way
-		t := time.NewTicker(200 * time.Millisecond)
-		defer t.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-t.C:
-				bar.Update("daemon working", 0, 0)
-			}
-		}
-	}()
+	// The API answers when done; show that work is under way.
+	stop := tick.Every(200*time.Millisecond, func() { bar.Update("daemon working", 0, 0) })
 	res, err := c.Ensure(ctx, api.EnsureRequest{Model: abs, Profile: prof})
-	close(stop)
+	stop()
 	bar.Done()
 	if err != nil {
 		return true, err
@@ -288,24 +279,14 @@ func copyBlob(ctx context.Context, c *api.Client, res api.EnsureResponse, path s
 		return err
 	}
 	defer r.Close()
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(io.MultiWriter(f, h), r); err != nil {
-		return err
-	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != res.SHA256 {
-		return fmt.Errorf("blob from the daemon has sha256 %s, want %s: %w", got, res.SHA256, blobstore.ErrInvalidData)
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
+	return atomicfile.Write(path, 0o600, func(w io.Writer) error {
+		h := sha256.New()
+		if _, err := io.Copy(io.MultiWriter(w, h), r); err != nil {
+			return err
+		}
+		if got := hex.EncodeToString(h.Sum(nil)); got != res.SHA256 {
+			return fmt.Errorf("blob from the daemon has sha256 %s, want %s: %w", got, res.SHA256, blobstore.ErrInvalidData)
+		}
+		return nil
+	})
 }

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package e2e runs real npu-agent daemons, one per host of a netlab LAN, and drives them as an operator would:
 // through the npu-agent command line and the daemon's local API on its unix socket. The end-to-end fleet tests of
 // this package and the fleetbench npu-agent system are built on it.

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package fleetbench measures how long a distribution system takes to copy one blob from one seed host to every
 // other host of a simulated LAN (internal/netlab), and compares it with the physical lower bound.
 //

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package netlab builds a simulated switched LAN out of Linux network namespaces, for tests and benchmarks that run
 // several real processes talking over a real network stack.
 //

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/peer"
 )
 
@@ -111,7 +112,7 @@ func (r Role) Compiled() bool { return r == RoleCompiled || r == RoleTookOver ||
 // Outcome is the result of Do.
 type Outcome struct {
 	Role  Role
-	CID   string  // the blob's CID; empty when the compile failed
+	CID   cid.Cid // the blob's CID; cid.Undef when the compile failed
 	From  peer.ID // who compiled: this peer, the DONE's sender for RoleWaited, empty for RoleFound
 	Epoch uint64  // epoch of the lease the blob was compiled under; 0 for RoleFound
 }
@@ -122,10 +123,10 @@ type Request struct {
 	Rank int // 0..65535; lower serves more peers: a blob of rank r serves every peer of the class with rank >= r
 	// Compile compiles the blob here and returns its CID. Do calls it at most once and it must return soon
 	// after ctx is cancelled.
-	Compile func(ctx context.Context) (cid string, err error)
+	Compile func(ctx context.Context) (cid.Cid, error)
 	// Ready reports a compatible blob already known (a record in the p2p record set). Nil means never. Do calls
 	// it at the start, on Notify and before it starts compiling; it must not block.
-	Ready func() (cid string, ok bool)
+	Ready func() (cid.Cid, bool)
 }
 
 // Coordinator runs the fleet single flight for the local peer. Run must be running for Do to hear other peers.
@@ -204,7 +205,7 @@ func (c *Coordinator) Notify() {
 // returns the compile's error if this peer compiled and failed, ErrRemoteFailed once Config.MaxFailures usable
 // holders failed, ErrBusy if the key is already in flight in this process, or ctx's error.
 func (c *Coordinator) Do(ctx context.Context, req Request) (Outcome, error) {
-	if err := req.Key.Validate(); err != nil {
+	if err := validateKey(req.Key); err != nil {
 		return Outcome{}, fmt.Errorf("flight: %w: %w", ErrInvalidRequest, err)
 	}
 	if req.Rank < 0 || req.Rank > math.MaxUint16 {
@@ -215,10 +216,10 @@ func (c *Coordinator) Do(ctx context.Context, req Request) (Outcome, error) {
 		return Outcome{}, fmt.Errorf("flight: %w: no compile function", ErrInvalidRequest)
 	}
 	if req.Ready == nil {
-		req.Ready = func() (string, bool) { return "", false }
+		req.Ready = func() (cid.Cid, bool) { return cid.Undef, false }
 	}
-	if cid, ok := req.Ready(); ok {
-		return Outcome{Role: RoleFound, CID: cid}, nil
+	if c, ok := req.Ready(); ok {
+		return Outcome{Role: RoleFound, CID: c}, nil
 	}
 	f := &flight{
 		c: c, key: req.Key, rank: uint16(req.Rank), req: req,

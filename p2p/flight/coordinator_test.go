@@ -2,6 +2,7 @@ package flight
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -11,7 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/npu-agent/npu-agent/blobstore"
 )
 
 // fastConfig keeps in-memory flights quick: ticks of a few ms, takeover after 300 ms.
@@ -61,7 +65,10 @@ func newMemFleet(t *testing.T, n int, cfg Config) (*MemNetwork, []*testPeer) {
 	return net, peers
 }
 
-func cidOf(p peer.ID) string { s := p.String(); return "blob-" + s[len(s)-10:] }
+// testCID is the blob CID of a name.
+func testCID(name string) cid.Cid { return blobstore.DigestCID(sha256.Sum256([]byte(name))) }
+
+func cidOf(p peer.ID) cid.Cid { return testCID("blob of " + string(p)) }
 
 // compiles records which peers ran a compile, in order.
 type compiles struct {
@@ -82,28 +89,28 @@ func (c *compiles) list() []peer.ID {
 }
 
 // quick compiles in d and returns the peer's CID.
-func quick(rec *compiles, id peer.ID, d time.Duration) func(context.Context) (string, error) {
-	return func(ctx context.Context) (string, error) {
+func quick(rec *compiles, id peer.ID, d time.Duration) func(context.Context) (cid.Cid, error) {
+	return func(ctx context.Context) (cid.Cid, error) {
 		rec.add(id)
 		select {
 		case <-time.After(d):
 			return cidOf(id), nil
 		case <-ctx.Done():
-			return "", ctx.Err()
+			return cid.Undef, ctx.Err()
 		}
 	}
 }
 
 // blocking compiles until release is closed (then succeeds) or ctx is done; it reports its start on started.
-func blocking(rec *compiles, id peer.ID, started chan<- peer.ID, release <-chan struct{}) func(context.Context) (string, error) {
-	return func(ctx context.Context) (string, error) {
+func blocking(rec *compiles, id peer.ID, started chan<- peer.ID, release <-chan struct{}) func(context.Context) (cid.Cid, error) {
+	return func(ctx context.Context) (cid.Cid, error) {
 		rec.add(id)
 		started <- id
 		select {
 		case <-release:
 			return cidOf(id), nil
 		case <-ctx.Done():
-			return "", ctx.Err()
+			return cid.Undef, ctx.Err()
 		}
 	}
 }
@@ -173,8 +180,8 @@ func checkServed(t *testing.T, got map[peer.ID]result, compiler peer.ID, role Ro
 func TestAllWantAtOnce(t *testing.T) {
 	t.Parallel()
 	_, peers := newMemFleet(t, 6, fastConfig())
-	keyA := Key{Model: "m1", Profile: "p1", Class: "class-a"}
-	keyB := Key{Model: "m1", Profile: "p1", Class: "class-b"}
+	keyA := Key{ModelID: "m1", ProfileID: "p1", Class: "class-a"}
+	keyB := Key{ModelID: "m1", ProfileID: "p1", Class: "class-b"}
 	// Class A ranks 2, 0, 1: the rank-0 peer must compile. Class B ranks are equal: rendezvous hashing decides.
 	classA := map[peer.ID]int{peers[0].id: 2, peers[1].id: 0, peers[2].id: 1}
 	classB := map[peer.ID]int{peers[3].id: 0, peers[4].id: 0, peers[5].id: 0}
@@ -267,7 +274,7 @@ func TestCompileFailsThenTakeover(t *testing.T) {
 	for i, p := range peers {
 		compile := quick(&rec, p.id, 20*time.Millisecond)
 		if i == 0 {
-			compile = func(context.Context) (string, error) { rec.add(peers[0].id); return "", errOOM }
+			compile = func(context.Context) (cid.Cid, error) { rec.add(peers[0].id); return cid.Undef, errOOM }
 		}
 		goDo(t.Context(), p, Request{Key: testKey, Rank: i, Compile: compile}, results)
 	}
@@ -290,9 +297,9 @@ func TestCompileFailsTwiceGivesUp(t *testing.T) {
 	for i, p := range peers {
 		compile := quick(&rec, p.id, 0)
 		if i < 2 {
-			compile = func(context.Context) (string, error) {
+			compile = func(context.Context) (cid.Cid, error) {
 				rec.add(p.id)
-				return "", fmt.Errorf("model %d invalid", i)
+				return cid.Undef, fmt.Errorf("model %d invalid", i)
 			}
 		}
 		goDo(t.Context(), p, Request{Key: testKey, Rank: i, Compile: compile}, results)
@@ -475,7 +482,7 @@ func TestForgedSenderIgnored(t *testing.T) {
 		goDo(t.Context(), p, Request{Key: testKey, Rank: i, Compile: blocking(&rec, p.id, started, release)}, results)
 	}
 	holder := awaitStart(t, started)
-	forged, err := (&Message{Type: TypeDone, Sender: holder, Key: testKey, Epoch: 1, CID: "evil"}).Encode()
+	forged, err := (&Message{Type: TypeDone, Sender: holder, Key: testKey, Epoch: 1, CID: testCID("evil")}).Encode()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -495,8 +502,8 @@ func TestReady(t *testing.T) {
 	var rec compiles
 	t.Run("at start", func(t *testing.T) {
 		out, err := peers[0].c.Do(t.Context(), Request{Key: testKey, Compile: quick(&rec, peers[0].id, 0),
-			Ready: func() (string, bool) { return "known", true }})
-		if err != nil || out.Role != RoleFound || out.CID != "known" {
+			Ready: func() (cid.Cid, bool) { return testCID("known"), true }})
+		if err != nil || out.Role != RoleFound || out.CID != testCID("known") {
 			t.Fatalf("got %+v, %v", out, err)
 		}
 	})
@@ -505,21 +512,21 @@ func TestReady(t *testing.T) {
 		results := make(chan result, 2)
 		holderCtx, stopHolder := context.WithCancel(t.Context())
 		defer stopHolder()
-		key := Key{Model: "m", Profile: "p", Class: "notify"}
+		key := Key{ModelID: "m", ProfileID: "p", Class: "notify"}
 		goDo(holderCtx, peers[0], Request{Key: key, Rank: 0, Compile: blocking(&rec, peers[0].id, started, nil)},
 			results)
 		awaitStart(t, started)
 		var mu sync.Mutex
 		have := false
 		goDo(t.Context(), peers[1], Request{Key: key, Rank: 1, Compile: quick(&rec, peers[1].id, 0),
-			Ready: func() (string, bool) { mu.Lock(); defer mu.Unlock(); return "arrived", have }}, results)
+			Ready: func() (cid.Cid, bool) { mu.Lock(); defer mu.Unlock(); return testCID("arrived"), have }}, results)
 		time.Sleep(3 * fastConfig().Window)
 		mu.Lock()
 		have = true
 		mu.Unlock()
 		peers[1].c.Notify()
 		r := await(t, results, 1)[peers[1].id]
-		if r.err != nil || r.out.Role != RoleFound || r.out.CID != "arrived" {
+		if r.err != nil || r.out.Role != RoleFound || r.out.CID != testCID("arrived") {
 			t.Fatalf("got %+v, %v", r.out, r.err)
 		}
 	})
@@ -532,13 +539,13 @@ func TestDoRejects(t *testing.T) {
 	t.Parallel()
 	_, peers := newMemFleet(t, 1, fastConfig())
 	c := peers[0].c
-	ok := func(context.Context) (string, error) { return "cid", nil }
+	ok := func(context.Context) (cid.Cid, error) { return testCID("cid"), nil }
 	tests := []struct {
 		name string
 		req  Request
 	}{
 		{"empty key", Request{Compile: ok}},
-		{"bad class", Request{Key: Key{"m", "p", "a b"}, Compile: ok}},
+		{"bad class", Request{Key: Key{ModelID: "m", ProfileID: "p", Class: "a b"}, Compile: ok}},
 		{"negative rank", Request{Key: testKey, Rank: -1, Compile: ok}},
 		{"rank too large", Request{Key: testKey, Rank: 1 << 16, Compile: ok}},
 		{"no compile", Request{Key: testKey}},

@@ -12,7 +12,7 @@ import (
 func weight(k Key, p peer.ID) [32]byte {
 	h := sha256.New()
 	h.Write([]byte("npu-agent/flight/hrw/1\x00"))
-	for _, s := range [...]string{k.Model, k.Profile, k.Class} {
+	for _, s := range [...]string{k.ModelID, k.ProfileID, k.Class} {
 		h.Write([]byte(s))
 		h.Write([]byte{0})
 	}

@@ -78,7 +78,7 @@ func TestWeightSpreadsKeys(t *testing.T) {
 	wins := map[peer.ID]int{}
 	const keys = 400
 	for i := range keys {
-		k := Key{Model: fmt.Sprintf("model-%d", i), Profile: "p", Class: "c"}
+		k := Key{ModelID: fmt.Sprintf("model-%d", i), ProfileID: "p", Class: "c"}
 		best := peers[0]
 		for _, p := range peers[1:] {
 			if before(k, p, 0, best, 0) {

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/peer"
 )
 
@@ -31,7 +32,7 @@ type lease struct {
 }
 
 type compileResult struct {
-	cid string
+	cid cid.Cid
 	err error
 }
 
@@ -192,7 +193,7 @@ func (f *flight) handle(ctx context.Context, m *Message, now time.Time) *exit {
 		delete(f.leases, p)
 		delete(f.wants, p)
 		usable := m.Rank <= f.rank
-		if m.CID != "" {
+		if m.CID.Defined() {
 			if usable && !f.compiling {
 				f.log("served", "by", p, "cid", m.CID, "epoch", m.Epoch)
 				return f.leave(ctx, Outcome{Role: RoleWaited, CID: m.CID, From: p, Epoch: m.Epoch}, nil)
@@ -266,12 +267,12 @@ func (f *flight) best() peer.ID {
 }
 
 func (f *flight) checkReady(ctx context.Context) *exit {
-	cid, ok := f.req.Ready()
+	c, ok := f.req.Ready()
 	if !ok {
 		return nil
 	}
-	f.log("compatible blob found", "cid", cid)
-	return f.leave(ctx, Outcome{Role: RoleFound, CID: cid}, nil)
+	f.log("compatible blob found", "cid", c)
+	return f.leave(ctx, Outcome{Role: RoleFound, CID: c}, nil)
 }
 
 func (f *flight) startCompile(ctx context.Context, role Role, now time.Time) {
@@ -286,8 +287,8 @@ func (f *flight) startCompile(ctx context.Context, role Role, now time.Time) {
 	cctx, cancel := context.WithCancel(ctx)
 	f.cancelCompile = cancel
 	go func() {
-		cid, err := f.req.Compile(cctx)
-		f.result <- compileResult{cid: cid, err: err}
+		c, err := f.req.Compile(cctx)
+		f.result <- compileResult{cid: c, err: err}
 	}()
 	f.announce(ctx, now)
 }
@@ -310,7 +311,7 @@ func (f *flight) finishCompile(ctx context.Context, r compileResult) *exit {
 		return f.leave(ctx, Outcome{}, fmt.Errorf("flight %s: %w", f.key, ctx.Err()))
 	}
 	if r.err == nil {
-		if err := checkID(r.cid); err != nil {
+		if err := checkCID(r.cid); err != nil {
 			r.err = fmt.Errorf("compile returned an invalid CID: %w", err)
 		}
 	}

@@ -7,7 +7,11 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/npu-agent/npu-agent/blobstore"
+	"github.com/npu-agent/npu-agent/compile"
 )
 
 // Wire format version 1 (DESIGN.md, "Message encoding"). All integers big-endian; every string is a one-byte
@@ -61,19 +65,13 @@ var (
 	ErrVersion   = errors.New("unsupported flight message version")
 )
 
-// Key names one fleet-wide compile: a model compiled with a profile for a compatibility class. Each part is
-// 1 to MaxIDLen printable ASCII bytes (no spaces).
-type Key struct {
-	Model   string // model ID
-	Profile string // profile ID
-	Class   string // compatibility class: hash of the fingerprint fields that must be equal
-}
+// Key names one fleet-wide compile: a model compiled with a profile for a compatibility class, the same key as the
+// local single flight of compiles. On the wire each part is 1 to MaxIDLen printable ASCII bytes (no spaces).
+type Key = compile.FlightKey
 
-func (k Key) String() string { return k.Model + "/" + k.Profile + "/" + k.Class }
-
-// Validate reports whether every part of k is well formed.
-func (k Key) Validate() error {
-	for _, p := range [...]struct{ name, v string }{{"model", k.Model}, {"profile", k.Profile}, {"class", k.Class}} {
+// validateKey reports whether every part of k is well formed.
+func validateKey(k Key) error {
+	for _, p := range [...]struct{ name, v string }{{"model", k.ModelID}, {"profile", k.ProfileID}, {"class", k.Class}} {
 		if err := checkID(p.v); err != nil {
 			return fmt.Errorf("key %s: %w", p.name, err)
 		}
@@ -92,12 +90,12 @@ type Message struct {
 	Epoch uint64        // LEASE, DONE, RELEASE: lease epoch, at least 1
 	Held  bool          // LEASE: false for a claim, true once the holder compiles
 
-	CID    string // DONE: the blob CID on success
-	Reason string // DONE: why the compile failed; empty on success
+	CID    cid.Cid // DONE: the blob CID on success (CIDv1 raw sha2-256, blobstore.ParseCID)
+	Reason string  // DONE: why the compile failed; empty on success
 }
 
 // Failed reports whether m is a DONE for a failed compile.
-func (m *Message) Failed() bool { return m.Type == TypeDone && m.CID == "" }
+func (m *Message) Failed() bool { return m.Type == TypeDone && !m.CID.Defined() }
 
 // Encode returns the canonical encoding of m, or an error if m is not valid.
 func (m *Message) Encode() ([]byte, error) {
@@ -108,8 +106,8 @@ func (m *Message) Encode() ([]byte, error) {
 	b = append(b, magic...)
 	b = append(b, version, byte(m.Type))
 	b = appendStr(b, string(m.Sender))
-	b = appendStr(b, m.Key.Model)
-	b = appendStr(b, m.Key.Profile)
+	b = appendStr(b, m.Key.ModelID)
+	b = appendStr(b, m.Key.ProfileID)
 	b = appendStr(b, m.Key.Class)
 	switch m.Type {
 	case TypeWant:
@@ -123,9 +121,9 @@ func (m *Message) Encode() ([]byte, error) {
 	case TypeDone:
 		b = binary.BigEndian.AppendUint16(b, m.Rank)
 		b = binary.BigEndian.AppendUint64(b, m.Epoch)
-		if m.CID != "" {
+		if m.CID.Defined() {
 			b = append(b, 0)
-			b = appendStr(b, m.CID)
+			b = appendStr(b, m.CID.String())
 		} else {
 			b = append(b, 1)
 			b = appendStr(b, m.Reason)
@@ -152,8 +150,8 @@ func Decode(b []byte) (*Message, error) {
 	m := &Message{Type: Type(b[5])}
 	r := reader{b: b[6:]}
 	m.Sender = peer.ID(r.str())
-	m.Key.Model = r.str()
-	m.Key.Profile = r.str()
+	m.Key.ModelID = r.str()
+	m.Key.ProfileID = r.str()
 	m.Key.Class = r.str()
 	switch m.Type {
 	case TypeWant:
@@ -175,7 +173,12 @@ func Decode(b []byte) (*Message, error) {
 		m.Epoch = r.u64()
 		switch r.u8() {
 		case 0:
-			m.CID = r.str()
+			// The one place a CID string becomes a cid.Cid: a DONE whose CID does not parse is dropped.
+			if c, err := parseCID(r.str()); err != nil {
+				r.fail("cid: " + err.Error())
+			} else {
+				m.CID = c
+			}
 		case 1:
 			m.Reason = r.str()
 		default:
@@ -212,7 +215,7 @@ func (m *Message) validate() error {
 	if _, err := peer.IDFromBytes([]byte(m.Sender)); err != nil {
 		return bad("sender is not a peer ID: %v", err)
 	}
-	if err := m.Key.Validate(); err != nil {
+	if err := validateKey(m.Key); err != nil {
 		return bad("%v", err)
 	}
 	carries := func(t ...Type) bool {
@@ -245,10 +248,10 @@ func (m *Message) validate() error {
 	}
 	if m.Type == TypeDone {
 		switch {
-		case m.CID != "" && m.Reason != "":
+		case m.CID.Defined() && m.Reason != "":
 			return bad("both cid and reason")
-		case m.CID != "":
-			if err := checkID(m.CID); err != nil {
+		case m.CID.Defined():
+			if err := checkCID(m.CID); err != nil {
 				return bad("cid: %v", err)
 			}
 		default:
@@ -256,7 +259,7 @@ func (m *Message) validate() error {
 				return bad("reason: %v", err)
 			}
 		}
-	} else if m.CID != "" || m.Reason != "" {
+	} else if m.CID.Defined() || m.Reason != "" {
 		return bad("cid or reason not carried")
 	}
 	return nil
@@ -272,6 +275,30 @@ func checkID(s string) error {
 		}
 	}
 	return nil
+}
+
+// checkCID reports whether c is a blob CID (CIDv1 raw sha2-256) whose string form fits a DONE.
+func checkCID(c cid.Cid) error {
+	if _, err := blobstore.Digest(c); err != nil {
+		return err
+	}
+	return checkID(c.String())
+}
+
+// parseCID parses the CID of a DONE: a blob CID in its canonical string form (base32), so that Decode accepts
+// exactly what Encode produces.
+func parseCID(s string) (cid.Cid, error) {
+	if err := checkID(s); err != nil {
+		return cid.Undef, err
+	}
+	c, err := blobstore.ParseCID(s)
+	if err != nil {
+		return cid.Undef, err
+	}
+	if c.String() != s {
+		return cid.Undef, fmt.Errorf("%q is not in canonical form %q", s, c)
+	}
+	return c, nil
 }
 
 func checkReason(s string) error {

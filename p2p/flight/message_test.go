@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
 )
@@ -25,7 +26,7 @@ func testPeerID(t testing.TB, seed byte) peer.ID {
 	return id
 }
 
-var testKey = Key{Model: "bafkreimodel", Profile: "prof-1", Class: "class-a"}
+var testKey = Key{ModelID: "bafkreimodel", ProfileID: "prof-1", Class: "class-a"}
 
 func validMessages(t testing.TB) []*Message {
 	p := testPeerID(t, 1)
@@ -33,7 +34,7 @@ func validMessages(t testing.TB) []*Message {
 		{Type: TypeWant, Sender: p, Key: testKey, Rank: 3, TTL: 15 * time.Second},
 		{Type: TypeLease, Sender: p, Key: testKey, Rank: 0, Epoch: 1, TTL: MinTTL},
 		{Type: TypeLease, Sender: p, Key: testKey, Rank: 65535, Epoch: 1<<64 - 1, TTL: MaxTTL, Held: true},
-		{Type: TypeDone, Sender: p, Key: testKey, Rank: 2, Epoch: 7, CID: "bafkreiblob"},
+		{Type: TypeDone, Sender: p, Key: testKey, Rank: 2, Epoch: 7, CID: testCID("blob")},
 		{Type: TypeDone, Sender: p, Key: testKey, Rank: 2, Epoch: 7, Reason: "compiler exited 1: out of memory é"},
 		{Type: TypeRelease, Sender: p, Key: testKey, Epoch: 4},
 		{Type: TypeWithdraw, Sender: p, Key: testKey},
@@ -66,7 +67,7 @@ func TestMessageRoundTrip(t *testing.T) {
 func TestMessageMaxSizeFits(t *testing.T) {
 	t.Parallel()
 	long := strings.Repeat("x", MaxIDLen)
-	m := &Message{Type: TypeDone, Sender: testPeerID(t, 1), Key: Key{long, long, long}, Epoch: 1,
+	m := &Message{Type: TypeDone, Sender: testPeerID(t, 1), Key: Key{ModelID: long, ProfileID: long, Class: long}, Epoch: 1,
 		Reason: strings.Repeat("y", MaxReasonLen)}
 	b, err := m.Encode()
 	if err != nil {
@@ -86,9 +87,9 @@ func TestEncodeRejectsInvalid(t *testing.T) {
 	}{
 		{"unknown type", Message{Type: 9, Sender: p, Key: testKey}},
 		{"bad sender", Message{Type: TypeWithdraw, Sender: "not-a-peer", Key: testKey}},
-		{"empty model", Message{Type: TypeWithdraw, Sender: p, Key: Key{"", "p", "c"}}},
-		{"space in class", Message{Type: TypeWithdraw, Sender: p, Key: Key{"m", "p", "c d"}}},
-		{"long profile", Message{Type: TypeWithdraw, Sender: p, Key: Key{"m", strings.Repeat("p", MaxIDLen+1), "c"}}},
+		{"empty model", Message{Type: TypeWithdraw, Sender: p, Key: Key{ModelID: "", ProfileID: "p", Class: "c"}}},
+		{"space in class", Message{Type: TypeWithdraw, Sender: p, Key: Key{ModelID: "m", ProfileID: "p", Class: "c d"}}},
+		{"long profile", Message{Type: TypeWithdraw, Sender: p, Key: Key{ModelID: "m", ProfileID: strings.Repeat("p", MaxIDLen+1), Class: "c"}}},
 		{"ttl too small", Message{Type: TypeWant, Sender: p, Key: testKey, TTL: time.Millisecond}},
 		{"ttl too large", Message{Type: TypeWant, Sender: p, Key: testKey, TTL: MaxTTL + time.Millisecond}},
 		{"ttl fraction", Message{Type: TypeWant, Sender: p, Key: testKey, TTL: time.Second + 1}},
@@ -96,13 +97,14 @@ func TestEncodeRejectsInvalid(t *testing.T) {
 		{"want with epoch", Message{Type: TypeWant, Sender: p, Key: testKey, TTL: time.Second, Epoch: 1}},
 		{"release with rank", Message{Type: TypeRelease, Sender: p, Key: testKey, Epoch: 1, Rank: 1}},
 		{"done neither", Message{Type: TypeDone, Sender: p, Key: testKey, Epoch: 1}},
-		{"done both", Message{Type: TypeDone, Sender: p, Key: testKey, Epoch: 1, CID: "c", Reason: "r"}},
+		{"done both", Message{Type: TypeDone, Sender: p, Key: testKey, Epoch: 1, CID: testCID("c"), Reason: "r"}},
 		{"done reason control", Message{Type: TypeDone, Sender: p, Key: testKey, Epoch: 1, Reason: "a\nb"}},
 		{"done reason long", Message{Type: TypeDone, Sender: p, Key: testKey, Epoch: 1,
 			Reason: strings.Repeat("r", MaxReasonLen+1)}},
-		{"done bad cid", Message{Type: TypeDone, Sender: p, Key: testKey, Epoch: 1, CID: "a b"}},
+		{"done not a blob cid", Message{Type: TypeDone, Sender: p, Key: testKey, Epoch: 1,
+			CID: cid.NewCidV1(cid.DagProtobuf, testCID("x").Hash())}},
 		{"held on want", Message{Type: TypeWant, Sender: p, Key: testKey, TTL: time.Second, Held: true}},
-		{"cid on want", Message{Type: TypeWant, Sender: p, Key: testKey, TTL: time.Second, CID: "c"}},
+		{"cid on want", Message{Type: TypeWant, Sender: p, Key: testKey, TTL: time.Second, CID: testCID("c")}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -142,6 +144,44 @@ func TestDecodeRejects(t *testing.T) {
 			t.Parallel()
 			if _, err := Decode(tt.b); !errors.Is(err, tt.want) {
 				t.Fatalf("Decode: %v, want %v", err, tt.want)
+			}
+		})
+	}
+}
+
+// A DONE's CID string is parsed once, at Decode: anything but a blob CID in canonical form is malformed.
+func TestDecodeRejectsBadCID(t *testing.T) {
+	t.Parallel()
+	p := testPeerID(t, 1)
+	good := testCID("blob")
+	// done encodes a DONE whose CID field holds s as is.
+	done := func(s string) []byte {
+		b := append([]byte(magic), version, byte(TypeDone))
+		for _, f := range []string{string(p), testKey.ModelID, testKey.ProfileID, testKey.Class} {
+			b = appendStr(b, f)
+		}
+		b = append(b, 0, 0 /* rank */, 0, 0, 0, 0, 0, 0, 0, 1 /* epoch */, 0 /* cid follows */)
+		return appendStr(b, s)
+	}
+	if m, err := Decode(done(good.String())); err != nil || m.CID != good {
+		t.Fatalf("valid DONE: %+v, %v", m, err)
+	}
+	upper, err := good.StringOfBase('B') // base32 upper: the same CID, not canonical
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, s := range map[string]string{
+		"empty":         "",
+		"space":         "a b",
+		"not a cid":     "bafkreiblob",
+		"not canonical": upper,
+		"not a blob":    cid.NewCidV1(cid.DagProtobuf, good.Hash()).String(),
+		"cidv0":         cid.NewCidV0(good.Hash()).String(),
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			if m, err := Decode(done(s)); !errors.Is(err, ErrMalformed) {
+				t.Fatalf("Decode: %+v, %v; want ErrMalformed", m, err)
 			}
 		})
 	}

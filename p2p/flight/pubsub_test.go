@@ -101,7 +101,7 @@ func warmUp(t *testing.T, peers []*psPeer) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
-	warm := Key{Model: "warm", Profile: "up", Class: "test"}
+	warm := Key{ModelID: "warm", ProfileID: "up", Class: "test"}
 	var wg sync.WaitGroup
 	for _, p := range peers {
 		wg.Go(func() {
@@ -200,7 +200,7 @@ func TestPubSubKilledCompilerTakenOver(t *testing.T) {
 func TestPubSubValidatorRejectsForgedSender(t *testing.T) {
 	t.Parallel()
 	peers := newPubSubFleet(t, 2)
-	forged, err := (&Message{Type: TypeDone, Sender: peers[1].id, Key: testKey, Epoch: 1, CID: "evil"}).Encode()
+	forged, err := (&Message{Type: TypeDone, Sender: peers[1].id, Key: testKey, Epoch: 1, CID: testCID("evil")}).Encode()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command fleetbench measures how long distribution systems take to copy one blob from one seed to every host of a
 // simulated LAN, against the physical lower bound. It needs root (network namespaces) and the systems' programs;
 // scripts/bench-fleet.sh installs them. See docs/benchmarks.md.
