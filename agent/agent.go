@@ -20,6 +20,7 @@ import (
 	"github.com/npu-agent/npu-agent/blobstore"
 	"github.com/npu-agent/npu-agent/compat"
 	"github.com/npu-agent/npu-agent/compile"
+	"github.com/npu-agent/npu-agent/internal/tick"
 	"github.com/npu-agent/npu-agent/metrics"
 )
 
@@ -441,21 +442,9 @@ func (a *Agent) compileAndStore(ctx context.Context, model compile.Model, profil
 	}
 	act := a.begin(PhaseCompile, model.ID, pid)
 	defer a.end(act)
-	stop := make(chan struct{})
-	defer close(stop)
 	if progress != nil {
-		go func() {
-			t := time.NewTicker(200 * time.Millisecond)
-			defer t.Stop()
-			for {
-				select {
-				case <-stop:
-					return
-				case <-t.C:
-					progress(PhaseCompile, int64(time.Since(act.Started)), 0)
-				}
-			}
-		}()
+		stop := tick.Every(200*time.Millisecond, func() { progress(PhaseCompile, int64(time.Since(act.Started)), 0) })
+		defer stop()
 	}
 	dir, err := os.MkdirTemp(a.scratchDir, "compile-")
 	if err != nil {

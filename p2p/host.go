@@ -127,12 +127,6 @@ func loadIdentity(dir string, log *slog.Logger) (crypto.PrivKey, error) {
 	return k, nil
 }
 
-// writeFileAtomic is atomicfile.WriteFile, kept only for records.go (the lead's file, under change in parallel).
-// TODO(restructure merge): call atomicfile.WriteFile in records.go and delete this.
-func writeFileAtomic(path string, b []byte, perm os.FileMode) error {
-	return atomicfile.WriteFile(path, b, perm)
-}
-
 // usableAddr reports whether a is worth advertising to or dialling on another host.
 func usableAddr(a ma.Multiaddr, allowLoopback bool) bool {
 	if manet.IsIPUnspecified(a) || manet.IsIP6LinkLocal(a) {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/npu-agent/npu-agent/internal/atomicfile"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -77,7 +78,7 @@ func (b *recordBook) rewrite() error {
 	for _, sr := range b.sorted() {
 		buf = appendEntry(buf, sr.Envelope)
 	}
-	if err := writeFileAtomic(b.path, buf, 0o600); err != nil {
+	if err := atomicfile.WriteFile(b.path, buf, 0o600); err != nil {
 		return fmt.Errorf("write record log: %w", err)
 	}
 	if b.file != nil {
