@@ -105,6 +105,7 @@ type Activity struct {
 	Phase   Phase     `json:"phase"`
 	Model   string    `json:"model_id"`
 	Profile string    `json:"profile_id"`
+	CID     cid.Cid   `json:"cid,omitzero"` // the blob being fetched; undefined for compiles
 	Started time.Time `json:"started"`
 	Done    int64     `json:"done"`
 	Total   int64     `json:"total"`
@@ -321,7 +322,7 @@ func normKind(k string) string {
 func (a *Agent) fromPeers(ctx context.Context, modelID, profileID, kind string, progress Progress) (Result, bool, error) {
 	var errs []error
 	for _, r := range a.compatible(a.opts.Fleet.Records(modelID, profileID), kind) {
-		act := a.begin(PhaseFetch, modelID, profileID)
+		act := a.begin(PhaseFetch, modelID, profileID, r.Blob)
 		release := a.use(r.Blob)
 		err := a.opts.Fleet.Fetch(ctx, r.Blob, func(done, total int64) {
 			act.update(a, done, total)
@@ -377,7 +378,7 @@ func (a *Agent) compileAndStore(ctx context.Context, model compile.Model, profil
 	if a.opts.Backend == nil {
 		return cid.Undef, compile.ErrNoCompiler
 	}
-	act := a.begin(PhaseCompile, model.ID, pid)
+	act := a.begin(PhaseCompile, model.ID, pid, cid.Undef)
 	defer a.end(act)
 	stop := make(chan struct{})
 	defer close(stop)
@@ -580,8 +581,8 @@ func (a *Agent) Activities() []Activity {
 	return out
 }
 
-func (a *Agent) begin(phase Phase, model, profile string) *Activity {
-	act := &Activity{Phase: phase, Model: model, Profile: profile, Started: time.Now()}
+func (a *Agent) begin(phase Phase, model, profile string, blob cid.Cid) *Activity {
+	act := &Activity{Phase: phase, Model: model, Profile: profile, CID: blob, Started: time.Now()}
 	a.mu.Lock()
 	a.inflight[string(phase)+"/"+model+"/"+profile] = act
 	a.mu.Unlock()
