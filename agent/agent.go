@@ -114,6 +114,7 @@ type Activity struct {
 	Phase   Phase     `json:"phase"`
 	Model   string    `json:"model_id"`
 	Profile string    `json:"profile_id"`
+	CID     cid.Cid   `json:"cid,omitzero"` // the blob being fetched; undefined for compiles
 	Started time.Time `json:"started"`
 	Done    int64     `json:"done"`
 	Total   int64     `json:"total"`
@@ -362,7 +363,7 @@ func (a *Agent) fetchChecked(ctx context.Context, r blobstore.Record, kind strin
 	if err != nil {
 		return err
 	}
-	act := a.begin(PhaseFetch, r.ModelID, r.ProfileID)
+	act := a.begin(PhaseFetch, r.ModelID, r.ProfileID, r.Blob)
 	err = a.opts.Fleet.Fetch(ctx, r.Blob, func(done, total int64) {
 		act.update(a, done, total)
 		if progress != nil {
@@ -440,7 +441,7 @@ func (a *Agent) compileAndStore(ctx context.Context, model compile.Model, profil
 	if a.opts.Backend == nil {
 		return cid.Undef, compile.ErrNoCompiler
 	}
-	act := a.begin(PhaseCompile, model.ID, pid)
+	act := a.begin(PhaseCompile, model.ID, pid, cid.Undef)
 	defer a.end(act)
 	if progress != nil {
 		stop := tick.Every(200*time.Millisecond, func() { progress(PhaseCompile, int64(time.Since(act.Started)), 0) })
@@ -631,8 +632,8 @@ func (a *Agent) Activities() []Activity {
 	return out
 }
 
-func (a *Agent) begin(phase Phase, model, profile string) *Activity {
-	act := &Activity{Phase: phase, Model: model, Profile: profile, Started: time.Now()}
+func (a *Agent) begin(phase Phase, model, profile string, blob cid.Cid) *Activity {
+	act := &Activity{Phase: phase, Model: model, Profile: profile, CID: blob, Started: time.Now()}
 	a.mu.Lock()
 	a.inflight[string(phase)+"/"+model+"/"+profile] = act
 	a.mu.Unlock()

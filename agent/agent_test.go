@@ -271,8 +271,8 @@ func TestGCKeepsPinnedAndInUse(t *testing.T) {
 		}
 		cids = append(cids, r)
 	}
-	svc := &Service{Agent: a}
-	streaming, err := svc.OpenBlob(ctx, cids[0].CID)
+	release := a.Use(cids[0].CID) // as the API server does while it streams a blob
+	streaming, err := a.Store().Open(ctx, cids[0].CID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -297,6 +297,7 @@ func TestGCKeepsPinnedAndInUse(t *testing.T) {
 		t.Fatalf("stream of a blob in use: %v", err)
 	}
 	streaming.Close()
+	release()
 	res, err = a.GC(ctx, 0)
 	if err != nil || len(res.Removed) != 1 || res.Removed[0] != cids[0].CID {
 		t.Fatalf("after the stream closed gc removed %v, %v; want %s", res.Removed, err, cids[0].CID)

@@ -1,6 +1,7 @@
-// Package api is the daemon's local HTTP API: the server, served on a unix socket and optionally a loopback TCP
-// address, and the Go client the CLI uses to talk to a running daemon. The Agent interface is what the server
-// serves; the agent package implements it. Endpoints and wire formats are described in docs/operations.md.
+// Package api is the daemon's local HTTP API as its clients see it: the wire types, the Go client the CLI uses to
+// talk to a running daemon, and the one error table (error, wire code, HTTP status, CLI exit code). The server,
+// served on a unix socket and optionally a loopback TCP address, is package api/server; the Agent and Rollouts
+// interfaces are what it serves. Endpoints and wire formats are described in docs/operations.md.
 package api
 
 import (
@@ -66,7 +67,7 @@ type Status struct {
 	Class       string          `json:"class,omitempty"`       // this host's compatibility class
 	Compiler    string          `json:"compiler,omitempty"`    // backend name; empty when none is available
 	Store       StoreStatus     `json:"store"`
-	Jobs        []Job           `json:"jobs"`  // fetches, compiles and waits in progress
+	Jobs        []Job           `json:"jobs"`  // fetches and compiles in progress
 	Peers       []Peer          `json:"peers"` // connected fleet members
 }
 
@@ -83,24 +84,21 @@ type StoreStatus struct {
 // JobKind says what a job does: the agent's job phases.
 type JobKind string
 
-// Job is one fetch, compile or wait in progress.
+// Job is one fetch or compile in progress.
 type Job struct {
 	Kind      JobKind   `json:"kind"`
 	ModelID   string    `json:"model_id"`
 	ProfileID string    `json:"profile_id"`
-	CID       string    `json:"cid,omitempty"`  // known for fetches
-	Peer      string    `json:"peer,omitempty"` // the compiling peer, for waits
+	CID       cid.Cid   `json:"cid,omitzero"` // the blob being fetched; absent for compiles
 	Started   time.Time `json:"started"`
 	Done      uint64    `json:"done,omitempty"`  // bytes so far, for fetches
 	Total     uint64    `json:"total,omitempty"` // bytes expected, for fetches
-	Waiters   int       `json:"waiters"`         // local callers sharing this job
 }
 
 // Peer is a connected fleet member.
 type Peer struct {
 	ID    string   `json:"id"`
 	Addrs []string `json:"addrs"`
-	Class string   `json:"class,omitempty"` // its compatibility class, once known
 	// Records is how many of its records this agent has seen.
 	Records int `json:"records"`
 }

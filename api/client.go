@@ -88,7 +88,7 @@ func (c *Client) Close() error {
 // Ensure asks the daemon for a compiled blob of req.Model with req.Profile; see Agent.Ensure.
 func (c *Client) Ensure(ctx context.Context, req EnsureRequest) (EnsureResponse, error) {
 	var resp EnsureResponse
-	if err := checkModelProfile(req.Model, req.Profile); err != nil {
+	if err := CheckModelProfile(req.Model, req.Profile); err != nil {
 		return resp, err
 	}
 	body, err := json.Marshal(req)
@@ -116,7 +116,7 @@ func (c *Client) Blob(ctx context.Context, id cid.Cid) (blobstore.Reader, error)
 // Put uploads a blob compiled elsewhere for req.Model and req.Profile; see Agent.PutBlob.
 func (c *Client) Put(ctx context.Context, req PutRequest, blob io.Reader) (EnsureResponse, error) {
 	var resp EnsureResponse
-	if err := checkModelProfile(req.Model, req.Profile); err != nil {
+	if err := CheckModelProfile(req.Model, req.Profile); err != nil {
 		return resp, err
 	}
 	profile, err := json.Marshal(req.Profile)
@@ -185,9 +185,9 @@ func (c *Client) do(ctx context.Context, method, path, contentType string, body 
 	}
 	defer resp.Body.Close()
 	raw, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
-	var eb errorBody
+	var eb ErrorBody
 	if json.Unmarshal(raw, &eb) != nil || eb.Code == "" {
-		eb = errorBody{Code: codeInternal, Error: fmt.Sprintf("%s: %.200q", resp.Status, raw)}
+		eb = ErrorBody{Code: CodeInternal, Error: fmt.Sprintf("%s: %.200q", resp.Status, raw)}
 	}
 	return nil, &Error{Status: resp.StatusCode, Code: eb.Code, Message: eb.Error}
 }

@@ -15,6 +15,21 @@ import (
 // StatusClientClosedRequest is the status logged when the client went away before the answer (nginx's 499).
 const StatusClientClosedRequest = 499
 
+// Exit codes of the npu-agent CLI, documented in README.md and docs/operations.md (a test keeps them in step).
+const (
+	ExitOK           = 0
+	ExitError        = 1 // anything not listed below
+	ExitUsage        = 2 // bad flags, arguments, config or request
+	ExitNotFound     = 3 // no such blob, model file or record
+	ExitIncompatible = 4 // the blob cannot be loaded by this host's NPU stack
+	ExitNoCompiler   = 5 // a compile was needed and no compiler is available
+	ExitCompile      = 6 // the compiler failed
+	ExitCorrupt      = 7 // verify found corrupt data
+	ExitNoDaemon     = 8 // the command needs a running daemon and none answers
+	ExitRejected     = 9 // the daemon rejected a rollout manifest (trust, signature, version, expiry) or follows none
+	ExitInterrupted  = 130
+)
+
 // Errors of this package.
 var (
 	// ErrNoDaemon reports that no daemon answers on the socket.
@@ -29,79 +44,152 @@ var (
 	ErrForbidden = errors.New("forbidden")
 )
 
-// wireErrors maps sentinel errors to HTTP status and wire code, and codes back to sentinels in the client. The
-// first match wins, so specific errors come before general ones. Codes are API: never change one.
-var wireErrors = []struct {
-	err    error
-	status int
-	code   string
-}{
-	{ErrBadRequest, http.StatusBadRequest, "bad_request"},
-	{ErrTooLarge, http.StatusRequestEntityTooLarge, "too_large"},
-	{ErrForbidden, http.StatusForbidden, "forbidden"},
-	{ErrShuttingDown, http.StatusServiceUnavailable, "shutting_down"},
-	{ErrRolloutsDisabled, http.StatusServiceUnavailable, "rollouts_disabled"},
-	{rollout.ErrNoTrustedKeys, http.StatusServiceUnavailable, "no_trusted_keys"},
-	{rollout.ErrTooLarge, http.StatusRequestEntityTooLarge, "manifest_too_large"},
-	{rollout.ErrUnsigned, http.StatusForbidden, "unsigned"},
-	{rollout.ErrUnknownKey, http.StatusForbidden, "unknown_key"},
-	{rollout.ErrBadSignature, http.StatusForbidden, "bad_signature"},
-	{rollout.ErrThreshold, http.StatusForbidden, "threshold"},
-	{rollout.ErrRollback, http.StatusConflict, "rollback"},
-	{rollout.ErrEquivocation, http.StatusConflict, "equivocation"},
-	{rollout.ErrNameMismatch, http.StatusConflict, "name_mismatch"},
-	{rollout.ErrExpired, http.StatusUnprocessableEntity, "expired"},
-	{rollout.ErrSourceMismatch, http.StatusUnprocessableEntity, "source_mismatch"},
-	{rollout.ErrNonCanonical, http.StatusUnprocessableEntity, "non_canonical"},
-	{rollout.ErrInvalidManifest, http.StatusUnprocessableEntity, "invalid_manifest"},
-	{rollout.ErrCorruptState, http.StatusInternalServerError, "corrupt_state"},
-	{rollout.ErrNotFound, http.StatusNotFound, "no_such_rollout"},
-	{blobstore.ErrNotFound, http.StatusNotFound, "not_found"},
-	{blobstore.ErrInvalidData, http.StatusUnprocessableEntity, "invalid_data"},
-	{blobstore.ErrIncomplete, http.StatusConflict, "incomplete"},
-	{blobstore.ErrPinned, http.StatusConflict, "pinned"},
-	{compat.ErrNoMetadata, http.StatusUnprocessableEntity, "no_metadata"},
-	{compat.ErrMetadataVersion, http.StatusUnprocessableEntity, "metadata_version"},
-	{compat.ErrFutureMetadata, http.StatusUnprocessableEntity, "future_metadata"},
-	{compat.ErrMalformedTrailer, http.StatusUnprocessableEntity, "malformed_trailer"},
-	{compat.ErrRuntimeRequirements, http.StatusUnprocessableEntity, "runtime_requirements"},
-	{compat.ErrInvalidFingerprint, http.StatusUnprocessableEntity, "invalid_fingerprint"},
-	{compat.ErrNoNPU, http.StatusServiceUnavailable, "no_npu"},
-	{compat.ErrIncompatible, http.StatusUnprocessableEntity, "incompatible"},
-	{compile.ErrNoCompiler, http.StatusServiceUnavailable, "no_compiler"},
-	{compile.ErrCompileFailed, http.StatusInternalServerError, "compile_failed"},
-	{compile.ErrTimeout, http.StatusGatewayTimeout, "compile_timeout"},
-	{compile.ErrInvalidModel, http.StatusUnprocessableEntity, "invalid_model"},
-	{compile.ErrInvalidProfile, http.StatusUnprocessableEntity, "invalid_profile"},
-	{fs.ErrNotExist, http.StatusNotFound, "no_such_file"},
-	{fs.ErrPermission, http.StatusForbidden, "permission"},
-	{context.Canceled, StatusClientClosedRequest, "canceled"},
-	{context.DeadlineExceeded, http.StatusGatewayTimeout, "timeout"},
+// Wire codes the server answers without a sentinel error.
+const (
+	CodeInternal         = "internal"           // an error no row matches
+	CodeNoSuchEndpoint   = "no_such_endpoint"   // no handler for the path
+	CodeMethodNotAllowed = "method_not_allowed" // a handler for the path, not for the method
+	CodeTooLarge         = "too_large"          // ErrTooLarge and *http.MaxBytesError
+)
+
+// ErrorRow is one row of the error table: how an error is answered on the wire and how the CLI exits with it.
+type ErrorRow struct {
+	Err    error  // the sentinel, matched with errors.Is; nil for codes the server answers without one
+	Code   string // wire code; "" for errors only the CLI meets, which never cross the wire. Codes are API.
+	Status int    // HTTP status; 0 when Code is ""
+	Exit   int    // CLI exit code, the same in-process and through the daemon
 }
 
-const codeInternal = "internal"
+// errorTable is the one table of errors. The first row whose Err matches wins, so specific errors come before
+// general ones. Never change a code; README.md and docs/operations.md list the codes and exit codes.
+var errorTable = []ErrorRow{
+	{ErrBadRequest, "bad_request", http.StatusBadRequest, ExitUsage},
+	{ErrTooLarge, CodeTooLarge, http.StatusRequestEntityTooLarge, ExitError},
+	{ErrForbidden, "forbidden", http.StatusForbidden, ExitError},
+	{ErrShuttingDown, "shutting_down", http.StatusServiceUnavailable, ExitError},
+	{ErrRolloutsDisabled, "rollouts_disabled", http.StatusServiceUnavailable, ExitRejected},
+	{ErrNoDaemon, "", 0, ExitNoDaemon},
+	// Before the domain errors: an interrupted command exits 130 whatever it was doing.
+	{context.Canceled, "canceled", StatusClientClosedRequest, ExitInterrupted},
 
-// errorStatus maps err to its HTTP status and wire code; unknown errors are 500 "internal". An *Error in err's
-// chain keeps its own status and code: an Agent adapter can answer errors of packages this one cannot import.
-func errorStatus(err error) (int, string) {
+	{rollout.ErrNoTrustedKeys, "no_trusted_keys", http.StatusServiceUnavailable, ExitRejected},
+	{rollout.ErrTooLarge, "manifest_too_large", http.StatusRequestEntityTooLarge, ExitRejected},
+	{rollout.ErrUnsigned, "unsigned", http.StatusForbidden, ExitRejected},
+	{rollout.ErrUnknownKey, "unknown_key", http.StatusForbidden, ExitRejected},
+	{rollout.ErrBadSignature, "bad_signature", http.StatusForbidden, ExitRejected},
+	{rollout.ErrThreshold, "threshold", http.StatusForbidden, ExitRejected},
+	{rollout.ErrRollback, "rollback", http.StatusConflict, ExitRejected},
+	{rollout.ErrEquivocation, "equivocation", http.StatusConflict, ExitRejected},
+	{rollout.ErrNameMismatch, "name_mismatch", http.StatusConflict, ExitRejected},
+	{rollout.ErrExpired, "expired", http.StatusUnprocessableEntity, ExitRejected},
+	{rollout.ErrSourceMismatch, "source_mismatch", http.StatusUnprocessableEntity, ExitRejected},
+	{rollout.ErrNonCanonical, "non_canonical", http.StatusUnprocessableEntity, ExitRejected},
+	{rollout.ErrCorruptState, "corrupt_state", http.StatusInternalServerError, ExitError},
+	{rollout.ErrNotFound, "no_such_rollout", http.StatusNotFound, ExitNotFound},
+
+	{blobstore.ErrNotFound, "not_found", http.StatusNotFound, ExitNotFound},
+	{blobstore.ErrInvalidData, "invalid_data", http.StatusUnprocessableEntity, ExitCorrupt},
+	{blobstore.ErrIncomplete, "incomplete", http.StatusConflict, ExitError},
+	{blobstore.ErrPinned, "pinned", http.StatusConflict, ExitError},
+
+	{compat.ErrNoMetadata, "no_metadata", http.StatusUnprocessableEntity, ExitIncompatible},
+	{compat.ErrMetadataVersion, "metadata_version", http.StatusUnprocessableEntity, ExitIncompatible},
+	{compat.ErrFutureMetadata, "future_metadata", http.StatusUnprocessableEntity, ExitIncompatible},
+	{compat.ErrMalformedTrailer, "malformed_trailer", http.StatusUnprocessableEntity, ExitIncompatible},
+	{compat.ErrRuntimeRequirements, "runtime_requirements", http.StatusUnprocessableEntity, ExitIncompatible},
+	{compat.ErrNoNPU, "no_npu", http.StatusServiceUnavailable, ExitError},
+	{compat.ErrIncompatible, "incompatible", http.StatusUnprocessableEntity, ExitIncompatible},
+
+	{compile.ErrNoCompiler, "no_compiler", http.StatusServiceUnavailable, ExitNoCompiler},
+	{compile.ErrCompileFailed, "compile_failed", http.StatusInternalServerError, ExitCompile},
+	{compile.ErrNoOutput, "no_output", http.StatusInternalServerError, ExitCompile},
+	{compile.ErrTimeout, "compile_timeout", http.StatusGatewayTimeout, ExitCompile},
+	{compile.ErrHelperProtocol, "helper_protocol", http.StatusInternalServerError, ExitCompile},
+	{compile.ErrNoDevice, "no_device", http.StatusServiceUnavailable, ExitCompile},
+
+	// Before the invalid-input rows: a model file that is missing or unreadable is that, not a malformed model.
+	{fs.ErrNotExist, "no_such_file", http.StatusNotFound, ExitNotFound},
+	{fs.ErrPermission, "permission", http.StatusForbidden, ExitError},
+
+	{compile.ErrInvalidModel, "invalid_model", http.StatusUnprocessableEntity, ExitUsage},
+	{compile.ErrInvalidProfile, "invalid_profile", http.StatusUnprocessableEntity, ExitUsage},
+	{compat.ErrInvalidFingerprint, "invalid_fingerprint", http.StatusUnprocessableEntity, ExitUsage},
+	{rollout.ErrInvalidManifest, "invalid_manifest", http.StatusUnprocessableEntity, ExitUsage},
+	{compat.ErrOverride, "", 0, ExitUsage},
+	{rollout.ErrInvalidKey, "", 0, ExitUsage},
+	{rollout.ErrKeyPermissions, "", 0, ExitUsage},
+
+	{context.DeadlineExceeded, "timeout", http.StatusGatewayTimeout, ExitError},
+
+	{nil, CodeInternal, http.StatusInternalServerError, ExitError},
+	{nil, CodeNoSuchEndpoint, http.StatusNotFound, ExitError},
+	{nil, CodeMethodNotAllowed, http.StatusMethodNotAllowed, ExitError},
+}
+
+// ErrorTable returns a copy of the error table, in matching order.
+func ErrorTable() []ErrorRow { return append([]ErrorRow(nil), errorTable...) }
+
+// lookup returns the first row err matches, by an *Error's code when the daemon answered it, else by sentinel.
+func lookup(err error) (ErrorRow, bool) {
+	var ae *Error
+	if errors.As(err, &ae) {
+		if row, ok := rowOfCode(ae.Code); ok {
+			return row, true
+		}
+	}
+	for _, row := range errorTable {
+		if row.Err != nil && errors.Is(err, row.Err) {
+			return row, true
+		}
+	}
+	return ErrorRow{}, false
+}
+
+func rowOfCode(code string) (ErrorRow, bool) {
+	if code == "" {
+		return ErrorRow{}, false
+	}
+	for _, row := range errorTable {
+		if row.Code == code {
+			return row, true
+		}
+	}
+	return ErrorRow{}, false
+}
+
+// ErrorStatus maps err to its HTTP status and wire code; unknown errors are 500 "internal". An *Error in err's
+// chain keeps its own status and code (a proxy passes a daemon's answer on unchanged).
+func ErrorStatus(err error) (status int, code string) {
 	var ae *Error
 	if errors.As(err, &ae) && ae.Status >= 400 && ae.Status <= 599 && ae.Code != "" {
 		return ae.Status, ae.Code
 	}
 	var mbe *http.MaxBytesError
 	if errors.As(err, &mbe) {
-		return http.StatusRequestEntityTooLarge, "too_large"
+		return http.StatusRequestEntityTooLarge, CodeTooLarge
 	}
-	for _, we := range wireErrors {
-		if errors.Is(err, we.err) {
-			return we.status, we.code
+	for _, row := range errorTable {
+		if row.Err != nil && row.Code != "" && errors.Is(err, row.Err) {
+			return row.Status, row.Code
 		}
 	}
-	return http.StatusInternalServerError, codeInternal
+	return http.StatusInternalServerError, CodeInternal
 }
 
-// errorBody is the JSON body of every error response.
-type errorBody struct {
+// ExitCode is the CLI's exit code for err: 0 for nil, the row's exit code, or ExitError. An error answered by the
+// daemon exits as the same error met in-process would.
+func ExitCode(err error) int {
+	if err == nil {
+		return ExitOK
+	}
+	if row, ok := lookup(err); ok {
+		return row.Exit
+	}
+	return ExitError
+}
+
+// ErrorBody is the JSON body of every error response.
+type ErrorBody struct {
 	Error string `json:"error"`
 	Code  string `json:"code"`
 }
@@ -117,12 +205,8 @@ type Error struct {
 // Error returns the daemon's message as is: it already says what failed.
 func (e *Error) Error() string { return e.Message }
 
-// Unwrap returns the sentinel error of e's code, or nil for codes this client does not know.
+// Unwrap returns the sentinel error of e's code, or nil for codes without one and codes this client does not know.
 func (e *Error) Unwrap() error {
-	for _, we := range wireErrors {
-		if we.code == e.Code {
-			return we.err
-		}
-	}
-	return nil
+	row, _ := rowOfCode(e.Code)
+	return row.Err
 }

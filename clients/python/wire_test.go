@@ -16,6 +16,7 @@ import (
 	mh "github.com/multiformats/go-multihash"
 
 	"github.com/npu-agent/npu-agent/api"
+	"github.com/npu-agent/npu-agent/api/server"
 	"github.com/npu-agent/npu-agent/blobstore"
 )
 
@@ -79,12 +80,12 @@ func TestPythonClientAgainstGoServer(t *testing.T) {
 		t.Skip("python3 not installed")
 	}
 	socket := filepath.Join(t.TempDir(), "api.sock")
-	ln, err := api.ListenUnix(socket)
+	ln, err := server.ListenUnix(socket)
 	if err != nil {
 		t.Fatal(err)
 	}
 	agent := &wireAgent{blobs: map[cid.Cid][]byte{}}
-	srv := api.NewServer(agent, api.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	srv := server.NewServer(agent, server.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx, ln) }()

@@ -15,7 +15,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/npu-agent/npu-agent/agent"
-	"github.com/npu-agent/npu-agent/api"
+	"github.com/npu-agent/npu-agent/api/server"
 	"github.com/npu-agent/npu-agent/blobstore/badgerstore"
 	"github.com/npu-agent/npu-agent/config"
 	"github.com/npu-agent/npu-agent/metrics"
@@ -72,7 +72,7 @@ func runDaemon(ctx context.Context, cfg config.Config, log *slog.Logger) (err er
 		Store: store, Backend: backend, Host: host, Producer: "host:" + hostname, WorkDir: cfg.DataDir,
 		Timeout: cfg.Compiler.Timeout, Logger: log, Metrics: m,
 	}
-	svc := &agent.Service{Version: version, Quota: uint64(cfg.Store.Quota)}
+	svc := &server.Service{Version: version, Quota: uint64(cfg.Store.Quota), Metrics: m}
 
 	g, ctx := errgroup.WithContext(ctx)
 	var fl *fleet
@@ -89,7 +89,7 @@ func runDaemon(ctx context.Context, cfg config.Config, log *slog.Logger) (err er
 		return hostError(err, notes)
 	}
 	svc.Agent = ag
-	apiOpts := api.Options{Socket: cfg.SocketPath(), TCP: cfg.API.TCP, Gatherer: reg, Logger: log}
+	apiOpts := server.Options{Socket: cfg.SocketPath(), TCP: cfg.API.TCP, Gatherer: reg, Logger: log}
 	if len(cfg.Rollout.TrustedKeys) > 0 {
 		ro, err := startRollouts(ctx, g, cfg, ag, fl, log)
 		if err != nil {
@@ -99,7 +99,7 @@ func runDaemon(ctx context.Context, cfg config.Config, log *slog.Logger) (err er
 	} else {
 		log.Info("rollouts disabled: rollout.trusted_keys is empty")
 	}
-	srv := api.NewServer(svc, apiOpts)
+	srv := server.NewServer(svc, apiOpts)
 	g.Go(func() error { return srv.Run(ctx) })
 	g.Go(func() error { return gcLoop(ctx, ag, cfg.Store, log) })
 	log.Info("npu-agent daemon running", "version", version, "socket", cfg.SocketPath(), "data_dir", cfg.DataDir,

@@ -73,9 +73,9 @@ func (a *app) peersCmd() *cobra.Command {
 			return a.print(st.Peers, func(w io.Writer) error {
 				var rows [][]string
 				for _, p := range st.Peers {
-					rows = append(rows, []string{p.ID, strings.Join(p.Addrs, ","), short(p.Class), strconv.Itoa(p.Records)})
+					rows = append(rows, []string{p.ID, strings.Join(p.Addrs, ","), strconv.Itoa(p.Records)})
 				}
-				return table(w, []string{"PEER", "ADDRS", "CLASS", "RECORDS"}, rows)
+				return table(w, []string{"PEER", "ADDRS", "RECORDS"}, rows)
 			})
 		}),
 	}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -116,5 +115,3 @@ func exactArgs(n int) cobra.PositionalArgs {
 		return nil
 	}
 }
-
-var errNoDaemon = errors.New("no daemon is running")

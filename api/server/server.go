@@ -1,4 +1,7 @@
-package api
+// Package server is the daemon's local HTTP API server: it serves an api.Agent and api.Rollouts on a unix socket
+// and optionally a loopback TCP address, answering errors through api's error table. Service adapts an
+// *agent.Agent to api.Agent. Endpoints and wire formats are described in docs/operations.md.
+package server
 
 import (
 	"context"
@@ -23,8 +26,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/npu-agent/npu-agent/api"
 	"github.com/npu-agent/npu-agent/blobstore"
-	"github.com/npu-agent/npu-agent/compile"
 )
 
 const (
@@ -52,19 +55,19 @@ type Options struct {
 	TCP      string              // loopback host:port; "" for none
 	Gatherer prometheus.Gatherer // served on /metrics; nil: /metrics answers 404
 	Logger   *slog.Logger        // nil: slog.Default()
-	Rollouts Rollouts            // nil: the rollout endpoints answer ErrRolloutsDisabled
+	Rollouts api.Rollouts        // nil: the rollout endpoints answer ErrRolloutsDisabled
 }
 
 // Server serves an Agent over HTTP.
 type Server struct {
-	agent Agent
+	agent api.Agent
 	opts  Options
 	log   *slog.Logger
 	mux   *http.ServeMux
 }
 
 // NewServer returns a server for a; Run or Serve starts it.
-func NewServer(a Agent, opts Options) *Server {
+func NewServer(a api.Agent, opts Options) *Server {
 	s := &Server{agent: a, opts: opts, log: opts.Logger, mux: http.NewServeMux()}
 	if s.log == nil {
 		s.log = slog.Default()
@@ -169,7 +172,7 @@ func (s *Server) Serve(ctx context.Context, lns ...net.Listener) error {
 	case err = <-errc:
 		err = fmt.Errorf("api: %w", err)
 	}
-	stop(ErrShuttingDown)
+	stop(api.ErrShuttingDown)
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()
 	if serr := srv.Shutdown(sctx); serr != nil {
@@ -254,7 +257,7 @@ func ListenTCP(addr string) (net.Listener, error) {
 // rebinding) or carrying an Origin header (cross-site requests; local programs do not send one).
 func checkLoopbackRequest(r *http.Request) error {
 	if r.Header.Get("Origin") != "" {
-		return fmt.Errorf("%w: requests from web pages are not accepted", ErrForbidden)
+		return fmt.Errorf("%w: requests from web pages are not accepted", api.ErrForbidden)
 	}
 	host := r.Host
 	if h, _, err := net.SplitHostPort(host); err == nil {
@@ -262,18 +265,18 @@ func checkLoopbackRequest(r *http.Request) error {
 	}
 	host = strings.Trim(host, "[]")
 	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
-		return fmt.Errorf("%w: Host %q is not a loopback name", ErrForbidden, r.Host)
+		return fmt.Errorf("%w: Host %q is not a loopback name", api.ErrForbidden, r.Host)
 	}
 	return nil
 }
 
 func (s *Server) handleEnsure(w http.ResponseWriter, r *http.Request) {
-	var req EnsureRequest
+	var req api.EnsureRequest
 	if err := decodeJSON(w, r, &req); err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	if err := checkModelProfile(req.Model, req.Profile); err != nil {
+	if err := api.CheckModelProfile(req.Model, req.Profile); err != nil {
 		s.fail(w, r, err)
 		return
 	}
@@ -288,7 +291,7 @@ func (s *Server) handleEnsure(w http.ResponseWriter, r *http.Request) {
 func (s *Server) handleGetBlob(w http.ResponseWriter, r *http.Request) {
 	c, err := cid.Decode(r.PathValue("cid"))
 	if err != nil {
-		s.fail(w, r, fmt.Errorf("%w: blob CID: %w", ErrBadRequest, err))
+		s.fail(w, r, fmt.Errorf("%w: blob CID: %w", api.ErrBadRequest, err))
 		return
 	}
 	rd, err := s.agent.OpenBlob(r.Context(), c)
@@ -339,7 +342,7 @@ func (s *Server) handlePutBlob(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if r.ContentLength > blobstore.MaxBlobSize {
-		s.fail(w, r, fmt.Errorf("%w: blob of %d bytes is over the limit of %d", ErrTooLarge, r.ContentLength, int64(blobstore.MaxBlobSize)))
+		s.fail(w, r, fmt.Errorf("%w: blob of %d bytes is over the limit of %d", api.ErrTooLarge, r.ContentLength, int64(blobstore.MaxBlobSize)))
 		return
 	}
 	body := http.MaxBytesReader(w, r.Body, blobstore.MaxBlobSize)
@@ -352,26 +355,26 @@ func (s *Server) handlePutBlob(w http.ResponseWriter, r *http.Request) {
 }
 
 // parsePutQuery reads ?model=PATH&profile=JSON, each exactly once, nothing else.
-func parsePutQuery(raw string) (PutRequest, error) {
+func parsePutQuery(raw string) (api.PutRequest, error) {
 	q, err := url.ParseQuery(raw)
 	if err != nil {
-		return PutRequest{}, fmt.Errorf("%w: query: %w", ErrBadRequest, err)
+		return api.PutRequest{}, fmt.Errorf("%w: query: %w", api.ErrBadRequest, err)
 	}
 	for k, v := range q {
 		if k != "model" && k != "profile" {
-			return PutRequest{}, fmt.Errorf("%w: unknown query parameter %q", ErrBadRequest, k)
+			return api.PutRequest{}, fmt.Errorf("%w: unknown query parameter %q", api.ErrBadRequest, k)
 		}
 		if len(v) != 1 {
-			return PutRequest{}, fmt.Errorf("%w: query parameter %q must be given once", ErrBadRequest, k)
+			return api.PutRequest{}, fmt.Errorf("%w: query parameter %q must be given once", api.ErrBadRequest, k)
 		}
 	}
-	req := PutRequest{Model: q.Get("model")}
+	req := api.PutRequest{Model: q.Get("model")}
 	if p := q.Get("profile"); p == "" {
-		return req, fmt.Errorf("%w: query parameter profile is missing", ErrBadRequest)
+		return req, fmt.Errorf("%w: query parameter profile is missing", api.ErrBadRequest)
 	} else if err := decodeStrict(strings.NewReader(p), &req.Profile); err != nil {
-		return req, fmt.Errorf("%w: profile: %w", ErrBadRequest, err)
+		return req, fmt.Errorf("%w: profile: %w", api.ErrBadRequest, err)
 	}
-	if err := checkModelProfile(req.Model, req.Profile); err != nil {
+	if err := api.CheckModelProfile(req.Model, req.Profile); err != nil {
 		return req, err
 	}
 	return req, nil
@@ -387,7 +390,7 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleHealth(w http.ResponseWriter, _ *http.Request) {
-	s.writeJSON(w, http.StatusOK, Health{Status: "ok"})
+	s.writeJSON(w, http.StatusOK, api.Health{Status: "ok"})
 }
 
 // handleUnknown answers 405 for a known path with another method, else 404, in the API's error format.
@@ -402,39 +405,11 @@ func (s *Server) handleUnknown(w http.ResponseWriter, r *http.Request) {
 	}
 	if len(allow) > 0 {
 		w.Header().Set("Allow", strings.Join(allow, ", "))
-		s.writeError(w, http.StatusMethodNotAllowed, "method_not_allowed",
+		s.writeError(w, http.StatusMethodNotAllowed, api.CodeMethodNotAllowed,
 			fmt.Sprintf("%s %s: method not allowed (allowed: %s)", r.Method, r.URL.Path, strings.Join(allow, ", ")))
 		return
 	}
-	s.writeError(w, http.StatusNotFound, "no_such_endpoint", fmt.Sprintf("%s %s: no such endpoint", r.Method, r.URL.Path))
-}
-
-// checkModelProfile rejects requests the agent could only misread: a relative model path means nothing to a
-// daemon with another working directory.
-func checkModelProfile(model string, p compile.Profile) error {
-	if err := checkModelPath(model); err != nil {
-		return err
-	}
-	if p.Device == "" {
-		return fmt.Errorf("%w: profile.device is missing", ErrBadRequest)
-	}
-	return nil
-}
-
-// checkModelPath accepts an absolute path of an .xml or .onnx model.
-func checkModelPath(model string) error {
-	switch {
-	case model == "":
-		return fmt.Errorf("%w: model path is missing", ErrBadRequest)
-	case !filepath.IsAbs(model):
-		return fmt.Errorf("%w: model path %q must be absolute", ErrBadRequest, model)
-	case strings.ContainsRune(model, 0):
-		return fmt.Errorf("%w: model path contains a NUL byte", ErrBadRequest)
-	}
-	if ext := strings.ToLower(filepath.Ext(model)); ext != ".xml" && ext != ".onnx" {
-		return fmt.Errorf("%w: model %s: expected an OpenVINO IR .xml or an .onnx file", ErrBadRequest, model)
-	}
-	return nil
+	s.writeError(w, http.StatusNotFound, api.CodeNoSuchEndpoint, fmt.Sprintf("%s %s: no such endpoint", r.Method, r.URL.Path))
 }
 
 func checkContentType(r *http.Request, want string) error {
@@ -442,7 +417,7 @@ func checkContentType(r *http.Request, want string) error {
 	mt, _, err := mime.ParseMediaType(ct)
 	if err != nil || mt != want {
 		// Also keeps browsers out: these types need a CORS preflight, which this API never grants.
-		return fmt.Errorf("%w: Content-Type must be %s, got %q", ErrBadRequest, want, ct)
+		return fmt.Errorf("%w: Content-Type must be %s, got %q", api.ErrBadRequest, want, ct)
 	}
 	return nil
 }
@@ -455,9 +430,9 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
 	if err := decodeStrict(http.MaxBytesReader(w, r.Body, MaxJSONBody), v); err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return fmt.Errorf("%w: JSON body over %d bytes", ErrTooLarge, MaxJSONBody)
+			return fmt.Errorf("%w: JSON body over %d bytes", api.ErrTooLarge, MaxJSONBody)
 		}
-		return fmt.Errorf("%w: %w", ErrBadRequest, err)
+		return fmt.Errorf("%w: %w", api.ErrBadRequest, err)
 	}
 	return nil
 }
@@ -474,12 +449,12 @@ func decodeStrict(r io.Reader, v any) error {
 	return nil
 }
 
-// fail answers err as JSON with the status and code errorStatus gives it.
+// fail answers err as JSON with the status and code of its row in api's error table.
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
-	if errors.Is(err, context.Canceled) && errors.Is(context.Cause(r.Context()), ErrShuttingDown) {
-		err = fmt.Errorf("%w: %w", ErrShuttingDown, err)
+	if errors.Is(err, context.Canceled) && errors.Is(context.Cause(r.Context()), api.ErrShuttingDown) {
+		err = fmt.Errorf("%w: %w", api.ErrShuttingDown, err)
 	}
-	status, code := errorStatus(err)
+	status, code := api.ErrorStatus(err)
 	if status >= 500 {
 		s.log.Warn("api request failed", "method", r.Method, "path", r.URL.Path, "code", code, "err", err)
 	}
@@ -487,7 +462,7 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 }
 
 func (s *Server) writeError(w http.ResponseWriter, status int, code, msg string) {
-	s.writeJSON(w, status, errorBody{Error: msg, Code: code})
+	s.writeJSON(w, status, api.ErrorBody{Error: msg, Code: code})
 }
 
 func (s *Server) writeJSON(w http.ResponseWriter, status int, v any) {

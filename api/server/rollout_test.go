@@ -1,4 +1,4 @@
-package api
+package server
 
 import (
 	"bytes"
@@ -10,6 +10,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/npu-agent/npu-agent/api"
 	"github.com/npu-agent/npu-agent/rollout"
 )
 
@@ -28,23 +29,23 @@ func (f *fakeRollouts) AddSource(_ context.Context, path string) (rollout.Source
 	return rollout.SourceModel{ID: "bafkreimodel"}, f.err
 }
 
-func (f *fakeRollouts) Publish(_ context.Context, signed []byte) (Rollout, error) {
+func (f *fakeRollouts) Publish(_ context.Context, signed []byte) (api.Rollout, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.signed = append(f.signed, bytes.Clone(signed))
-	return Rollout{Name: "kiosk", Version: 7}, f.err
+	return api.Rollout{Name: "kiosk", Version: 7}, f.err
 }
 
-func (f *fakeRollouts) List(context.Context) ([]Rollout, error) {
-	return []Rollout{{Name: "kiosk", Version: 7, Selected: true, State: rollout.PhaseReady}}, f.err
+func (f *fakeRollouts) List(context.Context) ([]api.Rollout, error) {
+	return []api.Rollout{{Name: "kiosk", Version: 7, Selected: true, State: rollout.PhaseReady}}, f.err
 }
 
-func (f *fakeRollouts) Get(_ context.Context, name string) (RolloutStatus, error) {
+func (f *fakeRollouts) Get(_ context.Context, name string) (api.RolloutStatus, error) {
 	if name != "kiosk" {
-		return RolloutStatus{}, fmt.Errorf("rollout %s: %w", name, rollout.ErrNotFound)
+		return api.RolloutStatus{}, fmt.Errorf("rollout %s: %w", name, rollout.ErrNotFound)
 	}
-	return RolloutStatus{Rollout: Rollout{Name: name, Version: 7},
-		Peers: []RolloutPeer{{Row: rollout.Row{Peer: "12D3KooWx", Version: 7, State: rollout.PhaseReady}, Connected: true}}}, f.err
+	return api.RolloutStatus{Rollout: api.Rollout{Name: name, Version: 7},
+		Peers: []api.RolloutPeer{{Row: rollout.Row{Peer: "12D3KooWx", Version: 7, State: rollout.PhaseReady}, Connected: true}}}, f.err
 }
 
 func TestRolloutEndpoints(t *testing.T) {
@@ -65,14 +66,14 @@ func TestRolloutEndpoints(t *testing.T) {
 	}
 	list, err := ts.client.Rollouts(ctx)
 	if err != nil || len(list) != 1 || list[0].State != rollout.PhaseReady {
-		t.Fatalf("Rollouts = %+v, %v", list, err)
+		t.Fatalf("api.Rollouts = %+v, %v", list, err)
 	}
 	st, err := ts.client.Rollout(ctx, "kiosk")
 	if err != nil || len(st.Peers) != 1 || !st.Peers[0].Connected || st.Peers[0].State != rollout.PhaseReady {
-		t.Fatalf("Rollout = %+v, %v", st, err)
+		t.Fatalf("api.Rollout = %+v, %v", st, err)
 	}
 	if _, err := ts.client.Rollout(ctx, "nope"); !errors.Is(err, rollout.ErrNotFound) {
-		t.Errorf("Rollout of an unknown name: %v, want rollout.ErrNotFound", err)
+		t.Errorf("api.Rollout of an unknown name: %v, want rollout.ErrNotFound", err)
 	}
 	if _, err := ts.client.PublishRollout(ctx, make([]byte, rollout.MaxSignedSize+1)); !errors.Is(err, rollout.ErrTooLarge) {
 		t.Errorf("client sent an oversized manifest: %v", err)
@@ -126,7 +127,7 @@ func TestRolloutEndpointsBadRequests(t *testing.T) {
 			t.Errorf("%s %s without rollouts: %d %q", ep.method, ep.path, status, eb.Code)
 		}
 	}
-	if _, err := off.client.Rollouts(context.Background()); !errors.Is(err, ErrRolloutsDisabled) {
-		t.Errorf("client: %v, want ErrRolloutsDisabled", err)
+	if _, err := off.client.Rollouts(context.Background()); !errors.Is(err, api.ErrRolloutsDisabled) {
+		t.Errorf("client: %v, want api.ErrRolloutsDisabled", err)
 	}
 }

@@ -1,4 +1,4 @@
-package agent
+package server
 
 import (
 	"context"
@@ -8,17 +8,19 @@ import (
 
 	"github.com/ipfs/go-cid"
 
+	"github.com/npu-agent/npu-agent/agent"
 	"github.com/npu-agent/npu-agent/api"
 	"github.com/npu-agent/npu-agent/blobstore"
-	"github.com/npu-agent/npu-agent/compat"
+	"github.com/npu-agent/npu-agent/metrics"
 )
 
-// Service serves an Agent through the local API.
+// Service serves an *agent.Agent through the local API.
 type Service struct {
-	Agent   *Agent
+	Agent   *agent.Agent
 	Version string
 	PeerID  string
 	Quota   uint64
+	Metrics *metrics.Metrics // its store gauges are set on each status; nil: none
 	// Peers lists connected fleet members; nil when running alone.
 	Peers func() []api.Peer
 
@@ -40,13 +42,13 @@ func (s *Service) Ensure(ctx context.Context, req api.EnsureRequest) (api.Ensure
 	return s.response(ctx, r)
 }
 
-func (s *Service) response(ctx context.Context, r Result) (api.EnsureResponse, error) {
+func (s *Service) response(ctx context.Context, r agent.Result) (api.EnsureResponse, error) {
 	path, err := s.Agent.Materialize(ctx, r.CID)
 	if err != nil {
 		return api.EnsureResponse{}, err
 	}
 	from := r.WaitedFor
-	if r.Source == SourcePeer && from == "" {
+	if r.Source == agent.SourcePeer && from == "" {
 		from = r.Record.Producer
 	}
 	return api.EnsureResponse{
@@ -57,7 +59,7 @@ func (s *Service) response(ctx context.Context, r Result) (api.EnsureResponse, e
 
 // OpenBlob streams a stored blob and marks it used.
 func (s *Service) OpenBlob(ctx context.Context, c cid.Cid) (blobstore.Reader, error) {
-	release := s.Agent.use(c)
+	release := s.Agent.Use(c)
 	r, err := s.Agent.Store().Open(ctx, c)
 	if err != nil {
 		release()
@@ -84,7 +86,7 @@ func (s *Service) PutBlob(ctx context.Context, req api.PutRequest, blob io.Reade
 	if err != nil {
 		return api.EnsureResponse{}, err
 	}
-	f, err := os.CreateTemp(s.Agent.scratchDir, "upload-*.blob")
+	f, err := os.CreateTemp(s.Agent.ScratchDir(), "upload-*.blob")
 	if err != nil {
 		return api.EnsureResponse{}, err
 	}
@@ -103,11 +105,9 @@ func (s *Service) PutBlob(ctx context.Context, req api.PutRequest, blob io.Reade
 // Status reports the store, the jobs under way and the peers.
 func (s *Service) Status(ctx context.Context) (api.Status, error) {
 	a := s.Agent
-	st := api.Status{Version: s.Version, PeerID: s.PeerID, Fingerprint: a.hostJSON, Jobs: []api.Job{}, Peers: []api.Peer{}}
-	st.Class, _ = compat.Class(a.opts.Rules, a.opts.Host, "")
-	if a.opts.Backend != nil {
-		st.Compiler = a.opts.Backend.Name()
-	}
+	st := api.Status{Version: s.Version, PeerID: s.PeerID, Class: a.Class(), Compiler: a.CompilerName(),
+		Jobs: []api.Job{}, Peers: []api.Peer{}}
+	st.Fingerprint, _ = a.Host().Canonical() // agent.New checked that it encodes
 	infos, err := a.Store().List(ctx)
 	if err != nil {
 		return st, err
@@ -125,10 +125,10 @@ func (s *Service) Status(ctx context.Context) (api.Status, error) {
 		}
 		st.Store.Bytes += in.Size
 	}
-	a.opts.Metrics.SetStore(st.Store.Bytes, st.Store.Blobs)
+	s.Metrics.SetStore(st.Store.Bytes, st.Store.Blobs)
 	for _, act := range a.Activities() {
 		st.Jobs = append(st.Jobs, api.Job{
-			Kind: api.JobKind(act.Phase), ModelID: act.Model, ProfileID: act.Profile, Started: act.Started,
+			Kind: api.JobKind(act.Phase), ModelID: act.Model, ProfileID: act.Profile, CID: act.CID, Started: act.Started,
 			Done: uint64(max(act.Done, 0)), Total: uint64(max(act.Total, 0)),
 		})
 	}

@@ -1,7 +1,8 @@
-package api
+package server
 
 import (
 	"context"
+	"github.com/npu-agent/npu-agent/api"
 	"github.com/npu-agent/npu-agent/blobstore"
 	"io"
 	"testing"
@@ -35,11 +36,11 @@ func BenchmarkBlobStream(b *testing.B) {
 func BenchmarkEnsure(b *testing.B) {
 	agent := newFakeAgent()
 	c := agent.add([]byte("blob"))
-	agent.ensure = func(context.Context, EnsureRequest) (EnsureResponse, error) {
-		return EnsureResponse{CID: c, Path: "/var/lib/npu-agent/blobs/x.blob", Source: blobstore.SourceStore, Size: 4}, nil
+	agent.ensure = func(context.Context, api.EnsureRequest) (api.EnsureResponse, error) {
+		return api.EnsureResponse{CID: c, Path: "/var/lib/npu-agent/blobs/x.blob", Source: blobstore.SourceStore, Size: 4}, nil
 	}
 	ts := startServer(b, agent, Options{})
-	req := EnsureRequest{Model: "/m.xml", Profile: testProfile()}
+	req := api.EnsureRequest{Model: "/m.xml", Profile: testProfile()}
 	for b.Loop() {
 		if _, err := ts.client.Ensure(context.Background(), req); err != nil {
 			b.Fatal(err)

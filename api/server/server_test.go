@@ -1,4 +1,4 @@
-package api
+package server
 
 import (
 	"bufio"
@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 
+	"github.com/npu-agent/npu-agent/api"
 	"github.com/npu-agent/npu-agent/blobstore"
 	"github.com/npu-agent/npu-agent/compat"
 	"github.com/npu-agent/npu-agent/compile"
@@ -38,8 +39,8 @@ type fakeAgent struct {
 	failAt map[cid.Cid]int // the reader fails with ErrInvalidData after this many bytes
 	puts   []putCall
 
-	ensure func(ctx context.Context, req EnsureRequest) (EnsureResponse, error)
-	status Status
+	ensure func(ctx context.Context, req api.EnsureRequest) (api.EnsureResponse, error)
+	status api.Status
 	err    error // returned by every method when set
 }
 
@@ -56,7 +57,7 @@ func (a *fakeAgent) getErr() error {
 }
 
 type putCall struct {
-	req  PutRequest
+	req  api.PutRequest
 	data []byte
 }
 
@@ -80,14 +81,14 @@ func (a *fakeAgent) add(data []byte) cid.Cid {
 	return c
 }
 
-func (a *fakeAgent) Ensure(ctx context.Context, req EnsureRequest) (EnsureResponse, error) {
+func (a *fakeAgent) Ensure(ctx context.Context, req api.EnsureRequest) (api.EnsureResponse, error) {
 	if err := a.getErr(); err != nil {
-		return EnsureResponse{}, err
+		return api.EnsureResponse{}, err
 	}
 	if a.ensure != nil {
 		return a.ensure(ctx, req)
 	}
-	return EnsureResponse{}, blobstore.ErrNotFound
+	return api.EnsureResponse{}, blobstore.ErrNotFound
 }
 
 func (a *fakeAgent) OpenBlob(_ context.Context, c cid.Cid) (blobstore.Reader, error) {
@@ -107,24 +108,24 @@ func (a *fakeAgent) OpenBlob(_ context.Context, c cid.Cid) (blobstore.Reader, er
 	return &fakeReader{r: bytes.NewReader(data), size: uint64(len(data)), failAt: failAt}, nil
 }
 
-func (a *fakeAgent) PutBlob(_ context.Context, req PutRequest, blob io.Reader) (EnsureResponse, error) {
+func (a *fakeAgent) PutBlob(_ context.Context, req api.PutRequest, blob io.Reader) (api.EnsureResponse, error) {
 	if err := a.getErr(); err != nil {
-		return EnsureResponse{}, err
+		return api.EnsureResponse{}, err
 	}
 	data, err := io.ReadAll(blob)
 	if err != nil {
-		return EnsureResponse{}, err
+		return api.EnsureResponse{}, err
 	}
 	c := a.add(data)
 	a.mu.Lock()
 	a.puts = append(a.puts, putCall{req, data})
 	a.mu.Unlock()
-	return EnsureResponse{CID: c, Source: blobstore.SourceStore, Size: uint64(len(data)), ModelID: "m", ProfileID: "p"}, nil
+	return api.EnsureResponse{CID: c, Source: blobstore.SourceStore, Size: uint64(len(data)), ModelID: "m", ProfileID: "p"}, nil
 }
 
-func (a *fakeAgent) Status(context.Context) (Status, error) {
+func (a *fakeAgent) Status(context.Context) (api.Status, error) {
 	if err := a.getErr(); err != nil {
-		return Status{}, err
+		return api.Status{}, err
 	}
 	return a.status, nil
 }
@@ -152,12 +153,12 @@ func (f *fakeReader) WriteTo(w io.Writer) (int64, error) {
 
 type testServer struct {
 	socket string
-	client *Client
+	client *api.Client
 	stop   func() error // cancels Serve and returns its result
 }
 
 // startServer serves agent on a fresh unix socket (and the extra listeners) until the test ends.
-func startServer(t testing.TB, agent Agent, opts Options, extra ...net.Listener) *testServer {
+func startServer(t testing.TB, agent api.Agent, opts Options, extra ...net.Listener) *testServer {
 	t.Helper()
 	socket := filepath.Join(t.TempDir(), "run", "api.sock")
 	ln, err := ListenUnix(socket)
@@ -173,7 +174,7 @@ func startServer(t testing.TB, agent Agent, opts Options, extra ...net.Listener)
 	go func() { done <- srv.Serve(ctx, append([]net.Listener{ln}, extra...)...) }()
 	var once sync.Once
 	var serveErr error
-	ts := &testServer{socket: socket, client: NewClient(socket)}
+	ts := &testServer{socket: socket, client: api.NewClient(socket)}
 	ts.stop = func() error {
 		once.Do(func() {
 			cancel()
@@ -194,6 +195,19 @@ func startServer(t testing.TB, agent Agent, opts Options, extra ...net.Listener)
 	return ts
 }
 
+// baseURL's host is only a label: socketClient always dials the socket.
+const baseURL = "http://npu-agent"
+
+// socketClient is a plain HTTP client of the server on socket, for requests the api.Client would not send.
+func socketClient(t testing.TB, socket string) *http.Client {
+	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", socket)
+	}}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr}
+}
+
 func testProfile() compile.Profile {
 	return compile.Profile{Device: "NPU", Properties: map[string]string{"PERFORMANCE_HINT": "LATENCY"},
 		Shapes: map[string][]int64{"input": {1, 3, 224, 224}}}
@@ -203,15 +217,15 @@ func TestEnsure(t *testing.T) {
 	t.Parallel()
 	agent := newFakeAgent()
 	c := agent.add([]byte("blob"))
-	want := EnsureResponse{CID: c, Path: "/var/lib/npu-agent/blobs/x", Source: blobstore.SourcePeer, Size: 4,
+	want := api.EnsureResponse{CID: c, Path: "/var/lib/npu-agent/blobs/x", Source: blobstore.SourcePeer, Size: 4,
 		SHA256: "ab", ModelID: "bafymodel", ProfileID: "bafyprofile", From: "12D3KooW", CompileTime: 3 * time.Second}
-	var got EnsureRequest
-	agent.ensure = func(_ context.Context, req EnsureRequest) (EnsureResponse, error) {
+	var got api.EnsureRequest
+	agent.ensure = func(_ context.Context, req api.EnsureRequest) (api.EnsureResponse, error) {
 		got = req
 		return want, nil
 	}
 	ts := startServer(t, agent, Options{})
-	req := EnsureRequest{Model: "/models/resnet.xml", Profile: testProfile()}
+	req := api.EnsureRequest{Model: "/models/resnet.xml", Profile: testProfile()}
 	resp, err := ts.client.Ensure(context.Background(), req)
 	if err != nil {
 		t.Fatal(err)
@@ -226,10 +240,9 @@ func TestEnsure(t *testing.T) {
 }
 
 // rawRequest sends a hand-made request over the socket and decodes an error body.
-func rawRequest(t *testing.T, socket, method, path, contentType string, body io.Reader) (int, errorBody, http.Header) {
+func rawRequest(t *testing.T, socket, method, path, contentType string, body io.Reader) (int, api.ErrorBody, http.Header) {
 	t.Helper()
-	c := NewClient(socket)
-	defer c.Close()
+	hc := socketClient(t, socket)
 	req, err := http.NewRequest(method, baseURL+path, body)
 	if err != nil {
 		t.Fatal(err)
@@ -237,12 +250,12 @@ func rawRequest(t *testing.T, socket, method, path, contentType string, body io.
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
 	}
-	resp, err := c.hc.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	var eb errorBody
+	var eb api.ErrorBody
 	raw, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode >= 400 {
 		if err := json.Unmarshal(raw, &eb); err != nil {
@@ -255,9 +268,9 @@ func rawRequest(t *testing.T, socket, method, path, contentType string, body io.
 func TestBadRequests(t *testing.T) {
 	t.Parallel()
 	agent := newFakeAgent()
-	agent.ensure = func(context.Context, EnsureRequest) (EnsureResponse, error) {
+	agent.ensure = func(context.Context, api.EnsureRequest) (api.EnsureResponse, error) {
 		t.Error("agent called for a bad request")
-		return EnsureResponse{}, nil
+		return api.EnsureResponse{}, nil
 	}
 	ts := startServer(t, agent, Options{})
 	profile := `{"device":"NPU"}`
@@ -340,10 +353,10 @@ func TestErrorMapping(t *testing.T) {
 		t.Run(tc.code, func(t *testing.T) {
 			// Not parallel: the subtests share the agent's error.
 			agent.setErr(fmt.Errorf("while doing things: %w", tc.err))
-			_, err := ts.client.Ensure(context.Background(), EnsureRequest{Model: "/m.onnx", Profile: compile.Profile{Device: "NPU"}})
-			var ae *Error
+			_, err := ts.client.Ensure(context.Background(), api.EnsureRequest{Model: "/m.onnx", Profile: compile.Profile{Device: "NPU"}})
+			var ae *api.Error
 			if !errors.As(err, &ae) {
-				t.Fatalf("error %v (%T) is not *Error", err, err)
+				t.Fatalf("error %v (%T) is not *api.Error", err, err)
 			}
 			if ae.Status != tc.status || ae.Code != tc.code || !strings.Contains(ae.Message, "while doing things") {
 				t.Errorf("got %d %q %q, want %d %q", ae.Status, ae.Code, ae.Message, tc.status, tc.code)
@@ -355,61 +368,27 @@ func TestErrorMapping(t *testing.T) {
 	}
 }
 
-func TestErrorStatus(t *testing.T) {
-	t.Parallel()
-	tests := []struct {
-		err    error
-		status int
-		code   string
-	}{
-		{&http.MaxBytesError{Limit: 10}, 413, "too_large"},
-		{fmt.Errorf("reading blob: %w", &http.MaxBytesError{Limit: 10}), 413, "too_large"},
-		{context.Canceled, StatusClientClosedRequest, "canceled"},
-		{fmt.Errorf("%w: %w", ErrShuttingDown, context.Canceled), 503, "shutting_down"},
-		{fmt.Errorf("%w: x", ErrBadRequest), 400, "bad_request"},
-		{io.ErrUnexpectedEOF, 500, "internal"},
-		{fmt.Errorf("ensure: %w", &Error{Status: 422, Code: "incompatible", Message: "x"}), 422, "incompatible"},
-		{&Error{Status: 200, Code: "ok"}, 500, "internal"},
-	}
-	for _, tc := range tests {
-		if status, code := errorStatus(tc.err); status != tc.status || code != tc.code {
-			t.Errorf("errorStatus(%v) = %d %q, want %d %q", tc.err, status, code, tc.status, tc.code)
-		}
-	}
-	// Every code is unique, so the client maps it back to exactly one sentinel.
-	seen := map[string]bool{}
-	for _, we := range wireErrors {
-		if seen[we.code] {
-			t.Errorf("code %q appears twice", we.code)
-		}
-		seen[we.code] = true
-		if got := (&Error{Code: we.code}).Unwrap(); got != we.err {
-			t.Errorf("code %q unwraps to %v, want %v", we.code, got, we.err)
-		}
-	}
-}
-
 func TestEnsureCancelledByClient(t *testing.T) {
 	t.Parallel()
 	agent := newFakeAgent()
 	started := make(chan struct{})
 	agentDone := make(chan error, 1)
-	agent.ensure = func(ctx context.Context, _ EnsureRequest) (EnsureResponse, error) {
+	agent.ensure = func(ctx context.Context, _ api.EnsureRequest) (api.EnsureResponse, error) {
 		close(started)
 		select {
 		case <-ctx.Done():
 			agentDone <- ctx.Err()
-			return EnsureResponse{}, ctx.Err()
+			return api.EnsureResponse{}, ctx.Err()
 		case <-time.After(10 * time.Second):
 			agentDone <- errors.New("the agent's context was not cancelled")
-			return EnsureResponse{}, errors.New("timeout")
+			return api.EnsureResponse{}, errors.New("timeout")
 		}
 	}
 	ts := startServer(t, agent, Options{})
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
 	go func() {
-		_, err := ts.client.Ensure(ctx, EnsureRequest{Model: "/m.xml", Profile: testProfile()})
+		_, err := ts.client.Ensure(ctx, api.EnsureRequest{Model: "/m.xml", Profile: testProfile()})
 		errc <- err
 	}()
 	<-started
@@ -426,23 +405,23 @@ func TestShutdownCancelsInFlight(t *testing.T) {
 	t.Parallel()
 	agent := newFakeAgent()
 	started := make(chan struct{})
-	agent.ensure = func(ctx context.Context, _ EnsureRequest) (EnsureResponse, error) {
+	agent.ensure = func(ctx context.Context, _ api.EnsureRequest) (api.EnsureResponse, error) {
 		close(started)
 		<-ctx.Done() // bounded: the shutdown below cancels it
-		return EnsureResponse{}, fmt.Errorf("compiling: %w", context.Cause(ctx))
+		return api.EnsureResponse{}, fmt.Errorf("compiling: %w", context.Cause(ctx))
 	}
 	ts := startServer(t, agent, Options{})
 	errc := make(chan error, 1)
 	go func() {
-		_, err := ts.client.Ensure(context.Background(), EnsureRequest{Model: "/m.xml", Profile: testProfile()})
+		_, err := ts.client.Ensure(context.Background(), api.EnsureRequest{Model: "/m.xml", Profile: testProfile()})
 		errc <- err
 	}()
 	<-started
 	if err := ts.stop(); err != nil {
 		t.Fatalf("Serve: %v", err)
 	}
-	if err := <-errc; !errors.Is(err, ErrShuttingDown) {
-		t.Errorf("client error %v, want ErrShuttingDown", err)
+	if err := <-errc; !errors.Is(err, api.ErrShuttingDown) {
+		t.Errorf("client error %v, want api.ErrShuttingDown", err)
 	}
 	if _, err := os.Lstat(ts.socket); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("socket left behind after shutdown: %v", err)
@@ -480,8 +459,7 @@ func TestBlob(t *testing.T) {
 	})
 	t.Run("headers and conditional", func(t *testing.T) {
 		t.Parallel()
-		c := NewClient(ts.socket)
-		defer c.Close()
+		hc := socketClient(t, ts.socket)
 		for _, tc := range []struct {
 			method, inm string
 			status      int
@@ -497,7 +475,7 @@ func TestBlob(t *testing.T) {
 			if tc.inm != "" {
 				req.Header.Set("If-None-Match", tc.inm)
 			}
-			resp, err := c.hc.Do(req)
+			resp, err := hc.Do(req)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -537,7 +515,7 @@ func TestPut(t *testing.T) {
 	agent := newFakeAgent()
 	ts := startServer(t, agent, Options{})
 	data := bytes.Repeat([]byte{0x7f, 'E', 'L', 'F'}, 1<<18)
-	req := PutRequest{Model: "/srv/models/unet model.xml", Profile: testProfile()}
+	req := api.PutRequest{Model: "/srv/models/unet model.xml", Profile: testProfile()}
 	resp, err := ts.client.Put(context.Background(), req, bytes.NewReader(data))
 	if err != nil {
 		t.Fatal(err)
@@ -574,7 +552,7 @@ func TestPutTooLarge(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	var eb errorBody
+	var eb api.ErrorBody
 	if err := json.NewDecoder(resp.Body).Decode(&eb); err != nil || resp.StatusCode != 413 || eb.Code != "too_large" {
 		t.Errorf("got %d %+v (%v), want 413 too_large", resp.StatusCode, eb, err)
 	}
@@ -583,10 +561,10 @@ func TestPutTooLarge(t *testing.T) {
 func TestStatusHealthMetrics(t *testing.T) {
 	t.Parallel()
 	agent := newFakeAgent()
-	agent.status = Status{Version: "1.2.3", PeerID: "12D3KooWx", Compiler: "sim",
-		Store: StoreStatus{Blobs: 2, Bytes: 1 << 30, Records: 3},
-		Jobs:  []Job{{Kind: "fetch", ModelID: "m", ProfileID: "p", Done: 10, Total: 100, Waiters: 2}},
-		Peers: []Peer{{ID: "12D3KooWy", Addrs: []string{"/ip4/127.0.0.1/tcp/4801"}, Records: 1}}}
+	agent.status = api.Status{Version: "1.2.3", PeerID: "12D3KooWx", Compiler: "sim",
+		Store: api.StoreStatus{Blobs: 2, Bytes: 1 << 30, Records: 3},
+		Jobs:  []api.Job{{Kind: "fetch", ModelID: "m", ProfileID: "p", Done: 10, Total: 100}},
+		Peers: []api.Peer{{ID: "12D3KooWy", Addrs: []string{"/ip4/127.0.0.1/tcp/4801"}, Records: 1}}}
 	reg := prometheus.NewRegistry()
 	counter := prometheus.NewCounter(prometheus.CounterOpts{Name: "npu_agent_test_total", Help: "test"})
 	reg.MustRegister(counter)
@@ -599,7 +577,7 @@ func TestStatusHealthMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	if st.Version != "1.2.3" || st.Store.Bytes != 1<<30 || len(st.Jobs) != 1 || st.Jobs[0].Kind != "fetch" ||
-		st.Jobs[0].Waiters != 2 || len(st.Peers) != 1 || st.Peers[0].Addrs[0] != "/ip4/127.0.0.1/tcp/4801" {
+		len(st.Peers) != 1 || st.Peers[0].Addrs[0] != "/ip4/127.0.0.1/tcp/4801" {
 		t.Errorf("status %+v", st)
 	}
 	if err := ts.client.Health(ctx); err != nil {
@@ -609,7 +587,7 @@ func TestStatusHealthMetrics(t *testing.T) {
 		t.Error("Available is false for a running daemon")
 	}
 
-	resp, err := ts.client.hc.Get(baseURL + "/metrics")
+	resp, err := socketClient(t, ts.socket).Get(baseURL + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -674,8 +652,8 @@ func TestStaleAndLiveSocket(t *testing.T) {
 	if _, err := os.Lstat(socket); err != nil {
 		t.Fatalf("stale socket not left behind: %v", err)
 	}
-	if _, err := Dial(context.Background(), socket); !errors.Is(err, ErrNoDaemon) {
-		t.Errorf("Dial on a stale socket: %v, want ErrNoDaemon", err)
+	if _, err := api.Dial(context.Background(), socket); !errors.Is(err, api.ErrNoDaemon) {
+		t.Errorf("api.Dial on a stale socket: %v, want api.ErrNoDaemon", err)
 	}
 	live, err := ListenUnix(socket)
 	if err != nil {
@@ -717,16 +695,16 @@ func TestDialNoDaemon(t *testing.T) {
 	t.Parallel()
 	socket := filepath.Join(t.TempDir(), "absent.sock")
 	start := time.Now()
-	c, err := Dial(context.Background(), socket)
-	if !errors.Is(err, ErrNoDaemon) || c != nil {
-		t.Errorf("Dial: %v, want ErrNoDaemon", err)
+	c, err := api.Dial(context.Background(), socket)
+	if !errors.Is(err, api.ErrNoDaemon) || c != nil {
+		t.Errorf("Dial: %v, want api.ErrNoDaemon", err)
 	}
-	if NewClient(socket).Available(context.Background()) {
+	if api.NewClient(socket).Available(context.Background()) {
 		t.Error("Available is true with no daemon")
 	}
-	_, err = NewClient(socket).Status(context.Background())
-	if !errors.Is(err, ErrNoDaemon) {
-		t.Errorf("Status: %v, want ErrNoDaemon", err)
+	_, err = api.NewClient(socket).Status(context.Background())
+	if !errors.Is(err, api.ErrNoDaemon) {
+		t.Errorf("Status: %v, want api.ErrNoDaemon", err)
 	}
 	if d := time.Since(start); d > 5*time.Second {
 		t.Errorf("answering with no daemon took %v", d)
@@ -736,7 +714,7 @@ func TestDialNoDaemon(t *testing.T) {
 func TestDialLive(t *testing.T) {
 	t.Parallel()
 	ts := startServer(t, newFakeAgent(), Options{})
-	c, err := Dial(context.Background(), ts.socket)
+	c, err := api.Dial(context.Background(), ts.socket)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -787,15 +765,15 @@ func TestTCPLoopbackGuard(t *testing.T) {
 
 func TestClientRejectsBadRequestsLocally(t *testing.T) {
 	t.Parallel()
-	c := NewClient(filepath.Join(t.TempDir(), "none.sock"))
+	c := api.NewClient(filepath.Join(t.TempDir(), "none.sock"))
 	defer c.Close()
-	_, err := c.Ensure(context.Background(), EnsureRequest{Model: "relative.xml", Profile: compile.Profile{Device: "NPU"}})
-	if !errors.Is(err, ErrBadRequest) {
-		t.Errorf("Ensure: %v, want ErrBadRequest", err)
+	_, err := c.Ensure(context.Background(), api.EnsureRequest{Model: "relative.xml", Profile: compile.Profile{Device: "NPU"}})
+	if !errors.Is(err, api.ErrBadRequest) {
+		t.Errorf("Ensure: %v, want api.ErrBadRequest", err)
 	}
-	_, err = c.Put(context.Background(), PutRequest{Model: "/m.xml"}, strings.NewReader("x"))
-	if !errors.Is(err, ErrBadRequest) {
-		t.Errorf("Put: %v, want ErrBadRequest", err)
+	_, err = c.Put(context.Background(), api.PutRequest{Model: "/m.xml"}, strings.NewReader("x"))
+	if !errors.Is(err, api.ErrBadRequest) {
+		t.Errorf("Put: %v, want api.ErrBadRequest", err)
 	}
 }
 
@@ -811,8 +789,8 @@ func FuzzParsePutQuery(f *testing.F) {
 			if !filepath.IsAbs(req.Model) || req.Profile.Device == "" {
 				t.Errorf("accepted %q as %+v", raw, req)
 			}
-		} else if !errors.Is(err, ErrBadRequest) {
-			t.Errorf("error %v is not ErrBadRequest", err)
+		} else if !errors.Is(err, api.ErrBadRequest) {
+			t.Errorf("error %v is not api.ErrBadRequest", err)
 		}
 	})
 }
@@ -823,11 +801,11 @@ func FuzzDecodeEnsure(f *testing.F) {
 	f.Add([]byte(`{"model":"/m.xml","profile":{"device":"NPU","kind":"llm","properties":{"NPU_TURBO":"YES"}}}`))
 	f.Add([]byte(`[]`))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		var req EnsureRequest
+		var req api.EnsureRequest
 		if err := decodeStrict(bytes.NewReader(b), &req); err != nil {
 			return
 		}
-		if err := checkModelProfile(req.Model, req.Profile); err == nil && (!filepath.IsAbs(req.Model) || req.Profile.Device == "") {
+		if err := api.CheckModelProfile(req.Model, req.Profile); err == nil && (!filepath.IsAbs(req.Model) || req.Profile.Device == "") {
 			t.Errorf("accepted %q", b)
 		}
 	})

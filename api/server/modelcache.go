@@ -1,9 +1,8 @@
-package agent
+package server
 
 import (
 	"os"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/npu-agent/npu-agent/compile"
@@ -37,9 +36,9 @@ func stamp(path string) (fileStamp, bool) {
 		return fileStamp{}, false
 	}
 	fs := fileStamp{size: st.Size(), mtime: st.ModTime()}
-	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
-		fs.ino = sys.Ino
-		fs.ctime = time.Unix(sys.Ctim.Sec, sys.Ctim.Nsec)
+	var ok bool
+	if fs.ino, fs.ctime, ok = inodeCtime(st); !ok {
+		return fileStamp{}, false // without a ctime a rewrite can go unseen: never cache
 	}
 	return fs, true
 }
