@@ -1,4 +1,8 @@
-package agent
+// Package engine is the rollout engine: it follows operator-signed rollouts on this host (acceptance, preparation
+// of the source model and a blob per profile, pins of the current and previous version) and exchanges signed
+// manifests and status reports with the fleet. The pure rules are in package rollout; the blobs come from the
+// agent and the fleet transport from package fleet, both through the narrow interfaces declared here.
+package engine
 
 import (
 	"context"
@@ -6,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	"os"
@@ -21,6 +26,7 @@ import (
 
 	"github.com/npu-agent/npu-agent/api"
 	"github.com/npu-agent/npu-agent/blobstore"
+	"github.com/npu-agent/npu-agent/compat"
 	"github.com/npu-agent/npu-agent/compile"
 	"github.com/npu-agent/npu-agent/rollout"
 )
@@ -28,8 +34,44 @@ import (
 // ErrStale marks a status report this agent already holds, or an older one: not an attack, nothing to do.
 var ErrStale = errors.New("rollout status is not newer than the one held")
 
-// RolloutNet is the fleet side of rollouts; the daemon implements it on its p2p node (RolloutChannels).
-type RolloutNet interface {
+// Ensurer makes the blobs a rollout needs; *agent.Agent implements it.
+type Ensurer interface {
+	// Host is this host's fingerprint, which manifest selectors match.
+	Host() compat.Fingerprint
+	// EnsureBlob returns a blob for (model, profile) this host can load, from the store, peers or a compile.
+	// fetching, which may be nil, hears true while chunks come from peers and false while it is compiled.
+	EnsureBlob(ctx context.Context, model compile.Model, profile compile.Profile, fetching func(bool)) (cid.Cid, blobstore.Source, error)
+	// FetchBlob brings blob c (a source model file) from the fleet into the store, kept from gc meanwhile; it
+	// fails at once when there is no fleet.
+	FetchBlob(ctx context.Context, c cid.Cid) error
+}
+
+// Store is what the engine does with the agent's blob store: source model files in and out, and the pins of
+// the blobs rollouts keep. blobstore.Store implements it.
+type Store interface {
+	Put(ctx context.Context, r io.Reader) (*blobstore.Manifest, error)
+	Has(ctx context.Context, c cid.Cid) (bool, error)
+	Stat(ctx context.Context, c cid.Cid) (blobstore.Info, error)
+	Export(ctx context.Context, c cid.Cid, path string) error
+	Pin(ctx context.Context, c cid.Cid, pinned bool) error
+}
+
+// Handlers take the documents peers send; *Rollouts implements them for the Net.
+type Handlers interface {
+	// HandleManifest takes a signed manifest gossiped or pulled from peer from.
+	HandleManifest(from string, signed []byte) error
+	// HandleStatus takes a signed status report.
+	HandleStatus(signed []byte) error
+	// ManifestSnapshot is what a pulling peer gets on the manifest channel.
+	ManifestSnapshot() [][]byte
+	// StatusSnapshot is what a pulling peer gets on the status channel.
+	StatusSnapshot() [][]byte
+}
+
+// Net is the fleet side of rollouts; package fleet implements it on the daemon's p2p node.
+type Net interface {
+	// Open starts the rollout channels with h's handlers. New calls it once, last.
+	Open(h Handlers) error
 	// Self is this agent's peer ID, the peer of its status reports.
 	Self() string
 	// Sign signs a status report message with the key Self names.
@@ -44,15 +86,16 @@ type RolloutNet interface {
 	Peers() []string
 }
 
-// RolloutOptions configure Rollouts.
-type RolloutOptions struct {
-	Agent *Agent
+// Options configure Rollouts.
+type Options struct {
+	Agent Ensurer
+	Store Store      // the agent's blob store
 	KV    rollout.KV // acceptance state, resolved blobs and the pins rollouts own
 	Trust rollout.TrustConfig
 	Tags  map[string]string // this agent's tags, matched by "tag:<name>" selectors
 	// ModelsDir receives the source models: <ModelsDir>/<model id>/<file name as the manifest says>.
 	ModelsDir string
-	Net       RolloutNet // nil: no fleet; rollouts published here apply to this agent only
+	Net       Net // nil: no fleet; rollouts published here apply to this agent only
 	Logger    *slog.Logger
 	Now       func() time.Time // nil: time.Now
 	// RetryMin and RetryMax bound the back-off after a preparation failed for a reason that may pass (no peer
@@ -66,7 +109,7 @@ type RolloutOptions struct {
 // that select this host (source model from the swarm, then a blob per profile through the Agent), keeps the
 // blobs of the current and previous version pinned, and publishes and collects signed status reports.
 type Rollouts struct {
-	opts RolloutOptions
+	opts Options
 	acc  *rollout.Acceptor
 	view *rollout.FleetView
 	log  *slog.Logger
@@ -87,7 +130,10 @@ type Rollouts struct {
 	pinMu sync.Mutex // serialises pin plans
 }
 
-var _ api.Rollouts = (*Rollouts)(nil)
+var (
+	_ api.Rollouts = (*Rollouts)(nil)
+	_ Handlers     = (*Rollouts)(nil)
+)
 
 type prepJob struct {
 	version uint64
@@ -107,10 +153,10 @@ const (
 	localPeer        = "local"     // the status row of an agent without a fleet
 )
 
-// NewRollouts checks the options and loads the accepted rollouts' names.
-func NewRollouts(opts RolloutOptions) (*Rollouts, error) {
-	if opts.Agent == nil || opts.KV == nil || opts.ModelsDir == "" {
-		return nil, errors.New("rollouts: need an agent, a KV and a models directory")
+// New checks the options, loads the accepted rollouts' names and opens the rollout channels of opts.Net.
+func New(opts Options) (*Rollouts, error) {
+	if opts.Agent == nil || opts.Store == nil || opts.KV == nil || opts.ModelsDir == "" {
+		return nil, errors.New("rollouts: need an agent, a store, a KV and a models directory")
 	}
 	if len(opts.Trust.KeyIDs()) == 0 {
 		return nil, rollout.ErrNoTrustedKeys
@@ -149,6 +195,13 @@ func NewRollouts(opts RolloutOptions) (*Rollouts, error) {
 	}
 	for _, n := range names {
 		r.names[n] = true
+	}
+	if opts.Net != nil {
+		// Open last: the handlers may run from now on. Before Run, a manifest accepted only schedules its
+		// preparation, and Publish can gossip at once.
+		if err := opts.Net.Open(r); err != nil {
+			return nil, fmt.Errorf("rollouts: %w", err)
+		}
 	}
 	return r, nil
 }
@@ -405,7 +458,7 @@ func (r *Rollouts) putFile(ctx context.Context, f compile.ModelFile) (cid.Cid, e
 		return cid.Undef, fmt.Errorf("%w: %w", compile.ErrInvalidModel, err)
 	}
 	defer fh.Close()
-	bm, err := r.opts.Agent.Store().Put(ctx, fh)
+	bm, err := r.opts.Store.Put(ctx, fh)
 	if err != nil {
 		return cid.Undef, fmt.Errorf("storing %s: %w", f.Path, err)
 	}
@@ -526,8 +579,8 @@ func (r *Rollouts) prepare(ctx context.Context, name string) (uint64, error) {
 	for i, prof := range m.Profiles {
 		id := ids[i]
 		p.profile(id, rollout.PhaseCompiling)
-		res, err := r.opts.Agent.Ensure(ctx, model, prof, func(phase Phase, _, _ int64) {
-			if phase == PhaseFetch {
+		c, source, err := r.opts.Agent.EnsureBlob(ctx, model, prof, func(fetching bool) {
+			if fetching {
 				p.profile(id, rollout.PhaseFetching)
 			} else {
 				p.profile(id, rollout.PhaseCompiling)
@@ -536,9 +589,9 @@ func (r *Rollouts) prepare(ctx context.Context, name string) (uint64, error) {
 		if err != nil {
 			return m.Version, p.fail(ctx, fmt.Errorf("profile %s: %w", id, err), id)
 		}
-		blobs[id] = res.CID.String()
-		p.resolved(id, res.CID.String())
-		log.Info("rollout profile ready", "profile", id, "blob", res.CID, "source", res.Source)
+		blobs[id] = c.String()
+		p.resolved(id, c.String())
+		log.Info("rollout profile ready", "profile", id, "blob", c, "source", source)
 	}
 	if err := r.updatePins(ctx, m, blobs); err != nil {
 		return m.Version, p.fail(ctx, err)
@@ -557,7 +610,7 @@ func (r *Rollouts) currentStatus(name string) (rollout.Status, bool) {
 // fetchSource brings the source model's blobs into the store (from peers when missing), checks them against the
 // manifest and writes the model files under ModelsDir, re-hashed as OpenVINO will read them.
 func (r *Rollouts) fetchSource(ctx context.Context, m *rollout.Manifest, p *progress) (compile.Model, error) {
-	store := r.opts.Agent.Store()
+	store := r.opts.Store
 	files := make([]compile.ModelFile, 0, len(m.Model.Files))
 	for _, f := range m.Model.Files {
 		c, err := blobstore.ParseCID(f.Blob)
@@ -569,16 +622,8 @@ func (r *Rollouts) fetchSource(ctx context.Context, m *rollout.Manifest, p *prog
 			return compile.Model{}, err
 		}
 		if !has {
-			fleet := r.opts.Agent.opts.Fleet
-			if fleet == nil {
-				return compile.Model{}, fmt.Errorf("source %s file %s (blob %s) is not in the store and there is no fleet to fetch it from",
-					f.Role, f.Name, c)
-			}
 			p.set(rollout.PhaseFetching, "")
-			release := r.opts.Agent.use(c) // a partial blob is a gc candidate like any other
-			err := fleet.Fetch(ctx, c, nil)
-			release()
-			if err != nil {
+			if err := r.opts.Agent.FetchBlob(ctx, c); err != nil {
 				return compile.Model{}, fmt.Errorf("fetching source %s file %s (blob %s): %w", f.Role, f.Name, c, err)
 			}
 		}
@@ -612,7 +657,7 @@ func (r *Rollouts) writeSource(ctx context.Context, m *rollout.Manifest) (compil
 				continue
 			}
 			c, _ := blobstore.ParseCID(f.Blob) // parsed before
-			if err := r.opts.Agent.Store().Export(ctx, c, path); err != nil {
+			if err := r.opts.Store.Export(ctx, c, path); err != nil {
 				return compile.Model{}, fmt.Errorf("writing source %s: %w", path, err)
 			}
 		}
@@ -687,7 +732,7 @@ func (r *Rollouts) updatePins(ctx context.Context, m *rollout.Manifest, blobs ma
 	if err := r.loadJSON(pinsKey, &owned); err != nil && !errors.Is(err, rollout.ErrNotFound) {
 		return err
 	}
-	store := r.opts.Agent.Store()
+	store := r.opts.Store
 	need := map[string]bool{}
 	for _, pb := range plan.Pin {
 		need[pb.Blob] = true
