@@ -97,7 +97,9 @@ type Options struct {
 	ModelsDir string
 	Net       Net // nil: no fleet; rollouts published here apply to this agent only
 	Logger    *slog.Logger
-	Now       func() time.Time // nil: time.Now
+	// Now is the engine's clock: manifest acceptance and expiry, retry times and status stamps. Run waits on
+	// real timers for durations computed on it. nil: time.Now.
+	Now func() time.Time
 	// RetryMin and RetryMax bound the back-off after a preparation failed for a reason that may pass (no peer
 	// had the source, no compiler yet); 0: 5 s and 5 min.
 	RetryMin, RetryMax time.Duration
@@ -276,7 +278,7 @@ func (r *Rollouts) kick() {
 func (r *Rollouts) startJobs(ctx context.Context, wg *sync.WaitGroup) time.Duration {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	now := time.Now()
+	now := r.opts.Now()
 	next := time.Hour
 	for name, rt := range r.retries {
 		if d := rt.at.Sub(now); d > 0 {
@@ -309,7 +311,7 @@ func (r *Rollouts) startJobs(ctx context.Context, wg *sync.WaitGroup) time.Durat
 				if rt.version == version && rt.delay > 0 {
 					delay = min(2*rt.delay, r.opts.RetryMax)
 				}
-				r.retries[name] = retry{version: version, at: time.Now().Add(delay), delay: delay}
+				r.retries[name] = retry{version: version, at: r.opts.Now().Add(delay), delay: delay}
 				r.log.Info("rollout will be retried", "rollout", name, "version", version, "in", delay)
 			}
 			r.mu.Unlock()
@@ -903,7 +905,7 @@ func oneLine(s string, max int) string {
 // report signs and publishes this agent's status and keeps it for its own status rows and pulling peers.
 func (r *Rollouts) report(m *rollout.Manifest, state rollout.Phase, reason string, profiles map[string]string) {
 	r.mu.Lock()
-	stamp := time.Now().UTC()
+	stamp := r.opts.Now().UTC()
 	if !stamp.After(r.lastStmp) {
 		stamp = r.lastStmp.Add(time.Microsecond) // reports of one agent must be strictly ordered
 	}

@@ -129,7 +129,8 @@ type rolloutRig struct {
 	r        *Rollouts
 	kvDir    string
 	modelDir string
-	now      time.Time
+	now      time.Time  // the clock's start, far from the real time so that a direct time.Now shows
+	clock    *testClock // the engines' clock
 }
 
 func newRolloutRig(t *testing.T, host compat.Fingerprint) *rolloutRig {
@@ -139,7 +140,8 @@ func newRolloutRig(t *testing.T, host compat.Fingerprint) *rolloutRig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rig := &rolloutRig{t: t, op: op, trust: trust, now: time.Now()}
+	now := time.Date(2031, 5, 4, 12, 0, 0, 0, time.UTC)
+	rig := &rolloutRig{t: t, op: op, trust: trust, now: now, clock: &testClock{now: now}}
 	seedAgent, _ := newAgent(t, openStore(t), host, 0)
 	if rig.seed, err = rig.rollouts(seedAgent, t.TempDir(), nil); err != nil {
 		t.Fatal(err)
@@ -170,7 +172,7 @@ func (rig *rolloutRig) rollouts(a *agent.Agent, kvDir string, net Net) (*Rollout
 	}
 	return New(Options{
 		Agent: a, Store: a.Store(), KV: kv, Trust: rig.trust, Tags: map[string]string{"site": "berlin"},
-		ModelsDir: filepath.Join(kvDir, "models"), Net: net, Now: func() time.Time { return rig.now },
+		ModelsDir: filepath.Join(kvDir, "models"), Net: net, Now: rig.clock.Now,
 		RetryMin: time.Hour,
 	})
 }
@@ -570,6 +572,7 @@ func TestRolloutSourceMismatchAfterFetch(t *testing.T) {
 	if !strings.Contains(s.Reason, "does not match") {
 		t.Errorf("reason %q", s.Reason)
 	}
+	rig.clock.Advance(time.Second)     // every retry is due
 	time.Sleep(200 * time.Millisecond) // twenty retry periods
 	if n := rig.backend.n.Load(); n != 0 {
 		t.Errorf("%d compiles of an unverified model", n)
@@ -602,7 +605,15 @@ func TestRolloutRetriesWhenSourceMissing(t *testing.T) {
 	if !strings.Contains(s.Reason, "no peer") {
 		t.Errorf("reason %q", s.Reason)
 	}
-	rig.source("late") // the seed gets it; a retry succeeds
+	if s.Updated.Before(rig.now) || s.Updated.After(rig.now.Add(time.Millisecond)) {
+		t.Errorf("status stamped %v, not on the engine's clock (%v)", s.Updated, rig.now)
+	}
+	rig.source("late") // the seed gets it; the retry is due on the engine's clock only
+	time.Sleep(100 * time.Millisecond)
+	if s, _ := rig.r.currentStatus("kiosk"); s.State != rollout.PhaseFailed {
+		t.Fatalf("retried before the retry time on the engine's clock: %+v", s)
+	}
+	rig.clock.Advance(time.Second)
 	rig.waitState("kiosk", 1, rollout.PhaseReady)
 }
 
