@@ -94,9 +94,12 @@ func peerIDs(key string, ss []string) ([]peer.ID, error) {
 }
 
 // New starts the node and prepares the fleet single flight and the rollout channels; Run must follow, and it
-// closes them. Errors in cfg's p2p section are ErrConfig. The new records the node hears wake waiting flights.
+// closes them. Errors in cfg's p2p section are ErrConfig; reg, m and log may be nil. The new records the node hears wake waiting flights.
 func New(ctx context.Context, cfg config.Config, store blobstore.Store, host compat.Fingerprint,
 	reg prometheus.Registerer, m *metrics.Metrics, log *slog.Logger) (*Fleet, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	pc, err := p2pConfig(cfg)
 	if err != nil {
 		return nil, err
