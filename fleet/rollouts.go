@@ -37,8 +37,9 @@ var _ engine.Net = (*RolloutChannels)(nil)
 
 func newRolloutChannels(node *p2p.Node) *RolloutChannels { return &RolloutChannels{node: node} }
 
-// Open joins the rollout topics with the engine's handlers (engine.New calls it). Stale documents (already held, older, expired) are ignored;
-// invalid ones are rejected, which gossipsub counts against the peer that sent them.
+// Open joins the rollout topics with the engine's handlers (engine.New calls it, once). Stale documents (already
+// held, older, expired) are ignored; invalid ones are rejected, which gossipsub counts against the peer that sent
+// them.
 func (c *RolloutChannels) Open(r engine.Handlers) error {
 	var err error
 	c.manifests, err = c.node.OpenChannel(p2p.ChannelConfig{
