@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -18,8 +19,10 @@ import (
 	"github.com/npu-agent/npu-agent/api/server"
 	"github.com/npu-agent/npu-agent/blobstore/badgerstore"
 	"github.com/npu-agent/npu-agent/config"
+	"github.com/npu-agent/npu-agent/fleet"
 	"github.com/npu-agent/npu-agent/metrics"
 	"github.com/npu-agent/npu-agent/rollout"
+	"github.com/npu-agent/npu-agent/rollout/engine"
 )
 
 // version is set at build time (-X main.version=...).
@@ -40,7 +43,15 @@ func (a *app) daemonCmd() *cobra.Command {
 	}
 }
 
-// runDaemon runs until ctx ends (SIGINT/SIGTERM), then shuts down in order: API, fleet, store.
+// The agent is the rollout engine's ensurer; the fleet is the agent's Fleet and the engine's Net.
+var (
+	_ engine.Ensurer = (*agent.Agent)(nil)
+	_ agent.Fleet    = (*fleet.Fleet)(nil)
+	_ engine.Net     = (*fleet.RolloutChannels)(nil)
+)
+
+// runDaemon runs until ctx ends (SIGINT/SIGTERM) or a component fails, then shuts down in order: API, rollouts
+// and gc, then the fleet, then the store.
 func runDaemon(ctx context.Context, cfg config.Config, log *slog.Logger) (err error) {
 	backend, host, notes, err := probe(ctx, cfg)
 	if err != nil {
@@ -74,37 +85,41 @@ func runDaemon(ctx context.Context, cfg config.Config, log *slog.Logger) (err er
 	}
 	svc := &server.Service{Version: version, Quota: uint64(cfg.Store.Quota), Metrics: m}
 
-	g, ctx := errgroup.WithContext(ctx)
-	var fl *fleet
+	d := newDaemonGroup(ctx)
+	var fl *fleet.Fleet
 	if cfg.P2P.Enabled {
-		if fl, err = startFleet(ctx, g, cfg, store, host, reg, m, log); err != nil {
-			return err
+		if fl, err = fleet.New(ctx, cfg, store, host, reg, m, log); err != nil {
+			if errors.Is(err, fleet.ErrConfig) {
+				err = usageError{err}
+			}
+			return d.abort(err)
 		}
-		defer func() { err = errors.Join(err, fl.Close()) }()
+		d.goLower(fl.Run)
 		opts.Fleet, opts.Producer = fl, fl.ID()
 		svc.PeerID, svc.Peers = fl.ID(), fl.APIPeers
 	}
 	ag, err := agent.New(opts)
 	if err != nil {
-		return hostError(err, notes)
+		return d.abort(hostError(err, notes))
 	}
 	svc.Agent = ag
 	apiOpts := server.Options{Socket: cfg.SocketPath(), TCP: cfg.API.TCP, Gatherer: reg, Logger: log}
 	if len(cfg.Rollout.TrustedKeys) > 0 {
-		ro, err := startRollouts(ctx, g, cfg, ag, fl, log)
+		ro, err := newRollouts(cfg, ag, fl, log)
 		if err != nil {
-			return err
+			return d.abort(err)
 		}
+		d.goUpper(ro.Run)
 		apiOpts.Rollouts = ro
 	} else {
 		log.Info("rollouts disabled: rollout.trusted_keys is empty")
 	}
 	srv := server.NewServer(svc, apiOpts)
-	g.Go(func() error { return srv.Run(ctx) })
-	g.Go(func() error { return gcLoop(ctx, ag, cfg.Store, log) })
+	d.goUpper(srv.Run)
+	d.goUpper(func(ctx context.Context) error { return gcLoop(ctx, ag, cfg.Store, log) })
 	log.Info("npu-agent daemon running", "version", version, "socket", cfg.SocketPath(), "data_dir", cfg.DataDir,
 		"compiler", backendName(backend), "peer_id", svc.PeerID)
-	err = g.Wait()
+	err = d.wait()
 	log.Info("npu-agent daemon stopped")
 	if errors.Is(err, context.Canceled) {
 		err = nil
@@ -112,9 +127,64 @@ func runDaemon(ctx context.Context, cfg config.Config, log *slog.Logger) (err er
 	return err
 }
 
-// startRollouts follows the rollouts signed by the configured operator keys: state in <data_dir>/rollouts,
-// source models in <data_dir>/models, manifests and status reports over the fleet when there is one.
-func startRollouts(ctx context.Context, g *errgroup.Group, cfg config.Config, ag *agent.Agent, fl *fleet, log *slog.Logger) (*agent.Rollouts, error) {
+// daemonGroup is the daemon: one errgroup of Run(ctx) components. They run until ctx ends or one of them fails.
+// The lower layer (the fleet) is stopped only once the upper components (API, rollouts, gc) have returned, so
+// requests still being answered at shutdown keep their peers.
+type daemonGroup struct {
+	g         *errgroup.Group
+	cancel    context.CancelFunc
+	upperCtx  context.Context
+	upper     sync.WaitGroup
+	lowerCtx  context.Context
+	stopLower context.CancelFunc
+}
+
+func newDaemonGroup(ctx context.Context) *daemonGroup {
+	ctx, cancel := context.WithCancel(ctx)
+	g, gctx := errgroup.WithContext(ctx)
+	lctx, stop := context.WithCancel(context.WithoutCancel(gctx))
+	return &daemonGroup{g: g, cancel: cancel, upperCtx: gctx, lowerCtx: lctx, stopLower: stop}
+}
+
+func (d *daemonGroup) goUpper(run func(context.Context) error) {
+	d.upper.Add(1)
+	d.g.Go(func() error {
+		defer d.upper.Done()
+		return run(d.upperCtx)
+	})
+}
+
+func (d *daemonGroup) goLower(run func(context.Context) error) {
+	d.g.Go(func() error { return run(d.lowerCtx) })
+}
+
+// wait waits for every component; call it once, after the last go.
+func (d *daemonGroup) wait() error {
+	d.g.Go(func() error {
+		<-d.upperCtx.Done()
+		d.upper.Wait()
+		d.stopLower()
+		return nil
+	})
+	err := d.g.Wait()
+	d.cancel()
+	return err
+}
+
+// abort stops the components started so far, for a failure while starting the others.
+func (d *daemonGroup) abort(err error) error {
+	d.cancel()
+	werr := d.wait()
+	if errors.Is(werr, context.Canceled) {
+		werr = nil
+	}
+	return errors.Join(err, werr)
+}
+
+// newRollouts follows the rollouts signed by the configured operator keys: state in <data_dir>/rollouts,
+// source models in <data_dir>/models, manifests and status reports over the fleet's rollout channels when there
+// is a fleet (opened by engine.New).
+func newRollouts(cfg config.Config, ag *agent.Agent, fl *fleet.Fleet, log *slog.Logger) (*engine.Rollouts, error) {
 	trust, err := rollout.NewTrustConfig(cfg.Rollout.TrustedKeys, cfg.Rollout.Threshold)
 	if err != nil {
 		return nil, usageError{fmt.Errorf("rollout.trusted_keys: %w", err)}
@@ -123,26 +193,19 @@ func startRollouts(ctx context.Context, g *errgroup.Group, cfg config.Config, ag
 	if err != nil {
 		return nil, usageError{fmt.Errorf("rollout.tags: %w", err)}
 	}
-	kv, err := agent.OpenFileKV(filepath.Join(cfg.DataDir, "rollouts"))
+	kv, err := engine.OpenFileKV(filepath.Join(cfg.DataDir, "rollouts"))
 	if err != nil {
 		return nil, err
 	}
-	opts := agent.RolloutOptions{Agent: ag, KV: kv, Trust: trust, Tags: tags, ModelsDir: filepath.Join(cfg.DataDir, "models"), Logger: log}
-	var ch *agent.RolloutChannels
+	opts := engine.Options{Agent: ag, Store: ag.Store(), KV: kv, Trust: trust, Tags: tags,
+		ModelsDir: filepath.Join(cfg.DataDir, "models"), Logger: log}
 	if fl != nil {
-		ch = agent.NewRolloutChannels(fl.node)
-		opts.Net = ch
+		opts.Net = fl.RolloutNet()
 	}
-	ro, err := agent.NewRollouts(opts)
+	ro, err := engine.New(opts)
 	if err != nil {
 		return nil, err
 	}
-	if ch != nil {
-		if err := ch.Open(ro); err != nil {
-			return nil, err
-		}
-	}
-	g.Go(func() error { return ro.Run(ctx) })
 	log.Info("following rollouts", "trusted_keys", trust.KeyIDs(), "threshold", trust.Threshold(), "tags", cfg.Rollout.Tags)
 	return ro, nil
 }

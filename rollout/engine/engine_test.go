@@ -1,4 +1,4 @@
-package agent
+package engine
 
 import (
 	"bytes"
@@ -22,6 +22,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/npu-agent/npu-agent/agent"
 	"github.com/npu-agent/npu-agent/blobstore"
 	"github.com/npu-agent/npu-agent/blobstore/badgerstore"
 	"github.com/npu-agent/npu-agent/compat"
@@ -63,7 +64,7 @@ func (f *seedFleet) Coordinate(ctx context.Context, _ compile.FlightKey, fn func
 	return "", err
 }
 
-// memNet is a RolloutNet that keeps what is published; it signs with a real libp2p key.
+// memNet is a Net that keeps what is published; it signs with a real libp2p key.
 type memNet struct {
 	key  crypto.PrivKey
 	id   peer.ID
@@ -89,6 +90,7 @@ func (n *memNet) Self() string                               { return n.id.Strin
 func (n *memNet) Sign(msg []byte) ([]byte, error)            { return n.key.Sign(msg) }
 func (n *memNet) VerifyPeer(p string, msg, sig []byte) error { return p2p.VerifySignature(p, msg, sig) }
 func (n *memNet) Peers() []string                            { return nil }
+func (n *memNet) Open(Handlers) error                        { return nil }
 
 func (n *memNet) PublishManifest(_ context.Context, signed []byte) error {
 	n.mu.Lock()
@@ -120,14 +122,15 @@ type rolloutRig struct {
 	op       ed25519.PrivateKey
 	trust    rollout.TrustConfig
 	seed     *Rollouts
-	agent    *Agent
+	agent    *agent.Agent
 	backend  *countingBackend
 	fleet    *seedFleet
 	net      *memNet
 	r        *Rollouts
 	kvDir    string
 	modelDir string
-	now      time.Time
+	now      time.Time  // the clock's start, far from the real time so that a direct time.Now shows
+	clock    *testClock // the engines' clock
 }
 
 func newRolloutRig(t *testing.T, host compat.Fingerprint) *rolloutRig {
@@ -137,7 +140,8 @@ func newRolloutRig(t *testing.T, host compat.Fingerprint) *rolloutRig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rig := &rolloutRig{t: t, op: op, trust: trust, now: time.Now()}
+	now := time.Date(2031, 5, 4, 12, 0, 0, 0, time.UTC)
+	rig := &rolloutRig{t: t, op: op, trust: trust, now: now, clock: &testClock{now: now}}
 	seedAgent, _ := newAgent(t, openStore(t), host, 0)
 	if rig.seed, err = rig.rollouts(seedAgent, t.TempDir(), nil); err != nil {
 		t.Fatal(err)
@@ -149,7 +153,7 @@ func newRolloutRig(t *testing.T, host compat.Fingerprint) *rolloutRig {
 		t.Fatal(err)
 	}
 	rig.backend = &countingBackend{Backend: sim}
-	if rig.agent, err = New(Options{Store: store, Backend: rig.backend, Host: host, Producer: "test", WorkDir: t.TempDir(), Fleet: rig.fleet}); err != nil {
+	if rig.agent, err = agent.New(agent.Options{Store: store, Backend: rig.backend, Host: host, Producer: "test", WorkDir: t.TempDir(), Fleet: rig.fleet}); err != nil {
 		t.Fatal(err)
 	}
 	rig.net = newMemNet(t)
@@ -161,14 +165,14 @@ func newRolloutRig(t *testing.T, host compat.Fingerprint) *rolloutRig {
 	return rig
 }
 
-func (rig *rolloutRig) rollouts(a *Agent, kvDir string, net RolloutNet) (*Rollouts, error) {
+func (rig *rolloutRig) rollouts(a *agent.Agent, kvDir string, net Net) (*Rollouts, error) {
 	kv, err := OpenFileKV(filepath.Join(kvDir, "rollouts"))
 	if err != nil {
 		return nil, err
 	}
-	return NewRollouts(RolloutOptions{
-		Agent: a, KV: kv, Trust: rig.trust, Tags: map[string]string{"site": "berlin"},
-		ModelsDir: filepath.Join(kvDir, "models"), Net: net, Now: func() time.Time { return rig.now },
+	return New(Options{
+		Agent: a, Store: a.Store(), KV: kv, Trust: rig.trust, Tags: map[string]string{"site": "berlin"},
+		ModelsDir: filepath.Join(kvDir, "models"), Net: net, Now: rig.clock.Now,
 		RetryMin: time.Hour,
 	})
 }
@@ -568,6 +572,7 @@ func TestRolloutSourceMismatchAfterFetch(t *testing.T) {
 	if !strings.Contains(s.Reason, "does not match") {
 		t.Errorf("reason %q", s.Reason)
 	}
+	rig.clock.Advance(time.Second)     // every retry is due
 	time.Sleep(200 * time.Millisecond) // twenty retry periods
 	if n := rig.backend.n.Load(); n != 0 {
 		t.Errorf("%d compiles of an unverified model", n)
@@ -589,7 +594,7 @@ func TestRolloutRetriesWhenSourceMissing(t *testing.T) {
 	// The seed does not hold the model yet: every fetch fails with ErrNoPeers.
 	for _, f := range src.Files {
 		c, _ := blobstore.ParseCID(f.Blob)
-		if err := rig.seed.opts.Agent.Store().Delete(context.Background(), c); err != nil {
+		if err := rig.seed.opts.Store.(blobstore.Store).Delete(context.Background(), c); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -600,7 +605,15 @@ func TestRolloutRetriesWhenSourceMissing(t *testing.T) {
 	if !strings.Contains(s.Reason, "no peer") {
 		t.Errorf("reason %q", s.Reason)
 	}
-	rig.source("late") // the seed gets it; a retry succeeds
+	if s.Updated.Before(rig.now) || s.Updated.After(rig.now.Add(time.Millisecond)) {
+		t.Errorf("status stamped %v, not on the engine's clock (%v)", s.Updated, rig.now)
+	}
+	rig.source("late") // the seed gets it; the retry is due on the engine's clock only
+	time.Sleep(100 * time.Millisecond)
+	if s, _ := rig.r.currentStatus("kiosk"); s.State != rollout.PhaseFailed {
+		t.Fatalf("retried before the retry time on the engine's clock: %+v", s)
+	}
+	rig.clock.Advance(time.Second)
 	rig.waitState("kiosk", 1, rollout.PhaseReady)
 }
 
@@ -698,7 +711,7 @@ func FuzzHandleManifest(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Cleanup(func() { store.Close() })
-	a, err := New(Options{Store: store, Host: lnl(), Producer: "fuzz", WorkDir: f.TempDir()})
+	a, err := agent.New(agent.Options{Store: store, Host: lnl(), Producer: "fuzz", WorkDir: f.TempDir()})
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -713,7 +726,7 @@ func FuzzHandleManifest(f *testing.F) {
 		f.Fatal(err)
 	}
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-	r, err := NewRollouts(RolloutOptions{Agent: a, KV: kv, Trust: trust, ModelsDir: f.TempDir(), Now: func() time.Time { return now }})
+	r, err := New(Options{Agent: a, Store: store, KV: kv, Trust: trust, ModelsDir: f.TempDir(), Now: func() time.Time { return now }})
 	if err != nil {
 		f.Fatal(err)
 	}

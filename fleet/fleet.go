@@ -1,14 +1,17 @@
-package agent
+// Package fleet is the daemon's membership in the fleet over libp2p: the p2p node, the fleet-wide single flight
+// on its pubsub, the adapter that makes them the agent's Fleet, the rollout channels the rollout engine talks
+// over, and the translation of the config file's p2p section. Fleet.Run owns all of it.
+package fleet
 
 import (
 	"context"
-	"log/slog"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/ipfs/go-cid"
 
+	"github.com/npu-agent/npu-agent/agent"
 	"github.com/npu-agent/npu-agent/blobstore"
 	"github.com/npu-agent/npu-agent/compat"
 	"github.com/npu-agent/npu-agent/compile"
@@ -16,31 +19,11 @@ import (
 	"github.com/npu-agent/npu-agent/p2p/flight"
 )
 
+var _ agent.Fleet = (*Fleet)(nil)
+
 // recordWait bounds how long a waiter that heard a peer's DONE waits for that peer's record: gossip and DONE
 // travel separately, and the record usually follows within milliseconds.
 const recordWait = 30 * time.Second
-
-// P2PFleet is the Fleet of a daemon: records and swarm fetches from a p2p.Node, the fleet-wide single flight
-// from a flight.Coordinator on the same libp2p host.
-type P2PFleet struct {
-	node  *p2p.Node
-	coord *flight.Coordinator
-	rank  int
-	log   *slog.Logger
-	stop  func()
-}
-
-var _ Fleet = (*P2PFleet)(nil)
-
-// NewP2PFleet joins node and coord; new records wake waiting flights.
-func NewP2PFleet(node *p2p.Node, coord *flight.Coordinator, host compat.Fingerprint, log *slog.Logger) *P2PFleet {
-	f := &P2PFleet{node: node, coord: coord, rank: Rank(host), log: log}
-	f.stop = node.OnRecord(func(p2p.SignedRecord) { coord.Notify() })
-	return f
-}
-
-// Close stops waking flights; the node and coordinator are closed by their owner.
-func (f *P2PFleet) Close() { f.stop() }
 
 // Rank orders the members of one compatibility class for the fleet single flight: a blob compiled on firmware
 // MI minor m serves every host of the class with minor >= m, so the lowest minor compiles (section 6 of
@@ -58,7 +41,7 @@ func Rank(f compat.Fingerprint) int {
 }
 
 // Records returns the verified, trusted peer records for (model, profile).
-func (f *P2PFleet) Records(modelID, profileID string) []blobstore.Record {
+func (f *Fleet) Records(modelID, profileID string) []blobstore.Record {
 	srs := f.node.Records(modelID, profileID)
 	out := make([]blobstore.Record, len(srs))
 	for i, sr := range srs {
@@ -68,18 +51,18 @@ func (f *P2PFleet) Records(modelID, profileID string) []blobstore.Record {
 }
 
 // Fetch swarms blob c from every connected peer that has chunks of it.
-func (f *P2PFleet) Fetch(ctx context.Context, c cid.Cid, progress func(done, total int64)) error {
+func (f *Fleet) Fetch(ctx context.Context, c cid.Cid, progress func(done, total int64)) error {
 	return f.node.Fetch(ctx, c, nil, progress)
 }
 
 // Publish signs and announces a record.
-func (f *P2PFleet) Publish(ctx context.Context, r blobstore.Record) error {
+func (f *Fleet) Publish(ctx context.Context, r blobstore.Record) error {
 	_, err := f.node.Publish(ctx, r)
 	return err
 }
 
 // Coordinate runs the fleet single flight for key.
-func (f *P2PFleet) Coordinate(ctx context.Context, key compile.FlightKey, compileFn func(context.Context) (cid.Cid, error), ready func() (cid.Cid, bool)) (string, error) {
+func (f *Fleet) Coordinate(ctx context.Context, key compile.FlightKey, compileFn func(context.Context) (cid.Cid, error), ready func() (cid.Cid, bool)) (string, error) {
 	out, err := f.coord.Do(ctx, flight.Request{Key: key, Rank: f.rank, Compile: compileFn, Ready: ready})
 	if err != nil {
 		return "", err
@@ -93,7 +76,7 @@ func (f *P2PFleet) Coordinate(ctx context.Context, key compile.FlightKey, compil
 }
 
 // awaitRecord waits, bounded, until ready reports a usable record.
-func (f *P2PFleet) awaitRecord(ctx context.Context, ready func() (cid.Cid, bool)) {
+func (f *Fleet) awaitRecord(ctx context.Context, ready func() (cid.Cid, bool)) {
 	wake := make(chan struct{}, 1)
 	stop := f.node.OnRecord(func(p2p.SignedRecord) {
 		select {

@@ -1,4 +1,4 @@
-package agent
+package fleet
 
 import (
 	"context"
@@ -9,6 +9,7 @@ import (
 
 	"github.com/npu-agent/npu-agent/p2p"
 	"github.com/npu-agent/npu-agent/rollout"
+	"github.com/npu-agent/npu-agent/rollout/engine"
 )
 
 // Rollout channels (docs/design.md 8.6): signed manifests and signed status reports, each gossiped on a topic
@@ -25,21 +26,21 @@ const (
 	maxStatusSync = 20000
 )
 
-// RolloutChannels is the RolloutNet of a daemon: the rollout channels on its p2p node.
+// RolloutChannels is the rollout engine's Net on a daemon: the rollout channels on its p2p node.
 type RolloutChannels struct {
 	node      *p2p.Node
 	manifests *p2p.Channel
 	statuses  *p2p.Channel
 }
 
-var _ RolloutNet = (*RolloutChannels)(nil)
+var _ engine.Net = (*RolloutChannels)(nil)
 
-// NewRolloutChannels prepares the channels on node; Open starts them once the Rollouts exist.
-func NewRolloutChannels(node *p2p.Node) *RolloutChannels { return &RolloutChannels{node: node} }
+func newRolloutChannels(node *p2p.Node) *RolloutChannels { return &RolloutChannels{node: node} }
 
-// Open joins the rollout topics with r's handlers. Stale documents (already held, older, expired) are ignored;
-// invalid ones are rejected, which gossipsub counts against the peer that sent them.
-func (c *RolloutChannels) Open(r *Rollouts) error {
+// Open joins the rollout topics with the engine's handlers (engine.New calls it, once). Stale documents (already
+// held, older, expired) are ignored; invalid ones are rejected, which gossipsub counts against the peer that sent
+// them.
+func (c *RolloutChannels) Open(r engine.Handlers) error {
 	var err error
 	c.manifests, err = c.node.OpenChannel(p2p.ChannelConfig{
 		Topic: ManifestTopic, SyncProtocol: ManifestSyncProtocol,
@@ -66,7 +67,7 @@ func (c *RolloutChannels) Open(r *Rollouts) error {
 // ignoreStale marks errors of documents that an honest peer may send (it has not seen the newer one yet, or its
 // clock differs) as p2p.ErrIgnore.
 func ignoreStale(err error) error {
-	for _, stale := range []error{rollout.ErrDuplicate, rollout.ErrRollback, rollout.ErrExpired, ErrStale} {
+	for _, stale := range []error{rollout.ErrDuplicate, rollout.ErrRollback, rollout.ErrExpired, engine.ErrStale} {
 		if errors.Is(err, stale) {
 			return fmt.Errorf("%w: %w", p2p.ErrIgnore, err)
 		}

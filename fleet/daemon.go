@@ -1,4 +1,4 @@
-package main
+package fleet
 
 import (
 	"context"
@@ -12,7 +12,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/npu-agent/npu-agent/agent"
 	"github.com/npu-agent/npu-agent/api"
 	"github.com/npu-agent/npu-agent/blobstore"
 	"github.com/npu-agent/npu-agent/compat"
@@ -22,11 +21,27 @@ import (
 	"github.com/npu-agent/npu-agent/p2p/flight"
 )
 
-// fleet is the daemon's libp2p side: node, single-flight coordinator and their adapter for the agent.
-type fleet struct {
-	*agent.P2PFleet
-	node *p2p.Node
-	tr   *flight.PubSubTransport
+// ErrConfig marks errors in the config file's p2p section: the operator's to fix (the CLI exits with its usage
+// code). The errors read as before; only errors.Is sees the mark.
+var ErrConfig = errors.New("invalid fleet config")
+
+type configError struct{ error }
+
+func (e configError) Unwrap() error        { return e.error }
+func (e configError) Is(target error) bool { return target == ErrConfig }
+
+// Fleet is the daemon's libp2p side: the node, the fleet single flight on its pubsub (transport and
+// coordinator), the rollout channels and the peer gauge. It is the agent's Fleet. New starts the node; Run
+// runs the rest and, when its context ends, closes everything in order.
+type Fleet struct {
+	node     *p2p.Node
+	tr       *flight.PubSubTransport
+	coord    *flight.Coordinator
+	rollouts *RolloutChannels
+	rank     int
+	metrics  *metrics.Metrics
+	log      *slog.Logger
+	stop     func() // stops waking flights on new records
 }
 
 // p2pConfig translates the config file's p2p section.
@@ -42,7 +57,7 @@ func p2pConfig(cfg config.Config) (p2p.Config, error) {
 	}
 	if cfg.P2P.FleetKeyFile != "" {
 		if pc.FleetKey, err = p2p.ReadFleetKey(cfg.P2P.FleetKeyFile); err != nil {
-			return pc, usageError{fmt.Errorf("p2p.fleet_key_file: %w", err)}
+			return pc, configError{fmt.Errorf("p2p.fleet_key_file: %w", err)}
 		}
 	}
 	if pc.Allowlist, err = peerIDs("p2p.allowlist", cfg.P2P.Allowlist); err != nil {
@@ -59,7 +74,7 @@ func multiaddrs(key string, ss []string) ([]ma.Multiaddr, error) {
 	for _, s := range ss {
 		a, err := ma.NewMultiaddr(s)
 		if err != nil {
-			return nil, usageError{fmt.Errorf("%s: %q: %w", key, s, err)}
+			return nil, configError{fmt.Errorf("%s: %q: %w", key, s, err)}
 		}
 		out = append(out, a)
 	}
@@ -71,16 +86,20 @@ func peerIDs(key string, ss []string) ([]peer.ID, error) {
 	for _, s := range ss {
 		id, err := peer.Decode(s)
 		if err != nil {
-			return nil, usageError{fmt.Errorf("%s: %q is not a peer ID: %w", key, s, err)}
+			return nil, configError{fmt.Errorf("%s: %q is not a peer ID: %w", key, s, err)}
 		}
 		out = append(out, id)
 	}
 	return out, nil
 }
 
-// startFleet starts the node and the coordinator; the coordinator and the peer gauge run in g until ctx ends.
-func startFleet(ctx context.Context, g *errgroup.Group, cfg config.Config, store blobstore.Store, host compat.Fingerprint,
-	reg prometheus.Registerer, m *metrics.Metrics, log *slog.Logger) (*fleet, error) {
+// New starts the node and prepares the fleet single flight and the rollout channels; Run must follow, and it
+// closes them. Errors in cfg's p2p section are ErrConfig; reg, m and log may be nil. The new records the node hears wake waiting flights.
+func New(ctx context.Context, cfg config.Config, store blobstore.Store, host compat.Fingerprint,
+	reg prometheus.Registerer, m *metrics.Metrics, log *slog.Logger) (*Fleet, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	pc, err := p2pConfig(cfg)
 	if err != nil {
 		return nil, err
@@ -103,12 +122,22 @@ func startFleet(ctx context.Context, g *errgroup.Group, cfg config.Config, store
 	if err != nil {
 		return nil, errors.Join(err, tr.Close(), node.Close())
 	}
-	g.Go(func() error { return coord.Run(ctx) })
+	f := &Fleet{node: node, tr: tr, coord: coord, rollouts: newRolloutChannels(node), rank: Rank(host), metrics: m, log: log}
+	f.stop = node.OnRecord(func(p2p.SignedRecord) { coord.Notify() })
+	log.Info("fleet node running", "peer_id", node.ID(), "addrs", node.Host().Addrs())
+	return f, nil
+}
+
+// Run runs the coordinator and the peer gauge until ctx ends or the coordinator fails, then stops waking
+// flights and closes the transport and the node, in that order. The rollout channels close with the node.
+func (f *Fleet) Run(ctx context.Context) error {
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return f.coord.Run(ctx) })
 	g.Go(func() error {
 		t := time.NewTicker(5 * time.Second)
 		defer t.Stop()
 		for {
-			m.SetPeers(len(node.Peers()))
+			f.metrics.SetPeers(len(f.node.Peers()))
 			select {
 			case <-ctx.Done():
 				return nil
@@ -116,15 +145,19 @@ func startFleet(ctx context.Context, g *errgroup.Group, cfg config.Config, store
 			}
 		}
 	})
-	log.Info("fleet node running", "peer_id", node.ID(), "addrs", node.Host().Addrs())
-	return &fleet{P2PFleet: agent.NewP2PFleet(node, coord, host, log), node: node, tr: tr}, nil
+	err := g.Wait()
+	f.stop()
+	return errors.Join(err, f.tr.Close(), f.node.Close())
 }
 
+// RolloutNet is the rollout engine's Net on this node; the engine opens its channels.
+func (f *Fleet) RolloutNet() *RolloutChannels { return f.rollouts }
+
 // ID is this member's peer ID, the producer of its records.
-func (f *fleet) ID() string { return f.node.ID().String() }
+func (f *Fleet) ID() string { return f.node.ID().String() }
 
 // APIPeers lists connected members for status and peers.
-func (f *fleet) APIPeers() []api.Peer {
+func (f *Fleet) APIPeers() []api.Peer {
 	byProducer := map[string]int{}
 	for _, r := range f.node.Records("", "") {
 		byProducer[r.Producer]++
@@ -138,10 +171,4 @@ func (f *fleet) APIPeers() []api.Peer {
 		out = append(out, ap)
 	}
 	return out
-}
-
-// Close stops the adapter, the transport and the node, in that order.
-func (f *fleet) Close() error {
-	f.P2PFleet.Close()
-	return errors.Join(f.tr.Close(), f.node.Close())
 }
