@@ -12,6 +12,7 @@ import (
 
 	"github.com/ipfs/go-cid"
 
+	"github.com/npu-agent/npu-agent/agent"
 	"github.com/npu-agent/npu-agent/blobstore"
 	"github.com/npu-agent/npu-agent/compile"
 )
@@ -81,18 +82,15 @@ type StoreStatus struct {
 	List    []blobstore.Info `json:"list,omitempty"`
 }
 
-// JobKind says what a job does: the agent's job phases.
-type JobKind string
-
 // Job is one fetch or compile in progress.
 type Job struct {
-	Kind      JobKind   `json:"kind"`
-	ModelID   string    `json:"model_id"`
-	ProfileID string    `json:"profile_id"`
-	CID       cid.Cid   `json:"cid,omitzero"` // the blob being fetched; absent for compiles
-	Started   time.Time `json:"started"`
-	Done      uint64    `json:"done,omitempty"`  // bytes so far, for fetches
-	Total     uint64    `json:"total,omitempty"` // bytes expected, for fetches
+	Kind      agent.Phase `json:"kind"`
+	ModelID   string      `json:"model_id"`
+	ProfileID string      `json:"profile_id"`
+	CID       cid.Cid     `json:"cid,omitzero"` // the blob being fetched; absent for compiles
+	Started   time.Time   `json:"started"`
+	Done      uint64      `json:"done,omitempty"`  // bytes so far, for fetches
+	Total     uint64      `json:"total,omitempty"` // bytes expected, for fetches
 }
 
 // Peer is a connected fleet member.

@@ -128,7 +128,7 @@ func (s *Service) Status(ctx context.Context) (api.Status, error) {
 	s.Metrics.SetStore(st.Store.Bytes, st.Store.Blobs)
 	for _, act := range a.Activities() {
 		st.Jobs = append(st.Jobs, api.Job{
-			Kind: api.JobKind(act.Phase), ModelID: act.Model, ProfileID: act.Profile, CID: act.CID, Started: act.Started,
+			Kind: act.Phase, ModelID: act.Model, ProfileID: act.Profile, CID: act.CID, Started: act.Started,
 			Done: uint64(max(act.Done, 0)), Total: uint64(max(act.Total, 0)),
 		})
 	}

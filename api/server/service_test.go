@@ -109,7 +109,7 @@ func TestServiceStatusShowsFetch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(st.Jobs) != 1 || st.Jobs[0].Kind != api.JobKind(agent.PhaseFetch) || st.Jobs[0].CID != blob ||
+	if len(st.Jobs) != 1 || st.Jobs[0].Kind != agent.PhaseFetch || st.Jobs[0].CID != blob ||
 		st.Jobs[0].ModelID != m.ID || st.Jobs[0].ProfileID != pid || st.Jobs[0].Done != 1<<20 || st.Jobs[0].Total != 8<<20 {
 		t.Errorf("jobs %+v, want the fetch of %s", st.Jobs, blob)
 	}
