@@ -9,6 +9,7 @@ import (
 	"github.com/npu-agent/npu-agent/blobstore"
 	"github.com/npu-agent/npu-agent/compat"
 	"github.com/npu-agent/npu-agent/compile"
+	"github.com/npu-agent/npu-agent/config"
 	"github.com/npu-agent/npu-agent/rollout"
 )
 
@@ -116,6 +117,7 @@ var errorTable = []ErrorRow{
 	{compat.ErrInvalidFingerprint, "invalid_fingerprint", http.StatusUnprocessableEntity, ExitUsage},
 	{rollout.ErrInvalidManifest, "invalid_manifest", http.StatusUnprocessableEntity, ExitUsage},
 	{compat.ErrOverride, "", 0, ExitUsage},
+	{config.ErrInvalid, "", 0, ExitUsage},
 	{rollout.ErrInvalidKey, "", 0, ExitUsage},
 	{rollout.ErrKeyPermissions, "", 0, ExitUsage},
 

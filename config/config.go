@@ -18,6 +18,9 @@ import (
 	"gopkg.in/yaml.v3"
 )
 
+// ErrInvalid marks an error in the config file: the operator's to fix (the CLI exits with its usage code).
+var ErrInvalid = errors.New("invalid config")
+
 // MaxFileSize bounds a config file; a real one is a few KiB.
 const MaxFileSize = 1 << 20
 

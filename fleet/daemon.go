@@ -21,14 +21,12 @@ import (
 	"github.com/npu-agent/npu-agent/p2p/flight"
 )
 
-// ErrConfig marks errors in the config file's p2p section: the operator's to fix (the CLI exits with its usage
-// code). The errors read as before; only errors.Is sees the mark.
-var ErrConfig = errors.New("invalid fleet config")
-
+// configError marks errors in the config file's p2p section as config.ErrInvalid. The errors read as before;
+// only errors.Is sees the mark.
 type configError struct{ error }
 
 func (e configError) Unwrap() error        { return e.error }
-func (e configError) Is(target error) bool { return target == ErrConfig }
+func (e configError) Is(target error) bool { return target == config.ErrInvalid }
 
 // Fleet is the daemon's libp2p side: the node, the fleet single flight on its pubsub (transport and
 // coordinator), the rollout channels and the peer gauge. It is the agent's Fleet. New starts the node; Run
@@ -94,7 +92,7 @@ func peerIDs(key string, ss []string) ([]peer.ID, error) {
 }
 
 // New starts the node and prepares the fleet single flight and the rollout channels; Run must follow, and it
-// closes them. Errors in cfg's p2p section are ErrConfig; reg, m and log may be nil. The new records the node hears wake waiting flights.
+// closes them. Errors in cfg's p2p section are config.ErrInvalid; reg, m and log may be nil. The new records the node hears wake waiting flights.
 func New(ctx context.Context, cfg config.Config, store blobstore.Store, host compat.Fingerprint,
 	reg prometheus.Registerer, m *metrics.Metrics, log *slog.Logger) (*Fleet, error) {
 	if log == nil {

@@ -35,7 +35,7 @@ func testConfig(t *testing.T) config.Config {
 	return cfg
 }
 
-// Errors in the p2p section are ErrConfig (the CLI's usage errors) and read as before.
+// Errors in the p2p section are config.ErrInvalid (the CLI's usage errors) and read as before.
 func TestConfigErrors(t *testing.T) {
 	t.Parallel()
 	for name, tc := range map[string]struct {
@@ -51,8 +51,8 @@ func TestConfigErrors(t *testing.T) {
 		cfg := testConfig(t)
 		tc.edit(&cfg)
 		_, err := p2pConfig(cfg)
-		if !errors.Is(err, ErrConfig) {
-			t.Errorf("%s: %v is not ErrConfig", name, err)
+		if !errors.Is(err, config.ErrInvalid) {
+			t.Errorf("%s: %v is not config.ErrInvalid", name, err)
 			continue
 		}
 		if got := err.Error(); len(got) < len(tc.msg) || got[:len(tc.msg)] != tc.msg {

@@ -89,9 +89,6 @@ func runDaemon(ctx context.Context, cfg config.Config, log *slog.Logger) (err er
 	var fl *fleet.Fleet
 	if cfg.P2P.Enabled {
 		if fl, err = fleet.New(ctx, cfg, store, host, reg, m, log); err != nil {
-			if errors.Is(err, fleet.ErrConfig) {
-				err = usageError{err}
-			}
 			return d.abort(err)
 		}
 		d.goLower(fl.Run)

@@ -3,6 +3,7 @@ package engine
 import (
 	"errors"
 	"fmt"
+	"github.com/npu-agent/npu-agent/internal/atomicfile"
 	"io"
 	"io/fs"
 	"os"
@@ -87,7 +88,7 @@ func (kv *FileKV) Put(key string, value []byte) error {
 	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
 		return fmt.Errorf("rollout state %s: %w", key, err)
 	}
-	if err := writeFileAtomic(p, value); err != nil {
+	if err := atomicfile.WriteFile(p, value, 0o600); err != nil {
 		return fmt.Errorf("rollout state %s: %w", key, err)
 	}
 	return nil
@@ -104,7 +105,7 @@ func (kv *FileKV) Delete(key string) error {
 	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("rollout state %s: %w", key, err)
 	}
-	return syncDir(filepath.Dir(p))
+	return atomicfile.SyncDir(filepath.Dir(p))
 }
 
 // Keys lists the keys starting with prefix. Files that are not valid keys (temp files of an interrupted write)
@@ -140,39 +141,4 @@ func (kv *FileKV) Keys(prefix string) ([]string, error) {
 		return nil, fmt.Errorf("listing rollout state: %w", err)
 	}
 	return keys, nil
-}
-
-// writeFileAtomic writes b to path through a temp file in the same directory, fsync, rename, fsync of the
-// directory: after a crash path holds the old or the new content, never a mix.
-func writeFileAtomic(path string, b []byte) error {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, ".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(b); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return err
-	}
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
