@@ -17,6 +17,10 @@ const KeyVersion = 1
 // RecordKind is the Kind of a record that announces a cache entry: ModelID is the entry's name, ProfileID its key.
 const RecordKind = "ovcache"
 
+// RejectedKind is the Kind of a record by which a host says its application removed (could not load) the entry
+// it was given: a negative result, fleet knowledge; no host populates from it.
+const RejectedKind = "ovcache-rejected"
+
 // ErrIncompatible: an entry that cannot serve this host (wrong build string, header and trailer disagree, the
 // trailer fails the rules, a weightless blob).
 var ErrIncompatible = errors.New("OpenVINO cache entry does not serve this host")
