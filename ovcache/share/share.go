@@ -82,11 +82,11 @@ type Options struct {
 
 // Sharer is the component. Run it once.
 type Sharer struct {
-	opts    Options
-	log     *slog.Logger
-	dirs    []*dirState
-	events  *prometheus.CounterVec
-	spread  prometheus.Histogram
+	opts   Options
+	log    *slog.Logger
+	dirs   []*dirState
+	events *prometheus.CounterVec
+	spread prometheus.Histogram
 }
 
 // look is what one Lstat of an entry saw.

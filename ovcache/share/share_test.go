@@ -75,7 +75,9 @@ func (m member) Fetch(ctx context.Context, c cid.Cid, _ func(done, total int64))
 }
 
 // Publish indexes the record locally, as the p2p node does.
-func (m member) Publish(ctx context.Context, r blobstore.Record) error { return m.self.AddRecord(ctx, r) }
+func (m member) Publish(ctx context.Context, r blobstore.Record) error {
+	return m.self.AddRecord(ctx, r)
+}
 
 func (member) Coordinate(context.Context, compile.FlightKey, func(context.Context) (cid.Cid, error), func() (cid.Cid, bool)) (string, error) {
 	return "", errors.New("no single flight here")
