@@ -43,6 +43,8 @@ type Config struct {
 	P2P      P2P      `yaml:"p2p"`
 	Flight   Flight   `yaml:"flight"`
 	Rollout  Rollout  `yaml:"rollout"`
+	// OVCache: OpenVINO cache directories shared with the fleet (issue 14; docs/design.md section 10).
+	OVCache OVCache `yaml:"ovcache"`
 }
 
 // Rollout configures which operator-signed rollouts this agent follows (docs/operations.md).
@@ -96,6 +98,21 @@ type Flight struct {
 	Window   time.Duration `yaml:"window"`    // how long wants are collected before electing a compiler
 	LeaseTTL time.Duration `yaml:"lease_ttl"` // a compiler that misses heartbeats this long is replaced
 	Deadline time.Duration `yaml:"deadline"`  // past this a waiting peer compiles itself
+}
+
+// OVCache lists the applications' OpenVINO CACHE_DIRs the daemon shares (harvests from and populates).
+type OVCache struct {
+	Dirs         []CacheDir `yaml:"dirs"`
+	MaxEntrySize ByteSize   `yaml:"max_entry_size"` // larger entries are neither harvested nor written; 0 = 16 GiB
+}
+
+// CacheDir is one application cache directory.
+type CacheDir struct {
+	Path          string `yaml:"path"`           // absolute; must exist
+	Owner         string `yaml:"owner"`          // user name or uid owning the entries written; empty = the daemon's
+	Group         string `yaml:"group"`          // group name or gid; empty = the daemon's
+	Mode          string `yaml:"mode"`           // octal permission bits of the entries written; empty = 0440
+	OpenVINOBuild string `yaml:"openvino_build"` // the application's openvino.get_version(); empty = learned from its entries
 }
 
 // Default returns the configuration used where the file is silent.
@@ -204,6 +221,14 @@ func (c *Config) Validate() error {
 	for _, tag := range c.Rollout.Tags {
 		if k, _, ok := strings.Cut(tag, "="); !ok || k == "" {
 			errs = append(errs, fmt.Errorf("rollout.tags: %q is not name=value", tag))
+		}
+	}
+	for i, d := range c.OVCache.Dirs {
+		if !filepath.IsAbs(d.Path) {
+			errs = append(errs, fmt.Errorf("ovcache.dirs[%d].path: %q must be an absolute path", i, d.Path))
+		}
+		if m, err := strconv.ParseUint(d.Mode, 8, 32); d.Mode != "" && (err != nil || m > 0o777) {
+			errs = append(errs, fmt.Errorf("ovcache.dirs[%d].mode: %q is not octal permission bits such as 0440", i, d.Mode))
 		}
 	}
 	if c.P2P.Enabled && len(c.P2P.Listen) == 0 {

@@ -111,6 +111,12 @@ func runDaemon(ctx context.Context, cfg config.Config, log *slog.Logger) (err er
 	} else {
 		log.Info("rollouts disabled: rollout.trusted_keys is empty")
 	}
+	// Application cache directories (issue 14): harvest and populate OpenVINO CACHE_DIR entries.
+	if sharer, err := newOVCacheSharer(cfg, ag, reg, log); err != nil {
+		return d.abort(err)
+	} else if sharer != nil {
+		d.goUpper(sharer.Run)
+	}
 	srv := server.NewServer(svc, apiOpts)
 	d.goUpper(srv.Run)
 	d.goUpper(func(ctx context.Context) error { return gcLoop(ctx, ag, cfg.Store, log) })
