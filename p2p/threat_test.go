@@ -2,10 +2,15 @@ package p2p
 
 import (
 	"context"
+	"fmt"
+	"maps"
+	"path/filepath"
 	"runtime"
+	"slices"
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/npu-agent/npu-agent/blobstore"
@@ -104,5 +109,117 @@ func TestThreatRequestPayloadDeadline(t *testing.T) {
 	}
 	if n := a.Alive(requestReadTimeout + 5*time.Second); n != 0 {
 		t.Fatalf("a stalled request held its stream past %v", requestReadTimeout)
+	}
+}
+
+// Threat 9.2 "record flood": five producers (any identity is a producer when no trust list is set) flood the
+// record book with records claiming a creation time 9 minutes ahead. Each producer's records evict only its own
+// (per-producer cap), the total cap evicts from the largest producer, future times are clamped to receipt, and
+// the log is appended and compacted rarely, never rewritten per insert.
+func TestThreatRecordFlood(t *testing.T) {
+	t.Parallel()
+	const max, perProducer = 200, 50
+	path := filepath.Join(t.TempDir(), RecordsFile)
+	b, err := openRecordBookLimits(path, newTrustPolicy("", nil, nil), testLog, max, perProducer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.close()
+	seal := func(k crypto.PrivKey, id peer.ID, model string, created time.Time) SignedRecord {
+		r := sampleRecord(id)
+		r.ModelID, r.Created = model, created
+		sr, err := SealRecord(r, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sr, err = OpenRecord(sr.Envelope, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sr
+	}
+	honestKey, honestID := newKey(t)
+	var honest [][32]byte
+	for i := range 10 {
+		sr := seal(honestKey, honestID, fmt.Sprintf("honest-%d", i), time.Now().Add(-time.Hour))
+		if ok, err := b.add(sr); !ok || err != nil {
+			t.Fatalf("honest record: %v, %v", ok, err)
+		}
+		honest = append(honest, sr.ID)
+	}
+	var offered int64
+	for f := range 5 {
+		k, id := newKey(t)
+		for i := range 100 {
+			sr := seal(k, id, fmt.Sprintf("flood-%d-%d", f, i), time.Now().Add(9*time.Minute))
+			offered += int64(entryLenPrefix + len(sr.Envelope))
+			b.add(sr)
+		}
+	}
+	late := seal(honestKey, honestID, "honest-late", time.Now())
+	b.add(late)
+	b.mu.Lock()
+	kept, producers, written := len(b.byID), maps.Clone(b.byProducer), b.written
+	_, lateKept := b.byID[late.ID]
+	missing := 0
+	for _, id := range honest {
+		if _, ok := b.byID[id]; !ok {
+			missing++
+		}
+	}
+	b.mu.Unlock()
+	t.Logf("records kept %d of %d offered; per producer %v; bytes written %d for %d offered", kept, 511,
+		slices.Collect(maps.Values(producers)), written, offered)
+	if missing > 0 || !lateKept {
+		t.Errorf("%d of the honest producer's records evicted (late kept: %v)", missing, lateKept)
+	}
+	if kept > max {
+		t.Errorf("%d records kept, cap %d", kept, max)
+	}
+	for p, n := range producers {
+		if n > perProducer {
+			t.Errorf("producer %s holds %d records, cap %d", p, n, perProducer)
+		}
+	}
+	if written > 2*offered {
+		t.Errorf("%d bytes written to the log for %d bytes of records offered", written, offered)
+	}
+	// The late honest record is newer than every flood record that claimed to come from the future.
+	if rs := b.records("", ""); len(rs) == 0 || rs[0].ID != late.ID {
+		t.Errorf("newest record is not the one received last")
+	}
+	// The log reloads to the same set.
+	b.close()
+	b2, err := openRecordBookLimits(path, newTrustPolicy("", nil, nil), testLog, max, perProducer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b2.close()
+	if len(b2.byID) != kept {
+		t.Errorf("reloaded %d records, kept %d", len(b2.byID), kept)
+	}
+}
+
+// Member (which rollout status intake asks) counts a peer that connected, and not a key that never did: a
+// member relaying reports signed by throwaway keys gets them ignored. With an allowlist, only its peers count.
+func TestThreatMembership(t *testing.T) {
+	t.Parallel()
+	victim := startNode(t, "", nil)
+	a := hostilePeers(t, 1, hostile.PeerOptions{})[0]
+	if err := a.Connect(t.Context(), peer.AddrInfo{ID: victim.ID(), Addrs: victim.Host().Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+	_, stranger := newKey(t)
+	eventually(t, "connected peer is a member", func() bool { return victim.Member(a.ID()) })
+	if victim.Member(stranger) {
+		t.Error("a key that never connected counts as a member")
+	}
+	if !victim.Member(victim.ID()) {
+		t.Error("self is not a member")
+	}
+	_, listed := newKey(t)
+	allowing := startNode(t, "", func(c *Config) { c.Allowlist = []peer.ID{listed} })
+	if !allowing.Member(listed) || allowing.Member(a.ID()) {
+		t.Error("with an allowlist, membership is the allowlist")
 	}
 }
