@@ -58,10 +58,16 @@ type Node struct {
 	closed  bool
 	syncing map[peer.ID]bool
 	scores  map[peer.ID]int
+	// serving: the chunk protocol is registered (a fleet key is set, or ServeWithoutFleetKey).
+	serving bool
 	// allow is Config.Allowlist; seen holds the peers this node has been connected to (at most maxSeen).
 	allow map[peer.ID]bool
 	seen  map[peer.ID]time.Time
 }
+
+// ServesBlobs reports whether the node serves chunks to peers: only with a fleet key (or
+// Config.ServeWithoutFleetKey).
+func (n *Node) ServesBlobs() bool { return n.serving }
 
 // maxSeen bounds the peers Member remembers after they disconnect.
 const maxSeen = 4096
@@ -146,7 +152,13 @@ func (n *Node) start(ctx context.Context, cfg Config) error {
 		return err
 	}
 	n.srv = newServer(n.ctx, n.store, n.log)
-	n.h.SetStreamHandler(ChunkProtocol, n.srv.handle)
+	n.serving = len(cfg.FleetKey) > 0 || cfg.ServeWithoutFleetKey
+	if n.serving {
+		n.h.SetStreamHandler(ChunkProtocol, n.srv.handle)
+	} else {
+		n.log.Warn("no fleet key: blobs are not served to peers (any host could fetch them); " +
+			"make one with `npu-agent fleet-key new --out PATH` and set p2p.fleet_key_file on every member")
+	}
 	n.h.SetStreamHandler(RecordSyncProtocol, n.book.serveSync)
 
 	// Flood publishing reaches peers that joined less than a mesh heartbeat ago (the fleet single flight needs it).

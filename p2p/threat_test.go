@@ -2,8 +2,10 @@ package p2p
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
+	"os"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -222,4 +224,64 @@ func TestThreatMembership(t *testing.T) {
 	if !allowing.Member(listed) || allowing.Member(a.ID()) {
 		t.Error("with an allowlist, membership is the allowlist")
 	}
+}
+
+// Threat 9.2 "no fleet key": by default a node without a fleet key does not register the chunk protocol, so a
+// host that connects cannot fetch (or even ask for) a blob; `fleet-key new` makes a key ReadFleetKey accepts.
+func TestThreatNoFleetKeyServesNothing(t *testing.T) {
+	t.Parallel()
+	victim := startNode(t, "", func(c *Config) { c.ServeWithoutFleetKey = false })
+	data := randomBlob(t, blobstore.ChunkSize+5)
+	blob := put(t, victim, data)
+	if victim.ServesBlobs() {
+		t.Fatal("a node without a fleet key serves blobs")
+	}
+	outsider := startNode(t, "", nil)
+	connect(t, outsider, victim)
+	if err := fetch(t, outsider, blob, victim); err == nil {
+		t.Fatal("fetched a blob from a node without a fleet key")
+	}
+	if _, err := outsider.store.Manifest(t.Context(), blob); err == nil {
+		t.Error("the outsider holds the manifest")
+	}
+
+	path := filepath.Join(t.TempDir(), "fleet.key")
+	if err := WriteFleetKey(path); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o640 {
+		t.Fatalf("fleet key file mode: %v, %v", fi, err)
+	}
+	if k, err := ReadFleetKey(path); err != nil || len(k) != 32 {
+		t.Fatalf("read the new fleet key: %v", err)
+	}
+	if err := WriteFleetKey(path); err == nil {
+		t.Error("WriteFleetKey replaced an existing key")
+	}
+}
+
+// Threat 9.2 "oversized rollout source": a fetch that expects a size (a rollout manifest's file size) aborts as
+// soon as the blob's manifest claims more, before any chunk is stored.
+func TestThreatFetchExpectedSize(t *testing.T) {
+	t.Parallel()
+	seed, fetcher := startNode(t, "", nil), startNode(t, "", nil)
+	data := randomBlob(t, 3*blobstore.ChunkSize)
+	blob := put(t, seed, data)
+	connect(t, fetcher, seed)
+	ctx := blobstore.WithExpectedSize(t.Context(), 10)
+	if err := fetcher.Fetch(ctx, blob, []peer.ID{seed.ID()}, nil); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("fetch of a blob larger than expected: %v, want ErrTooLarge", err)
+	}
+	if seed.srv.served.Load() != 0 {
+		t.Errorf("%d chunks served before the size check", seed.srv.served.Load())
+	}
+	if _, err := fetcher.store.Manifest(t.Context(), blob); err == nil {
+		t.Error("a partial blob was begun")
+	}
+	// The exact size fetches.
+	ctx = blobstore.WithExpectedSize(t.Context(), uint64(len(data)))
+	if err := fetcher.Fetch(ctx, blob, []peer.ID{seed.ID()}, nil); err != nil {
+		t.Fatal(err)
+	}
+	checkBlob(t, fetcher, blob, data)
 }
