@@ -70,6 +70,9 @@ type Status struct {
 	Store       StoreStatus     `json:"store"`
 	Jobs        []Job           `json:"jobs"`  // fetches and compiles in progress
 	Peers       []Peer          `json:"peers"` // connected fleet members
+	// PeerServing says whether blobs are served to peers: "fleet" (a fleet key is set), or "off: no fleet key"
+	// (nothing is served, docs/design.md 6.2); empty without p2p.
+	PeerServing string `json:"peer_serving,omitempty"`
 }
 
 // StoreStatus summarises the blob store.

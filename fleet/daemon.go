@@ -154,6 +154,14 @@ func (f *Fleet) RolloutNet() *RolloutChannels { return f.rollouts }
 // ID is this member's peer ID, the producer of its records.
 func (f *Fleet) ID() string { return f.node.ID().String() }
 
+// PeerServing is api.Status.PeerServing: "fleet" when blobs are served to fleet members, else why not.
+func (f *Fleet) PeerServing() string {
+	if f.node.ServesBlobs() {
+		return "fleet"
+	}
+	return "off: no fleet key"
+}
+
 // APIPeers lists connected members for status and peers.
 func (f *Fleet) APIPeers() []api.Peer {
 	byProducer := map[string]int{}

@@ -67,7 +67,8 @@ func (c *RolloutChannels) Open(r engine.Handlers) error {
 // ignoreStale marks errors of documents that an honest peer may send (it has not seen the newer one yet, or its
 // clock differs) as p2p.ErrIgnore.
 func ignoreStale(err error) error {
-	for _, stale := range []error{rollout.ErrDuplicate, rollout.ErrRollback, rollout.ErrExpired, engine.ErrStale} {
+	for _, stale := range []error{rollout.ErrDuplicate, rollout.ErrRollback, rollout.ErrExpired, engine.ErrStale,
+		engine.ErrNotMember} {
 		if errors.Is(err, stale) {
 			return fmt.Errorf("%w: %w", p2p.ErrIgnore, err)
 		}
@@ -84,6 +85,12 @@ func (c *RolloutChannels) Sign(msg []byte) ([]byte, error) { return c.node.Sign(
 // VerifyPeer checks a signature by the key peer names.
 func (c *RolloutChannels) VerifyPeer(peer string, msg, sig []byte) error {
 	return p2p.VerifySignature(peer, msg, sig)
+}
+
+// Member reports whether the peer peer names is a fleet member (p2p.Node.Member): its status reports count.
+func (c *RolloutChannels) Member(id string) bool {
+	p, err := peer.Decode(id)
+	return err == nil && c.node.Member(p)
 }
 
 // PublishManifest gossips a signed manifest.

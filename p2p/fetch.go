@@ -21,6 +21,8 @@ var (
 	ErrNoPeers = errors.New("no peer can provide the blob")
 	ErrStalled = errors.New("fetch made no progress")
 	ErrClosed  = errors.New("p2p node is closed")
+	// ErrTooLarge: the blob's manifest claims more bytes than the caller expects (blobstore.WithExpectedSize).
+	ErrTooLarge = errors.New("blob larger than expected")
 )
 
 // fetchParams tune the swarm fetch (docs/design.md 6.7); tests shorten the timeouts.
@@ -63,6 +65,10 @@ type flight struct {
 	peers []peer.ID
 	t     *transfer
 
+	// maxSize is the smallest size a caller expects (blobstore.WithExpectedSize); 0: none. A manifest claiming
+	// more ends the transfer before any chunk.
+	maxSize uint64
+
 	wmu      sync.Mutex // guards watchers and reported
 	watchers map[*watcher]bool
 	reported int64
@@ -104,8 +110,16 @@ func (n *Node) Fetch(ctx context.Context, blob cid.Cid, from []peer.ID, progress
 	if progress != nil {
 		w = &watcher{fn: progress}
 	}
+	limit, limited := blobstore.ExpectedSize(ctx)
 	join := func(fl *flight) {
 		f = fl
+		if limited {
+			fl.mu.Lock()
+			if fl.maxSize == 0 || limit < fl.maxSize {
+				fl.maxSize = limit
+			}
+			fl.mu.Unlock()
+		}
 		fl.addPeers(from)
 		if w != nil {
 			fl.wmu.Lock()
@@ -168,6 +182,12 @@ func (n *Node) transferBlob(ctx context.Context, f *flight) error {
 	m, err := n.manifest(ctx, f)
 	if err != nil {
 		return err
+	}
+	f.mu.Lock()
+	limit := f.maxSize
+	f.mu.Unlock()
+	if limit > 0 && m.Size > limit {
+		return fmt.Errorf("fetch %s: %w: its manifest claims %d bytes, expected %d", f.blob, ErrTooLarge, m.Size, limit)
 	}
 	total := int64(m.Size)
 	if ok, err := n.store.Has(ctx, f.blob); err != nil {

@@ -48,8 +48,12 @@ type Config struct {
 	// MDNS enables LAN discovery under MDNSService (DefaultMDNSService when empty).
 	MDNS        bool
 	MDNSService string
-	// FleetKey is a pnet pre-shared key (pnet.DecodeV1PSK's format, see ReadFleetKey). Nil: no private network.
+	// FleetKey is a pnet pre-shared key (pnet.DecodeV1PSK's format, see ReadFleetKey). Nil: no private network,
+	// and then no blob is served to peers unless ServeWithoutFleetKey is set.
 	FleetKey pnet.PSK
+	// ServeWithoutFleetKey serves chunks to any host that connects when no FleetKey is set: single-machine tests
+	// and demos only. The daemon never sets it.
+	ServeWithoutFleetKey bool
 	// Allowlist, when non-empty, is the only peers allowed to connect (either direction).
 	Allowlist []peer.ID
 	// TrustedProducers, when non-empty, is the only producers whose records are used; empty trusts any member.
@@ -90,6 +94,34 @@ func ReadFleetKey(path string) (pnet.PSK, error) {
 		return nil, fmt.Errorf("read fleet key %s: %w", path, err)
 	}
 	return psk, nil
+}
+
+// WriteFleetKey creates a new random fleet key at path in the v1 format ReadFleetKey reads (base16), mode 0640
+// (readable by the daemon's group), never replacing an existing file. Every member gets a copy of the same file.
+func WriteFleetKey(path string) error {
+	var key [32]byte
+	if _, err := rand.Read(key[:]); err != nil {
+		return fmt.Errorf("fleet key: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
+	if err != nil {
+		return fmt.Errorf("fleet key: %w", err)
+	}
+	_, err = fmt.Fprintf(f, "/key/swarm/psk/1.0.0/\n/base16/\n%x\n", key[:])
+	if err == nil {
+		err = f.Chmod(0o640) // whatever the umask
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(path)
+		return fmt.Errorf("fleet key: %w", err)
+	}
+	return nil
 }
 
 // loadIdentity reads the host key from dir, creating an Ed25519 key (mode 0600) on first start.

@@ -58,6 +58,53 @@ type Node struct {
 	closed  bool
 	syncing map[peer.ID]bool
 	scores  map[peer.ID]int
+	// serving: the chunk protocol is registered (a fleet key is set, or ServeWithoutFleetKey).
+	serving bool
+	// allow is Config.Allowlist; seen holds the peers this node has been connected to (at most maxSeen).
+	allow map[peer.ID]bool
+	seen  map[peer.ID]time.Time
+}
+
+// ServesBlobs reports whether the node serves chunks to peers: only with a fleet key (or
+// Config.ServeWithoutFleetKey).
+func (n *Node) ServesBlobs() bool { return n.serving }
+
+// maxSeen bounds the peers Member remembers after they disconnect.
+const maxSeen = 4096
+
+func (n *Node) met(p peer.ID) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if _, ok := n.seen[p]; !ok && len(n.seen) >= maxSeen {
+		var oldest peer.ID
+		for q, t := range n.seen {
+			if oldest == "" || t.Before(n.seen[oldest]) {
+				oldest = q
+			}
+		}
+		delete(n.seen, oldest)
+	}
+	n.seen[p] = time.Now()
+}
+
+// Member reports whether p counts as a fleet member for documents it signs (status reports): with an allowlist,
+// p is on it; without one, p is this node or a peer it has been connected to since it started (holding a
+// connection means holding the fleet key, when one is set). A document signed by a key no member holds (a
+// throwaway identity whose reports a member relays) is not counted.
+func (n *Node) Member(p peer.ID) bool {
+	if p == n.h.ID() {
+		return true
+	}
+	if len(n.allow) > 0 {
+		return n.allow[p]
+	}
+	if n.h.Network().Connectedness(p) == network.Connected {
+		return true
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	_, ok := n.seen[p]
+	return ok
 }
 
 // PeerInfo describes a connected peer.
@@ -83,7 +130,7 @@ func New(ctx context.Context, cfg Config, store blobstore.ChunkStore, log *slog.
 	}
 	n := &Node{
 		h: h, store: store, log: log, fp: defaultFetchParams, onBadChunk: cfg.OnBadChunk,
-		syncing: map[peer.ID]bool{}, scores: map[peer.ID]int{},
+		syncing: map[peer.ID]bool{}, scores: map[peer.ID]int{}, seen: map[peer.ID]time.Time{},
 	}
 	n.initFlights()
 	if n.onBadChunk == nil {
@@ -105,7 +152,13 @@ func (n *Node) start(ctx context.Context, cfg Config) error {
 		return err
 	}
 	n.srv = newServer(n.ctx, n.store, n.log)
-	n.h.SetStreamHandler(ChunkProtocol, n.srv.handle)
+	n.serving = len(cfg.FleetKey) > 0 || cfg.ServeWithoutFleetKey
+	if n.serving {
+		n.h.SetStreamHandler(ChunkProtocol, n.srv.handle)
+	} else {
+		n.log.Warn("no fleet key: blobs are not served to peers (any host could fetch them); " +
+			"make one with `npu-agent fleet-key new --out PATH` and set p2p.fleet_key_file on every member")
+	}
 	n.h.SetStreamHandler(RecordSyncProtocol, n.book.serveSync)
 
 	// Flood publishing reaches peers that joined less than a mesh heartbeat ago (the fleet single flight needs it).
@@ -128,10 +181,16 @@ func (n *Node) start(ctx context.Context, cfg Config) error {
 	}
 	n.wg.Go(func() { n.syncOnJoin(evh) })
 
+	n.allow = make(map[peer.ID]bool, len(cfg.Allowlist))
+	for _, p := range cfg.Allowlist {
+		n.allow[p] = true
+	}
 	n.h.Network().Notify(&network.NotifyBundle{ConnectedF: func(_ network.Network, c network.Conn) {
+		n.met(c.RemotePeer())
 		n.syncWith(c.RemotePeer())
 	}})
 	for _, p := range n.h.Network().Peers() {
+		n.met(p)
 		n.syncWith(p)
 	}
 	n.wg.Go(n.antiEntropy)

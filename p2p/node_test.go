@@ -71,6 +71,8 @@ func loopbackConfig(dir string) Config {
 		DataDir:       dir,
 		ListenAddrs:   []ma.Multiaddr{ma.StringCast("/ip4/127.0.0.1/tcp/0")},
 		AllowLoopback: true,
+		// Most tests run without a fleet key; TestNoFleetKeyServesNothing covers the default.
+		ServeWithoutFleetKey: true,
 	}
 }
 

@@ -108,6 +108,34 @@ func readFrame(r io.Reader, buf []byte) (msgType, []byte, error) {
 	return t, buf, nil
 }
 
+// isRequest reports whether t is a frame type a client may send to the server.
+func isRequest(t msgType) bool { return t == msgGetManifest || t == msgGetHave || t == msgGetChunks }
+
+// maxRequestLen is the largest request payload (GET_CHUNKS with every range): a server reads requests into a
+// buffer of this size and allocates nothing from a frame header.
+const maxRequestLen = 1 + maxCIDLen + 2 + 8*maxRangesPerReq
+
+// readRequestHeader reads a request frame's header and checks that its type is a request and its length within
+// that type's limit, before anything else is read: a response type or an oversized length is refused from the
+// header alone.
+func readRequestHeader(r io.Reader) (msgType, int, error) {
+	var h [frameHeaderLen]byte
+	if _, err := io.ReadFull(r, h[:]); err != nil {
+		return 0, 0, err // io.EOF at a frame boundary is a clean end
+	}
+	t, n := msgType(h[0]), binary.LittleEndian.Uint32(h[1:])
+	if t == 0 || t >= msgTypeEnd {
+		return 0, 0, fmt.Errorf("%w: unknown frame type %d", ErrProtocol, h[0])
+	}
+	if !isRequest(t) {
+		return 0, 0, fmt.Errorf("%w: %s is not a request", ErrProtocol, t)
+	}
+	if int64(n) > int64(maxPayload[t]) {
+		return 0, 0, fmt.Errorf("%w: %s frame of %d bytes, limit %d", ErrProtocol, t, n, maxPayload[t])
+	}
+	return t, int(n), nil
+}
+
 func noEOF(err error) error {
 	if err == io.EOF {
 		return io.ErrUnexpectedEOF

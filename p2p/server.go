@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/npu-agent/npu-agent/blobstore"
 )
@@ -21,6 +22,14 @@ const (
 	serveWriteTimeout = 30 * time.Second // per response frame: a reader that stalls longer is dropped
 	maxServing        = 32               // GET_CHUNKS requests served at once; each holds a chunk buffer
 	servingWait       = 5 * time.Second  // how long a request waits for a slot before ErrBusy
+	// requestReadTimeout bounds a request frame's payload once its header has arrived: a peer that sends a
+	// header and then trickles (or nothing) is dropped.
+	requestReadTimeout = 10 * time.Second
+	// Per-peer budgets: one peer (or one identity) takes no more than its share of the server. A fetch keeps a
+	// few streams per peer (docs/design.md 6.8), so honest peers stay well below them.
+	maxStreamsPerPeer = 32   // chunk streams served at once for one peer; further streams are reset at once
+	maxServingPerPeer = 8    // GET_CHUNKS served at once for one peer (each holds one chunk buffer)
+	maxStreamsServed  = 1024 // chunk streams served at once for all peers
 )
 
 // chunkBufPool holds buffers for one chunk frame: header, index and up to ChunkSize bytes.
@@ -36,13 +45,52 @@ type server struct {
 	log    *slog.Logger
 	slots  chan struct{}
 	served atomic.Int64 // chunks sent
+
+	mu      sync.Mutex
+	active  int                     // streams being served
+	byPeer  map[peer.ID]*peerBudget // streams and GET_CHUNKS slots of each peer with a stream open
+	refused atomic.Int64            // streams reset because a budget was spent
 	// beforeSend, if set, sees (and may alter or delay) each chunk just before it is sent: tests use it to play
 	// a slow or malicious peer.
 	beforeSend func(i int, data []byte)
 }
 
 func newServer(ctx context.Context, store blobstore.ChunkStore, log *slog.Logger) *server {
-	return &server{ctx: ctx, store: store, log: log, slots: make(chan struct{}, maxServing)}
+	return &server{ctx: ctx, store: store, log: log, slots: make(chan struct{}, maxServing), byPeer: map[peer.ID]*peerBudget{}}
+}
+
+// peerBudget is one peer's share of the server.
+type peerBudget struct {
+	streams int
+	slots   chan struct{} // GET_CHUNKS in progress, at most maxServingPerPeer
+}
+
+// admit counts a new stream of p, or refuses it when p or the server is at its stream budget.
+func (s *server) admit(p peer.ID) (*peerBudget, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b := s.byPeer[p]
+	if s.active >= maxStreamsServed || (b != nil && b.streams >= maxStreamsPerPeer) {
+		return nil, false
+	}
+	if b == nil {
+		b = &peerBudget{slots: make(chan struct{}, maxServingPerPeer)}
+		s.byPeer[p] = b
+	}
+	b.streams++
+	s.active++
+	return b, true
+}
+
+func (s *server) leave(p peer.ID) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.active--
+	if b := s.byPeer[p]; b != nil {
+		if b.streams--; b.streams == 0 {
+			delete(s.byPeer, p)
+		}
+	}
 }
 
 // errStopServing ends a stream after an ERROR answer was sent: closed, not reset, so the client reads it.
@@ -56,10 +104,18 @@ type stream interface {
 }
 
 func (s *server) handle(st network.Stream) {
+	p := st.Conn().RemotePeer()
+	b, ok := s.admit(p)
+	if !ok {
+		s.refused.Add(1)
+		st.Reset()
+		return
+	}
+	defer s.leave(p)
 	defer st.Close()
 	stop := context.AfterFunc(s.ctx, func() { st.Reset() })
 	defer stop()
-	if err := s.serve(st); err != nil {
+	if err := s.serve(st, b); err != nil {
 		s.log.Debug("chunk request failed", "peer", st.Conn().RemotePeer(), "err", err)
 		if !errors.Is(err, errStopServing) {
 			st.Reset()
@@ -67,25 +123,42 @@ func (s *server) handle(st network.Stream) {
 	}
 }
 
-// serve answers the requests on st one after the other until the client closes its side.
-func (s *server) serve(st stream) error {
+// serve answers the requests on st one after the other until the client closes its side. b is the peer's
+// budget (nil: a budget of its own, for tests over a pipe). Requests are read into one fixed buffer: nothing is
+// allocated from a frame header, and a frame that is not a request is refused from its header alone.
+func (s *server) serve(st stream, b *peerBudget) error {
+	if b == nil {
+		b = &peerBudget{slots: make(chan struct{}, maxServingPerPeer)}
+	}
+	var buf [maxRequestLen]byte
 	for {
 		st.SetReadDeadline(time.Now().Add(serveIdleTimeout))
-		t, p, err := readFrame(st, nil)
+		t, n, err := readRequestHeader(st)
 		if err == io.EOF {
 			return nil
 		}
 		if err != nil {
+			if errors.Is(err, ErrProtocol) {
+				// Refused from its header: say so, without reading the rest.
+				if ferr := s.fail(st, err); ferr != nil {
+					return ferr
+				}
+				return fmt.Errorf("%w: %w", errStopServing, err)
+			}
 			return fmt.Errorf("read request: %w", noEOF(err))
 		}
-		if err := s.serveOne(st, t, p); err != nil {
+		st.SetReadDeadline(time.Now().Add(requestReadTimeout))
+		if _, err := io.ReadFull(st, buf[:n]); err != nil {
+			return fmt.Errorf("read request: %s frame truncated: %w", t, noEOF(err))
+		}
+		if err := s.serveOne(st, b, t, buf[:n]); err != nil {
 			return err
 		}
 	}
 }
 
 // serveOne answers one request: with its full response, or with a single ERROR frame.
-func (s *server) serveOne(st stream, t msgType, p []byte) error {
+func (s *server) serveOne(st stream, b *peerBudget, t msgType, p []byte) error {
 	req, err := decodeRequest(t, p)
 	if err != nil {
 		// A client that sends garbage gets an answer saying so, and no more.
@@ -108,13 +181,21 @@ func (s *server) serveOne(st stream, t msgType, p []byte) error {
 		}
 		return s.send(st, msgHave, encodeHave(have))
 	default: // msgGetChunks
-		return s.serveChunks(st, req)
+		return s.serveChunks(st, b, req)
 	}
 }
 
-func (s *server) serveChunks(st stream, req request) error {
+func (s *server) serveChunks(st stream, b *peerBudget, req request) error {
 	wait := time.NewTimer(servingWait)
 	defer wait.Stop()
+	select {
+	case b.slots <- struct{}{}:
+		defer func() { <-b.slots }()
+	case <-wait.C:
+		return s.fail(st, fmt.Errorf("%w: %d chunk requests of this peer in progress", ErrBusy, maxServingPerPeer))
+	case <-s.ctx.Done():
+		return s.ctx.Err()
+	}
 	select {
 	case s.slots <- struct{}{}:
 		defer func() { <-s.slots }()

@@ -31,7 +31,7 @@ func TestServerOverPipe(t *testing.T) {
 	srv := newServer(ctx, st, testLog)
 	client, server := net.Pipe()
 	done := make(chan error, 1)
-	go func() { done <- srv.serve(server); server.Close() }()
+	go func() { done <- srv.serve(server, nil); server.Close() }()
 	defer client.Close()
 
 	// Manifest of a partial blob.

@@ -24,6 +24,9 @@ type Service struct {
 	// Peers lists connected fleet members; nil when running alone.
 	Peers func() []api.Peer
 
+	// PeerServing is api.Status.PeerServing (the fleet's).
+	PeerServing string
+
 	models modelCache
 }
 
@@ -135,5 +138,6 @@ func (s *Service) Status(ctx context.Context) (api.Status, error) {
 	if s.Peers != nil {
 		st.Peers = s.Peers()
 	}
+	st.PeerServing = s.PeerServing
 	return st, nil
 }

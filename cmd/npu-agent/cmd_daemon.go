@@ -94,6 +94,7 @@ func runDaemon(ctx context.Context, cfg config.Config, log *slog.Logger) (err er
 		d.goLower(fl.Run)
 		opts.Fleet, opts.Producer = fl, fl.ID()
 		svc.PeerID, svc.Peers = fl.ID(), fl.APIPeers
+		svc.PeerServing = fl.PeerServing()
 	}
 	ag, err := agent.New(opts)
 	if err != nil {

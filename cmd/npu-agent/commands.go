@@ -19,6 +19,7 @@ func (a *app) commands() []*cobra.Command {
 		a.peersCmd(),
 		a.configCmd(),
 		a.keygenCmd(),
+		a.fleetKeyCmd(),
 		a.publishCmd(),
 		a.rolloutCmd(),
 	}

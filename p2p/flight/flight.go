@@ -189,6 +189,14 @@ func (f *flight) handle(ctx context.Context, m *Message, now time.Time) *exit {
 			f.publish(ctx, &Message{Type: TypeRelease, Epoch: f.epoch})
 		}
 	case TypeDone:
+		// A failure counts only from a current holder: the sender's live held lease of that epoch. A failed
+		// DONE from anyone else (a throwaway identity that never held the key, or a holder of another epoch)
+		// changes nothing. A DONE with a CID is taken from anyone: it only names a blob, which is verified
+		// against its CID and a signed record before use, and a late joiner may have missed the holder's lease.
+		if l, ok := f.leases[p]; !m.CID.Defined() && (!ok || !l.held || l.epoch != m.Epoch) {
+			f.log("ignore failure from a non-holder", "peer", p, "epoch", m.Epoch)
+			return nil
+		}
 		f.maxEpoch = max(f.maxEpoch, m.Epoch)
 		delete(f.leases, p)
 		delete(f.wants, p)

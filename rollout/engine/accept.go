@@ -12,6 +12,10 @@ import (
 // ErrStale marks a status report this agent already holds, or an older one: not an attack, nothing to do.
 var ErrStale = errors.New("rollout status is not newer than the one held")
 
+// ErrNotMember marks a status report signed by a peer that is not a fleet member (Net.Member): ignored, so
+// reports signed by throwaway keys (and relayed by a member) cannot fill the fleet view or fake progress.
+var ErrNotMember = errors.New("rollout status of a peer that is not a fleet member")
+
 // HandleManifest takes a signed manifest from a peer: it is accepted (and stored) or rejected with the
 // acceptance error, which says whether it was stale (rollout.ErrDuplicate, ErrRollback, ErrExpired) or invalid.
 func (r *Rollouts) HandleManifest(from string, signed []byte) error {
@@ -68,6 +72,9 @@ func (r *Rollouts) HandleStatus(signed []byte) error {
 	r.mu.Unlock()
 	if !known || peer == r.self {
 		return fmt.Errorf("%w: %s version %d of %s", ErrStale, s.Name, s.Version, peer)
+	}
+	if !r.opts.Net.Member(peer) {
+		return fmt.Errorf("%w: %s", ErrNotMember, peer)
 	}
 	return r.keepStatus(peer, s, signed)
 }

@@ -77,6 +77,8 @@ type Net interface {
 	PublishStatus(ctx context.Context, signed []byte) error
 	// Peers lists the peer IDs of the connected fleet members.
 	Peers() []string
+	// Member reports whether peer is a fleet member: only members' status reports are kept.
+	Member(peer string) bool
 }
 
 // Options configure Rollouts.

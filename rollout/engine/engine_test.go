@@ -71,6 +71,8 @@ type memNet struct {
 	mu   sync.Mutex
 	mans [][]byte
 	sts  []rollout.Status
+	// member decides Member; nil: everyone is a member.
+	member func(peer string) bool
 }
 
 func newMemNet(t *testing.T) *memNet {
@@ -90,6 +92,7 @@ func (n *memNet) Self() string                               { return n.id.Strin
 func (n *memNet) Sign(msg []byte) ([]byte, error)            { return n.key.Sign(msg) }
 func (n *memNet) VerifyPeer(p string, msg, sig []byte) error { return p2p.VerifySignature(p, msg, sig) }
 func (n *memNet) Peers() []string                            { return nil }
+func (n *memNet) Member(p string) bool                       { return n.member == nil || n.member(p) }
 func (n *memNet) Open(Handlers) error                        { return nil }
 
 func (n *memNet) PublishManifest(_ context.Context, signed []byte) error {
@@ -771,4 +774,51 @@ func FuzzHandleManifest(f *testing.F) {
 			t.Fatal("a rejected manifest scheduled a preparation")
 		}
 	})
+}
+
+// Threat 9.2 "forged rollout status": reports signed by keys that are not fleet members (thousands of throwaway
+// identities, relayed by one member) are ignored: they neither fake progress nor fill the fleet view, and a
+// member's report still counts afterwards.
+func TestThreatStrangerStatusIgnored(t *testing.T) {
+	t.Parallel()
+	rig := newRolloutRig(t, lnl())
+	if err := rig.r.HandleManifest("peer-a", rig.sign(rig.manifest("kiosk", 1, rig.source("s")))); err != nil {
+		t.Fatal(err)
+	}
+	member := newMemNet(t)
+	rig.net.member = func(p string) bool { return p == member.Self() }
+	report := func(n *memNet, state rollout.Phase) []byte {
+		s := rollout.Status{Name: "kiosk", Version: 1, State: state, Updated: time.Now().UTC()}
+		if state == rollout.PhaseReady {
+			s.Profiles = map[string]string{}
+		}
+		b, err := rollout.SignStatus(&s, n.Self(), n.Sign)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	for range 200 {
+		if err := rig.r.HandleStatus(report(newMemNet(t), rollout.PhaseCompiling)); !errors.Is(err, ErrNotMember) {
+			t.Fatalf("stranger's report: %v, want ErrNotMember", err)
+		}
+	}
+	s := rollout.Status{Name: "kiosk", Version: 1, State: rollout.PhaseFailed, Reason: "oom", Updated: time.Now().UTC()}
+	b, err := rollout.SignStatus(&s, member.Self(), member.Sign)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rig.r.HandleStatus(b); err != nil {
+		t.Fatalf("member's report: %v", err)
+	}
+	st, err := rig.r.Get(context.Background(), "kiosk")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Peers) != 1 || st.Peers[0].Peer != member.Self() || st.Summary.Failed != 1 {
+		t.Fatalf("rows %+v, summary %+v; want only the member's failed report", st.Peers, st.Summary)
+	}
+	if n := len(rig.r.StatusSnapshot()); n != 1 {
+		t.Errorf("%d reports relayed to pulling peers, want 1", n)
+	}
 }

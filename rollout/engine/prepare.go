@@ -122,7 +122,8 @@ func (r *Rollouts) fetchSource(ctx context.Context, m *rollout.Manifest, p *prog
 		}
 		if !has {
 			p.set(rollout.PhaseFetching, "")
-			if err := r.opts.Agent.FetchBlob(ctx, c); err != nil {
+			// The manifest gives the file's size: a fetch whose blob claims more aborts before any chunk.
+			if err := r.opts.Agent.FetchBlob(blobstore.WithExpectedSize(ctx, uint64(f.Size)), c); err != nil {
 				return compile.Model{}, fmt.Errorf("fetching source %s file %s (blob %s): %w", f.Role, f.Name, c, err)
 			}
 		}
