@@ -10,6 +10,8 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/ipfs/go-cid"
@@ -33,9 +35,48 @@ const (
 // Client talks to a running daemon over its unix socket. Its methods mirror Agent; errors answered by the
 // daemon are *Error, which errors.Is matches against the same sentinels the agent returns.
 type Client struct {
-	socket string
+	socket string // the socket path, or the TCP address of a NewTCPClient
 	tr     *http.Transport
 	hc     *http.Client
+	token  string // sent as a bearer token when set (TCP)
+}
+
+// TokenFileEnv names the environment variable holding the path of the API token file (api.token_file's
+// override): NewTCPClient sends its token.
+const TokenFileEnv = "NPU_AGENT_API_TOKEN_FILE"
+
+// NewTCPClient returns a client for the daemon's loopback TCP address (api.tcp). It sends the token of the file
+// TokenFileEnv names, if set and readable (without a token the daemon serves only /metrics and /v1/healthz on
+// TCP); SetToken overrides it.
+func NewTCPClient(addr string) *Client {
+	c := NewClient(addr)
+	c.tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
+		d := net.Dialer{Timeout: dialTimeout}
+		return d.DialContext(ctx, "tcp", addr)
+	}
+	if path := os.Getenv(TokenFileEnv); path != "" {
+		if tok, err := ReadTokenFile(path); err == nil {
+			c.token = tok
+		}
+	}
+	return c
+}
+
+// SetToken makes c send token as "Authorization: Bearer <token>" with every request.
+func (c *Client) SetToken(token string) { c.token = token }
+
+// ReadTokenFile reads an API token file: one line, surrounding white space ignored.
+func ReadTokenFile(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, 4<<10))
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimSpace(string(b)), nil
 }
 
 // NewClient returns a client for the daemon listening on socketPath. It does not connect; see Dial.
@@ -168,6 +209,9 @@ func (c *Client) do(ctx context.Context, method, path, contentType string, body 
 	}
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
