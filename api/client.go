@@ -39,6 +39,7 @@ type Client struct {
 	tr     *http.Transport
 	hc     *http.Client
 	token  string // sent as a bearer token when set (TCP)
+	base   string // baseURL, or http://<addr> on TCP (the daemon refuses a Host that is not a loopback name)
 }
 
 // TokenFileEnv names the environment variable holding the path of the API token file (api.token_file's
@@ -50,6 +51,7 @@ const TokenFileEnv = "NPU_AGENT_API_TOKEN_FILE"
 // TCP); SetToken overrides it.
 func NewTCPClient(addr string) *Client {
 	c := NewClient(addr)
+	c.base = "http://" + addr
 	c.tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
 		d := net.Dialer{Timeout: dialTimeout}
 		return d.DialContext(ctx, "tcp", addr)
@@ -91,7 +93,7 @@ func NewClient(socketPath string) *Client {
 		DisableCompression: true,
 	}
 	// No overall timeout: an Ensure may compile for an hour. Callers bound calls with ctx.
-	return &Client{socket: socketPath, tr: tr, hc: &http.Client{Transport: tr}}
+	return &Client{socket: socketPath, tr: tr, hc: &http.Client{Transport: tr}, base: baseURL}
 }
 
 // Dial returns a client once the daemon on socketPath answers a health check, or ErrNoDaemon within about two
@@ -203,7 +205,7 @@ func (c *Client) doJSON(ctx context.Context, method, path, contentType string, b
 
 // do sends a request and returns a 2xx response; other statuses become *Error.
 func (c *Client) do(ctx context.Context, method, path, contentType string, body io.Reader) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, method, baseURL+path, body)
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
 	if err != nil {
 		return nil, err
 	}
