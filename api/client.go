@@ -10,6 +10,8 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/ipfs/go-cid"
@@ -33,9 +35,50 @@ const (
 // Client talks to a running daemon over its unix socket. Its methods mirror Agent; errors answered by the
 // daemon are *Error, which errors.Is matches against the same sentinels the agent returns.
 type Client struct {
-	socket string
+	socket string // the socket path, or the TCP address of a NewTCPClient
 	tr     *http.Transport
 	hc     *http.Client
+	token  string // sent as a bearer token when set (TCP)
+	base   string // baseURL, or http://<addr> on TCP (the daemon refuses a Host that is not a loopback name)
+}
+
+// TokenFileEnv names the environment variable holding the path of the API token file (api.token_file's
+// override): NewTCPClient sends its token.
+const TokenFileEnv = "NPU_AGENT_API_TOKEN_FILE"
+
+// NewTCPClient returns a client for the daemon's loopback TCP address (api.tcp). It sends the token of the file
+// TokenFileEnv names, if set and readable (without a token the daemon serves only /metrics and /v1/healthz on
+// TCP); SetToken overrides it.
+func NewTCPClient(addr string) *Client {
+	c := NewClient(addr)
+	c.base = "http://" + addr
+	c.tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
+		d := net.Dialer{Timeout: dialTimeout}
+		return d.DialContext(ctx, "tcp", addr)
+	}
+	if path := os.Getenv(TokenFileEnv); path != "" {
+		if tok, err := ReadTokenFile(path); err == nil {
+			c.token = tok
+		}
+	}
+	return c
+}
+
+// SetToken makes c send token as "Authorization: Bearer <token>" with every request.
+func (c *Client) SetToken(token string) { c.token = token }
+
+// ReadTokenFile reads an API token file: one line, surrounding white space ignored.
+func ReadTokenFile(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, 4<<10))
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimSpace(string(b)), nil
 }
 
 // NewClient returns a client for the daemon listening on socketPath. It does not connect; see Dial.
@@ -50,7 +93,7 @@ func NewClient(socketPath string) *Client {
 		DisableCompression: true,
 	}
 	// No overall timeout: an Ensure may compile for an hour. Callers bound calls with ctx.
-	return &Client{socket: socketPath, tr: tr, hc: &http.Client{Transport: tr}}
+	return &Client{socket: socketPath, tr: tr, hc: &http.Client{Transport: tr}, base: baseURL}
 }
 
 // Dial returns a client once the daemon on socketPath answers a health check, or ErrNoDaemon within about two
@@ -162,12 +205,15 @@ func (c *Client) doJSON(ctx context.Context, method, path, contentType string, b
 
 // do sends a request and returns a 2xx response; other statuses become *Error.
 func (c *Client) do(ctx context.Context, method, path, contentType string, body io.Reader) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, method, baseURL+path, body)
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
 	if err != nil {
 		return nil, err
 	}
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {

@@ -43,6 +43,14 @@ var (
 	ErrTooLarge = errors.New("request body too large")
 	// ErrForbidden reports a TCP request that looks like it comes from a web page.
 	ErrForbidden = errors.New("forbidden")
+	// ErrUnauthorized reports a TCP request, other than /metrics and /v1/healthz, without the API token.
+	ErrUnauthorized = errors.New("unauthorized")
+	// ErrRequestTimeout reports a request body that stalled past its idle deadline.
+	ErrRequestTimeout = errors.New("request timed out")
+	// ErrBusy reports a client with too many requests in progress.
+	ErrBusy = errors.New("too many requests in progress from this client")
+	// ErrNoSpace reports an upload refused by the store's free-space guard.
+	ErrNoSpace = errors.New("not enough free disk space")
 )
 
 // Wire codes the server answers without a sentinel error.
@@ -67,6 +75,10 @@ var errorTable = []ErrorRow{
 	{ErrBadRequest, "bad_request", http.StatusBadRequest, ExitUsage},
 	{ErrTooLarge, CodeTooLarge, http.StatusRequestEntityTooLarge, ExitError},
 	{ErrForbidden, "forbidden", http.StatusForbidden, ExitError},
+	{ErrUnauthorized, "unauthorized", http.StatusUnauthorized, ExitError},
+	{ErrRequestTimeout, "request_timeout", http.StatusRequestTimeout, ExitError},
+	{ErrBusy, "busy", http.StatusTooManyRequests, ExitError},
+	{ErrNoSpace, "no_space", http.StatusInsufficientStorage, ExitError},
 	{ErrShuttingDown, "shutting_down", http.StatusServiceUnavailable, ExitError},
 	{ErrRolloutsDisabled, "rollouts_disabled", http.StatusServiceUnavailable, ExitRejected},
 	{ErrNoDaemon, "", 0, ExitNoDaemon},
@@ -109,6 +121,7 @@ var errorTable = []ErrorRow{
 	{compile.ErrNoDevice, "no_device", http.StatusServiceUnavailable, ExitCompile},
 
 	// Before the invalid-input rows: a model file that is missing or unreadable is that, not a malformed model.
+	{compile.ErrNotPermitted, "not_permitted", http.StatusForbidden, ExitError},
 	{fs.ErrNotExist, "no_such_file", http.StatusNotFound, ExitNotFound},
 	{fs.ErrPermission, "permission", http.StatusForbidden, ExitError},
 

@@ -1,6 +1,7 @@
 package compile
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -51,7 +52,11 @@ type ModelFile struct {
 
 // LoadModel hashes the model at path and returns it with its ID. path is an OpenVINO IR .xml, whose weights must
 // be the sibling .bin with the same base name, or a single-file .onnx model (ONNX external data is not supported).
-func LoadModel(path string) (Model, error) {
+func LoadModel(path string) (Model, error) { return LoadModelContext(context.Background(), path) }
+
+// LoadModelContext is LoadModel on behalf of the caller ctx carries (OpenModelFile: only regular files the caller
+// could read itself, outside the daemon's own files); hashing stops when ctx ends.
+func LoadModelContext(ctx context.Context, path string) (Model, error) {
 	type rolePath struct{ role, path string }
 	var roles []rolePath
 	switch strings.ToLower(filepath.Ext(path)) {
@@ -66,7 +71,7 @@ func LoadModel(path string) (Model, error) {
 	}
 	m := Model{}
 	for _, r := range roles {
-		f, err := hashModelFile(r.role, r.path)
+		f, err := hashModelFile(ctx, r.role, r.path)
 		if err != nil {
 			return Model{}, err
 		}
@@ -81,23 +86,16 @@ func LoadModel(path string) (Model, error) {
 	return m, nil
 }
 
-func hashModelFile(role, path string) (ModelFile, error) {
-	f, err := os.Open(path)
+func hashModelFile(ctx context.Context, role, path string) (ModelFile, error) {
+	f, st, err := OpenModelFile(ctx, path)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) && role == RoleBin {
 			return ModelFile{}, fmt.Errorf("%w: IR weights %s not found (the .bin must sit next to the .xml with the same base name)",
 				ErrInvalidModel, path)
 		}
-		return ModelFile{}, fmt.Errorf("%w: %w", ErrInvalidModel, err)
+		return ModelFile{}, err
 	}
 	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return ModelFile{}, fmt.Errorf("%w: %w", ErrInvalidModel, err)
-	}
-	if !st.Mode().IsRegular() {
-		return ModelFile{}, fmt.Errorf("%w: %s is not a regular file", ErrInvalidModel, path)
-	}
 	if st.Size() == 0 {
 		return ModelFile{}, fmt.Errorf("%w: %s is empty", ErrInvalidModel, path)
 	}
@@ -106,7 +104,10 @@ func hashModelFile(role, path string) (ModelFile, error) {
 	}
 	h := sha256.New()
 	// Read one byte past the limit so a file that grows while we hash is caught.
-	n, err := io.CopyBuffer(h, io.LimitReader(f, MaxModelFileSize+1), make([]byte, 1<<20))
+	n, err := io.CopyBuffer(h, ctxReader{ctx, io.LimitReader(f, MaxModelFileSize+1)}, make([]byte, 1<<20))
+	if ctx.Err() != nil {
+		return ModelFile{}, context.Cause(ctx)
+	}
 	if err != nil {
 		return ModelFile{}, fmt.Errorf("%w: reading %s: %v", ErrInvalidModel, path, err)
 	}
@@ -114,6 +115,19 @@ func hashModelFile(role, path string) (ModelFile, error) {
 		return ModelFile{}, fmt.Errorf("%w: %s changed size while being hashed (%d then %d bytes)", ErrInvalidModel, path, st.Size(), n)
 	}
 	return ModelFile{Role: role, Name: filepath.Base(path), Path: path, Size: n, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
+}
+
+// ctxReader stops reading when ctx ends (a client that left stops the hashing of its model within one buffer).
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (r ctxReader) Read(p []byte) (int, error) {
+	if err := r.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return r.r.Read(p)
 }
 
 // ModelID is the CIDv1 (raw, sha2-256) of the canonical manifest: a header line, then one line per file sorted by

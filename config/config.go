@@ -58,6 +58,9 @@ type Rollout struct {
 type API struct {
 	Socket string `yaml:"socket"` // default <runtime_dir>/api.sock
 	TCP    string `yaml:"tcp"`    // optional, loopback only, e.g. 127.0.0.1:4800
+	// TokenFile holds the bearer token that opens the whole API on TCP (without it TCP serves only /metrics and
+	// /v1/healthz); readable by the daemon's group, not by others.
+	TokenFile string `yaml:"token_file"`
 }
 
 // Store configures the blob store.
@@ -237,6 +240,7 @@ func (c *Config) Validate() error {
 	for _, f := range []struct{ key, path string }{
 		{"fingerprint_override", c.FingerprintOverride},
 		{"p2p.fleet_key_file", c.P2P.FleetKeyFile},
+		{"api.token_file", c.API.TokenFile},
 	} {
 		if f.path != "" {
 			if _, err := os.Stat(f.path); err != nil {

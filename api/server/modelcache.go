@@ -1,7 +1,7 @@
 package server
 
 import (
-	"os"
+	"context"
 	"sync"
 	"time"
 
@@ -30,11 +30,14 @@ type fileStamp struct {
 	ino          uint64
 }
 
-func stamp(path string) (fileStamp, bool) {
-	st, err := os.Stat(path)
+// stamp opens path as ctx's caller may (compile.OpenModelFile), so a cached model is served only to a caller
+// who could read its files now.
+func stamp(ctx context.Context, path string) (fileStamp, bool) {
+	f, st, err := compile.OpenModelFile(ctx, path)
 	if err != nil {
 		return fileStamp{}, false
 	}
+	f.Close()
 	fs := fileStamp{size: st.Size(), mtime: st.ModTime()}
 	var ok bool
 	if fs.ino, fs.ctime, ok = inodeCtime(st); !ok {
@@ -44,21 +47,21 @@ func stamp(path string) (fileStamp, bool) {
 }
 
 // load returns the model at path, hashing its files only when they changed since the last load.
-func (c *modelCache) load(path string) (compile.Model, error) {
+func (c *modelCache) load(ctx context.Context, path string) (compile.Model, error) {
 	c.mu.Lock()
 	e, ok := c.m[path]
 	c.mu.Unlock()
-	if ok && e.current() {
+	if ok && e.current(ctx) {
 		return e.model, nil
 	}
 	start := time.Now()
-	m, err := compile.LoadModel(path)
+	m, err := compile.LoadModelContext(ctx, path)
 	if err != nil {
 		return m, err
 	}
 	stamps := make([]fileStamp, 0, len(m.Files))
 	for _, f := range m.Files {
-		s, ok := stamp(f.Path)
+		s, ok := stamp(ctx, f.Path)
 		if !ok || !s.ctime.Before(start) {
 			return m, nil // changed or vanished while being hashed: do not cache
 		}
@@ -73,9 +76,9 @@ func (c *modelCache) load(path string) (compile.Model, error) {
 	return m, nil
 }
 
-func (e cachedModel) current() bool {
+func (e cachedModel) current(ctx context.Context) bool {
 	for i, f := range e.model.Files {
-		if s, ok := stamp(f.Path); !ok || s != e.stamps[i] {
+		if s, ok := stamp(ctx, f.Path); !ok || s != e.stamps[i] {
 			return false
 		}
 	}

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"testing"
@@ -22,19 +23,19 @@ func TestModelCacheFollowsFileChanges(t *testing.T) {
 	time.Sleep(10 * time.Millisecond) // the files' ctime must precede the hashing for the entry to be cached
 
 	var c modelCache
-	m1, err := c.load(xml)
+	m1, err := c.load(context.Background(), xml)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, ok := c.m[xml]; !ok {
 		t.Fatal("unchanged model was not cached")
 	}
-	again, err := c.load(xml)
+	again, err := c.load(context.Background(), xml)
 	if err != nil || again.ID != m1.ID {
 		t.Fatalf("cached load = %s, %v; want %s", again.ID, err, m1.ID)
 	}
 	write(bin, "weights-2") // same size, new content
-	m2, err := c.load(xml)
+	m2, err := c.load(context.Background(), xml)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,7 +45,7 @@ func TestModelCacheFollowsFileChanges(t *testing.T) {
 	if err := os.Remove(bin); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.load(xml); err == nil {
+	if _, err := c.load(context.Background(), xml); err == nil {
 		t.Fatal("a model whose .bin is gone still loads from the cache")
 	}
 }

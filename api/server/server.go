@@ -28,6 +28,7 @@ import (
 
 	"github.com/npu-agent/npu-agent/api"
 	"github.com/npu-agent/npu-agent/blobstore"
+	"github.com/npu-agent/npu-agent/compile"
 )
 
 const (
@@ -56,6 +57,19 @@ type Options struct {
 	Gatherer prometheus.Gatherer // served on /metrics; nil: /metrics answers 404
 	Logger   *slog.Logger        // nil: slog.Default()
 	Rollouts api.Rollouts        // nil: the rollout endpoints answer ErrRolloutsDisabled
+
+	// Token, when set, opens the whole API to TCP clients that send "Authorization: Bearer <Token>"; without it
+	// TCP serves only /metrics and /v1/healthz (ReadToken reads api.token_file).
+	Token string
+	// Deny lists the daemon's own paths (data and runtime directories, config, key files): no client's model path
+	// may lead into them, whatever the client's rights (compile.Caller).
+	Deny []string
+	// MaxUpload bounds a POST /v1/blobs body; 0 means blobstore.MaxBlobSize.
+	MaxUpload int64
+	// BodyIdleTimeout fails a request whose body sends nothing this long; 0 means DefaultBodyIdleTimeout.
+	BodyIdleTimeout time.Duration
+	// MaxPerClient bounds each client's requests in progress; 0 means DefaultMaxPerClient.
+	MaxPerClient int
 }
 
 // Server serves an Agent over HTTP.
@@ -64,6 +78,8 @@ type Server struct {
 	opts  Options
 	log   *slog.Logger
 	mux   *http.ServeMux
+	deny  []string // opts.Deny, symlinks resolved
+	limit limiter
 }
 
 // NewServer returns a server for a; Run or Serve starts it.
@@ -72,6 +88,17 @@ func NewServer(a api.Agent, opts Options) *Server {
 	if s.log == nil {
 		s.log = slog.Default()
 	}
+	if s.opts.MaxUpload <= 0 || s.opts.MaxUpload > blobstore.MaxBlobSize {
+		s.opts.MaxUpload = blobstore.MaxBlobSize
+	}
+	if s.opts.BodyIdleTimeout <= 0 {
+		s.opts.BodyIdleTimeout = DefaultBodyIdleTimeout
+	}
+	if s.opts.MaxPerClient <= 0 {
+		s.opts.MaxPerClient = DefaultMaxPerClient
+	}
+	s.limit.max = s.opts.MaxPerClient
+	s.deny = compile.ResolveDeny(s.opts.Deny...)
 	s.mux.HandleFunc("POST /v1/ensure", s.handleEnsure)
 	s.mux.HandleFunc("GET /v1/blobs/{cid}", s.handleGetBlob)
 	s.mux.HandleFunc("POST /v1/blobs", s.handlePutBlob)
@@ -94,19 +121,37 @@ func NewServer(a api.Agent, opts Options) *Server {
 // Handler returns the API's handler (tests, or embedding in another server).
 func (s *Server) Handler() http.Handler { return s }
 
-// ServeHTTP guards TCP requests against browsers and logs each request.
+// ServeHTTP guards TCP requests against browsers and requires the token there, bounds each client's requests
+// in progress and each body's idle time, opens model paths with the client's rights only (compile.Caller) and
+// logs each request.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	rec := &statusRecorder{ResponseWriter: w}
+	defer s.logRequest(r, rec, start)
 	if la, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok && la.Network() == "tcp" {
 		if err := checkLoopbackRequest(r); err != nil {
 			s.fail(rec, r, err)
-			s.logRequest(r, rec, start)
 			return
 		}
+		if !openOverTCP(r.URL.Path) {
+			if err := s.checkToken(r); err != nil {
+				s.fail(rec, r, err)
+				return
+			}
+		}
+	}
+	key := clientKey(r)
+	if !s.limit.acquire(key) {
+		w.Header().Set("Connection", "close")
+		s.fail(rec, r, fmt.Errorf("%w (at most %d)", api.ErrBusy, s.opts.MaxPerClient))
+		return
+	}
+	defer s.limit.release(key)
+	r = r.WithContext(compile.WithCaller(r.Context(), s.caller(r)))
+	if r.Body != nil && r.Body != http.NoBody {
+		r.Body = &idleBody{ReadCloser: r.Body, rc: http.NewResponseController(w), idle: s.opts.BodyIdleTimeout}
 	}
 	s.mux.ServeHTTP(rec, r)
-	s.logRequest(r, rec, start)
 }
 
 func (s *Server) logRequest(r *http.Request, rec *statusRecorder, start time.Time) {
@@ -155,7 +200,8 @@ func (s *Server) Serve(ctx context.Context, lns ...net.Listener) error {
 	defer stop(nil)
 	srv := &http.Server{
 		Handler:           s,
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: readHeaderTimeout,
+		ConnContext:       connContext,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    maxHeaderBytes,
 		BaseContext:       func(net.Listener) context.Context { return base },
@@ -240,7 +286,8 @@ func removeStaleSocket(path string) error {
 	return nil
 }
 
-// ListenTCP listens on a loopback host:port; other addresses are refused (the API has no authentication).
+// ListenTCP listens on a loopback host:port; other addresses are refused (browsers and other hosts are kept out
+// by address; the token only stands in for the socket's file permissions).
 func ListenTCP(addr string) (net.Listener, error) {
 	host, _, err := net.SplitHostPort(addr)
 	if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
@@ -341,11 +388,19 @@ func (s *Server) handlePutBlob(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	if r.ContentLength > blobstore.MaxBlobSize {
-		s.fail(w, r, fmt.Errorf("%w: blob of %d bytes is over the limit of %d", api.ErrTooLarge, r.ContentLength, int64(blobstore.MaxBlobSize)))
+	if r.ContentLength > s.opts.MaxUpload {
+		w.Header().Set("Connection", "close")
+		s.fail(w, r, fmt.Errorf("%w: blob of %d bytes is over the limit of %d", api.ErrTooLarge, r.ContentLength, s.opts.MaxUpload))
 		return
 	}
-	body := http.MaxBytesReader(w, r.Body, blobstore.MaxBlobSize)
+	if g, ok := s.agent.(interface{ CheckSpace(uint64) error }); ok && r.ContentLength > 0 {
+		if err := g.CheckSpace(uint64(r.ContentLength)); err != nil {
+			w.Header().Set("Connection", "close")
+			s.fail(w, r, err)
+			return
+		}
+	}
+	body := http.MaxBytesReader(w, r.Body, s.opts.MaxUpload)
 	resp, err := s.agent.PutBlob(r.Context(), req, body)
 	if err != nil {
 		s.fail(w, r, err)

@@ -34,7 +34,7 @@ var _ api.Agent = (*Service)(nil)
 
 // Ensure loads the model from its path, ensures a blob and materialises it for the loader.
 func (s *Service) Ensure(ctx context.Context, req api.EnsureRequest) (api.EnsureResponse, error) {
-	m, err := s.models.load(req.Model)
+	m, err := s.models.load(ctx, req.Model)
 	if err != nil {
 		return api.EnsureResponse{}, err
 	}
@@ -83,9 +83,10 @@ func (r inUseReader) Close() error {
 	return r.Reader.Close()
 }
 
-// PutBlob spools the upload to a scratch file (the trailer sits at its end), then registers it like `put`.
+// PutBlob spools the upload to a scratch file (the trailer sits at its end), then registers it like `put`. The
+// store's free-space guard is asked before the spool starts and before every 64 MiB of it.
 func (s *Service) PutBlob(ctx context.Context, req api.PutRequest, blob io.Reader) (api.EnsureResponse, error) {
-	m, err := s.models.load(req.Model)
+	m, err := s.models.load(ctx, req.Model)
 	if err != nil {
 		return api.EnsureResponse{}, err
 	}
@@ -95,7 +96,7 @@ func (s *Service) PutBlob(ctx context.Context, req api.PutRequest, blob io.Reade
 	}
 	defer os.Remove(f.Name())
 	defer f.Close()
-	if _, err := io.Copy(f, blob); err != nil {
+	if _, err := spool(ctx, f, blob, s.CheckSpace); err != nil {
 		return api.EnsureResponse{}, fmt.Errorf("receiving blob: %w", err)
 	}
 	r, err := s.Agent.Put(ctx, f.Name(), m, req.Profile, nil)
@@ -104,6 +105,9 @@ func (s *Service) PutBlob(ctx context.Context, req api.PutRequest, blob io.Reade
 	}
 	return s.response(ctx, r)
 }
+
+// CheckSpace is the store's free-space guard for n more bytes (api.ErrNoSpace), if the store has one.
+func (s *Service) CheckSpace(n uint64) error { return checkSpace(s.Agent.Store(), n) }
 
 // Status reports the store, the jobs under way and the peers.
 func (s *Service) Status(ctx context.Context) (api.Status, error) {

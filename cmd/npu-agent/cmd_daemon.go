@@ -85,6 +85,13 @@ func runDaemon(ctx context.Context, cfg config.Config, log *slog.Logger) (err er
 	}
 	svc := &server.Service{Version: version, Quota: uint64(cfg.Store.Quota), Metrics: m}
 
+	var token string // read before any socket opens
+	if cfg.API.TokenFile != "" {
+		if token, err = server.ReadToken(cfg.API.TokenFile); err != nil {
+			return usageError{err}
+		}
+	}
+
 	d := newDaemonGroup(ctx)
 	var fl *fleet.Fleet
 	if cfg.P2P.Enabled {
@@ -101,7 +108,8 @@ func runDaemon(ctx context.Context, cfg config.Config, log *slog.Logger) (err er
 		return d.abort(hostError(err, notes))
 	}
 	svc.Agent = ag
-	apiOpts := server.Options{Socket: cfg.SocketPath(), TCP: cfg.API.TCP, Gatherer: reg, Logger: log}
+	apiOpts := server.Options{Socket: cfg.SocketPath(), TCP: cfg.API.TCP, Gatherer: reg, Logger: log,
+		Deny: apiDenyPaths(cfg), Token: token}
 	if len(cfg.Rollout.TrustedKeys) > 0 {
 		ro, err := newRollouts(cfg, ag, fl, log)
 		if err != nil {
@@ -129,6 +137,12 @@ func runDaemon(ctx context.Context, cfg config.Config, log *slog.Logger) (err er
 		err = nil
 	}
 	return err
+}
+
+// apiDenyPaths are the daemon's own files and directories, which no API client's model path may lead into.
+func apiDenyPaths(cfg config.Config) []string {
+	return []string{cfg.DataDir, cfg.RuntimeDir, filepath.Dir(cfg.SocketPath()), filepath.Dir(defaultConfigPath),
+		cfg.P2P.FleetKeyFile, cfg.API.TokenFile}
 }
 
 // daemonGroup is the daemon: one errgroup of Run(ctx) components. They run until ctx ends or one of them fails.

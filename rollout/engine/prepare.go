@@ -16,7 +16,8 @@ import (
 
 // AddSource stores a source model's files as blobs (so peers can fetch them) and describes it for a manifest.
 func (r *Rollouts) AddSource(ctx context.Context, path string) (rollout.SourceModel, error) {
-	m, err := compile.LoadModel(path)
+	// Read as the API's caller could (compile.Caller in ctx): never a file it could not read itself.
+	m, err := compile.LoadModelContext(ctx, path)
 	if err != nil {
 		return rollout.SourceModel{}, err
 	}
@@ -32,9 +33,9 @@ func (r *Rollouts) AddSource(ctx context.Context, path string) (rollout.SourceMo
 }
 
 func (r *Rollouts) putFile(ctx context.Context, f compile.ModelFile) (cid.Cid, error) {
-	fh, err := os.Open(f.Path)
+	fh, _, err := compile.OpenModelFile(ctx, f.Path)
 	if err != nil {
-		return cid.Undef, fmt.Errorf("%w: %w", compile.ErrInvalidModel, err)
+		return cid.Undef, err
 	}
 	defer fh.Close()
 	bm, err := r.opts.Store.Put(ctx, fh)
