@@ -1,7 +1,6 @@
 //go:build linux
 
-// Package hostile holds hostile peers and clients for the threat tests (docs/design.md section 9): programs that
-// do what an attacker would, against real daemons, so that each row of the threat table has a test.
+// The client side: local API clients that do what an attacker would, against real daemons.
 package hostile
 
 import (

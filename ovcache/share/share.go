@@ -18,7 +18,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"syscall"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -344,11 +343,7 @@ func (s *Sharer) PassAll(ctx context.Context) {
 }
 
 func lookAt(fi fs.FileInfo) look {
-	l := look{size: fi.Size(), mtime: fi.ModTime(), at: time.Now()}
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		l.ino = st.Ino
-	}
-	return l
+	return look{size: fi.Size(), mtime: fi.ModTime(), at: time.Now(), ino: inode(fi)}
 }
 
 // checkPopulated remembers as rejected every populated entry that is gone or was replaced (OpenVINO removes what
@@ -454,7 +449,7 @@ func (s *Sharer) harvest(ctx context.Context, d *dirState, name string, l look) 
 		s.invalid(d, name, fmt.Errorf("%w: %d bytes, the limit is %d", ovcache.ErrTooLarge, l.size, s.opts.MaxEntrySize))
 		return
 	}
-	f, err := d.root.OpenFile(name, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	f, err := d.root.OpenFile(name, os.O_RDONLY|oNoFollow|oNonBlock, 0)
 	if err != nil {
 		s.log.Debug("cannot open a cache entry", "dir", d.Path, "entry", name, "err", err)
 		return
@@ -562,7 +557,7 @@ func (s *Sharer) write(ctx context.Context, d *dirState, r blobstore.Record) err
 	var rnd [8]byte
 	_, _ = rand.Read(rnd[:])
 	tmp := ".npu-agent-" + r.ModelID + ".tmp-" + hex.EncodeToString(rnd[:])
-	f, err := d.root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o200)
+	f, err := d.root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL|oNoFollow, 0o200)
 	if err != nil {
 		return err
 	}
