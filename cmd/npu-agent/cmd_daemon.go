@@ -111,7 +111,12 @@ func runDaemon(ctx context.Context, cfg config.Config, log *slog.Logger) (err er
 	} else {
 		log.Info("rollouts disabled: rollout.trusted_keys is empty")
 	}
-	srv := server.NewServer(svc, apiOpts)
+	// The API serves the agent and, on /v1/store/*, the same store maintenance the CLI runs without a daemon.
+	admin := &server.StoreAdmin{Agent: ag, Quota: uint64(cfg.Store.Quota), RolloutDir: rolloutDir(cfg)}
+	srv := server.NewServer(struct {
+		*server.Service
+		*server.StoreAdmin
+	}{svc, admin}, apiOpts)
 	d.goUpper(srv.Run)
 	d.goUpper(func(ctx context.Context) error { return gcLoop(ctx, ag, cfg.Store, log) })
 	log.Info("npu-agent daemon running", "version", version, "socket", cfg.SocketPath(), "data_dir", cfg.DataDir,
