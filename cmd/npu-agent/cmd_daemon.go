@@ -78,6 +78,9 @@ func runDaemon(ctx context.Context, cfg config.Config, log *slog.Logger) (err er
 	if err != nil {
 		return err
 	}
+	if err := registerBuildInfo(reg); err != nil {
+		return err
+	}
 	hostname, _ := os.Hostname()
 	opts := agent.Options{
 		Store: store, Backend: backend, Host: host, Producer: "host:" + hostname, WorkDir: cfg.DataDir,

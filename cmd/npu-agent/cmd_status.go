@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"strconv"
@@ -19,8 +20,11 @@ func (a *app) daemonClient(cmd *cobra.Command) (*api.Client, error) {
 		return nil, err
 	}
 	c, err := api.Dial(cmd.Context(), cfg.SocketPath())
+	if errors.Is(err, errNoDaemon) {
+		return nil, fmt.Errorf("%w on %s: start it with `sudo systemctl start npu-agent` (or run `npu-agent daemon` with this config)", errNoDaemon, cfg.SocketPath())
+	}
 	if err != nil {
-		return nil, fmt.Errorf("%w: start it with `npu-agent daemon` (socket %s)", errNoDaemon, cfg.SocketPath())
+		return nil, err
 	}
 	return c, nil
 }

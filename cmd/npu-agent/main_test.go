@@ -99,6 +99,9 @@ func TestExitCodes(t *testing.T) {
 		msg  string
 	}{
 		{"unknown flag", []string{"ls", "--nope"}, exitUsage, "unknown flag"},
+		{"unknown command", []string{"lss"}, exitUsage, "did you mean ls?"},
+		{"unknown subcommand", []string{"rollout", "bogus"}, exitUsage, `unknown command "bogus"`},
+		{"config problem", []string{"--config", "/nonexistent.yaml", "ls"}, exitUsage, "nonexistent.yaml"},
 		{"missing model flag", f.args("fetch"), exitUsage, "--model is required"},
 		{"model not found", f.args("fetch", "--model", filepath.Join(f.dir, "none.xml")), exitNotFound, "none.xml"},
 		{"bad shape", f.args("fetch", "--model", f.model, "--shape", "x=1,-1"), exitUsage, "x"},
