@@ -136,3 +136,31 @@ func TestInspectIncompatible(t *testing.T) {
 		t.Fatalf("inspect through the daemon: exit %d: %s %s", code, out, errOut)
 	}
 }
+
+// TestStoreOwnerOnly: without a daemon, a store command refuses a store that belongs to another user (it would
+// leave files that user's daemon cannot open) and says how to do it instead.
+func TestStoreOwnerOnly(t *testing.T) {
+	f := newFixture(t)
+	data := filepath.Join(f.dir, "data")
+	if os.Geteuid() == 0 {
+		if err := os.MkdirAll(data, 0o750); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(data, 65534, 65534); err != nil {
+			t.Fatal(err)
+		}
+	} else {
+		data = "/" // root's
+	}
+	for _, cmd := range [][]string{{"ls"}, {"gc", "--target", "0"}, {"verify"}, {"fetch", "--model", f.model}} {
+		args := append([]string{"--config", filepath.Join(f.dir, "cfg.yaml"), "--data-dir", data, "--compiler", "sim",
+			"--fingerprint-override", f.fp}, cmd...)
+		_, errOut, code := run(t, args...)
+		if code != exitError || !strings.Contains(errOut, "belongs to user") || !strings.Contains(errOut, "systemctl start npu-agent") {
+			t.Errorf("%v: exit %d: %s", cmd, code, errOut)
+		}
+	}
+	if ents, _ := os.ReadDir(data); data != "/" && len(ents) != 0 {
+		t.Errorf("refused commands left %d entries in the data directory", len(ents))
+	}
+}
