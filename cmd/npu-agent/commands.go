@@ -21,5 +21,6 @@ func (a *app) commands() []*cobra.Command {
 		a.keygenCmd(),
 		a.publishCmd(),
 		a.rolloutCmd(),
+		a.gendocsCmd(),
 	}
 }
