@@ -142,6 +142,11 @@ func Load(path string, environ []string) (Config, error) {
 		}
 	}
 	if len(probs) > 0 {
+		// File problems in line order, then those without a line (environment, whole-config rules).
+		sort.SliceStable(probs, func(i, j int) bool {
+			li, lj := probs[i].Line, probs[j].Line
+			return li > 0 && (lj == 0 || li < lj)
+		})
 		return c, &Error{File: path, Problems: probs}
 	}
 	return c, nil

@@ -49,7 +49,7 @@ func TestLoad(t *testing.T) {
 		{name: "unknown nested key", body: "store:\n  gc_intervall: 5m\n", wantErr: "line 2: store.gc_intervall: no such key (did you mean gc_interval?)"},
 		{name: "key in another section", body: "quota: 5GiB\n", wantErr: "quota: no such key (did you mean store.quota?)"},
 		{name: "wrong type", body: "p2p:\n  mdns: maybe\n", wantErr: `line 2: p2p.mdns: "maybe" is not true or false`},
-		{name: "all problems at once", body: "log_level: loud\nstore:\n  quota: lots\n  gc_interval: soon\n", wantErr: "2 problems:\n  line 3: store.quota"},
+		{name: "all problems at once, in line order", body: "store:\n  gc_interval: soon\n  quota: lots\n---\n", wantErr: "3 problems:\n  line 2: store.gc_interval"},
 		{name: "validation names the line", body: "\nlog_level: loud\n", wantErr: "line 2: log_level"},
 		{name: "negative interval", body: "store:\n  gc_interval: -1s\n", wantErr: "line 2: store.gc_interval: -1s: must be positive"},
 		{name: "zero interval with a quota", body: "store:\n  quota: 1GiB\n  gc_interval: 0s\n", wantErr: "store.gc_interval"},

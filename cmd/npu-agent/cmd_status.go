@@ -74,6 +74,9 @@ func (a *app) peersCmd() *cobra.Command {
 		Short: "Fleet members the running daemon is connected to",
 		Args:  exactArgs(0),
 		RunE: a.withStatus(func(st api.Status) error {
+			if st.Peers == nil {
+				st.Peers = []api.Peer{} // JSON [] when alone, never null
+			}
 			return a.print(st.Peers, func(w io.Writer) error {
 				var rows [][]string
 				for _, p := range st.Peers {
