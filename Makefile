@@ -64,7 +64,8 @@ DEB         := dist/npu-agent_$(DEB_VERSION)_amd64.deb
 
 deb:
 	CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -trimpath -ldflags '-s -w -X main.version=$(DEB_VERSION)' -o $(BIN) ./cmd/npu-agent
-	mkdir -p dist
+	rm -rf dist/gendocs && mkdir -p dist
+	$(BIN) gendocs dist/gendocs && gzip -9n dist/gendocs/man/man1/*.1
 	VERSION='$(DEB_VERSION)' $(NFPM) package --config packaging/nfpm.yaml --packager deb --target $(DEB)
 
 test-deb: deb

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/url"
@@ -114,7 +115,7 @@ func (c *Client) ping(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, availableTimeout)
 	defer cancel()
 	if err := c.Health(ctx); err != nil {
-		if errors.Is(err, ErrNoDaemon) {
+		if errors.Is(err, ErrNoDaemon) || errors.Is(err, fs.ErrPermission) {
 			return err
 		}
 		return fmt.Errorf("%w on %s: %w", ErrNoDaemon, c.socket, err)
@@ -221,6 +222,11 @@ func (c *Client) do(ctx context.Context, method, path, contentType string, body 
 			return nil, ctxErr
 		}
 		var op *net.OpError
+		if errors.As(err, &op) && op.Op == "dial" && errors.Is(op.Err, fs.ErrPermission) {
+			// The socket is there but not ours to use: that is not "no daemon" (and no reason to work without it).
+			return nil, fmt.Errorf("cannot use the daemon's socket %s: %w (users of the API must be in the socket's group: "+
+				"sudo usermod -aG npu-agent $USER, then log in again)", c.socket, op.Err)
+		}
 		if errors.As(err, &op) && op.Op == "dial" {
 			return nil, fmt.Errorf("%w on %s: %w", ErrNoDaemon, c.socket, op.Err)
 		}

@@ -3,7 +3,6 @@
 package config
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -11,11 +10,10 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
-
-	"gopkg.in/yaml.v3"
 )
 
 // ErrInvalid marks an error in the config file: the operator's to fix (the CLI exits with its usage code).
@@ -26,6 +24,12 @@ const MaxFileSize = 1 << 20
 
 // EnvPrefix prefixes environment overrides: NPU_AGENT_P2P_FLEET_KEY_FILE sets p2p.fleet_key_file.
 const EnvPrefix = "NPU_AGENT_"
+
+// EnvConfig names the config file when --config is not given; EnvSocket is the API socket clients use.
+const (
+	EnvConfig = EnvPrefix + "CONFIG"
+	EnvSocket = EnvPrefix + "SOCKET"
+)
 
 // Config is the whole configuration. YAML keys are the field tags; see docs/operations.md.
 type Config struct {
@@ -141,45 +145,47 @@ func Default() Config {
 }
 
 // Load reads path (if not empty) over the defaults, then applies environment overrides, then validates.
+// Every problem is reported at once, as an *Error (errors.Is ErrInvalid) naming each key and its line.
 func Load(path string, environ []string) (Config, error) {
 	c := Default()
+	lines := map[string]int{}
+	var probs []Problem
 	if path != "" {
-		if err := c.readFile(path); err != nil {
+		if err := c.readFile(path, lines, &probs); err != nil {
 			return c, err
 		}
 	}
-	if err := c.applyEnv(environ); err != nil {
-		return c, err
-	}
-	if err := c.Validate(); err != nil {
-		if path != "" {
-			return c, fmt.Errorf("%s: %w", path, err)
+	probs = append(probs, c.applyEnv(environ)...)
+	if len(probs) == 0 {
+		if err := c.Validate(); err != nil {
+			probs = validationProblems(err, lines)
 		}
-		return c, err
+	}
+	if len(probs) > 0 {
+		// File problems in line order, then those without a line (environment, whole-config rules).
+		sort.SliceStable(probs, func(i, j int) bool {
+			li, lj := probs[i].Line, probs[j].Line
+			return li > 0 && (lj == 0 || li < lj)
+		})
+		return c, &Error{File: path, Problems: probs}
 	}
 	return c, nil
 }
 
-func (c *Config) readFile(path string) error {
+func (c *Config) readFile(path string, lines map[string]int, probs *[]Problem) error {
 	f, err := os.Open(path)
 	if err != nil {
-		return fmt.Errorf("config: %w", err)
+		return fmt.Errorf("config: %w: %w", ErrInvalid, err)
 	}
 	defer f.Close()
 	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
 	if err != nil {
-		return fmt.Errorf("config %s: %w", path, err)
+		return fmt.Errorf("config %s: %w: %w", path, ErrInvalid, err)
 	}
 	if len(data) > MaxFileSize {
-		return fmt.Errorf("config %s: larger than %d bytes", path, MaxFileSize)
+		return fmt.Errorf("config %s: %w: larger than %d bytes", path, ErrInvalid, MaxFileSize)
 	}
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
-		// yaml lists several problems on separate lines; errors here are one line.
-		msg := strings.ReplaceAll(strings.TrimPrefix(err.Error(), "yaml: unmarshal errors:\n"), "\n", ";")
-		return fmt.Errorf("config %s: %s", path, strings.Join(strings.Fields(msg), " "))
-	}
+	*probs = append(*probs, c.decodeFile(data, lines)...)
 	return nil
 }
 
@@ -212,6 +218,12 @@ func (c *Config) Validate() error {
 	}
 	if c.Compiler.Timeout < 0 {
 		errs = append(errs, errors.New("compiler.timeout: must not be negative"))
+	}
+	if c.Store.GCInterval < 0 || c.Store.GCInterval == 0 && c.Store.Quota > 0 {
+		errs = append(errs, fmt.Errorf("store.gc_interval: %s: must be positive (the daemon keeps store.quota every interval)", c.Store.GCInterval))
+	}
+	if c.Compiler.Sim.CompileTime < 0 {
+		errs = append(errs, errors.New("compiler.sim.compile_time: must not be negative"))
 	}
 	if c.Flight.Window <= 0 || c.Flight.LeaseTTL <= 0 || c.Flight.Deadline <= 0 {
 		errs = append(errs, errors.New("flight: window, lease_ttl and deadline must be positive"))
@@ -261,37 +273,69 @@ func (c *Config) SocketPath() string {
 
 // applyEnv sets fields from NPU_AGENT_<PATH> variables, PATH being the yaml keys joined by "_" in upper case.
 // Lists are comma-separated.
-func (c *Config) applyEnv(environ []string) error {
+// NPU_AGENT_CONFIG (the config file, read by the CLI) is not an option; NPU_AGENT_SOCKET, the socket clients use
+// (the Python client too), is api.socket unless NPU_AGENT_API_SOCKET is set.
+func (c *Config) applyEnv(environ []string) []Problem {
 	env := map[string]string{}
 	for _, kv := range environ {
 		if k, v, ok := strings.Cut(kv, "="); ok && strings.HasPrefix(k, EnvPrefix) {
 			env[k] = v
 		}
 	}
+	delete(env, EnvConfig)
+	if s, ok := env[EnvSocket]; ok {
+		if _, set := env[EnvPrefix+"API_SOCKET"]; !set {
+			env[EnvPrefix+"API_SOCKET"] = s
+		}
+		delete(env, EnvSocket)
+	}
 	if len(env) == 0 {
 		return nil
 	}
+	var probs []Problem
 	known := map[string]bool{}
-	err := walk(reflect.ValueOf(c).Elem(), EnvPrefix, func(name string, v reflect.Value) error {
+	_ = walk(reflect.ValueOf(c).Elem(), EnvPrefix, func(name string, v reflect.Value) error {
 		known[name] = true
 		s, ok := env[name]
 		if !ok {
 			return nil
 		}
 		if err := setString(v, s); err != nil {
-			return fmt.Errorf("%s: %w", name, err)
+			probs = append(probs, Problem{Key: name, Msg: err.Error()})
 		}
 		return nil
 	})
-	if err != nil {
-		return err
-	}
+	var unknown []string
 	for k := range env {
 		if !known[k] {
-			return fmt.Errorf("%s: no such option", k)
+			unknown = append(unknown, k)
 		}
 	}
-	return nil
+	sort.Strings(unknown)
+	for _, k := range unknown {
+		msg := "no such option"
+		key := strings.ToLower(strings.TrimPrefix(k, EnvPrefix))
+		if s := suggestEnv(key); s != "" {
+			msg += " (did you mean " + s + "?)"
+		}
+		probs = append(probs, Problem{Key: k, Msg: msg})
+	}
+	return probs
+}
+
+// suggestEnv names the nearest environment variable to the lower-case key (without the prefix).
+func suggestEnv(key string) string {
+	best, bestD := "", 1<<30
+	for _, full := range Keys() {
+		name := strings.ReplaceAll(full, ".", "_")
+		if d := levenshtein(key, name); d < bestD {
+			best, bestD = name, d
+		}
+	}
+	if best == "" || bestD > max(2, len(key)/4) {
+		return ""
+	}
+	return EnvPrefix + strings.ToUpper(best)
 }
 
 func walk(v reflect.Value, prefix string, fn func(string, reflect.Value) error) error {
@@ -306,6 +350,9 @@ func walk(v reflect.Value, prefix string, fn func(string, reflect.Value) error) 
 			}
 			continue
 		}
+		if f.Kind() == reflect.Slice && f.Type().Elem().Kind() == reflect.Struct {
+			continue // a list of sections (ovcache.dirs) is set in the file only
+		}
 		if err := fn(name, f); err != nil {
 			return err
 		}
@@ -318,7 +365,7 @@ func setString(v reflect.Value, s string) error {
 	case time.Duration:
 		d, err := time.ParseDuration(s)
 		if err != nil {
-			return err
+			return fmt.Errorf("%q is not a duration (such as 500ms, 15s, 10m, 2h)", s)
 		}
 		v.SetInt(int64(d))
 	case ByteSize:
@@ -332,9 +379,15 @@ func setString(v reflect.Value, s string) error {
 	case bool:
 		b, err := strconv.ParseBool(s)
 		if err != nil {
-			return err
+			return fmt.Errorf("%q is not true or false", s)
 		}
 		v.SetBool(b)
+	case int:
+		i, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil {
+			return fmt.Errorf("%q is not a whole number", s)
+		}
+		v.SetInt(int64(i))
 	case []string:
 		var list []string
 		for _, p := range strings.Split(s, ",") {

@@ -3,6 +3,7 @@ package config
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -44,10 +45,34 @@ func TestLoad(t *testing.T) {
 					t.Errorf("got %+v", c)
 				}
 			}},
-		{name: "unknown key", body: "data_dri: /x\n", wantErr: "field data_dri not found"},
-		{name: "wrong type", body: "p2p:\n  mdns: maybe\n", wantErr: "cannot unmarshal"},
+		{name: "unknown key", body: "data_dri: /x\n", wantErr: "line 1: data_dri: no such key (did you mean data_dir?)"},
+		{name: "unknown nested key", body: "store:\n  gc_intervall: 5m\n", wantErr: "line 2: store.gc_intervall: no such key (did you mean gc_interval?)"},
+		{name: "key in another section", body: "quota: 5GiB\n", wantErr: "quota: no such key (did you mean store.quota?)"},
+		{name: "wrong type", body: "p2p:\n  mdns: maybe\n", wantErr: `line 2: p2p.mdns: "maybe" is not true or false`},
+		{name: "all problems at once, in line order", body: "store:\n  gc_interval: soon\n  quota: lots\n---\n", wantErr: "3 problems:\n  line 2: store.gc_interval"},
+		{name: "validation names the line", body: "\nlog_level: loud\n", wantErr: "line 2: log_level"},
+		{name: "negative interval", body: "store:\n  gc_interval: -1s\n", wantErr: "line 2: store.gc_interval: -1s: must be positive"},
+		{name: "zero interval with a quota", body: "store:\n  quota: 1GiB\n  gc_interval: 0s\n", wantErr: "store.gc_interval"},
+		{name: "second document", body: "log_level: info\n---\nlog_level: debug\n", wantErr: "line 2: (file): a second YAML document"},
+		{name: "not a mapping", body: "p2p: yes\n", wantErr: "line 1: p2p: want a mapping"},
+		{name: "list wanted", body: "p2p:\n  peers: /ip4/1.2.3.4\n", wantErr: "p2p.peers: want a list"},
+		{name: "go type names never leak", body: "store:\n  quota: [1]\n", wantErr: "store.quota: want a single value"},
+		{name: "env int", env: []string{"NPU_AGENT_ROLLOUT_THRESHOLD=0"}, check: func(t *testing.T, c Config) {}},
+		{name: "env int bad", env: []string{"NPU_AGENT_ROLLOUT_THRESHOLD=two"}, wantErr: `NPU_AGENT_ROLLOUT_THRESHOLD: "two" is not a whole number`},
+		{name: "env config is not an option", env: []string{"NPU_AGENT_CONFIG=/etc/x.yaml"}, check: func(t *testing.T, c Config) {}},
+		{name: "env socket", env: []string{"NPU_AGENT_SOCKET=/tmp/s.sock"}, check: func(t *testing.T, c Config) {
+			if c.SocketPath() != "/tmp/s.sock" {
+				t.Errorf("socket %s", c.SocketPath())
+			}
+		}},
+		{name: "env api socket wins", env: []string{"NPU_AGENT_SOCKET=/tmp/s.sock", "NPU_AGENT_API_SOCKET=/tmp/a.sock"}, check: func(t *testing.T, c Config) {
+			if c.SocketPath() != "/tmp/a.sock" {
+				t.Errorf("socket %s", c.SocketPath())
+			}
+		}},
+		{name: "env typo suggests", env: []string{"NPU_AGENT_STORE_QUTA=1GiB"}, wantErr: "did you mean NPU_AGENT_STORE_QUOTA?"},
 		{name: "bad level", body: "log_level: loud\n", wantErr: "log_level"},
-		{name: "bad size", body: "store:\n  quota: lots\n", wantErr: "size \"lots\""},
+		{name: "bad size", body: "store:\n  quota: lots\n", wantErr: `line 2: store.quota: "lots" is not a size`},
 		{name: "api tcp not loopback", body: "api:\n  tcp: 0.0.0.0:4800\n", wantErr: "api.tcp"},
 		{name: "command backend without argv", body: "compiler:\n  backend: command\n", wantErr: "compiler.command"},
 		{name: "unknown backend", body: "compiler:\n  backend: magic\n", wantErr: "compiler.backend"},
@@ -118,4 +143,29 @@ func FuzzParseByteSize(f *testing.F) {
 			t.Fatalf("%q -> %d -> %q -> %d, %v", s, b, b.String(), b2, err)
 		}
 	})
+}
+
+// TestEveryOptionFromEnv: every option can be set from its NPU_AGENT_<PATH> variable.
+func TestEveryOptionFromEnv(t *testing.T) {
+	t.Parallel()
+	samples := map[string]string{"time.Duration": "3m", "config.ByteSize": "2MiB", "string": "x", "bool": "false",
+		"[]string": "a,b", "int": "1"}
+	c := Default()
+	n := 0
+	_ = walk(reflect.ValueOf(&c).Elem(), EnvPrefix, func(name string, v reflect.Value) error {
+		n++
+		s, ok := samples[v.Type().String()]
+		if !ok {
+			t.Errorf("%s: no sample for type %s", name, v.Type())
+			return nil
+		}
+		if err := setString(v, s); err != nil {
+			t.Errorf("%s=%s: %v", name, s, err)
+		}
+		return nil
+	})
+	fileOnly := []string{"ovcache.dirs"} // lists of sections are set in the file only
+	if n != len(Keys())-len(fileOnly) {
+		t.Errorf("%d variables, %d keys of which %d file-only", n, len(Keys()), len(fileOnly))
+	}
 }

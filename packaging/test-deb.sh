@@ -16,7 +16,9 @@ field() { dpkg-deb --field "$deb" "$1"; }
 [ -n "$(field Description)" ] || fail "no Description"
 
 # Every file with its mode and owner; nothing else in the package.
-dpkg-deb --contents "$deb" | awk '{ sub(/^\.\//, "", $6); if ($6 != "") print $1, $2, $6 }' | sort -k3 > "$work/contents"
+# Man pages are checked below (one per command); the rest is listed here.
+dpkg-deb --contents "$deb" | awk '{ sub(/^\.\//, "", $6); if ($6 != "") print $1, $2, $6 }' | sort -k3 > "$work/all"
+grep -v ' usr/share/man/man1/.' "$work/all" > "$work/contents" || true
 cat > "$work/want" <<'WANT'
 drwxr-xr-x root/root etc/
 drwxr-xr-x root/root etc/npu-agent/
@@ -32,7 +34,20 @@ drwxr-xr-x root/root usr/share/
 drwxr-xr-x root/root usr/share/doc/
 drwxr-xr-x root/root usr/share/doc/npu-agent/
 -rw-r--r-- root/root usr/share/doc/npu-agent/README.md
+-rw-r--r-- root/root usr/share/doc/npu-agent/copyright
+-rw-r--r-- root/root usr/share/doc/npu-agent/design.md
 -rw-r--r-- root/root usr/share/doc/npu-agent/operations.md
+drwxr-xr-x root/root usr/share/bash-completion/
+drwxr-xr-x root/root usr/share/bash-completion/completions/
+-rw-r--r-- root/root usr/share/bash-completion/completions/npu-agent
+drwxr-xr-x root/root usr/share/fish/
+drwxr-xr-x root/root usr/share/fish/vendor_completions.d/
+-rw-r--r-- root/root usr/share/fish/vendor_completions.d/npu-agent.fish
+drwxr-xr-x root/root usr/share/man/
+drwxr-xr-x root/root usr/share/man/man1/
+drwxr-xr-x root/root usr/share/zsh/
+drwxr-xr-x root/root usr/share/zsh/vendor-completions/
+-rw-r--r-- root/root usr/share/zsh/vendor-completions/_npu-agent
 drwxr-xr-x root/root usr/share/npu-agent/
 drwxr-xr-x root/root usr/share/npu-agent/python/
 -rw-r--r-- root/root usr/share/npu-agent/python/npu_agent.py
@@ -54,6 +69,24 @@ root=$work/root
 	fail "the packaged config does not pass config check"
 python3 -c 'import ast, sys; ast.parse(open(sys.argv[1]).read())' "$root/usr/share/npu-agent/python/npu_agent.py" 2>/dev/null ||
 	! command -v python3 > /dev/null || fail "npu_agent.py does not parse"
+
+# A man page per command, each a gzipped roff page that names its command; completions that load.
+for c in "" -fetch -gc -ls -verify -pin -unpin -rm -put -inspect -status -peers -daemon -config-check -rollout-status; do
+	page=$root/usr/share/man/man1/npu-agent$c.1.gz
+	[ -f "$page" ] || fail "no man page npu-agent$c.1.gz"
+	gzip -dc "$page" | grep -q '^\.TH "NPU-AGENT" "1"' || fail "npu-agent$c.1.gz is not a man page"
+done
+[ "$(grep -c ' usr/share/man/man1/npu-agent' "$work/all")" -eq "$(find "$root/usr/share/man/man1" -name 'npu-agent*.1.gz' | wc -l)" ] ||
+	fail "man pages listed and unpacked differ"
+bash -c "source '$root/usr/share/bash-completion/completions/npu-agent' && complete -p npu-agent" > /dev/null ||
+	fail "the bash completion does not register"
+grep -q '^#compdef npu-agent' "$root/usr/share/zsh/vendor-completions/_npu-agent" || fail "zsh completion lacks #compdef"
+grep -q 'complete -c npu-agent' "$root/usr/share/fish/vendor_completions.d/npu-agent.fish" || fail "fish completion does not complete npu-agent"
+grep -q '^Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/' "$root/usr/share/doc/npu-agent/copyright" ||
+	fail "copyright is not in the Debian format"
+for doc in README.md operations.md design.md; do
+	[ -s "$root/usr/share/doc/npu-agent/$doc" ] || fail "doc $doc not shipped"
+done
 
 unit=$root/usr/lib/systemd/system/npu-agent.service
 for d in User=npu-agent StateDirectory=npu-agent RuntimeDirectory=npu-agent NoNewPrivileges=yes ProtectSystem=strict \

@@ -93,6 +93,16 @@ run remove-prerm "$prerm" remove
 if [ $systemd = yes ]; then expect remove-prerm '^systemctl stop npu-agent.service$'; fi
 run upgrade-prerm "$prerm" upgrade "0.2.0"
 refuse upgrade-prerm '^systemctl (stop|disable)'
+# Installed again after remove: the unit is enabled again (prerm remembered it was), not started.
+if [ $systemd = yes ]; then
+	mkdir -p "$work/root/var/lib/npu-agent"
+	DPKG_ROOT="$work/root" run remove-marker "$prerm" remove
+	[ -e "$work/root/var/lib/npu-agent/.enabled-before-remove" ] || fail "prerm remove did not remember the enabled unit"
+	DPKG_ROOT="$work/root" run reinstall-postinst "$postinst" configure "0.1.0"
+	expect reinstall-postinst '^systemctl enable npu-agent.service$'
+	expect reinstall-postinst '^rm -f .*/var/lib/npu-agent/.enabled-before-remove$'
+	refuse reinstall-postinst '^systemctl (start|restart)'
+fi
 run remove-postrm "$postrm" remove
 refuse remove-postrm '^rm'
 run purge-postrm "$postrm" purge

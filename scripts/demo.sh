@@ -64,7 +64,10 @@ for h in b c d; do
 done
 
 echo "== what the rules say about A's blob on host C"
-agent c inspect "$work/a1.blob" | grep -E 'this host|reason'
+# inspect exits 4 for a blob this host cannot load.
+code=0; agent c inspect "$work/a1.blob" > "$work/inspect.out" 2>&1 || code=$?
+grep -E 'this host|reason' "$work/inspect.out"
+[ "$code" -eq 4 ] || { echo "inspect exited $code, want 4 (incompatible)"; exit 1; }
 echo "== the store"
 agent a ls
 agent a verify

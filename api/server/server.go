@@ -108,6 +108,11 @@ func NewServer(a api.Agent, opts Options) *Server {
 	s.mux.HandleFunc("POST /v1/rollouts", s.handlePublishRollout)
 	s.mux.HandleFunc("GET /v1/rollouts", s.handleListRollouts)
 	s.mux.HandleFunc("GET /v1/rollouts/{name}", s.handleGetRollout)
+	s.mux.HandleFunc("GET /v1/store/blobs", s.handleStoreBlobs) // store.go
+	s.mux.HandleFunc("POST /v1/store/gc", s.handleStoreGC)
+	s.mux.HandleFunc("POST /v1/store/verify", s.handleStoreVerify)
+	s.mux.HandleFunc("POST /v1/store/pin", s.handleStorePin)
+	s.mux.HandleFunc("POST /v1/store/rm", s.handleStoreRemove)
 	if opts.Gatherer != nil {
 		s.mux.Handle("GET /metrics", promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{
 			ErrorLog:      slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),

@@ -78,6 +78,9 @@ func runDaemon(ctx context.Context, cfg config.Config, log *slog.Logger) (err er
 	if err != nil {
 		return err
 	}
+	if err := registerBuildInfo(reg); err != nil {
+		return err
+	}
 	hostname, _ := os.Hostname()
 	opts := agent.Options{
 		Store: store, Backend: backend, Host: host, Producer: "host:" + hostname, WorkDir: cfg.DataDir,
@@ -126,7 +129,12 @@ func runDaemon(ctx context.Context, cfg config.Config, log *slog.Logger) (err er
 	} else if sharer != nil {
 		d.goUpper(sharer.Run)
 	}
-	srv := server.NewServer(svc, apiOpts)
+	// The API serves the agent and, on /v1/store/*, the same store maintenance the CLI runs without a daemon.
+	admin := &server.StoreAdmin{Agent: ag, Quota: uint64(cfg.Store.Quota), RolloutDir: rolloutDir(cfg)}
+	srv := server.NewServer(struct {
+		*server.Service
+		*server.StoreAdmin
+	}{svc, admin}, apiOpts)
 	d.goUpper(srv.Run)
 	d.goUpper(func(ctx context.Context) error { return gcLoop(ctx, ag, cfg.Store, log) })
 	log.Info("npu-agent daemon running", "version", version, "socket", cfg.SocketPath(), "data_dir", cfg.DataDir,

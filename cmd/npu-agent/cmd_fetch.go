@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -210,7 +211,20 @@ func (a *app) putCmd() *cobra.Command {
 			if _, err := os.Stat(args[0]); err != nil {
 				return err
 			}
-			l, err := a.openLocal(cmd.Context())
+			cfg, err := a.loadConfig()
+			if err != nil {
+				return err
+			}
+			if c, err := a.dialDaemon(cmd.Context(), cfg); err != nil {
+				return err
+			} else if c != nil {
+				defer c.Close()
+				if fp != nil {
+					return usageError{errors.New("--compiled-on is not supported through the daemon: leave it out (the blob's trailer is checked against this host) or stop the daemon")}
+				}
+				return a.putViaDaemon(cmd, c, pf.model, prof, args[0])
+			}
+			l, err := a.openLocalWith(cmd.Context(), cfg)
 			if err != nil {
 				return err
 			}
@@ -239,9 +253,9 @@ func (a *app) fetchViaDaemon(cmd *cobra.Command, model string, prof compile.Prof
 		return true, err
 	}
 	ctx := cmd.Context()
-	c, err := api.Dial(ctx, cfg.SocketPath())
-	if err != nil {
-		return false, nil
+	c, err := a.dialDaemon(ctx, cfg)
+	if c == nil || err != nil {
+		return err != nil, err
 	}
 	defer c.Close()
 	abs, err := filepath.Abs(model)
@@ -269,6 +283,37 @@ func (a *app) fetchViaDaemon(cmd *cobra.Command, model string, prof compile.Prof
 	return true, a.printFetch(fetchResult{
 		Source: agent.Source(res.Source), CID: res.CID.String(), Path: path, Size: res.Size, SHA256: res.SHA256,
 		ModelID: res.ModelID, ProfileID: res.ProfileID, Producer: res.From, WaitedFor: res.From,
+	})
+}
+
+// dialDaemon returns a client of the running daemon, nil without error when none answers, or why the socket
+// cannot be used (permissions: never a reason to work without the daemon).
+func (a *app) dialDaemon(ctx context.Context, cfg config.Config) (*api.Client, error) {
+	c, err := api.Dial(ctx, cfg.SocketPath())
+	if errors.Is(err, api.ErrNoDaemon) {
+		return nil, nil
+	}
+	return c, err
+}
+
+// putViaDaemon uploads a blob compiled elsewhere to the daemon, which checks and records it.
+func (a *app) putViaDaemon(cmd *cobra.Command, c *api.Client, model string, prof compile.Profile, blob string) error {
+	abs, err := filepath.Abs(model)
+	if err != nil {
+		return err
+	}
+	f, err := os.Open(blob)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	res, err := c.Put(cmd.Context(), api.PutRequest{Model: abs, Profile: prof}, f)
+	if err != nil {
+		return err
+	}
+	return a.printFetch(fetchResult{
+		Source: agent.Source(res.Source), CID: res.CID.String(), Path: res.Path, Size: res.Size, SHA256: res.SHA256,
+		ModelID: res.ModelID, ProfileID: res.ProfileID, Producer: res.From,
 	})
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"strconv"
@@ -19,8 +20,11 @@ func (a *app) daemonClient(cmd *cobra.Command) (*api.Client, error) {
 		return nil, err
 	}
 	c, err := api.Dial(cmd.Context(), cfg.SocketPath())
+	if errors.Is(err, errNoDaemon) {
+		return nil, fmt.Errorf("%w on %s: start it with `sudo systemctl start npu-agent` (or run `npu-agent daemon` with this config)", errNoDaemon, cfg.SocketPath())
+	}
 	if err != nil {
-		return nil, fmt.Errorf("%w: start it with `npu-agent daemon` (socket %s)", errNoDaemon, cfg.SocketPath())
+		return nil, err
 	}
 	return c, nil
 }
@@ -70,6 +74,9 @@ func (a *app) peersCmd() *cobra.Command {
 		Short: "Fleet members the running daemon is connected to",
 		Args:  exactArgs(0),
 		RunE: a.withStatus(func(st api.Status) error {
+			if st.Peers == nil {
+				st.Peers = []api.Peer{} // JSON [] when alone, never null
+			}
 			return a.print(st.Peers, func(w io.Writer) error {
 				var rows [][]string
 				for _, p := range st.Peers {

@@ -22,5 +22,6 @@ func (a *app) commands() []*cobra.Command {
 		a.fleetKeyCmd(),
 		a.publishCmd(),
 		a.rolloutCmd(),
+		a.gendocsCmd(),
 	}
 }

@@ -4,17 +4,24 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
 )
 
+// errInterrupted is what an interrupted command reports (exit code 130).
+var errInterrupted = fmt.Errorf("interrupted: %w", context.Canceled)
+
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	root := newRootCmd(os.Stdout, os.Stderr)
 	err := root.ExecuteContext(ctx)
+	if err != nil && ctx.Err() != nil && errors.Is(err, context.Canceled) {
+		err = errInterrupted // Ctrl-C or SIGTERM, not a failure to explain
+	}
 	if err != nil {
 		printError(root.ErrOrStderr(), jsonRequested(os.Args[1:]), err)
 	}

@@ -41,7 +41,9 @@ func newFixture(t testing.TB) fixture {
 	t.Helper()
 	dir := t.TempDir()
 	f := fixture{dir: dir, model: filepath.Join(dir, "m.xml"), fp: filepath.Join(dir, "fp.yaml")}
-	for name, body := range map[string]string{"m.xml": "<net/>", "m.bin": strings.Repeat("w", 5000), "fp.yaml": fpA} {
+	// The config keeps the CLI off any daemon of the host: the socket is where startDaemon puts the fixture's.
+	cfg := "runtime_dir: " + filepath.Join(dir, "run") + "\n"
+	for name, body := range map[string]string{"m.xml": "<net/>", "m.bin": strings.Repeat("w", 5000), "fp.yaml": fpA, "cfg.yaml": cfg} {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -50,7 +52,8 @@ func newFixture(t testing.TB) fixture {
 }
 
 func (f fixture) args(extra ...string) []string {
-	base := []string{"--data-dir", filepath.Join(f.dir, "data"), "--compiler", "sim", "--fingerprint-override", f.fp}
+	base := []string{"--config", filepath.Join(f.dir, "cfg.yaml"), "--data-dir", filepath.Join(f.dir, "data"), "--compiler", "sim",
+		"--fingerprint-override", f.fp}
 	return append(base, extra...)
 }
 
@@ -96,6 +99,9 @@ func TestExitCodes(t *testing.T) {
 		msg  string
 	}{
 		{"unknown flag", []string{"ls", "--nope"}, exitUsage, "unknown flag"},
+		{"unknown command", []string{"lss"}, exitUsage, "did you mean ls?"},
+		{"unknown subcommand", []string{"rollout", "bogus"}, exitUsage, `unknown command "bogus"`},
+		{"config problem", []string{"--config", "/nonexistent.yaml", "ls"}, exitUsage, "nonexistent.yaml"},
 		{"missing model flag", f.args("fetch"), exitUsage, "--model is required"},
 		{"model not found", f.args("fetch", "--model", filepath.Join(f.dir, "none.xml")), exitNotFound, "none.xml"},
 		{"bad shape", f.args("fetch", "--model", f.model, "--shape", "x=1,-1"), exitUsage, "x"},

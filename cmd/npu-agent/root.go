@@ -35,11 +35,14 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	root.Version = version
+	root.SetVersionTemplate("npu-agent {{.Version}}\n")
+	groupCmd(root)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	pf := root.PersistentFlags()
-	pf.StringVar(&a.configPath, "config", "", "config file (default "+defaultConfigPath+" if it exists; env NPU_AGENT_CONFIG)")
+	pf.StringVar(&a.configPath, "config", "", "config file (default "+defaultConfigPath+" if it exists; env "+config.EnvConfig+")")
 	pf.StringVar(&a.dataDir, "data-dir", "", "data directory (overrides data_dir)")
 	pf.StringVar(&a.overrideFP, "fingerprint-override", "", "file pinning fingerprint fields (overrides fingerprint_override)")
 	pf.StringVar(&a.backend, "compiler", "", "compiler backend: openvino, command or sim (overrides compiler.backend)")
@@ -47,14 +50,36 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	pf.BoolVar(&a.asJSON, "json", false, "print machine-readable JSON")
 
 	root.AddCommand(a.commands()...)
+	for _, c := range root.Commands() {
+		if c.HasSubCommands() {
+			groupCmd(c)
+		}
+	}
 	return root
+}
+
+// groupCmd makes a command that only holds subcommands print its help when called alone and refuse an unknown
+// subcommand as a usage error (exit code 2), which cobra would otherwise answer with help and exit code 0.
+func groupCmd(c *cobra.Command) {
+	c.SuggestionsMinimumDistance = 2
+	c.Args = func(cmd *cobra.Command, args []string) error {
+		if len(args) == 0 {
+			return nil
+		}
+		msg := fmt.Sprintf("unknown command %q for %q", args[0], cmd.CommandPath())
+		if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
+			msg += fmt.Sprintf(" (did you mean %s?)", strings.Join(s, ", "))
+		}
+		return usageError{fmt.Errorf("%s; see %s --help", msg, cmd.CommandPath())}
+	}
+	c.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
 }
 
 // loadConfig reads the config file, the environment and the global flags, in rising priority.
 func (a *app) loadConfig() (config.Config, error) {
 	path := a.configPath
 	if path == "" {
-		path = os.Getenv("NPU_AGENT_CONFIG")
+		path = os.Getenv(config.EnvConfig)
 	}
 	if path == "" {
 		if _, err := os.Stat(defaultConfigPath); err == nil {

@@ -78,6 +78,14 @@ func (a *app) openLocal(ctx context.Context) (*local, error) {
 	if err != nil {
 		return nil, err
 	}
+	return a.openLocalWith(ctx, cfg)
+}
+
+// openLocalWith opens cfg's store in this process, only as the store's owner (checkStoreOwner).
+func (a *app) openLocalWith(ctx context.Context, cfg config.Config) (*local, error) {
+	if err := checkStoreOwner(cfg.DataDir); err != nil {
+		return nil, err
+	}
 	backend, host, notes, err := probe(ctx, cfg)
 	if err != nil {
 		return nil, hostError(err, notes)

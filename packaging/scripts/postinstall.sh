@@ -10,7 +10,12 @@ configure)
 	fi
 	if [ -d /run/systemd/system ]; then
 		systemctl daemon-reload
-		if [ -z "$2" ]; then
+		marker="${DPKG_ROOT:-}/var/lib/npu-agent/.enabled-before-remove"
+		if [ -e "$marker" ]; then
+			# Installed again after `apt remove`, which disabled the unit: enable it as it was.
+			systemctl enable npu-agent.service
+			rm -f "$marker"
+		elif [ -z "$2" ]; then
 			# First install: enabled, not started. Set a fleet key first (docs/operations.md).
 			systemctl enable npu-agent.service
 			echo "npu-agent: configure /etc/npu-agent/config.yaml (p2p.fleet_key_file), then: systemctl start npu-agent"

@@ -5,6 +5,10 @@ set -e
 case "$1" in
 remove | purge)
 	if [ -d /run/systemd/system ]; then
+		# Remembered so that installing the package again enables the unit again (postinstall).
+		if [ "$1" = remove ] && [ -d "${DPKG_ROOT:-}/var/lib/npu-agent" ] && systemctl is-enabled --quiet npu-agent.service; then
+			: > "${DPKG_ROOT:-}/var/lib/npu-agent/.enabled-before-remove" || true
+		fi
 		systemctl stop npu-agent.service || true
 		systemctl disable npu-agent.service || true
 	fi
