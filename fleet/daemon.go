@@ -42,53 +42,65 @@ type Fleet struct {
 	stop     func() // stops waking flights on new records
 }
 
-// p2pConfig translates the config file's p2p section.
+// CheckConfig reports every problem of the config file's p2p section at once, as the daemon would meet them, and
+// opens nothing. The errors are config.ErrInvalid.
+func CheckConfig(cfg config.Config) error {
+	_, err := p2pConfig(cfg)
+	return err
+}
+
+// p2pConfig translates the config file's p2p section; the error joins every problem found.
 func p2pConfig(cfg config.Config) (p2p.Config, error) {
 	pc := p2p.DefaultConfig(cfg.DataDir)
 	pc.MDNS, pc.AllowLoopback = cfg.P2P.MDNS, cfg.P2P.AllowLoopback
+	var errs []error
 	var err error
 	if pc.ListenAddrs, err = multiaddrs("p2p.listen", cfg.P2P.Listen); err != nil {
-		return pc, err
+		errs = append(errs, err)
 	}
 	if pc.StaticPeers, err = multiaddrs("p2p.peers", cfg.P2P.Peers); err != nil {
-		return pc, err
+		errs = append(errs, err)
 	}
 	if cfg.P2P.FleetKeyFile != "" {
 		if pc.FleetKey, err = p2p.ReadFleetKey(cfg.P2P.FleetKeyFile); err != nil {
-			return pc, configError{fmt.Errorf("p2p.fleet_key_file: %w", err)}
+			errs = append(errs, configError{fmt.Errorf("p2p.fleet_key_file: %w", err)})
 		}
 	}
 	if pc.Allowlist, err = peerIDs("p2p.allowlist", cfg.P2P.Allowlist); err != nil {
-		return pc, err
+		errs = append(errs, err)
 	}
 	if pc.TrustedProducers, err = peerIDs("p2p.trusted_producers", cfg.P2P.TrustedProducers); err != nil {
-		return pc, err
+		errs = append(errs, err)
 	}
-	return pc, nil
+	return pc, errors.Join(errs...)
 }
 
 func multiaddrs(key string, ss []string) ([]ma.Multiaddr, error) {
 	out := make([]ma.Multiaddr, 0, len(ss))
+	var errs []error
 	for _, s := range ss {
 		a, err := ma.NewMultiaddr(s)
 		if err != nil {
-			return nil, configError{fmt.Errorf("%s: %q: %w", key, s, err)}
+			errs = append(errs, configError{fmt.Errorf("%s: %q: %w", key, s, err)})
+			continue
 		}
 		out = append(out, a)
 	}
-	return out, nil
+	return out, errors.Join(errs...)
 }
 
 func peerIDs(key string, ss []string) ([]peer.ID, error) {
 	out := make([]peer.ID, 0, len(ss))
+	var errs []error
 	for _, s := range ss {
 		id, err := peer.Decode(s)
 		if err != nil {
-			return nil, configError{fmt.Errorf("%s: %q is not a peer ID: %w", key, s, err)}
+			errs = append(errs, configError{fmt.Errorf("%s: %q is not a peer ID: %w", key, s, err)})
+			continue
 		}
 		out = append(out, id)
 	}
-	return out, nil
+	return out, errors.Join(errs...)
 }
 
 // New starts the node and prepares the fleet single flight and the rollout channels; Run must follow, and it

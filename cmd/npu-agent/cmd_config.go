@@ -19,6 +19,9 @@ func (a *app) configCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if err := checkDaemonConfig(cfg); err != nil {
+				return err
+			}
 			// JSON keys are the YAML keys: round-trip through YAML.
 			var asMap map[string]any
 			raw, err := yaml.Marshal(cfg)

@@ -53,6 +53,10 @@ var (
 // runDaemon runs until ctx ends (SIGINT/SIGTERM) or a component fails, then shuts down in order: API, rollouts
 // and gc, then the fleet, then the store.
 func runDaemon(ctx context.Context, cfg config.Config, log *slog.Logger) (err error) {
+	// Everything the config says is checked before any file, socket or port is opened.
+	if err := checkDaemonConfig(cfg); err != nil {
+		return err
+	}
 	backend, host, notes, err := probe(ctx, cfg)
 	if err != nil {
 		return hostError(err, notes)
@@ -145,6 +149,36 @@ func runDaemon(ctx context.Context, cfg config.Config, log *slog.Logger) (err er
 		err = nil
 	}
 	return err
+}
+
+// checkDaemonConfig runs every check the daemon makes of its config (the p2p section's multiaddrs, peer IDs and
+// fleet key; rollout keys and tags; the API token file; cache directories' owners and modes) without opening
+// anything, and reports every problem at once. `config check` runs the same.
+func checkDaemonConfig(cfg config.Config) error {
+	var errs []error
+	if cfg.P2P.Enabled {
+		errs = append(errs, fleet.CheckConfig(cfg))
+	}
+	if len(cfg.Rollout.TrustedKeys) > 0 {
+		if _, err := rollout.NewTrustConfig(cfg.Rollout.TrustedKeys, cfg.Rollout.Threshold); err != nil {
+			errs = append(errs, fmt.Errorf("rollout.trusted_keys: %w", err))
+		}
+	}
+	if _, err := rollout.ParseTags(cfg.Rollout.Tags); err != nil {
+		errs = append(errs, fmt.Errorf("rollout.tags: %w", err))
+	}
+	if cfg.API.TokenFile != "" {
+		if _, err := server.ReadToken(cfg.API.TokenFile); err != nil {
+			errs = append(errs, fmt.Errorf("api.token_file: %w", err))
+		}
+	}
+	if _, err := ovcacheDirs(cfg); err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return usageError{err}
+	}
+	return nil
 }
 
 // apiDenyPaths are the daemon's own files and directories, which no API client's model path may lead into.

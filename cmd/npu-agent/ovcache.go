@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io/fs"
 	"log/slog"
@@ -21,13 +22,24 @@ func newOVCacheSharer(cfg config.Config, ag *agent.Agent, reg prometheus.Registe
 	if len(cfg.OVCache.Dirs) == 0 {
 		return nil, nil
 	}
+	dirs, err := ovcacheDirs(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return share.New(share.Options{Dirs: dirs, Agent: ag, StateDir: filepath.Join(cfg.DataDir, "ovcache"),
+		MaxEntrySize: int64(cfg.OVCache.MaxEntrySize), Logger: log, Registerer: reg})
+}
+
+// ovcacheDirs translates ovcache.dirs; the error joins every problem found.
+func ovcacheDirs(cfg config.Config) ([]share.Dir, error) {
 	var dirs []share.Dir
+	var errs []error
 	for i, d := range cfg.OVCache.Dirs {
 		sd := share.Dir{Path: d.Path, UID: -1, GID: -1, Mode: 0o440, Build: d.OpenVINOBuild}
 		if d.Mode != "" {
 			m, err := strconv.ParseUint(d.Mode, 8, 32)
 			if err != nil || m > 0o777 {
-				return nil, usageError{fmt.Errorf("ovcache.dirs[%d].mode: %q is not octal permission bits", i, d.Mode)}
+				errs = append(errs, usageError{fmt.Errorf("ovcache.dirs[%d].mode: %q is not octal permission bits", i, d.Mode)})
 			}
 			sd.Mode = fs.FileMode(m)
 		}
@@ -40,7 +52,7 @@ func newOVCacheSharer(cfg config.Config, ag *agent.Agent, reg prometheus.Registe
 				return u.Uid, nil
 			})
 			if err != nil {
-				return nil, usageError{fmt.Errorf("ovcache.dirs[%d].owner: %w", i, err)}
+				errs = append(errs, usageError{fmt.Errorf("ovcache.dirs[%d].owner: %w", i, err)})
 			}
 			sd.SetOwner, sd.UID = true, uid
 		}
@@ -53,14 +65,13 @@ func newOVCacheSharer(cfg config.Config, ag *agent.Agent, reg prometheus.Registe
 				return g.Gid, nil
 			})
 			if err != nil {
-				return nil, usageError{fmt.Errorf("ovcache.dirs[%d].group: %w", i, err)}
+				errs = append(errs, usageError{fmt.Errorf("ovcache.dirs[%d].group: %w", i, err)})
 			}
 			sd.SetOwner, sd.GID = true, gid
 		}
 		dirs = append(dirs, sd)
 	}
-	return share.New(share.Options{Dirs: dirs, Agent: ag, StateDir: filepath.Join(cfg.DataDir, "ovcache"),
-		MaxEntrySize: int64(cfg.OVCache.MaxEntrySize), Logger: log, Registerer: reg})
+	return dirs, errors.Join(errs...)
 }
 
 func lookupID(s string, byName func(string) (string, error)) (int, error) {
