@@ -34,7 +34,7 @@ func TestDocumentedEnv(t *testing.T) {
 		{"NPU_AGENT_LOG_LEVEL", "debug", func(m map[string]any) bool { return m["log_level"] == "debug" }},
 		{"NPU_AGENT_STORE_QUOTA", "50GiB", func(m map[string]any) bool { return sub(m, "store")["quota"] == "50GiB" }},
 		{"NPU_AGENT_P2P_FLEET_KEY_FILE", key, func(m map[string]any) bool { return sub(m, "p2p")["fleet_key_file"] == key }},
-		{"NPU_AGENT_P2P_PEERS", "/ip4/10.0.0.5/tcp/4801/p2p/a,/ip4/10.0.0.6/tcp/4801/p2p/b", func(m map[string]any) bool {
+		{"NPU_AGENT_P2P_PEERS", "/ip4/10.0.0.5/tcp/4801/p2p/12D3KooWJSEKwrqiCTEf23m13QEBnnT1mdyzU3Faz2wgcEA58iYr,/ip4/10.0.0.6/tcp/4801/p2p/12D3KooWAcjKcsefWDZXHNWE9fk9PhAxWuuxe1aZ4ip74MzkfaXL", func(m map[string]any) bool {
 			l, _ := sub(m, "p2p")["peers"].([]any)
 			return len(l) == 2
 		}},
