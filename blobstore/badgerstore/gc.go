@@ -149,28 +149,35 @@ func (s *Store) cleanup() (int, error) {
 
 // GC removes least-recently-used blobs, complete or partial, until their total size is at most quota. It never
 // removes a pinned blob, one keep protects or one with an open Reader. Then it sweeps unreferenced chunks and
-// reclaims value-log space. A partial blob counts with its full size: the fetch will fill it.
+// reclaims value-log space. A partial blob counts the bytes it holds, not the size its manifest claims (a claim is
+// a peer's word, and a fetch that failed may never fill it), and partial blobs go first: a complete blob is removed
+// only while the complete blobs alone exceed quota, never to make room for a partial one.
 func (s *Store) GC(ctx context.Context, quota uint64, keep func(cid.Cid) bool) (blobstore.GCResult, error) {
 	if err := s.enter(); err != nil {
 		return blobstore.GCResult{}, err
 	}
 	defer s.leave()
 	type cand struct {
-		d      [32]byte
-		size   uint64
-		access int64
-		pinned bool
+		d        [32]byte
+		size     uint64 // bytes held: the blob's size, or a partial blob's stored chunks
+		access   int64
+		pinned   bool
+		complete bool
 	}
 	var cands []cand
-	var total uint64
+	var total, completeTotal uint64
 	err := s.db.View(func(txn *badger.Txn) error {
 		for _, prefix := range []byte{prefixManifest, prefixPartial} {
 			for _, d := range digestKeys(txn, prefix) {
-				m, _, err := s.manifest(txn, d)
+				m, st, err := s.manifest(txn, d)
 				if isCorrupt(err) {
 					s.log.Warn("blob store: gc: skipping a blob with a corrupt manifest (see verify)", "blob", blobstore.DigestCID(d), "err", err)
 					continue
 				}
+				if err != nil {
+					return err
+				}
+				size, err := s.heldBytes(txn, d, m, st)
 				if err != nil {
 					return err
 				}
@@ -182,8 +189,12 @@ func (s *Store) GC(ctx context.Context, quota uint64, keep func(cid.Cid) bool) (
 				if perr != nil && !errors.Is(perr, badger.ErrKeyNotFound) {
 					return perr
 				}
-				cands = append(cands, cand{d: d, size: m.Size, access: at.UnixNano(), pinned: perr == nil})
-				total += m.Size
+				complete := st == stateComplete
+				cands = append(cands, cand{d: d, size: size, access: at.UnixNano(), pinned: perr == nil, complete: complete})
+				total += size
+				if complete {
+					completeTotal += size
+				}
 			}
 		}
 		return nil
@@ -191,7 +202,14 @@ func (s *Store) GC(ctx context.Context, quota uint64, keep func(cid.Cid) bool) (
 	if err != nil {
 		return blobstore.GCResult{}, fmt.Errorf("gc: %w", err)
 	}
+	// Partial blobs first, then complete ones; each group oldest access first.
 	slices.SortFunc(cands, func(a, b cand) int {
+		if a.complete != b.complete {
+			if a.complete {
+				return 1
+			}
+			return -1
+		}
 		return cmp.Or(cmp.Compare(a.access, b.access), bytes.Compare(a.d[:], b.d[:]))
 	})
 	protected := make([]bool, len(cands)) // keep is asked before taking the lock: it may call the store
@@ -205,6 +223,9 @@ func (s *Store) GC(ctx context.Context, quota uint64, keep func(cid.Cid) bool) (
 		if total <= quota {
 			break
 		}
+		if c.complete && completeTotal <= quota {
+			break // what is over quota is partial blobs gc may not remove: no complete blob goes for them
+		}
 		if err := ctx.Err(); err != nil {
 			s.mu.Unlock()
 			return res, err
@@ -213,7 +234,7 @@ func (s *Store) GC(ctx context.Context, quota uint64, keep func(cid.Cid) bool) (
 		if protected[i] || s.hasReaders(c.d) {
 			continue
 		}
-		size, err := s.deleteLocked(c.d, true)
+		_, err := s.deleteLocked(c.d, true)
 		if errors.Is(err, blobstore.ErrPinned) || errors.Is(err, blobstore.ErrNotFound) {
 			continue // pinned or deleted since the listing
 		}
@@ -222,8 +243,11 @@ func (s *Store) GC(ctx context.Context, quota uint64, keep func(cid.Cid) bool) (
 			return res, fmt.Errorf("gc: remove %s: %w", id, err)
 		}
 		res.Removed = append(res.Removed, id)
-		res.FreedBytes += size
-		total -= size
+		res.FreedBytes += c.size
+		total -= c.size
+		if c.complete {
+			completeTotal -= c.size
+		}
 	}
 	_, err = s.sweepLocked(nil)
 	s.mu.Unlock()
@@ -235,6 +259,24 @@ func (s *Store) GC(ctx context.Context, quota uint64, keep func(cid.Cid) bool) (
 		return res, fmt.Errorf("gc: reclaim value log: %w", err)
 	}
 	return res, nil
+}
+
+// heldBytes is what a blob holds on disk: its size when complete, the length of its stored chunks when partial.
+func (s *Store) heldBytes(txn *badger.Txn, d [32]byte, m *blobstore.Manifest, st blobState) (uint64, error) {
+	if st == stateComplete {
+		return m.Size, nil
+	}
+	have, err := haveChunks(txn, m)
+	if err != nil {
+		return 0, err
+	}
+	var n uint64
+	for i, h := range have {
+		if h {
+			n += uint64(m.ChunkLen(i))
+		}
+	}
+	return n, nil
 }
 
 func (s *Store) hasReaders(d [32]byte) bool {

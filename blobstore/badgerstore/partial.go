@@ -16,7 +16,7 @@ import (
 
 // BeginPartial records the manifest of a blob being fetched. Calling it again (a resumed fetch, after a restart
 // too) keeps the chunks already stored; for a complete blob it does nothing. It fails with ErrNoSpace if the
-// whole blob would not fit.
+// whole blob would not fit, or if it is larger than Options.Quota.
 func (s *Store) BeginPartial(ctx context.Context, m *blobstore.Manifest) error {
 	if err := s.enter(); err != nil {
 		return err
@@ -33,6 +33,10 @@ func (s *Store) BeginPartial(ctx context.Context, m *blobstore.Manifest) error {
 		st, err := s.state(txn, d)
 		if err != nil || st != stateAbsent {
 			return err
+		}
+		if q := s.opts.Quota; q > 0 && m.Size > q {
+			return fmt.Errorf("begin partial %s: %w: the blob claims %d bytes, the store's quota is %d",
+				blobstore.DigestCID(d), ErrNoSpace, m.Size, q)
 		}
 		if err := s.checkSpace(m.Size + uint64(len(enc))); err != nil {
 			return fmt.Errorf("begin partial %s: %w", blobstore.DigestCID(d), err)

@@ -75,6 +75,10 @@ type Options struct {
 	// a full disk is a crash (SIGBUS) rather than an error, so the store refuses writes before that point. It
 	// must be at least half a value-log file plus 64 MiB: the room gc needs to give space back on a full disk.
 	MinFreeSpace uint64
+	// Quota is the store's size limit (config store.quota) if the store is to know it; 0 means none. A fetch
+	// (BeginPartial) of a blob larger than the quota is refused before anything is written: gc could never keep
+	// it, and a hostile record claiming a huge blob must not cost the blobs the store holds.
+	Quota uint64
 
 	now       func() time.Time                 // tests
 	freeSpace func(dir string) (uint64, error) // tests

@@ -632,3 +632,81 @@ func TestExportLeavesOnlyTheFile(t *testing.T) {
 		t.Errorf("exported file mode %v, want 0644", st.Mode().Perm())
 	}
 }
+
+// hugeManifest is the manifest of a blob of size bytes that nobody holds: a peer's claim.
+func hugeManifest(size uint64) *blobstore.Manifest {
+	m := &blobstore.Manifest{Size: size, ChunkSize: cs}
+	m.Chunks = make([][32]byte, m.NumChunks())
+	for i := range m.Chunks {
+		m.Chunks[i][0], m.Chunks[i][1], m.Chunks[i][2] = byte(i), byte(i>>8), 0xee
+	}
+	return m
+}
+
+// TestGCPartialClaim: a record claiming a 4 GiB blob with a 100 MiB quota must not make gc delete real blobs
+// (issue 10 item 7). A partial blob counts the bytes it holds, and complete blobs never go to make room for one.
+func TestGCPartialClaim(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	const quota = 100 << 20
+	opts := testOptions(t)
+	opts.freeSpace = func(string) (uint64, error) { return 1 << 40, nil }
+	opts.Quota = quota
+	s := open(t, t.TempDir(), opts)
+	defer closeStore(t, s)
+	a := putData(t, s, storetest.Data(1, cs))
+	b := putData(t, s, storetest.Data(2, cs+7))
+	huge := hugeManifest(4 << 30)
+	if err := s.BeginPartial(ctx, huge); !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("BeginPartial of a 4 GiB blob with a 100 MiB quota = %v, want ErrNoSpace", err)
+	}
+
+	// A store that does not know the quota accepts the claim; gc must still keep the real blobs.
+	s.opts.Quota = 0
+	if err := s.BeginPartial(ctx, huge); err != nil {
+		t.Fatal(err)
+	}
+	res, err := s.GC(ctx, quota, nil)
+	if err != nil || len(res.Removed) != 0 || res.SizeAfter != 2*cs+7 {
+		t.Fatalf("GC with a 4 GiB partial claim = %+v, %v; want nothing removed, %d bytes", res, err, 2*cs+7)
+	}
+	// Over quota through a partial that holds chunks: the partial goes, never a complete blob.
+	data := storetest.Data(3, 3*cs)
+	pm := manifestOf(t, data)
+	if err := s.BeginPartial(ctx, pm); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		if err := s.PutChunk(ctx, pm.CID(), i, chunkOf(data, pm, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res, err = s.GC(ctx, 3*cs, func(c cid.Cid) bool { return c.Equals(huge.CID()) })
+	if err != nil || len(res.Removed) != 1 || !res.Removed[0].Equals(pm.CID()) || res.FreedBytes != 2*cs {
+		t.Fatalf("GC over quota by a partial = %+v, %v; want only the partial %s (2 chunks) removed", res, err, pm.CID())
+	}
+	// A protected partial over quota costs no complete blob either.
+	if err := s.BeginPartial(ctx, pm); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if err := s.PutChunk(ctx, pm.CID(), i, chunkOf(data, pm, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	keepPartials := func(c cid.Cid) bool { return c.Equals(pm.CID()) || c.Equals(huge.CID()) }
+	res, err = s.GC(ctx, 3*cs, keepPartials)
+	if err != nil || len(res.Removed) != 0 {
+		t.Fatalf("GC over quota by a protected partial = %+v, %v; want nothing removed", res, err)
+	}
+	for _, m := range []*blobstore.Manifest{a, b} {
+		if ok, err := s.Has(ctx, m.CID()); !ok || err != nil {
+			t.Fatalf("complete blob %s gone: %v", m.CID(), err)
+		}
+	}
+	// Only when the complete blobs alone exceed the quota does one go, the oldest.
+	res, err = s.GC(ctx, cs+7, keepPartials)
+	if err != nil || len(res.Removed) != 1 || !res.Removed[0].Equals(a.CID()) {
+		t.Fatalf("GC below the complete blobs = %+v, %v; want %s removed", res, err, a.CID())
+	}
+}
