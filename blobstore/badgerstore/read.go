@@ -73,6 +73,7 @@ func chunkID(d [32]byte, m *blobstore.Manifest, i int) string {
 
 // chunkResult is one verified chunk (data in a pooled buffer) or the error reading it.
 type chunkResult struct {
+	idx  int
 	buf  *[]byte
 	data []byte
 	err  error
@@ -107,10 +108,10 @@ func (s *Store) streamChunks(ctx context.Context, d [32]byte, m *blobstore.Manif
 				data, err := s.readChunk(d, m, i, (*buf)[:0])
 				if err != nil {
 					s.putBuf(buf)
-					slot <- chunkResult{err: err}
+					slot <- chunkResult{idx: i, err: err}
 					return
 				}
-				slot <- chunkResult{buf: buf, data: data}
+				slot <- chunkResult{idx: i, buf: buf, data: data}
 			})
 		}
 	})
@@ -200,8 +201,8 @@ func (r *reader) fill() bool {
 		r.cur, r.off = r.stream.next(), 0
 		if r.cur.err != nil {
 			r.err = r.cur.err
-			if errors.Is(r.err, errChunkMissing) {
-				r.err = fmt.Errorf("%w: %w", blobstore.ErrInvalidData, r.err)
+			if !errors.Is(r.err, io.EOF) {
+				r.err = r.s.quarantine(r.d, r.m, r.cur.idx, r.err)
 			}
 		}
 	}
@@ -362,14 +363,11 @@ func (s *Store) readChunkOf(blob cid.Cid, i int, dst []byte, rehash bool) ([]byt
 		out = dst
 		err = s.chunkValue(d, m, i, func(v []byte) { out = append(out, v...) })
 	}
-	if errors.Is(err, errChunkMissing) {
-		if st == stateComplete {
-			return dst, fmt.Errorf("%w: %w", blobstore.ErrInvalidData, err)
-		}
+	if errors.Is(err, errChunkMissing) && st != stateComplete {
 		return dst, fmt.Errorf("%w: %w", blobstore.ErrNotFound, err)
 	}
 	if err != nil {
-		return dst, err
+		return dst, s.quarantine(d, m, i, err)
 	}
 	if err := s.touch(d); err != nil {
 		return dst, err

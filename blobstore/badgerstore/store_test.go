@@ -220,52 +220,98 @@ func corrupt(t *testing.T, dir string, needle []byte) {
 	t.Fatal("bytes to corrupt not found in the value log")
 }
 
+// TestCorruptChunkDetected flips a byte of a stored chunk on disk; every read path finds it (ServeChunk by the
+// store's checksum, the others by it or a re-hash) and quarantines the blob: no longer served or complete, its
+// records kept, its damaged chunk dropped so that a fetch heals it (issue 10 item 11).
 func TestCorruptChunkDetected(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
-	dir := t.TempDir()
 	data := storetest.Data(4, 3*cs)
-	s := open(t, dir, testOptions(t))
-	m := putData(t, s, data)
-	closeStore(t, s)
-	corrupt(t, dir, data[cs+1000:cs+1064]) // inside chunk 1
+	detectors := map[string]func(s *Store, m *blobstore.Manifest) error{
+		"Open": func(s *Store, m *blobstore.Manifest) error { _, err := readAll(s, m); return err },
+		"ReadChunk": func(s *Store, m *blobstore.Manifest) error {
+			_, err := s.ReadChunk(context.Background(), m.CID(), 1, nil)
+			return err
+		},
+		"ServeChunk": func(s *Store, m *blobstore.Manifest) error {
+			_, err := s.ServeChunk(context.Background(), m.CID(), 1, nil)
+			return err
+		},
+		"Export": func(s *Store, m *blobstore.Manifest) error {
+			out := filepath.Join(t.TempDir(), "x.blob")
+			err := s.Export(context.Background(), m.CID(), out)
+			if entries, _ := os.ReadDir(filepath.Dir(out)); len(entries) != 0 {
+				t.Errorf("failed export left %v", entries)
+			}
+			return err
+		},
+		"CheckBlob": func(s *Store, m *blobstore.Manifest) error { return s.CheckBlob(context.Background(), m.CID()) },
+	}
+	for name, detect := range detectors {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			dir := t.TempDir()
+			s := open(t, dir, testOptions(t))
+			m := putData(t, s, data)
+			rec := blobstore.Record{ModelID: "m", ProfileID: "p", Blob: m.CID(), Fingerprint: []byte("{}")}
+			if err := s.AddRecord(ctx, rec); err != nil {
+				t.Fatal(err)
+			}
+			closeStore(t, s)
+			corrupt(t, dir, data[cs+1000:cs+1064]) // inside chunk 1
 
-	s = open(t, dir, testOptions(t))
-	defer closeStore(t, s)
-	if _, err := readAll(s, m); !errors.Is(err, blobstore.ErrInvalidData) {
-		t.Fatalf("Read of a corrupt blob = %v, want ErrInvalidData", err)
-	}
-	// ServeChunk does not re-hash: badger's checksum of the value-log entry finds the damage.
-	for name, read := range map[string]func(context.Context, cid.Cid, int, []byte) ([]byte, error){
-		"ReadChunk": s.ReadChunk, "ServeChunk": s.ServeChunk,
-	} {
-		if _, err := read(ctx, m.CID(), 1, nil); !errors.Is(err, blobstore.ErrInvalidData) {
-			t.Fatalf("%s of the corrupt chunk = %v", name, err)
-		}
-		if got, err := read(ctx, m.CID(), 2, nil); err != nil || !bytes.Equal(got, chunkOf(data, m, 2)) {
-			t.Fatalf("%s of a good chunk = %v", name, err)
-		}
-	}
-	out := filepath.Join(t.TempDir(), "x.blob")
-	if err := s.Export(ctx, m.CID(), out); !errors.Is(err, blobstore.ErrInvalidData) {
-		t.Fatalf("Export of a corrupt blob = %v", err)
-	}
-	if entries, _ := os.ReadDir(filepath.Dir(out)); len(entries) != 0 {
-		t.Fatalf("failed export left %v", entries)
-	}
-	rep, err := s.Verify(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := []blobstore.CorruptChunk{{Blob: m.CID(), Index: 1, Chunk: blobstore.ChunkCID(m.Chunks[1])}}
-	if len(rep.Corrupt) != 1 || rep.Corrupt[0].Index != 1 || !rep.Corrupt[0].Blob.Equals(want[0].Blob) ||
-		!rep.Corrupt[0].Chunk.Equals(want[0].Chunk) || rep.Chunks != 3 {
-		t.Fatalf("Verify = %+v, want %+v", rep, want)
-	}
-	// Putting the blob again rewrites its chunks: the store heals.
-	putData(t, s, data)
-	if rep, err := s.Verify(ctx); err != nil || len(rep.Corrupt) != 0 {
-		t.Fatalf("Verify after re-put = %+v, %v", rep, err)
+			s = open(t, dir, testOptions(t))
+			defer closeStore(t, s)
+			if rep, err := s.Verify(ctx); err != nil || len(rep.Corrupt) != 1 || rep.Corrupt[0].Index != 1 ||
+				!rep.Corrupt[0].Chunk.Equals(blobstore.ChunkCID(m.Chunks[1])) || rep.Chunks != 3 {
+				t.Fatalf("Verify = %+v, %v; want chunk 1 corrupt", rep, err)
+			}
+			if err := detect(s, m); !errors.Is(err, blobstore.ErrInvalidData) {
+				t.Fatalf("%s of a corrupt blob = %v, want ErrInvalidData", name, err)
+			}
+			// Quarantined: not served, not complete, the damaged chunk dropped, the records kept.
+			if ok, err := s.Has(ctx, m.CID()); ok || err != nil {
+				t.Fatalf("Has after quarantine = %v, %v", ok, err)
+			}
+			if info, err := s.Stat(ctx, m.CID()); err != nil || info.Complete || info.HaveChunks != 2 {
+				t.Fatalf("Stat after quarantine = %+v, %v", info, err)
+			}
+			if _, err := s.ServeChunk(ctx, m.CID(), 1, nil); !errors.Is(err, blobstore.ErrNotFound) {
+				t.Fatalf("ServeChunk of the dropped chunk = %v, want ErrNotFound", err)
+			}
+			if got, err := s.ServeChunk(ctx, m.CID(), 2, nil); err != nil || !bytes.Equal(got, chunkOf(data, m, 2)) {
+				t.Fatalf("ServeChunk of a good chunk = %v", err)
+			}
+			if _, err := s.Open(ctx, m.CID()); !errors.Is(err, blobstore.ErrIncomplete) {
+				t.Fatalf("Open after quarantine = %v, want ErrIncomplete", err)
+			}
+			if recs, err := s.Records(ctx, "m", "p"); err != nil || len(recs) != 1 {
+				t.Fatalf("records after quarantine = %v, %v; want kept", recs, err)
+			}
+			if rep, err := s.Verify(ctx); err != nil || len(rep.Corrupt) != 0 {
+				t.Fatalf("Verify after quarantine = %+v, %v", rep, err)
+			}
+			// A fetch heals it: BeginPartial (resume), the missing chunk, Commit.
+			if err := s.BeginPartial(ctx, m); err != nil {
+				t.Fatal(err)
+			}
+			have, err := s.HaveChunks(ctx, m.CID())
+			if err != nil || !slices.Equal(have, []bool{true, false, true}) {
+				t.Fatalf("HaveChunks after quarantine = %v, %v", have, err)
+			}
+			if err := s.PutChunk(ctx, m.CID(), 1, chunkOf(data, m, 1)); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Commit(ctx, m.CID()); err != nil {
+				t.Fatal(err)
+			}
+			if got, err := readAll(s, m); err != nil || !bytes.Equal(got, data) {
+				t.Fatalf("healed blob reads back wrong: %v", err)
+			}
+			if rep, err := s.Verify(ctx); err != nil || len(rep.Corrupt) != 0 {
+				t.Fatalf("Verify after healing = %+v, %v", rep, err)
+			}
+		})
 	}
 }
 
