@@ -156,6 +156,15 @@ func New(opts Options) (*Agent, error) {
 			return nil, fmt.Errorf("agent: %w", err)
 		}
 	}
+	// Files materialised by versions that copied blobs out of the store duplicate what the store now keeps as
+	// files; a loader that still has one open keeps its bytes (unlinked, not overwritten).
+	if _, ok := opts.Store.(blobstore.Filer); ok {
+		if old, err := filepath.Glob(filepath.Join(a.blobsDir, "*.blob")); err == nil {
+			for _, f := range old {
+				_ = os.Remove(f)
+			}
+		}
+	}
 	// Compiler outputs of a killed process are garbage. Only the store's owner gets here (badger locks its directory),
 	// so no other live process is using them.
 	if old, err := os.ReadDir(a.scratchDir); err == nil {
@@ -603,10 +612,15 @@ func (a *Agent) Put(ctx context.Context, path string, model compile.Model, profi
 	return Result{CID: c, Source: SourceStore, Record: rec, SHA256: sha}, nil
 }
 
-// Materialize gives the loader a stable read-only file for a stored blob: <work>/blobs/<cid>.blob, exported
-// atomically on first use and reused while it is there.
+// Materialize gives the loader a stable read-only file for a stored blob. With a store that keeps one file per
+// blob (blobstore.Filer) that is the stored file itself: nothing is copied or re-hashed (it was verified on
+// arrival, and Ensure checked its checksums once in this process). Otherwise the blob is exported atomically to
+// <work>/blobs/<cid>.blob on first use and reused while it is there.
 func (a *Agent) Materialize(ctx context.Context, c cid.Cid) (string, error) {
 	defer a.use(c)()
+	if f, ok := a.opts.Store.(blobstore.Filer); ok {
+		return f.BlobFile(ctx, c)
+	}
 	path := a.BlobPath(c)
 	info, err := a.opts.Store.Stat(ctx, c)
 	if err != nil {

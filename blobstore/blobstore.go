@@ -157,6 +157,13 @@ type Checker interface {
 	CheckBlob(ctx context.Context, c cid.Cid) error
 }
 
+// Filer is implemented by stores that keep each complete blob as one file: the loader opens that file itself.
+type Filer interface {
+	// BlobFile returns the path of a complete blob's file: read-only, readable by the store's group, never
+	// rewritten while the blob is complete (a quarantined blob's file moves away first). It counts as an access.
+	BlobFile(ctx context.Context, c cid.Cid) (string, error)
+}
+
 // Source says where a host got a blob it hands to a loader.
 type Source string
 

@@ -157,14 +157,20 @@ func TestLeftoverCleanup(t *testing.T) {
 	dir := t.TempDir()
 	s := open(t, dir, testOptions(t))
 	kept := putData(t, s, storetest.Data(3, cs+1))
-	// What a crash leaves: chunks of an unfinished put, access, pin and record keys of a blob whose delete did
-	// not finish.
+	// What a crash leaves: a layout-1 chunk, a temporary file of an unfinished put, a blob file and chunk keys,
+	// access, pin and record keys of a blob whose delete did not finish.
 	orphan := [32]byte{1, 2, 3}
 	gone := [32]byte{9}
+	for _, f := range []string{filepath.Join(s.tmpDir, "put-123"), s.blobPath(gone), s.partialPath(gone)} {
+		if err := os.WriteFile(f, []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 	recKey := recordKey(&blobstore.Record{ModelID: "m", ProfileID: "p", Fingerprint: []byte("{}")}, gone)
 	err := s.db.Update(func(txn *badger.Txn) error {
 		return errors.Join(
-			txn.Set(key(prefixChunk, orphan), bytes.Repeat([]byte{1}, 4096)),
+			txn.Set(key(prefixChunkV1, orphan), bytes.Repeat([]byte{1}, 4096)),
+			txn.Set(haveKey(gone, 3), encodeCRC(7)),
 			txn.Set(key(prefixAccess, gone), encodeTime(time.Now())),
 			txn.Set(key(prefixPin, gone), nil),
 			txn.Set(recKey, []byte("{}")),
@@ -178,7 +184,7 @@ func TestLeftoverCleanup(t *testing.T) {
 	s = open(t, dir, testOptions(t))
 	defer closeStore(t, s)
 	err = s.db.View(func(txn *badger.Txn) error {
-		for _, k := range [][]byte{key(prefixChunk, orphan), key(prefixAccess, gone), key(prefixPin, gone), recKey} {
+		for _, k := range [][]byte{key(prefixChunkV1, orphan), haveKey(gone, 3), key(prefixAccess, gone), key(prefixPin, gone), recKey} {
 			if _, err := txn.Get(k); !errors.Is(err, badger.ErrKeyNotFound) {
 				t.Errorf("leftover key %x survived Open: %v", k, err)
 			}
@@ -192,32 +198,40 @@ func TestLeftoverCleanup(t *testing.T) {
 	if err != nil || len(rep.Corrupt) != 0 || rep.Chunks != len(kept.Chunks) {
 		t.Fatalf("Verify after cleanup = %+v, %v", rep, err)
 	}
+	if n := leftoverChunks(t, s); n != 0 {
+		t.Fatalf("%d leftovers survived Open", n)
+	}
 }
 
-// corrupt flips one byte of needle where it occurs in the value log of dir (the store must be closed). It opens
-// and closes the store first so that the value-log file is sealed: badger checks the last file at Open and
-// truncates it at a bad entry (a torn write), while bit rot in a sealed file is left for the store to find.
+// corrupt flips one byte of needle where it occurs in a file of the store in dir (the store must be closed):
+// a blob's file, or badger's value log for a store of layout 1. It opens and closes the store first so that a
+// value-log file is sealed: badger checks the last file at Open and truncates it at a bad entry (a torn write),
+// while bit rot in a sealed file is left for the store to find.
 func corrupt(t *testing.T, dir string, needle []byte) {
 	t.Helper()
 	closeStore(t, open(t, dir, testOptions(t)))
-	files, err := filepath.Glob(filepath.Join(dir, "*.vlog"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range files {
-		b, err := os.ReadFile(f)
+	found := false
+	err := filepath.WalkDir(dir, func(path string, e os.DirEntry, err error) error {
+		if err != nil || found || !e.Type().IsRegular() {
+			return err
+		}
+		b, err := os.ReadFile(path)
 		if err != nil {
-			t.Fatal(err)
+			return err
 		}
 		if i := bytes.Index(b, needle); i >= 0 {
+			found = true
 			b[i+len(needle)/2] ^= 0x40
-			if err := os.WriteFile(f, b, 0o600); err != nil {
-				t.Fatal(err)
+			if err := os.Chmod(path, 0o600); err != nil {
+				return err
 			}
-			return
+			return os.WriteFile(path, b, 0o600)
 		}
+		return nil
+	})
+	if err != nil || !found {
+		t.Fatalf("bytes to corrupt not found: %v", err)
 	}
-	t.Fatal("bytes to corrupt not found in the value log")
 }
 
 // TestCorruptChunkDetected flips a byte of a stored chunk on disk; every read path finds it (ServeChunk by the
@@ -234,14 +248,6 @@ func TestCorruptChunkDetected(t *testing.T) {
 		},
 		"ServeChunk": func(s *Store, m *blobstore.Manifest) error {
 			_, err := s.ServeChunk(context.Background(), m.CID(), 1, nil)
-			return err
-		},
-		"Export": func(s *Store, m *blobstore.Manifest) error {
-			out := filepath.Join(t.TempDir(), "x.blob")
-			err := s.Export(context.Background(), m.CID(), out)
-			if entries, _ := os.ReadDir(filepath.Dir(out)); len(entries) != 0 {
-				t.Errorf("failed export left %v", entries)
-			}
 			return err
 		},
 		"CheckBlob": func(s *Store, m *blobstore.Manifest) error { return s.CheckBlob(context.Background(), m.CID()) },
@@ -388,12 +394,8 @@ func TestPutChunkAfterDelete(t *testing.T) {
 	if err := s.PutChunk(ctx, m.CID(), 1, chunkOf(data, m, 1)); !errors.Is(err, blobstore.ErrNotFound) {
 		t.Fatalf("PutChunk after Delete = %v, want ErrNotFound", err)
 	}
-	var left [][32]byte
-	if err := s.db.View(func(txn *badger.Txn) error { left = digestKeys(txn, prefixChunk); return nil }); err != nil {
-		t.Fatal(err)
-	}
-	if len(left) != 0 {
-		t.Fatalf("%d chunks left after Delete, want none", len(left))
+	if n := leftoverChunks(t, s); n != 0 {
+		t.Fatalf("%d chunk keys or files left after Delete, want none", n)
 	}
 }
 
@@ -520,9 +522,9 @@ func TestGCReclaimsDisk(t *testing.T) {
 		t.Fatalf("GC = %+v, %v", res, err)
 	}
 	after := allocated(t, dir)
-	t.Logf("value log: %d MiB before gc, %d MiB after", before>>20, after>>20)
-	if after > before-8*cs {
-		t.Fatalf("gc of 16 MiB freed only %d bytes of value log", before-after)
+	t.Logf("blob files and value log: %d MiB before gc, %d MiB after", before>>20, after>>20)
+	if after > before-16*cs {
+		t.Fatalf("gc of 16 MiB freed only %d bytes of disk", before-after)
 	}
 	if got, err := readAll(s, ms[2]); err != nil || len(got) != 8*cs {
 		t.Fatalf("surviving blob after value-log gc: %v", err)
@@ -674,8 +676,11 @@ func TestExportLeavesOnlyTheFile(t *testing.T) {
 	if err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("exported file: %d bytes, %v", len(got), err)
 	}
-	if st, _ := os.Stat(filepath.Join(dir, "b.blob")); st.Mode().Perm() != 0o644 {
-		t.Errorf("exported file mode %v, want 0644", st.Mode().Perm())
+	// On the store's filesystem the export is a hard link to the stored file: no byte copied, read-only.
+	st, _ := os.Stat(filepath.Join(dir, "b.blob"))
+	stored, _ := os.Stat(s.blobPath(must(blobstore.Digest(m.CID()))))
+	if !os.SameFile(st, stored) || st.Mode().Perm() != 0o444 {
+		t.Errorf("exported file mode %v, same file as the store's %v; want a read-only link", st.Mode().Perm(), os.SameFile(st, stored))
 	}
 }
 
@@ -755,4 +760,11 @@ func TestGCPartialClaim(t *testing.T) {
 	if err != nil || len(res.Removed) != 1 || !res.Removed[0].Equals(a.CID()) {
 		t.Fatalf("GC below the complete blobs = %+v, %v; want %s removed", res, err, a.CID())
 	}
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
 }
