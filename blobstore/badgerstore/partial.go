@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"maps"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -216,7 +217,9 @@ func (s *Store) dropPrefix(d [32]byte) {
 func (s *Store) resetPrefix(d [32]byte) {
 	s.prefixMu.Lock()
 	if p := s.prefixes[d]; p != nil {
-		np := &prefixHash{h: sha256.New(), alloc: p.alloc}
+		p.allocMu.Lock()
+		np := &prefixHash{h: sha256.New(), alloc: maps.Clone(p.alloc)}
+		p.allocMu.Unlock()
 		s.prefixes[d] = np
 	}
 	s.prefixMu.Unlock()
