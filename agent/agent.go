@@ -105,6 +105,7 @@ type Agent struct {
 	inflight   map[string]*Activity // what is being fetched or compiled, for status
 	inUse      map[cid.Cid]int      // blobs being fetched, exported or streamed: gc keeps them
 	rejected   map[string]bool      // peers' records (or their blobs) that failed the checks here
+	checked    map[cid.Cid]bool     // stored blobs whose bytes were checked since this process started
 	blobsDir   string
 	scratchDir string
 }
@@ -146,12 +147,22 @@ func New(opts Options) (*Agent, error) {
 		inflight:   map[string]*Activity{},
 		inUse:      map[cid.Cid]int{},
 		rejected:   map[string]bool{},
+		checked:    map[cid.Cid]bool{},
 		blobsDir:   filepath.Join(opts.WorkDir, "blobs"),
 		scratchDir: filepath.Join(opts.WorkDir, "scratch"),
 	}
 	for _, d := range []string{a.blobsDir, a.scratchDir} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, fmt.Errorf("agent: %w", err)
+		}
+	}
+	// Files materialised by versions that copied blobs out of the store duplicate what the store now keeps as
+	// files; a loader that still has one open keeps its bytes (unlinked, not overwritten).
+	if _, ok := opts.Store.(blobstore.Filer); ok {
+		if old, err := filepath.Glob(filepath.Join(a.blobsDir, "*.blob")); err == nil {
+			for _, f := range old {
+				_ = os.Remove(f)
+			}
 		}
 	}
 	// Compiler outputs of a killed process are garbage. Only the store's owner gets here (badger locks its directory),
@@ -277,9 +288,54 @@ func (a *Agent) findLocal(ctx context.Context, modelID, profileID, kind string) 
 		if err != nil {
 			return Result{}, false, err
 		}
+		if err := a.checkOnce(ctx, r.Blob); errors.Is(err, blobstore.ErrInvalidData) || errors.Is(err, blobstore.ErrIncomplete) {
+			// Quarantined by the store: the request falls back to peers or compiling, which heal the store.
+			a.opts.Logger.Warn("stored blob is damaged; fetching or compiling it again", "blob", r.Blob, "err", err)
+			continue
+		} else if err != nil {
+			return Result{}, false, err
+		}
 		return Result{CID: r.Blob, Source: SourceStore, Record: r, SHA256: info.SHA256}, true, nil
 	}
 	return Result{}, false, nil
+}
+
+// checkOnce checks a stored blob's bytes against the store's checksum the first time this process hands it out
+// (the store quarantines a damaged blob): a blob verified on arrival is not re-hashed, but bit rot since, or a
+// file changed behind the store's back, is found before a loader gets it.
+func (a *Agent) checkOnce(ctx context.Context, c cid.Cid) error {
+	ck, ok := a.opts.Store.(blobstore.Checker)
+	if !ok {
+		return nil
+	}
+	a.mu.Lock()
+	done := a.checked[c]
+	a.mu.Unlock()
+	if done {
+		return nil
+	}
+	if err := ck.CheckBlob(ctx, c); err != nil {
+		return err
+	}
+	a.markChecked(c)
+	return nil
+}
+
+// markChecked records c as checked: it was verified on arrival in this process (fetched or put).
+func (a *Agent) markChecked(c cid.Cid) {
+	a.mu.Lock()
+	if len(a.checked) >= maxRejected {
+		clear(a.checked)
+	}
+	a.checked[c] = true
+	a.mu.Unlock()
+}
+
+// forgetChecked drops c from the blobs checked in this process (removed, or quarantined since).
+func (a *Agent) forgetChecked(c cid.Cid) {
+	a.mu.Lock()
+	delete(a.checked, c)
+	a.mu.Unlock()
 }
 
 // compatible filters records to those this host can load, best first: compiled on this very fingerprint, then
@@ -378,6 +434,7 @@ func (a *Agent) fetchChecked(ctx context.Context, r blobstore.Record, kind strin
 		a.reject(ctx, r, kind, err, held)
 		return err
 	}
+	a.markChecked(r.Blob)
 	return a.opts.Store.AddRecord(ctx, r)
 }
 
@@ -518,6 +575,7 @@ func (a *Agent) putChecked(ctx context.Context, path, kind string) (cid.Cid, str
 	if err != nil {
 		return cid.Undef, "", err
 	}
+	a.markChecked(m.CID())
 	return m.CID(), fmt.Sprintf("%x", m.SHA256), nil
 }
 
@@ -554,10 +612,15 @@ func (a *Agent) Put(ctx context.Context, path string, model compile.Model, profi
 	return Result{CID: c, Source: SourceStore, Record: rec, SHA256: sha}, nil
 }
 
-// Materialize gives the loader a stable read-only file for a stored blob: <work>/blobs/<cid>.blob, exported
-// atomically on first use and reused while it is there.
+// Materialize gives the loader a stable read-only file for a stored blob. With a store that keeps one file per
+// blob (blobstore.Filer) that is the stored file itself: nothing is copied or re-hashed (it was verified on
+// arrival, and Ensure checked its checksums once in this process). Otherwise the blob is exported atomically to
+// <work>/blobs/<cid>.blob on first use and reused while it is there.
 func (a *Agent) Materialize(ctx context.Context, c cid.Cid) (string, error) {
 	defer a.use(c)()
+	if f, ok := a.opts.Store.(blobstore.Filer); ok {
+		return f.BlobFile(ctx, c)
+	}
 	path := a.BlobPath(c)
 	info, err := a.opts.Store.Stat(ctx, c)
 	if err != nil {
@@ -583,6 +646,7 @@ func (a *Agent) BlobPath(c cid.Cid) string { return filepath.Join(a.blobsDir, c.
 func (a *Agent) GC(ctx context.Context, quota uint64) (blobstore.GCResult, error) {
 	res, err := a.opts.Store.GC(ctx, quota, a.inUseNow)
 	for _, c := range res.Removed {
+		a.forgetChecked(c)
 		_ = os.Remove(a.BlobPath(c))
 	}
 	return res, err
@@ -593,6 +657,7 @@ func (a *Agent) Remove(ctx context.Context, c cid.Cid) error {
 	if err := a.opts.Store.Delete(ctx, c); err != nil {
 		return err
 	}
+	a.forgetChecked(c)
 	_ = os.Remove(a.BlobPath(c))
 	return nil
 }

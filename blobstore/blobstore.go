@@ -147,6 +147,23 @@ type Store interface {
 	Close() error
 }
 
+// Checker is implemented by stores that check a complete blob's stored bytes cheaply (the store's own checksum,
+// not a re-hash) and quarantine a damaged blob. Quarantine is the rule for every read that finds a chunk that does
+// not match (ReadChunk, ServeChunk, Open, Export, CheckBlob): the blob goes back to partial (Has is false, Stat
+// says incomplete, nothing serves it), the damaged chunk is dropped so that HaveChunks asks for it again, and
+// the blob's records stay, so that a fetch (BeginPartial, PutChunk, Commit) or a Put of the same bytes heals it.
+type Checker interface {
+	// CheckBlob checks every chunk of a complete blob; a damaged one is quarantined and ErrInvalidData returned.
+	CheckBlob(ctx context.Context, c cid.Cid) error
+}
+
+// Filer is implemented by stores that keep each complete blob as one file: the loader opens that file itself.
+type Filer interface {
+	// BlobFile returns the path of a complete blob's file: read-only, readable by the store's group, never
+	// rewritten while the blob is complete (a quarantined blob's file moves away first). It counts as an access.
+	BlobFile(ctx context.Context, c cid.Cid) (string, error)
+}
+
 // Source says where a host got a blob it hands to a loader.
 type Source string
 

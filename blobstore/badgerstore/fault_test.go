@@ -170,23 +170,48 @@ func checkStore(t *testing.T, s *Store, want []faults.Data, partial []*blobstore
 	}
 }
 
-// leftoverChunks counts stored chunks that no manifest (complete or partial) references.
+// leftoverChunks counts what no blob accounts for: files in tmp/, files in blobs/ or partial/ without their
+// blob's key, chunk keys of blobs that do not exist, and layout-1 chunk keys.
 func leftoverChunks(t *testing.T, s *Store) int {
 	t.Helper()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	marks, err := s.marksLocked()
-	if err != nil {
-		t.Fatal(err)
-	}
 	n := 0
-	err = s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixChunk}})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			if _, ok := marks[[32]byte(it.Item().Key()[1:])]; !ok {
-				n++
+	if tmp, err := os.ReadDir(s.tmpDir); err == nil {
+		n += len(tmp)
+	}
+	err := s.db.View(func(txn *badger.Txn) error {
+		exists := func(d [32]byte, prefix byte) bool {
+			_, err := txn.Get(key(prefix, d))
+			return err == nil
+		}
+		for _, dir := range []struct {
+			path   string
+			prefix byte
+		}{{s.blobDir, prefixManifest}, {s.partDir, prefixPartial}} {
+			entries, err := os.ReadDir(dir.path)
+			if err != nil {
+				return err
 			}
+			for _, e := range entries {
+				c, err := blobstore.ParseCID(e.Name())
+				if err != nil {
+					n++
+					continue
+				}
+				if d, _ := blobstore.Digest(c); !exists(d, dir.prefix) {
+					n++
+				}
+			}
+		}
+		for _, prefix := range []byte{prefixHave, prefixChunkV1} {
+			it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefix}})
+			for it.Rewind(); it.Valid(); it.Next() {
+				k := it.Item().Key()
+				if prefix == prefixChunkV1 || len(k) != 37 ||
+					(!exists([32]byte(k[1:33]), prefixManifest) && !exists([32]byte(k[1:33]), prefixPartial)) {
+					n++
+				}
+			}
+			it.Close()
 		}
 		return nil
 	})
@@ -434,6 +459,9 @@ func TestFaultFullDisk(t *testing.T) {
 			}
 			t.Logf("%d blobs of %d MiB fit; then Put: %s; partial fetch: %s", len(committed), tt.blobSize>>20, full, partial)
 			for what, msg := range map[string]string{"Put": full, "partial fetch": partial} {
+				if what == "partial fetch" && msg == "<nil>" {
+					continue // the failed Put's file gave its space back at once: the fetch's last chunks fit
+				}
 				if !strings.Contains(msg, ErrNoSpace.Error()) && !strings.Contains(msg, syscall.ENOSPC.Error()) {
 					t.Errorf("%s on a full disk failed with %q, want a no-space error", what, msg)
 				}

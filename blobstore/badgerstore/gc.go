@@ -6,6 +6,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 
 	badger "github.com/dgraph-io/badger/v4"
@@ -14,130 +16,135 @@ import (
 	"github.com/npu-agent/npu-agent/blobstore"
 )
 
-// marks returns every chunk digest that a complete or partial manifest references or a Put in flight has
-// registered. s.mu must be held, so no manifest or registration changes meanwhile.
-func (s *Store) marksLocked() (map[[32]byte]struct{}, error) {
-	marks := make(map[[32]byte]struct{}, len(s.inflight))
-	for d := range s.inflight {
-		marks[d] = struct{}{}
-	}
-	err := s.db.View(func(txn *badger.Txn) error {
-		for _, prefix := range []byte{prefixManifest, prefixPartial} {
-			for _, d := range digestKeys(txn, prefix) {
-				m, _, err := s.manifest(txn, d)
-				if err != nil {
-					// An unreadable manifest must not cost the chunks of every other blob: stop the sweep.
-					return fmt.Errorf("read manifest %s: %w", blobstore.DigestCID(d), err)
-				}
-				for _, c := range m.Chunks {
-					marks[c] = struct{}{}
-				}
-			}
-		}
-		return nil
-	})
-	return marks, err
-}
-
-// sweepLocked deletes the chunks among candidates (all stored chunks if candidates is nil) that no manifest and
-// no Put in flight references. s.mu must be held. It returns how many chunks it deleted.
-func (s *Store) sweepLocked(candidates [][32]byte) (int, error) {
-	marks, err := s.marksLocked()
-	if err != nil {
-		return 0, err
-	}
-	var doomed [][]byte
-	err = s.db.View(func(txn *badger.Txn) error {
-		if candidates == nil {
-			it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixChunk}})
-			defer it.Close()
-			for it.Rewind(); it.Valid(); it.Next() {
-				k := it.Item().KeyCopy(nil)
-				if len(k) != 33 {
-					doomed = append(doomed, k) // not a key this version writes under the chunk prefix
-					continue
-				}
-				if _, ok := marks[[32]byte(k[1:])]; !ok {
-					doomed = append(doomed, k)
-				}
-			}
-			return nil
-		}
-		seen := map[[32]byte]bool{}
-		for _, d := range candidates {
-			if _, ok := marks[d]; ok || seen[d] {
-				continue
-			}
-			seen[d] = true
-			if _, err := txn.Get(key(prefixChunk, d)); err == nil {
-				doomed = append(doomed, key(prefixChunk, d))
-			} else if !errors.Is(err, badger.ErrKeyNotFound) {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil || len(doomed) == 0 {
-		return 0, err
-	}
-	return len(doomed), s.deleteKeys(doomed)
-}
-
-func (s *Store) deleteKeys(keys [][]byte) error {
-	s.gate.RLock()
-	defer s.gate.RUnlock()
-	wb := s.db.NewWriteBatch()
-	defer wb.Cancel()
-	for _, k := range keys {
-		if err := wb.Delete(k); err != nil {
-			return err
-		}
-	}
-	return wb.Flush()
-}
-
-// cleanup runs at Open: it removes chunks no manifest references (interrupted puts, a crash in a delete) and
-// access, pin and record keys of blobs that no longer exist.
+// cleanup runs at Open and puts files and keys back in line after a crash: temporary files of Puts go; a partial
+// blob whose file was moved to blobs/ by a Commit or quarantine that did not finish gets it back (a missing one is
+// recreated empty, its chunks forgotten); a complete blob without its file is quarantined with no chunk; files
+// without a blob, chunk keys of blobs that no longer exist, layout-1 chunk keys, and access, pin and record keys
+// of blobs that no longer exist are removed. It returns how many keys and files it removed.
 func (s *Store) cleanup() (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	removed, err := s.sweepLocked(nil)
-	if isCorrupt(err) {
-		// Open anyway, so that verify can report the damage and delete can remove the blob.
-		s.log.Warn("blob store: not sweeping chunks at open: a manifest is corrupt (see verify)", "err", err)
-	} else if err != nil {
-		return 0, err
-	}
-	var doomed [][]byte
-	err = s.db.View(func(txn *badger.Txn) error {
-		exists := func(d [32]byte) (bool, error) {
-			st, err := s.state(txn, d)
-			return st != stateAbsent, err
+	s.filesMu.Lock()
+	defer s.filesMu.Unlock()
+	removed := 0
+	if tmp, err := os.ReadDir(s.tmpDir); err == nil {
+		for _, e := range tmp {
+			if os.RemoveAll(filepath.Join(s.tmpDir, e.Name())) == nil {
+				removed++
+			}
 		}
-		for _, prefix := range []byte{prefixAccess, prefixPin} {
-			for _, d := range digestKeys(txn, prefix) {
-				ok, err := exists(d)
+	}
+	complete := map[[32]byte]bool{}
+	partial := map[[32]byte]bool{}
+	var manifests = map[[32]byte]*blobstore.Manifest{}
+	err := s.db.View(func(txn *badger.Txn) error {
+		for _, d := range digestKeys(txn, prefixManifest) {
+			complete[d] = true
+		}
+		for _, d := range digestKeys(txn, prefixPartial) {
+			partial[d] = true
+		}
+		for d := range complete {
+			if _, err := os.Stat(s.blobPath(d)); errors.Is(err, os.ErrNotExist) {
+				m, _, err := s.manifest(txn, d)
 				if err != nil {
 					return err
 				}
-				if !ok {
+				manifests[d] = m
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	for d, m := range manifests {
+		s.log.Error("blob store: a complete blob's file is missing; quarantined", "blob", blobstore.DigestCID(d))
+		if _, err := s.quarantineLocked(d, m, -1); err != nil {
+			return removed, err
+		}
+		delete(complete, d)
+		partial[d] = true
+	}
+	for d := range partial {
+		pp := s.partialPath(d)
+		if _, err := os.Stat(pp); err == nil {
+			continue
+		} else if !errors.Is(err, os.ErrNotExist) {
+			return removed, err
+		}
+		if err := s.moveFile(s.blobPath(d), pp, 0o600); err == nil {
+			continue
+		} else if !errors.Is(err, os.ErrNotExist) {
+			return removed, err
+		}
+		var m *blobstore.Manifest
+		if err := s.db.View(func(txn *badger.Txn) error {
+			var err error
+			m, _, err = s.manifest(txn, d)
+			return err
+		}); err != nil {
+			if isCorrupt(err) {
+				continue
+			}
+			return removed, err
+		}
+		s.log.Warn("blob store: a partial blob's file is missing; its fetch starts afresh", "blob", blobstore.DigestCID(d))
+		if err := s.deletePrefix(key(prefixHave, d)); err != nil {
+			return removed, err
+		}
+		if err := createSparse(pp, int64(m.Size)); err != nil {
+			return removed, err
+		}
+	}
+	for _, dir := range []struct {
+		path string
+		keep map[[32]byte]bool
+	}{{s.blobDir, complete}, {s.partDir, partial}} {
+		entries, err := os.ReadDir(dir.path)
+		if err != nil {
+			return removed, err
+		}
+		for _, e := range entries {
+			if c, err := blobstore.ParseCID(e.Name()); err == nil {
+				if d, _ := blobstore.Digest(c); dir.keep[d] {
+					continue
+				}
+			}
+			if err := os.RemoveAll(filepath.Join(dir.path, e.Name())); err != nil {
+				return removed, err
+			}
+			removed++
+		}
+	}
+
+	var doomed [][]byte
+	err = s.db.View(func(txn *badger.Txn) error {
+		exists := func(d [32]byte) bool { return complete[d] || partial[d] }
+		for _, prefix := range []byte{prefixAccess, prefixPin} {
+			for _, d := range digestKeys(txn, prefix) {
+				if !exists(d) {
 					doomed = append(doomed, key(prefix, d))
 				}
 			}
 		}
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixRecord}})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			k := it.Item().KeyCopy(nil)
-			d, ok := recordKeyBlob(k)
-			if ok {
-				if ok, err = exists(d); err != nil {
-					return err
+		for _, prefix := range []byte{prefixHave, prefixChunkV1, prefixRecord} {
+			it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefix}})
+			for it.Rewind(); it.Valid(); it.Next() {
+				k := it.Item().KeyCopy(nil)
+				var ok bool
+				switch prefix {
+				case prefixHave:
+					ok = len(k) == 37 && exists([32]byte(k[1:33]))
+				case prefixRecord:
+					var d [32]byte
+					if d, ok = recordKeyBlob(k); ok {
+						ok = exists(d)
+					}
+				}
+				if !ok {
+					doomed = append(doomed, k)
 				}
 			}
-			if !ok {
-				doomed = append(doomed, k)
-			}
+			it.Close()
 		}
 		return nil
 	})
@@ -148,29 +155,35 @@ func (s *Store) cleanup() (int, error) {
 }
 
 // GC removes least-recently-used blobs, complete or partial, until their total size is at most quota. It never
-// removes a pinned blob, one keep protects or one with an open Reader. Then it sweeps unreferenced chunks and
-// reclaims value-log space. A partial blob counts with its full size: the fetch will fill it.
+// removes a pinned blob, one keep protects or one with an open Reader. Then it reclaims value-log space. A partial blob counts the bytes it holds, not the size its manifest claims (a claim is
+// a peer's word, and a fetch that failed may never fill it), and partial blobs go first: a complete blob is removed
+// only while the complete blobs alone exceed quota, never to make room for a partial one.
 func (s *Store) GC(ctx context.Context, quota uint64, keep func(cid.Cid) bool) (blobstore.GCResult, error) {
 	if err := s.enter(); err != nil {
 		return blobstore.GCResult{}, err
 	}
 	defer s.leave()
 	type cand struct {
-		d      [32]byte
-		size   uint64
-		access int64
-		pinned bool
+		d        [32]byte
+		size     uint64 // bytes held: the blob's size, or a partial blob's stored chunks
+		access   int64
+		pinned   bool
+		complete bool
 	}
 	var cands []cand
-	var total uint64
+	var total, completeTotal uint64
 	err := s.db.View(func(txn *badger.Txn) error {
 		for _, prefix := range []byte{prefixManifest, prefixPartial} {
 			for _, d := range digestKeys(txn, prefix) {
-				m, _, err := s.manifest(txn, d)
+				m, st, err := s.manifest(txn, d)
 				if isCorrupt(err) {
 					s.log.Warn("blob store: gc: skipping a blob with a corrupt manifest (see verify)", "blob", blobstore.DigestCID(d), "err", err)
 					continue
 				}
+				if err != nil {
+					return err
+				}
+				size, err := s.heldBytes(txn, d, m, st)
 				if err != nil {
 					return err
 				}
@@ -182,8 +195,12 @@ func (s *Store) GC(ctx context.Context, quota uint64, keep func(cid.Cid) bool) (
 				if perr != nil && !errors.Is(perr, badger.ErrKeyNotFound) {
 					return perr
 				}
-				cands = append(cands, cand{d: d, size: m.Size, access: at.UnixNano(), pinned: perr == nil})
-				total += m.Size
+				complete := st == stateComplete
+				cands = append(cands, cand{d: d, size: size, access: at.UnixNano(), pinned: perr == nil, complete: complete})
+				total += size
+				if complete {
+					completeTotal += size
+				}
 			}
 		}
 		return nil
@@ -191,7 +208,14 @@ func (s *Store) GC(ctx context.Context, quota uint64, keep func(cid.Cid) bool) (
 	if err != nil {
 		return blobstore.GCResult{}, fmt.Errorf("gc: %w", err)
 	}
+	// Partial blobs first, then complete ones; each group oldest access first.
 	slices.SortFunc(cands, func(a, b cand) int {
+		if a.complete != b.complete {
+			if a.complete {
+				return 1
+			}
+			return -1
+		}
 		return cmp.Or(cmp.Compare(a.access, b.access), bytes.Compare(a.d[:], b.d[:]))
 	})
 	protected := make([]bool, len(cands)) // keep is asked before taking the lock: it may call the store
@@ -205,6 +229,9 @@ func (s *Store) GC(ctx context.Context, quota uint64, keep func(cid.Cid) bool) (
 		if total <= quota {
 			break
 		}
+		if c.complete && completeTotal <= quota {
+			break // what is over quota is partial blobs gc may not remove: no complete blob goes for them
+		}
 		if err := ctx.Err(); err != nil {
 			s.mu.Unlock()
 			return res, err
@@ -213,7 +240,7 @@ func (s *Store) GC(ctx context.Context, quota uint64, keep func(cid.Cid) bool) (
 		if protected[i] || s.hasReaders(c.d) {
 			continue
 		}
-		size, err := s.deleteLocked(c.d, true)
+		_, err := s.deleteLocked(c.d, true)
 		if errors.Is(err, blobstore.ErrPinned) || errors.Is(err, blobstore.ErrNotFound) {
 			continue // pinned or deleted since the listing
 		}
@@ -222,19 +249,36 @@ func (s *Store) GC(ctx context.Context, quota uint64, keep func(cid.Cid) bool) (
 			return res, fmt.Errorf("gc: remove %s: %w", id, err)
 		}
 		res.Removed = append(res.Removed, id)
-		res.FreedBytes += size
-		total -= size
+		res.FreedBytes += c.size
+		total -= c.size
+		if c.complete {
+			completeTotal -= c.size
+		}
 	}
-	_, err = s.sweepLocked(nil)
 	s.mu.Unlock()
 	res.SizeAfter = total
-	if err != nil {
-		return res, fmt.Errorf("gc: sweep chunks: %w", err)
-	}
 	if err := s.reclaim(); err != nil {
 		return res, fmt.Errorf("gc: reclaim value log: %w", err)
 	}
 	return res, nil
+}
+
+// heldBytes is what a blob holds on disk: its size when complete, the length of its stored chunks when partial.
+func (s *Store) heldBytes(txn *badger.Txn, d [32]byte, m *blobstore.Manifest, st blobState) (uint64, error) {
+	if st == stateComplete {
+		return m.Size, nil
+	}
+	have, err := haveChunks(txn, d, m)
+	if err != nil {
+		return 0, err
+	}
+	var n uint64
+	for i, h := range have {
+		if h {
+			n += uint64(m.ChunkLen(i))
+		}
+	}
+	return n, nil
 }
 
 func (s *Store) hasReaders(d [32]byte) bool {
@@ -268,7 +312,12 @@ func (s *Store) reclaim() error {
 		return fmt.Errorf("compact: %w", err)
 	}
 	for range 1000 { // each pass rewrites one file; bounded all the same
+		// The store's writes wait while a value-log file is rewritten: badger's rewrite reads the maximum version
+		// without a lock while a concurrent write sets it (a data race the race detector reports). With blob
+		// bytes in files the value log holds only manifests, so a rewrite is short.
+		s.gate.Lock()
 		err := s.db.RunValueLogGC(0.5)
+		s.gate.Unlock()
 		if errors.Is(err, badger.ErrNoRewrite) || errors.Is(err, badger.ErrRejected) {
 			return nil
 		}

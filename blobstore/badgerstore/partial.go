@@ -6,17 +6,26 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"maps"
+	"os"
 	"sync"
+	"sync/atomic"
 
 	badger "github.com/dgraph-io/badger/v4"
 	"github.com/ipfs/go-cid"
 
 	"github.com/npu-agent/npu-agent/blobstore"
+	"github.com/npu-agent/npu-agent/internal/atomicfile"
 )
 
-// BeginPartial records the manifest of a blob being fetched. Calling it again (a resumed fetch, after a restart
-// too) keeps the chunks already stored; for a complete blob it does nothing. It fails with ErrNoSpace if the
-// whole blob would not fit.
+// allocRegion is the unit a partial file is preallocated in as chunks arrive: the file takes disk space for what
+// a fetch brings (give or take one region), not for what its manifest claims.
+const allocRegion = 64 << 20
+
+// BeginPartial records the manifest of a blob being fetched and creates its file, partial/<cid>, sparse at the
+// blob's size. Calling it again (a resumed fetch, after a restart too) keeps the chunks already stored; for a
+// complete blob it does nothing. It fails with ErrNoSpace if the whole blob would not fit on disk or is larger
+// than Options.Quota.
 func (s *Store) BeginPartial(ctx context.Context, m *blobstore.Manifest) error {
 	if err := s.enter(); err != nil {
 		return err
@@ -27,16 +36,29 @@ func (s *Store) BeginPartial(ctx context.Context, m *blobstore.Manifest) error {
 	}
 	enc := m.Encode()
 	d := sha256.Sum256(enc)
+	s.filesMu.Lock()
+	defer s.filesMu.Unlock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	var st blobState
+	if err := s.db.View(func(txn *badger.Txn) error {
+		var err error
+		st, err = s.state(txn, d)
+		return err
+	}); err != nil || st != stateAbsent {
+		return err
+	}
+	if q := s.opts.Quota; q > 0 && m.Size > q {
+		return fmt.Errorf("begin partial %s: %w: the blob claims %d bytes, the store's quota is %d",
+			blobstore.DigestCID(d), ErrNoSpace, m.Size, q)
+	}
+	if err := s.checkSpace(m.Size + uint64(len(enc))); err != nil {
+		return fmt.Errorf("begin partial %s: %w", blobstore.DigestCID(d), err)
+	}
+	if err := createSparse(s.partialPath(d), int64(m.Size)); err != nil {
+		return fmt.Errorf("begin partial %s: %w", blobstore.DigestCID(d), err)
+	}
 	return s.update(func(txn *badger.Txn) error {
-		st, err := s.state(txn, d)
-		if err != nil || st != stateAbsent {
-			return err
-		}
-		if err := s.checkSpace(m.Size + uint64(len(enc))); err != nil {
-			return fmt.Errorf("begin partial %s: %w", blobstore.DigestCID(d), err)
-		}
 		if err := txn.Set(key(prefixPartial, d), enc); err != nil {
 			return err
 		}
@@ -44,10 +66,23 @@ func (s *Store) BeginPartial(ctx context.Context, m *blobstore.Manifest) error {
 	})
 }
 
-// PutChunk stores chunk i of a partial blob after checking its length and hash against the manifest. For a
-// complete blob it only checks. Chunks are not synced one by one: Commit syncs before the blob becomes visible.
-// It takes one badger transaction when the manifest is cached: a new transaction waits for the commits in flight,
-// so each one more costs the fetch's other workers.
+// createSparse creates (or truncates) path as a sparse file of size bytes, mode 0600.
+func createSparse(path string, size int64) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if err := f.Truncate(size); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// PutChunk checks chunk i of a partial blob (length and sha2-256 against the manifest), writes it in place into
+// the blob's file (pwrite at its offset, the file's region preallocated on first use) and records it with its
+// CRC32C in one badger transaction. For a complete blob it only checks. Chunks are not synced one by one:
+// writeback starts every 64 MiB, and Commit syncs before the blob becomes visible.
 func (s *Store) PutChunk(ctx context.Context, blob cid.Cid, i int, data []byte) error {
 	if err := s.enter(); err != nil {
 		return err
@@ -76,17 +111,8 @@ func (s *Store) PutChunk(ctx context.Context, blob cid.Cid, i int, data []byte) 
 	if sha256.Sum256(data) != m.Chunks[i] {
 		return fmt.Errorf("put chunk %d of %s: %w: want %s", i, blob, blobstore.ErrInvalidData, blobstore.ChunkCID(m.Chunks[i]))
 	}
-	var st blobState
-	err = s.update(func(txn *badger.Txn) error {
-		st, err = s.state(txn, d)
-		if err != nil || st != statePartial {
-			return err
-		}
-		if err := s.checkSpace(uint64(len(data))); err != nil {
-			return err
-		}
-		return txn.Set(key(prefixChunk, m.Chunks[i]), data)
-	})
+	crc := chunkCRC(data)
+	st, err := s.writeChunk(d, m, i, data, crc)
 	if err == nil && st == stateAbsent {
 		err = fmt.Errorf("%w: deleted", blobstore.ErrNotFound)
 	}
@@ -99,13 +125,74 @@ func (s *Store) PutChunk(ctx context.Context, blob cid.Cid, i int, data []byte) 
 	return nil
 }
 
-// prefixHash is the whole-blob sha256 of the leading chunks of a partial blob, kept while a fetch stores the
-// rest so that Commit has only the tail left to hash. Chunks go in as PutChunk verified them when they arrive in
-// order, else read back from the store.
+// writeChunk writes a verified chunk into a partial blob's file and records it; it returns the blob's state (for
+// a complete or absent blob it writes nothing).
+func (s *Store) writeChunk(d [32]byte, m *blobstore.Manifest, i int, data []byte, crc uint32) (blobState, error) {
+	s.filesMu.RLock()
+	defer s.filesMu.RUnlock()
+	var st blobState
+	if err := s.db.View(func(txn *badger.Txn) error {
+		var err error
+		st, err = s.state(txn, d)
+		return err
+	}); err != nil || st != statePartial {
+		return st, err
+	}
+	if err := s.checkSpace(uint64(len(data))); err != nil {
+		return st, err
+	}
+	f, err := os.OpenFile(s.partialPath(d), os.O_WRONLY, 0)
+	if err != nil {
+		return st, err
+	}
+	defer f.Close()
+	p := s.prefixOf(d)
+	off := int64(m.ChunkOffset(i))
+	if r := int(off / allocRegion); p.allocate(r) {
+		preallocate(f, int64(r)*allocRegion, min(allocRegion, int64(m.Size)-int64(r)*allocRegion))
+	}
+	if _, err := f.WriteAt(data, off); err != nil {
+		return st, err
+	}
+	if p.written.Add(int64(len(data))) >= flushEvery {
+		p.written.Store(0)
+		startWriteback(f)
+	}
+	err = s.update(func(txn *badger.Txn) error {
+		if st, err = s.state(txn, d); err != nil || st != statePartial {
+			return err
+		}
+		return txn.Set(haveKey(d, i), encodeCRC(crc))
+	})
+	return st, err
+}
+
+// prefixHash is the state kept in memory per partial blob being filled: the whole-blob sha256 of its leading
+// chunks (so that Commit has only the tail left to hash; chunks go in as PutChunk verified them when they arrive
+// in order, else read back from the file), the regions of its file already preallocated, and the bytes written
+// since writeback last started.
 type prefixHash struct {
 	mu   sync.Mutex
 	h    hash.Hash
 	next int // chunks [0, next) are in h
+
+	allocMu sync.Mutex
+	alloc   map[int]bool
+	written atomic.Int64
+}
+
+// allocate reports whether region r still needs preallocating, and marks it done.
+func (p *prefixHash) allocate(r int) bool {
+	p.allocMu.Lock()
+	defer p.allocMu.Unlock()
+	if p.alloc[r] {
+		return false
+	}
+	if p.alloc == nil {
+		p.alloc = map[int]bool{}
+	}
+	p.alloc[r] = true
+	return true
 }
 
 func (s *Store) prefixOf(d [32]byte) *prefixHash {
@@ -126,6 +213,18 @@ func (s *Store) dropPrefix(d [32]byte) {
 	s.prefixMu.Unlock()
 }
 
+// resetPrefix starts d's whole-blob hash afresh (a chunk hashed into it may be bad), keeping the rest.
+func (s *Store) resetPrefix(d [32]byte) {
+	s.prefixMu.Lock()
+	if p := s.prefixes[d]; p != nil {
+		p.allocMu.Lock()
+		np := &prefixHash{h: sha256.New(), alloc: maps.Clone(p.alloc)}
+		p.allocMu.Unlock()
+		s.prefixes[d] = np
+	}
+	s.prefixMu.Unlock()
+}
+
 // advancePrefix adds chunk i (data, just stored and verified) to d's prefix hash if it is next, then the stored
 // chunks that follow. One caller works at a time; the others return at once, and what they stored is picked up
 // by the next call or by Commit. Errors are left to Commit.
@@ -139,24 +238,74 @@ func (s *Store) advancePrefix(ctx context.Context, d [32]byte, m *blobstore.Mani
 		p.h.Write(data)
 		p.next++
 	}
-	p.advance(ctx, s, d, m)
+	_ = p.advance(ctx, s, d, m)
 }
 
-// advance hashes stored chunks into p until one is missing or unreadable (that error); p.mu must be held.
+// advance hashes stored chunks into p, read back from the file and checked against their CRC32C, until one is
+// missing (errChunkMissing) or damaged (ErrInvalidData); p.mu must be held.
 func (p *prefixHash) advance(ctx context.Context, s *Store, d [32]byte, m *blobstore.Manifest) error {
+	if p.next >= len(m.Chunks) {
+		return nil
+	}
+	f, _, st, err := s.openBlob(d)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if st != statePartial {
+		return fmt.Errorf("%w: %s is no longer partial", errChunkMissing, blobstore.DigestCID(d))
+	}
+	buf := s.getBuf()
+	defer s.putBuf(buf)
 	for ; p.next < len(m.Chunks); p.next++ {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if err := s.chunkValue(d, m, p.next, func(v []byte) { p.h.Write(v) }); err != nil {
+		b, err := s.readChecked(f, d, m, p.next, (*buf)[:0])
+		if err != nil {
 			return err
 		}
+		p.h.Write(b)
 	}
 	return nil
 }
 
-// HaveChunks reports which chunks are stored, for a complete or partial blob. Stored means the key exists;
-// ReadChunk and Commit re-verify the bytes.
+// readChecked reads chunk i of m from f and checks it against its stored CRC32C: errChunkMissing if it is not
+// stored, ErrInvalidData if the bytes do not match.
+func (s *Store) readChecked(f *os.File, d [32]byte, m *blobstore.Manifest, i int, dst []byte) ([]byte, error) {
+	var crc uint32
+	var ok bool
+	err := s.db.View(func(txn *badger.Txn) error {
+		var err error
+		crc, ok, err = storedCRC(txn, d, i)
+		return err
+	})
+	if err != nil {
+		return dst, err
+	}
+	if !ok {
+		return dst, fmt.Errorf("%s: %w", chunkID(d, m, i), errChunkMissing)
+	}
+	return checkCRC(f, d, m, i, dst, crc)
+}
+
+func checkCRC(f *os.File, d [32]byte, m *blobstore.Manifest, i int, dst []byte, crc uint32) ([]byte, error) {
+	start := len(dst)
+	out, err := preadChunk(f, m, i, dst)
+	if err != nil {
+		return dst[:start], err
+	}
+	if chunkCRC(out[start:]) != crc {
+		return dst[:start], fmt.Errorf("%w: %s does not match its checksum", blobstore.ErrInvalidData, chunkID(d, m, i))
+	}
+	return out, nil
+}
+
+func chunkID(d [32]byte, m *blobstore.Manifest, i int) string {
+	return fmt.Sprintf("chunk %d (%s) of %s", i, blobstore.ChunkCID(m.Chunks[i]), blobstore.DigestCID(d))
+}
+
+// HaveChunks reports which chunks are stored, for a complete or partial blob.
 func (s *Store) HaveChunks(ctx context.Context, blob cid.Cid) ([]bool, error) {
 	if err := s.enter(); err != nil {
 		return nil, err
@@ -179,29 +328,17 @@ func (s *Store) HaveChunks(ctx context.Context, blob cid.Cid) ([]bool, error) {
 			}
 			return nil
 		}
-		have, err = haveChunks(txn, m)
+		have, err = haveChunks(txn, d, m)
 		return err
 	})
 	return have, err
 }
 
-func haveChunks(txn *badger.Txn, m *blobstore.Manifest) ([]bool, error) {
-	have := make([]bool, len(m.Chunks))
-	for i, c := range m.Chunks {
-		_, err := txn.Get(key(prefixChunk, c))
-		if err == nil {
-			have[i] = true
-		} else if !errors.Is(err, badger.ErrKeyNotFound) {
-			return nil, err
-		}
-	}
-	return have, nil
-}
-
-// Commit makes a partial blob visible. It re-reads every chunk to check the whole-blob sha256 the manifest
-// claims (verifyWhole), syncs, and then swaps the partial key for the manifest key in one transaction. A missing
-// chunk gives ErrIncomplete; a corrupt one is deleted (so HaveChunks asks for it again) and gives ErrInvalidData.
-// Committing a complete blob does nothing.
+// Commit makes a partial blob visible. It completes the whole-blob sha256 (the chunks PutChunk has not hashed in
+// order are read back from the file, CRC-checked) and compares it with the manifest's; syncs the file; then,
+// holding filesMu, sets it read-only, renames partial/<cid> to blobs/<cid>, syncs both directories, and swaps the
+// partial key for the manifest key in one transaction, synced. A missing chunk gives ErrIncomplete; a corrupt one
+// is dropped (so HaveChunks asks for it again) and gives ErrInvalidData. Committing a complete blob does nothing.
 func (s *Store) Commit(ctx context.Context, blob cid.Cid) error {
 	if err := s.enter(); err != nil {
 		return err
@@ -217,7 +354,7 @@ func (s *Store) Commit(ctx context.Context, blob cid.Cid) error {
 	err = s.db.View(func(txn *badger.Txn) error {
 		m, st, err = s.manifest(txn, d)
 		if err == nil && st == statePartial {
-			have, err = haveChunks(txn, m)
+			have, err = haveChunks(txn, d, m)
 		}
 		return err
 	})
@@ -236,19 +373,27 @@ func (s *Store) Commit(ctx context.Context, blob cid.Cid) error {
 	if err := s.verifyWhole(ctx, d, m); err != nil {
 		return fmt.Errorf("commit %s: %w", blob, err)
 	}
-	if err := s.db.Sync(); err != nil {
-		return fmt.Errorf("commit %s: sync chunks: %w", blob, err)
+	if err := syncFile(s.partialPath(d)); err != nil {
+		return fmt.Errorf("commit %s: sync: %w", blob, err)
 	}
+	s.filesMu.Lock()
+	defer s.filesMu.Unlock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	err = s.db.View(func(txn *badger.Txn) error {
+		st, err = s.state(txn, d)
+		return err
+	})
+	if err != nil || st == stateComplete {
+		return err
+	}
+	if st == stateAbsent {
+		return fmt.Errorf("commit %s: %w: deleted during commit", blob, blobstore.ErrNotFound)
+	}
+	if err := s.moveFile(s.partialPath(d), s.blobPath(d), 0o444); err != nil {
+		return fmt.Errorf("commit %s: %w", blob, err)
+	}
 	err = s.update(func(txn *badger.Txn) error {
-		st, err := s.state(txn, d)
-		if err != nil || st == stateComplete {
-			return err
-		}
-		if st == stateAbsent {
-			return fmt.Errorf("%w: deleted during commit", blobstore.ErrNotFound)
-		}
 		if err := txn.Set(key(prefixManifest, d), m.Encode()); err != nil {
 			return err
 		}
@@ -264,10 +409,28 @@ func (s *Store) Commit(ctx context.Context, blob cid.Cid) error {
 	return nil
 }
 
+// moveFile sets from's mode and renames it to to, then syncs both directories.
+func (s *Store) moveFile(from, to string, mode os.FileMode) error {
+	if err := os.Chmod(from, mode); err != nil {
+		return err
+	}
+	if err := os.Rename(from, to); err != nil {
+		return err
+	}
+	return errors.Join(atomicfile.SyncDir(s.blobDir), atomicfile.SyncDir(s.partDir))
+}
+
+func syncFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	return errors.Join(f.Sync(), f.Close())
+}
+
 // verifyWhole checks the whole-blob sha256 the manifest claims, hashing the chunks that PutChunk has not yet
-// added to d's prefix hash straight from badger's value log. PutChunk verified every chunk, so they are re-hashed
-// one by one only when the whole does not match: to find a chunk damaged since and delete it, so that the fetch
-// gets it again. A chunk that is missing or that badger cannot read is deleted too.
+// added to d's prefix hash from the file. PutChunk verified every chunk, so they are re-hashed one by one only
+// when the whole does not match: to find a chunk damaged since and drop it, so that the fetch gets it again.
 func (s *Store) verifyWhole(ctx context.Context, d [32]byte, m *blobstore.Manifest) error {
 	p := s.prefixOf(d)
 	p.mu.Lock()
@@ -276,36 +439,41 @@ func (s *Store) verifyWhole(ctx context.Context, d [32]byte, m *blobstore.Manife
 		if ctx.Err() != nil {
 			return err
 		}
-		return s.dropChunk(m, p.next, err)
+		return s.dropChunk(d, m, p.next, err)
 	}
 	var sum [32]byte
 	if p.h.Sum(sum[:0]); sum == m.SHA256 {
 		return nil
 	}
-	s.dropPrefix(d) // a chunk hashed into it may be the bad one: start afresh
+	s.resetPrefix(d) // a chunk hashed into it may be the bad one: start afresh
+	f, _, _, err := s.openBlob(d)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
 	buf := s.getBuf()
 	defer s.putBuf(buf)
 	for i := range m.Chunks {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if _, err := s.readChunk(d, m, i, (*buf)[:0]); err != nil {
-			return s.dropChunk(m, i, err)
+		if _, err := readHashed(f, d, m, i, (*buf)[:0]); err != nil {
+			return s.dropChunk(d, m, i, err)
 		}
 	}
 	return fmt.Errorf("%w: the chunks' sha256 is %x, the manifest claims %x", blobstore.ErrInvalidData, sum, m.SHA256)
 }
 
-// dropChunk deletes chunk i of m when err (from reading it) says it is corrupt or missing, and returns err:
+// dropChunk forgets chunk i of blob d when err (from reading it) says it is corrupt or missing, and returns err:
 // ErrInvalidData, or ErrIncomplete for a missing chunk.
-func (s *Store) dropChunk(m *blobstore.Manifest, i int, err error) error {
+func (s *Store) dropChunk(d [32]byte, m *blobstore.Manifest, i int, err error) error {
 	if !errors.Is(err, blobstore.ErrInvalidData) && !errors.Is(err, errChunkMissing) {
 		return err
 	}
-	s.mu.Lock()
-	derr := s.deleteKeys([][]byte{key(prefixChunk, m.Chunks[i])})
-	s.mu.Unlock()
-	if derr != nil {
+	if i >= len(m.Chunks) {
+		return err
+	}
+	if derr := s.deleteKeys([][]byte{haveKey(d, i)}); derr != nil {
 		return errors.Join(err, derr)
 	}
 	if errors.Is(err, errChunkMissing) {

@@ -6,21 +6,24 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"sync"
 	"sync/atomic"
 
 	badger "github.com/dgraph-io/badger/v4"
 
 	"github.com/npu-agent/npu-agent/blobstore"
+	"github.com/npu-agent/npu-agent/internal/atomicfile"
 )
 
 // putChunk is one chunk on its way through a Put: read, hashed whole and alone, written. Its buffer goes back to
-// the pool when both the whole-blob hasher and the badger commit are done with it.
+// the pool when both the whole-blob hasher and the writer are done with it.
 type putChunk struct {
 	idx    int
 	buf    *[]byte
 	data   []byte
 	digest [32]byte
+	crc    uint32
 	refs   atomic.Int32
 }
 
@@ -30,14 +33,17 @@ type put struct {
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 	slots  chan struct{} // bounds chunks in flight (memory)
+	f      *os.File      // the blob's file, unnamed (or tmp/) until published
+	flush  *flusher
 
-	flush   *flusher
-	digests [][32]byte // chunk digests by index; written by the writer goroutine only
-	mine    [][32]byte // digests registered in s.inflight; guarded by s.mu
+	digests [][32]byte // by index; written by the writer goroutine only
+	crcs    []uint32
 }
 
-// Put streams r into the store. Reading, whole-blob hashing, chunk hashing and badger writes run in parallel
-// stages; memory is bounded by putBuffers chunks. The blob becomes visible only after every chunk is synced.
+// Put streams r into a new file in tmp/ (unnamed where the filesystem allows, so a crash leaves nothing),
+// hashing every byte twice (whole blob and chunk, in parallel stages) and writing each chunk once. Memory is
+// bounded by putBuffers chunks. The blob becomes visible only after its file is synced, read-only and named
+// blobs/<cid>, and its chunk keys are synced: then one transaction writes its manifest key.
 func (s *Store) Put(ctx context.Context, r io.Reader) (*blobstore.Manifest, error) {
 	if err := s.enter(); err != nil {
 		return nil, err
@@ -45,24 +51,17 @@ func (s *Store) Put(ctx context.Context, r io.Reader) (*blobstore.Manifest, erro
 	defer s.leave()
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	p := &put{s: s, ctx: ctx, cancel: cancel, slots: make(chan struct{}, putBuffers)}
-	m, err := p.run(r)
+	f, tmpName, err := createHidden(s.tmpDir, "put")
 	if err != nil {
-		// Drop what this put wrote and no other blob uses; a crash instead leaves it to the sweep at Open.
-		var removed int
-		var serr error
-		s.mu.Lock()
-		p.unregisterLocked()
-		if len(p.mine) > 0 {
-			removed, serr = s.sweepLocked(p.mine)
-		}
-		s.mu.Unlock()
-		if serr != nil {
-			s.log.Warn("blob store: remove chunks of a failed put", "err", serr)
-		}
-		if removed > 0 {
-			s.kickReclaim() // a put that ran out of space should give it back without waiting for a gc
-		}
+		return nil, fmt.Errorf("put: %w", err)
+	}
+	p := &put{s: s, ctx: ctx, cancel: cancel, slots: make(chan struct{}, putBuffers), f: f}
+	m, err := p.run(r, tmpName)
+	f.Close()
+	if tmpName != "" {
+		os.Remove(tmpName) // published under its name, or failed: either way the temporary name goes
+	}
+	if err != nil {
 		return nil, err
 	}
 	return m, nil
@@ -71,12 +70,7 @@ func (s *Store) Put(ctx context.Context, r io.Reader) (*blobstore.Manifest, erro
 func (p *put) fail(err error) { p.cancel(err) }
 
 // err is the first failure of any stage, or the caller's context error.
-func (p *put) err() error {
-	if cause := context.Cause(p.ctx); cause != nil {
-		return cause
-	}
-	return nil
-}
+func (p *put) err() error { return context.Cause(p.ctx) }
 
 func (p *put) release(c *putChunk) {
 	if c.refs.Add(-1) == 0 {
@@ -85,7 +79,7 @@ func (p *put) release(c *putChunk) {
 	}
 }
 
-func (p *put) run(r io.Reader) (*blobstore.Manifest, error) {
+func (p *put) run(r io.Reader, tmpName string) (*blobstore.Manifest, error) {
 	wholeCh := make(chan *putChunk, putBuffers)
 	hashCh := make(chan *putChunk, putBuffers)
 	writeCh := make(chan *putChunk, putBuffers)
@@ -106,7 +100,7 @@ func (p *put) run(r io.Reader) (*blobstore.Manifest, error) {
 			for c := range hashCh {
 				if p.ctx.Err() == nil {
 					c.digest = sha256.Sum256(c.data)
-					p.register(c.digest)
+					c.crc = chunkCRC(c.data)
 				}
 				writeCh <- c // buffered for every chunk in flight: never blocks for long
 			}
@@ -116,7 +110,7 @@ func (p *put) run(r io.Reader) (*blobstore.Manifest, error) {
 		hashers.Wait()
 		close(writeCh)
 	})
-	p.flush = newFlusher(p.s.db.Sync)
+	p.flush = newFlusher(func() error { startWriteback(p.f); return nil })
 	wg.Go(func() { p.write(writeCh) })
 
 	var size uint64
@@ -124,45 +118,87 @@ func (p *put) run(r io.Reader) (*blobstore.Manifest, error) {
 	close(wholeCh)
 	close(hashCh)
 	wg.Wait()
-	ferr := p.flush.close()
+	p.flush.close()
 	if err := p.err(); err != nil {
 		return nil, fmt.Errorf("put: %w", err)
 	}
-	if ferr != nil {
-		return nil, fmt.Errorf("put: sync chunks: %w", ferr)
-	}
-
 	m := &blobstore.Manifest{Size: size, ChunkSize: blobstore.ChunkSize, Chunks: p.digests}
 	copy(m.SHA256[:], whole.Sum(nil))
 	if len(m.Chunks) != m.NumChunks() {
 		return nil, fmt.Errorf("put: %d chunk digests for %d bytes", len(m.Chunks), size) // a bug, not input
 	}
-	if err := p.s.db.Sync(); err != nil {
-		return nil, fmt.Errorf("put: sync chunks: %w", err)
+	if err := p.f.Sync(); err != nil {
+		return nil, fmt.Errorf("put: sync: %w", err)
 	}
+	if err := p.f.Chmod(0o444); err != nil {
+		return nil, fmt.Errorf("put: %w", err)
+	}
+	if err := p.publish(m, tmpName); err != nil {
+		return nil, fmt.Errorf("put: %w", err)
+	}
+	return m, nil
+}
+
+// publish makes the written, synced file the blob: chunk keys (synced), the file named blobs/<cid>, then the
+// manifest key in one transaction that also drops a partial key of the same blob (a put completes a fetch).
+func (p *put) publish(m *blobstore.Manifest, tmpName string) error {
+	s := p.s
 	enc := m.Encode()
 	d := sha256.Sum256(enc)
-	p.s.mu.Lock()
-	defer p.s.mu.Unlock()
-	err := p.s.update(func(txn *badger.Txn) error {
+	s.filesMu.Lock()
+	defer s.filesMu.Unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var st blobState
+	if err := s.db.View(func(txn *badger.Txn) error {
+		var err error
+		st, err = s.state(txn, d)
+		return err
+	}); err != nil {
+		return err
+	}
+	if st == stateComplete {
+		return s.update(func(txn *badger.Txn) error { return s.setAccess(txn, d, s.opts.now()) })
+	}
+	keys := make([][]byte, len(m.Chunks))
+	vals := make([][]byte, len(m.Chunks))
+	for i := range m.Chunks {
+		keys[i], vals[i] = haveKey(d, i), encodeCRC(p.crcs[i])
+	}
+	if err := s.setKeys(keys, vals); err != nil {
+		return fmt.Errorf("write chunk keys: %w", err)
+	}
+	if err := s.db.Sync(); err != nil {
+		return err
+	}
+	if err := publish(p.f, tmpName, s.blobPath(d)); err != nil {
+		return err
+	}
+	if err := atomicfile.SyncDir(s.blobDir); err != nil {
+		return err
+	}
+	err := s.update(func(txn *badger.Txn) error {
 		if err := txn.Set(key(prefixManifest, d), enc); err != nil {
 			return err
 		}
-		if err := txn.Delete(key(prefixPartial, d)); err != nil { // a put completes a fetch of the same blob
+		if err := txn.Delete(key(prefixPartial, d)); err != nil {
 			return err
 		}
-		return p.s.setAccess(txn, d, p.s.opts.now())
+		return s.setAccess(txn, d, s.opts.now())
 	})
 	if err == nil {
-		err = p.s.db.Sync()
+		err = s.db.Sync()
 	}
 	if err != nil {
-		return nil, fmt.Errorf("put: write manifest: %w", err)
+		return fmt.Errorf("write manifest: %w", err)
 	}
-	p.unregisterLocked()
-	p.mine = nil // referenced by the manifest now
-	p.s.dropPrefix(d)
-	return m, nil
+	if st == statePartial {
+		if err := os.Remove(s.partialPath(d)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			s.log.Warn("blob store: remove the partial file a put completed", "err", err)
+		}
+	}
+	s.dropPrefix(d)
+	return nil
 }
 
 // read fills chunks from r and hands each to the whole-blob hasher and the chunk hashers.
@@ -203,39 +239,9 @@ func (p *put) read(r io.Reader, size *uint64, wholeCh, hashCh chan<- *putChunk) 
 	}
 }
 
-func (p *put) register(d [32]byte) {
-	p.s.mu.Lock()
-	p.s.inflight[d]++
-	p.mine = append(p.mine, d)
-	p.s.mu.Unlock()
-}
-
-func (p *put) unregisterLocked() {
-	for _, d := range p.mine {
-		if p.s.inflight[d]--; p.s.inflight[d] <= 0 {
-			delete(p.s.inflight, d)
-		}
-	}
-}
-
-// write stores chunks in badger transactions of up to putBatch chunks, committed asynchronously so hashing and
-// reading continue while badger writes; it returns when every commit has finished.
+// write writes each chunk at its offset in the file (pwrite; chunks come from two hashers, not quite in order),
+// after checking free space, and starts writeback every 64 MiB.
 func (p *put) write(in <-chan *putChunk) {
-	var commits sync.WaitGroup
-	var batch []*putChunk
-	flush := func() {
-		if len(batch) == 0 {
-			return
-		}
-		chunks := batch
-		batch = nil
-		if err := p.commit(chunks, &commits); err != nil {
-			p.fail(err)
-			for _, c := range chunks {
-				p.release(c)
-			}
-		}
-	}
 	for c := range in {
 		if p.ctx.Err() != nil {
 			p.release(c)
@@ -243,44 +249,18 @@ func (p *put) write(in <-chan *putChunk) {
 		}
 		for len(p.digests) <= c.idx {
 			p.digests = append(p.digests, [32]byte{})
+			p.crcs = append(p.crcs, 0)
 		}
-		p.digests[c.idx] = c.digest
-		batch = append(batch, c)
-		if len(batch) >= putBatch || len(in) == 0 {
-			flush()
+		p.digests[c.idx], p.crcs[c.idx] = c.digest, c.crc
+		err := p.s.checkSpace(uint64(len(c.data)))
+		if err == nil {
+			_, err = p.f.WriteAt(c.data, int64(c.idx)*blobstore.ChunkSize)
 		}
-	}
-	flush()
-	commits.Wait()
-}
-
-func (p *put) commit(chunks []*putChunk, commits *sync.WaitGroup) error {
-	var n uint64
-	for _, c := range chunks {
-		n += uint64(len(c.data))
-	}
-	if err := p.s.checkSpace(n); err != nil {
-		return err
-	}
-	txn := p.s.db.NewTransaction(true)
-	for _, c := range chunks {
-		if err := txn.SetEntry(badger.NewEntry(key(prefixChunk, c.digest), c.data)); err != nil {
-			txn.Discard()
-			return fmt.Errorf("write chunk %d: %w", c.idx, err)
-		}
-	}
-	commits.Add(1)
-	p.s.gate.RLock() // released by the callback: reclaim waits for this commit
-	txn.CommitWith(func(err error) {
-		p.s.gate.RUnlock()
 		if err != nil {
-			p.fail(fmt.Errorf("write chunks: %w", err))
-		}
-		for _, c := range chunks {
+			p.fail(fmt.Errorf("write chunk %d: %w", c.idx, err))
+		} else {
 			p.flush.add(len(c.data))
-			p.release(c)
 		}
-		commits.Done()
-	})
-	return nil
+		p.release(c)
+	}
 }

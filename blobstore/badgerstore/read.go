@@ -2,6 +2,7 @@ package badgerstore
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -17,68 +18,31 @@ import (
 	"github.com/npu-agent/npu-agent/internal/atomicfile"
 )
 
-// errChunkMissing marks a chunk key that is absent: expected for a partial blob, corruption for a complete one.
+// errChunkMissing marks a chunk that is not stored: expected for a partial blob, corruption for a complete one.
 var errChunkMissing = errors.New("chunk missing")
 
-// readChunk appends chunk i of m (blob digest d) to dst after checking its length and re-hashing it. The bytes
-// handed out are exactly the bytes hashed: they are copied out of badger first.
-func (s *Store) readChunk(d [32]byte, m *blobstore.Manifest, i int, dst []byte) ([]byte, error) {
+// readHashed appends chunk i of m, read from f, to dst after re-hashing it against its digest.
+func readHashed(f *os.File, d [32]byte, m *blobstore.Manifest, i int, dst []byte) ([]byte, error) {
 	start := len(dst)
-	err := s.chunkValue(d, m, i, func(v []byte) { dst = append(dst, v...) })
+	out, err := preadChunk(f, m, i, dst)
 	if err != nil {
 		return dst[:start], err
 	}
-	if sha256.Sum256(dst[start:]) != m.Chunks[i] {
+	if sha256.Sum256(out[start:]) != m.Chunks[i] {
 		return dst[:start], fmt.Errorf("%w: %s", blobstore.ErrInvalidData, chunkID(d, m, i))
 	}
-	return dst, nil
+	return out, nil
 }
 
-// chunkValue calls fn with the stored bytes of chunk i of m (blob digest d) after checking their length, not
-// their hash. v points into badger's mmapped value log and is valid only during fn. A missing key is
-// errChunkMissing; a wrong length or a value badger cannot read (its CRC32C does not match, a truncated value
-// log) is ErrInvalidData.
-func (s *Store) chunkValue(d [32]byte, m *blobstore.Manifest, i int, fn func(v []byte)) error {
-	if err := s.enter(); err != nil {
-		return err
-	}
-	defer s.leave()
-	n := m.ChunkLen(i)
-	err := s.db.View(func(txn *badger.Txn) error {
-		item, err := txn.Get(key(prefixChunk, m.Chunks[i]))
-		if errors.Is(err, badger.ErrKeyNotFound) {
-			return fmt.Errorf("%s: %w", chunkID(d, m, i), errChunkMissing)
-		}
-		if err != nil {
-			return fmt.Errorf("%s: %w", chunkID(d, m, i), err)
-		}
-		return item.Value(func(v []byte) error {
-			if len(v) != n {
-				return fmt.Errorf("%w: %s is %d bytes, want %d", blobstore.ErrInvalidData, chunkID(d, m, i), len(v), n)
-			}
-			fn(v)
-			return nil
-		})
-	})
-	// Badger read errors of a value (a checksum mismatch, a truncated or damaged value log) are corruption too.
-	if err != nil && !errors.Is(err, errChunkMissing) && !errors.Is(err, blobstore.ErrInvalidData) && !errors.Is(err, ErrClosed) {
-		err = fmt.Errorf("%w: %w", blobstore.ErrInvalidData, err)
-	}
-	return err
-}
-
-func chunkID(d [32]byte, m *blobstore.Manifest, i int) string {
-	return fmt.Sprintf("chunk %d (%s) of %s", i, blobstore.ChunkCID(m.Chunks[i]), blobstore.DigestCID(d))
-}
-
-// chunkResult is one verified chunk (data in a pooled buffer) or the error reading it.
+// chunkResult is one checked chunk (data in a pooled buffer) or the error reading it.
 type chunkResult struct {
+	idx  int
 	buf  *[]byte
 	data []byte
 	err  error
 }
 
-// chunkStream reads the chunks of a blob in order, readWindow ahead, fetching and hashing them in parallel.
+// chunkStream reads the chunks of a blob file in order, readWindow ahead, each checked against its CRC32C.
 type chunkStream struct {
 	s       *Store
 	cancel  context.CancelFunc
@@ -86,12 +50,12 @@ type chunkStream struct {
 	wg      sync.WaitGroup
 }
 
-func (s *Store) streamChunks(ctx context.Context, d [32]byte, m *blobstore.Manifest, from int) *chunkStream {
+func (s *Store) streamChunks(ctx context.Context, f *os.File, d [32]byte, m *blobstore.Manifest, have []bool, crcs []uint32) *chunkStream {
 	ctx, cancel := context.WithCancel(ctx)
 	cs := &chunkStream{s: s, cancel: cancel, results: make(chan chan chunkResult, readWindow)}
 	cs.wg.Go(func() {
 		defer close(cs.results)
-		for i := from; i < len(m.Chunks); i++ {
+		for i := range m.Chunks {
 			slot := make(chan chunkResult, 1)
 			select {
 			case cs.results <- slot:
@@ -100,17 +64,21 @@ func (s *Store) streamChunks(ctx context.Context, d [32]byte, m *blobstore.Manif
 			}
 			cs.wg.Go(func() {
 				if err := ctx.Err(); err != nil {
-					slot <- chunkResult{err: err}
+					slot <- chunkResult{idx: i, err: err}
+					return
+				}
+				if !have[i] {
+					slot <- chunkResult{idx: i, err: fmt.Errorf("%s: %w", chunkID(d, m, i), errChunkMissing)}
 					return
 				}
 				buf := s.getBuf()
-				data, err := s.readChunk(d, m, i, (*buf)[:0])
+				data, err := checkCRC(f, d, m, i, (*buf)[:0], crcs[i])
 				if err != nil {
 					s.putBuf(buf)
-					slot <- chunkResult{err: err}
+					slot <- chunkResult{idx: i, err: err}
 					return
 				}
-				slot <- chunkResult{buf: buf, data: data}
+				slot <- chunkResult{idx: i, buf: buf, data: data}
 			})
 		}
 	})
@@ -137,12 +105,16 @@ func (cs *chunkStream) close() {
 	cs.wg.Wait()
 }
 
-// reader streams a complete blob, verifying every chunk.
+// reader streams a complete blob from its file, every chunk checked against its stored CRC32C (not re-hashed:
+// it was verified on arrival; the checksum finds damage since).
 type reader struct {
 	s      *Store
 	ctx    context.Context
+	f      *os.File
 	d      [32]byte
 	m      *blobstore.Manifest
+	have   []bool
+	crcs   []uint32
 	stream *chunkStream
 	cur    chunkResult // the chunk being read
 	off    int         // read offset within cur.data
@@ -160,25 +132,34 @@ func (s *Store) Open(ctx context.Context, c cid.Cid) (blobstore.Reader, error) {
 	if err != nil {
 		return nil, err
 	}
-	var m *blobstore.Manifest
-	err = s.db.View(func(txn *badger.Txn) error {
-		var st blobState
-		m, st, err = s.manifest(txn, d)
-		if err == nil && st != stateComplete {
-			err = fmt.Errorf("open %s: %w", c, blobstore.ErrIncomplete)
-		}
-		return err
-	})
+	f, m, st, err := s.openBlob(d)
+	if err == nil && st != stateComplete {
+		f.Close()
+		err = fmt.Errorf("open %s: %w", c, blobstore.ErrIncomplete)
+	}
+	if errors.Is(err, errFileMissing) && st == stateComplete {
+		return nil, s.quarantine(d, m, -1, err)
+	}
 	if err != nil {
 		return nil, err
 	}
+	var have []bool
+	var crcs []uint32
+	if err := s.db.View(func(txn *badger.Txn) error {
+		have, crcs, err = chunkCRCs(txn, d, m)
+		return err
+	}); err != nil {
+		f.Close()
+		return nil, err
+	}
 	if err := s.touch(d); err != nil {
+		f.Close()
 		return nil, err
 	}
 	s.readersMu.Lock()
 	s.readers[d]++
 	s.readersMu.Unlock()
-	return &reader{s: s, ctx: ctx, d: d, m: m}, nil
+	return &reader{s: s, ctx: ctx, f: f, d: d, m: m, have: have, crcs: crcs}, nil
 }
 
 func (r *reader) Size() uint64 { return r.m.Size }
@@ -190,18 +171,22 @@ func (r *reader) fill() bool {
 			r.err = errors.New("read of a closed blob reader")
 			return false
 		}
+		if r.s.isClosed() {
+			r.err = ErrClosed
+			return false
+		}
 		if r.cur.buf != nil {
 			r.s.putBuf(r.cur.buf)
 			r.cur = chunkResult{}
 		}
 		if r.stream == nil {
-			r.stream = r.s.streamChunks(r.ctx, r.d, r.m, 0)
+			r.stream = r.s.streamChunks(r.ctx, r.f, r.d, r.m, r.have, r.crcs)
 		}
 		r.cur, r.off = r.stream.next(), 0
 		if r.cur.err != nil {
 			r.err = r.cur.err
-			if errors.Is(r.err, errChunkMissing) {
-				r.err = fmt.Errorf("%w: %w", blobstore.ErrInvalidData, r.err)
+			if !errors.Is(r.err, io.EOF) {
+				r.err = r.s.quarantine(r.d, r.m, r.cur.idx, r.err)
 			}
 		}
 	}
@@ -220,7 +205,7 @@ func (r *reader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// WriteTo writes the rest of the blob to w, chunk by chunk, each verified before it is written.
+// WriteTo writes the rest of the blob to w, chunk by chunk, each checked before it is written.
 func (r *reader) WriteTo(w io.Writer) (int64, error) {
 	var total int64
 	for r.fill() {
@@ -249,6 +234,7 @@ func (r *reader) Close() error {
 		r.s.putBuf(r.cur.buf)
 		r.cur = chunkResult{}
 	}
+	r.f.Close()
 	r.s.readersMu.Lock()
 	if r.s.readers[r.d]--; r.s.readers[r.d] <= 0 {
 		delete(r.s.readers, r.d)
@@ -257,20 +243,60 @@ func (r *reader) Close() error {
 	return nil
 }
 
-// Export writes a complete blob to path atomically: a file in the same directory, unnamed while written (Linux
-// O_TMPFILE, else a temp file removed on any error), synced, renamed over path, and the directory synced.
-// It does not use internal/atomicfile.Write on purpose: a blob is gigabytes, so the file is unnamed while written
-// (a kill leaves nothing to clean up, hidden_linux.go) and synced as it grows (flusher) rather than all at the end.
+var _ blobstore.Filer = (*Store)(nil)
+
+// BlobFile returns the path of a complete blob's file, blobs/<cid>: read-only (0444), in a directory readable by
+// the store's group, never rewritten in place while complete. It counts as an access.
+func (s *Store) BlobFile(ctx context.Context, c cid.Cid) (string, error) {
+	if err := s.enter(); err != nil {
+		return "", err
+	}
+	defer s.leave()
+	d, err := digestOf(c)
+	if err != nil {
+		return "", err
+	}
+	f, m, st, err := s.openBlob(d)
+	if errors.Is(err, errFileMissing) && st == stateComplete {
+		return "", s.quarantine(d, m, -1, err)
+	}
+	if err != nil {
+		return "", err
+	}
+	f.Close()
+	if st != stateComplete {
+		return "", fmt.Errorf("blob file %s: %w", c, blobstore.ErrIncomplete)
+	}
+	if err := s.touch(d); err != nil {
+		return "", err
+	}
+	return s.blobPath(d), nil
+}
+
+// Export puts a complete blob at path atomically. On the store's filesystem that is a hard link to the stored
+// file (read-only, no byte copied); elsewhere a copy, checked against the stored checksums as it is read, written
+// to a file in path's directory that is unnamed while written (Linux O_TMPFILE, else a temp file removed on any
+// error), synced, renamed over path, and the directory synced.
 func (s *Store) Export(ctx context.Context, c cid.Cid, path string) (err error) {
+	p, err := s.BlobFile(ctx, c)
+	if err != nil {
+		return err
+	}
+	dir, base := filepath.Split(path)
+	if dir == "" {
+		dir = "."
+	}
+	if ok, err := linkInto(p, dir, base, path); ok || err != nil {
+		if err != nil {
+			return fmt.Errorf("export %s: %w", c, err)
+		}
+		return nil
+	}
 	r, err := s.Open(ctx, c)
 	if err != nil {
 		return err
 	}
 	defer r.Close()
-	dir, base := filepath.Split(path)
-	if dir == "" {
-		dir = "."
-	}
 	f, tmpName, err := createHidden(dir, base)
 	if err != nil {
 		return fmt.Errorf("export %s: %w", c, err)
@@ -309,6 +335,28 @@ func (s *Store) Export(ctx context.Context, c cid.Cid, path string) (err error) 
 	return nil
 }
 
+// linkInto hard-links src as path (through a temporary name in dir, renamed over path). ok is false, with no
+// error, when the link cannot be made (another filesystem, links refused): the caller copies instead.
+func linkInto(src, dir, base, path string) (ok bool, err error) {
+	if st, err := os.Stat(path); err == nil {
+		if sst, err := os.Stat(src); err == nil && os.SameFile(st, sst) {
+			return true, nil // already this very file
+		}
+	}
+	tmp := filepath.Join(dir, "."+base+".tmp-"+rand.Text())
+	if err := os.Link(src, tmp); err != nil {
+		if _, serr := os.Stat(dir); serr != nil {
+			return false, serr // a missing directory is an error, not a reason to copy
+		}
+		return false, nil
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return false, err
+	}
+	return true, atomicfile.SyncDir(dir)
+}
+
 // flushWriter counts what it writes for a flusher.
 type flushWriter struct {
 	w io.Writer
@@ -321,15 +369,15 @@ func (w flushWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// ReadChunk appends chunk i of a complete or partial blob to dst, re-verified. It counts as an access.
+// ReadChunk appends chunk i of a complete or partial blob to dst, re-hashed against its digest. It counts as an
+// access.
 func (s *Store) ReadChunk(ctx context.Context, blob cid.Cid, i int, dst []byte) ([]byte, error) {
 	return s.readChunkOf(blob, i, dst, true)
 }
 
-// ServeChunk is ReadChunk for a peer, which hashes every chunk it receives: the bytes are checked against their
-// length and badger's CRC32C of the value-log entry (Open sets VerifyValueChecksum), not re-hashed, so damage on
-// disk is still ErrInvalidData and not served, at a fifteenth of the CPU. A chunk short enough to be kept in the
-// LSM tree instead of the value log has no such checksum and is re-hashed. It counts as an access.
+// ServeChunk is ReadChunk for a peer, which hashes every chunk it receives: the bytes are checked against the
+// CRC32C stored when the chunk arrived, not re-hashed, so damage on disk is still ErrInvalidData (and quarantines
+// the blob) and not served, at a fifteenth of sha256's CPU. It counts as an access.
 func (s *Store) ServeChunk(ctx context.Context, blob cid.Cid, i int, dst []byte) ([]byte, error) {
 	return s.readChunkOf(blob, i, dst, false)
 }
@@ -343,33 +391,38 @@ func (s *Store) readChunkOf(blob cid.Cid, i int, dst []byte, rehash bool) ([]byt
 	if err != nil {
 		return dst, err
 	}
-	var m *blobstore.Manifest
-	var st blobState
-	err = s.db.View(func(txn *badger.Txn) error {
-		m, st, err = s.manifest(txn, d)
-		return err
-	})
+	f, m, st, err := s.openBlob(d)
+	if errors.Is(err, errFileMissing) && st == stateComplete {
+		return dst, s.quarantine(d, m, -1, err)
+	}
 	if err != nil {
 		return dst, err
 	}
+	defer f.Close()
 	if i < 0 || i >= len(m.Chunks) {
 		return dst, fmt.Errorf("%w: chunk %d of %s, which has %d", blobstore.ErrNotFound, i, blob, len(m.Chunks))
 	}
 	var out []byte
-	if rehash || m.ChunkLen(i) < valueThreshold {
-		out, err = s.readChunk(d, m, i, dst)
-	} else {
-		out = dst
-		err = s.chunkValue(d, m, i, func(v []byte) { out = append(out, v...) })
-	}
-	if errors.Is(err, errChunkMissing) {
-		if st == stateComplete {
-			return dst, fmt.Errorf("%w: %w", blobstore.ErrInvalidData, err)
+	if rehash {
+		var ok bool
+		err = s.db.View(func(txn *badger.Txn) error {
+			_, ok, err = storedCRC(txn, d, i)
+			return err
+		})
+		if err == nil && !ok {
+			err = fmt.Errorf("%s: %w", chunkID(d, m, i), errChunkMissing)
 		}
+		if err == nil {
+			out, err = readHashed(f, d, m, i, dst)
+		}
+	} else {
+		out, err = s.readChecked(f, d, m, i, dst)
+	}
+	if errors.Is(err, errChunkMissing) && st != stateComplete {
 		return dst, fmt.Errorf("%w: %w", blobstore.ErrNotFound, err)
 	}
 	if err != nil {
-		return dst, err
+		return dst, s.quarantine(d, m, i, err)
 	}
 	if err := s.touch(d); err != nil {
 		return dst, err

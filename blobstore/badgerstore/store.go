@@ -1,6 +1,9 @@
-// Package badgerstore implements blobstore.Store on an embedded badger v4 database tuned for large values.
+// Package badgerstore implements blobstore.Store: blob bytes live once, one file per blob (blobs/<cid>, or
+// partial/<cid> while a fetch fills it), and an embedded badger v4 database keeps what a database is for —
+// manifests, which chunks are stored (with a CRC32C each), records, pins and access times.
 //
-// The key layout, visibility rule, partial state, pins, gc and verify are normative in docs/design.md 3.3+.
+// The layout, visibility rule, partial state, pins, gc, verify and the migration from the layout that kept chunks
+// in badger are normative in docs/design.md 3.3+.
 package badgerstore
 
 import (
@@ -11,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -31,7 +35,8 @@ var ErrNoSpace = errors.New("not enough free disk space")
 // Key prefixes (docs/design.md 3.3). Every key but keyVersion and keyFlush is a prefix byte plus a 32-byte digest,
 // except records, which are variable-length.
 const (
-	prefixChunk    = 'c' // c + chunk digest → chunk bytes
+	prefixChunkV1  = 'c' // layout 1 only: c + chunk digest → chunk bytes (migration reads them, cleanup drops them)
+	prefixHave     = 'k' // k + blob digest + chunk index (uint32 big-endian) → CRC32C of the stored chunk
 	prefixManifest = 'm' // m + blob digest → encoded manifest of a complete, visible blob
 	prefixPartial  = 'p' // p + blob digest → encoded manifest of a partial blob (a fetch in progress)
 	prefixAccess   = 'a' // a + blob digest → last access, unix nanoseconds, 8 bytes big-endian
@@ -44,7 +49,17 @@ var (
 	keyFlush   = []byte("zflush") // written and dropped to force badger to flush its memtable (reclaim)
 )
 
-const layoutVersion = "npu-agent blobstore 1"
+const (
+	layoutVersion   = "npu-agent blobstore 2"
+	layoutVersionV1 = "npu-agent blobstore 1" // chunks in badger; Open migrates it
+)
+
+// Subdirectories of the store directory holding blob files.
+const (
+	dirBlobs   = "blobs"   // complete blobs, mode 0444: the file a loader opens
+	dirPartial = "partial" // partial blobs, written in place as chunks arrive
+	dirTmp     = "tmp"     // Puts in progress (unnamed where the filesystem allows)
+)
 
 // Tuning. Chunks are 1 MiB values: they go to the value log, and the LSM tree holds only keys and pointers, so
 // memtables and caches can be small (this runs on edge machines).
@@ -75,6 +90,10 @@ type Options struct {
 	// a full disk is a crash (SIGBUS) rather than an error, so the store refuses writes before that point. It
 	// must be at least half a value-log file plus 64 MiB: the room gc needs to give space back on a full disk.
 	MinFreeSpace uint64
+	// Quota is the store's size limit (config store.quota) if the store is to know it; 0 means none. A fetch
+	// (BeginPartial) of a blob larger than the quota is refused before anything is written: gc could never keep
+	// it, and a hostile record claiming a huge blob must not cost the blobs the store holds.
+	Quota uint64
 
 	now       func() time.Time                 // tests
 	freeSpace func(dir string) (uint64, error) // tests
@@ -87,10 +106,14 @@ type Store struct {
 	log  *slog.Logger
 	opts Options
 
-	// mu serialises metadata changes (manifests, pins, records, deletes, sweeps) and guards inflight, the chunk
-	// digests that Puts in progress have written or will write: a sweep keeps them.
-	mu       sync.Mutex
-	inflight map[[32]byte]int
+	blobDir, partDir, tmpDir string
+
+	// mu serialises metadata changes (manifests, pins, records, deletes).
+	mu sync.Mutex
+	// filesMu is held exclusively while a blob file moves between partial/ and blobs/ together with its state
+	// (Commit, quarantine, Put publishing), and shared while a file is opened by its state (reads, PutChunk), so
+	// that nobody opens a file by a state that is changing. Taken before mu, never after.
+	filesMu sync.RWMutex
 
 	// gate is held shared by every write and exclusively while reclaim makes badger flush its memtable, during
 	// which badger refuses writes.
@@ -105,7 +128,7 @@ type Store struct {
 	manBytes  int
 
 	prefixMu sync.Mutex
-	prefixes map[[32]byte]*prefixHash // whole-blob hashes of partial blobs being filled
+	prefixes map[[32]byte]*prefixHash // per partial blob being filled: whole-blob hash, preallocation, writeback
 
 	readersMu sync.Mutex
 	readers   map[[32]byte]int // open Readers per blob; gc skips them
@@ -148,8 +171,18 @@ func Open(dir string, opts Options) (*Store, error) {
 	if opts.freeSpace == nil {
 		opts.freeSpace = freeSpace
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	// The directory is group-readable, like the data directory: loaders (members of the API socket's group) open
+	// blobs/<cid> themselves. Partial and temporary files stay private.
+	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("blob store: %w", err)
+	}
+	for _, sub := range []struct {
+		name string
+		mode os.FileMode
+	}{{dirBlobs, 0o750}, {dirPartial, 0o700}, {dirTmp, 0o700}} {
+		if err := os.MkdirAll(filepath.Join(dir, sub.name), sub.mode); err != nil {
+			return nil, fmt.Errorf("blob store: %w", err)
+		}
 	}
 	bopts := badger.DefaultOptions(dir).
 		WithLogger(badgerLogger{opts.Logger.With("component", "badger")}).
@@ -173,9 +206,11 @@ func Open(dir string, opts Options) (*Store, error) {
 	s := &Store{
 		db:        db,
 		dir:       dir,
+		blobDir:   filepath.Join(dir, dirBlobs),
+		partDir:   filepath.Join(dir, dirPartial),
+		tmpDir:    filepath.Join(dir, dirTmp),
 		log:       opts.Logger,
 		opts:      opts,
-		inflight:  map[[32]byte]int{},
 		access:    map[[32]byte]accessTimes{},
 		manifests: map[[32]byte]*blobstore.Manifest{},
 		prefixes:  map[[32]byte]*prefixHash{},
@@ -186,8 +221,14 @@ func Open(dir string, opts Options) (*Store, error) {
 	}
 	s.opCond = sync.NewCond(&s.opMu)
 	s.bufs.New = func() any { b := make([]byte, blobstore.ChunkSize); return &b }
-	if err := s.checkVersion(); err != nil {
+	v1, err := s.checkVersion()
+	if err != nil {
 		return nil, errors.Join(err, db.Close())
+	}
+	if v1 {
+		if err := s.migrate(); err != nil {
+			return nil, errors.Join(fmt.Errorf("blob store: migrate %s to the file-per-blob layout: %w", dir, err), db.Close())
+		}
 	}
 	removed, err := s.cleanup()
 	if err != nil {
@@ -195,14 +236,16 @@ func Open(dir string, opts Options) (*Store, error) {
 	}
 	go s.background()
 	if removed > 0 {
-		s.log.Info("blob store: removed leftovers of interrupted writes", "chunks", removed)
+		s.log.Info("blob store: removed leftovers of interrupted writes", "keys_and_files", removed)
 		s.kickReclaim()
 	}
 	return s, nil
 }
 
-func (s *Store) checkVersion() error {
-	return s.update(func(txn *badger.Txn) error {
+// checkVersion writes the layout version into a new store and reports whether an existing one has the old
+// layout (chunks in badger), which Open then migrates.
+func (s *Store) checkVersion() (v1 bool, err error) {
+	err = s.update(func(txn *badger.Txn) error {
 		item, err := txn.Get(keyVersion)
 		if errors.Is(err, badger.ErrKeyNotFound) {
 			return txn.Set(keyVersion, []byte(layoutVersion))
@@ -211,12 +254,17 @@ func (s *Store) checkVersion() error {
 			return err
 		}
 		return item.Value(func(v []byte) error {
-			if string(v) != layoutVersion {
+			switch string(v) {
+			case layoutVersion:
+			case layoutVersionV1:
+				v1 = true
+			default:
 				return fmt.Errorf("blob store: %s holds layout %q, this version reads %q", s.dir, v, layoutVersion)
 			}
 			return nil
 		})
 	})
+	return v1, err
 }
 
 // Close flushes access times and closes badger. It waits for running calls; open Readers fail afterwards.
@@ -246,6 +294,12 @@ func (s *Store) enter() error {
 	}
 	s.ops++
 	return nil
+}
+
+func (s *Store) isClosed() bool {
+	s.opMu.Lock()
+	defer s.opMu.Unlock()
+	return s.closed
 }
 
 func (s *Store) leave() {
@@ -461,7 +515,7 @@ func (s *Store) info(txn *badger.Txn, d [32]byte) (blobstore.Info, error) {
 	if info.Complete {
 		info.HaveChunks = len(m.Chunks)
 	} else {
-		have, err := haveChunks(txn, m)
+		have, err := haveChunks(txn, d, m)
 		if err != nil {
 			return blobstore.Info{}, err
 		}
@@ -611,16 +665,19 @@ func (s *Store) deleteLocked(d [32]byte, checkPin bool) (uint64, error) {
 	delete(s.access, d)
 	s.accMu.Unlock()
 	s.dropPrefix(d)
-	var candidates [][32]byte // nil: all chunks
 	var size uint64
 	if m != nil {
-		candidates, size = m.Chunks, m.Size
-		if candidates == nil {
-			candidates = [][32]byte{} // an empty blob has no chunk to sweep
+		size = m.Size
+	}
+	// The blob is gone once its keys are; its chunk keys and files go now, or at the next Open after a crash.
+	err = s.deletePrefix(key(prefixHave, d))
+	for _, p := range []string{s.blobPath(d), s.partialPath(d)} {
+		if rerr := os.Remove(p); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+			err = errors.Join(err, rerr)
 		}
 	}
-	if _, err := s.sweepLocked(candidates); err != nil {
-		return 0, fmt.Errorf("delete %s: blob removed, its chunks not yet: %w", blobstore.DigestCID(d), err)
+	if err != nil {
+		return 0, fmt.Errorf("delete %s: blob removed, its file or chunk keys not yet: %w", blobstore.DigestCID(d), err)
 	}
 	return size, nil
 }

@@ -157,14 +157,20 @@ func TestLeftoverCleanup(t *testing.T) {
 	dir := t.TempDir()
 	s := open(t, dir, testOptions(t))
 	kept := putData(t, s, storetest.Data(3, cs+1))
-	// What a crash leaves: chunks of an unfinished put, access, pin and record keys of a blob whose delete did
-	// not finish.
+	// What a crash leaves: a layout-1 chunk, a temporary file of an unfinished put, a blob file and chunk keys,
+	// access, pin and record keys of a blob whose delete did not finish.
 	orphan := [32]byte{1, 2, 3}
 	gone := [32]byte{9}
+	for _, f := range []string{filepath.Join(s.tmpDir, "put-123"), s.blobPath(gone), s.partialPath(gone)} {
+		if err := os.WriteFile(f, []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 	recKey := recordKey(&blobstore.Record{ModelID: "m", ProfileID: "p", Fingerprint: []byte("{}")}, gone)
 	err := s.db.Update(func(txn *badger.Txn) error {
 		return errors.Join(
-			txn.Set(key(prefixChunk, orphan), bytes.Repeat([]byte{1}, 4096)),
+			txn.Set(key(prefixChunkV1, orphan), bytes.Repeat([]byte{1}, 4096)),
+			txn.Set(haveKey(gone, 3), encodeCRC(7)),
 			txn.Set(key(prefixAccess, gone), encodeTime(time.Now())),
 			txn.Set(key(prefixPin, gone), nil),
 			txn.Set(recKey, []byte("{}")),
@@ -178,7 +184,7 @@ func TestLeftoverCleanup(t *testing.T) {
 	s = open(t, dir, testOptions(t))
 	defer closeStore(t, s)
 	err = s.db.View(func(txn *badger.Txn) error {
-		for _, k := range [][]byte{key(prefixChunk, orphan), key(prefixAccess, gone), key(prefixPin, gone), recKey} {
+		for _, k := range [][]byte{key(prefixChunkV1, orphan), haveKey(gone, 3), key(prefixAccess, gone), key(prefixPin, gone), recKey} {
 			if _, err := txn.Get(k); !errors.Is(err, badger.ErrKeyNotFound) {
 				t.Errorf("leftover key %x survived Open: %v", k, err)
 			}
@@ -192,80 +198,126 @@ func TestLeftoverCleanup(t *testing.T) {
 	if err != nil || len(rep.Corrupt) != 0 || rep.Chunks != len(kept.Chunks) {
 		t.Fatalf("Verify after cleanup = %+v, %v", rep, err)
 	}
+	if n := leftoverChunks(t, s); n != 0 {
+		t.Fatalf("%d leftovers survived Open", n)
+	}
 }
 
-// corrupt flips one byte of needle where it occurs in the value log of dir (the store must be closed). It opens
-// and closes the store first so that the value-log file is sealed: badger checks the last file at Open and
-// truncates it at a bad entry (a torn write), while bit rot in a sealed file is left for the store to find.
+// corrupt flips one byte of needle where it occurs in a file of the store in dir (the store must be closed):
+// a blob's file, or badger's value log for a store of layout 1. It opens and closes the store first so that a
+// value-log file is sealed: badger checks the last file at Open and truncates it at a bad entry (a torn write),
+// while bit rot in a sealed file is left for the store to find.
 func corrupt(t *testing.T, dir string, needle []byte) {
 	t.Helper()
 	closeStore(t, open(t, dir, testOptions(t)))
-	files, err := filepath.Glob(filepath.Join(dir, "*.vlog"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range files {
-		b, err := os.ReadFile(f)
+	found := false
+	err := filepath.WalkDir(dir, func(path string, e os.DirEntry, err error) error {
+		if err != nil || found || !e.Type().IsRegular() {
+			return err
+		}
+		b, err := os.ReadFile(path)
 		if err != nil {
-			t.Fatal(err)
+			return err
 		}
 		if i := bytes.Index(b, needle); i >= 0 {
+			found = true
 			b[i+len(needle)/2] ^= 0x40
-			if err := os.WriteFile(f, b, 0o600); err != nil {
-				t.Fatal(err)
+			if err := os.Chmod(path, 0o600); err != nil {
+				return err
 			}
-			return
+			return os.WriteFile(path, b, 0o600)
 		}
+		return nil
+	})
+	if err != nil || !found {
+		t.Fatalf("bytes to corrupt not found: %v", err)
 	}
-	t.Fatal("bytes to corrupt not found in the value log")
 }
 
+// TestCorruptChunkDetected flips a byte of a stored chunk on disk; every read path finds it (ServeChunk by the
+// store's checksum, the others by it or a re-hash) and quarantines the blob: no longer served or complete, its
+// records kept, its damaged chunk dropped so that a fetch heals it (issue 10 item 11).
 func TestCorruptChunkDetected(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
-	dir := t.TempDir()
 	data := storetest.Data(4, 3*cs)
-	s := open(t, dir, testOptions(t))
-	m := putData(t, s, data)
-	closeStore(t, s)
-	corrupt(t, dir, data[cs+1000:cs+1064]) // inside chunk 1
+	detectors := map[string]func(s *Store, m *blobstore.Manifest) error{
+		"Open": func(s *Store, m *blobstore.Manifest) error { _, err := readAll(s, m); return err },
+		"ReadChunk": func(s *Store, m *blobstore.Manifest) error {
+			_, err := s.ReadChunk(context.Background(), m.CID(), 1, nil)
+			return err
+		},
+		"ServeChunk": func(s *Store, m *blobstore.Manifest) error {
+			_, err := s.ServeChunk(context.Background(), m.CID(), 1, nil)
+			return err
+		},
+		"CheckBlob": func(s *Store, m *blobstore.Manifest) error { return s.CheckBlob(context.Background(), m.CID()) },
+	}
+	for name, detect := range detectors {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			dir := t.TempDir()
+			s := open(t, dir, testOptions(t))
+			m := putData(t, s, data)
+			rec := blobstore.Record{ModelID: "m", ProfileID: "p", Blob: m.CID(), Fingerprint: []byte("{}")}
+			if err := s.AddRecord(ctx, rec); err != nil {
+				t.Fatal(err)
+			}
+			closeStore(t, s)
+			corrupt(t, dir, data[cs+1000:cs+1064]) // inside chunk 1
 
-	s = open(t, dir, testOptions(t))
-	defer closeStore(t, s)
-	if _, err := readAll(s, m); !errors.Is(err, blobstore.ErrInvalidData) {
-		t.Fatalf("Read of a corrupt blob = %v, want ErrInvalidData", err)
-	}
-	// ServeChunk does not re-hash: badger's checksum of the value-log entry finds the damage.
-	for name, read := range map[string]func(context.Context, cid.Cid, int, []byte) ([]byte, error){
-		"ReadChunk": s.ReadChunk, "ServeChunk": s.ServeChunk,
-	} {
-		if _, err := read(ctx, m.CID(), 1, nil); !errors.Is(err, blobstore.ErrInvalidData) {
-			t.Fatalf("%s of the corrupt chunk = %v", name, err)
-		}
-		if got, err := read(ctx, m.CID(), 2, nil); err != nil || !bytes.Equal(got, chunkOf(data, m, 2)) {
-			t.Fatalf("%s of a good chunk = %v", name, err)
-		}
-	}
-	out := filepath.Join(t.TempDir(), "x.blob")
-	if err := s.Export(ctx, m.CID(), out); !errors.Is(err, blobstore.ErrInvalidData) {
-		t.Fatalf("Export of a corrupt blob = %v", err)
-	}
-	if entries, _ := os.ReadDir(filepath.Dir(out)); len(entries) != 0 {
-		t.Fatalf("failed export left %v", entries)
-	}
-	rep, err := s.Verify(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := []blobstore.CorruptChunk{{Blob: m.CID(), Index: 1, Chunk: blobstore.ChunkCID(m.Chunks[1])}}
-	if len(rep.Corrupt) != 1 || rep.Corrupt[0].Index != 1 || !rep.Corrupt[0].Blob.Equals(want[0].Blob) ||
-		!rep.Corrupt[0].Chunk.Equals(want[0].Chunk) || rep.Chunks != 3 {
-		t.Fatalf("Verify = %+v, want %+v", rep, want)
-	}
-	// Putting the blob again rewrites its chunks: the store heals.
-	putData(t, s, data)
-	if rep, err := s.Verify(ctx); err != nil || len(rep.Corrupt) != 0 {
-		t.Fatalf("Verify after re-put = %+v, %v", rep, err)
+			s = open(t, dir, testOptions(t))
+			defer closeStore(t, s)
+			if rep, err := s.Verify(ctx); err != nil || len(rep.Corrupt) != 1 || rep.Corrupt[0].Index != 1 ||
+				!rep.Corrupt[0].Chunk.Equals(blobstore.ChunkCID(m.Chunks[1])) || rep.Chunks != 3 {
+				t.Fatalf("Verify = %+v, %v; want chunk 1 corrupt", rep, err)
+			}
+			if err := detect(s, m); !errors.Is(err, blobstore.ErrInvalidData) {
+				t.Fatalf("%s of a corrupt blob = %v, want ErrInvalidData", name, err)
+			}
+			// Quarantined: not served, not complete, the damaged chunk dropped, the records kept.
+			if ok, err := s.Has(ctx, m.CID()); ok || err != nil {
+				t.Fatalf("Has after quarantine = %v, %v", ok, err)
+			}
+			if info, err := s.Stat(ctx, m.CID()); err != nil || info.Complete || info.HaveChunks != 2 {
+				t.Fatalf("Stat after quarantine = %+v, %v", info, err)
+			}
+			if _, err := s.ServeChunk(ctx, m.CID(), 1, nil); !errors.Is(err, blobstore.ErrNotFound) {
+				t.Fatalf("ServeChunk of the dropped chunk = %v, want ErrNotFound", err)
+			}
+			if got, err := s.ServeChunk(ctx, m.CID(), 2, nil); err != nil || !bytes.Equal(got, chunkOf(data, m, 2)) {
+				t.Fatalf("ServeChunk of a good chunk = %v", err)
+			}
+			if _, err := s.Open(ctx, m.CID()); !errors.Is(err, blobstore.ErrIncomplete) {
+				t.Fatalf("Open after quarantine = %v, want ErrIncomplete", err)
+			}
+			if recs, err := s.Records(ctx, "m", "p"); err != nil || len(recs) != 1 {
+				t.Fatalf("records after quarantine = %v, %v; want kept", recs, err)
+			}
+			if rep, err := s.Verify(ctx); err != nil || len(rep.Corrupt) != 0 {
+				t.Fatalf("Verify after quarantine = %+v, %v", rep, err)
+			}
+			// A fetch heals it: BeginPartial (resume), the missing chunk, Commit.
+			if err := s.BeginPartial(ctx, m); err != nil {
+				t.Fatal(err)
+			}
+			have, err := s.HaveChunks(ctx, m.CID())
+			if err != nil || !slices.Equal(have, []bool{true, false, true}) {
+				t.Fatalf("HaveChunks after quarantine = %v, %v", have, err)
+			}
+			if err := s.PutChunk(ctx, m.CID(), 1, chunkOf(data, m, 1)); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Commit(ctx, m.CID()); err != nil {
+				t.Fatal(err)
+			}
+			if got, err := readAll(s, m); err != nil || !bytes.Equal(got, data) {
+				t.Fatalf("healed blob reads back wrong: %v", err)
+			}
+			if rep, err := s.Verify(ctx); err != nil || len(rep.Corrupt) != 0 {
+				t.Fatalf("Verify after healing = %+v, %v", rep, err)
+			}
+		})
 	}
 }
 
@@ -342,12 +394,8 @@ func TestPutChunkAfterDelete(t *testing.T) {
 	if err := s.PutChunk(ctx, m.CID(), 1, chunkOf(data, m, 1)); !errors.Is(err, blobstore.ErrNotFound) {
 		t.Fatalf("PutChunk after Delete = %v, want ErrNotFound", err)
 	}
-	var left [][32]byte
-	if err := s.db.View(func(txn *badger.Txn) error { left = digestKeys(txn, prefixChunk); return nil }); err != nil {
-		t.Fatal(err)
-	}
-	if len(left) != 0 {
-		t.Fatalf("%d chunks left after Delete, want none", len(left))
+	if n := leftoverChunks(t, s); n != 0 {
+		t.Fatalf("%d chunk keys or files left after Delete, want none", n)
 	}
 }
 
@@ -474,9 +522,9 @@ func TestGCReclaimsDisk(t *testing.T) {
 		t.Fatalf("GC = %+v, %v", res, err)
 	}
 	after := allocated(t, dir)
-	t.Logf("value log: %d MiB before gc, %d MiB after", before>>20, after>>20)
-	if after > before-8*cs {
-		t.Fatalf("gc of 16 MiB freed only %d bytes of value log", before-after)
+	t.Logf("blob files and value log: %d MiB before gc, %d MiB after", before>>20, after>>20)
+	if after > before-16*cs {
+		t.Fatalf("gc of 16 MiB freed only %d bytes of disk", before-after)
 	}
 	if got, err := readAll(s, ms[2]); err != nil || len(got) != 8*cs {
 		t.Fatalf("surviving blob after value-log gc: %v", err)
@@ -628,7 +676,95 @@ func TestExportLeavesOnlyTheFile(t *testing.T) {
 	if err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("exported file: %d bytes, %v", len(got), err)
 	}
-	if st, _ := os.Stat(filepath.Join(dir, "b.blob")); st.Mode().Perm() != 0o644 {
-		t.Errorf("exported file mode %v, want 0644", st.Mode().Perm())
+	// On the store's filesystem the export is a hard link to the stored file: no byte copied, read-only.
+	st, _ := os.Stat(filepath.Join(dir, "b.blob"))
+	stored, _ := os.Stat(s.blobPath(must(blobstore.Digest(m.CID()))))
+	if !os.SameFile(st, stored) || st.Mode().Perm() != 0o444 {
+		t.Errorf("exported file mode %v, same file as the store's %v; want a read-only link", st.Mode().Perm(), os.SameFile(st, stored))
 	}
+}
+
+// hugeManifest is the manifest of a blob of size bytes that nobody holds: a peer's claim.
+func hugeManifest(size uint64) *blobstore.Manifest {
+	m := &blobstore.Manifest{Size: size, ChunkSize: cs}
+	m.Chunks = make([][32]byte, m.NumChunks())
+	for i := range m.Chunks {
+		m.Chunks[i][0], m.Chunks[i][1], m.Chunks[i][2] = byte(i), byte(i>>8), 0xee
+	}
+	return m
+}
+
+// TestGCPartialClaim: a record claiming a 4 GiB blob with a 100 MiB quota must not make gc delete real blobs
+// (issue 10 item 7). A partial blob counts the bytes it holds, and complete blobs never go to make room for one.
+func TestGCPartialClaim(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	const quota = 100 << 20
+	opts := testOptions(t)
+	opts.freeSpace = func(string) (uint64, error) { return 1 << 40, nil }
+	opts.Quota = quota
+	s := open(t, t.TempDir(), opts)
+	defer closeStore(t, s)
+	a := putData(t, s, storetest.Data(1, cs))
+	b := putData(t, s, storetest.Data(2, cs+7))
+	huge := hugeManifest(4 << 30)
+	if err := s.BeginPartial(ctx, huge); !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("BeginPartial of a 4 GiB blob with a 100 MiB quota = %v, want ErrNoSpace", err)
+	}
+
+	// A store that does not know the quota accepts the claim; gc must still keep the real blobs.
+	s.opts.Quota = 0
+	if err := s.BeginPartial(ctx, huge); err != nil {
+		t.Fatal(err)
+	}
+	res, err := s.GC(ctx, quota, nil)
+	if err != nil || len(res.Removed) != 0 || res.SizeAfter != 2*cs+7 {
+		t.Fatalf("GC with a 4 GiB partial claim = %+v, %v; want nothing removed, %d bytes", res, err, 2*cs+7)
+	}
+	// Over quota through a partial that holds chunks: the partial goes, never a complete blob.
+	data := storetest.Data(3, 3*cs)
+	pm := manifestOf(t, data)
+	if err := s.BeginPartial(ctx, pm); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		if err := s.PutChunk(ctx, pm.CID(), i, chunkOf(data, pm, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res, err = s.GC(ctx, 3*cs, func(c cid.Cid) bool { return c.Equals(huge.CID()) })
+	if err != nil || len(res.Removed) != 1 || !res.Removed[0].Equals(pm.CID()) || res.FreedBytes != 2*cs {
+		t.Fatalf("GC over quota by a partial = %+v, %v; want only the partial %s (2 chunks) removed", res, err, pm.CID())
+	}
+	// A protected partial over quota costs no complete blob either.
+	if err := s.BeginPartial(ctx, pm); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if err := s.PutChunk(ctx, pm.CID(), i, chunkOf(data, pm, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	keepPartials := func(c cid.Cid) bool { return c.Equals(pm.CID()) || c.Equals(huge.CID()) }
+	res, err = s.GC(ctx, 3*cs, keepPartials)
+	if err != nil || len(res.Removed) != 0 {
+		t.Fatalf("GC over quota by a protected partial = %+v, %v; want nothing removed", res, err)
+	}
+	for _, m := range []*blobstore.Manifest{a, b} {
+		if ok, err := s.Has(ctx, m.CID()); !ok || err != nil {
+			t.Fatalf("complete blob %s gone: %v", m.CID(), err)
+		}
+	}
+	// Only when the complete blobs alone exceed the quota does one go, the oldest.
+	res, err = s.GC(ctx, cs+7, keepPartials)
+	if err != nil || len(res.Removed) != 1 || !res.Removed[0].Equals(a.CID()) {
+		t.Fatalf("GC below the complete blobs = %+v, %v; want %s removed", res, err, a.CID())
+	}
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"sync"
 
 	badger "github.com/dgraph-io/badger/v4"
@@ -11,9 +12,9 @@ import (
 	"github.com/npu-agent/npu-agent/blobstore"
 )
 
-// Verify re-hashes every stored chunk of every complete and partial blob. A chunk that several blobs share is
-// hashed once and reported for each. A complete blob's missing chunk is corrupt; a partial blob's is expected. A
-// corrupt manifest is reported with Index -1 and no chunk CID.
+// Verify re-hashes every stored chunk of every complete and partial blob, read from its file. A complete blob's
+// missing chunk (or file) is corrupt; a partial blob's missing chunk is expected. A corrupt manifest is reported
+// with Index -1 and no chunk CID. Verify reports; it quarantines nothing.
 func (s *Store) Verify(ctx context.Context) (blobstore.VerifyReport, error) {
 	if err := s.enter(); err != nil {
 		return blobstore.VerifyReport{}, err
@@ -46,59 +47,50 @@ func (s *Store) Verify(ctx context.Context) (blobstore.VerifyReport, error) {
 		return blobstore.VerifyReport{}, fmt.Errorf("verify: %w", err)
 	}
 
-	type job struct {
-		b blob
-		i int
-	}
-	type outcome int
-	const (
-		good outcome = iota
-		bad
-		missing
-	)
 	var (
 		mu      sync.Mutex
-		seen    = map[[32]byte]outcome{}
 		report  = blobstore.VerifyReport{Blobs: len(blobs) + len(badManifests), Corrupt: append([]blobstore.CorruptChunk{}, badManifests...)}
-		jobs    = make(chan job)
-		wg      sync.WaitGroup
 		failErr error
 	)
-	check := func(j job, buf []byte) {
-		c := j.b.m.Chunks[j.i]
+	fail := func(err error) {
 		mu.Lock()
-		o, done := seen[c]
+		if failErr == nil {
+			failErr = err
+		}
 		mu.Unlock()
-		if !done {
-			_, err := s.readChunk(j.b.d, j.b.m, j.i, buf[:0])
+	}
+	type job struct {
+		b    blob
+		f    *os.File
+		have []bool
+		i    int
+	}
+	jobs := make(chan job)
+	var wg sync.WaitGroup
+	check := func(j job, buf []byte) {
+		bad := !j.have[j.i] && j.b.complete
+		if j.have[j.i] && j.f != nil {
+			_, err := readHashed(j.f, j.b.d, j.b.m, j.i, buf[:0])
 			switch {
 			case err == nil:
-				o = good
-			case errors.Is(err, errChunkMissing):
-				o = missing
 			case errors.Is(err, blobstore.ErrInvalidData):
-				o = bad
+				bad = true
 			default:
-				mu.Lock()
-				if failErr == nil {
-					failErr = err
-				}
-				mu.Unlock()
+				fail(err)
 				return
 			}
+		} else if j.have[j.i] {
+			bad = true // no file
 		}
 		mu.Lock()
 		defer mu.Unlock()
-		if _, ok := seen[c]; !ok {
-			seen[c] = o
-			if o != missing {
-				report.Chunks++
-				report.Bytes += uint64(j.b.m.ChunkLen(j.i))
-			}
+		if j.have[j.i] {
+			report.Chunks++
+			report.Bytes += uint64(j.b.m.ChunkLen(j.i))
 		}
-		if o == bad || (o == missing && j.b.complete) {
+		if bad {
 			report.Corrupt = append(report.Corrupt, blobstore.CorruptChunk{
-				Blob: blobstore.DigestCID(j.b.d), Index: j.i, Chunk: blobstore.ChunkCID(c),
+				Blob: blobstore.DigestCID(j.b.d), Index: j.i, Chunk: blobstore.ChunkCID(j.b.m.Chunks[j.i]),
 			})
 		}
 	}
@@ -113,12 +105,35 @@ func (s *Store) Verify(ctx context.Context) (blobstore.VerifyReport, error) {
 	}
 feed:
 	for _, b := range blobs {
+		f, _, _, err := s.openBlob(b.d)
+		if err != nil && !errors.Is(err, errFileMissing) {
+			if errors.Is(err, blobstore.ErrNotFound) {
+				continue // deleted meanwhile
+			}
+			fail(err)
+			break
+		}
+		var have []bool
+		if err := s.db.View(func(txn *badger.Txn) error {
+			var err error
+			have, err = haveChunks(txn, b.d, b.m)
+			return err
+		}); err != nil {
+			fail(err)
+			break
+		}
 		for i := range b.m.Chunks {
 			select {
-			case jobs <- job{b, i}:
+			case jobs <- job{b: b, f: f, have: have, i: i}:
 			case <-ctx.Done():
+				if f != nil {
+					f.Close()
+				}
 				break feed
 			}
+		}
+		if f != nil {
+			defer f.Close()
 		}
 	}
 	close(jobs)

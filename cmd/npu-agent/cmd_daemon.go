@@ -70,7 +70,7 @@ func runDaemon(ctx context.Context, cfg config.Config, log *slog.Logger) (err er
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return fmt.Errorf("data directory: %w", err)
 	}
-	store, err := badgerstore.Open(filepath.Join(cfg.DataDir, "store"), badgerstore.Options{Logger: log})
+	store, err := badgerstore.Open(filepath.Join(cfg.DataDir, "store"), badgerstore.Options{Logger: log, Quota: uint64(cfg.Store.Quota)})
 	if err != nil {
 		return err
 	}

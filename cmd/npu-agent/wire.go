@@ -93,7 +93,7 @@ func (a *app) openLocalWith(ctx context.Context, cfg config.Config) (*local, err
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("data directory: %w", err)
 	}
-	store, err := badgerstore.Open(filepath.Join(cfg.DataDir, "store"), badgerstore.Options{Logger: a.logger(cfg)})
+	store, err := badgerstore.Open(filepath.Join(cfg.DataDir, "store"), badgerstore.Options{Logger: a.logger(cfg), Quota: uint64(cfg.Store.Quota)})
 	if err != nil {
 		return nil, err
 	}

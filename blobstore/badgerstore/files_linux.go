@@ -1,0 +1,19 @@
+package badgerstore
+
+import (
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// preallocate reserves disk blocks for [off, off+n) of f (fallocate), so that a blob written in place out of order
+// stays in few extents; where the filesystem cannot, the file stays sparse and is filled as chunks arrive.
+func preallocate(f *os.File, off, n int64) {
+	_ = unix.Fallocate(int(f.Fd()), 0, off, n)
+}
+
+// startWriteback asks the kernel to start writing f's dirty pages without waiting (sync_file_range), so that the
+// fsync at the end of a long write finds little left to do and the page cache does not fill with dirty pages.
+func startWriteback(f *os.File) {
+	_ = unix.SyncFileRange(int(f.Fd()), 0, 0, unix.SYNC_FILE_RANGE_WRITE)
+}
