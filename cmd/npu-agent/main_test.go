@@ -88,6 +88,8 @@ func TestFetchThenStore(t *testing.T) {
 func TestExitCodes(t *testing.T) {
 	t.Setenv("NPU_AGENT_COMPILER_SIM_COMPILE_TIME", "1ms")
 	f := newFixture(t)
+	// No case may reach a daemon of the host (--config /dev/null would mean the default socket).
+	t.Setenv("NPU_AGENT_SOCKET", filepath.Join(f.dir, "no-daemon.sock"))
 	garbage := filepath.Join(f.dir, "garbage.blob")
 	if err := os.WriteFile(garbage, []byte(strings.Repeat("z", 100)), 0o644); err != nil {
 		t.Fatal(err)
