@@ -42,7 +42,7 @@ func (a *app) statusCmd() *cobra.Command {
 				}
 				if err := table(w, []string{"AGENT", "VALUE"}, [][]string{
 					{"version", st.Version}, {"peer id", peerID}, {"compiler", orNone(st.Compiler)},
-					{"class", short(st.Class)},
+					{"class", short(st.Class)}, {"serving", serving(st.PeerServing)},
 					{"store", fmt.Sprintf("%d blobs, %d partial, %s of quota %s, %d records", st.Store.Blobs, st.Store.Partial,
 						humanBytes(st.Store.Bytes), quota(st.Store.Quota), st.Store.Records)},
 					{"peers", strconv.Itoa(len(st.Peers))},
@@ -102,6 +102,14 @@ func (a *app) withStatus(run func(st api.Status) error) func(*cobra.Command, []s
 		}
 		return run(st)
 	}
+}
+
+// serving says whether this daemon serves blobs to peers (api.Status.PeerServing).
+func serving(s string) string {
+	if s == "" {
+		return "off: fleet disabled"
+	}
+	return s
 }
 
 func orNone(s string) string {

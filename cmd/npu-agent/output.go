@@ -12,9 +12,36 @@ import (
 )
 
 func writeJSON(w io.Writer, v any) error {
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	var tree any
+	if err := json.Unmarshal(raw, &tree); err != nil {
+		return err
+	}
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
-	return enc.Encode(v)
+	return enc.Encode(cidStrings(tree))
+}
+
+// cidStrings gives CIDs one shape in every command's JSON: the string form. Values of the API's wire types
+// encode a CID as {"/": "bafk..."} (go-cid's JSON), which the CLI flattens here, in one place.
+func cidStrings(v any) any {
+	switch t := v.(type) {
+	case map[string]any:
+		if s, ok := t["/"].(string); ok && len(t) == 1 {
+			return s
+		}
+		for k, e := range t {
+			t[k] = cidStrings(e)
+		}
+	case []any:
+		for i, e := range t {
+			t[i] = cidStrings(e)
+		}
+	}
+	return v
 }
 
 // table prints aligned columns for humans.
