@@ -244,8 +244,8 @@ func (fr FieldRule) validate(name string, isField bool) error {
 // Decision is the outcome of a compatibility check. Reasons name the field and rule behind the outcome: every
 // failed rule when incompatible; fallbacks taken when compatible.
 type Decision struct {
-	Compatible bool
-	Reasons    []string
+	Compatible bool     `json:"compatible"`
+	Reasons    []string `json:"reasons"`
 }
 
 func (d *Decision) fail(format string, args ...any) {

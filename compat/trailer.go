@@ -43,12 +43,18 @@ func (v MetadataVersion) String() string {
 	return strconv.Itoa(int(v.Major)) + "." + strconv.Itoa(int(v.Minor))
 }
 
+// MarshalText renders the version as "major.minor" (JSON output of inspect).
+func (v MetadataVersion) MarshalText() ([]byte, error) { return []byte(v.String()), nil }
+
 // OVVersion is the OpenVINO version that exported the blob.
 type OVVersion struct{ Major, Minor, Patch uint16 }
 
 func (v OVVersion) String() string {
 	return strconv.Itoa(int(v.Major)) + "." + strconv.Itoa(int(v.Minor)) + "." + strconv.Itoa(int(v.Patch))
 }
+
+// MarshalText renders the version as "major.minor.patch" (JSON output of inspect).
+func (v OVVersion) MarshalText() ([]byte, error) { return []byte(v.String()), nil }
 
 // BlobType is the payload kind of metadata 2.7. The numeric values follow the order OpenVINO declares them in
 // (ELF, LLVM, bytecode) and are unverified.
@@ -60,6 +66,9 @@ const (
 	BlobTypeLLVM
 	BlobTypeBytecode
 )
+
+// MarshalText renders the type by name (JSON output of inspect).
+func (b BlobType) MarshalText() ([]byte, error) { return []byte(b.String()), nil }
 
 func (b BlobType) String() string {
 	switch b {
@@ -75,18 +84,18 @@ func (b BlobType) String() string {
 
 // Trailer is the NPU plugin metadata at the end of an exported blob. Fields newer than Metadata are zero.
 type Trailer struct {
-	Metadata            MetadataVersion
-	OpenVINO            OVVersion // 2.0+
-	InitSizes           []uint64  // 2.1+: weight-init schedule sizes; non-empty means a weightless blob
-	Batch               int64     // 2.2+: 0 = none
-	InputLayouts        []string  // 2.3+
-	OutputLayouts       []string  // 2.3+
-	CompilerVersion     uint32    // 2.4+: major<<16 | minor; 0 = none
-	Encrypted           bool      // 2.5+
-	RuntimeRequirements string    // 2.6+: compatibility descriptor, as stored
-	BlobType            BlobType  // 2.7+
-	PayloadSize         uint64    // set by ParseTrailer: the compiler payload is bytes [0, PayloadSize)
-	MetadataSize        uint64    // set by ParseTrailer: bytes from the payload's end to the footer, padding included
+	Metadata            MetadataVersion `json:"metadata"`
+	OpenVINO            OVVersion       `json:"openvino"`             // 2.0+
+	InitSizes           []uint64        `json:"init_sizes"`           // 2.1+: weight-init schedule sizes; non-empty means a weightless blob
+	Batch               int64           `json:"batch"`                // 2.2+: 0 = none
+	InputLayouts        []string        `json:"input_layouts"`        // 2.3+
+	OutputLayouts       []string        `json:"output_layouts"`       // 2.3+
+	CompilerVersion     uint32          `json:"compiler_version"`     // 2.4+: major<<16 | minor; 0 = none
+	Encrypted           bool            `json:"encrypted"`            // 2.5+
+	RuntimeRequirements string          `json:"runtime_requirements"` // 2.6+: compatibility descriptor, as stored
+	BlobType            BlobType        `json:"blob_type"`            // 2.7+
+	PayloadSize         uint64          `json:"payload_size"`         // set by ParseTrailer: the compiler payload is bytes [0, PayloadSize)
+	MetadataSize        uint64          `json:"metadata_size"`        // set by ParseTrailer: bytes from the payload's end to the footer, padding included
 }
 
 // CompilerVersionString renders CompilerVersion as "major.minor", or "" when none is recorded.
