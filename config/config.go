@@ -36,6 +36,7 @@ type Config struct {
 	DataDir    string `yaml:"data_dir"`    // badger store, identity key, compile scratch
 	RuntimeDir string `yaml:"runtime_dir"` // unix socket of the local API
 	LogLevel   string `yaml:"log_level"`   // debug, info, warn, error
+	LogFormat  string `yaml:"log_format"`  // auto, text or json
 	// FingerprintOverride is a file pinning some or all fingerprint fields (operators, tests).
 	FingerprintOverride string `yaml:"fingerprint_override"`
 	// SysfsRoot is where the sysfs probe looks (tests point it at a fixture tree).
@@ -128,6 +129,7 @@ func Default() Config {
 		DataDir:    "/var/lib/npu-agent",
 		RuntimeDir: "/run/npu-agent",
 		LogLevel:   "info",
+		LogFormat:  "auto",
 		SysfsRoot:  "/",
 		Store:      Store{GCInterval: 10 * time.Minute},
 		Compiler: Compiler{
@@ -194,6 +196,11 @@ func (c *Config) Validate() error {
 	var errs []error
 	if c.DataDir == "" {
 		errs = append(errs, errors.New("data_dir: must be set"))
+	}
+	switch c.LogFormat {
+	case "auto", "text", "json":
+	default:
+		errs = append(errs, fmt.Errorf("log_format: %q is not one of auto, text, json", c.LogFormat))
 	}
 	switch strings.ToLower(c.LogLevel) {
 	case "debug", "info", "warn", "error":

@@ -13,6 +13,7 @@ import (
 	"github.com/npu-agent/npu-agent/agent"
 	"github.com/npu-agent/npu-agent/api"
 	"github.com/npu-agent/npu-agent/blobstore"
+	"github.com/npu-agent/npu-agent/config"
 )
 
 // Every command's JSON gives a CID as its string, whatever the wire type it prints.
@@ -51,5 +52,32 @@ func TestJSONCIDsAreStrings(t *testing.T) {
 				t.Fatal(err)
 			}
 		})
+	}
+}
+
+// The log format: JSON lines; text; under the journal (auto) text without slog's own time.
+func TestLogFormat(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		format  string
+		journal bool
+		want    string // a prefix of the line
+		time    bool
+	}{
+		{"json", false, `{"time":`, true},
+		{"json", true, `{"time":`, true},
+		{"text", true, `time=`, true},
+		{"auto", false, `time=`, true},
+		{"auto", true, `level=INFO`, false},
+	}
+	for _, tt := range tests {
+		var b bytes.Buffer
+		cfg := config.Default()
+		cfg.LogFormat = tt.format
+		newLogger(&b, cfg, tt.journal).Info("hello", "k", "v")
+		line := b.String()
+		if !strings.HasPrefix(line, tt.want) || strings.Contains(line, "time") != tt.time {
+			t.Errorf("format %s, journal %v: %q; want a line starting %q, time %v", tt.format, tt.journal, line, tt.want, tt.time)
+		}
 	}
 }

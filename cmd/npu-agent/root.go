@@ -119,9 +119,27 @@ func (a *app) loadConfig() (config.Config, error) {
 }
 
 func (a *app) logger(cfg config.Config) *slog.Logger {
+	return newLogger(a.stderr, cfg, os.Getenv("JOURNAL_STREAM") != "")
+}
+
+// newLogger makes the daemon's and commands' logger: JSON lines, or text; under the journal (auto) text without
+// slog's own time, since the journal stamps every line.
+func newLogger(w io.Writer, cfg config.Config, journal bool) *slog.Logger {
 	var level slog.Level
 	_ = level.UnmarshalText([]byte(strings.ToUpper(cfg.LogLevel)))
-	return slog.New(slog.NewTextHandler(a.stderr, &slog.HandlerOptions{Level: level}))
+	opts := &slog.HandlerOptions{Level: level}
+	switch {
+	case cfg.LogFormat == "json":
+		return slog.New(slog.NewJSONHandler(w, opts))
+	case cfg.LogFormat != "text" && journal:
+		opts.ReplaceAttr = func(groups []string, a slog.Attr) slog.Attr {
+			if len(groups) == 0 && a.Key == slog.TimeKey {
+				return slog.Attr{}
+			}
+			return a
+		}
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
 }
 
 // print writes v as JSON with --json, else calls human.
