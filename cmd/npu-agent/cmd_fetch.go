@@ -262,8 +262,25 @@ func (a *app) fetchViaDaemon(cmd *cobra.Command, model string, prof compile.Prof
 		return true, err
 	}
 	bar := newProgressBar(a.stderr)
-	// The API answers when done; show that work is under way.
-	stop := tick.Every(200*time.Millisecond, func() { bar.Update("daemon working", 0, 0) })
+	// The API answers when done; meanwhile the daemon's status says what it is doing for this profile
+	// (fetching n of m bytes, compiling, waiting for a peer's compile).
+	pid, _ := prof.ID()
+	stop := tick.Every(500*time.Millisecond, func() {
+		phase, done, total := "daemon working", int64(0), int64(0)
+		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		if st, err := c.Status(sctx); err == nil {
+			for _, j := range st.Jobs {
+				if j.ProfileID == pid {
+					phase, done, total = string(j.Kind), int64(j.Done), int64(j.Total)
+					if j.Kind == agent.PhaseCompile {
+						phase = "compiling"
+					}
+				}
+			}
+		}
+		bar.Update(phase, done, total)
+	})
 	res, err := c.Ensure(ctx, api.EnsureRequest{Model: abs, Profile: prof})
 	stop()
 	bar.Done()
