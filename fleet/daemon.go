@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -115,6 +117,13 @@ func New(ctx context.Context, cfg config.Config, store blobstore.Store, host com
 		return nil, err
 	}
 	pc.Registerer = reg
+	// The member record (6.2): hostname and class, when they fit its rules.
+	if h, err := os.Hostname(); err == nil && len(h) <= 64 && !strings.ContainsFunc(h, func(r rune) bool { return r <= ' ' || r > '~' }) {
+		pc.Hostname = h
+	}
+	if class, err := compat.Class(compat.DefaultRules(), host, ""); err == nil && len(class) <= 128 {
+		pc.Class = class
+	}
 	pc.OnBadChunk = func(from peer.ID) {
 		m.ChunkRejected()
 		log.Warn("rejected a chunk that does not match its CID", "peer", from)

@@ -5,11 +5,13 @@ package fleet
 
 import (
 	"context"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/npu-agent/npu-agent/agent"
 	"github.com/npu-agent/npu-agent/blobstore"
@@ -50,9 +52,23 @@ func (f *Fleet) Records(modelID, profileID string) []blobstore.Record {
 	return out
 }
 
-// Fetch swarms blob c from every connected peer that has chunks of it.
+// Fetch swarms blob c from the producers of its records (dialled directly: on a sparse overlay the compiler is
+// rarely a neighbour; membership put their addresses in the peerstore) and every connected peer.
 func (f *Fleet) Fetch(ctx context.Context, c cid.Cid, progress func(done, total int64)) error {
-	return f.node.Fetch(ctx, c, nil, progress)
+	var from []peer.ID
+	for _, sr := range f.node.Records("", "") {
+		if sr.Blob.Equals(c) && sr.Signer != f.node.ID() && !slices.Contains(from, sr.Signer) {
+			from = append(from, sr.Signer)
+		}
+	}
+	if len(from) > 0 {
+		for _, p := range f.node.Host().Network().Peers() {
+			if !slices.Contains(from, p) {
+				from = append(from, p)
+			}
+		}
+	}
+	return f.node.Fetch(ctx, c, from, progress)
 }
 
 // Publish signs and announces a record.

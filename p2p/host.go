@@ -23,6 +23,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/pnet"
 	"github.com/libp2p/go-libp2p/p2p/discovery/mdns"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
+	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
 	quic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	ma "github.com/multiformats/go-multiaddr"
@@ -64,7 +65,29 @@ type Config struct {
 	OnBadChunk func(from peer.ID)
 	// Registerer receives libp2p's own metrics (swarm, identify, ...) beside the agent's; nil disables them.
 	Registerer prometheus.Registerer
+
+	// Hostname, Class and Tags go into this node's member record (6.2); printable ASCII, at most 64, 128 and
+	// 16 × 64 bytes.
+	Hostname string
+	Class    string
+	Tags     []string
+	// MemberRefresh is how often the member record is republished (0: DefaultMemberRefresh); a member not heard
+	// for 3 × MemberRefresh is forgotten.
+	MemberRefresh time.Duration
+	// MinPeers: while fewer peers are connected, random known members are dialled (0: 8; negative: never).
+	MinPeers int
+	// ConnLow and ConnHigh are the connection manager's water marks: past ConnHigh connections, the least
+	// useful are closed down to ConnLow (0: DefaultConnLow, DefaultConnHigh).
+	ConnLow, ConnHigh int
 }
+
+// Connection manager defaults (6.1).
+const (
+	DefaultConnLow   = 32
+	DefaultConnHigh  = 64
+	connGracePeriod  = 30 * time.Second
+	staticProtectTag = "npu-agent-static"
+)
 
 // DefaultConfig returns the defaults: all interfaces on port 4801 (the port of config's p2p.listen default) over TCP
 // and QUIC, mDNS on. The daemon replaces ListenAddrs with p2p.listen.
@@ -250,11 +273,32 @@ func newHost(cfg Config, log *slog.Logger) (host.Host, error) {
 	if err != nil {
 		return nil, fmt.Errorf("p2p: resource manager: %w", err)
 	}
+	low, high := cfg.ConnLow, cfg.ConnHigh
+	if low <= 0 {
+		low = DefaultConnLow
+	}
+	if high <= 0 {
+		high = max(DefaultConnHigh, low)
+	}
+	if high < low {
+		return nil, fmt.Errorf("p2p: config: connection high water mark %d below low %d", high, low)
+	}
+	cm, err := connmgr.NewConnManager(low, high, connmgr.WithGracePeriod(connGracePeriod))
+	if err != nil {
+		rm.Close()
+		return nil, fmt.Errorf("p2p: connection manager: %w", err)
+	}
+	for _, a := range cfg.StaticPeers {
+		if ai, err := peer.AddrInfoFromP2pAddr(a); err == nil {
+			cm.Protect(ai.ID, staticProtectTag) // the bootstrap list stays connected
+		}
+	}
 	opts := []libp2p.Option{
 		libp2p.Identity(key),
 		libp2p.ListenAddrs(listen...),
 		libp2p.ConnectionGater(&gater{allow: allow, allowLoopback: cfg.AllowLoopback}),
 		libp2p.ResourceManager(rm),
+		libp2p.ConnectionManager(cm),
 		libp2p.AddrsFactory(func(as []ma.Multiaddr) []ma.Multiaddr { return filterAddrs(as, cfg.AllowLoopback) }),
 		libp2p.Transport(tcp.NewTCPTransport),
 		libp2p.DisableRelay(),
@@ -272,6 +316,7 @@ func newHost(cfg Config, log *slog.Logger) (host.Host, error) {
 	h, err := libp2p.New(opts...)
 	if err != nil {
 		rm.Close()
+		cm.Close()
 		return nil, fmt.Errorf("p2p: start host: %w", err)
 	}
 	return h, nil

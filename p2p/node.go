@@ -63,6 +63,11 @@ type Node struct {
 	// allow is Config.Allowlist; seen holds the peers this node has been connected to (at most maxSeen).
 	allow map[peer.ID]bool
 	seen  map[peer.ID]time.Time
+	// members is the membership table and our member record (members.go); fleetKey says whether its records
+	// carry a proof of the key (then a live member record makes its peer a Member).
+	members       *members
+	fleetKey      bool
+	allowLoopback bool
 }
 
 // ServesBlobs reports whether the node serves chunks to peers: only with a fleet key (or
@@ -101,6 +106,9 @@ func (n *Node) Member(p peer.ID) bool {
 	if n.h.Network().Connectedness(p) == network.Connected {
 		return true
 	}
+	if n.fleetKey && n.members != nil && n.members.book.live(p, time.Now()) {
+		return true // its record carries the fleet key's proof for its identity, as a connection would
+	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	_, ok := n.seen[p]
@@ -128,9 +136,24 @@ func New(ctx context.Context, cfg Config, store blobstore.ChunkStore, log *slog.
 	if err != nil {
 		return nil, err
 	}
+	return newNode(ctx, cfg, h, store, log)
+}
+
+// NewOnHost starts a node on a host built elsewhere (simulations on libp2p's mocknet); cfg's fields that build a
+// host (listen addresses, fleet key transport, gater, resource and connection managers) are not applied, but
+// FleetKey still makes member records carry and require its proof. The node closes h when it closes.
+func NewOnHost(ctx context.Context, cfg Config, h host.Host, store blobstore.ChunkStore, log *slog.Logger) (*Node, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	return newNode(ctx, cfg, h, store, log.With("component", "p2p"))
+}
+
+func newNode(ctx context.Context, cfg Config, h host.Host, store blobstore.ChunkStore, log *slog.Logger) (*Node, error) {
 	n := &Node{
 		h: h, store: store, log: log, fp: defaultFetchParams, onBadChunk: cfg.OnBadChunk,
 		syncing: map[peer.ID]bool{}, scores: map[peer.ID]int{}, seen: map[peer.ID]time.Time{},
+		fleetKey: len(cfg.FleetKey) > 0, allowLoopback: cfg.AllowLoopback,
 	}
 	n.initFlights()
 	if n.onBadChunk == nil {
@@ -162,7 +185,8 @@ func (n *Node) start(ctx context.Context, cfg Config) error {
 	n.h.SetStreamHandler(RecordSyncProtocol, n.book.serveSync)
 
 	// Flood publishing reaches peers that joined less than a mesh heartbeat ago (the fleet single flight needs it).
-	if n.ps, err = pubsub.NewGossipSub(n.ctx, n.h, pubsub.WithFloodPublish(true)); err != nil {
+	// Peer exchange: a pruned peer learns other topic peers (6.3), so the mesh mends on a sparse overlay.
+	if n.ps, err = pubsub.NewGossipSub(n.ctx, n.h, pubsub.WithFloodPublish(true), pubsub.WithPeerExchange(true)); err != nil {
 		return fmt.Errorf("p2p: gossipsub: %w", err)
 	}
 	if err := n.ps.RegisterTopicValidator(RecordTopic, n.validateRecord); err != nil {
@@ -180,6 +204,9 @@ func (n *Node) start(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("p2p: topic events: %w", err)
 	}
 	n.wg.Go(func() { n.syncOnJoin(evh) })
+	if err := n.startMembers(cfg); err != nil {
+		return err
+	}
 
 	n.allow = make(map[peer.ID]bool, len(cfg.Allowlist))
 	for _, p := range cfg.Allowlist {
@@ -188,10 +215,12 @@ func (n *Node) start(ctx context.Context, cfg Config) error {
 	n.h.Network().Notify(&network.NotifyBundle{ConnectedF: func(_ network.Network, c network.Conn) {
 		n.met(c.RemotePeer())
 		n.syncWith(c.RemotePeer())
+		n.members.syncWith(c.RemotePeer())
 	}})
 	for _, p := range n.h.Network().Peers() {
 		n.met(p)
 		n.syncWith(p)
+		n.members.syncWith(p)
 	}
 	n.wg.Go(n.antiEntropy)
 
@@ -212,6 +241,9 @@ func (n *Node) Close() error {
 	n.mu.Unlock()
 	if n.disc != nil {
 		n.disc.close()
+	}
+	if n.members != nil {
+		n.members.stop() // before gossipsub stops: see members.ctx
 	}
 	n.cancel() // stops gossipsub (started on n.ctx), fetches, syncs and in-flight serving
 	n.wg.Wait()

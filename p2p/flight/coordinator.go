@@ -115,14 +115,17 @@ type Outcome struct {
 	CID   cid.Cid // the blob's CID; cid.Undef when the compile failed
 	From  peer.ID // who compiled: this peer, the DONE's sender for RoleWaited, empty for RoleFound
 	Epoch uint64  // epoch of the lease the blob was compiled under; 0 for RoleFound
+	// Yielded counts the compiles this peer started and cancelled during the flight because another holder's
+	// lease beat its own (messages delayed past the claim window, rule 7).
+	Yielded int
 }
 
 // Request is one flight.
 type Request struct {
 	Key  Key
 	Rank int // 0..65535; lower serves more peers: a blob of rank r serves every peer of the class with rank >= r
-	// Compile compiles the blob here and returns its CID. Do calls it at most once and it must return soon
-	// after ctx is cancelled.
+	// Compile compiles the blob here and returns its CID. Do calls it at most once at a time, and again only
+	// after it cancelled a compile to yield to another holder (rule 7); it must return soon after ctx is cancelled.
 	Compile func(ctx context.Context) (cid.Cid, error)
 	// Ready reports a compatible blob already known (a record in the p2p record set). Nil means never. Do calls
 	// it at the start, on Notify and before it starts compiling; it must not block.

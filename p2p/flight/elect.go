@@ -43,3 +43,13 @@ func claimBeats(k Key, pa peer.ID, ra uint16, ea uint64, pb peer.ID, rb uint16, 
 	}
 	return before(k, pa, ra, pb, rb)
 }
+
+// heldBeats reports whether held lease (pa, ra, ea) wins over held lease (pb, rb, eb) when both holders compile:
+// the lower epoch (the earlier claim: a holder that claimed later did not hear the other in time), then the
+// preferred candidate. It is a strict total order, so of concurrent holders exactly one keeps compiling.
+func heldBeats(k Key, pa peer.ID, ra uint16, ea uint64, pb peer.ID, rb uint16, eb uint64) bool {
+	if ea != eb {
+		return ea < eb
+	}
+	return before(k, pa, ra, pb, rb)
+}

@@ -63,6 +63,7 @@ type flight struct {
 	epoch    uint64 // our claim or lease
 
 	compiling     bool
+	yielded       int // compiles cancelled because another holder's lease beats ours (rule 7)
 	role          Role
 	cancelCompile context.CancelFunc
 	result        chan compileResult
@@ -182,6 +183,19 @@ func (f *flight) handle(ctx context.Context, m *Message, now time.Time) *exit {
 		}
 		f.leases[p] = lease{rank: m.Rank, epoch: m.Epoch, held: m.Held, expires: now.Add(m.TTL)}
 		f.maxEpoch = max(f.maxEpoch, m.Epoch)
+		if f.compiling && f.role != RoleDeadline && m.Held && m.Rank <= f.rank &&
+			heldBeats(f.key, p, m.Rank, m.Epoch, f.c.self, f.rank, f.epoch) {
+			// Two holders: messages were delayed past the claim window (or a partition healed). The later
+			// claimant yields, so of any set of concurrent holders exactly one keeps compiling.
+			f.log("yield compile", "to", p, "epoch", m.Epoch)
+			f.cancelCompile()
+			if r := <-f.result; r.err == nil {
+				return f.finishCompile(ctx, r) // it finished before it saw the cancel: its blob is as good
+			}
+			f.compiling, f.yielded = false, f.yielded+1
+			f.publish(ctx, &Message{Type: TypeRelease, Epoch: f.epoch})
+			return nil
+		}
 		if f.claiming && m.Rank <= f.rank &&
 			(m.Held || claimBeats(f.key, p, m.Rank, m.Epoch, f.c.self, f.rank, f.epoch)) {
 			f.log("yield claim", "to", p, "epoch", m.Epoch, "held", m.Held)
@@ -323,7 +337,7 @@ func (f *flight) finishCompile(ctx context.Context, r compileResult) *exit {
 			r.err = fmt.Errorf("compile returned an invalid CID: %w", err)
 		}
 	}
-	out := Outcome{Role: f.role, From: f.c.self, Epoch: f.epoch}
+	out := Outcome{Role: f.role, From: f.c.self, Epoch: f.epoch, Yielded: f.yielded}
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finalPublishTimeout)
 	defer cancel()
 	done := &Message{Type: TypeDone, Rank: f.rank, Epoch: f.epoch}
@@ -356,6 +370,7 @@ func (f *flight) leave(ctx context.Context, out Outcome, err error) *exit {
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finalPublishTimeout)
 	defer cancel()
 	f.publish(pctx, &Message{Type: TypeWithdraw})
+	out.Yielded = f.yielded
 	return &exit{out: out, err: err}
 }
 

@@ -36,6 +36,12 @@ type psPeer struct {
 // them all directly, and starts the coordinators once every peer hears every other.
 func newPubSubFleet(t *testing.T, n int) []*psPeer {
 	t.Helper()
+	return newPubSubOverlay(t, n, func(int, int) bool { return true })
+}
+
+// newPubSubOverlay is newPubSubFleet with peers i < j connected only where edge(i, j).
+func newPubSubOverlay(t *testing.T, n int, edge func(i, j int) bool) []*psPeer {
+	t.Helper()
 	peers := make([]*psPeer, n)
 	for i := range peers {
 		h, err := libp2p.New(
@@ -75,7 +81,10 @@ func newPubSubFleet(t *testing.T, n int) []*psPeer {
 		})
 	}
 	for i, a := range peers {
-		for _, b := range peers[i+1:] {
+		for j, b := range peers[i+1:] {
+			if !edge(i, i+1+j) {
+				continue
+			}
 			if err := a.h.Connect(t.Context(), peer.AddrInfo{ID: b.h.ID(), Addrs: b.h.Addrs()}); err != nil {
 				t.Fatal(err)
 			}
@@ -216,5 +225,33 @@ func TestPubSubValidatorRejectsForgedSender(t *testing.T) {
 	}
 	if err := peers[0].tr.Publish(t.Context(), honest); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestPubSubLineOneCompilePerClass connects real hosts in a line (each only to its neighbours) with two classes
+// alternating along it, so no two peers of a class are adjacent: a class's flight messages cross members of the
+// other class. Exactly one compile per class.
+func TestPubSubLineOneCompilePerClass(t *testing.T) {
+	const n = 8
+	peers := newPubSubOverlay(t, n, func(i, j int) bool { return j == i+1 })
+	keys := [2]Key{{ModelID: "m", ProfileID: "p", Class: "class-a"}, {ModelID: "m", ProfileID: "p", Class: "class-b"}}
+	recs := [2]*compiles{{}, {}}
+	results := make(chan result, n)
+	for i, p := range peers {
+		goDo(t.Context(), &p.testPeer, Request{Key: keys[i%2], Compile: quick(recs[i%2], p.id, 200*time.Millisecond)},
+			results)
+	}
+	got := await(t, results, n)
+	for c, rec := range recs {
+		ids := rec.list()
+		if len(ids) != 1 {
+			t.Errorf("class %d compiled by %v, want exactly one peer", c, ids)
+			continue
+		}
+		for i, p := range peers {
+			if r := got[p.id]; i%2 == c && (r.err != nil || r.out.CID != cidOf(ids[0])) {
+				t.Errorf("peer %d (class %d): %+v, %v; want the blob of %s", i, c, r.out, r.err, ids[0])
+			}
+		}
 	}
 }

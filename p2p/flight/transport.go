@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 )
@@ -32,6 +33,16 @@ type MemNetwork struct {
 	peers   map[peer.ID]*MemTransport
 	dropped map[peer.ID]bool
 	group   map[peer.ID]int // partition group; peers in different groups do not hear each other
+	// delay, when set, delays each delivery by what it returns (per message and receiver); delayed deliveries
+	// may arrive out of order.
+	delay func(from, to peer.ID) time.Duration
+}
+
+// SetDelay delays every later delivery from one peer to another by d(from, to) (0: at once). Nil removes it.
+func (n *MemNetwork) SetDelay(d func(from, to peer.ID) time.Duration) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.delay = d
 }
 
 // NewMemNetwork returns an empty network.
@@ -84,10 +95,23 @@ func (n *MemNetwork) deliver(from peer.ID, data []byte) {
 		if id == from || n.dropped[id] || n.group[id] != n.group[from] {
 			continue
 		}
-		select {
-		case t.inbox <- memMsg{data: append([]byte(nil), data...), from: from}:
-		default:
+		m := memMsg{data: append([]byte(nil), data...), from: from}
+		if n.delay != nil {
+			if d := n.delay(from, id); d > 0 {
+				time.AfterFunc(d, func() { t.put(m) })
+				continue
+			}
 		}
+		t.put(m)
+	}
+}
+
+// put queues m unless the queue is full or the transport closed.
+func (t *MemTransport) put(m memMsg) {
+	select {
+	case <-t.closed:
+	case t.inbox <- m:
+	default:
 	}
 }
 

@@ -1,0 +1,161 @@
+package p2p
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/pnet"
+	ma "github.com/multiformats/go-multiaddr"
+
+	"github.com/npu-agent/npu-agent/internal/hostile"
+)
+
+func memberKey(t *testing.T) (crypto.PrivKey, peer.ID) {
+	t.Helper()
+	k, _, err := crypto.GenerateEd25519Key(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := peer.IDFromPrivateKey(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k, id
+}
+
+func TestMemberRecordCodec(t *testing.T) {
+	k, id := memberKey(t)
+	psk := pnet.PSK(bytes.Repeat([]byte{7}, 32))
+	m := MemberInfo{ID: id, Seq: uint64(time.Now().UnixNano()), Addrs: []ma.Multiaddr{ma.StringCast("/ip4/10.0.0.1/tcp/4801")},
+		Hostname: "npu-07", Class: "class-a", Tags: []string{"lab", "rack-3"}, Proof: memberProof(psk, id)}
+	raw, err := SealMember(m, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := OpenMember(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.ID != id || got.Seq != m.Seq || got.Hostname != m.Hostname || !slices.Equal(got.Tags, m.Tags) ||
+		!bytes.Equal(got.Proof, m.Proof) || len(got.Addrs) != 1 || !got.Addrs[0].Equal(m.Addrs[0]) {
+		t.Fatalf("round trip: %+v", got)
+	}
+	payload, err := encodeMember(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, b := range map[string][]byte{
+		"trailing byte": append(slices.Clone(payload), 0),
+		"truncated":     payload[:len(payload)-3],
+		"bad magic":     append([]byte("XXXX"), payload[4:]...),
+		"oversized":     make([]byte, MaxMemberEnvelope+1),
+	} {
+		if _, err := decodeMember(b); err == nil {
+			t.Errorf("%s: decoded", name)
+		}
+	}
+	if _, err := OpenMember(make([]byte, MaxMemberEnvelope+1)); err == nil {
+		t.Error("oversized envelope opened")
+	}
+	other, _ := memberKey(t)
+	if _, err := SealMember(m, other); err == nil {
+		t.Error("sealed a record for another identity")
+	}
+	m.Hostname = "bad host"
+	if _, err := SealMember(m, k); err == nil {
+		t.Error("sealed a hostname with a space")
+	}
+}
+
+// TestMembershipFromBootstrap starts a line of nodes, each told only about the one before it: every node learns
+// every member, connects to more of them than it was told, and forgets a member that stops.
+func TestMembershipFromBootstrap(t *testing.T) {
+	const n = 8
+	psk := writeKey(t)
+	nodes := make([]*testNode, n)
+	for i := range nodes {
+		nodes[i] = startNode(t, "", func(c *Config) {
+			c.FleetKey, c.ServeWithoutFleetKey = psk, false
+			c.MemberRefresh, c.MinPeers = time.Second, 3
+			c.Hostname = "host-" + string(rune('a'+i))
+			if i > 0 {
+				prev := nodes[i-1]
+				c.StaticPeers = []ma.Multiaddr{prev.Host().Addrs()[0].Encapsulate(ma.StringCast("/p2p/" + prev.ID().String()))}
+			}
+		})
+	}
+	all := func(tn *testNode, want int) bool { return len(tn.Members()) == want }
+	for i, tn := range nodes {
+		eventually(t, "full membership at node "+string(rune('a'+i)), func() bool { return all(tn, n) })
+	}
+	first, last := nodes[0], nodes[n-1]
+	if !first.Member(last.ID()) {
+		t.Errorf("first node does not count the last as a member")
+	}
+	eventually(t, "overlay filled", func() bool { return len(nodes[0].Host().Network().Peers()) >= 3 })
+	last.close()
+	for _, tn := range nodes[:n-1] {
+		eventually(t, "dead member forgotten", func() bool { return all(tn, n-1) })
+	}
+}
+
+// TestThreatMemberRecords: a compromised member gossips member records with a wrong proof, in another's name,
+// oversized, and floods refreshes of its own: none is kept beyond what the rules allow.
+func TestThreatMemberRecords(t *testing.T) {
+	psk := writeKey(t)
+	target := startNode(t, "", func(c *Config) {
+		c.FleetKey, c.ServeWithoutFleetKey, c.MemberRefresh, c.MinPeers = psk, false, time.Second, -1
+	})
+	bad := hostilePeers(t, 1, hostile.PeerOptions{FleetKey: psk, PubSub: true})[0]
+	if err := bad.Connect(t.Context(), peer.AddrInfo{ID: target.ID(), Addrs: target.Host().Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if err := bad.WaitTopicPeers(ctx, MemberTopic, 1); err != nil {
+		t.Fatal(err)
+	}
+	badKey := bad.Host.Peerstore().PrivKey(bad.ID())
+	seal := func(m MemberInfo, k crypto.PrivKey) []byte {
+		raw, err := SealMember(m, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return raw
+	}
+	now := uint64(time.Now().UnixNano())
+	strangerKey, stranger := memberKey(t)
+	wrongProof := seal(MemberInfo{ID: stranger, Seq: now, Proof: bytes.Repeat([]byte{1}, 32)}, strangerKey)
+	noProof := seal(MemberInfo{ID: stranger, Seq: now + 1}, strangerKey)
+	for _, raw := range [][]byte{wrongProof, noProof, make([]byte, MaxMemberEnvelope+1)} {
+		if err := bad.Publish(ctx, MemberTopic, raw); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A flood of its own refreshes: at most one per memberMinInterval is taken (and forwarded).
+	for i := range 200 {
+		raw := seal(MemberInfo{ID: bad.ID(), Seq: now + uint64(i), Proof: memberProof(psk, bad.ID())}, badKey)
+		if err := bad.Publish(ctx, MemberTopic, raw); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, "the member's own record", func() bool { return target.Member(bad.ID()) && len(target.Members()) == 2 })
+	time.Sleep(300 * time.Millisecond)
+	if _, received := target.MemberStats(); received > 2 {
+		t.Errorf("took %d records of one member within %v, want at most 2", received, memberMinInterval)
+	}
+	if target.Member(stranger) {
+		t.Error("a stranger without the fleet key's proof counts as a member")
+	}
+	for _, m := range target.Members() {
+		if m.ID == stranger {
+			t.Error("stranger in the membership table")
+		}
+	}
+}

@@ -1,0 +1,453 @@
+package p2p
+
+import (
+	"context"
+	"crypto/hmac"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"time"
+
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/pnet"
+	"github.com/libp2p/go-libp2p/core/protocol"
+)
+
+// Membership gossip: every member publishes its signed member record on MemberTopic every MemberRefresh and
+// when a peer joins the topic; members pull each other's tables on connect. docs/design.md 6.2.
+const (
+	MemberTopic                        = "/npu-agent/members/1"
+	MemberSyncProtocol   protocol.ID   = "/npu-agent/members/sync/1.0.0"
+	DefaultMemberRefresh               = 30 * time.Second
+	MaxMembers                         = 8192
+	memberTTLFactor                    = 3
+	memberMinInterval                  = 2 * time.Second // per member: a newer record sooner than this is not forwarded
+	fillTimeout                        = 5 * time.Second
+	maxFillDials                       = 4
+	defaultMinPeers                    = 8
+	memberJoinDebounce   time.Duration = time.Second
+)
+
+type memberEntry struct {
+	info     MemberInfo
+	env      []byte
+	accepted time.Time // receipt of the current seq
+	expires  time.Time // min(signing time, receipt) + TTL
+}
+
+type memberResult int
+
+const (
+	memberIgnored memberResult = iota
+	memberRejected
+	memberAdded
+	memberRefreshed
+)
+
+// memberBook is the membership table: the live member records of other peers, at most MaxMembers.
+type memberBook struct {
+	self  peer.ID
+	psk   pnet.PSK
+	allow map[peer.ID]bool // nil: anyone the fleet key admits
+	ttl   time.Duration
+	max   int
+
+	mu sync.Mutex
+	m  map[peer.ID]*memberEntry
+}
+
+func newMemberBook(self peer.ID, psk pnet.PSK, allow []peer.ID, ttl time.Duration) *memberBook {
+	b := &memberBook{self: self, psk: psk, ttl: ttl, max: MaxMembers, m: map[peer.ID]*memberEntry{}}
+	if len(allow) > 0 {
+		b.allow = map[peer.ID]bool{}
+		for _, p := range allow {
+			b.allow[p] = true
+		}
+	}
+	return b
+}
+
+// add verifies raw and keeps it if it is a newer record of a member. Forged or unproven records are rejected
+// (gossipsub penalises the sender); stale, too frequent, our own or not allowlisted ones are ignored.
+func (b *memberBook) add(raw []byte, now time.Time) (MemberInfo, memberResult) {
+	info, err := OpenMember(raw)
+	if err != nil {
+		return info, memberRejected
+	}
+	if len(b.psk) > 0 && !hmac.Equal(info.Proof, memberProof(b.psk, info.ID)) {
+		return info, memberRejected
+	}
+	if info.ID == b.self || (b.allow != nil && !b.allow[info.ID]) {
+		return info, memberIgnored
+	}
+	signed := seqTime(info.Seq)
+	if signed.After(now) {
+		signed = now // a record from the future is not newer than the moment it arrived
+	}
+	expires := signed.Add(b.ttl)
+	if !expires.After(now) {
+		return info, memberIgnored // a replay of an old record cannot revive a member
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	e := b.m[info.ID]
+	switch {
+	case e == nil && len(b.m) >= b.max:
+		return info, memberIgnored
+	case e != nil && (info.Seq <= e.info.Seq || now.Sub(e.accepted) < memberMinInterval):
+		return info, memberIgnored
+	}
+	res := memberRefreshed
+	if e == nil || !now.Before(e.expires) {
+		res = memberAdded
+	}
+	b.m[info.ID] = &memberEntry{info: info, env: slices.Clone(raw), accepted: now, expires: expires}
+	return info, res
+}
+
+// expire forgets members whose record was not refreshed within the TTL.
+func (b *memberBook) expire(now time.Time) (gone []peer.ID) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for id, e := range b.m {
+		if !now.Before(e.expires) {
+			delete(b.m, id)
+			gone = append(gone, id)
+		}
+	}
+	return gone
+}
+
+func (b *memberBook) live(p peer.ID, now time.Time) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	e := b.m[p]
+	return e != nil && now.Before(e.expires)
+}
+
+func (b *memberBook) list(now time.Time) []MemberInfo {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := make([]MemberInfo, 0, len(b.m))
+	for _, e := range b.m {
+		if now.Before(e.expires) {
+			out = append(out, e.info)
+		}
+	}
+	return out
+}
+
+func (b *memberBook) envelopes(now time.Time) [][]byte {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := make([][]byte, 0, len(b.m))
+	for _, e := range b.m {
+		if now.Before(e.expires) {
+			out = append(out, e.env)
+		}
+	}
+	return out
+}
+
+// members is the node's side of membership: its own record, the topic, the sync protocol and the overlay fill.
+type members struct {
+	n        *Node
+	book     *memberBook
+	psk      pnet.PSK
+	refresh  time.Duration
+	minPeers int
+	info     MemberInfo // our record's fields; Seq and Addrs are set at each publish
+	topic    *pubsub.Topic
+	sub      *pubsub.Subscription
+	kick     chan struct{}
+	// The publish loop runs on its own context, stopped before the node's pubsub: a publish racing the end of
+	// gossipsub's event loop would block forever (go-libp2p-pubsub v0.14.2 Topic.validate).
+	ctx    context.Context
+	cancel context.CancelFunc
+	loopWG sync.WaitGroup
+
+	mu      sync.Mutex
+	lastSeq uint64
+	selfEnv []byte
+	syncing map[peer.ID]bool
+
+	// Counters for the simulation harness.
+	published, received int64
+}
+
+func (n *Node) startMembers(cfg Config) error {
+	refresh := cfg.MemberRefresh
+	if refresh <= 0 {
+		refresh = DefaultMemberRefresh
+	}
+	minPeers := cfg.MinPeers
+	if minPeers == 0 {
+		minPeers = defaultMinPeers
+	}
+	m := &members{
+		n: n, psk: cfg.FleetKey, refresh: refresh, minPeers: minPeers, kick: make(chan struct{}, 1),
+		book:    newMemberBook(n.h.ID(), cfg.FleetKey, cfg.Allowlist, memberTTLFactor*refresh),
+		info:    MemberInfo{ID: n.h.ID(), Hostname: cfg.Hostname, Class: cfg.Class, Tags: cfg.Tags},
+		syncing: map[peer.ID]bool{},
+	}
+	m.info.Proof = memberProof(cfg.FleetKey, n.h.ID())
+	if err := checkMemberFields(m.info); err != nil {
+		return fmt.Errorf("p2p: config: %w", err)
+	}
+	n.members = m
+	n.h.SetStreamHandler(MemberSyncProtocol, m.serveSync)
+	if err := n.ps.RegisterTopicValidator(MemberTopic, m.validate); err != nil {
+		return fmt.Errorf("p2p: member validator: %w", err)
+	}
+	var err error
+	if m.topic, err = n.ps.Join(MemberTopic); err != nil {
+		return fmt.Errorf("p2p: join %s: %w", MemberTopic, err)
+	}
+	if m.sub, err = m.topic.Subscribe(); err != nil {
+		return fmt.Errorf("p2p: subscribe %s: %w", MemberTopic, err)
+	}
+	evh, err := m.topic.EventHandler()
+	if err != nil {
+		return fmt.Errorf("p2p: member topic events: %w", err)
+	}
+	n.wg.Go(func() {
+		for {
+			if _, err := m.sub.Next(n.ctx); err != nil {
+				return // the validator did the work; this keeps us in the topic's mesh
+			}
+		}
+	})
+	n.wg.Go(func() {
+		defer evh.Cancel()
+		for {
+			ev, err := evh.NextPeerEvent(n.ctx)
+			if err != nil {
+				return
+			}
+			if ev.Type == pubsub.PeerJoin {
+				select { // a new topic peer: publish soon, so it and its side of the overlay learn us
+				case m.kick <- struct{}{}:
+				default:
+				}
+			}
+		}
+	})
+	m.ctx, m.cancel = context.WithCancel(n.ctx)
+	m.loopWG.Go(m.loop)
+	return nil
+}
+
+// stop ends the publish loop and waits for it; Close calls it before it stops gossipsub.
+func (m *members) stop() {
+	m.cancel()
+	m.loopWG.Wait()
+}
+
+func (m *members) validate(_ context.Context, from peer.ID, msg *pubsub.Message) pubsub.ValidationResult {
+	if len(msg.Data) > MaxMemberEnvelope {
+		return pubsub.ValidationReject
+	}
+	if msg.ReceivedFrom == m.n.h.ID() {
+		return pubsub.ValidationAccept // our own record, published by loop
+	}
+	info, res := m.book.add(msg.Data, time.Now())
+	switch res {
+	case memberRejected:
+		m.n.log.Debug("rejected member record", "from", from)
+		return pubsub.ValidationReject
+	case memberAdded, memberRefreshed:
+		m.learnt(info, res)
+		return pubsub.ValidationAccept
+	}
+	return pubsub.ValidationIgnore
+}
+
+// learnt puts a member's usable addresses in the peerstore for as long as its record lives, so a fetch or the
+// overlay fill can dial it.
+func (m *members) learnt(info MemberInfo, res memberResult) {
+	m.mu.Lock()
+	m.received++
+	m.mu.Unlock()
+	if addrs := filterAddrs(info.Addrs, m.n.allowLoopback); len(addrs) > 0 {
+		m.n.h.Peerstore().AddAddrs(info.ID, addrs, m.book.ttl)
+	}
+	if res == memberAdded {
+		m.n.log.Debug("member joined", "peer", info.ID, "hostname", info.Hostname)
+	}
+}
+
+// own returns our record, signed with a new seq.
+func (m *members) own() ([]byte, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	info := m.info
+	info.Seq = max(m.lastSeq+1, uint64(time.Now().UnixNano()))
+	info.Addrs = m.n.h.Addrs()
+	if len(info.Addrs) > maxMemberAddrs {
+		info.Addrs = info.Addrs[:maxMemberAddrs]
+	}
+	env, err := SealMember(info, m.n.h.Peerstore().PrivKey(m.n.h.ID()))
+	if err != nil {
+		return nil, err
+	}
+	m.lastSeq, m.selfEnv = info.Seq, env
+	return env, nil
+}
+
+func (m *members) publish() {
+	env, err := m.own()
+	if err == nil {
+		err = m.topic.Publish(m.ctx, env)
+	}
+	if err != nil {
+		if m.ctx.Err() == nil {
+			m.n.log.Debug("member record not published", "err", err)
+		}
+		return
+	}
+	m.mu.Lock()
+	m.published++
+	m.mu.Unlock()
+}
+
+// loop publishes our record every refresh (and soon after a peer joins the topic, at most once a second),
+// forgets members past their TTL, and keeps at least minPeers connections by dialling random members.
+func (m *members) loop() {
+	m.publish()
+	refresh := time.NewTicker(m.refresh)
+	defer refresh.Stop()
+	tick := time.NewTicker(max(m.refresh/10, 100*time.Millisecond))
+	defer tick.Stop()
+	var lastKick time.Time
+	for {
+		select {
+		case <-m.ctx.Done():
+			return
+		case <-refresh.C:
+			m.publish()
+		case <-m.kick:
+			if time.Since(lastKick) >= memberJoinDebounce {
+				lastKick = time.Now()
+				m.publish()
+			}
+		case <-tick.C:
+			m.book.expire(time.Now())
+			m.fill()
+		}
+	}
+}
+
+// fill dials random live members while fewer than minPeers are connected (at most maxFillDials per round), so
+// the overlay grows from a bootstrap list into a random graph of small diameter. The connection manager trims
+// what goes past its high water mark.
+func (m *members) fill() {
+	n := m.n
+	if m.minPeers < 0 {
+		return
+	}
+	need := m.minPeers - len(n.h.Network().Peers())
+	if need <= 0 {
+		return
+	}
+	cands := m.book.list(time.Now())
+	rand.Shuffle(len(cands), func(i, j int) { cands[i], cands[j] = cands[j], cands[i] })
+	dials := 0
+	for _, c := range cands {
+		if dials >= min(need, maxFillDials) || m.ctx.Err() != nil {
+			return
+		}
+		if n.h.Network().Connectedness(c.ID) == network.Connected {
+			continue
+		}
+		dials++
+		ctx, cancel := context.WithTimeout(m.ctx, fillTimeout)
+		err := n.h.Connect(ctx, peer.AddrInfo{ID: c.ID})
+		cancel()
+		if err != nil {
+			n.log.Debug("member unreachable", "peer", c.ID, "err", err)
+		}
+	}
+}
+
+// serveSync answers a member pull with our record and every live record held.
+func (m *members) serveSync(st network.Stream) {
+	m.mu.Lock()
+	self := m.selfEnv
+	m.mu.Unlock()
+	docs := m.book.envelopes(time.Now())
+	if self != nil {
+		docs = append(docs, self)
+	}
+	serveEntries(st, docs)
+}
+
+// syncWith pulls p's membership table (at most MaxMembers+1 records of at most MaxMemberEnvelope bytes, within
+// syncTimeout) unless a pull from p is running.
+func (m *members) syncWith(p peer.ID) {
+	n := m.n
+	m.mu.Lock()
+	if m.syncing[p] {
+		m.mu.Unlock()
+		return
+	}
+	m.syncing[p] = true
+	m.mu.Unlock()
+	n.mu.Lock()
+	closed := n.closed
+	if !closed {
+		n.wg.Add(1)
+	}
+	n.mu.Unlock()
+	if closed {
+		return
+	}
+	go func() {
+		defer n.wg.Done()
+		defer func() {
+			m.mu.Lock()
+			delete(m.syncing, p)
+			m.mu.Unlock()
+		}()
+		ctx, cancel := context.WithTimeout(n.ctx, syncTimeout)
+		defer cancel()
+		st, err := n.h.NewStream(ctx, p, MemberSyncProtocol)
+		if err != nil {
+			return
+		}
+		_, err = pullEntries(ctx, st, MaxMemberEnvelope, MaxMembers+1, "member records", func(raw []byte) bool {
+			info, res := m.book.add(raw, time.Now())
+			if res == memberAdded || res == memberRefreshed {
+				m.learnt(info, res)
+				return true
+			}
+			return false
+		})
+		if err != nil {
+			n.log.Debug("member sync failed", "peer", p, "err", err)
+		}
+	}()
+}
+
+// Members returns the live members this node knows, itself first.
+func (n *Node) Members() []MemberInfo {
+	self := MemberInfo{ID: n.h.ID(), Addrs: n.h.Addrs()}
+	if n.members == nil {
+		return []MemberInfo{self}
+	}
+	self.Hostname, self.Class, self.Tags = n.members.info.Hostname, n.members.info.Class, n.members.info.Tags
+	return append([]MemberInfo{self}, n.members.book.list(time.Now())...)
+}
+
+// MemberStats are the membership counters of the simulation harness: member records this node published, and
+// new ones it accepted (gossip or sync).
+func (n *Node) MemberStats() (published, received int64) {
+	if n.members == nil {
+		return 0, 0
+	}
+	n.members.mu.Lock()
+	defer n.members.mu.Unlock()
+	return n.members.published, n.members.received
+}
