@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 BIN=${BIN:-bin/npu-agent}
 work=$(mktemp -d /tmp/npu-agent-demo.XXXXXX)
 trap 'rm -rf "$work"' EXIT
+# The demo's hosts run in-process; a daemon of this machine (the package's) must not answer for them.
+export NPU_AGENT_SOCKET="$work/no-daemon.sock"
 
 # A small IR model (content is what identifies it, not the path).
 printf '<?xml version="1.0"?><net name="demo" version="11"/>' >"$work/model.xml"
