@@ -100,6 +100,14 @@ type Job struct {
 type Peer struct {
 	ID    string   `json:"id"`
 	Addrs []string `json:"addrs"`
+	// Hostname, Class and Tags are what its signed member record says (docs/design.md 6.2); empty until one came.
+	Hostname string   `json:"hostname,omitempty"`
+	Class    string   `json:"class,omitempty"`
+	Tags     []string `json:"tags,omitempty"`
+	// Connected: this agent has a connection to it now (members are known without one).
+	Connected bool `json:"connected"`
+	// Seen is when it signed its latest member record.
+	Seen time.Time `json:"seen,omitzero"`
 	// Records is how many of its records this agent has seen.
 	Records int `json:"records"`
 }

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -124,6 +126,8 @@ func New(ctx context.Context, cfg config.Config, store blobstore.Store, host com
 	if class, err := compat.Class(compat.DefaultRules(), host, ""); err == nil && len(class) <= 128 {
 		pc.Class = class
 	}
+	// The rollout tags (name=value, validated by config check) say where the member is; at most 16 fit.
+	pc.Tags = cfg.Rollout.Tags[:min(len(cfg.Rollout.Tags), 16)]
 	pc.OnBadChunk = func(from peer.ID) {
 		m.ChunkRejected()
 		log.Warn("rejected a chunk that does not match its CID", "peer", from)
@@ -189,13 +193,47 @@ func (f *Fleet) APIPeers() []api.Peer {
 	for _, r := range f.node.Records("", "") {
 		byProducer[r.Producer]++
 	}
-	var out []api.Peer
-	for _, p := range f.node.Peers() {
-		ap := api.Peer{ID: p.ID.String(), Records: byProducer[p.ID.String()]}
-		for _, a := range p.Addrs {
-			ap.Addrs = append(ap.Addrs, a.String())
+	self := f.node.ID()
+	byID := map[peer.ID]*api.Peer{}
+	var order []peer.ID
+	get := func(id peer.ID) *api.Peer {
+		if p, ok := byID[id]; ok {
+			return p
 		}
-		out = append(out, ap)
+		p := &api.Peer{ID: id.String(), Records: byProducer[id.String()]}
+		byID[id] = p
+		order = append(order, id)
+		return p
+	}
+	addAddr := func(p *api.Peer, a string) {
+		if !slices.Contains(p.Addrs, a) {
+			p.Addrs = append(p.Addrs, a)
+		}
+	}
+	// Every member the table knows (connected or not), then connected peers that sent no member record.
+	for _, m := range f.node.Members() {
+		if m.ID == self {
+			continue
+		}
+		p := get(m.ID)
+		p.Hostname, p.Class, p.Tags = m.Hostname, m.Class, m.Tags
+		if m.Seq > 0 && m.Seq <= math.MaxInt64 {
+			p.Seen = time.Unix(0, int64(m.Seq)).UTC()
+		}
+		for _, a := range m.Addrs {
+			addAddr(p, a.String())
+		}
+	}
+	for _, c := range f.node.Peers() {
+		p := get(c.ID)
+		p.Connected = true
+		for _, a := range c.Addrs {
+			addAddr(p, a.String())
+		}
+	}
+	out := make([]api.Peer, 0, len(order))
+	for _, id := range order {
+		out = append(out, *byID[id])
 	}
 	return out
 }

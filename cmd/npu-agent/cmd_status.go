@@ -71,7 +71,7 @@ func (a *app) statusCmd() *cobra.Command {
 func (a *app) peersCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "peers",
-		Short: "Fleet members the running daemon is connected to",
+		Short: "Fleet members the running daemon knows: hostname, class, tags, whether connected, when last heard",
 		Args:  exactArgs(0),
 		RunE: a.withStatus(func(st api.Status) error {
 			if st.Peers == nil {
@@ -80,9 +80,18 @@ func (a *app) peersCmd() *cobra.Command {
 			return a.print(st.Peers, func(w io.Writer) error {
 				var rows [][]string
 				for _, p := range st.Peers {
-					rows = append(rows, []string{p.ID, strings.Join(p.Addrs, ","), strconv.Itoa(p.Records)})
+					seen := "-"
+					if !p.Seen.IsZero() {
+						seen = time.Since(p.Seen).Round(time.Second).String() + " ago"
+					}
+					connected := "no"
+					if p.Connected {
+						connected = "yes"
+					}
+					rows = append(rows, []string{p.ID, orDash(p.Hostname), short(p.Class), orDash(strings.Join(p.Tags, ",")),
+						connected, seen, strconv.Itoa(p.Records), strings.Join(p.Addrs, ",")})
 				}
-				return table(w, []string{"PEER", "ADDRS", "RECORDS"}, rows)
+				return table(w, []string{"PEER", "HOSTNAME", "CLASS", "TAGS", "CONNECTED", "SEEN", "RECORDS", "ADDRS"}, rows)
 			})
 		}),
 	}
@@ -102,6 +111,13 @@ func (a *app) withStatus(run func(st api.Status) error) func(*cobra.Command, []s
 		}
 		return run(st)
 	}
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 // serving says whether this daemon serves blobs to peers (api.Status.PeerServing).
