@@ -81,6 +81,10 @@ bench-fleet:
 # Then network fault scenarios at full size (root, network namespaces): real daemons with the seed killed
 # mid-transfer, a peer serving corrupt chunks, a partition that heals, and the compiling host killed during a
 # fleet single flight; short versions of the first and third run in `make test`.
+# Then the threat floods against real daemons at the issue's sizes (1280 chunk streams per hostile member,
+# 10,200 FIFO requests, 2,000 stalled uploads and headers, ...); each logs a `threat-figures` line (peak RSS,
+# threads, fds) for docs/design.md section 9. Short versions run in `make test`.
 test-faults:
 	NPU_TEST_FAULTS=long $(GO) test -race -count=1 -run Fault -timeout 30m ./internal/faults/... ./blobstore/...
 	NPU_TEST_FAULTS=long $(GO) test -race -count=1 -timeout 20m -run '^Test(Fault|FleetCompilerKilled)' ./internal/e2e/
+	NPU_TEST_FAULTS=long $(GO) test -race -count=1 -timeout 20m -v -run '^TestThreatDaemon' ./internal/e2e/
