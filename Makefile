@@ -38,7 +38,7 @@ bench-store:
 # What a user runs: `npu-agent fetch --out` of a 1 GiB blob (NPU_BENCH_SIZE bytes) on a daemon that gets it from
 # another daemon (separate processes on loopback, fleet key on), against a bare libp2p stream with the same
 # security between two processes, same run: fetch/stream, the post-transfer phase, the receiver's peak RSS and CPU,
-# disk used. NPU_BENCH_PROFILE=DIR also records `perf record -g` and slow syscalls (`perf trace`) of both daemons.
+# disk used. NPU_BENCH_PROFILE=DIR also records `perf record -g` of both daemons (and NPU_BENCH_TRACE=1 their slow syscalls).
 bench-fetch:
 	$(GO) test -run '^$$' -bench 'BenchmarkFetchOut' -benchtime 1x -timeout 30m ./internal/e2e
 

@@ -62,8 +62,8 @@ func benchFetchSize(b *testing.B) int64 {
 // and post-transfer-ms (from the seed's last socket write of the blob to the CLI's exit), the receiving daemon's
 // peak RSS (VmHWM) and its anonymous and file-backed RSS after the fetch, CPU ns per byte of each process, and the
 // disk the receiver's data dir and the --out file use together (hard links counted once) per blob byte.
-// NPU_BENCH_PROFILE=DIR records `perf record -g` and `perf trace` (slow syscalls) of both daemons during the fetch
-// into DIR.
+// NPU_BENCH_PROFILE=DIR records `perf record -g` of both daemons during the fetch into DIR, and with NPU_BENCH_TRACE=1
+// their slow syscalls (`perf trace`).
 func BenchmarkFetchOut(b *testing.B) {
 	size := benchFetchSize(b)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
@@ -327,8 +327,8 @@ func diskUsed(b *testing.B, dir string, extra ...string) int64 {
 	return total
 }
 
-// startPerf runs `perf record -g` and `perf trace` (syscalls of 2 ms or more) on each daemon when NPU_BENCH_PROFILE
-// names a directory, and returns a function that ends the recordings and waits for them.
+// startPerf runs `perf record -g` on each daemon when NPU_BENCH_PROFILE names a directory, and `perf trace`
+// (syscalls of 2 ms or more) too when NPU_BENCH_TRACE is set, and returns a function that ends the recordings and waits for them.
 func startPerf(b *testing.B, i int, daemons ...*Daemon) func() {
 	dir := os.Getenv("NPU_BENCH_PROFILE")
 	if dir == "" {
@@ -343,7 +343,11 @@ func startPerf(b *testing.B, i int, daemons ...*Daemon) func() {
 			b.Fatalf("perf record: %v", err)
 		}
 		cmds = append(cmds, cmd)
-		// And every syscall of 2 ms or more, with its time: where a daemon waits rather than computes.
+		if os.Getenv("NPU_BENCH_TRACE") == "" {
+			continue
+		}
+		// And every syscall of 2 ms or more, with its time: where a daemon waits rather than computes. perf trace
+		// costs the daemons about a third of their CPU, so only on demand.
 		out = filepath.Join(dir, fmt.Sprintf("%s-%d.trace.txt", d.Name, i))
 		cmd = exec.Command("perf", "trace", "--duration", "2", "-T", "-o", out, "-p", strconv.Itoa(d.PID()))
 		cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
