@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -69,7 +70,7 @@ func BenchmarkFetchOut(b *testing.B) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
 	dir := b.TempDir()
-	bin := npuAgent
+	bin := cmp.Or(os.Getenv("NPU_BENCH_BIN"), npuAgent) // NPU_BENCH_BIN: compare builds with one test binary
 	if bin == "" {
 		var err error
 		if bin, err = Build(ctx, dir); err != nil {
