@@ -23,6 +23,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -138,6 +139,11 @@ func BenchmarkFetchOut(b *testing.B) {
 		}
 		if lastSent.IsZero() {
 			b.Fatalf("the seed's socket writes never reached %d bytes", size)
+		}
+		if os.Getenv("NPU_BENCH_PROFILE") != "" { // to find the phases in the profiles (perf script's times)
+			mono := monotonic()
+			at := func(t time.Time) float64 { return (mono - time.Since(t)).Seconds() }
+			b.Logf("CLOCK_MONOTONIC: CLI started %.3f, last chunk sent %.3f, CLI exited %.3f", at(start), at(lastSent), at(end))
 		}
 		sum.out += end.Sub(start)
 		sum.post += end.Sub(lastSent)
@@ -338,7 +344,7 @@ func startPerf(b *testing.B, i int, daemons ...*Daemon) func() {
 	var cmds []*exec.Cmd
 	for _, d := range daemons {
 		out := filepath.Join(dir, fmt.Sprintf("%s-%d.perf.data", d.Name, i))
-		cmd := exec.Command("perf", "record", "-F", "499", "-g", "-o", out, "-p", strconv.Itoa(d.PID()))
+		cmd := exec.Command("perf", "record", "-F", "499", "-g", "-k", "CLOCK_MONOTONIC", "-o", out, "-p", strconv.Itoa(d.PID()))
 		cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
 		if err := cmd.Start(); err != nil {
 			b.Fatalf("perf record: %v", err)
@@ -514,4 +520,13 @@ func runStreamSource(ctx context.Context, a helperArgs, log *slog.Logger) error 
 	report(helperReport{Peer: n.ID().String()})
 	<-ctx.Done()
 	return nil
+}
+
+// monotonic is CLOCK_MONOTONIC, the clock of `perf record -k CLOCK_MONOTONIC`.
+func monotonic() time.Duration {
+	var ts syscall.Timespec
+	if _, _, e := syscall.Syscall(syscall.SYS_CLOCK_GETTIME, 1 /* CLOCK_MONOTONIC */, uintptr(unsafe.Pointer(&ts)), 0); e != 0 {
+		return 0
+	}
+	return time.Duration(ts.Nano())
 }
