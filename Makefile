@@ -5,7 +5,7 @@ PKGS    := ./...
 # Fuzz time per target for `make fuzz`.
 FUZZTIME ?= 20s
 
-.PHONY: all build test test-short vet demo bench-store bench-fetch bench-api bench-fleet test-faults fuzz clean
+.PHONY: all build test test-short vet demo bench-store bench-fetch bench-fetch-inproc bench-api bench-fleet test-faults fuzz clean
 
 all: build
 
@@ -35,8 +35,15 @@ demo: build
 bench-store:
 	$(GO) test -run '^$$' -bench 'Store' -benchtime 1x -timeout 30m ./blobstore/badgerstore
 
-# One fetch between two nodes over loopback against a plain libp2p stream copy of the same bytes (fetch/stream).
+# What a user runs: `npu-agent fetch --out` of a 1 GiB blob (NPU_BENCH_SIZE bytes) on a daemon that gets it from
+# another daemon (separate processes on loopback, fleet key on), against a bare libp2p stream with the same
+# security between two processes, same run: fetch/stream, the post-transfer phase, the receiver's peak RSS and CPU,
+# disk used. NPU_BENCH_PROFILE=DIR also records `perf record -g` of both daemons (and NPU_BENCH_TRACE=1 their slow syscalls).
 bench-fetch:
+	$(GO) test -run '^$$' -bench 'BenchmarkFetchOut' -benchtime 1x -timeout 30m ./internal/e2e
+
+# The swarm protocol alone: two nodes in one process (no fleet key), fetch into the store, against a plain stream.
+bench-fetch-inproc:
 	$(GO) test -run '^$$' -bench 'BenchmarkFetch' -benchtime 4x -timeout 30m ./p2p
 
 # Ensure latency of a stored blob (p50/p99 over the unix socket) and a 1 GiB blob handed to a loader against cat.

@@ -9,3 +9,6 @@ func preallocate(*os.File, int64, int64) {}
 
 // startWriteback is a no-op off Linux: the final fsync writes everything.
 func startWriteback(*os.File) {}
+
+// throttleWriteback is a no-op off Linux: the final fsync writes everything.
+func throttleWriteback(*os.File) {}

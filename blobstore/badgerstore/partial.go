@@ -82,7 +82,9 @@ func createSparse(path string, size int64) error {
 // PutChunk checks chunk i of a partial blob (length and sha2-256 against the manifest), writes it in place into
 // the blob's file (pwrite at its offset, the file's region preallocated on first use) and records it with its
 // CRC32C in one badger transaction. For a complete blob it only checks. Chunks are not synced one by one:
-// writeback starts every 64 MiB, and Commit syncs before the blob becomes visible.
+// every writebackEvery bytes the writer waits for the writeback started last time and starts the next (so the
+// disk writes during the transfer and the writer slows to the disk's pace), and Commit syncs before the blob
+// becomes visible.
 func (s *Store) PutChunk(ctx context.Context, blob cid.Cid, i int, data []byte) error {
 	if err := s.enter(); err != nil {
 		return err
@@ -154,9 +156,9 @@ func (s *Store) writeChunk(d [32]byte, m *blobstore.Manifest, i int, data []byte
 	if _, err := f.WriteAt(data, off); err != nil {
 		return st, err
 	}
-	if p.written.Add(int64(len(data))) >= flushEvery {
+	if p.written.Add(int64(len(data))) >= writebackEvery {
 		p.written.Store(0)
-		startWriteback(f)
+		throttleWriteback(f)
 	}
 	err = s.update(func(txn *badger.Txn) error {
 		if st, err = s.state(txn, d); err != nil || st != statePartial {
@@ -166,6 +168,10 @@ func (s *Store) writeChunk(d [32]byte, m *blobstore.Manifest, i int, data []byte
 	})
 	return st, err
 }
+
+// writebackEvery is how many bytes of a blob written in place go between two throttleWriteback calls: the final
+// fsync of a commit waits for at most about twice this (64 MiB at 250 MB/s would be a quarter of a second).
+const writebackEvery = 16 << 20
 
 // prefixHash is the state kept in memory per partial blob being filled: the whole-blob sha256 of its leading
 // chunks (so that Commit has only the tail left to hash; chunks go in as PutChunk verified them when they arrive

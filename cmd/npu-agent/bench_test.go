@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"github.com/npu-agent/npu-agent/blobstore"
 	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -52,8 +53,9 @@ func BenchmarkEnsureLatency(b *testing.B) {
 }
 
 // BenchmarkHandBlob: a blob of NPU_BENCH_SIZE (default 1 GiB) handed to a loader, against `cat` of a plain file of
-// the same size in the same run. "first" is the first ensure after the blob entered the store (it materialises
-// the file); "load" is the loader reading the path it was given, as import_model or an mmap would.
+// the same size in the same run. "first" is the first ensure of the stored blob in a daemon process that did not
+// store it (after a restart: one CRC32C pass, then the stored file's path); "load" is the loader reading the path
+// it was given, as import_model or an mmap would. Both files are in the page cache, as cat's is.
 func BenchmarkHandBlob(b *testing.B) {
 	size := int64(1 << 30)
 	if s := os.Getenv("NPU_BENCH_SIZE"); s != "" {
@@ -64,9 +66,7 @@ func BenchmarkHandBlob(b *testing.B) {
 		size = int64(n)
 	}
 	f := newFixture(b)
-	sock := startDaemon(b, f, func(c *config.Config) { c.Compiler.Sim.BlobSize = config.ByteSize(size) })
-	c := api.NewClient(sock)
-	defer c.Close()
+	mod := func(c *config.Config) { c.Compiler.Sim.BlobSize = config.ByteSize(size) }
 	plain := filepath.Join(f.dir, "plain.bin")
 	if err := writePlain(plain, size); err != nil {
 		b.Fatal(err)
@@ -74,17 +74,23 @@ func BenchmarkHandBlob(b *testing.B) {
 	var first, load, cat time.Duration
 	for i := 0; b.Loop(); i++ {
 		prof := benchProfile
-		prof.Properties = map[string]string{"PERF_COUNT": strconv.Itoa(i % 2)} // a new blob each iteration
+		prof.Properties = map[string]string{"PERF_COUNT": strconv.Itoa(i)} // a new blob each iteration
 		req := api.EnsureRequest{Model: f.model, Profile: prof}
-		res, err := c.Ensure(context.Background(), req) // compiles and stores (not timed against cat)
-		if err != nil {
+		// One daemon compiles and stores the blob (not timed); the next, a new process on the same store, has not
+		// checked it yet: its first ensure is what an application meets after a restart.
+		b.StopTimer()
+		sock, stop := startBenchDaemon(b, f, mod)
+		c := api.NewClient(sock)
+		if _, err := c.Ensure(context.Background(), req); err != nil {
 			b.Fatal(err)
 		}
-		if err := os.Remove(res.Path); err != nil { // so the next ensure materialises it again
-			b.Fatal(err)
-		}
+		c.Close()
+		stop()
+		sock, stop = startBenchDaemon(b, f, mod)
+		c = api.NewClient(sock)
+		b.StartTimer()
 		start := time.Now()
-		res, err = c.Ensure(context.Background(), req)
+		res, err := c.Ensure(context.Background(), req)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -99,6 +105,10 @@ func BenchmarkHandBlob(b *testing.B) {
 			b.Fatalf("cat: %v: %s", err, out)
 		}
 		cat += time.Since(start)
+		b.StopTimer()
+		c.Close()
+		stop()
+		b.StartTimer()
 	}
 	n := float64(b.N)
 	mbps := func(d time.Duration) float64 { return float64(size) / 1e6 / (d.Seconds() / n) }
@@ -107,6 +117,38 @@ func BenchmarkHandBlob(b *testing.B) {
 	b.ReportMetric(mbps(cat), "cat-MB/s")
 	b.ReportMetric(cat.Seconds()/first.Seconds(), "first-ensure/cat")
 	b.ReportMetric(cat.Seconds()/load.Seconds(), "load/cat")
+}
+
+// startBenchDaemon runs the daemon in this process on f's directory, like startDaemon, and returns its socket and a
+// function that stops it and waits (so that another can start on the same store).
+func startBenchDaemon(b *testing.B, f fixture, mod func(*config.Config)) (string, func()) {
+	b.Helper()
+	cfg := config.Default()
+	cfg.DataDir, cfg.RuntimeDir = filepath.Join(f.dir, "data"), filepath.Join(f.dir, "run")
+	cfg.FingerprintOverride = f.fp
+	cfg.Compiler.Backend, cfg.Compiler.Sim.CompileTime = "sim", 10*time.Millisecond
+	cfg.P2P.Enabled = false
+	mod(&cfg)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- runDaemon(ctx, cfg, slog.New(slog.DiscardHandler)) }()
+	stop := func() {
+		cancel()
+		if err := <-done; err != nil {
+			b.Errorf("daemon: %v", err)
+		}
+	}
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		c, err := api.Dial(ctx, cfg.SocketPath())
+		if err == nil {
+			c.Close()
+			return cfg.SocketPath(), stop
+		}
+		if time.Now().After(deadline) {
+			stop()
+			b.Fatalf("daemon socket not answering: %v", err)
+		}
+	}
 }
 
 func writePlain(path string, size int64) error {

@@ -79,6 +79,12 @@ type Config struct {
 	// TrustedKeys are operator public keys (rollout.trusted_keys); none disables rollouts.
 	TrustedKeys []string
 	Tags        []string // rollout.tags, "name=value"
+	// Loopback runs the node on 127.0.0.1:Port without mDNS (p2p.allow_loopback), dialling Peers: for daemons
+	// started without a lab (Start with a nil lab), several on one machine.
+	Loopback bool
+	Port     int      // the node's TCP port; 0 is P2PPort
+	Peers    []string // p2p.peers, /ip4/.../tcp/.../p2p/<id>
+	Env      []string // extra environment of the daemon process, "KEY=value"
 }
 
 // yaml renders c as the daemon's config file. Every value is quoted or numeric, so no path can break the syntax.
@@ -95,7 +101,21 @@ func (c Config) yaml() []byte {
 	fmt.Fprintf(&b, "compiler:\n  backend: sim\n  sim:\n    compile_time: %s\n    blob_size: %d\n", q(c.CompileTime.String()), c.BlobSize)
 	fmt.Fprintf(&b, "p2p:\n  enabled: %t\n", c.P2P)
 	if c.P2P {
-		fmt.Fprintf(&b, "  listen: [%s]\n  mdns: true\n", q("/ip4/0.0.0.0/tcp/"+strconv.Itoa(P2PPort)))
+		port := c.Port
+		if port == 0 {
+			port = P2PPort
+		}
+		if c.Loopback {
+			fmt.Fprintf(&b, "  listen: [%s]\n  mdns: false\n  allow_loopback: true\n", q("/ip4/127.0.0.1/tcp/"+strconv.Itoa(port)))
+		} else {
+			fmt.Fprintf(&b, "  listen: [%s]\n  mdns: true\n", q("/ip4/0.0.0.0/tcp/"+strconv.Itoa(port)))
+		}
+		if len(c.Peers) > 0 {
+			b.WriteString("  peers:\n")
+			for _, p := range c.Peers {
+				fmt.Fprintf(&b, "    - %s\n", q(p))
+			}
+		}
 		if c.FleetKeyFile != "" {
 			fmt.Fprintf(&b, "  fleet_key_file: %s\n", q(c.FleetKeyFile))
 		}
@@ -145,8 +165,8 @@ type Daemon struct {
 	stopped sync.Once
 }
 
-// Start writes cfg's files and starts the daemon in host i of lab. It returns once the process runs; WaitReady
-// waits for its API. The caller must Stop or Kill it.
+// Start writes cfg's files and starts the daemon in host i of lab, or on this machine if lab is nil (see
+// Config.Loopback). It returns once the process runs; WaitReady waits for its API. The caller must Stop or Kill it.
 func Start(ctx context.Context, lab *netlab.Lab, i int, cfg Config) (*Daemon, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("e2e: %w", err)
@@ -170,8 +190,8 @@ func Start(ctx context.Context, lab *netlab.Lab, i int, cfg Config) (*Daemon, er
 		return nil, fmt.Errorf("e2e: %w", err)
 	}
 	// Not CommandContext: a daemon outlives the context that started it and is ended by Stop or Kill.
-	d.cmd = lab.Command(context.Background(), i, d.bin, "--config", d.ConfigPath, "daemon")
-	d.cmd.Env = daemonEnv()
+	d.cmd = d.command(context.Background(), "--config", d.ConfigPath, "daemon")
+	d.cmd.Env = append(daemonEnv(), cfg.Env...)
 	d.cmd.Stdout, d.cmd.Stderr = log, log
 	if err := d.cmd.Start(); err != nil {
 		log.Close()
@@ -191,6 +211,14 @@ func Start(ctx context.Context, lab *netlab.Lab, i int, cfg Config) (*Daemon, er
 		DisableKeepAlives: true,
 	}}
 	return d, ctx.Err()
+}
+
+// command is the npu-agent command with args, to run in the daemon's lab host (or on this machine without a lab).
+func (d *Daemon) command(ctx context.Context, args ...string) *exec.Cmd {
+	if d.lab == nil {
+		return exec.CommandContext(ctx, d.bin, args...)
+	}
+	return d.lab.Command(ctx, d.Host, d.bin, args...)
 }
 
 // daemonEnv is the environment of every npu-agent process: the caller's, without NPU_AGENT_ overrides that would
@@ -393,7 +421,7 @@ type FetchResult struct {
 // Fetch runs `npu-agent --json fetch --model model --shape shape` in the daemon's host, which asks the daemon.
 func (d *Daemon) Fetch(ctx context.Context, model, shape string) (FetchResult, error) {
 	var r FetchResult
-	cmd := d.lab.Command(ctx, d.Host, d.bin, "--config", d.ConfigPath, "--json", "fetch", "--model", model, "--shape", shape)
+	cmd := d.command(ctx, "--config", d.ConfigPath, "--json", "fetch", "--model", model, "--shape", shape)
 	cmd.Env = daemonEnv()
 	stdout, stderr := &limitedBuffer{max: maxOutput}, &limitedBuffer{max: maxOutput}
 	cmd.Stdout, cmd.Stderr = stdout, stderr
@@ -412,7 +440,7 @@ func (d *Daemon) Fetch(ctx context.Context, model, shape string) (FetchResult, e
 // CLI runs `npu-agent --config <the daemon's> --json args...` in the daemon's host and returns its stdout. A
 // non-zero exit is an error with the command's stderr.
 func (d *Daemon) CLI(ctx context.Context, args ...string) ([]byte, error) {
-	cmd := d.lab.Command(ctx, d.Host, d.bin, append([]string{"--config", d.ConfigPath, "--json"}, args...)...)
+	cmd := d.command(ctx, append([]string{"--config", d.ConfigPath, "--json"}, args...)...)
 	cmd.Env = daemonEnv()
 	stdout, stderr := &limitedBuffer{max: maxOutput}, &limitedBuffer{max: maxOutput}
 	cmd.Stdout, cmd.Stderr = stdout, stderr

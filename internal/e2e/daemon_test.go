@@ -3,11 +3,16 @@
 package e2e
 
 import (
+	"crypto/rand"
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/npu-agent/npu-agent/compat"
 	"github.com/npu-agent/npu-agent/compile"
@@ -138,5 +143,38 @@ func TestWriteModelIDs(t *testing.T) {
 	}
 	if len(ids) != 2 {
 		t.Errorf("two models, %d IDs", len(ids))
+	}
+}
+
+// TestConfigLoopback: a daemon configured for a machine without a lab listens on 127.0.0.1 at its port, without
+// mDNS, and dials its static peers.
+func TestConfigLoopback(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	_, pub, err := crypto.GenerateEd25519Key(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := peer.IDFromPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	peerAddr := "/ip4/127.0.0.1/tcp/4998/p2p/" + id.String()
+	c := Config{Dir: dir, Fingerprint: LunarLake, P2P: true, Loopback: true, Port: 4999, Peers: []string{peerAddr}}
+	for name, b := range map[string][]byte{"config.yaml": c.yaml(), "fingerprint.yaml": c.Fingerprint.YAML()} {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg, err := config.Load(filepath.Join(dir, "config.yaml"), nil)
+	if err != nil {
+		t.Fatalf("config.Load: %v\n%s", err, c.yaml())
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("Validate: %v\n%s", err, c.yaml())
+	}
+	if !slices.Equal(cfg.P2P.Listen, []string{"/ip4/127.0.0.1/tcp/4999"}) || cfg.P2P.MDNS || !cfg.P2P.AllowLoopback ||
+		!slices.Equal(cfg.P2P.Peers, []string{peerAddr}) {
+		t.Errorf("p2p config loaded as %+v from\n%s", cfg.P2P, c.yaml())
 	}
 }

@@ -53,6 +53,9 @@ type helperArgs struct {
 	// Probe: the peers to poll, as /ip4/.../tcp/.../p2p/<id> addresses.
 	Peers    []string      `json:"peers,omitempty"`
 	Deadline time.Duration `json:"deadline"` // the helper gives up after this long
+	// Stream (bench_fetch_test.go): the most bytes a stream may ask for, and the node's TCP port on 127.0.0.1.
+	Size int64 `json:"size,omitempty"`
+	Port int   `json:"port,omitempty"`
 }
 
 // helperReport is a helper's stdout line.
@@ -84,6 +87,8 @@ func runHelper(mode string) int {
 		err = runEvil(ctx, a, log)
 	case helperProbe:
 		err = runProbe(ctx, a, log)
+	case helperStream:
+		err = runStreamSource(ctx, a, log)
 	default:
 		err = fmt.Errorf("unknown helper mode %q", mode)
 	}
