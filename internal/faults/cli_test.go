@@ -60,7 +60,9 @@ type cli struct {
 func newCLI(t *testing.T, dataDir string, blobSize string) *cli {
 	dir := t.TempDir()
 	c := &cli{t: t, dataDir: dataDir, model: filepath.Join(dir, "m.xml"), fp: filepath.Join(dir, "fp.yaml"),
-		env: append(os.Environ(), "NPU_AGENT_COMPILER_SIM_COMPILE_TIME=10ms", "NPU_AGENT_COMPILER_SIM_BLOB_SIZE="+blobSize)}
+		// The CLI works in-process on dataDir: never through a daemon of this machine.
+		env: append(os.Environ(), "NPU_AGENT_COMPILER_SIM_COMPILE_TIME=10ms", "NPU_AGENT_COMPILER_SIM_BLOB_SIZE="+blobSize,
+			"NPU_AGENT_SOCKET="+filepath.Join(dir, "no-daemon.sock"))}
 	for name, body := range map[string]string{"m.xml": "<net/>", "m.bin": strings.Repeat("w", 5000), "fp.yaml": fingerprint} {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
 			t.Fatal(err)
