@@ -381,12 +381,22 @@ func (t *transfer) watchdog() {
 	}
 }
 
-// runPeer asks fp for its HAVE bitmap, runs its request workers, and refreshes the bitmap while fp lacks
-// chunks (it may be fetching the blob too).
+// runPeer follows fp's HAVE bitmap, runs its request workers once the first bitmap is in, and keeps following
+// the bitmap while fp lacks chunks (it may be fetching the blob too): pushed through WATCH_HAVE, or, from a peer
+// that does not support it, polled with GET_HAVE every haveRefresh.
 func (t *transfer) runPeer(fp *fpeer) {
 	var workers sync.WaitGroup
 	defer workers.Wait()
-	started := false
+	start := sync.OnceFunc(func() {
+		k := t.p.perPeer
+		if t.n.score(fp.id) < 0 {
+			k = 1
+		}
+		for range k {
+			workers.Go(func() { t.worker(fp) })
+		}
+	})
+	watch := true
 	tick := time.NewTicker(t.p.haveRefresh)
 	defer tick.Stop()
 	for {
@@ -397,7 +407,20 @@ func (t *transfer) runPeer(fp *fpeer) {
 		if stop {
 			return
 		}
-		if !full {
+		if !full && watch {
+			err := t.watch(fp, start)
+			switch {
+			case t.ctx.Err() != nil:
+				return
+			case errors.Is(err, errNoWatch):
+				watch = false
+			case errors.Is(err, blobstore.ErrNotFound):
+				t.setHave(fp, notFoundHave(err, len(t.have))) // not (yet) fetching it; watch again later
+			case err != nil && !errors.Is(err, ErrBusy):
+				t.failed(fp, err)
+			}
+		}
+		if !full && !watch {
 			have, err := getHave(t.ctx, t.n.h, fp.id, t.blob, len(t.have), t.p.rpcTimeout)
 			switch {
 			case t.ctx.Err() != nil:
@@ -411,15 +434,11 @@ func (t *transfer) runPeer(fp *fpeer) {
 				t.setHave(fp, have)
 			}
 		}
-		if !started {
-			started = true
-			k := t.p.perPeer
-			if t.n.score(fp.id) < 0 {
-				k = 1
-			}
-			for range k {
-				workers.Go(func() { t.worker(fp) })
-			}
+		t.mu.Lock()
+		ready := fp.have != nil
+		t.mu.Unlock()
+		if ready {
+			start()
 		}
 		select {
 		case <-t.ctx.Done():
@@ -691,6 +710,7 @@ func (t *transfer) stored(i int) {
 	done := t.done
 	t.cond.Broadcast()
 	t.mu.Unlock()
+	t.n.srv.haves.publish(t.blob, i) // push it to the peers watching this blob
 	t.report(done)
 }
 
