@@ -279,10 +279,12 @@ type transfer struct {
 	wg     sync.WaitGroup
 
 	mu           sync.Mutex
-	cond         *sync.Cond // signalled on every state change a waiting worker may care about
-	have         []bool     // chunk is stored
-	assigned     []uint8    // requests in flight for the chunk
-	avail        []uint16   // live peers holding the chunk
+	cond         *sync.Cond    // signalled on every state change a waiting worker may care about
+	have         []bool        // chunk is stored
+	assigned     []uint8       // requests in flight for the chunk
+	since        []time.Time   // when the chunk's oldest request in flight started
+	chunkTime    time.Duration // moving average of one chunk request's duration (0: none finished yet)
+	avail        []uint16      // live peers holding the chunk
 	missing      int
 	low          int // every chunk before it is stored
 	done         int64
@@ -304,7 +306,7 @@ type fpeer struct {
 func newTransfer(ctx context.Context, n *Node, blob cid.Cid, m *blobstore.Manifest, have []bool, report func(int64)) *transfer {
 	t := &transfer{
 		n: n, blob: blob, m: m, p: n.fp, report: report,
-		have: have, assigned: make([]uint8, len(have)), avail: make([]uint16, len(have)),
+		have: have, assigned: make([]uint8, len(have)), avail: make([]uint16, len(have)), since: make([]time.Time, len(have)),
 		peers: map[peer.ID]*fpeer{}, lastProgress: time.Now(),
 	}
 	t.cond = sync.NewCond(&t.mu)
@@ -486,8 +488,12 @@ func (t *transfer) worker(fp *fpeer) {
 		if !ok {
 			return
 		}
+		began := time.Now()
 		err := t.request(fp, &st, r, (*bp)[:0])
 		t.release(fp, r)
+		if err == nil {
+			t.timed(time.Since(began) / time.Duration(r.Count))
+		}
 		if err != nil {
 			t.failed(fp, err)
 			if errors.Is(err, ErrBusy) {
@@ -517,7 +523,11 @@ func (t *transfer) next(fp *fpeer) (chunkRange, bool) {
 			continue
 		}
 		if r, ok := t.pick(fp); ok {
+			now := time.Now()
 			for i := r.First; i < r.First+r.Count; i++ {
+				if t.assigned[i] == 0 {
+					t.since[i] = now
+				}
 				t.assigned[i]++
 				fp.inflight[int(i)] = true
 			}
@@ -596,13 +606,19 @@ func (t *transfer) pick(fp *fpeer) (chunkRange, bool) {
 			best = front.pick
 		}
 	} else {
+		// Nothing left for fp alone. Once every missing chunk is requested (the end game), duplicate any chunk
+		// requested from one other peer; before that, only one whose request has taken much longer than a chunk
+		// usually takes: fp's link does not sit idle behind another peer's slow (or departed) uplink.
+		slow := t.slowAfter()
 		if anyFree {
-			return chunkRange{}, false // other peers hold what is left; wait for them or for a HAVE refresh
+			now := time.Now()
+			ok = func(i int) bool { return dup(i) && now.Sub(t.since[i]) > slow }
+		} else {
+			ok = dup
 		}
-		ok = dup
 		var any reservoir
 		for i := t.low; i < n; i++ {
-			if dup(i) {
+			if ok(i) {
 				any.add(i)
 			}
 		}
@@ -618,6 +634,21 @@ func (t *transfer) pick(fp *fpeer) (chunkRange, bool) {
 	return r, true
 }
 
+// Bounds of slowAfter.
+const (
+	minSlowAfter = 500 * time.Millisecond
+	maxSlowAfter = 10 * time.Second
+)
+
+// slowAfter is how long a chunk request may run before an idle worker of another peer holding the chunk requests
+// it too: four times the average chunk request, within [minSlowAfter, maxSlowAfter].
+func (t *transfer) slowAfter() time.Duration {
+	if t.chunkTime == 0 {
+		return maxSlowAfter
+	}
+	return min(max(4*t.chunkTime, minSlowAfter), maxSlowAfter)
+}
+
 // reservoir picks one of the values added to it, each with equal probability, without storing them.
 type reservoir struct {
 	n    int
@@ -627,6 +658,17 @@ type reservoir struct {
 func (r *reservoir) add(i int) {
 	if r.n++; rand.IntN(r.n) == 0 {
 		r.pick = i
+	}
+}
+
+// timed folds one chunk's request duration into the moving average.
+func (t *transfer) timed(d time.Duration) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.chunkTime == 0 {
+		t.chunkTime = d
+	} else {
+		t.chunkTime += (d - t.chunkTime) / 8
 	}
 }
 

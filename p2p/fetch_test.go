@@ -81,7 +81,7 @@ func TestFetchRanksPeersWithoutFlightLock(t *testing.T) {
 func testTransfer(t *testing.T, n int) *transfer {
 	t.Helper()
 	tr := &transfer{
-		p: testFetchParams, have: make([]bool, n), assigned: make([]uint8, n), avail: make([]uint16, n),
+		p: testFetchParams, have: make([]bool, n), assigned: make([]uint8, n), avail: make([]uint16, n), since: make([]time.Time, n),
 		missing: n, peers: map[peer.ID]*fpeer{},
 	}
 	tr.p.chunksPerReq = 1
@@ -275,5 +275,28 @@ func TestFetchLastCallerCancels(t *testing.T) {
 	}
 	if err := fetch(t, f, blob, seed); !errors.Is(err, ErrClosed) {
 		t.Fatalf("fetch after Close: %v, want ErrClosed", err)
+	}
+}
+
+// Before the end game, a peer with nothing free to send duplicates only a chunk whose request has run much longer
+// than a chunk usually takes.
+func TestPickStealsSlowRequest(t *testing.T) {
+	t.Parallel()
+	tr := testTransfer(t, 4)
+	tr.addTestPeer("seed")
+	other := tr.addTestPeer("other", 0, 1)
+	tr.chunkTime = 100 * time.Millisecond // slowAfter: minSlowAfter
+	tr.assigned[0], tr.since[0] = 1, time.Now()
+	tr.assigned[1], tr.since[1] = 1, time.Now().Add(-2*minSlowAfter)
+	// Chunks 2 and 3 are free at the seed only, so this is not the end game.
+	for range 50 {
+		r, ok := tr.pick(other)
+		if !ok || r.First != 1 || r.Count != 1 {
+			t.Fatalf("pick = %v %v, want the slow chunk 1", r, ok)
+		}
+	}
+	tr.since[1] = time.Now()
+	if r, ok := tr.pick(other); ok {
+		t.Fatalf("pick = %v with no slow request", r)
 	}
 }
