@@ -291,6 +291,9 @@ type transfer struct {
 	lastProgress time.Time
 	peers        map[peer.ID]*fpeer
 	live         int
+	self         peer.ID // this node
+	own          []bool  // chunks this node owns in the seed scatter (swarm_seed.go), for the fetchers in ownKey
+	ownKey       string
 }
 
 // fpeer is one peer's state within a transfer.
@@ -301,11 +304,12 @@ type fpeer struct {
 	inflight map[int]bool
 	dropped  bool
 	failures int
+	found    bool // fp has answered HAVE for the blob at least once (it holds or fetches it)
 }
 
 func newTransfer(ctx context.Context, n *Node, blob cid.Cid, m *blobstore.Manifest, have []bool, report func(int64)) *transfer {
 	t := &transfer{
-		n: n, blob: blob, m: m, p: n.fp, report: report,
+		n: n, self: n.ID(), blob: blob, m: m, p: n.fp, report: report,
 		have: have, assigned: make([]uint8, len(have)), avail: make([]uint16, len(have)), since: make([]time.Time, len(have)),
 		peers: map[peer.ID]*fpeer{}, lastProgress: time.Now(),
 	}
@@ -417,7 +421,7 @@ func (t *transfer) runPeer(fp *fpeer) {
 			case errors.Is(err, errNoWatch):
 				watch = false
 			case errors.Is(err, blobstore.ErrNotFound):
-				t.setHave(fp, notFoundHave(err, len(t.have))) // not (yet) fetching it; watch again later
+				t.setHaveFrom(fp, make([]bool, len(t.have)), false) // not (yet) fetching it; watch again later
 			case err != nil && !errors.Is(err, ErrBusy):
 				t.failed(fp, err)
 			}
@@ -428,11 +432,10 @@ func (t *transfer) runPeer(fp *fpeer) {
 			case t.ctx.Err() != nil:
 				return
 			case errors.Is(err, blobstore.ErrNotFound):
-				have = make([]bool, len(t.have)) // not (yet) fetching it; ask again later
+				t.setHaveFrom(fp, make([]bool, len(t.have)), false) // not (yet) fetching it; ask again later
 			case err != nil:
 				t.failed(fp, err)
-			}
-			if have != nil {
+			default:
 				t.setHave(fp, have)
 			}
 		}
@@ -450,12 +453,16 @@ func (t *transfer) runPeer(fp *fpeer) {
 	}
 }
 
-func (t *transfer) setHave(fp *fpeer, have []bool) {
+func (t *transfer) setHave(fp *fpeer, have []bool) { t.setHaveFrom(fp, have, true) }
+
+// setHaveFrom records fp's bitmap; found: fp holds the blob or part of it (it answered HAVE, not "not found").
+func (t *transfer) setHaveFrom(fp *fpeer, have []bool, found bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if fp.dropped {
 		return
 	}
+	fp.found = fp.found || found
 	held := 0
 	for i, h := range have {
 		old := fp.have != nil && fp.have[i]
@@ -587,6 +594,11 @@ func (t *transfer) pick(fp *fpeer) (chunkRange, bool) {
 	}
 	ok := free
 	var best int
+	if rarest >= 0 && t.seedLike(fp) {
+		if i, ok := t.pickFromSeed(fp); ok {
+			return chunkRange{First: uint32(i), Count: 1}, true
+		}
+	}
 	if rarest >= 0 {
 		var front, all reservoir
 		window := 0 // unrequested missing chunks so far: the front window is the first pickWindow of them

@@ -104,12 +104,13 @@ func (t *transfer) addTestPeer(id string, chunks ...int) *fpeer {
 }
 
 // The rarest free chunks are chosen uniformly. Candidates 1, 4, 5 and 10 of 12 follow runs of 2 (wrapping), 2, 0
-// and 4 non-candidates: taking the first candidate after a random start picks 10 five times as often as 5.
+// and 4 non-candidates: taking the first candidate after a random start picks 10 five times as often as 5. (The
+// source lacks chunk 0: a seed-like source gets the seed scatter instead, TestPickSeedScatter.)
 func TestPickUniformAmongRarest(t *testing.T) {
 	t.Parallel()
 	tr := testTransfer(t, 12)
 	cands := []int{1, 4, 5, 10}
-	seed := tr.addTestPeer("seed")
+	seed := tr.addTestPeer("seed", 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)
 	var others []int // held by a second peer too, so not the rarest
 	for i := range 12 {
 		if !slices.Contains(cands, i) {
@@ -298,5 +299,61 @@ func TestPickStealsSlowRequest(t *testing.T) {
 	tr.since[1] = time.Now()
 	if r, ok := tr.pick(other); ok {
 		t.Fatalf("pick = %v with no slow request", r)
+	}
+}
+
+// Seed scatter: receivers with the same fetchers split the seed's chunks between them, each taking its own share
+// front to back, then the unowned chunks nobody holds from the back.
+func TestPickSeedScatter(t *testing.T) {
+	t.Parallel()
+	const n = 64
+	ids := []peer.ID{"recv-a", "recv-b", "recv-c"}
+	owned := make([]int, n)
+	var trs []*transfer
+	for k, self := range ids {
+		tr := testTransfer(t, n)
+		tr.self = self
+		tr.addTestPeer("seed")
+		for j, other := range ids {
+			if j != k {
+				tr.addTestPeer(string(other), n-1) // each receiver holds the last chunk already
+			}
+		}
+		own := tr.owners()
+		for i, o := range own {
+			if o {
+				owned[i]++
+			}
+		}
+		trs = append(trs, tr)
+	}
+	for i, c := range owned {
+		if c != 1 {
+			t.Fatalf("chunk %d owned by %d receivers, want 1", i, c)
+		}
+	}
+	tr := trs[0]
+	seed := tr.peers["seed"]
+	own := tr.owners()
+	var mine []int
+	for i, o := range own[:n-1] {
+		if o {
+			mine = append(mine, i)
+		}
+	}
+	for _, want := range mine {
+		r, ok := tr.pick(seed)
+		if !ok || int(r.First) != want || r.Count != 1 {
+			t.Fatalf("pick = %+v %t, want own chunk %d", r, ok, want)
+		}
+		tr.assigned[want]++
+	}
+	r, ok := tr.pick(seed)
+	last := n - 2
+	for own[last] {
+		last--
+	}
+	if !ok || int(r.First) != last {
+		t.Fatalf("after its share: pick = %+v %t, want the last unowned chunk %d", r, ok, last)
 	}
 }

@@ -8,8 +8,6 @@ import (
 	"time"
 
 	"github.com/ipfs/go-cid"
-
-	"github.com/npu-agent/npu-agent/blobstore"
 )
 
 // HAVE push (docs/design.md 6.7, WATCH_HAVE): a peer fetching a blob watches each partial holder's bitmap instead
@@ -272,12 +270,4 @@ func (t *transfer) addHave(fp *fpeer, idx []int) bool {
 	}
 	t.cond.Broadcast()
 	return true
-}
-
-// notFoundHave is the bitmap of a peer that does not hold (or fetch) the blob yet.
-func notFoundHave(err error, n int) []bool {
-	if errors.Is(err, blobstore.ErrNotFound) {
-		return make([]bool, n)
-	}
-	return nil
 }
