@@ -291,9 +291,10 @@ type transfer struct {
 	lastProgress time.Time
 	peers        map[peer.ID]*fpeer
 	live         int
-	self         peer.ID // this node
-	own          []bool  // chunks this node owns in the seed scatter (swarm_seed.go), for the fetchers in ownKey
-	ownKey       string
+	self         peer.ID  // this node
+	own          []bool   // chunks this node owns in the seed scatter (swarm_seed.go), for the fetchers in ownKey
+	ownKey       string   // the fetchers, sorted, joined
+	weight       []uint64 // this node's weight of each chunk (the order it takes other shares' chunks in)
 }
 
 // fpeer is one peer's state within a transfer.
@@ -555,7 +556,7 @@ func (t *transfer) seedLike(fp *fpeer) bool {
 		return false
 	}
 	for _, p := range t.peers {
-		if p != fp && !p.dropped && p.held > 0 && p.held < n {
+		if p != fp && !p.dropped && p.found && p.held < n {
 			return true
 		}
 	}
@@ -598,6 +599,9 @@ func (t *transfer) pick(fp *fpeer) (chunkRange, bool) {
 		if i, ok := t.pickFromSeed(fp); ok {
 			return chunkRange{First: uint32(i), Count: 1}, true
 		}
+		// Every chunk only the seed holds is being fetched: the rest is left to the receivers that hold it, and
+		// the seed gets only the duplicates below (a slow request, or the end game).
+		rarest = -1
 	}
 	if rarest >= 0 {
 		var front, all reservoir
@@ -622,10 +626,15 @@ func (t *transfer) pick(fp *fpeer) (chunkRange, bool) {
 		// requested from one other peer; before that, only one whose request has taken much longer than a chunk
 		// usually takes: fp's link does not sit idle behind another peer's slow (or departed) uplink.
 		slow := t.slowAfter()
-		if anyFree {
+		switch {
+		case anyFree && t.seedLike(fp):
+			// The seed's uplink is the scarce one: it sends what no partial peer holds, and duplicates only a
+			// slow request in the end game.
+			return chunkRange{}, false
+		case anyFree || t.seedLike(fp):
 			now := time.Now()
 			ok = func(i int) bool { return dup(i) && now.Sub(t.since[i]) > slow }
-		} else {
+		default:
 			ok = dup
 		}
 		var any reservoir

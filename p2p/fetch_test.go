@@ -302,8 +302,8 @@ func TestPickStealsSlowRequest(t *testing.T) {
 	}
 }
 
-// Seed scatter: receivers with the same fetchers split the seed's chunks between them, each taking its own share
-// front to back, then the unowned chunks nobody holds from the back.
+// Seed scatter: receivers with the same fetchers split the seed's chunks between them in equal shares, each taking
+// its own share front to back, then other shares' chunks that only the seed holds.
 func TestPickSeedScatter(t *testing.T) {
 	t.Parallel()
 	const n = 64
@@ -332,6 +332,11 @@ func TestPickSeedScatter(t *testing.T) {
 			t.Fatalf("chunk %d owned by %d receivers, want 1", i, c)
 		}
 	}
+	for _, tr := range trs {
+		if k := len(slices.DeleteFunc(slices.Clone(tr.owners()), func(o bool) bool { return !o })); k < n/3 || k > n/3+1 {
+			t.Errorf("share of %d chunks, want %d or %d", k, n/3, n/3+1)
+		}
+	}
 	tr := trs[0]
 	seed := tr.peers["seed"]
 	own := tr.owners()
@@ -349,11 +354,7 @@ func TestPickSeedScatter(t *testing.T) {
 		tr.assigned[want]++
 	}
 	r, ok := tr.pick(seed)
-	last := n - 2
-	for own[last] {
-		last--
-	}
-	if !ok || int(r.First) != last {
-		t.Fatalf("after its share: pick = %+v %t, want the last unowned chunk %d", r, ok, last)
+	if !ok || own[r.First] || int(r.First) == n-1 {
+		t.Fatalf("after its share: pick = %+v %t, want another share's chunk that only the seed holds", r, ok)
 	}
 }

@@ -1,6 +1,7 @@
 package p2p
 
 import (
+	"cmp"
 	"encoding/binary"
 	"hash/fnv"
 	"slices"
@@ -10,12 +11,13 @@ import (
 )
 
 // Scatter from the seed (docs/design.md 6.8, "seed scatter"): the chunks that only a seed-like peer holds are
-// split among the receivers fetching the blob by rendezvous hashing, the same split on every receiver since
+// split among the receivers fetching the blob in equal interleaved shares, the same split on every receiver since
 // each sees the same set of fetchers. Each receiver asks the seed first for its own share, front to back, and the
 // others get those chunks from it: the seed's uplink sends each chunk about once (Mutualcast's scatter, with the
-// forward done by the other receivers' pulls). A receiver whose share is requested takes the unowned chunks
-// nobody holds yet from the back, so a faster receiver takes a larger share and the shares of slow or departed
-// receivers are covered.
+// forward done by the other receivers' pulls). A receiver whose share is all requested takes other shares'
+// chunks that nobody but a full holder has yet, each receiver in its own order of weights so that two of them
+// rarely take the same one: a faster receiver takes a larger share, and slow or departed receivers' shares are
+// covered. A receiver counts as fetching once it has answered HAVE (not "not found") without holding every chunk.
 
 // owners returns, for each chunk, whether this node owns it among the fetchers: itself and every live peer that
 // has answered HAVE for the blob without holding all of it. The result is cached until the fetchers change.
@@ -31,24 +33,28 @@ func (t *transfer) owners() []bool {
 	if t.ownKey == key && t.own != nil {
 		return t.own
 	}
-	self := string(t.self)
-	own := make([]bool, len(t.have))
+	// Balanced shares: the fetchers in the order of their weight for the blob, chunk i to the (i mod P)-th. A
+	// share differs from another by at most one chunk, and each owner's chunks are spread over the blob.
 	blob := t.blob.Bytes()
-	for i := range own {
-		var best uint64
-		var owner string
-		for _, id := range ids {
-			if w := ownerWeight(blob, i, peer.ID(id)); owner == "" || w > best {
-				best, owner = w, id
-			}
+	slices.SortFunc(ids, func(a, b string) int {
+		if c := cmp.Compare(ownerWeight(blob, -1, peer.ID(a)), ownerWeight(blob, -1, peer.ID(b))); c != 0 {
+			return c
 		}
-		own[i] = owner == self
+		return strings.Compare(a, b)
+	})
+	me := slices.Index(ids, string(t.self))
+	own := make([]bool, len(t.have))
+	t.weight = make([]uint64, len(t.have))
+	for i := range own {
+		own[i] = i%len(ids) == me
+		t.weight[i] = ownerWeight(blob, i, t.self)
 	}
 	t.own, t.ownKey = own, key
 	return own
 }
 
-// ownerWeight is p's rendezvous weight for chunk i of blob (FNV-1a 64 over blob, index, peer ID).
+// ownerWeight is p's weight for chunk i of blob, or for the blob as a whole with i = -1: FNV-1a 64 over blob,
+// index and peer ID, the same on every node.
 func ownerWeight(blob []byte, i int, p peer.ID) uint64 {
 	h := fnv.New64a()
 	h.Write(blob)
@@ -59,22 +65,30 @@ func ownerWeight(blob []byte, i int, p peer.ID) uint64 {
 	return h.Sum64()
 }
 
-// pickFromSeed chooses the chunk to ask seed-like fp for: the first chunk of this node's share that only fp
-// holds and no request is fetching, else the last such chunk of any share. false: every chunk that only fp holds
-// is being fetched (the caller falls back to the rarest-first choice).
+// pickFromSeed chooses the chunk to ask seed-like fp for: the first chunk of this node's share that only peers
+// holding the whole blob hold (the seed, receivers done) and no request is fetching, else, of the other shares'
+// such chunks, the one with this node's highest rendezvous weight: receivers done with their own shares then
+// take different chunks. false: every such chunk is being fetched; the others are left to the partial holders.
 func (t *transfer) pickFromSeed(fp *fpeer) (int, bool) {
 	own := t.owners()
 	n := len(t.have)
-	only := func(i int) bool { return !t.have[i] && t.assigned[i] == 0 && fp.have[i] && t.avail[i] <= 1 }
+	full := 0 // live peers holding every chunk
+	for _, p := range t.peers {
+		if !p.dropped && p.held == n {
+			full++
+		}
+	}
+	only := func(i int) bool { return !t.have[i] && t.assigned[i] == 0 && fp.have[i] && int(t.avail[i]) <= full }
 	for i := t.low; i < n; i++ {
 		if own[i] && only(i) {
 			return i, true
 		}
 	}
-	for i := n - 1; i >= t.low; i-- {
-		if only(i) {
-			return i, true
+	best := -1
+	for i := t.low; i < n; i++ {
+		if only(i) && (best < 0 || t.weight[i] > t.weight[best]) {
+			best = i
 		}
 	}
-	return 0, false
+	return best, best >= 0
 }
