@@ -294,6 +294,7 @@ type transfer struct {
 	self         peer.ID  // this node
 	own          []bool   // chunks this node owns in the seed scatter (swarm_seed.go), for the fetchers in ownKey
 	ownKey       string   // the fetchers, sorted, joined
+	shares       int      // fetchers in ownKey: chunk i is in share i mod shares
 	weight       []uint64 // this node's weight of each chunk (the order it takes other shares' chunks in)
 }
 

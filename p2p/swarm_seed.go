@@ -43,6 +43,7 @@ func (t *transfer) owners() []bool {
 		return strings.Compare(a, b)
 	})
 	me := slices.Index(ids, string(t.self))
+	t.shares = len(ids)
 	own := make([]bool, len(t.have))
 	t.weight = make([]uint64, len(t.have))
 	for i := range own {
@@ -67,8 +68,9 @@ func ownerWeight(blob []byte, i int, p peer.ID) uint64 {
 
 // pickFromSeed chooses the chunk to ask seed-like fp for: the first chunk of this node's share that only peers
 // holding the whole blob hold (the seed, receivers done) and no request is fetching, else, of the other shares'
-// such chunks, the one with this node's highest rendezvous weight: receivers done with their own shares then
-// take different chunks. false: every such chunk is being fetched; the others are left to the partial holders.
+// such chunks, except each share's first, the one with this node's highest weight: receivers done with their own
+// shares then take different chunks. false: every such chunk is being fetched (or is some share's first); the
+// others are left to the partial holders.
 func (t *transfer) pickFromSeed(fp *fpeer) (int, bool) {
 	own := t.owners()
 	n := len(t.have)
@@ -84,8 +86,19 @@ func (t *transfer) pickFromSeed(fp *fpeer) (int, bool) {
 			return i, true
 		}
 	}
+	// Each other share's first chunk still at the seed alone is most likely in flight from its owner (one request
+	// at a time to a seed-like peer, front to back): taking it would only send it twice. It is left to its owner,
+	// or reassigned when the owner leaves the fetchers.
+	first := make([]bool, t.shares)
 	best := -1
 	for i := t.low; i < n; i++ {
+		if t.have[i] || int(t.avail[i]) > full || own[i] {
+			continue
+		}
+		if s := i % t.shares; !first[s] {
+			first[s] = true
+			continue
+		}
 		if only(i) && (best < 0 || t.weight[i] > t.weight[best]) {
 			best = i
 		}
