@@ -291,11 +291,12 @@ type transfer struct {
 	lastProgress time.Time
 	peers        map[peer.ID]*fpeer
 	live         int
-	self         peer.ID  // this node
-	own          []bool   // chunks this node owns in the seed scatter (swarm_seed.go), for the fetchers in ownKey
-	ownKey       string   // the fetchers, sorted, joined
-	shares       int      // fetchers in ownKey: chunk i is in share i mod shares
-	weight       []uint64 // this node's weight of each chunk (the order it takes other shares' chunks in)
+	self         peer.ID     // this node
+	own          []bool      // chunks this node owns in the seed scatter (swarm_seed.go), for the fetchers in ownKey
+	ownKey       string      // the fetchers, sorted, joined
+	shares       int         // fetchers in ownKey: chunk i is in share i mod shares
+	firstSince   []time.Time // when chunk i was first seen as the first of another share still at the seed only
+	weight       []uint64    // this node's weight of each chunk (the order it takes other shares' chunks in)
 }
 
 // fpeer is one peer's state within a transfer.
@@ -313,7 +314,8 @@ func newTransfer(ctx context.Context, n *Node, blob cid.Cid, m *blobstore.Manife
 	t := &transfer{
 		n: n, self: n.ID(), blob: blob, m: m, p: n.fp, report: report,
 		have: have, assigned: make([]uint8, len(have)), avail: make([]uint16, len(have)), since: make([]time.Time, len(have)),
-		peers: map[peer.ID]*fpeer{}, lastProgress: time.Now(),
+		firstSince: make([]time.Time, len(have)),
+		peers:      map[peer.ID]*fpeer{}, lastProgress: time.Now(),
 	}
 	t.cond = sync.NewCond(&t.mu)
 	t.ctx, t.cancel = context.WithCancelCause(ctx)
@@ -369,7 +371,7 @@ func (t *transfer) run() error {
 	return context.Cause(t.ctx)
 }
 
-// watchdog fails the transfer when no chunk has arrived for stallTimeout.
+// watchdog fails the transfer when no chunk has arrived for stallTimeout, and wakes the waiting workers every tick.
 func (t *transfer) watchdog() {
 	tick := time.NewTicker(min(time.Second, t.p.stallTimeout/4))
 	defer tick.Stop()
@@ -380,6 +382,7 @@ func (t *transfer) watchdog() {
 		case <-tick.C:
 			t.mu.Lock()
 			idle := time.Since(t.lastProgress)
+			t.cond.Broadcast() // choices that depend on time (slow requests, shares' firsts) are made again
 			t.mu.Unlock()
 			if idle > t.p.stallTimeout {
 				t.cancel(fmt.Errorf("%w for %s", ErrStalled, idle.Round(time.Second)))
@@ -600,9 +603,12 @@ func (t *transfer) pick(fp *fpeer) (chunkRange, bool) {
 		if i, ok := t.pickFromSeed(fp); ok {
 			return chunkRange{First: uint32(i), Count: 1}, true
 		}
-		// Every chunk only the seed holds is being fetched: the rest is left to the receivers that hold it, and
-		// the seed gets only the duplicates below (a slow request, or the end game).
-		rarest = -1
+		// While chunks that only full holders have are on their way, the rest is left to the receivers that hold
+		// it and the seed gets only the duplicates below (a slow request, or the end game). Once every chunk has
+		// left the full holders, their uplinks would idle: then they serve the rarest like any peer.
+		if t.seedOnlyLeft() {
+			rarest = -1
+		}
 	}
 	if rarest >= 0 {
 		var front, all reservoir

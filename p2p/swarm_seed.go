@@ -6,6 +6,7 @@ import (
 	"hash/fnv"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 )
@@ -89,19 +90,49 @@ func (t *transfer) pickFromSeed(fp *fpeer) (int, bool) {
 	// Each other share's first chunk still at the seed alone is most likely in flight from its owner (one request
 	// at a time to a seed-like peer, front to back): taking it would only send it twice. It is left to its owner,
 	// or reassigned when the owner leaves the fetchers.
+	// A share's first that has stayed first for longer than a slow request is taken too: its owner may not be
+	// fetching at all (a partial holder whose fetch ended) or be stuck.
 	first := make([]bool, t.shares)
-	best := -1
+	now, slow := time.Now(), t.slowAfter()
+	best, late := -1, -1
 	for i := t.low; i < n; i++ {
 		if t.have[i] || int(t.avail[i]) > full || own[i] {
 			continue
 		}
 		if s := i % t.shares; !first[s] {
 			first[s] = true
+			if t.firstSince[i].IsZero() {
+				t.firstSince[i] = now
+			}
+			if only(i) && now.Sub(t.firstSince[i]) > slow && late < 0 {
+				late = i
+			}
 			continue
 		}
 		if only(i) && (best < 0 || t.weight[i] > t.weight[best]) {
 			best = i
 		}
 	}
+	if best < 0 {
+		best = late
+	}
 	return best, best >= 0
+}
+
+// seedOnlyLeft reports whether some missing chunk is held by no live partial peer (only by full holders, or by
+// nobody this node knows of).
+func (t *transfer) seedOnlyLeft() bool {
+	n := len(t.have)
+	full := 0
+	for _, p := range t.peers {
+		if !p.dropped && p.held == n {
+			full++
+		}
+	}
+	for i := t.low; i < n; i++ {
+		if !t.have[i] && int(t.avail[i]) <= full {
+			return true
+		}
+	}
+	return false
 }
