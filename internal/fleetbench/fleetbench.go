@@ -96,7 +96,9 @@ type Config struct {
 // in the seed-leaves scenario. The harness cannot see which blocks a system sent, so this is a proxy for "every
 // block has left the seed": a system that sends each block once from the seed has sent all of them after about
 // 1.05 copies (TCP/IP headers); at 1.25 one that sent up to about 15 % of the blocks twice has too, and one that
-// sent more duplicates may be left without a block and fail the run.
+// sent more duplicates may be left without a block and fail the run. (At 1.15, npu-agent's receivers lacked
+// chunks: its seed sends 15-20 % twice. internal/e2e TestFaultSeedKilled stops npu-agent's seed exactly when the
+// receivers together hold every chunk.)
 const SeedLeaveCopies = 1.25
 
 // rates returns every host's rate in bit/s.

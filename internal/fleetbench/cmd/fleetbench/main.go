@@ -189,7 +189,7 @@ func (s scenario) describe() string {
 		d += fmt.Sprintf(", receivers %v at %s", s.slow, s.slowRate)
 	}
 	if s.seedLeaves {
-		d += fmt.Sprintf(", the seed leaves after sending %.1f copies (systems whose seed is the only source skipped)",
+		d += fmt.Sprintf(", the seed leaves after sending %.2f copies (systems whose seed is the only source skipped)",
 			fleetbench.SeedLeaveCopies)
 	}
 	return d
