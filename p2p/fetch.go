@@ -279,16 +279,24 @@ type transfer struct {
 	wg     sync.WaitGroup
 
 	mu           sync.Mutex
-	cond         *sync.Cond // signalled on every state change a waiting worker may care about
-	have         []bool     // chunk is stored
-	assigned     []uint8    // requests in flight for the chunk
-	avail        []uint16   // live peers holding the chunk
+	cond         *sync.Cond    // signalled on every state change a waiting worker may care about
+	have         []bool        // chunk is stored
+	assigned     []uint8       // requests in flight for the chunk
+	since        []time.Time   // when the chunk's oldest request in flight started
+	chunkTime    time.Duration // moving average of one chunk request's duration (0: none finished yet)
+	avail        []uint16      // live peers holding the chunk
 	missing      int
 	low          int // every chunk before it is stored
 	done         int64
 	lastProgress time.Time
 	peers        map[peer.ID]*fpeer
 	live         int
+	self         peer.ID     // this node
+	own          []bool      // chunks this node owns in the seed scatter (swarm_seed.go), for the fetchers in ownKey
+	ownKey       string      // the fetchers, sorted, joined
+	shares       int         // fetchers in ownKey: chunk i is in share i mod shares
+	firstSince   []time.Time // when chunk i was first seen as the first of another share still at the seed only
+	weight       []uint64    // this node's weight of each chunk (the order it takes other shares' chunks in)
 }
 
 // fpeer is one peer's state within a transfer.
@@ -299,13 +307,15 @@ type fpeer struct {
 	inflight map[int]bool
 	dropped  bool
 	failures int
+	found    bool // fp has answered HAVE for the blob at least once (it holds or fetches it)
 }
 
 func newTransfer(ctx context.Context, n *Node, blob cid.Cid, m *blobstore.Manifest, have []bool, report func(int64)) *transfer {
 	t := &transfer{
-		n: n, blob: blob, m: m, p: n.fp, report: report,
-		have: have, assigned: make([]uint8, len(have)), avail: make([]uint16, len(have)),
-		peers: map[peer.ID]*fpeer{}, lastProgress: time.Now(),
+		n: n, self: n.ID(), blob: blob, m: m, p: n.fp, report: report,
+		have: have, assigned: make([]uint8, len(have)), avail: make([]uint16, len(have)), since: make([]time.Time, len(have)),
+		firstSince: make([]time.Time, len(have)),
+		peers:      map[peer.ID]*fpeer{}, lastProgress: time.Now(),
 	}
 	t.cond = sync.NewCond(&t.mu)
 	t.ctx, t.cancel = context.WithCancelCause(ctx)
@@ -361,7 +371,7 @@ func (t *transfer) run() error {
 	return context.Cause(t.ctx)
 }
 
-// watchdog fails the transfer when no chunk has arrived for stallTimeout.
+// watchdog fails the transfer when no chunk has arrived for stallTimeout, and wakes the waiting workers every tick.
 func (t *transfer) watchdog() {
 	tick := time.NewTicker(min(time.Second, t.p.stallTimeout/4))
 	defer tick.Stop()
@@ -372,6 +382,7 @@ func (t *transfer) watchdog() {
 		case <-tick.C:
 			t.mu.Lock()
 			idle := time.Since(t.lastProgress)
+			t.cond.Broadcast() // choices that depend on time (slow requests, shares' firsts) are made again
 			t.mu.Unlock()
 			if idle > t.p.stallTimeout {
 				t.cancel(fmt.Errorf("%w for %s", ErrStalled, idle.Round(time.Second)))
@@ -381,12 +392,22 @@ func (t *transfer) watchdog() {
 	}
 }
 
-// runPeer asks fp for its HAVE bitmap, runs its request workers, and refreshes the bitmap while fp lacks
-// chunks (it may be fetching the blob too).
+// runPeer follows fp's HAVE bitmap, runs its request workers once the first bitmap is in, and keeps following
+// the bitmap while fp lacks chunks (it may be fetching the blob too): pushed through WATCH_HAVE, or, from a peer
+// that does not support it, polled with GET_HAVE every haveRefresh.
 func (t *transfer) runPeer(fp *fpeer) {
 	var workers sync.WaitGroup
 	defer workers.Wait()
-	started := false
+	start := sync.OnceFunc(func() {
+		k := t.p.perPeer
+		if t.n.score(fp.id) < 0 {
+			k = 1
+		}
+		for range k {
+			workers.Go(func() { t.worker(fp) })
+		}
+	})
+	watch := true
 	tick := time.NewTicker(t.p.haveRefresh)
 	defer tick.Stop()
 	for {
@@ -397,29 +418,37 @@ func (t *transfer) runPeer(fp *fpeer) {
 		if stop {
 			return
 		}
-		if !full {
+		if !full && watch {
+			err := t.watch(fp, start)
+			switch {
+			case t.ctx.Err() != nil:
+				return
+			case errors.Is(err, errNoWatch):
+				watch = false
+			case errors.Is(err, blobstore.ErrNotFound):
+				t.setHaveFrom(fp, make([]bool, len(t.have)), false) // not (yet) fetching it; watch again later
+			case err != nil && !errors.Is(err, ErrBusy):
+				t.failed(fp, err)
+			}
+		}
+		if !full && !watch {
 			have, err := getHave(t.ctx, t.n.h, fp.id, t.blob, len(t.have), t.p.rpcTimeout)
 			switch {
 			case t.ctx.Err() != nil:
 				return
 			case errors.Is(err, blobstore.ErrNotFound):
-				have = make([]bool, len(t.have)) // not (yet) fetching it; ask again later
+				t.setHaveFrom(fp, make([]bool, len(t.have)), false) // not (yet) fetching it; ask again later
 			case err != nil:
 				t.failed(fp, err)
-			}
-			if have != nil {
+			default:
 				t.setHave(fp, have)
 			}
 		}
-		if !started {
-			started = true
-			k := t.p.perPeer
-			if t.n.score(fp.id) < 0 {
-				k = 1
-			}
-			for range k {
-				workers.Go(func() { t.worker(fp) })
-			}
+		t.mu.Lock()
+		ready := fp.have != nil
+		t.mu.Unlock()
+		if ready {
+			start()
 		}
 		select {
 		case <-t.ctx.Done():
@@ -429,12 +458,16 @@ func (t *transfer) runPeer(fp *fpeer) {
 	}
 }
 
-func (t *transfer) setHave(fp *fpeer, have []bool) {
+func (t *transfer) setHave(fp *fpeer, have []bool) { t.setHaveFrom(fp, have, true) }
+
+// setHaveFrom records fp's bitmap; found: fp holds the blob or part of it (it answered HAVE, not "not found").
+func (t *transfer) setHaveFrom(fp *fpeer, have []bool, found bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if fp.dropped {
 		return
 	}
+	fp.found = fp.found || found
 	held := 0
 	for i, h := range have {
 		old := fp.have != nil && fp.have[i]
@@ -467,8 +500,12 @@ func (t *transfer) worker(fp *fpeer) {
 		if !ok {
 			return
 		}
+		began := time.Now()
 		err := t.request(fp, &st, r, (*bp)[:0])
 		t.release(fp, r)
+		if err == nil {
+			t.timed(time.Since(began) / time.Duration(r.Count))
+		}
 		if err != nil {
 			t.failed(fp, err)
 			if errors.Is(err, ErrBusy) {
@@ -498,7 +535,11 @@ func (t *transfer) next(fp *fpeer) (chunkRange, bool) {
 			continue
 		}
 		if r, ok := t.pick(fp); ok {
+			now := time.Now()
 			for i := r.First; i < r.First+r.Count; i++ {
+				if t.assigned[i] == 0 {
+					t.since[i] = now
+				}
 				t.assigned[i]++
 				fp.inflight[int(i)] = true
 			}
@@ -519,7 +560,7 @@ func (t *transfer) seedLike(fp *fpeer) bool {
 		return false
 	}
 	for _, p := range t.peers {
-		if p != fp && !p.dropped && p.held > 0 && p.held < n {
+		if p != fp && !p.dropped && p.found && p.held < n {
 			return true
 		}
 	}
@@ -558,6 +599,17 @@ func (t *transfer) pick(fp *fpeer) (chunkRange, bool) {
 	}
 	ok := free
 	var best int
+	if rarest >= 0 && t.seedLike(fp) {
+		if i, ok := t.pickFromSeed(fp); ok {
+			return chunkRange{First: uint32(i), Count: 1}, true
+		}
+		// While chunks that only full holders have are on their way, the rest is left to the receivers that hold
+		// it and the seed gets only the duplicates below (a slow request, or the end game). Once every chunk has
+		// left the full holders, their uplinks would idle: then they serve the rarest like any peer.
+		if t.seedOnlyLeft() {
+			rarest = -1
+		}
+	}
 	if rarest >= 0 {
 		var front, all reservoir
 		window := 0 // unrequested missing chunks so far: the front window is the first pickWindow of them
@@ -577,13 +629,24 @@ func (t *transfer) pick(fp *fpeer) (chunkRange, bool) {
 			best = front.pick
 		}
 	} else {
-		if anyFree {
-			return chunkRange{}, false // other peers hold what is left; wait for them or for a HAVE refresh
+		// Nothing left for fp alone. Once every missing chunk is requested (the end game), duplicate any chunk
+		// requested from one other peer; before that, only one whose request has taken much longer than a chunk
+		// usually takes: fp's link does not sit idle behind another peer's slow (or departed) uplink.
+		slow := t.slowAfter()
+		switch {
+		case anyFree && t.seedLike(fp):
+			// The seed's uplink is the scarce one: it sends what no partial peer holds, and duplicates only a
+			// slow request in the end game.
+			return chunkRange{}, false
+		case anyFree || t.seedLike(fp):
+			now := time.Now()
+			ok = func(i int) bool { return dup(i) && now.Sub(t.since[i]) > slow }
+		default:
+			ok = dup
 		}
-		ok = dup
 		var any reservoir
 		for i := t.low; i < n; i++ {
-			if dup(i) {
+			if ok(i) {
 				any.add(i)
 			}
 		}
@@ -599,6 +662,21 @@ func (t *transfer) pick(fp *fpeer) (chunkRange, bool) {
 	return r, true
 }
 
+// Bounds of slowAfter.
+const (
+	minSlowAfter = 500 * time.Millisecond
+	maxSlowAfter = 10 * time.Second
+)
+
+// slowAfter is how long a chunk request may run before an idle worker of another peer holding the chunk requests
+// it too: four times the average chunk request, within [minSlowAfter, maxSlowAfter].
+func (t *transfer) slowAfter() time.Duration {
+	if t.chunkTime == 0 {
+		return maxSlowAfter
+	}
+	return min(max(4*t.chunkTime, minSlowAfter), maxSlowAfter)
+}
+
 // reservoir picks one of the values added to it, each with equal probability, without storing them.
 type reservoir struct {
 	n    int
@@ -608,6 +686,17 @@ type reservoir struct {
 func (r *reservoir) add(i int) {
 	if r.n++; rand.IntN(r.n) == 0 {
 		r.pick = i
+	}
+}
+
+// timed folds one chunk's request duration into the moving average.
+func (t *transfer) timed(d time.Duration) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.chunkTime == 0 {
+		t.chunkTime = d
+	} else {
+		t.chunkTime += (d - t.chunkTime) / 8
 	}
 }
 
@@ -691,6 +780,7 @@ func (t *transfer) stored(i int) {
 	done := t.done
 	t.cond.Broadcast()
 	t.mu.Unlock()
+	t.n.srv.haves.publish(t.blob, i) // push it to the peers watching this blob
 	t.report(done)
 }
 

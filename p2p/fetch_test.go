@@ -81,7 +81,7 @@ func TestFetchRanksPeersWithoutFlightLock(t *testing.T) {
 func testTransfer(t *testing.T, n int) *transfer {
 	t.Helper()
 	tr := &transfer{
-		p: testFetchParams, have: make([]bool, n), assigned: make([]uint8, n), avail: make([]uint16, n),
+		p: testFetchParams, have: make([]bool, n), assigned: make([]uint8, n), avail: make([]uint16, n), since: make([]time.Time, n), firstSince: make([]time.Time, n),
 		missing: n, peers: map[peer.ID]*fpeer{},
 	}
 	tr.p.chunksPerReq = 1
@@ -104,12 +104,13 @@ func (t *transfer) addTestPeer(id string, chunks ...int) *fpeer {
 }
 
 // The rarest free chunks are chosen uniformly. Candidates 1, 4, 5 and 10 of 12 follow runs of 2 (wrapping), 2, 0
-// and 4 non-candidates: taking the first candidate after a random start picks 10 five times as often as 5.
+// and 4 non-candidates: taking the first candidate after a random start picks 10 five times as often as 5. (The
+// source lacks chunk 0: a seed-like source gets the seed scatter instead, TestPickSeedScatter.)
 func TestPickUniformAmongRarest(t *testing.T) {
 	t.Parallel()
 	tr := testTransfer(t, 12)
 	cands := []int{1, 4, 5, 10}
-	seed := tr.addTestPeer("seed")
+	seed := tr.addTestPeer("seed", 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)
 	var others []int // held by a second peer too, so not the rarest
 	for i := range 12 {
 		if !slices.Contains(cands, i) {
@@ -275,5 +276,85 @@ func TestFetchLastCallerCancels(t *testing.T) {
 	}
 	if err := fetch(t, f, blob, seed); !errors.Is(err, ErrClosed) {
 		t.Fatalf("fetch after Close: %v, want ErrClosed", err)
+	}
+}
+
+// Before the end game, a peer with nothing free to send duplicates only a chunk whose request has run much longer
+// than a chunk usually takes.
+func TestPickStealsSlowRequest(t *testing.T) {
+	t.Parallel()
+	tr := testTransfer(t, 4)
+	tr.addTestPeer("seed")
+	other := tr.addTestPeer("other", 0, 1)
+	tr.chunkTime = 100 * time.Millisecond // slowAfter: minSlowAfter
+	tr.assigned[0], tr.since[0] = 1, time.Now()
+	tr.assigned[1], tr.since[1] = 1, time.Now().Add(-2*minSlowAfter)
+	// Chunks 2 and 3 are free at the seed only, so this is not the end game.
+	for range 50 {
+		r, ok := tr.pick(other)
+		if !ok || r.First != 1 || r.Count != 1 {
+			t.Fatalf("pick = %v %v, want the slow chunk 1", r, ok)
+		}
+	}
+	tr.since[1] = time.Now()
+	if r, ok := tr.pick(other); ok {
+		t.Fatalf("pick = %v with no slow request", r)
+	}
+}
+
+// Seed scatter: receivers with the same fetchers split the seed's chunks between them in equal shares, each taking
+// its own share front to back, then other shares' chunks that only the seed holds.
+func TestPickSeedScatter(t *testing.T) {
+	t.Parallel()
+	const n = 64
+	ids := []peer.ID{"recv-a", "recv-b", "recv-c"}
+	owned := make([]int, n)
+	var trs []*transfer
+	for k, self := range ids {
+		tr := testTransfer(t, n)
+		tr.self = self
+		tr.addTestPeer("seed")
+		for j, other := range ids {
+			if j != k {
+				tr.addTestPeer(string(other), n-1) // each receiver holds the last chunk already
+			}
+		}
+		own := tr.owners()
+		for i, o := range own {
+			if o {
+				owned[i]++
+			}
+		}
+		trs = append(trs, tr)
+	}
+	for i, c := range owned {
+		if c != 1 {
+			t.Fatalf("chunk %d owned by %d receivers, want 1", i, c)
+		}
+	}
+	for _, tr := range trs {
+		if k := len(slices.DeleteFunc(slices.Clone(tr.owners()), func(o bool) bool { return !o })); k < n/3 || k > n/3+1 {
+			t.Errorf("share of %d chunks, want %d or %d", k, n/3, n/3+1)
+		}
+	}
+	tr := trs[0]
+	seed := tr.peers["seed"]
+	own := tr.owners()
+	var mine []int
+	for i, o := range own[:n-1] {
+		if o {
+			mine = append(mine, i)
+		}
+	}
+	for _, want := range mine {
+		r, ok := tr.pick(seed)
+		if !ok || int(r.First) != want || r.Count != 1 {
+			t.Fatalf("pick = %+v %t, want own chunk %d", r, ok, want)
+		}
+		tr.assigned[want]++
+	}
+	r, ok := tr.pick(seed)
+	if !ok || own[r.First] || int(r.First) == n-1 {
+		t.Fatalf("after its share: pick = %+v %t, want another share's chunk that only the seed holds", r, ok)
 	}
 }

@@ -21,19 +21,21 @@ const ChunkProtocol protocol.ID = "/npu-agent/chunks/1.0.0"
 type msgType uint8
 
 const (
-	msgGetManifest msgType = 1 // cid
-	msgManifest    msgType = 2 // encoded manifest (docs/design.md 3.2)
-	msgGetHave     msgType = 3 // cid
-	msgHave        msgType = 4 // u32 chunk count, bitmap
-	msgGetChunks   msgType = 5 // cid, u16 range count, ranges (u32 first, u32 count)
-	msgChunk       msgType = 6 // u32 index, chunk bytes
-	msgNoChunk     msgType = 7 // u32 index: the server does not hold this chunk (any more)
-	msgError       msgType = 8 // u16 code, message
-	msgTypeEnd     msgType = 9 // first unassigned value
+	msgGetManifest msgType = 1  // cid
+	msgManifest    msgType = 2  // encoded manifest (docs/design.md 3.2)
+	msgGetHave     msgType = 3  // cid
+	msgHave        msgType = 4  // u32 chunk count, bitmap
+	msgGetChunks   msgType = 5  // cid, u16 range count, ranges (u32 first, u32 count)
+	msgChunk       msgType = 6  // u32 index, chunk bytes
+	msgNoChunk     msgType = 7  // u32 index: the server does not hold this chunk (any more)
+	msgError       msgType = 8  // u16 code, message
+	msgWatchHave   msgType = 9  // cid: HAVE now, then HAVE_ADD as chunks are stored (docs/design.md 6.7)
+	msgHaveAdd     msgType = 10 // u16 count, count × u32 index: chunks stored since the last HAVE or HAVE_ADD
+	msgTypeEnd     msgType = 11 // first unassigned value
 )
 
 func (t msgType) String() string {
-	names := [...]string{"", "GET_MANIFEST", "MANIFEST", "GET_HAVE", "HAVE", "GET_CHUNKS", "CHUNK", "NO_CHUNK", "ERROR"}
+	names := [...]string{"", "GET_MANIFEST", "MANIFEST", "GET_HAVE", "HAVE", "GET_CHUNKS", "CHUNK", "NO_CHUNK", "ERROR", "WATCH_HAVE", "HAVE_ADD"}
 	if t > 0 && t < msgTypeEnd {
 		return names[t]
 	}
@@ -49,6 +51,7 @@ const (
 	maxRangesPerReq    = 64
 	maxChunksPerReq    = 64
 	chunkFrameOverhead = 4
+	maxHaveAdd         = 256 // indexes in one HAVE_ADD frame
 )
 
 // maxPayload is the largest payload each frame type may carry; a frame is rejected from its header alone.
@@ -61,6 +64,8 @@ var maxPayload = [msgTypeEnd]int{
 	msgChunk:       chunkFrameOverhead + blobstore.ChunkSize,
 	msgNoChunk:     4,
 	msgError:       2 + maxErrorMsgLen,
+	msgWatchHave:   maxCIDLen,
+	msgHaveAdd:     2 + 4*maxHaveAdd,
 }
 
 // ErrProtocol is a malformed or unexpected frame from a peer.
@@ -109,7 +114,9 @@ func readFrame(r io.Reader, buf []byte) (msgType, []byte, error) {
 }
 
 // isRequest reports whether t is a frame type a client may send to the server.
-func isRequest(t msgType) bool { return t == msgGetManifest || t == msgGetHave || t == msgGetChunks }
+func isRequest(t msgType) bool {
+	return t == msgGetManifest || t == msgGetHave || t == msgGetChunks || t == msgWatchHave
+}
 
 // maxRequestLen is the largest request payload (GET_CHUNKS with every range): a server reads requests into a
 // buffer of this size and allocates nothing from a frame header.
@@ -171,7 +178,7 @@ func encodeGetChunks(c cid.Cid, rs []chunkRange) []byte {
 func decodeRequest(t msgType, p []byte) (request, error) {
 	req := request{Type: t}
 	switch t {
-	case msgGetManifest, msgGetHave:
+	case msgGetManifest, msgGetHave, msgWatchHave:
 		c, err := castBlobCID(p)
 		if err != nil {
 			return req, err
@@ -264,4 +271,34 @@ func decodeChunkIndex(t msgType, p []byte) (int, []byte, error) {
 		return 0, nil, fmt.Errorf("%w: %s index %d", ErrProtocol, t, i)
 	}
 	return int(i), p[4:], nil
+}
+
+// encodeHaveAdd packs chunk indexes (1..maxHaveAdd) into a HAVE_ADD payload.
+func encodeHaveAdd(idx []uint32) []byte {
+	b := make([]byte, 2, 2+4*len(idx))
+	binary.LittleEndian.PutUint16(b, uint16(len(idx)))
+	for _, i := range idx {
+		b = binary.LittleEndian.AppendUint32(b, i)
+	}
+	return b
+}
+
+// decodeHaveAdd unpacks a HAVE_ADD payload for a blob of n chunks: 1..maxHaveAdd indexes, each below n.
+func decodeHaveAdd(p []byte, n int) ([]int, error) {
+	if len(p) < 2 {
+		return nil, fmt.Errorf("%w: HAVE_ADD truncated", ErrProtocol)
+	}
+	k := int(binary.LittleEndian.Uint16(p))
+	if k == 0 || k > maxHaveAdd || len(p) != 2+4*k {
+		return nil, fmt.Errorf("%w: HAVE_ADD with %d indexes in %d bytes", ErrProtocol, k, len(p))
+	}
+	idx := make([]int, k)
+	for j := range idx {
+		i := binary.LittleEndian.Uint32(p[2+4*j:])
+		if uint64(i) >= uint64(n) {
+			return nil, fmt.Errorf("%w: HAVE_ADD index %d of %d chunks", ErrProtocol, i, n)
+		}
+		idx[j] = int(i)
+	}
+	return idx, nil
 }

@@ -50,9 +50,14 @@ type server struct {
 	active  int                     // streams being served
 	byPeer  map[peer.ID]*peerBudget // streams and GET_CHUNKS slots of each peer with a stream open
 	refused atomic.Int64            // streams reset because a budget was spent
+	// watching counts WATCH_HAVE streams served (guarded by mu); haves tells them of newly stored chunks.
+	watching int
+	haves    haveHub
 	// beforeSend, if set, sees (and may alter or delay) each chunk just before it is sent: tests use it to play
 	// a slow or malicious peer.
 	beforeSend func(i int, data []byte)
+	// noWatch makes the server answer WATCH_HAVE as a version without it does (tests of the fallback to polling).
+	noWatch bool
 }
 
 func newServer(ctx context.Context, store blobstore.ChunkStore, log *slog.Logger) *server {
@@ -63,6 +68,7 @@ func newServer(ctx context.Context, store blobstore.ChunkStore, log *slog.Logger
 type peerBudget struct {
 	streams int
 	slots   chan struct{} // GET_CHUNKS in progress, at most maxServingPerPeer
+	watches int           // WATCH_HAVE in progress, at most maxWatchesPerPeer (guarded by server.mu)
 }
 
 // admit counts a new stream of p, or refuses it when p or the server is at its stream budget.
@@ -180,6 +186,15 @@ func (s *server) serveOne(st stream, b *peerBudget, t msgType, p []byte) error {
 			return s.fail(st, err)
 		}
 		return s.send(st, msgHave, encodeHave(have))
+	case msgWatchHave:
+		if s.noWatch {
+			err := fmt.Errorf("%w: unknown frame type %d", ErrProtocol, msgWatchHave)
+			if ferr := s.fail(st, err); ferr != nil {
+				return ferr
+			}
+			return fmt.Errorf("%w: %w", errStopServing, err)
+		}
+		return s.serveWatch(st, b, req)
 	default: // msgGetChunks
 		return s.serveChunks(st, b, req)
 	}

@@ -3,7 +3,9 @@
 # against the physical lower bound. See docs/benchmarks.md.
 #
 # Usage: scripts/bench-fleet.sh [fleetbench flags]
+#   without flags: every scenario (-scenario all: equal, half-rate, 24-hosts, seed-leaves), every system
 #   e.g. scripts/bench-fleet.sh -hosts 12 -size 128MiB -rate 100mbit -systems npu-agent,nginx,aria2
+#        scripts/bench-fleet.sh -scenario half-rate -systems npu-agent,aria2
 #
 # Needs root (it builds network namespaces) and Debian/Ubuntu packages it installs with apt-get when missing.
 set -euo pipefail
@@ -49,4 +51,7 @@ go build -o "$bin/npu-agent" ./cmd/npu-agent
 echo "machine: $(nproc) CPUs, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), kernel $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
 # Every simulated host shares this machine's CPUs; ahead of unrelated jobs they behave more like hosts with CPUs of
 # their own. The table's "bench procs cpu" column says how much CPU the benchmark itself used.
+if (($# == 0)); then
+	set -- -scenario all
+fi
 nice -n -10 "$bin/fleetbench" -npu-agent "$bin/npu-agent" "$@"

@@ -234,6 +234,13 @@ func readDone(path string) (time.Time, bool, error) {
 	return time.Unix(0, ns), true, nil
 }
 
+// StopSeed implements SeedLeaver: the seed's aria2c stops; the tracker (infrastructure, not a source) stays.
+func (a *Aria2) StopSeed() error {
+	err := a.seed.stop()
+	a.seed = nil
+	return err
+}
+
 // Close implements System.
 func (a *Aria2) Close() error {
 	return stopAll(append([]*proc{a.tracker, a.seed}, a.clients...))

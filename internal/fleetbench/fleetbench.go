@@ -65,6 +65,15 @@ type HostResult struct {
 	Host    int           // lab host index, 1..N
 	Elapsed time.Duration // from the start of Run's transfer to the complete copy
 	Path    string        // the copy
+	// FirstByte is from the start of the transfer to the loader's first byte read from the copy (a loader imports
+	// only complete blobs); 0: the harness sets it to Elapsed.
+	FirstByte time.Duration
+}
+
+// SeedLeaver is a System whose seed can leave mid-run (the seed-leaves scenario).
+type SeedLeaver interface {
+	// StopSeed stops the seed host's part of the system; the receivers must finish from each other.
+	StopSeed() error
 }
 
 // Config is one benchmark run.
@@ -76,6 +85,34 @@ type Config struct {
 	Timeout time.Duration
 	// KeepFailed keeps a failed system's directory under Dir (its programs' logs) instead of removing it.
 	KeepFailed bool
+	// Slow lists receivers shaped to SlowRate instead of Rate (heterogeneous links).
+	Slow     []int
+	SlowRate string
+	// SeedLeaves stops the seed (SeedLeaver) once its uplink has sent SeedLeaveCopies copies of the blob.
+	SeedLeaves bool
+}
+
+// SeedLeaveCopies is how many blob sizes the seed's interface must have sent (headers included) before it leaves
+// in the seed-leaves scenario. The harness cannot see which blocks a system sent, so this is a proxy for "every
+// block has left the seed": a system that sends each block once from the seed has sent all of them after about
+// 1.05 copies (TCP/IP headers); at 1.25 one that sent up to about 15 % of the blocks twice has too, and one that
+// sent more duplicates may be left without a block and fail the run. (At 1.15, npu-agent's receivers lacked
+// chunks: its seed sends 15-20 % twice. internal/e2e TestFaultSeedKilled stops npu-agent's seed exactly when the
+// receivers together hold every chunk.)
+const SeedLeaveCopies = 1.25
+
+// rates returns every host's rate in bit/s.
+func (c Config) rates() []float64 {
+	bps, _ := netlab.ParseRate(c.Rate)
+	slow, _ := netlab.ParseRate(c.SlowRate)
+	r := make([]float64, c.Hosts)
+	for i := range r {
+		r[i] = float64(bps)
+		if slices.Contains(c.Slow, i) {
+			r[i] = float64(slow)
+		}
+	}
+	return r
 }
 
 // Limits that keep a run within what one machine can hold.
@@ -98,6 +135,16 @@ func (c Config) Validate() error {
 	if c.Dir == "" {
 		return fmt.Errorf("%w: no working directory", ErrConfig)
 	}
+	if len(c.Slow) > 0 {
+		if _, err := netlab.ParseRate(c.SlowRate); err != nil {
+			return fmt.Errorf("%w: slow rate: %w", ErrConfig, err)
+		}
+		for _, i := range c.Slow {
+			if i <= SeedHost || i >= c.Hosts {
+				return fmt.Errorf("%w: slow host %d is not a receiver", ErrConfig, i)
+			}
+		}
+	}
 	if c.Timeout <= 0 {
 		return fmt.Errorf("%w: timeout %v", ErrConfig, c.Timeout)
 	}
@@ -110,9 +157,11 @@ type Result struct {
 	Hosts  []HostResult // sorted by Elapsed
 	Last   time.Duration
 	Median time.Duration
-	Bound  time.Duration
-	CPU    CPUUsage // machine CPU use during Run
-	Links  LinkUse  // how busy the links were until the last host finished
+	// FirstByte is the median host's time to the loader's first byte of the blob.
+	FirstByte time.Duration
+	Bound     time.Duration
+	CPU       CPUUsage // machine CPU use during Run
+	Links     LinkUse  // how busy the links were until the last host finished
 	// Timeline is link and CPU use every TimelineInterval during the run.
 	Timeline []LinkSample
 	Err      error // the run failed; the other fields may be zero
@@ -135,14 +184,14 @@ func Run(ctx context.Context, cfg Config, systems []System, log io.Writer) ([]Re
 	if err != nil {
 		return nil, err
 	}
-	bps, _ := netlab.ParseRate(cfg.Rate)
-	rates := make([]float64, cfg.Hosts-1)
-	for i := range rates {
-		rates[i] = float64(bps)
-	}
-	bound := LowerBound(seed.Size, float64(bps), rates, rates)
+	rates := cfg.rates()
+	bound := LowerBound(seed.Size, rates[SeedHost], rates[1:], rates[1:])
 	var results []Result
 	for _, s := range systems {
+		if _, ok := s.(SeedLeaver); cfg.SeedLeaves && !ok {
+			fmt.Fprintf(log, "skipping %s: its seed cannot leave (it is the only source)\n", s.Name())
+			continue
+		}
 		fmt.Fprintf(log, "running %s\n", s.Name())
 		r := runOne(ctx, cfg, s, seed, log)
 		r.System, r.Bound = s.Name(), bound
@@ -163,6 +212,12 @@ func runOne(ctx context.Context, cfg Config, s System, seed Blob, log io.Writer)
 	lab, err := netlab.New(ctx, netlab.Config{Hosts: cfg.Hosts, Rate: cfg.Rate, Prefix: LabPrefix})
 	if err != nil {
 		return Result{Err: err}
+	}
+	for _, i := range cfg.Slow {
+		if err := lab.Shape(i, cfg.SlowRate); err != nil {
+			lab.Close()
+			return Result{Err: err}
+		}
 	}
 	dir := filepath.Join(cfg.Dir, s.Name())
 	defer func() {
@@ -200,6 +255,14 @@ func runOne(ctx context.Context, cfg Config, s System, seed Blob, log io.Writer)
 		return Result{Err: err}
 	}
 	t0 := time.Now()
+	leave := make(chan error, 1)
+	lctx, lcancel := context.WithCancel(ctx)
+	defer lcancel()
+	if cfg.SeedLeaves {
+		go func() { leave <- leaveSeed(lctx, lab, s.(SeedLeaver), before[SeedHost].TxBytes, seed.Size, log) }()
+	} else {
+		leave <- nil
+	}
 	hosts, err := s.Run(ctx)
 	wall := time.Since(t0)
 	samples, terr := tl.stop()
@@ -209,6 +272,12 @@ func runOne(ctx context.Context, cfg Config, s System, seed Blob, log io.Writer)
 	var after []netlab.LinkStats
 	if err == nil {
 		after, err = labStats(ctx, lab)
+	}
+	lcancel()
+	if cfg.SeedLeaves {
+		if lerr := <-leave; err == nil && lerr != nil {
+			err = lerr
+		}
 	}
 	cpu := sampler.Stop()
 	if procs, merr := meter.stop(); merr == nil {
@@ -231,8 +300,16 @@ func runOne(ctx context.Context, cfg Config, s System, seed Blob, log io.Writer)
 	}
 	slices.SortFunc(hosts, func(a, b HostResult) int { return int(a.Elapsed - b.Elapsed) })
 	last := hosts[len(hosts)-1].Elapsed
-	return Result{Hosts: hosts, Last: last, Median: median(hosts), CPU: cpu, Links: linkUse(before, after, last, float64(bps)),
-		Timeline: samples}
+	fb := make([]HostResult, len(hosts))
+	for i, h := range hosts {
+		if h.FirstByte == 0 {
+			h.FirstByte = h.Elapsed
+		}
+		fb[i] = HostResult{Elapsed: h.FirstByte}
+	}
+	slices.SortFunc(fb, func(a, b HostResult) int { return int(a.Elapsed - b.Elapsed) })
+	return Result{Hosts: hosts, Last: last, Median: median(hosts), FirstByte: median(fb), CPU: cpu,
+		Links: linkUse(before, after, last, cfg.rates()), Timeline: samples}
 }
 
 // LinkUse says how close to their rate the links ran, from interface byte counters (headers included, as tc
@@ -242,18 +319,43 @@ type LinkUse struct {
 	AllUp  float64 // all hosts' bytes sent over what all uplinks could carry
 }
 
-func linkUse(before, after []netlab.LinkStats, elapsed time.Duration, bps float64) LinkUse {
-	if len(before) == 0 || len(before) != len(after) || elapsed <= 0 || bps <= 0 {
+func linkUse(before, after []netlab.LinkStats, elapsed time.Duration, bps []float64) LinkUse {
+	if len(before) == 0 || len(before) != len(after) || len(bps) != len(after) || elapsed <= 0 {
 		return LinkUse{}
 	}
-	capacity := elapsed.Seconds() * bps / 8 // bytes one link can carry
-	var all float64
+	var all, capacity float64
 	for i := range after {
+		if bps[i] <= 0 {
+			return LinkUse{}
+		}
 		all += float64(after[i].TxBytes - before[i].TxBytes)
+		capacity += elapsed.Seconds() * bps[i] / 8 // bytes host i's link can carry
 	}
 	return LinkUse{
-		SeedUp: float64(after[SeedHost].TxBytes-before[SeedHost].TxBytes) / capacity,
-		AllUp:  all / (capacity * float64(len(after))),
+		SeedUp: float64(after[SeedHost].TxBytes-before[SeedHost].TxBytes) / (elapsed.Seconds() * bps[SeedHost] / 8),
+		AllUp:  all / capacity,
+	}
+}
+
+// leaveSeed stops the seed once its interface has sent SeedLeaveCopies copies of the blob since the run started
+// (polled every 100 ms; it gives up when ctx ends).
+func leaveSeed(ctx context.Context, lab *netlab.Lab, s SeedLeaver, tx0 uint64, size int64, log io.Writer) error {
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		st, err := lab.Stats(ctx, SeedHost)
+		if err != nil {
+			return nil // the run is ending
+		}
+		if float64(st.TxBytes-tx0) >= SeedLeaveCopies*float64(size) {
+			fmt.Fprintf(log, "seed leaves after sending %s\n", FormatSize(int64(st.TxBytes-tx0)))
+			return s.StopSeed()
+		}
 	}
 }
 
@@ -314,14 +416,14 @@ func LowerBound(size int64, seedUp float64, down, up []float64) time.Duration {
 // WriteTable prints results as a table: system, time to last host, median host time, bound, ratio, link use, CPU.
 func WriteTable(w io.Writer, results []Result) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "system\tlast host\tmedian host\tbound\tlast/bound\tseed up use\tall up use\tcpu avg\tcpu peak core\tbench procs cpu\t")
+	fmt.Fprintln(tw, "system\tlast host\tmedian host\tloader 1st byte (median)\tbound\tlast/bound\tseed up use\tall up use\tcpu avg\tcpu peak core\tbench procs cpu\t")
 	for _, r := range results {
 		if r.Err != nil {
-			fmt.Fprintf(tw, "%s\tfailed\t\t\t\t\t\t\t\t\t\n", r.System)
+			fmt.Fprintf(tw, "%s\tfailed\t\t\t\t\t\t\t\t\t\t\n", r.System)
 			continue
 		}
-		fmt.Fprintf(tw, "%s\t%.2fs\t%.2fs\t%.2fs\t%.2f\t%.0f%%\t%.0f%%\t%.0f%%\t%.0f%%\t%.0f%%\t\n", r.System, r.Last.Seconds(),
-			r.Median.Seconds(), r.Bound.Seconds(), r.Ratio(), 100*r.Links.SeedUp, 100*r.Links.AllUp,
+		fmt.Fprintf(tw, "%s\t%.2fs\t%.2fs\t%.2fs\t%.2fs\t%.2f\t%.0f%%\t%.0f%%\t%.0f%%\t%.0f%%\t%.0f%%\t\n", r.System, r.Last.Seconds(),
+			r.Median.Seconds(), r.FirstByte.Seconds(), r.Bound.Seconds(), r.Ratio(), 100*r.Links.SeedUp, 100*r.Links.AllUp,
 			100*r.CPU.Avg, 100*r.CPU.PeakCore, 100*r.CPU.ProcsShare)
 	}
 	if err := tw.Flush(); err != nil {

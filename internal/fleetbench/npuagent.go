@@ -27,6 +27,7 @@ type NPUAgent struct {
 
 	env     Env
 	daemons []*e2e.Daemon // index = lab host
+	left    bool          // the seed's daemon was stopped by StopSeed
 }
 
 var _ System = (*NPUAgent)(nil)
@@ -122,6 +123,9 @@ func (a *NPUAgent) Run(ctx context.Context) ([]HostResult, error) {
 			<-release
 			res, err := d.Fetch(ctx, a.env.Seed.Model, SeedShape)
 			results[k] = HostResult{Host: d.Host, Elapsed: time.Since(t0), Path: res.Path}
+			if err == nil {
+				results[k].FirstByte, err = firstByte(res.Path, t0)
+			}
 			switch {
 			case err != nil && ctx.Err() != nil:
 				// Hung rather than failed: its stacks in its log say where.
@@ -142,11 +146,34 @@ func (a *NPUAgent) Run(ctx context.Context) ([]HostResult, error) {
 	return results, nil
 }
 
+// StopSeed implements SeedLeaver: the seed's daemon stops (SIGTERM).
+func (a *NPUAgent) StopSeed() error {
+	a.left = true
+	return a.daemons[SeedHost].Stop()
+}
+
+// firstByte reads the first byte of path as a loader would and returns the time since t0.
+func firstByte(path string, t0 time.Time) (time.Duration, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, fmt.Errorf("loader: %w", err)
+	}
+	defer f.Close()
+	var b [1]byte
+	if _, err := f.Read(b[:]); err != nil {
+		return 0, fmt.Errorf("loader: %w", err)
+	}
+	return time.Since(t0), nil
+}
+
 // Close implements System.
 func (a *NPUAgent) Close() error {
 	errs := make([]error, len(a.daemons))
 	var wg sync.WaitGroup
 	for i, d := range a.daemons {
+		if i == SeedHost && a.left {
+			continue
+		}
 		wg.Go(func() { errs[i] = d.Stop() })
 	}
 	wg.Wait()

@@ -374,11 +374,11 @@ func TestLinkUse(t *testing.T) {
 	before := []netlab.LinkStats{{TxBytes: 100}, {TxBytes: 0}, {TxBytes: 0}}
 	// 10 s at 8 Mbit/s is 10 MB per link: the seed sent 10 MB, the others 5 MB and none.
 	after := []netlab.LinkStats{{TxBytes: 100 + 10e6}, {TxBytes: 5e6}, {TxBytes: 0}}
-	got := linkUse(before, after, 10*time.Second, 8e6)
+	got := linkUse(before, after, 10*time.Second, []float64{8e6, 8e6, 8e6})
 	if got.SeedUp != 1 || got.AllUp != 0.5 {
 		t.Errorf("linkUse = %+v, want seed 1, all 0.5", got)
 	}
-	if got := linkUse(before, after[:2], time.Second, 8e6); got != (LinkUse{}) {
+	if got := linkUse(before, after[:2], time.Second, []float64{8e6, 8e6, 8e6}); got != (LinkUse{}) {
 		t.Errorf("linkUse with mismatched counters = %+v", got)
 	}
 }

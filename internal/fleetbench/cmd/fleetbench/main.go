@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -60,6 +61,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	dir := fs.String("dir", "", "working directory (default: a new temporary directory, removed afterwards)")
 	timeout := fs.Duration("timeout", 10*time.Minute, "limit for each system's run")
 	keep := fs.Bool("keep-failed", false, "keep a failed system's files (logs) in -dir, which must be given")
+	scen := fs.String("scenario", "", "run a named scenario instead of -hosts/-size/-rate: "+strings.Join(scenarioNames(), ", ")+", or all")
 	verbose := fs.Bool("v", false, "print every host's time and each system's link and CPU use per second")
 	var opts options
 	fs.StringVar(&opts.npuAgent, "npu-agent", "npu-agent", "npu-agent binary, for the npu-agent system (a name is looked up in PATH)")
@@ -73,25 +75,29 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("%w: -size: %w", fleetbench.ErrConfig, err)
 	}
-	var chosen []fleetbench.System
-	for _, name := range strings.Split(*names, ",") {
-		name = strings.TrimSpace(name)
-		mk, ok := systems[name]
-		if !ok {
-			return fmt.Errorf("%w: unknown system %q (known: %s)", fleetbench.ErrConfig, name, defaultSystems)
+	runs := []scenario{{name: "flags", hosts: *hosts, size: n, rate: *rate}}
+	if *scen == "all" {
+		runs = scenarios
+	} else if *scen != "" {
+		i := slices.IndexFunc(scenarios, func(s scenario) bool { return s.name == *scen })
+		if i < 0 {
+			return fmt.Errorf("%w: unknown scenario %q (known: %s, all)", fleetbench.ErrConfig, *scen, strings.Join(scenarioNames(), ", "))
 		}
-		if name == "npu-agent" {
-			// Daemons run from other directories: the path must be absolute.
-			path, err := exec.LookPath(opts.npuAgent)
-			if err == nil {
-				path, err = filepath.Abs(path)
-			}
-			if err != nil {
-				return fmt.Errorf("%w: -npu-agent: %w", fleetbench.ErrConfig, err)
-			}
-			opts.npuAgent = path
+		runs = scenarios[i : i+1]
+	}
+	if _, err := pick(*names, opts); err != nil {
+		return err
+	}
+	if strings.Contains(*names, "npu-agent") {
+		// Daemons run from other directories: the path must be absolute.
+		path, err := exec.LookPath(opts.npuAgent)
+		if err == nil {
+			path, err = filepath.Abs(path)
 		}
-		chosen = append(chosen, mk(opts))
+		if err != nil {
+			return fmt.Errorf("%w: -npu-agent: %w", fleetbench.ErrConfig, err)
+		}
+		opts.npuAgent = path
 	}
 	if err := netlab.Available(); err != nil {
 		return err
@@ -112,35 +118,96 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		defer os.RemoveAll(tmp)
 		*dir = tmp
 	}
-	cfg := fleetbench.Config{Hosts: *hosts, Size: n, Rate: *rate, Dir: *dir, Timeout: *timeout, KeepFailed: *keep}
-	if err := cfg.Validate(); err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "fleet: %d hosts (1 seed, %d receivers), blob %s, every link %s each way\n",
-		cfg.Hosts, cfg.Hosts-1, fleetbench.FormatSize(cfg.Size), cfg.Rate)
-	results, err := fleetbench.Run(ctx, cfg, chosen, stderr)
-	if werr := fleetbench.WriteTable(stdout, results); werr != nil {
-		return werr
-	}
-	if *verbose {
-		for _, r := range results {
-			for _, h := range r.Hosts {
-				fmt.Fprintf(stdout, "%s host %d: %.2fs\n", r.System, h.Host, h.Elapsed.Seconds())
-			}
-			if r.Err == nil {
-				if err := fleetbench.WriteTimeline(stdout, r); err != nil {
-					return err
+	var failed []string
+	for _, sc := range runs {
+		cfg := fleetbench.Config{Hosts: sc.hosts, Size: sc.size, Rate: sc.rate, Dir: *dir, Timeout: *timeout, KeepFailed: *keep,
+			Slow: sc.slow, SlowRate: sc.slowRate, SeedLeaves: sc.seedLeaves}
+		if err := cfg.Validate(); err != nil {
+			return err
+		}
+		chosen, _ := pick(*names, opts)
+		fmt.Fprintf(stdout, "scenario %s: %s\n", sc.name, sc.describe())
+		results, err := fleetbench.Run(ctx, cfg, chosen, stderr)
+		if werr := fleetbench.WriteTable(stdout, results); werr != nil {
+			return werr
+		}
+		if *verbose {
+			for _, r := range results {
+				for _, h := range r.Hosts {
+					fmt.Fprintf(stdout, "%s host %d: %.2fs\n", r.System, h.Host, h.Elapsed.Seconds())
+				}
+				if r.Err == nil {
+					if err := fleetbench.WriteTimeline(stdout, r); err != nil {
+						return err
+					}
 				}
 			}
 		}
-	}
-	if err != nil {
-		return err
-	}
-	for _, r := range results {
-		if r.Err != nil {
-			return fmt.Errorf("%s failed", r.System)
+		if err != nil {
+			return err
+		}
+		for _, r := range results {
+			if r.Err != nil {
+				failed = append(failed, sc.name+"/"+r.System)
+			}
 		}
 	}
+	if len(failed) > 0 {
+		return fmt.Errorf("failed: %s", strings.Join(failed, ", "))
+	}
 	return nil
+}
+
+// pick makes the systems named in names (comma-separated), fresh for one scenario.
+func pick(names string, opts options) ([]fleetbench.System, error) {
+	var chosen []fleetbench.System
+	for _, name := range strings.Split(names, ",") {
+		mk, ok := systems[strings.TrimSpace(name)]
+		if !ok {
+			return nil, fmt.Errorf("%w: unknown system %q (known: %s)", fleetbench.ErrConfig, name, defaultSystems)
+		}
+		chosen = append(chosen, mk(opts))
+	}
+	return chosen, nil
+}
+
+// scenario is one lab shape of `make bench-fleet` (docs/benchmarks.md).
+type scenario struct {
+	name       string
+	hosts      int
+	size       int64
+	rate       string
+	slow       []int // receivers at slowRate
+	slowRate   string
+	seedLeaves bool
+}
+
+func (s scenario) describe() string {
+	d := fmt.Sprintf("%d hosts (1 seed, %d receivers), blob %s, every link %s each way", s.hosts, s.hosts-1,
+		fleetbench.FormatSize(s.size), s.rate)
+	if len(s.slow) > 0 {
+		d += fmt.Sprintf(", receivers %v at %s", s.slow, s.slowRate)
+	}
+	if s.seedLeaves {
+		d += fmt.Sprintf(", the seed leaves after sending %.2f copies (systems whose seed is the only source skipped)",
+			fleetbench.SeedLeaveCopies)
+	}
+	return d
+}
+
+// scenarios are the named shapes of issue 12: equal links, half the receivers at half the rate, 24 hosts, and
+// the seed leaving once every block has left it.
+var scenarios = []scenario{
+	{name: "equal", hosts: 12, size: 128 << 20, rate: "100mbit"},
+	{name: "half-rate", hosts: 12, size: 128 << 20, rate: "100mbit", slow: []int{6, 7, 8, 9, 10, 11}, slowRate: "50mbit"},
+	{name: "24-hosts", hosts: 24, size: 64 << 20, rate: "50mbit"},
+	{name: "seed-leaves", hosts: 12, size: 128 << 20, rate: "100mbit", seedLeaves: true},
+}
+
+func scenarioNames() []string {
+	var ns []string
+	for _, s := range scenarios {
+		ns = append(ns, s.name)
+	}
+	return ns
 }

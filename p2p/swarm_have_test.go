@@ -1,0 +1,200 @@
+package p2p
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/npu-agent/npu-agent/blobstore"
+	"github.com/npu-agent/npu-agent/internal/hostile"
+)
+
+// WATCH_HAVE over a pipe: the bitmap first, then each published chunk at once as HAVE_ADD, a chunk put
+// straight into the store within watchResync, and the end of the watch once the blob is complete.
+func TestServerWatchHave(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := newMemStore()
+	data := bytes.Repeat([]byte("npu"), blobstore.ChunkSize) // 3 chunks
+	m, chunks := manifestOf(data)
+	blob := m.CID()
+	if err := st.BeginPartial(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.PutChunk(ctx, blob, 0, chunks[0]); err != nil {
+		t.Fatal(err)
+	}
+	srv := newServer(ctx, st, testLog)
+	client, server := net.Pipe()
+	done := make(chan error, 1)
+	go func() { done <- srv.serve(server, nil); server.Close() }()
+	defer client.Close()
+	if err := writeFrame(client, msgWatchHave, blob.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	_, p, err := readResponse(client, nil, msgHave)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if have, err := decodeHave(p, 3); err != nil || !have[0] || have[1] || have[2] {
+		t.Fatalf("have = %v, %v", have, err)
+	}
+	// Published: pushed well before the resync.
+	if err := st.PutChunk(ctx, blob, 2, chunks[2]); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	srv.haves.publish(blob, 2)
+	_, p, err = readResponse(client, nil, msgHaveAdd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if idx, err := decodeHaveAdd(p, 3); err != nil || len(idx) != 1 || idx[0] != 2 {
+		t.Fatalf("have add = %v, %v", idx, err)
+	}
+	if d := time.Since(t0); d > watchResync/2 {
+		t.Errorf("published chunk pushed after %v", d)
+	}
+	// Not published: found by the resync.
+	if err := st.PutChunk(ctx, blob, 1, chunks[1]); err != nil {
+		t.Fatal(err)
+	}
+	_, p, err = readResponse(client, nil, msgHaveAdd)
+	if idx, err2 := decodeHaveAdd(p, 3); err != nil || err2 != nil || len(idx) != 1 || idx[0] != 1 {
+		t.Fatalf("have add = %v, %v %v", idx, err, err2)
+	}
+	// Complete: the watch ends and the stream takes the next request.
+	if err := writeFrame(client, msgGetHave, blob.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := readResponse(client, nil, msgHave); err != nil {
+		t.Fatal(err)
+	}
+	client.Close()
+	if err := <-done; err != nil && !errors.Is(err, io.ErrClosedPipe) {
+		t.Fatalf("server ended with %v", err)
+	}
+	if n := len(srv.haves.subs); n != 0 {
+		t.Errorf("%d blobs still watched", n)
+	}
+}
+
+// A peer that does not support WATCH_HAVE (an older version) is polled: the chunk it gets during the fetch is
+// still found.
+func TestFetchHaveRefreshOldPeer(t *testing.T) {
+	t.Parallel()
+	data := randomBlob(t, 3<<20)
+	f, s := startNode(t, "", nil), startNode(t, "", nil)
+	s.srv.noWatch = true
+	blob := putPartial(t, s, data, 0, 1)
+	connect(t, f, s)
+	done := make(chan error, 1)
+	go func() { done <- fetch(t, f, blob, s) }()
+	eventually(t, "two chunks fetched", func() bool { return s.srv.served.Load() == 2 })
+	m, chunks := manifestOf(data)
+	if err := s.store.PutChunk(context.Background(), m.CID(), 2, chunks[2]); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	checkBlob(t, f, blob, data)
+}
+
+// A chain fetch: c fetches from b while b fetches from a; b's chunks reach c through WATCH_HAVE pushes.
+func TestFetchChainPushesHave(t *testing.T) {
+	t.Parallel()
+	data := randomBlob(t, 8<<20)
+	a, b, c := startNode(t, "", nil), startNode(t, "", nil), startNode(t, "", nil)
+	blob := put(t, a, data)
+	connect(t, b, a)
+	connect(t, c, b)
+	a.srv.beforeSend = func(int, []byte) { time.Sleep(50 * time.Millisecond) }
+	errs := make(chan error, 2)
+	go func() { errs <- fetch(t, b, blob, a) }()
+	eventually(t, "b has a chunk", func() bool { return a.srv.served.Load() > 0 })
+	go func() { errs <- fetch(t, c, blob, b) }()
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkBlob(t, c, blob, data)
+}
+
+// Threat 9.2 "watch flood": a member opens many WATCH_HAVE streams on a partial blob and never reads. Past
+// maxWatchesPerPeer each is answered busy; the heap stays bounded and an honest peer still fetches.
+func TestThreatWatchFlood(t *testing.T) {
+	t.Parallel()
+	victim := startNode(t, "", nil)
+	honest := startNode(t, "", nil)
+	data := randomBlob(t, 3*blobstore.ChunkSize+17)
+	blob := putPartial(t, victim, data, 0)
+	ai := peer.AddrInfo{ID: victim.ID(), Addrs: victim.Host().Addrs()}
+	a := hostilePeers(t, 1, hostile.PeerOptions{})[0]
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	if err := a.Connect(ctx, ai); err != nil {
+		t.Fatal(err)
+	}
+	heap0, g0 := heapInuse(), runtime.NumGoroutine()
+	req := hostile.Frame(byte(msgWatchHave), uint32(len(blob.Bytes())), blob.Bytes())
+	opened, _ := a.OpenStreams(ctx, victim.ID(), ChunkProtocol, 2*maxStreamsPerPeer, req)
+	time.Sleep(time.Second)
+	victim.srv.mu.Lock()
+	watching := victim.srv.watching
+	victim.srv.mu.Unlock()
+	heap1, g1 := heapInuse(), runtime.NumGoroutine()
+	t.Logf("watch flood: %d streams opened, %d watches served; heap in use %d -> %d MiB, goroutines %d -> %d",
+		opened, watching, heap0>>20, heap1>>20, g0, g1)
+	if watching > maxWatchesPerPeer {
+		t.Errorf("%d watches served for one peer, budget %d", watching, maxWatchesPerPeer)
+	}
+	if heap1 > heap0+16<<20 {
+		t.Errorf("heap grew by %d MiB under the flood", (heap1-heap0)>>20)
+	}
+	// The honest peer's own watch is within its budget: it fetches the rest once the victim has it.
+	connect(t, honest, victim)
+	done := make(chan error, 1)
+	go func() { done <- fetch(t, honest, blob, victim) }()
+	m, chunks := manifestOf(data)
+	for i := 1; i < len(chunks); i++ {
+		if err := victim.store.PutChunk(ctx, m.CID(), i, chunks[i]); err != nil {
+			t.Fatal(err)
+		}
+		victim.srv.haves.publish(blob, i)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("honest fetch under watch flood: %v", err)
+	}
+	checkBlob(t, honest, blob, data)
+	a.ResetStreams()
+}
+
+func TestDecodeHaveAddRejects(t *testing.T) {
+	t.Parallel()
+	good := encodeHaveAdd([]uint32{0, 5})
+	if idx, err := decodeHaveAdd(good, 6); err != nil || len(idx) != 2 || idx[1] != 5 {
+		t.Fatalf("good: %v %v", idx, err)
+	}
+	many := make([]uint32, maxHaveAdd+1)
+	for name, p := range map[string][]byte{
+		"empty":        {},
+		"zero":         encodeHaveAdd(nil),
+		"out of range": encodeHaveAdd([]uint32{6}),
+		"too many":     encodeHaveAdd(many),
+		"truncated":    good[:len(good)-1],
+		"trailing":     append(append([]byte(nil), good...), 0),
+	} {
+		if _, err := decodeHaveAdd(p, 6); !errors.Is(err, ErrProtocol) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+}
