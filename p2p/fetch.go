@@ -396,6 +396,11 @@ func (t *transfer) watchdog() {
 // the bitmap while fp lacks chunks (it may be fetching the blob too): pushed through WATCH_HAVE, or, from a peer
 // that does not support it, polled with GET_HAVE every haveRefresh.
 func (t *transfer) runPeer(fp *fpeer) {
+	// The connection manager trims idle connections; not one this transfer is using. The tag names the blob so
+	// that another transfer's end does not lift this one's protection.
+	tag := "npu-agent-fetch-" + t.blob.String()
+	t.n.h.ConnManager().Protect(fp.id, tag)
+	defer t.n.h.ConnManager().Unprotect(fp.id, tag)
 	var workers sync.WaitGroup
 	defer workers.Wait()
 	start := sync.OnceFunc(func() {
