@@ -257,111 +257,68 @@ func (s *Server) storeAdmin(w http.ResponseWriter, r *http.Request) (api.StoreAd
 	return sa, ok
 }
 
-func (s *Server) handleStoreBlobs(w http.ResponseWriter, r *http.Request) {
+// storeCall is every store endpoint: the agent's store admin, the JSON body decoded into Req (GET has none),
+// the owner check when ownerOnly says the request changes or re-reads the store, then do's answer.
+func storeCall[Req, Resp any](s *Server, w http.ResponseWriter, r *http.Request, ownerOnly func(Req) bool,
+	do func(api.StoreAdmin, context.Context, Req) (Resp, error)) {
 	sa, ok := s.storeAdmin(w, r)
 	if !ok {
 		return
 	}
-	out, err := sa.ListBlobs(r.Context())
-	if err != nil {
-		s.fail(w, r, err)
-		return
+	var req Req
+	if r.Method != http.MethodGet {
+		if err := decodeJSON(w, r, &req); err != nil {
+			s.fail(w, r, err)
+			return
+		}
 	}
-	s.writeJSON(w, http.StatusOK, out)
-}
-
-func (s *Server) handleStoreGC(w http.ResponseWriter, r *http.Request) {
-	sa, ok := s.storeAdmin(w, r)
-	if !ok {
-		return
-	}
-	var req api.GCRequest
-	if err := decodeJSON(w, r, &req); err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	if !req.DryRun {
+	if ownerOnly(req) {
 		if err := checkStoreOwner(r); err != nil {
 			s.fail(w, r, err)
 			return
 		}
 	}
-	out, err := sa.GC(r.Context(), req)
+	out, err := do(sa, r.Context(), req)
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
 	s.writeJSON(w, http.StatusOK, out)
+}
+
+func always[Req any](Req) bool { return true }
+
+func (s *Server) handleStoreBlobs(w http.ResponseWriter, r *http.Request) {
+	storeCall(s, w, r, func(struct{}) bool { return false },
+		func(sa api.StoreAdmin, ctx context.Context, _ struct{}) ([]api.StoredBlob, error) {
+			return sa.ListBlobs(ctx)
+		})
+}
+
+func (s *Server) handleStoreGC(w http.ResponseWriter, r *http.Request) {
+	storeCall(s, w, r, func(req api.GCRequest) bool { return !req.DryRun }, api.StoreAdmin.GC)
 }
 
 func (s *Server) handleStoreVerify(w http.ResponseWriter, r *http.Request) {
-	sa, ok := s.storeAdmin(w, r)
-	if !ok {
-		return
-	}
-	var req struct{}
-	if err := decodeJSON(w, r, &req); err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	if err := checkStoreOwner(r); err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	out, err := sa.Verify(r.Context())
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	s.writeJSON(w, http.StatusOK, out)
+	storeCall(s, w, r, always[struct{}],
+		func(sa api.StoreAdmin, ctx context.Context, _ struct{}) (api.VerifyResponse, error) {
+			return sa.Verify(ctx)
+		})
 }
 
 func (s *Server) handleStorePin(w http.ResponseWriter, r *http.Request) {
-	sa, ok := s.storeAdmin(w, r)
-	if !ok {
-		return
-	}
-	var req api.PinRequest
-	if err := decodeJSON(w, r, &req); err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	if err := checkStoreOwner(r); err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	out, err := sa.Pin(r.Context(), req)
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	s.writeJSON(w, http.StatusOK, out)
+	storeCall(s, w, r, always[api.PinRequest], api.StoreAdmin.Pin)
 }
 
 func (s *Server) handleStoreRemove(w http.ResponseWriter, r *http.Request) {
-	sa, ok := s.storeAdmin(w, r)
-	if !ok {
-		return
-	}
-	var req api.RemoveRequest
-	if err := decodeJSON(w, r, &req); err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	c, err := blobstore.ParseCID(req.CID)
-	if err != nil {
-		s.fail(w, r, fmt.Errorf("%w: %w", api.ErrBadRequest, err))
-		return
-	}
-	if err := checkStoreOwner(r); err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	if err := sa.RemoveBlob(r.Context(), c); err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	s.writeJSON(w, http.StatusOK, api.RemoveResponse{Removed: c.String()})
+	storeCall(s, w, r, always[api.RemoveRequest],
+		func(sa api.StoreAdmin, ctx context.Context, req api.RemoveRequest) (api.RemoveResponse, error) {
+			c, err := blobstore.ParseCID(req.CID)
+			if err != nil {
+				return api.RemoveResponse{}, fmt.Errorf("%w: %w", api.ErrBadRequest, err)
+			}
+			return api.RemoveResponse{Removed: c.String()}, sa.RemoveBlob(ctx, c)
+		})
 }
 
 // storeOwnerUIDs are the users allowed to change the store through the API: root and the daemon's own user.
