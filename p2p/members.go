@@ -3,6 +3,7 @@ package p2p
 import (
 	"context"
 	"crypto/hmac"
+	"crypto/sha256"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -19,22 +20,27 @@ import (
 // Membership gossip: every member publishes its signed member record on MemberTopic every MemberRefresh and
 // when a peer joins the topic; members pull each other's tables on connect. docs/design.md 6.2.
 const (
-	MemberTopic                        = "/npu-agent/members/1"
-	MemberSyncProtocol   protocol.ID   = "/npu-agent/members/sync/1.0.0"
-	DefaultMemberRefresh               = 30 * time.Second
-	MaxMembers                         = 8192
-	memberTTLFactor                    = 3
-	memberMinInterval                  = 2 * time.Second // per member: a newer record sooner than this is not forwarded
-	fillTimeout                        = 5 * time.Second
-	maxFillDials                       = 4
-	defaultMinPeers                    = 8
-	memberJoinDebounce   time.Duration = time.Second
+	MemberTopic                      = "/npu-agent/members/1"
+	MemberSyncProtocol   protocol.ID = "/npu-agent/members/sync/1.0.0"
+	DefaultMemberRefresh             = 30 * time.Second
+	MaxMembers                       = 8192
+	memberTTLFactor                  = 3
+	memberMinInterval                = 2 * time.Second // per member: a newer record sooner than this is not forwarded
+	fillTimeout                      = 5 * time.Second
+	maxFillDials                     = 4
+	defaultMinPeers                  = 8
+	// memberJoinDebounce spaces the publishes a topic join asks for: above memberMinInterval, so that no receiver
+	// takes the new record for one within its sender's budget (ignored and not forwarded).
+	memberJoinDebounce time.Duration = memberMinInterval + time.Second
+	// memberPullFirst is the first table pull from a random connected member after start; the interval doubles
+	// up to MemberRefresh and stays there (push-pull anti-entropy, as memberlist does).
+	memberPullFirst = time.Second
 )
 
 type memberEntry struct {
 	info     MemberInfo
 	env      []byte
-	accepted time.Time // receipt of the current seq
+	accepted time.Time // receipt of the last record taken from gossip (the forwarding budget); zero: none
 	expires  time.Time // min(signing time, receipt) + TTL
 }
 
@@ -57,10 +63,14 @@ type memberBook struct {
 
 	mu sync.Mutex
 	m  map[peer.ID]*memberEntry
+	// held has the SHA-256 of every envelope in m: a table pull repeats mostly records already held, which are
+	// then ignored without verifying their signature again.
+	held map[[32]byte]bool
 }
 
 func newMemberBook(self peer.ID, psk pnet.PSK, allow []peer.ID, ttl time.Duration) *memberBook {
-	b := &memberBook{self: self, psk: psk, ttl: ttl, max: MaxMembers, m: map[peer.ID]*memberEntry{}}
+	b := &memberBook{self: self, psk: psk, ttl: ttl, max: MaxMembers, m: map[peer.ID]*memberEntry{},
+		held: map[[32]byte]bool{}}
 	if len(allow) > 0 {
 		b.allow = map[peer.ID]bool{}
 		for _, p := range allow {
@@ -73,6 +83,23 @@ func newMemberBook(self peer.ID, psk pnet.PSK, allow []peer.ID, ttl time.Duratio
 // add verifies raw and keeps it if it is a newer record of a member. Forged or unproven records are rejected
 // (gossipsub penalises the sender); stale, too frequent, our own or not allowlisted ones are ignored.
 func (b *memberBook) add(raw []byte, now time.Time) (MemberInfo, memberResult) {
+	return b.take(raw, now, true)
+}
+
+// addPulled is add for a record pulled from a peer's table: it does not start the member's forwarding budget
+// (a pulled record is not forwarded), so the member's next gossiped record still travels on.
+func (b *memberBook) addPulled(raw []byte, now time.Time) (MemberInfo, memberResult) {
+	return b.take(raw, now, false)
+}
+
+func (b *memberBook) take(raw []byte, now time.Time, gossiped bool) (MemberInfo, memberResult) {
+	sum := sha256.Sum256(raw)
+	b.mu.Lock()
+	known := b.held[sum]
+	b.mu.Unlock()
+	if known {
+		return MemberInfo{}, memberIgnored
+	}
 	info, err := OpenMember(raw)
 	if err != nil {
 		return info, memberRejected
@@ -97,14 +124,25 @@ func (b *memberBook) add(raw []byte, now time.Time) (MemberInfo, memberResult) {
 	switch {
 	case e == nil && len(b.m) >= b.max:
 		return info, memberIgnored
-	case e != nil && (info.Seq <= e.info.Seq || now.Sub(e.accepted) < memberMinInterval):
+	case e != nil && (info.Seq <= e.info.Seq || (gossiped && now.Sub(e.accepted) < memberMinInterval)):
 		return info, memberIgnored
+	}
+	accepted := now
+	if !gossiped {
+		accepted = time.Time{}
+		if e != nil {
+			accepted = e.accepted
+		}
 	}
 	res := memberRefreshed
 	if e == nil || !now.Before(e.expires) {
 		res = memberAdded
 	}
-	b.m[info.ID] = &memberEntry{info: info, env: slices.Clone(raw), accepted: now, expires: expires}
+	if e != nil {
+		delete(b.held, sha256.Sum256(e.env))
+	}
+	b.m[info.ID] = &memberEntry{info: info, env: slices.Clone(raw), accepted: accepted, expires: expires}
+	b.held[sum] = true
 	return info, res
 }
 
@@ -114,6 +152,7 @@ func (b *memberBook) expire(now time.Time) (gone []peer.ID) {
 	defer b.mu.Unlock()
 	for id, e := range b.m {
 		if !now.Before(e.expires) {
+			delete(b.held, sha256.Sum256(e.env))
 			delete(b.m, id)
 			gone = append(gone, id)
 		}
@@ -316,23 +355,52 @@ func (m *members) publish() {
 // loop publishes our record every refresh (and soon after a peer joins the topic, at most once a second),
 // forgets members past their TTL, and keeps at least minPeers connections by dialling random members.
 func (m *members) loop() {
-	m.publish()
+	// lastPub is the last publish that had topic peers to go to; a join asks for a publish at most every
+	// memberJoinDebounce, deferred (pending) rather than dropped, so that a record published while meshes were
+	// still forming is followed by one they carry.
+	var lastPub time.Time
+	publish := func() {
+		if len(m.topic.ListPeers()) > 0 {
+			lastPub = time.Now()
+		}
+		m.publish()
+	}
+	publish()
 	refresh := time.NewTicker(m.refresh)
 	defer refresh.Stop()
 	tick := time.NewTicker(max(m.refresh/10, 100*time.Millisecond))
 	defer tick.Stop()
-	var lastKick time.Time
+	pullEvery := memberPullFirst
+	pull := time.NewTimer(pullEvery)
+	defer pull.Stop()
+	pending := time.NewTimer(time.Hour)
+	pending.Stop()
+	defer pending.Stop()
+	pendingSet := false
 	for {
 		select {
 		case <-m.ctx.Done():
 			return
-		case <-refresh.C:
-			m.publish()
-		case <-m.kick:
-			if time.Since(lastKick) >= memberJoinDebounce {
-				lastKick = time.Now()
-				m.publish()
+		case <-pull.C:
+			// Records gossiped while meshes were forming may not have reached us: pull a random peer's table
+			// (1, 2, 4, ... s after start, then every refresh; memberlist's push-pull).
+			if ps := m.n.h.Network().Peers(); len(ps) > 0 {
+				m.syncWith(ps[rand.IntN(len(ps))])
 			}
+			pullEvery = min(2*pullEvery, m.refresh)
+			pull.Reset(pullEvery)
+		case <-refresh.C:
+			publish()
+		case <-m.kick:
+			if wait := memberJoinDebounce - time.Since(lastPub); wait <= 0 {
+				publish()
+			} else if !pendingSet {
+				pendingSet = true
+				pending.Reset(wait)
+			}
+		case <-pending.C:
+			pendingSet = false
+			publish()
 		case <-tick.C:
 			m.book.expire(time.Now())
 			m.fill()
@@ -418,7 +486,7 @@ func (m *members) syncWith(p peer.ID) {
 			return
 		}
 		_, err = pullEntries(ctx, st, MaxMemberEnvelope, MaxMembers+1, "member records", func(raw []byte) bool {
-			info, res := m.book.add(raw, time.Now())
+			info, res := m.book.addPulled(raw, time.Now())
 			if res == memberAdded || res == memberRefreshed {
 				m.learnt(info, res)
 				return true

@@ -1,0 +1,68 @@
+package fleetsim
+
+import (
+	"context"
+	"strings"
+	"sync/atomic"
+
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+
+	"github.com/npu-agent/npu-agent/p2p"
+)
+
+// traffic counts the bytes one node reads from its streams, by kind: gossipsub (every topic: member records,
+// signed blob records, flight messages and gossipsub's control messages) and the member table pull.
+type traffic struct {
+	gossip, memberSync, other atomic.Int64
+}
+
+func (t *traffic) counter(pid protocol.ID) *atomic.Int64 {
+	switch {
+	case strings.HasPrefix(string(pid), "/meshsub/") || strings.HasPrefix(string(pid), "/floodsub/"):
+		return &t.gossip
+	case pid == p2p.MemberSyncProtocol:
+		return &t.memberSync
+	}
+	return &t.other
+}
+
+// countingHost is a host whose streams count the bytes read from them. Only what the node asks of the host is
+// wrapped (its handlers and the streams it opens); the host itself is the mocknet's.
+type countingHost struct {
+	host.Host
+	t *traffic
+}
+
+type countingStream struct {
+	network.Stream
+	n *atomic.Int64
+}
+
+func (s *countingStream) Read(b []byte) (int, error) {
+	n, err := s.Stream.Read(b)
+	s.n.Add(int64(n))
+	return n, err
+}
+
+func (h *countingHost) wrap(s network.Stream) network.Stream {
+	return &countingStream{Stream: s, n: h.t.counter(s.Protocol())}
+}
+
+func (h *countingHost) SetStreamHandler(pid protocol.ID, handler network.StreamHandler) {
+	h.Host.SetStreamHandler(pid, func(s network.Stream) { handler(h.wrap(s)) })
+}
+
+func (h *countingHost) SetStreamHandlerMatch(pid protocol.ID, match func(protocol.ID) bool, handler network.StreamHandler) {
+	h.Host.SetStreamHandlerMatch(pid, match, func(s network.Stream) { handler(h.wrap(s)) })
+}
+
+func (h *countingHost) NewStream(ctx context.Context, p peer.ID, pids ...protocol.ID) (network.Stream, error) {
+	s, err := h.Host.NewStream(ctx, p, pids...)
+	if err != nil {
+		return nil, err
+	}
+	return h.wrap(s), nil
+}

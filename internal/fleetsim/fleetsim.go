@@ -1,0 +1,431 @@
+// Package fleetsim runs the real membership, record and fleet single flight code of many fleet members in one
+// process: each member is a p2p.Node started with p2p.NewOnHost on a libp2p mocknet host, with a flight
+// coordinator on its gossipsub. Hosts are linked only along a short bootstrap list per member plus a few random
+// links (what an operator's config and the network allow), never all pairs. It reports the time until every
+// member lists every other, the gossip traffic and member records per member, the compiles per class when every
+// member wants the same model at once, and the heap per member. docs/benchmarks.md has the figures.
+package fleetsim
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/pnet"
+	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
+	ma "github.com/multiformats/go-multiaddr"
+
+	"github.com/npu-agent/npu-agent/blobstore"
+	"github.com/npu-agent/npu-agent/compile"
+	"github.com/npu-agent/npu-agent/p2p"
+	"github.com/npu-agent/npu-agent/p2p/flight"
+)
+
+// Config is one simulation. Zero fields take the defaults noted.
+type Config struct {
+	Nodes int
+	// Bootstrap: each member is linked and connected to this many members started just before it (default 3),
+	// the static peers of the sparse fleet; the first members are linked to all earlier ones.
+	Bootstrap int
+	// ExtraLinks: random further links per member (default 8). A link only makes a connection possible (the
+	// mocknet's cable); members dial over them when the overlay fill picks a linked member.
+	ExtraLinks int
+	// Latency is each link's one-way delay (mocknet has no loss: TCP-like streams do not lose messages).
+	Latency time.Duration
+	// Classes is the number of compatibility classes, assigned round-robin (default 2).
+	Classes int
+	// MemberRefresh and MinPeers are p2p.Config's (defaults: the node's, 30 s and 8).
+	MemberRefresh time.Duration
+	MinPeers      int
+	// Window and LeaseTTL are the flight's (defaults 1 s and 15 s); CompileTime is one simulated compile
+	// (default 2 s).
+	Window, LeaseTTL, CompileTime time.Duration
+	// Timeout bounds each phase: membership, and the flight (default 5 min).
+	Timeout time.Duration
+	// Parallel bounds concurrent starts, connects and closes (default 2 × GOMAXPROCS).
+	Parallel int
+	Seed     uint64
+	Log      *slog.Logger // nil: discarded
+}
+
+func (c Config) withDefaults() Config {
+	def := func(v *int, d int) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	defD := func(v *time.Duration, d time.Duration) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	def(&c.Bootstrap, 3)
+	def(&c.ExtraLinks, 8)
+	def(&c.Classes, 2)
+	def(&c.Parallel, 2*runtime.GOMAXPROCS(0))
+	defD(&c.Window, time.Second)
+	defD(&c.LeaseTTL, 15*time.Second)
+	defD(&c.CompileTime, 2*time.Second)
+	defD(&c.Timeout, 5*time.Minute)
+	if c.Log == nil {
+		c.Log = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+// Result is what one simulation measured. Per-member figures are means over all members.
+type Result struct {
+	Nodes, Links, Classes int
+	Latency               time.Duration
+	// FullMembership: from the first bootstrap connection until every member lists every member.
+	FullMembership time.Duration
+	// MemberPublished and MemberAccepted are p2p.Node.MemberStats at full membership: records a member
+	// published, and new records it took (gossip or pull).
+	MemberPublished, MemberAccepted float64
+	// GossipBytes and SyncBytes are bytes a member read on gossipsub streams and on member table pulls, until
+	// full membership; FlightGossipBytes is the gossipsub bytes read during the flight.
+	GossipBytes, SyncBytes, FlightGossipBytes float64
+	// ConnsMean and ConnsMax count each member's connected peers at full membership.
+	ConnsMean float64
+	ConnsMax  int
+	// HeapPerNode is the live heap after full membership (after a GC) minus before the hosts were made, over
+	// Nodes; GoroutinesPerNode likewise.
+	HeapPerNode       float64
+	GoroutinesPerNode float64
+	// Compiles counts compiles started per class when every member asked for the same model at once; Yielded
+	// those cancelled because another holder won (flight rule 7); FlightTime until every member had its outcome.
+	Compiles   map[string]int
+	Yielded    int
+	FlightTime time.Duration
+}
+
+func (r Result) String() string {
+	return fmt.Sprintf("nodes=%d links=%d latency=%s full_membership=%.2fs member_published=%.1f member_accepted=%.1f "+
+		"gossip_kib=%.1f sync_kib=%.1f flight_gossip_kib=%.1f conns_mean=%.1f conns_max=%d heap_kib=%.0f "+
+		"goroutines=%.0f compiles=%v yielded=%d flight=%.2fs",
+		r.Nodes, r.Links, r.Latency, r.FullMembership.Seconds(), r.MemberPublished, r.MemberAccepted,
+		r.GossipBytes/1024, r.SyncBytes/1024, r.FlightGossipBytes/1024, r.ConnsMean, r.ConnsMax,
+		r.HeapPerNode/1024, r.GoroutinesPerNode, r.Compiles, r.Yielded, r.FlightTime.Seconds())
+}
+
+type member struct {
+	id      peer.ID
+	host    *countingHost
+	node    *p2p.Node
+	tr      *flight.PubSubTransport
+	coord   *flight.Coordinator
+	class   string
+	traffic traffic
+}
+
+// ErrTimeout is returned when a phase does not finish within Config.Timeout.
+var ErrTimeout = errors.New("fleetsim: phase did not finish in time")
+
+// Run runs one simulation and closes everything it started before it returns.
+func Run(ctx context.Context, cfg Config) (Result, error) {
+	cfg = cfg.withDefaults()
+	res := Result{Nodes: cfg.Nodes, Classes: cfg.Classes, Latency: cfg.Latency, Compiles: map[string]int{}}
+	if cfg.Nodes < 2 {
+		return res, fmt.Errorf("fleetsim: %d nodes", cfg.Nodes)
+	}
+	rng := rand.New(rand.NewPCG(cfg.Seed, 0x5eed))
+	dir, err := os.MkdirTemp("", "fleetsim-")
+	if err != nil {
+		return res, err
+	}
+	defer os.RemoveAll(dir)
+	psk := make(pnet.PSK, 32)
+	for i := range psk {
+		psk[i] = byte(rng.IntN(256))
+	}
+
+	heap0, gor0 := heapNow()
+	mn := mocknet.New()
+	defer mn.Close()
+	mn.SetLinkDefaults(mocknet.LinkOptions{Latency: cfg.Latency})
+	ms := make([]*member, cfg.Nodes)
+	for i := range ms {
+		sk, _, err := crypto.GenerateEd25519Key(rngReader{rng})
+		if err != nil {
+			return res, err
+		}
+		ip := make(net.IP, net.IPv6len)
+		ip[0], ip[1] = 0x01, 0x00 // 100::/64, the mocknet's blackhole prefix: a usable, non-loopback address
+		ip[12], ip[13], ip[14], ip[15] = byte(i>>24), byte(i>>16), byte(i>>8), byte(i)
+		addr, err := ma.NewMultiaddr(fmt.Sprintf("/ip6/%s/tcp/4242", ip))
+		if err != nil {
+			return res, err
+		}
+		h, err := mn.AddPeer(sk, addr)
+		if err != nil {
+			return res, err
+		}
+		ms[i] = &member{id: h.ID(), class: fmt.Sprintf("class-%c", 'a'+i%cfg.Classes)}
+		ms[i].host = &countingHost{Host: h, t: &ms[i].traffic}
+	}
+	var edges [][2]int
+	linked := map[[2]int]bool{}
+	link := func(i, j int) error {
+		if i == j {
+			return nil
+		}
+		k := [2]int{min(i, j), max(i, j)}
+		if linked[k] {
+			return nil
+		}
+		linked[k] = true
+		_, err := mn.LinkPeers(ms[i].id, ms[j].id)
+		return err
+	}
+	for i := range ms {
+		for j := max(0, i-cfg.Bootstrap); j < i; j++ {
+			if err := link(i, j); err != nil {
+				return res, err
+			}
+			edges = append(edges, [2]int{i, j})
+		}
+		for range cfg.ExtraLinks / 2 { // each random link serves both ends: ExtraLinks per member on average
+			if err := link(i, rng.IntN(cfg.Nodes)); err != nil {
+				return res, err
+			}
+		}
+	}
+	res.Links = len(linked)
+
+	// Start every member (as daemons would, before they dial their static peers).
+	defer closeAll(ms, cfg.Parallel)
+	err = parallel(ctx, len(ms), cfg.Parallel, func(i int) error {
+		m := ms[i]
+		pc := p2p.Config{DataDir: filepath.Join(dir, fmt.Sprint(i)), FleetKey: psk, Class: m.class,
+			Hostname: fmt.Sprintf("sim%d", i), MemberRefresh: cfg.MemberRefresh, MinPeers: cfg.MinPeers}
+		if err := os.Mkdir(pc.DataDir, 0o755); err != nil {
+			return err
+		}
+		n, err := p2p.NewOnHost(ctx, pc, m.host, emptyStore{}, cfg.Log)
+		if err != nil {
+			return err
+		}
+		m.node = n
+		if m.tr, err = flight.NewPubSubTransport(n.PubSub(), n.ID()); err != nil {
+			return err
+		}
+		m.coord, err = flight.New(m.tr, flight.Config{Window: cfg.Window, LeaseTTL: cfg.LeaseTTL,
+			Deadline: 10 * cfg.Timeout, Logger: cfg.Log})
+		return err
+	})
+	if err != nil {
+		return res, fmt.Errorf("fleetsim: start: %w", err)
+	}
+	runCtx, stopCoords := context.WithCancel(context.Background())
+	var coordWG sync.WaitGroup
+	defer func() { stopCoords(); coordWG.Wait() }()
+	for _, m := range ms {
+		coordWG.Go(func() { _ = m.coord.Run(runCtx) })
+	}
+
+	// Membership: connect the bootstrap pairs, then wait until every member lists every member.
+	t0 := time.Now()
+	err = parallel(ctx, len(edges), cfg.Parallel, func(k int) error {
+		_, err := mn.ConnectPeers(ms[edges[k][0]].id, ms[edges[k][1]].id)
+		return err
+	})
+	if err != nil {
+		return res, fmt.Errorf("fleetsim: connect: %w", err)
+	}
+	if err := waitUntil(ctx, cfg.Timeout, 100*time.Millisecond, func() bool {
+		for _, m := range ms {
+			if len(m.node.Members()) < cfg.Nodes {
+				return false
+			}
+		}
+		return true
+	}); err != nil {
+		short := 0
+		for _, m := range ms {
+			if len(m.node.Members()) < cfg.Nodes {
+				short++
+			}
+		}
+		return res, fmt.Errorf("%w: membership: %d of %d members do not list all", err, short, cfg.Nodes)
+	}
+	res.FullMembership = time.Since(t0)
+	var gossip0 int64
+	for _, m := range ms {
+		pub, acc := m.node.MemberStats()
+		res.MemberPublished += float64(pub)
+		res.MemberAccepted += float64(acc)
+		g := m.traffic.gossip.Load()
+		gossip0 += g
+		res.GossipBytes += float64(g)
+		res.SyncBytes += float64(m.traffic.memberSync.Load())
+		c := len(m.host.Network().Peers())
+		res.ConnsMean += float64(c)
+		res.ConnsMax = max(res.ConnsMax, c)
+	}
+	heap1, gor1 := heapNow()
+	res.HeapPerNode = float64(int64(heap1)-int64(heap0)) / float64(cfg.Nodes)
+	res.GoroutinesPerNode = float64(gor1-gor0) / float64(cfg.Nodes)
+
+	// The flight: every member asks for the same model at once; compiles are counted per class.
+	var mu sync.Mutex
+	var yielded atomic.Int64
+	t1 := time.Now()
+	fctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	defer cancel()
+	errs := make([]error, len(ms))
+	var wg sync.WaitGroup
+	for i, m := range ms {
+		wg.Go(func() {
+			key := compile.FlightKey{ModelID: "sim-model", ProfileID: "sim-profile", Class: m.class}
+			blob := blobstore.DigestCID(sha256.Sum256([]byte(m.class)))
+			out, err := m.coord.Do(fctx, flight.Request{Key: key, Compile: func(ctx context.Context) (cid.Cid, error) {
+				mu.Lock()
+				res.Compiles[m.class]++
+				mu.Unlock()
+				t := time.NewTimer(cfg.CompileTime)
+				defer t.Stop()
+				select {
+				case <-t.C:
+					return blob, nil
+				case <-ctx.Done():
+					return cid.Undef, ctx.Err()
+				}
+			}})
+			yielded.Add(int64(out.Yielded))
+			errs[i] = err
+		})
+	}
+	wg.Wait()
+	res.FlightTime = time.Since(t1)
+	res.Yielded = int(yielded.Load())
+	var gossip1 int64
+	for _, m := range ms {
+		gossip1 += m.traffic.gossip.Load()
+	}
+	res.MemberPublished /= float64(cfg.Nodes)
+	res.MemberAccepted /= float64(cfg.Nodes)
+	res.GossipBytes /= float64(cfg.Nodes)
+	res.SyncBytes /= float64(cfg.Nodes)
+	res.ConnsMean /= float64(cfg.Nodes)
+	res.FlightGossipBytes = float64(gossip1-gossip0) / float64(cfg.Nodes)
+	if err := errors.Join(errs...); err != nil {
+		return res, fmt.Errorf("fleetsim: flight: %w", err)
+	}
+	return res, nil
+}
+
+func heapNow() (uint64, int) {
+	runtime.GC()
+	runtime.GC()
+	var st runtime.MemStats
+	runtime.ReadMemStats(&st)
+	return st.HeapAlloc, runtime.NumGoroutine()
+}
+
+// waitUntil polls cond every interval until it holds, ctx ends or timeout passes.
+func waitUntil(ctx context.Context, timeout, interval time.Duration, cond func() bool) error {
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-deadline.C:
+			return ErrTimeout
+		case <-t.C:
+		}
+	}
+	return nil
+}
+
+// parallel runs fn(0..n-1) on at most width goroutines and returns the first error; it stops handing out work
+// once ctx ends or fn fails.
+func parallel(ctx context.Context, n, width int, fn func(i int) error) error {
+	var next atomic.Int64
+	var first error
+	var once sync.Once
+	var failed atomic.Bool
+	var wg sync.WaitGroup
+	for range max(1, min(width, n)) {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n || failed.Load() {
+					return
+				}
+				err := ctx.Err()
+				if err == nil {
+					err = fn(i)
+				}
+				if err != nil {
+					once.Do(func() { first = err })
+					failed.Store(true)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return first
+}
+
+func closeAll(ms []*member, width int) {
+	_ = parallel(context.Background(), len(ms), width, func(i int) error {
+		m := ms[i]
+		if m == nil || m.node == nil {
+			if m != nil {
+				_ = m.host.Close()
+			}
+			return nil
+		}
+		if m.tr != nil {
+			_ = m.tr.Close()
+		}
+		_ = m.node.Close() // closes the host too
+		return nil
+	})
+}
+
+// rngReader feeds key generation from the simulation's seeded generator, so runs are repeatable.
+type rngReader struct{ r *rand.Rand }
+
+func (r rngReader) Read(b []byte) (int, error) {
+	for i := range b {
+		b[i] = byte(r.r.Uint32())
+	}
+	return len(b), nil
+}
+
+// emptyStore is a chunk store that holds nothing: the simulation moves records and flight messages, not blobs.
+type emptyStore struct{}
+
+func (emptyStore) Has(context.Context, cid.Cid) (bool, error) { return false, nil }
+func (emptyStore) Manifest(context.Context, cid.Cid) (*blobstore.Manifest, error) {
+	return nil, blobstore.ErrNotFound
+}
+func (emptyStore) BeginPartial(context.Context, *blobstore.Manifest) error {
+	return blobstore.ErrNotFound
+}
+func (emptyStore) PutChunk(context.Context, cid.Cid, int, []byte) error { return blobstore.ErrNotFound }
+func (emptyStore) HaveChunks(context.Context, cid.Cid) ([]bool, error) {
+	return nil, blobstore.ErrNotFound
+}
+func (emptyStore) ServeChunk(context.Context, cid.Cid, int, []byte) ([]byte, error) {
+	return nil, blobstore.ErrNotFound
+}
+func (emptyStore) Commit(context.Context, cid.Cid) error { return blobstore.ErrNotFound }

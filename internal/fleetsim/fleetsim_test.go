@@ -1,0 +1,73 @@
+package fleetsim
+
+import (
+	"context"
+	"os"
+	"strconv"
+	"testing"
+	"time"
+)
+
+// TestSmallFleet runs 50 members bootstrapped with 3 peers each and checks the issue's goals at that size.
+func TestSmallFleet(t *testing.T) {
+	n := 50
+	if testing.Short() {
+		n = 20
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	res, err := Run(ctx, Config{Nodes: n, Latency: 5 * time.Millisecond, Timeout: time.Minute, Seed: 1})
+	t.Log(res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for class, c := range res.Compiles {
+		if c != 1 {
+			t.Errorf("class %s: %d compiles, want 1", class, c)
+		}
+	}
+	if len(res.Compiles) != 2 {
+		t.Errorf("compiles %v: want one per class of 2", res.Compiles)
+	}
+}
+
+// TestScale is `make bench-scale`: FLEETSIM_NODES (comma-separated sizes) members each, figures logged.
+func TestScale(t *testing.T) {
+	sizes := os.Getenv("FLEETSIM_NODES")
+	if sizes == "" {
+		t.Skip("FLEETSIM_NODES not set (make bench-scale)")
+	}
+	for _, s := range splitComma(sizes) {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 2 {
+			t.Fatalf("FLEETSIM_NODES: %q", s)
+		}
+		latency := 5 * time.Millisecond
+		if v := os.Getenv("FLEETSIM_LATENCY"); v != "" {
+			if latency, err = time.ParseDuration(v); err != nil {
+				t.Fatal(err)
+			}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+		res, err := Run(ctx, Config{Nodes: n, Latency: latency, Timeout: 10 * time.Minute, Seed: 1})
+		cancel()
+		t.Log(res)
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func splitComma(s string) []string {
+	var out []string
+	start := 0
+	for i := 0; i <= len(s); i++ {
+		if i == len(s) || s[i] == ',' {
+			if i > start {
+				out = append(out, s[start:i])
+			}
+			start = i + 1
+		}
+	}
+	return out
+}
