@@ -1,0 +1,5 @@
+//go:build race
+
+package fleetsim
+
+func init() { raceEnabled = true }
