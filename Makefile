@@ -5,7 +5,7 @@ PKGS    := ./...
 # Fuzz time per target for `make fuzz`.
 FUZZTIME ?= 20s
 
-.PHONY: all build test test-short vet demo bench-store bench-fetch bench-fetch-inproc bench-api bench-fleet test-faults fuzz clean
+.PHONY: all build test test-short vet demo bench-store bench-fetch bench-fetch-inproc bench-api bench-fleet bench-scale test-scale test-scale-100 test-faults fuzz clean
 
 all: build
 
@@ -52,6 +52,21 @@ bench-api:
 
 clean:
 	rm -rf bin
+
+# Simulated fleets (internal/fleetsim): the real membership, records and flight of 1,000 and 5,000 members on
+# libp2p's mocknet in one process, 3 bootstrap peers each; figures in docs/benchmarks.md. FLEETSIM_NODES to vary.
+FLEETSIM_NODES ?= 1000,5000
+bench-scale:
+	FLEETSIM_NODES=$(FLEETSIM_NODES) $(GO) test -count=1 -v -run '^TestScale$$' -timeout 60m ./internal/fleetsim
+
+# Real daemons on loopback (internal/e2e TestScaleLoopback): 40, then 100, each bootstrapped with 3 static peers,
+# mDNS off, a fleet key; membership within 30 s, one compile per class, connections, idle RSS.
+test-scale:
+	NPU_TEST_SCALE=40 $(GO) test -count=1 -v -run '^TestScaleLoopback$$' -timeout 15m ./internal/e2e
+
+# The 100-daemon variant: membership, connections and RSS pass; one compile per class does not yet (2 cores).
+test-scale-100:
+	NPU_TEST_SCALE=100 NPU_TEST_SCALE_WINDOW=$(or $(SCALE_WINDOW),1s) $(GO) test -count=1 -v -run '^TestScaleLoopback$$' -timeout 15m ./internal/e2e
 
 # Every fuzz target for FUZZTIME each (seeds also run as plain tests in `make test`).
 fuzz:

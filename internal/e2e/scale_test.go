@@ -32,6 +32,12 @@ func TestScaleLoopback(t *testing.T) {
 	if npuAgent == "" {
 		t.Skip("npu-agent binary not built (short mode or no lab support)")
 	}
+	var window time.Duration // NPU_TEST_SCALE_WINDOW: flight.window; default the daemon's (200 ms)
+	if v := os.Getenv("NPU_TEST_SCALE_WINDOW"); v != "" {
+		if window, err = time.ParseDuration(v); err != nil {
+			t.Fatalf("NPU_TEST_SCALE_WINDOW: %v", err)
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
@@ -78,7 +84,7 @@ func TestScaleLoopback(t *testing.T) {
 		d, err := Start(ctx, nil, i, Config{
 			Binary: npuAgent, Dir: filepath.Join(dir, fmt.Sprintf("h%d", i)), Fingerprint: m.fp,
 			CompileTime: 2 * time.Second, BlobSize: 4 << 20, P2P: true, FleetKeyFile: key,
-			Loopback: true, Port: ports[i], Peers: peers, Deadline: 5 * time.Minute,
+			Loopback: true, Port: ports[i], Peers: peers, Deadline: 5 * time.Minute, FlightWindow: window,
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -164,9 +170,9 @@ func TestScaleLoopback(t *testing.T) {
 	fetch := time.Since(t1)
 	compiler := f.checkServed(out)
 	f.checkCompileCounts(ctx, compiler)
-	t.Logf("hosts=%d ready=%s full_membership=%s conns_mean=%.1f conns_max=%d (bound %d) idle_rss_mean=%.1fMiB "+
+	t.Logf("window=%s hosts=%d ready=%s full_membership=%s conns_mean=%.1f conns_max=%d (bound %d) idle_rss_mean=%.1fMiB "+
 		"idle_rss_max=%.1fMiB fetch_all=%s compilers=%v",
-		n, ready.Round(time.Millisecond), slowest.Round(time.Millisecond), float64(conns)/float64(n), connsMax,
+		window, n, ready.Round(time.Millisecond), slowest.Round(time.Millisecond), float64(conns)/float64(n), connsMax,
 		p2p.DefaultConnHigh, float64(rssSum)/float64(n)/(1<<20), float64(rssMax)/(1<<20), fetch.Round(time.Millisecond),
 		compiler)
 }
