@@ -56,7 +56,8 @@ func TestScale(t *testing.T) {
 			}
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
-		res, err := Run(ctx, Config{Nodes: n, Latency: latency, Timeout: 10 * time.Minute, Seed: 1})
+		res, err := Run(ctx, Config{Nodes: n, Latency: latency, Timeout: 10 * time.Minute, Seed: 1,
+			Progress: func(phase string, r Result) { t.Logf("%s: %s", phase, r) }})
 		cancel()
 		t.Log(res)
 		if err != nil {
