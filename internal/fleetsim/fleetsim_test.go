@@ -55,8 +55,14 @@ func TestScale(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+		phase := 10 * time.Minute
+		if v := os.Getenv("FLEETSIM_TIMEOUT"); v != "" {
+			if phase, err = time.ParseDuration(v); err != nil {
+				t.Fatal(err)
+			}
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
-		res, err := Run(ctx, Config{Nodes: n, Latency: latency, Timeout: 10 * time.Minute, Seed: 1,
+		res, err := Run(ctx, Config{Nodes: n, Latency: latency, Timeout: phase, Seed: 1,
 			Progress: func(phase string, r Result) { t.Logf("%s: %s", phase, r) }})
 		cancel()
 		t.Log(res)
