@@ -85,6 +85,9 @@ type Config struct {
 	Port     int      // the node's TCP port; 0 is P2PPort
 	Peers    []string // p2p.peers, /ip4/.../tcp/.../p2p/<id>
 	Env      []string // extra environment of the daemon process, "KEY=value"
+	// APITCP also serves the API on this loopback address, opened by the token in TokenFile.
+	APITCP    string
+	TokenFile string
 }
 
 // yaml renders c as the daemon's config file. Every value is quoted or numeric, so no path can break the syntax.
@@ -99,6 +102,9 @@ func (c Config) yaml() []byte {
 	}
 	fmt.Fprintf(&b, "log_level: %s\nstore:\n  gc_interval: 0s\n", q(level))
 	fmt.Fprintf(&b, "compiler:\n  backend: sim\n  sim:\n    compile_time: %s\n    blob_size: %d\n", q(c.CompileTime.String()), c.BlobSize)
+	if c.APITCP != "" {
+		fmt.Fprintf(&b, "api:\n  tcp: %s\n  token_file: %s\n", q(c.APITCP), q(c.TokenFile))
+	}
 	fmt.Fprintf(&b, "p2p:\n  enabled: %t\n", c.P2P)
 	if c.P2P {
 		port := c.Port

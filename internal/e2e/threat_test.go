@@ -239,100 +239,26 @@ func (s *sampler) finish(ctx context.Context, settle time.Duration, extra string
 }
 
 // localOptions configure a daemon that runs in this machine's own namespace, on loopback only.
-type localOptions struct {
-	p2pPort     int      // 0: p2p off
-	fleetKey    string   // p2p.fleet_key_file
-	peers       []string // p2p.peers
-	compileTime time.Duration
-	blobSize    int64
-	window      time.Duration // flight.window
-	trustedKeys []string
-	apiTCP      string // api.tcp, with tokenFile
-	tokenFile   string
-}
-
-func (o localOptions) yaml(dir string) []byte {
-	var b bytes.Buffer
-	q := strconv.Quote
-	fmt.Fprintf(&b, "data_dir: %s\nruntime_dir: %s\nfingerprint_override: %s\nlog_level: \"info\"\n",
-		q(filepath.Join(dir, "data")), q(filepath.Join(dir, "run")), q(filepath.Join(dir, "fingerprint.yaml")))
-	fmt.Fprintf(&b, "store:\n  gc_interval: 0s\n")
-	fmt.Fprintf(&b, "compiler:\n  backend: sim\n  sim:\n    compile_time: %s\n    blob_size: %d\n", q(o.compileTime.String()), o.blobSize)
-	if o.apiTCP != "" {
-		fmt.Fprintf(&b, "api:\n  tcp: %s\n  token_file: %s\n", q(o.apiTCP), q(o.tokenFile))
-	}
-	fmt.Fprintf(&b, "p2p:\n  enabled: %t\n", o.p2pPort != 0)
-	if o.p2pPort != 0 {
-		fmt.Fprintf(&b, "  listen: [%s]\n  mdns: false\n  allow_loopback: true\n  fleet_key_file: %s\n",
-			q("/ip4/127.0.0.1/tcp/"+strconv.Itoa(o.p2pPort)), q(o.fleetKey))
-		if len(o.peers) > 0 {
-			b.WriteString("  peers:\n")
-			for _, p := range o.peers {
-				fmt.Fprintf(&b, "    - %s\n", q(p))
-			}
-		}
-	}
-	if len(o.trustedKeys) > 0 {
-		b.WriteString("rollout:\n  trusted_keys:\n")
-		for _, k := range o.trustedKeys {
-			fmt.Fprintf(&b, "    - %s\n", q(k))
-		}
-	}
-	if o.window > 0 {
-		fmt.Fprintf(&b, "flight:\n  window: %s\n", q(o.window.String()))
-	}
-	return b.Bytes()
-}
-
-// startLocal starts a daemon outside any lab (loopback only, no mDNS) and waits for its API. It is stopped when
-// the test ends; its log is printed if the test failed.
-func startLocal(ctx context.Context, t *testing.T, name string, o localOptions) *Daemon {
+// startLocal starts a daemon of cfg outside any lab (loopback only, no mDNS: cfg.Loopback) and waits for its API.
+// It is stopped when the test ends; its log is printed if the test failed.
+func startLocal(ctx context.Context, t *testing.T, name string, cfg Config) *Daemon {
 	t.Helper()
-	dir := filepath.Join(t.TempDir(), name)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
+	cfg.Binary, cfg.Dir, cfg.Fingerprint, cfg.Loopback = npuAgent, filepath.Join(t.TempDir(), name), LunarLake, true
+	d, err := Start(ctx, nil, -1, cfg)
+	if d != nil {
+		d.Name = name
+		t.Cleanup(func() {
+			if err := d.Stop(); err != nil {
+				t.Error(err)
+			}
+			if t.Failed() {
+				t.Logf("=== log of %s:\n%s", d.Name, d.LogTail())
+			}
+		})
 	}
-	d := &Daemon{Host: -1, Name: name, Dir: dir, ConfigPath: filepath.Join(dir, "config.yaml"),
-		Socket: filepath.Join(dir, "run", "api.sock"), LogPath: filepath.Join(dir, "daemon.log"), bin: npuAgent,
-		done: make(chan struct{})}
-	files := map[string][]byte{d.ConfigPath: o.yaml(dir), filepath.Join(dir, "fingerprint.yaml"): LunarLake.YAML()}
-	for path, content := range files {
-		if err := os.WriteFile(path, content, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	log, err := os.Create(d.LogPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	d.cmd = exec.Command(d.bin, "--config", d.ConfigPath, "daemon")
-	d.cmd.Env = daemonEnv()
-	d.cmd.Stdout, d.cmd.Stderr = log, log
-	if err := d.cmd.Start(); err != nil {
-		log.Close()
-		t.Fatal(err)
-	}
-	d.log = log
-	go func() {
-		d.waitErr = d.cmd.Wait()
-		close(d.done)
-	}()
-	d.api = api.NewClient(d.Socket)
-	d.http = &http.Client{Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var nd net.Dialer
-			return nd.DialContext(ctx, "unix", d.Socket)
-		},
-		DisableKeepAlives: true,
-	}}
-	t.Cleanup(func() {
-		if err := d.Stop(); err != nil {
-			t.Error(err)
-		}
-		if t.Failed() {
-			t.Logf("=== log of %s:\n%s", d.Name, d.LogTail())
-		}
-	})
 	if err := d.WaitReady(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -428,8 +354,8 @@ func startPair(ctx context.Context, t *testing.T, o pairOptions) *pair {
 		vCompile, hCompile = o.compileTime, o.compileTime
 	}
 	vPort := freeLoopbackPort(t)
-	p.v = startLocal(ctx, t, "victim", localOptions{p2pPort: vPort, fleetKey: key, compileTime: vCompile,
-		blobSize: 8 << 20, window: o.window, trustedKeys: o.trustedKeys})
+	p.v = startLocal(ctx, t, "victim", Config{P2P: true, Port: vPort, FleetKeyFile: key, CompileTime: vCompile,
+		BlobSize: 8 << 20, FlightWindow: o.window, TrustedKeys: o.trustedKeys})
 	st, err := p.v.API().Status(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -439,9 +365,9 @@ func startPair(ctx context.Context, t *testing.T, o pairOptions) *pair {
 	}
 	addr := ma.StringCast(fmt.Sprintf("/ip4/127.0.0.1/tcp/%d", vPort))
 	p.vAI = peer.AddrInfo{ID: p.vID, Addrs: []ma.Multiaddr{addr}}
-	p.h = startLocal(ctx, t, "honest", localOptions{p2pPort: freeLoopbackPort(t), fleetKey: key,
-		peers: []string{addr.String() + "/p2p/" + p.vID.String()}, compileTime: hCompile, blobSize: 8 << 20,
-		window: o.window, trustedKeys: o.trustedKeys})
+	p.h = startLocal(ctx, t, "honest", Config{P2P: true, Port: freeLoopbackPort(t), FleetKeyFile: key,
+		Peers: []string{addr.String() + "/p2p/" + p.vID.String()}, CompileTime: hCompile, BlobSize: 8 << 20,
+		FlightWindow: o.window, TrustedKeys: o.trustedKeys})
 	if err := p.h.WaitPeers(ctx, 1); err != nil {
 		t.Fatal(err)
 	}
@@ -917,8 +843,8 @@ func localVictim(ctx context.Context, t *testing.T) (*Daemon, *hostile.Client, s
 		t.Fatal(err)
 	}
 	tcp := "127.0.0.1:" + strconv.Itoa(freeLoopbackPort(t))
-	d := startLocal(ctx, t, "victim", localOptions{compileTime: 200 * time.Millisecond, blobSize: 1 << 20,
-		apiTCP: tcp, tokenFile: tokenFile})
+	d := startLocal(ctx, t, "victim", Config{CompileTime: 200 * time.Millisecond, BlobSize: 1 << 20,
+		APITCP: tcp, TokenFile: tokenFile})
 	model, err := WriteModel(dir, "threat-honest-"+strings.ToLower(t.Name()), 16<<10)
 	if err != nil {
 		t.Fatal(err)
