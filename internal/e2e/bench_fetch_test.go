@@ -273,19 +273,11 @@ func procIO(pid int) map[string]int64 {
 	return m
 }
 
-// procStatus reads the memory lines of /proc/pid/status, in bytes.
+// procStatus reads /proc/pid/status (memory lines in bytes).
 func procStatus(b *testing.B, pid int) map[string]int64 {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	m, err := ProcStatus(pid)
 	if err != nil {
 		b.Fatal(err)
-	}
-	m := map[string]int64{}
-	for line := range strings.Lines(string(data)) {
-		k, v, ok := strings.Cut(line, ":")
-		if f := strings.Fields(v); ok && len(f) == 2 && f[1] == "kB" {
-			n, _ := strconv.ParseInt(f[0], 10, 64)
-			m[k] = n << 10
-		}
 	}
 	return m
 }

@@ -35,18 +35,39 @@ func WriteIdentity(dataDir string) (peer.ID, error) {
 
 // RSS is the daemon's resident set size in bytes (VmRSS of /proc/<pid>/status).
 func (d *Daemon) RSS() (int64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", d.PID()))
+	st, err := ProcStatus(d.PID())
 	if err != nil {
 		return 0, err
 	}
-	for line := range strings.Lines(string(b)) {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-			if err != nil {
-				return 0, fmt.Errorf("e2e: VmRSS %q: %w", rest, err)
-			}
-			return kb << 10, nil
-		}
+	rss, ok := st["VmRSS"]
+	if !ok {
+		return 0, fmt.Errorf("e2e: no VmRSS in /proc/%d/status", d.PID())
 	}
-	return 0, fmt.Errorf("e2e: no VmRSS in /proc/%d/status", d.PID())
+	return rss, nil
+}
+
+// ProcStatus reads /proc/<pid>/status: the lines in kB in bytes (VmRSS, VmHWM, RssAnon, ...), the other numeric
+// lines as they are (Threads).
+func ProcStatus(pid int) (map[string]int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return nil, err
+	}
+	m := map[string]int64{}
+	for line := range strings.Lines(string(b)) {
+		k, v, ok := strings.Cut(line, ":")
+		f := strings.Fields(v)
+		if !ok || len(f) == 0 {
+			continue
+		}
+		n, err := strconv.ParseInt(f[0], 10, 64)
+		if err != nil {
+			continue
+		}
+		if len(f) == 2 && f[1] == "kB" {
+			n <<= 10
+		}
+		m[k] = n
+	}
+	return m, nil
 }

@@ -92,32 +92,11 @@ type procStat struct {
 // readProc samples /proc/<pid>/status and /proc/<pid>/fd.
 func readProc(pid int) (procStat, error) {
 	var s procStat
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	st, err := ProcStatus(pid)
 	if err != nil {
 		return s, err
 	}
-	for line := range strings.Lines(string(b)) {
-		key, val, ok := strings.Cut(line, ":")
-		if !ok {
-			continue
-		}
-		fields := strings.Fields(val)
-		if len(fields) == 0 {
-			continue
-		}
-		n, err := strconv.ParseUint(fields[0], 10, 64)
-		if err != nil {
-			continue
-		}
-		switch key {
-		case "VmRSS":
-			s.RSS = n << 10
-		case "VmHWM":
-			s.HWM = n << 10
-		case "Threads":
-			s.Threads = int(n)
-		}
-	}
+	s.RSS, s.HWM, s.Threads = uint64(st["VmRSS"]), uint64(st["VmHWM"]), int(st["Threads"])
 	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
 	if err != nil {
 		return s, err
