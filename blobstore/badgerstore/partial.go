@@ -40,12 +40,8 @@ func (s *Store) BeginPartial(ctx context.Context, m *blobstore.Manifest) error {
 	defer s.filesMu.Unlock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var st blobState
-	if err := s.db.View(func(txn *badger.Txn) error {
-		var err error
-		st, err = s.state(txn, d)
-		return err
-	}); err != nil || st != stateAbsent {
+	st, err := s.viewState(d)
+	if err != nil || st != stateAbsent {
 		return err
 	}
 	if q := s.opts.Quota; q > 0 && m.Size > q {
@@ -132,12 +128,8 @@ func (s *Store) PutChunk(ctx context.Context, blob cid.Cid, i int, data []byte) 
 func (s *Store) writeChunk(d [32]byte, m *blobstore.Manifest, i int, data []byte, crc uint32) (blobState, error) {
 	s.filesMu.RLock()
 	defer s.filesMu.RUnlock()
-	var st blobState
-	if err := s.db.View(func(txn *badger.Txn) error {
-		var err error
-		st, err = s.state(txn, d)
-		return err
-	}); err != nil || st != statePartial {
+	st, err := s.viewState(d)
+	if err != nil || st != statePartial {
 		return st, err
 	}
 	if err := s.checkSpace(uint64(len(data))); err != nil {
@@ -386,10 +378,7 @@ func (s *Store) Commit(ctx context.Context, blob cid.Cid) error {
 	defer s.filesMu.Unlock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	err = s.db.View(func(txn *badger.Txn) error {
-		st, err = s.state(txn, d)
-		return err
-	})
+	st, err = s.viewState(d)
 	if err != nil || st == stateComplete {
 		return err
 	}

@@ -149,12 +149,8 @@ func (p *put) publish(m *blobstore.Manifest, tmpName string) error {
 	defer s.filesMu.Unlock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var st blobState
-	if err := s.db.View(func(txn *badger.Txn) error {
-		var err error
-		st, err = s.state(txn, d)
-		return err
-	}); err != nil {
+	st, err := s.viewState(d)
+	if err != nil {
 		return err
 	}
 	if st == stateComplete {
@@ -177,7 +173,7 @@ func (p *put) publish(m *blobstore.Manifest, tmpName string) error {
 	if err := atomicfile.SyncDir(s.blobDir); err != nil {
 		return err
 	}
-	err := s.update(func(txn *badger.Txn) error {
+	err = s.update(func(txn *badger.Txn) error {
 		if err := txn.Set(key(prefixManifest, d), enc); err != nil {
 			return err
 		}

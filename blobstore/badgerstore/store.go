@@ -358,6 +358,15 @@ const (
 	stateComplete
 )
 
+// viewState is state in a read transaction of its own.
+func (s *Store) viewState(d [32]byte) (st blobState, err error) {
+	err = s.db.View(func(txn *badger.Txn) error {
+		st, err = s.state(txn, d)
+		return err
+	})
+	return st, err
+}
+
 func (s *Store) state(txn *badger.Txn, d [32]byte) (blobState, error) {
 	for _, st := range []struct {
 		prefix byte
@@ -453,11 +462,7 @@ func (s *Store) Has(ctx context.Context, c cid.Cid) (bool, error) {
 	if err != nil {
 		return false, nil
 	}
-	var st blobState
-	err = s.db.View(func(txn *badger.Txn) error {
-		st, err = s.state(txn, d)
-		return err
-	})
+	st, err := s.viewState(d)
 	return st == stateComplete, err
 }
 
@@ -693,11 +698,7 @@ func (s *Store) Touch(ctx context.Context, c cid.Cid) error {
 	if err != nil {
 		return err
 	}
-	var st blobState
-	err = s.db.View(func(txn *badger.Txn) error {
-		st, err = s.state(txn, d)
-		return err
-	})
+	st, err := s.viewState(d)
 	if err != nil {
 		return err
 	}
