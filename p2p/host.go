@@ -2,6 +2,7 @@ package p2p
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -42,7 +43,8 @@ const DefaultMDNSService = "_npu-agent._udp"
 type Config struct {
 	// DataDir holds the identity key (IdentityFile, created 0600 on first start) and the record log.
 	DataDir string
-	// ListenAddrs are TCP and QUIC multiaddrs. QUIC addresses are dropped when FleetKey is set (pnet is TCP only).
+	// ListenAddrs are TCP and QUIC multiaddrs. QUIC addresses are dropped when FleetKey is set (pnet is TCP only)
+	// and kept with an Authority.
 	ListenAddrs []ma.Multiaddr
 	// StaticPeers are dialled at start and redialled while disconnected; each must end in /p2p/<id>.
 	StaticPeers []ma.Multiaddr
@@ -55,6 +57,15 @@ type Config struct {
 	// ServeWithoutFleetKey serves chunks to any host that connects when no FleetKey is set: single-machine tests
 	// and demos only. The daemon never sets it.
 	ServeWithoutFleetKey bool
+	// Authority, when set (instead of FleetKey), is the fleet authority's ed25519 public key: peers prove
+	// membership at connection setup with a certificate it signed (6.2, proof.go), and blobs are served to
+	// proven members. MemberCert is this host's certificate (binary, see ReadPEMFile); RevocationsFile, when
+	// set, is the operator's revocation list file, re-read when it changes; ProofTimeout bounds a proof (0:
+	// DefaultProofTimeout).
+	Authority       ed25519.PublicKey
+	MemberCert      []byte
+	RevocationsFile string
+	ProofTimeout    time.Duration
 	// Allowlist, when non-empty, is the only peers allowed to connect (either direction).
 	Allowlist []peer.ID
 	// TrustedProducers, when non-empty, is the only producers whose records are used; empty trusts any member.
@@ -201,13 +212,17 @@ func filterAddrs(addrs []ma.Multiaddr, allowLoopback bool) []ma.Multiaddr {
 }
 
 // gater admits only allowlisted peers (when an allowlist is set), checked at dial and again after the
-// security handshake has authenticated the remote peer ID; it never dials unusable addresses.
+// security handshake has authenticated the remote peer ID; it never dials unusable addresses. With a fleet
+// authority it also refuses revoked peers and peers whose membership proof failed recently.
 type gater struct {
 	allow         map[peer.ID]bool // nil: any peer holding the fleet key
 	allowLoopback bool
+	refuse        func(peer.ID) bool // nil: none
 }
 
-func (g *gater) allowed(p peer.ID) bool { return g.allow == nil || g.allow[p] }
+func (g *gater) allowed(p peer.ID) bool {
+	return (g.allow == nil || g.allow[p]) && (g.refuse == nil || !g.refuse(p))
+}
 
 func (g *gater) InterceptPeerDial(p peer.ID) bool { return g.allowed(p) }
 
@@ -237,8 +252,8 @@ func resourceLimits() rcmgr.ConcreteLimitConfig {
 	return cfg.AutoScale()
 }
 
-// newHost builds the libp2p host described by cfg.
-func newHost(cfg Config, log *slog.Logger) (host.Host, error) {
+// newHost builds the libp2p host described by cfg; refuse (nil: none) is the fleet authority's gate.
+func newHost(cfg Config, log *slog.Logger, refuse func(peer.ID) bool) (host.Host, error) {
 	if cfg.DataDir == "" {
 		return nil, errors.New("p2p: config: DataDir is empty")
 	}
@@ -296,7 +311,7 @@ func newHost(cfg Config, log *slog.Logger) (host.Host, error) {
 	opts := []libp2p.Option{
 		libp2p.Identity(key),
 		libp2p.ListenAddrs(listen...),
-		libp2p.ConnectionGater(&gater{allow: allow, allowLoopback: cfg.AllowLoopback}),
+		libp2p.ConnectionGater(&gater{allow: allow, allowLoopback: cfg.AllowLoopback, refuse: refuse}),
 		libp2p.ResourceManager(rm),
 		libp2p.ConnectionManager(cm),
 		libp2p.AddrsFactory(func(as []ma.Multiaddr) []ma.Multiaddr { return filterAddrs(as, cfg.AllowLoopback) }),
