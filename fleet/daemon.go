@@ -23,6 +23,7 @@ import (
 	"github.com/npu-agent/npu-agent/metrics"
 	"github.com/npu-agent/npu-agent/p2p"
 	"github.com/npu-agent/npu-agent/p2p/flight"
+	"github.com/npu-agent/npu-agent/rollout"
 )
 
 // configError marks errors in the config file's p2p section as config.ErrInvalid. The errors read as before;
@@ -70,6 +71,28 @@ func p2pConfig(cfg config.Config) (p2p.Config, error) {
 			errs = append(errs, configError{fmt.Errorf("p2p.fleet_key_file: %w", err)})
 		}
 	}
+	if cfg.P2P.FleetAuthority != "" {
+		if pc.Authority, err = rollout.ParsePublicKey(cfg.P2P.FleetAuthority); err != nil {
+			errs = append(errs, configError{fmt.Errorf("p2p.fleet_authority: %w", err)})
+		}
+		pc.RevocationsFile = cfg.P2P.RevocationsFile
+	}
+	if cfg.P2P.MemberCertFile != "" {
+		if pc.MemberCert, err = p2p.ReadPEMFile(cfg.P2P.MemberCertFile, true); err != nil {
+			errs = append(errs, configError{fmt.Errorf("p2p.member_cert_file: %w", err)})
+		} else if pc.Authority != nil {
+			errs = append(errs, checkMemberCert(cfg, pc))
+		}
+	}
+	if cfg.P2P.RevocationsFile != "" && pc.Authority != nil {
+		if b, err := p2p.ReadPEMFile(cfg.P2P.RevocationsFile, false); err == nil {
+			if _, err := p2p.DecodeRevocations(b, pc.Authority); err != nil {
+				errs = append(errs, configError{fmt.Errorf("p2p.revocations_file: %w", err)})
+			}
+		} else if !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, configError{fmt.Errorf("p2p.revocations_file: %w", err)})
+		}
+	}
 	if pc.Allowlist, err = peerIDs("p2p.allowlist", cfg.P2P.Allowlist); err != nil {
 		errs = append(errs, err)
 	}
@@ -77,6 +100,26 @@ func p2pConfig(cfg config.Config) (p2p.Config, error) {
 		errs = append(errs, err)
 	}
 	return pc, errors.Join(errs...)
+}
+
+// checkMemberCert checks the member certificate against the authority and, once the daemon has an identity, its
+// peer ID and validity now: a certificate that no member would accept is a config error.
+func checkMemberCert(cfg config.Config, pc p2p.Config) error {
+	c, err := p2p.DecodeCert(pc.MemberCert, pc.Authority)
+	if err != nil {
+		return configError{fmt.Errorf("p2p.member_cert_file: %w", err)}
+	}
+	id, err := p2p.ReadPeerID(cfg.DataDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil // the identity is created at first start; the daemon logs a mismatch
+	}
+	if err != nil {
+		return configError{fmt.Errorf("p2p.member_cert_file: %w", err)}
+	}
+	if _, err := p2p.VerifyCert(c.Raw, pc.Authority, id, time.Now(), nil); err != nil {
+		return configError{fmt.Errorf("p2p.member_cert_file: this host is %s: %w", id, err)}
+	}
+	return nil
 }
 
 func multiaddrs(key string, ss []string) ([]ma.Multiaddr, error) {

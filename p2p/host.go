@@ -158,6 +158,20 @@ func WriteFleetKey(path string) error {
 	return nil
 }
 
+// ReadPeerID returns the peer ID of the identity in dataDir without creating one (fs.ErrNotExist before the
+// daemon's first start).
+func ReadPeerID(dataDir string) (peer.ID, error) {
+	b, err := os.ReadFile(filepath.Join(dataDir, IdentityFile))
+	if err != nil {
+		return "", fmt.Errorf("read identity key: %w", err)
+	}
+	k, err := crypto.UnmarshalPrivateKey(b)
+	if err != nil {
+		return "", fmt.Errorf("identity key: %w", err)
+	}
+	return peer.IDFromPrivateKey(k)
+}
+
 // loadIdentity reads the host key from dir, creating an Ed25519 key (mode 0600) on first start.
 func loadIdentity(dir string, log *slog.Logger) (crypto.PrivKey, error) {
 	path := filepath.Join(dir, IdentityFile)

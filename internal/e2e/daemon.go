@@ -72,10 +72,13 @@ type Config struct {
 	// P2P enables the libp2p node on TCP P2PPort with mDNS discovery.
 	P2P          bool
 	FleetKeyFile string // p2p.fleet_key_file; "" for none
-	FlightWindow time.Duration
-	LeaseTTL     time.Duration
-	Deadline     time.Duration
-	LogLevel     string // "" is info
+	// FleetAuthority, MemberCertFile and RevocationsFile: p2p.fleet_authority, member_cert_file and
+	// revocations_file (a fleet authority instead of a fleet key); "" for none.
+	FleetAuthority, MemberCertFile, RevocationsFile string
+	FlightWindow                                    time.Duration
+	LeaseTTL                                        time.Duration
+	Deadline                                        time.Duration
+	LogLevel                                        string // "" is info
 	// TrustedKeys are operator public keys (rollout.trusted_keys); none disables rollouts.
 	TrustedKeys []string
 	Tags        []string // rollout.tags, "name=value"
@@ -124,6 +127,12 @@ func (c Config) yaml() []byte {
 		}
 		if c.FleetKeyFile != "" {
 			fmt.Fprintf(&b, "  fleet_key_file: %s\n", q(c.FleetKeyFile))
+		}
+		for _, kv := range [][2]string{{"fleet_authority", c.FleetAuthority}, {"member_cert_file", c.MemberCertFile},
+			{"revocations_file", c.RevocationsFile}} {
+			if kv[1] != "" {
+				fmt.Fprintf(&b, "  %s: %s\n", kv[0], q(kv[1]))
+			}
 		}
 	}
 	if len(c.TrustedKeys) > 0 {
