@@ -26,7 +26,7 @@ type fleetCA struct {
 	priv ed25519.PrivateKey
 }
 
-func newCA(t *testing.T) fleetCA {
+func newCA(t testing.TB) fleetCA {
 	t.Helper()
 	pub, priv, err := ed25519.GenerateKey(nil)
 	if err != nil {
@@ -35,7 +35,7 @@ func newCA(t *testing.T) fleetCA {
 	return fleetCA{pub, priv}
 }
 
-func (ca fleetCA) cert(t *testing.T, p peer.ID, nb, na time.Time) []byte {
+func (ca fleetCA) cert(t testing.TB, p peer.ID, nb, na time.Time) []byte {
 	t.Helper()
 	c, err := IssueCert(ca.priv, p, nb, na)
 	if err != nil {
