@@ -103,6 +103,12 @@ func TestAuthorityMembers(t *testing.T) {
 	if !a.Member(b.ID()) || !b.Member(a.ID()) {
 		t.Error("proven peers are not members")
 	}
+	// With both, TCP is dialled first (quicDialDelay).
+	c := ca.member(t, func(c *Config) { c.ListenAddrs = append(c.ListenAddrs, ma.StringCast("/ip4/127.0.0.1/udp/0/quic-v1")) })
+	connect(t, b, c)
+	if cs := b.Host().Network().ConnsToPeer(c.ID()); len(cs) != 1 || isQUIC(cs[0].RemoteMultiaddr()) {
+		t.Errorf("connections %v, want one over TCP", cs)
+	}
 	if _, err := a.Publish(t.Context(), recordFor(t, a, data, "model-a")); err != nil {
 		t.Fatal(err)
 	}
