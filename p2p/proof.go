@@ -75,8 +75,9 @@ type membership struct {
 	rl         *RevocationList
 	topic      *pubsub.Topic
 
-	fileMu sync.Mutex
-	opStat os.FileInfo // of opFile when last read
+	fileMu  sync.Mutex
+	opStat  os.FileInfo // of opFile when last read
+	storeMu sync.Mutex  // serialises store
 }
 
 // newMembership checks the configuration and loads the revocation lists (the operator's file must be valid).
@@ -127,6 +128,12 @@ func (m *membership) start(h host.Host) {
 			m.log.Error("member certificate is not valid now: no member will accept this host",
 				"not_before", c.NotBefore, "not_after", c.NotAfter)
 		}
+	}
+	if m.rl != nil {
+		if m.rl.Revoked(h.ID()) {
+			m.log.Error("this host is revoked: members will refuse it", "peer", h.ID(), "seq", m.rl.Seq)
+		}
+		m.store()
 	}
 	h.SetStreamHandler(ProofProtocol, m.serveProof)
 	h.Network().Notify(&network.NotifyBundle{
@@ -404,21 +411,19 @@ func (m *membership) adopt(l *RevocationList, from string) bool {
 	m.rl = l
 	topic := m.topic
 	m.mu.Unlock()
-	var drop []peer.ID
-	if m.h != nil { // nil while the node starts: nothing is connected yet
-		for _, p := range m.h.Network().Peers() {
-			if l.Revoked(p) {
-				drop = append(drop, p)
-			}
-		}
-	}
 	m.log.Info("revocation list adopted", "seq", l.Seq, "revoked", len(l.Peers), "from", from)
-	if err := atomicfile.WriteFile(m.stored, EncodePEM(l.Raw, false), 0o644); err != nil {
-		m.log.Warn("revocation list not stored", "path", m.stored, "err", err)
+	if m.h == nil {
+		return true // adopted at start: start stores it once the data directory exists
 	}
-	for _, p := range drop {
-		m.log.Warn("revoked member disconnected", "peer", p, "seq", l.Seq)
-		m.h.Network().ClosePeer(p)
+	if l.Revoked(m.h.ID()) {
+		m.log.Error("this host is revoked: members will refuse it", "peer", m.h.ID(), "seq", l.Seq)
+	}
+	m.store()
+	for _, p := range m.h.Network().Peers() {
+		if l.Revoked(p) {
+			m.log.Warn("revoked member disconnected", "peer", p, "seq", l.Seq)
+			m.h.Network().ClosePeer(p)
+		}
 	}
 	if topic != nil {
 		if err := topic.Publish(m.ctx, l.Raw); err != nil && m.ctx.Err() == nil {
@@ -426,6 +431,19 @@ func (m *membership) adopt(l *RevocationList, from string) bool {
 		}
 	}
 	return true
+}
+
+// store writes the list held to the data directory; writes are serialised so a slower one never leaves an older
+// list behind.
+func (m *membership) store() {
+	m.storeMu.Lock()
+	defer m.storeMu.Unlock()
+	m.mu.Lock()
+	l := m.rl
+	m.mu.Unlock()
+	if err := atomicfile.WriteFile(m.stored, EncodePEM(l.Raw, false), 0o644); err != nil {
+		m.log.Warn("revocation list not stored", "path", m.stored, "err", err)
+	}
 }
 
 // readOpFile adopts the operator's revocation file if it changed since last read; a missing file revokes nobody.

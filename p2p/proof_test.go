@@ -311,6 +311,19 @@ func TestThreatAuthorityRevocation(t *testing.T) {
 		t.Error("late member dialled the revoked one")
 	}
 
+	// A member started with the operator's file refuses the revoked one from the start, and stores the list.
+	e := ca.member(t, func(c *Config) { c.RevocationsFile = listFile })
+	ctx2, cancel2 := context.WithTimeout(t.Context(), 3*time.Second)
+	defer cancel2()
+	b.Host().Connect(ctx2, peer.AddrInfo{ID: e.ID(), Addrs: e.Host().Addrs()})
+	time.Sleep(200 * time.Millisecond)
+	if connected(e, b) || e.Member(b.ID()) {
+		t.Error("member started with the list admitted the revoked one")
+	}
+	if _, err := os.Stat(filepath.Join(e.dir, "p2p", RevocationsFile)); err != nil {
+		t.Errorf("operator's list not stored at start: %v", err)
+	}
+
 	// A restart keeps the list (stored in the data directory).
 	c.close()
 	c2 := startNode(t, c.dir, func(cfg *Config) {
