@@ -40,6 +40,7 @@ const (
 	maxPenalised     = 4096
 	maxEverProven    = 4096
 	membershipCheck  = 10 * time.Second // revocation file poll and expiry sweep
+	certRenewWarning = 14 * 24 * time.Hour
 )
 
 // ErrNotMember is returned when a stream to a peer is refused because the peer has not proven membership.
@@ -63,10 +64,13 @@ type membership struct {
 	log       *slog.Logger
 	onProven  func(peer.ID) // the node's "new member connected" work; set before connections are proven
 
-	h      host.Host // the raw host (not gated)
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	h host.Host // the raw host (not gated)
+	// ownNotAfter is when our certificate expires; watch warns from certRenewWarning before, once a day.
+	ownNotAfter time.Time
+	warnedAt    time.Time
+	ctx         context.Context
+	cancel      context.CancelFunc
+	wg          sync.WaitGroup
 
 	mu         sync.Mutex
 	peers      map[peer.ID]*proofState
@@ -121,6 +125,7 @@ func newMembership(cfg Config, log *slog.Logger) (*membership, error) {
 func (m *membership) start(h host.Host) {
 	m.h = h
 	if c, err := DecodeCert(m.cert, m.authority); err == nil {
+		m.ownNotAfter = c.NotAfter
 		if c.Peer != h.ID() {
 			m.log.Error("member certificate names another peer: no member will accept this host",
 				"cert_peer", c.Peer, "peer", h.ID())
@@ -147,7 +152,9 @@ func (m *membership) start(h host.Host) {
 }
 
 func (m *membership) stop() {
+	m.mu.Lock() // connected checks ctx and adds to wg under mu: no Add races the Wait
 	m.cancel()
+	m.mu.Unlock()
 	m.wg.Wait()
 }
 
@@ -489,6 +496,11 @@ func (m *membership) watch() {
 			}
 		}
 		now := time.Now()
+		if left := m.ownNotAfter.Sub(now); left < certRenewWarning && now.Sub(m.warnedAt) > 24*time.Hour {
+			m.warnedAt = now
+			m.log.Warn("this host's member certificate expires soon: issue a new one (fleet-key issue)",
+				"not_after", m.ownNotAfter, "left", left.Round(time.Minute))
+		}
 		var expired []peer.ID
 		m.mu.Lock()
 		for p, st := range m.peers {
