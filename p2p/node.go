@@ -82,16 +82,7 @@ const maxSeen = 4096
 func (n *Node) met(p peer.ID) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if _, ok := n.seen[p]; !ok && len(n.seen) >= maxSeen {
-		var oldest peer.ID
-		for q, t := range n.seen {
-			if oldest == "" || t.Before(n.seen[oldest]) {
-				oldest = q
-			}
-		}
-		delete(n.seen, oldest)
-	}
-	n.seen[p] = time.Now()
+	stamp(n.seen, p, time.Now(), maxSeen)
 }
 
 // Member reports whether p counts as a fleet member for documents it signs (status reports): with an allowlist,

@@ -301,31 +301,25 @@ func (m *membership) readProof(ctx context.Context, p peer.ID) (MemberCert, uint
 func (m *membership) reject(p peer.ID, why error) {
 	m.log.Warn("peer refused: no valid membership proof", "peer", p, "err", why)
 	m.mu.Lock()
-	if len(m.penalised) >= maxPenalised {
-		var oldest peer.ID
-		for q, t := range m.penalised {
-			if oldest == "" || t.Before(m.penalised[oldest]) {
-				oldest = q
-			}
-		}
-		delete(m.penalised, oldest)
-	}
-	m.penalised[p] = time.Now().Add(proofPenalty)
+	stamp(m.penalised, p, time.Now().Add(proofPenalty), maxPenalised)
 	m.mu.Unlock()
 	m.h.Network().ClosePeer(p)
 }
 
-func (m *membership) rememberProven(p peer.ID) {
-	if _, ok := m.everProven[p]; !ok && len(m.everProven) >= maxEverProven {
+func (m *membership) rememberProven(p peer.ID) { stamp(m.everProven, p, time.Now(), maxEverProven) }
+
+// stamp sets set[p] = t; a new p in a set of limit entries first evicts the entry with the earliest time.
+func stamp(set map[peer.ID]time.Time, p peer.ID, t time.Time, limit int) {
+	if _, ok := set[p]; !ok && len(set) >= limit {
 		var oldest peer.ID
-		for q, t := range m.everProven {
-			if oldest == "" || t.Before(m.everProven[oldest]) {
+		for q, tq := range set {
+			if oldest == "" || tq.Before(set[oldest]) {
 				oldest = q
 			}
 		}
-		delete(m.everProven, oldest)
+		delete(set, oldest)
 	}
-	m.everProven[p] = time.Now()
+	set[p] = t
 }
 
 // wait blocks until p's verdict is known (dialling p first if not connected) and reports whether p is a proven,

@@ -49,14 +49,21 @@ func (a *app) fleetKeyCmd() *cobra.Command {
 	return c
 }
 
-// authorityCmd is `fleet-key authority --out FILE`: the fleet authority's key pair (docs/design.md 6.2), in the
-// operator key formats of 8.2.
+// authorityCmd is `fleet-key authority --out FILE`: the fleet authority's key pair (docs/design.md 6.2).
 func (a *app) authorityCmd() *cobra.Command {
+	return a.operatorKeyCmd("authority --out FILE",
+		"Create a fleet authority key (mode 0600, never replaced); prints the line for p2p.fleet_authority",
+		"# fleet authority key %s (key id %s): keep it off the fleet, mode 0600\n"+
+			"# set on every member, with its certificate from `fleet-key issue`:\n#   p2p:\n#     fleet_authority: %s\n")
+}
+
+// operatorKeyCmd makes a command that writes a new ed25519 key pair in the operator key formats (design 8.2) to
+// --out, which must not exist, and prints advice (a format of the file, key ID and public key): rollout keys
+// (keygen) and the fleet authority share them.
+func (a *app) operatorKeyCmd(use, short, advice string) *cobra.Command {
 	var out string
 	c := &cobra.Command{
-		Use:   "authority --out FILE",
-		Short: "Create a fleet authority key (mode 0600, never replaced); prints the line for p2p.fleet_authority",
-		Args:  exactArgs(0),
+		Use: use, Short: short, Args: exactArgs(0),
 		RunE: func(*cobra.Command, []string) error {
 			if out == "" {
 				return usageError{fmt.Errorf("--out is required")}
@@ -67,17 +74,16 @@ func (a *app) authorityCmd() *cobra.Command {
 			}
 			res := struct {
 				File      string `json:"file"`
+				KeyID     string `json:"key_id"`
 				PublicKey string `json:"public_key"`
-			}{out, rollout.FormatPublicKey(pub)}
+			}{out, rollout.KeyID(pub), rollout.FormatPublicKey(pub)}
 			return a.print(res, func(w io.Writer) error {
-				_, err := fmt.Fprintf(w, "# fleet authority key %s: keep it off the fleet, mode 0600\n"+
-					"# set on every member (with its certificate from `fleet-key issue`):\n"+
-					"#   p2p:\n#     fleet_authority: %s\n", out, res.PublicKey)
+				_, err := fmt.Fprintf(w, advice, res.File, res.KeyID, res.PublicKey)
 				return err
 			})
 		},
 	}
-	c.Flags().StringVar(&out, "out", "", "file to write the private key to")
+	c.Flags().StringVar(&out, "out", "", "file to write the private key to (never replaced if it exists)")
 	return c
 }
 

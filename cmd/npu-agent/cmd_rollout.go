@@ -17,33 +17,9 @@ import (
 )
 
 func (a *app) keygenCmd() *cobra.Command {
-	var out string
-	c := &cobra.Command{
-		Use:   "keygen --out FILE",
-		Short: "Create an operator key for signing rollouts; prints the public key line for rollout.trusted_keys",
-		Args:  exactArgs(0),
-		RunE: func(*cobra.Command, []string) error {
-			if out == "" {
-				return usageError{fmt.Errorf("--out is required")}
-			}
-			priv, pub := rollout.GenerateKey()
-			if err := rollout.WritePrivateKeyFile(out, priv); err != nil {
-				return err
-			}
-			res := struct {
-				File      string `json:"file"`
-				KeyID     string `json:"key_id"`
-				PublicKey string `json:"public_key"`
-			}{out, rollout.KeyID(pub), rollout.FormatPublicKey(pub)}
-			return a.print(res, func(w io.Writer) error {
-				_, err := fmt.Fprintf(w, "# private key %s (key id %s): keep it offline, mode 0600\n"+
-					"# add this line to rollout.trusted_keys on every agent:\n%s\n", res.File, res.KeyID, res.PublicKey)
-				return err
-			})
-		},
-	}
-	c.Flags().StringVar(&out, "out", "", "file to write the private key to (never replaced if it exists)")
-	return c
+	return a.operatorKeyCmd("keygen --out FILE",
+		"Create an operator key for signing rollouts; prints the public key line for rollout.trusted_keys",
+		"# private key %s (key id %s): keep it offline, mode 0600\n# add this line to rollout.trusted_keys on every agent:\n%s\n")
 }
 
 // publishFlags are the flags of publish beside the profile ones.
