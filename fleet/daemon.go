@@ -110,8 +110,8 @@ func checkMemberCert(cfg config.Config, pc p2p.Config) error {
 		return configError{fmt.Errorf("p2p.member_cert_file: %w", err)}
 	}
 	id, err := p2p.ReadPeerID(cfg.DataDir)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil // the identity is created at first start; the daemon logs a mismatch
+	if errors.Is(err, os.ErrNotExist) || errors.Is(err, os.ErrPermission) {
+		return nil // no identity yet (created at first start), or not ours to read: the daemon logs a mismatch
 	}
 	if err != nil {
 		return configError{fmt.Errorf("p2p.member_cert_file: %w", err)}
