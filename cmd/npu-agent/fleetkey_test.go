@@ -76,6 +76,8 @@ func TestFleetAuthorityCommands(t *testing.T) {
 		t.Errorf("second list %v", r)
 	}
 
+	strangerCert := filepath.Join(dir, "s.cert")
+	jsonOut("fleet-key", "issue", "--authority", authKey, "--peer", o1.String(), "--out", strangerCert)
 	p2pSection := func(certPath string) string {
 		return "p2p:\n  fleet_authority: \"" + pub + "\"\n  member_cert_file: " + certPath + "\n"
 	}
@@ -84,6 +86,7 @@ func TestFleetAuthorityCommands(t *testing.T) {
 	}
 	for name, tc := range map[string]struct{ body, want string }{
 		"another authority's certificate":   {p2pSection(otherCert), "member_cert_file"},
+		"another host's certificate":        {p2pSection(strangerCert), "this host is " + id.String()},
 		"both a fleet key and an authority": {p2pSection(cert) + "  fleet_key_file: " + authKey + "\n", "not both"},
 		"authority without certificate":     {"p2p:\n  fleet_authority: \"" + pub + "\"\n", "go together"},
 		"bad authority key":                 {"p2p:\n  fleet_authority: \"npu-agent-ed25519:eA==\"\n  member_cert_file: " + cert + "\n", "fleet_authority"},
