@@ -381,3 +381,44 @@ func TestAuthorityConfig(t *testing.T) {
 		}
 	}
 }
+
+// Threat 9.2 "connection flood from throwaway identities" with a fleet authority: outsiders cost the victim a
+// handshake and one proof read each, then are closed; nothing stays behind and a member still fetches meanwhile.
+func TestThreatAuthorityConnectionFlood(t *testing.T) {
+	t.Parallel()
+	ca := newCA(t)
+	victim := ca.member(t, nil)
+	member := ca.member(t, nil)
+	data := randomBlob(t, 2<<20)
+	blob := put(t, victim, data)
+	ai := peer.AddrInfo{ID: victim.ID(), Addrs: victim.Host().Addrs()}
+	flood := hostilePeers(t, 40, hostile.PeerOptions{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for _, h := range flood {
+			h.Connect(t.Context(), ai)
+		}
+	}()
+	connect(t, member, victim)
+	if err := fetch(t, member, blob, victim); err != nil {
+		t.Fatalf("member fetch during the flood: %v", err)
+	}
+	<-done
+	eventually(t, "outsiders disconnected", func() bool {
+		for _, h := range flood {
+			if victim.Host().Network().Connectedness(h.ID()) == network.Connected {
+				return false
+			}
+		}
+		return true
+	})
+	for _, h := range flood {
+		h.Close()
+	}
+	eventually(t, "proof states of the outsiders forgotten", func() bool {
+		victim.mb.mu.Lock()
+		defer victim.mb.mu.Unlock()
+		return len(victim.mb.peers) == 1 // the member's
+	})
+}
