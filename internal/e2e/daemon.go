@@ -88,7 +88,12 @@ type Config struct {
 	// APITCP also serves the API on this loopback address, opened by the token in TokenFile.
 	APITCP    string
 	TokenFile string
+	// OVCacheDirs are application cache directories the daemon shares (ovcache.dirs).
+	OVCacheDirs []OVCacheDir
 }
+
+// OVCacheDir is one ovcache.dirs entry: the directory and its application's OpenVINO build ("" learns it).
+type OVCacheDir struct{ Path, Build string }
 
 // yaml renders c as the daemon's config file. Every value is quoted or numeric, so no path can break the syntax.
 func (c Config) yaml() []byte {
@@ -136,6 +141,12 @@ func (c Config) yaml() []byte {
 			for _, tag := range c.Tags {
 				fmt.Fprintf(&b, "    - %s\n", q(tag))
 			}
+		}
+	}
+	if len(c.OVCacheDirs) > 0 {
+		b.WriteString("ovcache:\n  dirs:\n")
+		for _, d := range c.OVCacheDirs {
+			fmt.Fprintf(&b, "    - path: %s\n      openvino_build: %s\n", q(d.Path), q(d.Build))
 		}
 	}
 	b.WriteString("flight:\n")
