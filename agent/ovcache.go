@@ -209,3 +209,9 @@ func (a *Agent) CacheEntryRejected(ctx context.Context, r blobstore.Record) {
 	}
 	a.publish(ctx, neg)
 }
+
+// CheckCacheUsable says whether entry e of this host's own cache directory, whose application runs OpenVINO
+// build (empty: unknown), can still load here; an error means it is stale.
+func (a *Agent) CheckCacheUsable(e *ovcache.Entry, build string) error {
+	return ovcache.CheckUsable(a.opts.Rules, e, a.opts.Host, build)
+}

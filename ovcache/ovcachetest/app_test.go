@@ -41,7 +41,11 @@ func TestAppBehavesAsOpenVINOsCache(t *testing.T) {
 	for _, a := range []ovcachetest.App{
 		func() ovcachetest.App { b := app; b.Build = "2026.1.0-other"; return b }(),
 		func() ovcachetest.App { b := app; b.Model = []byte("model2"); return b }(),
-		func() ovcachetest.App { b := app; b.Properties = map[string]string{"DEVICE_ARCHITECTURE": "5010"}; return b }(),
+		func() ovcachetest.App {
+			b := app
+			b.Properties = map[string]string{"DEVICE_ARCHITECTURE": "5010"}
+			return b
+		}(),
 	} {
 		if a.Name() == name {
 			t.Errorf("%+v has the same name as %+v", a, app)
