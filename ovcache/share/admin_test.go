@@ -55,9 +55,9 @@ func TestListPrune(t *testing.T) {
 	weightless := ovcachetest.Trailer(compat.OVVersion{Major: 2026, Minor: 1}, 7, 4)
 	weightless.InitSizes = []uint64{10}
 	files := map[string][]byte{
-		"30.blob": otherCompiler,                                 // stale: the rules refuse its compiler here
-		"40.blob": []byte("garbage"),                             // stale once a minute old
-		"41.blob": []byte("still being written"),                 // not stale: fresh
+		"30.blob": otherCompiler,                 // stale: the rules refuse its compiler here
+		"40.blob": []byte("garbage"),             // stale once a minute old
+		"41.blob": []byte("still being written"), // not stale: fresh
 		"50.blob": ovcachetest.Entry(ovcache.Header{Build: newBuild, FileInfo: "0"}, false, ovcachetest.Blob(weightless, 1000, 4)),
 		"60.txt":  []byte("not an entry"),
 	}

@@ -90,9 +90,9 @@ type Options struct {
 
 // Sharer is the component. Run it once.
 type Sharer struct {
-	opts   Options
-	log    *slog.Logger
-	dirs   []*dirState
+	opts Options
+	log  *slog.Logger
+	dirs []*dirState
 	// mu guards what List and Prune (API goroutines) share with Run: each dirState's build, populated and
 	// pruned. Run's goroutine reads them without it (it is their only other writer) and writes them with it.
 	mu     sync.Mutex
@@ -119,7 +119,7 @@ type populated struct {
 type dirState struct {
 	Dir
 	root      *os.Root
-	build     string // the application's build string in use: Dir.Build, else learned, else DefaultBuild
+	build     string    // the application's build string in use: Dir.Build, else learned, else DefaultBuild
 	learned   string    // the newest build string of an entry the application wrote here
 	learnedAt time.Time // the mtime of the entry it was learned from, in this process
 	key       string
