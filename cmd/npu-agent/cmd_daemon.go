@@ -128,7 +128,8 @@ func runDaemon(ctx context.Context, cfg config.Config, log *slog.Logger) (err er
 		log.Info("rollouts disabled: rollout.trusted_keys is empty")
 	}
 	// Application cache directories (issue 14): harvest and populate OpenVINO CACHE_DIR entries.
-	if sharer, err := newOVCacheSharer(cfg, ag, reg, log); err != nil {
+	sharer, err := newOVCacheSharer(ctx, cfg, ag, backend, reg, log)
+	if err != nil {
 		return d.abort(err)
 	} else if sharer != nil {
 		d.goUpper(sharer.Run)
@@ -138,7 +139,8 @@ func runDaemon(ctx context.Context, cfg config.Config, log *slog.Logger) (err er
 	srv := server.NewServer(struct {
 		*server.Service
 		*server.StoreAdmin
-	}{svc, admin}, apiOpts)
+		cacheAdmin
+	}{svc, admin, cacheAdmin{sharer}}, apiOpts)
 	d.goUpper(srv.Run)
 	d.goUpper(func(ctx context.Context) error { return gcLoop(ctx, ag, cfg.Store, log) })
 	log.Info("npu-agent daemon running", "version", version, "socket", cfg.SocketPath(), "data_dir", cfg.DataDir,

@@ -1,30 +1,47 @@
 package main
 
 import (
+	"cmp"
+	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spf13/cobra"
 
 	"github.com/npu-agent/npu-agent/agent"
+	"github.com/npu-agent/npu-agent/api"
+	"github.com/npu-agent/npu-agent/compile"
 	"github.com/npu-agent/npu-agent/config"
 	"github.com/npu-agent/npu-agent/ovcache/share"
 )
 
 // newOVCacheSharer translates the config's ovcache section into the sharer of application cache directories
-// (nil when none is configured). Owners and groups are names or numeric ids.
-func newOVCacheSharer(cfg config.Config, ag *agent.Agent, reg prometheus.Registerer, log *slog.Logger) (*share.Sharer, error) {
+// (nil when none is configured). Owners and groups are names or numeric ids. A directory without openvino_build
+// starts from the build string of the agent's own OpenVINO (the helper's probe, design 5.5), if it has one.
+func newOVCacheSharer(ctx context.Context, cfg config.Config, ag *agent.Agent, backend compile.Backend, reg prometheus.Registerer, log *slog.Logger) (*share.Sharer, error) {
 	if len(cfg.OVCache.Dirs) == 0 {
 		return nil, nil
 	}
 	dirs, err := ovcacheDirs(cfg)
 	if err != nil {
 		return nil, err
+	}
+	if ov, ok := backend.(*compile.OpenVINO); ok && slices.ContainsFunc(dirs, func(d share.Dir) bool { return d.Build == "" }) {
+		pr, err := ov.ProbeProperties(ctx, "NPU")
+		if err != nil {
+			log.Warn("no OpenVINO build string from the helper; cache directories without openvino_build learn it from their entries", "err", err)
+		}
+		for i := range dirs {
+			dirs[i].DefaultBuild = pr.OpenVINO
+		}
 	}
 	return share.New(share.Options{Dirs: dirs, Agent: ag, StateDir: filepath.Join(cfg.DataDir, "ovcache"),
 		MaxEntrySize: int64(cfg.OVCache.MaxEntrySize), Logger: log, Registerer: reg})
@@ -83,4 +100,131 @@ func lookupID(s string, byName func(string) (string, error)) (int, error) {
 		return 0, err
 	}
 	return strconv.Atoi(id)
+}
+
+// cacheAdmin is api.CacheAdmin over the sharer (none configured: no entries), in the daemon and in the CLI.
+type cacheAdmin struct{ s *share.Sharer }
+
+func (c cacheAdmin) CacheEntries(ctx context.Context) ([]api.CacheEntry, error) {
+	if c.s == nil {
+		return []api.CacheEntry{}, nil
+	}
+	es, err := c.s.List(ctx)
+	return apiCacheEntries(es), err
+}
+
+func (c cacheAdmin) PruneCache(ctx context.Context, req api.CachePruneRequest) (api.CachePruneResponse, error) {
+	out := api.CachePruneResponse{DryRun: req.DryRun, Removed: []api.CacheEntry{}}
+	if c.s == nil {
+		return out, nil
+	}
+	es, err := c.s.Prune(ctx, req.DryRun)
+	out.Removed = apiCacheEntries(es)
+	for _, e := range es {
+		out.FreedBytes += uint64(e.Size)
+	}
+	return out, err
+}
+
+func apiCacheEntries(es []share.EntryInfo) []api.CacheEntry {
+	out := make([]api.CacheEntry, 0, len(es))
+	for _, e := range es {
+		out = append(out, api.CacheEntry{Dir: e.Dir, Name: e.Name, Build: e.Build, Size: uint64(e.Size), LastUse: e.LastUse,
+			Blob: e.Blob, Weightless: e.Weightless, Stale: e.Stale, Reason: e.Reason})
+	}
+	return out
+}
+
+// withCache runs a cache command against the daemon or, when none answers, the sharer of this process (its
+// owner only, as for the store).
+func (a *app) withCache(run func(cmd *cobra.Command, ca api.CacheAdmin) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, _ []string) error {
+		ctx := cmd.Context()
+		cfg, err := a.loadConfig()
+		if err != nil {
+			return err
+		}
+		c, err := api.Dial(ctx, cfg.SocketPath())
+		if err == nil {
+			defer c.Close()
+			return run(cmd, c)
+		}
+		if !errors.Is(err, api.ErrNoDaemon) {
+			return err
+		}
+		l, err := a.openLocalWith(ctx, cfg)
+		if err != nil {
+			return err
+		}
+		defer l.Close()
+		s, err := newOVCacheSharer(ctx, cfg, l.agent, l.backend, nil, a.logger(cfg))
+		if err != nil {
+			return err
+		}
+		return run(cmd, cacheAdmin{s})
+	}
+}
+
+func (a *app) cacheCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "cache",
+		Short: "The applications' OpenVINO cache directories the agent shares (ovcache.dirs)",
+	}
+	c.AddCommand(&cobra.Command{
+		Use:   "ls",
+		Short: "List cache entries: build string, size, last use, and whether each is stale for this host",
+		Args:  exactArgs(0),
+		RunE: a.withCache(func(cmd *cobra.Command, ca api.CacheAdmin) error {
+			out, err := ca.CacheEntries(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return a.print(out, func(w io.Writer) error { return cacheTable(w, out) })
+		}),
+	})
+	var dryRun bool
+	prune := &cobra.Command{
+		Use:   "prune [--dry-run]",
+		Short: "Remove the cache entries that cannot load on this host any more (another build string or NPU stack)",
+		Args:  exactArgs(0),
+		RunE: a.withCache(func(cmd *cobra.Command, ca api.CacheAdmin) error {
+			res, err := ca.PruneCache(cmd.Context(), api.CachePruneRequest{DryRun: dryRun})
+			if err != nil {
+				return err
+			}
+			return a.print(res, func(w io.Writer) error {
+				verb, freed := "removed", "freed"
+				if res.DryRun {
+					verb, freed = "would remove", "would free"
+				}
+				for _, e := range res.Removed {
+					fmt.Fprintf(w, "%s %s (%s)\n", verb, filepath.Join(e.Dir, e.Name), e.Reason)
+				}
+				_, err := fmt.Fprintf(w, "%s %s in %d stale entries\n", freed, humanBytes(res.FreedBytes), len(res.Removed))
+				return err
+			})
+		}),
+	}
+	prune.Flags().BoolVar(&dryRun, "dry-run", false, "only list what would be removed")
+	c.AddCommand(prune)
+	return c
+}
+
+func cacheTable(w io.Writer, es []api.CacheEntry) error {
+	var rows [][]string
+	for _, e := range es {
+		model, build, state := cmp.Or(e.Model, "-"), cmp.Or(e.Build, "-"), "ok"
+		switch {
+		case e.Stale:
+			state = "stale: " + e.Reason
+		case e.Weightless:
+			state = "ok (weightless, not shared)"
+		}
+		origin := "application"
+		if e.Blob != "" {
+			origin = "fleet " + short(e.Blob)
+		}
+		rows = append(rows, []string{filepath.Join(e.Dir, e.Name), model, build, humanBytes(e.Size), ago(e.LastUse), origin, state})
+	}
+	return table(w, []string{"ENTRY", "MODEL", "BUILD", "SIZE", "USED", "FROM", "STATE"}, rows)
 }

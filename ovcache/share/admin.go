@@ -155,6 +155,9 @@ func (s *Sharer) Prune(ctx context.Context, dryRun bool) ([]EntryInfo, error) {
 			s.log.Info("pruned a stale cache entry", "dir", d.Path, "entry", e.Name, "reason", e.Reason)
 			removed = append(removed, e)
 		}
+		if !s.running.Load() {
+			s.checkPopulated(ctx, d) // no Run (the CLI without a daemon): forget the pruned entries now
+		}
 	}
 	return removed, errors.Join(errs...)
 }

@@ -20,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -95,7 +96,8 @@ type Sharer struct {
 	dirs []*dirState
 	// mu guards what List and Prune (API goroutines) share with Run: each dirState's build, populated and
 	// pruned. Run's goroutine reads them without it (it is their only other writer) and writes them with it.
-	mu     sync.Mutex
+	mu      sync.Mutex
+	running atomic.Bool // Run has started: Prune leaves populated entries to Run's next pass
 	events *prometheus.CounterVec
 	spread prometheus.Histogram
 }
@@ -279,6 +281,7 @@ func (s *Sharer) saveState(d *dirState) {
 
 // Run watches, harvests and populates until ctx ends, then closes the directories.
 func (s *Sharer) Run(ctx context.Context) error {
+	s.running.Store(true)
 	defer func() {
 		for _, d := range s.dirs {
 			d.root.Close()
