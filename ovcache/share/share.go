@@ -98,8 +98,8 @@ type Sharer struct {
 	// pruned. Run's goroutine reads them without it (it is their only other writer) and writes them with it.
 	mu      sync.Mutex
 	running atomic.Bool // Run has started: Prune leaves populated entries to Run's next pass
-	events *prometheus.CounterVec
-	spread prometheus.Histogram
+	events  *prometheus.CounterVec
+	spread  prometheus.Histogram
 }
 
 // look is what one Lstat of an entry saw.
