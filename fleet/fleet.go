@@ -91,6 +91,11 @@ func (f *Fleet) Coordinate(ctx context.Context, key compile.FlightKey, compileFn
 	return out.From.String(), nil
 }
 
+// OnRecord calls fn, which must not block, for every new verified and trusted record until cancel is called.
+func (f *Fleet) OnRecord(fn func()) (cancel func()) {
+	return f.node.OnRecord(func(p2p.SignedRecord) { fn() })
+}
+
 // awaitRecord waits, bounded, until ready reports a usable record.
 func (f *Fleet) awaitRecord(ctx context.Context, ready func() (cid.Cid, bool)) {
 	wake := make(chan struct{}, 1)

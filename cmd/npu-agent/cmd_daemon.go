@@ -128,7 +128,7 @@ func runDaemon(ctx context.Context, cfg config.Config, log *slog.Logger) (err er
 		log.Info("rollouts disabled: rollout.trusted_keys is empty")
 	}
 	// Application cache directories (issue 14): harvest and populate OpenVINO CACHE_DIR entries.
-	sharer, err := newOVCacheSharer(ctx, cfg, ag, backend, reg, log)
+	sharer, err := newOVCacheSharer(ctx, cfg, ag, backend, fl, reg, log)
 	if err != nil {
 		return d.abort(err)
 	} else if sharer != nil {

@@ -20,13 +20,14 @@ import (
 	"github.com/npu-agent/npu-agent/api"
 	"github.com/npu-agent/npu-agent/compile"
 	"github.com/npu-agent/npu-agent/config"
+	"github.com/npu-agent/npu-agent/fleet"
 	"github.com/npu-agent/npu-agent/ovcache/share"
 )
 
 // newOVCacheSharer translates the config's ovcache section into the sharer of application cache directories
 // (nil when none is configured). Owners and groups are names or numeric ids. A directory without openvino_build
 // starts from the build string of the agent's own OpenVINO (the helper's probe, design 5.5), if it has one.
-func newOVCacheSharer(ctx context.Context, cfg config.Config, ag *agent.Agent, backend compile.Backend, reg prometheus.Registerer, log *slog.Logger) (*share.Sharer, error) {
+func newOVCacheSharer(ctx context.Context, cfg config.Config, ag *agent.Agent, backend compile.Backend, fl *fleet.Fleet, reg prometheus.Registerer, log *slog.Logger) (*share.Sharer, error) {
 	if len(cfg.OVCache.Dirs) == 0 {
 		return nil, nil
 	}
@@ -43,8 +44,12 @@ func newOVCacheSharer(ctx context.Context, cfg config.Config, ag *agent.Agent, b
 			dirs[i].DefaultBuild = pr.OpenVINO
 		}
 	}
-	return share.New(share.Options{Dirs: dirs, Agent: ag, StateDir: filepath.Join(cfg.DataDir, "ovcache"),
-		MaxEntrySize: int64(cfg.OVCache.MaxEntrySize), Logger: log, Registerer: reg})
+	opts := share.Options{Dirs: dirs, Agent: ag, StateDir: filepath.Join(cfg.DataDir, "ovcache"),
+		MaxEntrySize: int64(cfg.OVCache.MaxEntrySize), Logger: log, Registerer: reg}
+	if fl != nil {
+		opts.OnRecord = fl.OnRecord
+	}
+	return share.New(opts)
 }
 
 // ovcacheDirs translates ovcache.dirs; the error joins every problem found.
@@ -157,7 +162,7 @@ func (a *app) withCache(run func(cmd *cobra.Command, ca api.CacheAdmin) error) f
 			return err
 		}
 		defer l.Close()
-		s, err := newOVCacheSharer(ctx, cfg, l.agent, l.backend, nil, a.logger(cfg))
+		s, err := newOVCacheSharer(ctx, cfg, l.agent, l.backend, nil, nil, a.logger(cfg))
 		if err != nil {
 			return err
 		}

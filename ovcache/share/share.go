@@ -43,7 +43,9 @@ const (
 	// maxRemembered bounds the rejected and populated names remembered per directory.
 	maxRemembered = 10000
 	minBackoff    = 5 * time.Second
-	maxBackoff    = time.Hour
+	// recordPace is the least time between two passes woken by peers' records.
+	recordPace = 100 * time.Millisecond
+	maxBackoff = time.Hour
 )
 
 // Dir is one application cache directory to share.
@@ -87,6 +89,9 @@ type Options struct {
 	Settle       time.Duration // an entry is stable once unchanged for this long across two looks; 0: 1s
 	Logger       *slog.Logger
 	Registerer   prometheus.Registerer // nil: no metrics
+	// OnRecord, if set, subscribes fn (which must not block) to every new record from the fleet until cancel:
+	// a peer's entry is then populated at once instead of at the next pass.
+	OnRecord func(fn func()) (cancel func())
 }
 
 // Sharer is the component. Run it once.
@@ -318,6 +323,15 @@ func (s *Sharer) Run(ctx context.Context) error {
 			}
 		}()
 	}
+	records := make(chan struct{}, 1)
+	if s.opts.OnRecord != nil {
+		defer s.opts.OnRecord(func() {
+			select {
+			case records <- struct{}{}:
+			default:
+			}
+		})()
+	}
 	tick := time.NewTicker(s.opts.Interval)
 	defer tick.Stop()
 	lastFull, event := time.Time{}, true
@@ -337,6 +351,13 @@ func (s *Sharer) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
+		case <-records:
+			// A peer's record: populate now, at most every recordPace (a record flood costs no more than that).
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(recordPace):
+			}
 		case <-dirty:
 			event = true
 			// Let a burst of events settle a little before looking.
