@@ -54,6 +54,7 @@ type publishFlags struct {
 	profiles    []string
 	selectors   []string
 	expires     time.Duration
+	cacheFiles  []string // OpenVINO cache entries to name (ovcache.go)
 }
 
 func (a *app) publishCmd() *cobra.Command {
@@ -85,6 +86,9 @@ func (a *app) publishCmd() *cobra.Command {
 			if m.Model, err = c.AddSource(cmd.Context(), model); err != nil {
 				return err
 			}
+			if m.CacheEntries, err = manifestCacheEntries(cmd.Context(), c, o.cacheFiles); err != nil {
+				return err
+			}
 			signed, err := rollout.Sign(m, keys[0])
 			for _, k := range keys[1:] {
 				if err == nil {
@@ -109,6 +113,7 @@ func (a *app) publishCmd() *cobra.Command {
 	f.StringArrayVar(&o.selectors, "select", nil, "only agents with fingerprint field or tag:NAME = VALUE (repeatable)")
 	f.DurationVar(&o.expires, "expires", 30*24*time.Hour, "agents stop accepting the manifest this long after now")
 	f.StringArrayVar(&o.profiles, "profile", nil, "profile file (repeatable, one profile each; --device, --shape, --prop and --kind apply to every one)")
+	f.StringArrayVar(&o.cacheFiles, "cache-entry", nil, "an OpenVINO CACHE_DIR entry of this model (<hash>.blob) that this daemon harvested, for selected agents to write into their cache directories (repeatable)")
 	pf.registerOverrides(c)
 	return c
 }

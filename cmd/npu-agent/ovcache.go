@@ -3,9 +3,12 @@ package main
 import (
 	"cmp"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"io/fs"
 	"log/slog"
 	"os/user"
@@ -21,7 +24,9 @@ import (
 	"github.com/npu-agent/npu-agent/compile"
 	"github.com/npu-agent/npu-agent/config"
 	"github.com/npu-agent/npu-agent/fleet"
+	"github.com/npu-agent/npu-agent/ovcache"
 	"github.com/npu-agent/npu-agent/ovcache/share"
+	"github.com/npu-agent/npu-agent/rollout"
 )
 
 // newOVCacheSharer translates the config's ovcache section into the sharer of application cache directories
@@ -232,4 +237,65 @@ func cacheTable(w io.Writer, es []api.CacheEntry) error {
 		rows = append(rows, []string{filepath.Join(e.Dir, e.Name), model, build, humanBytes(e.Size), ago(e.LastUse), origin, state})
 	}
 	return table(w, []string{"ENTRY", "MODEL", "BUILD", "SIZE", "USED", "FROM", "STATE"}, rows)
+}
+
+// manifestCacheEntries describes OpenVINO cache entry files for a rollout manifest (docs/design.md 10.6): each
+// must be an entry (its name and contents parse), and the daemon must hold its bytes (it harvested the entry from
+// a shared cache directory), found by sha256, since peers fetch it from there.
+func manifestCacheEntries(ctx context.Context, sa api.StoreAdmin, paths []string) ([]rollout.CacheEntry, error) {
+	if len(paths) == 0 {
+		return nil, nil
+	}
+	blobs, err := sa.ListBlobs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	bySum := map[string]api.StoredBlob{}
+	for _, b := range blobs {
+		if b.Complete {
+			bySum[b.SHA256] = b
+		}
+	}
+	var out []rollout.CacheEntry
+	for _, path := range paths {
+		e, sum, size, err := readCacheEntry(path)
+		if err != nil {
+			return nil, usageError{fmt.Errorf("--cache-entry %s: %w", path, err)}
+		}
+		b, ok := bySum[sum]
+		if !ok || b.Size != uint64(size) {
+			return nil, usageError{fmt.Errorf("--cache-entry %s: the daemon does not hold this entry; list its directory in ovcache.dirs and wait until `npu-agent ls` shows it (kind ovcache)", path)}
+		}
+		out = append(out, rollout.CacheEntry{Name: filepath.Base(path), Build: e.Build, Size: size, SHA256: sum, Blob: b.CID})
+	}
+	slices.SortFunc(out, func(x, y rollout.CacheEntry) int { return cmp.Or(cmp.Compare(x.Name, y.Name), cmp.Compare(x.Build, y.Build)) })
+	return out, nil
+}
+
+// readCacheEntry parses the entry at path and hashes it.
+func readCacheEntry(path string) (*ovcache.Entry, string, int64, error) {
+	if err := ovcache.CheckName(filepath.Base(path)); err != nil {
+		return nil, "", 0, err
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, "", 0, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, "", 0, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, "", 0, errors.New("not a regular file")
+	}
+	e, err := ovcache.Parse(f, st.Size(), 0)
+	if err != nil {
+		return nil, "", 0, err
+	}
+	h := sha256.New()
+	if _, err := io.Copy(h, io.NewSectionReader(f, 0, st.Size())); err != nil {
+		return nil, "", 0, err
+	}
+	return e, hex.EncodeToString(h.Sum(nil)), st.Size(), nil
 }

@@ -4,9 +4,11 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/npu-agent/npu-agent/api"
 	"github.com/npu-agent/npu-agent/compat"
@@ -84,5 +86,97 @@ func TestCacheLsPrune(t *testing.T) {
 				t.Fatalf("after prune: %+v", after)
 			}
 		})
+	}
+}
+
+// TestPublishCacheEntry: `publish --cache-entry` names an entry the daemon harvested from its shared cache
+// directory; the rollout is accepted and prepared (the publisher indexes the entry once). An entry the daemon
+// does not hold, or a file that is not an entry, is refused before anything is signed.
+func TestPublishCacheEntry(t *testing.T) {
+	f := newFixture(t)
+	key := filepath.Join(f.dir, "operator.key")
+	out, errOut, code := run(t, "--json", "keygen", "--out", key)
+	var kg struct {
+		PublicKey string `json:"public_key"`
+	}
+	if code != exitOK || json.Unmarshal([]byte(out), &kg) != nil {
+		t.Fatalf("keygen: exit %d: %s%s", code, out, errOut)
+	}
+	dir, elsewhere := filepath.Join(f.dir, "cache"), filepath.Join(f.dir, "elsewhere")
+	for _, d := range []string{dir, elsewhere} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	entry := func(d string, seed byte) string {
+		e := ovcachetest.Entry(ovcache.Header{Build: ovcachetest.Build, FileInfo: "0"}, false,
+			ovcachetest.Blob(ovcachetest.Trailer(compat.OVVersion{Major: 2026, Minor: 1}, 7, 4), 5000, seed))
+		p := filepath.Join(d, strconv.Itoa(int(seed))+"1.blob")
+		if err := os.WriteFile(p, e, 0o440); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	harvested, foreign := entry(dir, 1), entry(elsewhere, 2)
+	notEntry := filepath.Join(elsewhere, "31.blob")
+	if err := os.WriteFile(notEntry, []byte("<net/>"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfgPath := filepath.Join(f.dir, "config.yaml")
+	yaml := "data_dir: " + strconv.Quote(filepath.Join(f.dir, "data")) + "\nruntime_dir: " + strconv.Quote(filepath.Join(f.dir, "run")) +
+		"\nfingerprint_override: " + strconv.Quote(f.fp) + "\ncompiler:\n  backend: sim\n  sim:\n    compile_time: 10ms\n" +
+		"p2p:\n  enabled: false\nrollout:\n  trusted_keys: [" + strconv.Quote(kg.PublicKey) + "]\n" +
+		"ovcache:\n  dirs:\n    - path: " + strconv.Quote(dir) + "\n      openvino_build: " + strconv.Quote(ovcachetest.Build) + "\n"
+	if err := os.WriteFile(cfgPath, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(cfgPath, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	startDaemon(t, f, func(c *config.Config) { *c = cfg })
+	cli := func(args ...string) (string, string, int) {
+		return run(t, append([]string{"--config", cfgPath}, args...)...)
+	}
+	// The daemon harvests the entry (two looks a second apart).
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		out, _, _ := cli("--json", "ls")
+		var blobs []api.StoredBlob
+		_ = json.Unmarshal([]byte(out), &blobs)
+		if slices.ContainsFunc(blobs, func(b api.StoredBlob) bool {
+			return len(b.Records) > 0 && b.Records[0].Kind == ovcache.RecordKind
+		}) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("entry not harvested: %s", out)
+		}
+	}
+	publish := func(version int, entries ...string) (string, int) {
+		args := []string{"--json", "publish", "--key", key, "--name", "kiosk", "--version", strconv.Itoa(version),
+			"--model", f.model, "--shape", "x=1,8", "--expires", "1h"}
+		for _, e := range entries {
+			args = append(args, "--cache-entry", e)
+		}
+		_, errOut, code := cli(args...)
+		return errOut, code
+	}
+	for _, bad := range []struct{ path, msg string }{{foreign, "does not hold"}, {notEntry, "header"}} {
+		if errOut, code := publish(1, bad.path); code != exitUsage || !strings.Contains(errOut, bad.msg) {
+			t.Errorf("publish --cache-entry %s: exit %d, %s; want usage error %q", bad.path, code, errOut, bad.msg)
+		}
+	}
+	if errOut, code := publish(1, harvested); code != exitOK {
+		t.Fatalf("publish: exit %d: %s", code, errOut)
+	}
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		out, _, code := cli("--json", "rollout", "status", "kiosk")
+		var st api.RolloutStatus
+		if code == exitOK && json.Unmarshal([]byte(out), &st) == nil && len(st.Peers) == 1 && st.Peers[0].State == "ready" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("rollout not ready: %s", out)
+		}
 	}
 }
