@@ -8,9 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"io/fs"
 	"log/slog"
+	"os"
 	"os/user"
 	"path/filepath"
 	"slices"
@@ -268,7 +268,9 @@ func manifestCacheEntries(ctx context.Context, sa api.StoreAdmin, paths []string
 		}
 		out = append(out, rollout.CacheEntry{Name: filepath.Base(path), Build: e.Build, Size: size, SHA256: sum, Blob: b.CID})
 	}
-	slices.SortFunc(out, func(x, y rollout.CacheEntry) int { return cmp.Or(cmp.Compare(x.Name, y.Name), cmp.Compare(x.Build, y.Build)) })
+	slices.SortFunc(out, func(x, y rollout.CacheEntry) int {
+		return cmp.Or(cmp.Compare(x.Name, y.Name), cmp.Compare(x.Build, y.Build))
+	})
 	return out, nil
 }
 
