@@ -1,8 +1,11 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
+	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -10,8 +13,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/npu-agent/npu-agent/agent"
 	"github.com/npu-agent/npu-agent/api"
+	"github.com/npu-agent/npu-agent/blobstore/badgerstore"
 	"github.com/npu-agent/npu-agent/compat"
+	"github.com/npu-agent/npu-agent/compile"
 	"github.com/npu-agent/npu-agent/config"
 	"github.com/npu-agent/npu-agent/ovcache"
 	"github.com/npu-agent/npu-agent/ovcache/ovcachetest"
@@ -177,6 +183,67 @@ func TestPublishCacheEntry(t *testing.T) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("rollout not ready: %s", out)
+		}
+	}
+}
+
+// TestCacheBuildFromProbe: a cache directory without openvino_build starts from the build string the OpenVINO
+// helper's probe reports (design 5.5, 10.2): an entry of that build is not stale for its build, one of another
+// build is; a configured build wins over the probe.
+func TestCacheBuildFromProbe(t *testing.T) {
+	if _, err := exec.LookPath(compile.DefaultPython); err != nil {
+		t.Skip("python3 not installed")
+	}
+	const probed = "2026.1.0-20500-probed-releases/2026/1"
+	fake, err := filepath.Abs(filepath.Join("..", "..", "compile", "testdata", "fakeov"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ov, err := compile.NewOpenVINO("", t.TempDir(), []string{"PYTHONPATH=" + fake, "FAKEOV_VERSION=" + probed})
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := badgerstore.Open(t.TempDir(), badgerstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	fp := compat.Fingerprint{OpenVINO: "2026.1.0", Arch: "4000", DriverVersion: "1747152000", CompilerType: "PLUGIN",
+		CompilerVersion: "7.4", MaxTiles: 6, Stepping: 4, FirmwareMI: "11.4", OS: "linux", CPUArch: "amd64"}
+	ag, err := agent.New(agent.Options{Store: store, Host: fp, Producer: "test", WorkDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	blob := ovcachetest.Blob(ovcachetest.Trailer(compat.OVVersion{Major: 2026, Minor: 1}, 7, 4), 1000, 1)
+	for name, build := range map[string]string{"1.blob": probed, "2.blob": "2026.1.0-1-other"} {
+		e := ovcachetest.Entry(ovcache.Header{Build: build, FileInfo: "0"}, false, blob)
+		if err := os.WriteFile(filepath.Join(dir, name), e, 0o440); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		configured string
+		stale      map[string]bool
+	}{
+		{"", map[string]bool{"1.blob": false, "2.blob": true}},
+		{"2026.1.0-1-other", map[string]bool{"1.blob": true, "2.blob": false}},
+	} {
+		cfg := config.Default()
+		cfg.DataDir = t.TempDir()
+		cfg.OVCache.Dirs = []config.CacheDir{{Path: dir, OpenVINOBuild: tc.configured}}
+		s, err := newOVCacheSharer(context.Background(), cfg, ag, ov, nil, nil, slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatal(err)
+		}
+		es, err := s.List(context.Background())
+		if err != nil || len(es) != 2 {
+			t.Fatalf("List = %+v, %v", es, err)
+		}
+		for _, e := range es {
+			if e.Stale != tc.stale[e.Name] {
+				t.Errorf("configured %q: %s stale %v (%s), want %v", tc.configured, e.Name, e.Stale, e.Reason, tc.stale[e.Name])
+			}
 		}
 	}
 }
