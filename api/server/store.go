@@ -40,6 +40,10 @@ var _ api.StoreAdmin = (*StoreAdmin)(nil)
 // (its "resolved/<name>" KV keys).
 const rolloutHistoryDir = "resolved"
 
+// RolloutPins maps each blob the kept rollout versions need (source files, compiled blobs, cache entries) to
+// "NAME version N" labels; `cache ls` names the rollout of an entry by it.
+func (s *StoreAdmin) RolloutPins() (map[string][]string, error) { return s.rolloutPins() }
+
 // rolloutPins maps each blob the kept rollout versions need to "NAME version N" labels.
 func (s *StoreAdmin) rolloutPins() (map[string][]string, error) {
 	out := map[string][]string{}

@@ -140,7 +140,7 @@ func runDaemon(ctx context.Context, cfg config.Config, log *slog.Logger) (err er
 		*server.Service
 		*server.StoreAdmin
 		cacheAdmin
-	}{svc, admin, cacheAdmin{sharer}}, apiOpts)
+	}{svc, admin, cacheAdmin{sharer, admin.RolloutPins}}, apiOpts)
 	d.goUpper(srv.Run)
 	d.goUpper(func(ctx context.Context) error { return gcLoop(ctx, ag, cfg.Store, log) })
 	log.Info("npu-agent daemon running", "version", version, "socket", cfg.SocketPath(), "data_dir", cfg.DataDir,

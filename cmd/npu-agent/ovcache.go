@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
@@ -113,14 +114,34 @@ func lookupID(s string, byName func(string) (string, error)) (int, error) {
 }
 
 // cacheAdmin is api.CacheAdmin over the sharer (none configured: no entries), in the daemon and in the CLI.
-type cacheAdmin struct{ s *share.Sharer }
+// rollouts, if set, maps blobs to the rollout versions that name them: the model of an entry a rollout wrote.
+type cacheAdmin struct {
+	s        *share.Sharer
+	rollouts func() (map[string][]string, error)
+}
 
 func (c cacheAdmin) CacheEntries(ctx context.Context) ([]api.CacheEntry, error) {
 	if c.s == nil {
 		return []api.CacheEntry{}, nil
 	}
 	es, err := c.s.List(ctx)
-	return apiCacheEntries(es), err
+	if err != nil {
+		return nil, err
+	}
+	out := apiCacheEntries(es)
+	if c.rollouts == nil {
+		return out, nil
+	}
+	by, err := c.rollouts()
+	if err != nil {
+		return nil, err
+	}
+	for i, e := range out {
+		if labels := by[e.Blob]; e.Blob != "" && len(labels) > 0 {
+			out[i].Model = "rollout " + strings.Join(labels, ", ")
+		}
+	}
+	return out, nil
 }
 
 func (c cacheAdmin) PruneCache(ctx context.Context, req api.CachePruneRequest) (api.CachePruneResponse, error) {
@@ -171,7 +192,7 @@ func (a *app) withCache(run func(cmd *cobra.Command, ca api.CacheAdmin) error) f
 		if err != nil {
 			return err
 		}
-		return run(cmd, cacheAdmin{s})
+		return run(cmd, cacheAdmin{s, localStoreAdmin(l).RolloutPins})
 	}
 }
 

@@ -1,7 +1,10 @@
+//go:build unix
+
 package main
 
 import (
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"log/slog"
 	"os"
@@ -10,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -46,6 +50,23 @@ func TestCacheLsPrune(t *testing.T) {
 			if err := os.WriteFile(filepath.Join(f.dir, "cfg.yaml"), []byte(cfg), 0o644); err != nil {
 				t.Fatal(err)
 			}
+			// 11.blob was written by this agent from blob `fleetBlob`, which version 3 of rollout kiosk names
+			// (the sharer's remembered state, as it writes it): its model is the rollout's.
+			st, err := os.Stat(filepath.Join(dir, "11.blob"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			fleetBlob := "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
+			state, _ := json.Marshal(map[string]any{"populated": map[string]any{
+				"11.blob": map[string]any{"blob": fleetBlob, "ino": st.Sys().(*syscall.Stat_t).Ino}}})
+			stateDir := filepath.Join(f.dir, "data", "ovcache")
+			if err := os.MkdirAll(stateDir, 0o750); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(stateDir, "ovcache-"+hex.EncodeToString([]byte(dir))[:64]+".json"), state, 0o640); err != nil {
+				t.Fatal(err)
+			}
+			writeRolloutHistory(t, filepath.Join(f.dir, "data"), fleetBlob)
 			if mode == "daemon" {
 				startDaemon(t, f, func(c *config.Config) {
 					c.OVCache.Dirs = []config.CacheDir{{Path: dir, OpenVINOBuild: ovcachetest.Build}}
@@ -69,7 +90,8 @@ func TestCacheLsPrune(t *testing.T) {
 			got := ls()
 			if len(got) != 2 || got[0].Name != "11.blob" || got[0].Stale || got[0].Build != ovcachetest.Build ||
 				got[1].Name != "22.blob" || !got[1].Stale || !strings.Contains(got[1].Reason, "this host runs") ||
-				got[0].Size == 0 || got[0].LastUse.IsZero() {
+				got[0].Size == 0 || got[0].LastUse.IsZero() || got[0].Blob != fleetBlob || got[0].Model != "rollout kiosk version 3" ||
+				got[1].Blob != "" || got[1].Model != "" {
 				t.Fatalf("cache ls: %+v", got)
 			}
 			if table := cli("cache", "ls"); !strings.Contains(table, "stale: ") || !strings.Contains(table, "22.blob") {
