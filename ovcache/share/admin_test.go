@@ -129,3 +129,37 @@ func TestListPrune(t *testing.T) {
 		t.Error("a pruned entry of the old build was written again")
 	}
 }
+
+// TestPopulateOwnerAndMode: a populated entry gets the configured owner, group and mode (root only: a chown to
+// another user needs CAP_CHOWN), and no temporary file stays behind.
+func TestPopulateOwnerAndMode(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("chown to another user needs root")
+	}
+	ctx := context.Background()
+	p := &peers{}
+	a, b := newHost(t, p, lnl(), "A"), newHost(t, p, lnl(), "B")
+	sa := a.sharer(t, ovcachetest.Build, 0)
+	sb, err := share.New(share.Options{
+		Dirs:  []share.Dir{{Path: b.dir, SetOwner: true, UID: 65534, GID: 65533, Mode: 0o444, Build: ovcachetest.Build}},
+		Agent: b.ag, StateDir: b.state, Settle: 10 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(a.dir, "5.blob"), entry(ovcachetest.Build, 5), 0o400); err != nil {
+		t.Fatal(err)
+	}
+	passes(ctx, 3, sa, sb)
+	fi, err := os.Lstat(filepath.Join(b.dir, "5.blob"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := fi.Sys().(*syscall.Stat_t)
+	if st.Uid != 65534 || st.Gid != 65533 || fi.Mode().Perm() != 0o444 {
+		t.Errorf("populated entry uid %d gid %d mode %v; want 65534 65533 0444", st.Uid, st.Gid, fi.Mode().Perm())
+	}
+	if names, _ := os.ReadDir(b.dir); len(names) != 1 {
+		t.Errorf("B's directory holds %d files", len(names))
+	}
+}
