@@ -131,6 +131,14 @@ func TestStoreCommandsThroughDaemon(t *testing.T) {
 	if err := d.WaitRollout(ctx, "store-kiosk", "version 1 ready", selfReady(1)); err != nil {
 		t.Fatal(err)
 	}
+	var rst api.RolloutStatus
+	cli.json(0, &rst, "rollout", "status", "store-kiosk")
+	if hn, _ := os.Hostname(); len(rst.Peers) != 1 || !rst.Peers[0].Self || rst.Peers[0].Hostname != hn || rst.Peers[0].Class == "" {
+		t.Errorf("rollout status: %+v, want this host's row with hostname %q and class", rst.Peers, hn)
+	}
+	if v, err := d.Metric(ctx, `npu_agent_rollouts{state="ready"}`); err != nil || v != 1 {
+		t.Errorf(`npu_agent_rollouts{state="ready"} = %v (%v), want 1`, v, err)
+	}
 
 	// ls: the fetched and the put blob with their records; the rollout's compiled blob and its source model's
 	// files (blobs peers fetch the model from, without records) pinned by the rollout.
@@ -314,14 +322,14 @@ func (c *storeCLI) as(user *syscall.Credential) *storeCLI {
 	return &cc
 }
 
-// run runs the command, fails the test unless it exits with code, and returns stdout and stderr.
-func (c *storeCLI) run(code int, args ...string) (string, string) {
-	c.t.Helper()
-	return c.runWith(c.config, code, args...)
+// runNoFail runs the command and returns stdout and stderr whatever its exit (safe in other goroutines).
+func (c *storeCLI) runNoFail(args ...string) (string, string) {
+	cmd, stdout, stderr := c.command(c.config, args)
+	_ = cmd.Run()
+	return stdout.String(), stderr.String()
 }
 
-func (c *storeCLI) runWith(config string, code int, args ...string) (string, string) {
-	c.t.Helper()
+func (c *storeCLI) command(config string, args []string) (*exec.Cmd, *limitedBuffer, *limitedBuffer) {
 	full := []string{"--json"}
 	if config != "" {
 		full = append([]string{"--config", config}, full...)
@@ -333,6 +341,18 @@ func (c *storeCLI) runWith(config string, code int, args ...string) (string, str
 	}
 	stdout, stderr := &limitedBuffer{max: maxOutput}, &limitedBuffer{max: maxOutput}
 	cmd.Stdout, cmd.Stderr = stdout, stderr
+	return cmd, stdout, stderr
+}
+
+// run runs the command, fails the test unless it exits with code, and returns stdout and stderr.
+func (c *storeCLI) run(code int, args ...string) (string, string) {
+	c.t.Helper()
+	return c.runWith(c.config, code, args...)
+}
+
+func (c *storeCLI) runWith(config string, code int, args ...string) (string, string) {
+	c.t.Helper()
+	cmd, stdout, stderr := c.command(config, args)
 	err := cmd.Run()
 	got := 0
 	var exit *exec.ExitError
