@@ -93,13 +93,18 @@ func TestStoreCommandsThroughDaemon(t *testing.T) {
 	}
 	// inspect: the blob loads on the daemon's host.
 	var insp struct {
-		File    string          `json:"file"`
-		Size    int64           `json:"size"`
-		Trailer json.RawMessage `json:"trailer"`
-		Host    string          `json:"host_check"`
+		File     string          `json:"file"`
+		Size     int64           `json:"size"`
+		Trailer  json.RawMessage `json:"trailer"`
+		Host     string          `json:"host_check"`
+		Decision struct {
+			Compatible bool     `json:"compatible"`
+			Reasons    []string `json:"reasons"`
+		} `json:"decision"`
 	}
 	cli.json(0, &insp, "inspect", out)
-	if insp.Host != "compatible" || insp.Size != int64(fetched.Size) || len(insp.Trailer) < 10 {
+	if insp.Host != "compatible" || insp.Size != int64(fetched.Size) || len(insp.Trailer) < 10 ||
+		!insp.Decision.Compatible || insp.Decision.Reasons == nil {
 		t.Fatalf("inspect: %+v", insp)
 	}
 
