@@ -285,6 +285,7 @@ func (a *Agent) coordinate(ctx context.Context, key compile.FlightKey, compileHe
 		}
 		return cid.Undef, false
 	}
+	_, knownBefore := ready()
 	compiled := false
 	w, err := a.opts.Fleet.Coordinate(ctx, key, func(ctx context.Context) (cid.Cid, error) {
 		a.end(wait)
@@ -292,9 +293,9 @@ func (a *Agent) coordinate(ctx context.Context, key compile.FlightKey, compileHe
 		log.Info("single flight: compiling here", "after", time.Since(start).Round(time.Millisecond))
 		return compileHere(ctx)
 	}, ready)
-	if err == nil && w == "" && !compiled {
-		// The compiler's record came before its DONE (they travel separately): this request waited for that
-		// member all the same.
+	if err == nil && w == "" && !compiled && !knownBefore {
+		// The compiler's record came during the flight, before its DONE (they travel separately): this request
+		// waited for that member all the same. A record known before the flight began is no wait.
 		if recs := a.compatible(a.opts.Fleet.Records(key.ModelID, key.ProfileID), kind); len(recs) > 0 {
 			w = recs[0].Producer
 		}
