@@ -83,7 +83,7 @@ func (f *Fleet) Coordinate(ctx context.Context, key compile.FlightKey, compileFn
 	if err != nil {
 		return "", err
 	}
-	f.log.Info("fleet single flight", "role", out.Role.String(), "from", out.From, "blob", out.CID)
+	f.log.Debug("fleet single flight", "role", out.Role.String(), "from", out.From, "blob", out.CID)
 	if out.Role != flight.RoleWaited {
 		return "", nil
 	}

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/npu-agent/npu-agent/agent"
+	"github.com/npu-agent/npu-agent/api"
 	"github.com/npu-agent/npu-agent/api/server"
 	"github.com/npu-agent/npu-agent/blobstore/badgerstore"
 	"github.com/npu-agent/npu-agent/config"
@@ -90,7 +91,7 @@ func runDaemon(ctx context.Context, cfg config.Config, log *slog.Logger) (err er
 		Store: store, Backend: backend, Host: host, Producer: "host:" + hostname, WorkDir: cfg.DataDir,
 		Timeout: cfg.Compiler.Timeout, Logger: log, Metrics: m,
 	}
-	svc := &server.Service{Version: version, Quota: uint64(cfg.Store.Quota), Metrics: m}
+	svc := &server.Service{Version: version, Quota: uint64(cfg.Store.Quota), Metrics: m, Hostname: hostname, Tags: cfg.Rollout.Tags}
 
 	var token string // read before any socket opens
 	if cfg.API.TokenFile != "" {
@@ -109,6 +110,7 @@ func runDaemon(ctx context.Context, cfg config.Config, log *slog.Logger) (err er
 		opts.Fleet, opts.Producer = fl, fl.ID()
 		svc.PeerID, svc.Peers = fl.ID(), fl.APIPeers
 		svc.PeerServing = fl.PeerServing()
+		m.SetChunksServed(fl.ChunksServed)
 	}
 	ag, err := agent.New(opts)
 	if err != nil {
@@ -124,6 +126,7 @@ func runDaemon(ctx context.Context, cfg config.Config, log *slog.Logger) (err er
 		}
 		d.goUpper(ro.Run)
 		apiOpts.Rollouts = ro
+		m.SetRollouts(func() map[string]int { return rolloutStates(ro) })
 	} else {
 		log.Info("rollouts disabled: rollout.trusted_keys is empty")
 	}
@@ -270,6 +273,28 @@ func newRollouts(cfg config.Config, ag *agent.Agent, fl *fleet.Fleet, log *slog.
 	}
 	log.Info("following rollouts", "trusted_keys", trust.KeyIDs(), "threshold", trust.Threshold(), "tags", cfg.Rollout.Tags)
 	return ro, nil
+}
+
+// rolloutStates counts the rollouts ro follows by this agent's own state of each (npu_agent_rollouts).
+func rolloutStates(ro api.Rollouts) map[string]int {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	rs, err := ro.List(ctx)
+	if err != nil {
+		return nil
+	}
+	n := map[string]int{}
+	for _, r := range rs {
+		switch {
+		case !r.Selected:
+			n["not_selected"]++
+		case r.State == "":
+			n[string(rollout.PhasePending)]++
+		default:
+			n[string(r.State)]++
+		}
+	}
+	return n
 }
 
 // gcLoop keeps the store within its quota.

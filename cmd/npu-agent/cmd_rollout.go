@@ -242,7 +242,7 @@ func rolloutStatusTable(w io.Writer, st api.RolloutStatus) error {
 		st.Name, st.Version, s.Ready, s.InProgress, s.Failed, s.Behind, s.Ahead, s.Peers)
 	rows := make([][]string, 0, len(st.Peers))
 	for _, p := range st.Peers {
-		peer := p.Peer
+		peer := short(p.Peer)
 		if p.Self {
 			peer += " (this host)"
 		}
@@ -255,7 +255,8 @@ func rolloutStatusTable(w io.Writer, st api.RolloutStatus) error {
 		if !p.Connected && !p.Self {
 			updated += ", disconnected"
 		}
-		rows = append(rows, []string{peer, version, state, profiles, updated, p.Reason})
+		rows = append(rows, []string{peer, orDash(p.Hostname), short(p.Class), orDash(strings.Join(p.Tags, ",")), version,
+			state, profiles, updated, p.Reason})
 	}
-	return table(w, []string{"PEER", "VERSION", "STATE", "READY", "UPDATED", "REASON"}, rows)
+	return table(w, []string{"PEER", "HOSTNAME", "CLASS", "TAGS", "VERSION", "STATE", "READY", "UPDATED", "REASON"}, rows)
 }

@@ -88,6 +88,9 @@ type Config struct {
 	// APITCP also serves the API on this loopback address, opened by the token in TokenFile.
 	APITCP    string
 	TokenFile string
+	// User runs the daemon as this user and group (no supplementary groups), as the packaged unit runs it as
+	// npu-agent; nil runs it as the caller. Dir must be writable by it. Only without a lab (ip netns exec needs root).
+	User *syscall.Credential
 	// OVCacheDirs are application cache directories the daemon shares (ovcache.dirs).
 	OVCacheDirs []OVCacheDir
 }
@@ -210,6 +213,9 @@ func Start(ctx context.Context, lab *netlab.Lab, i int, cfg Config) (*Daemon, er
 	d.cmd = d.command(context.Background(), "--config", d.ConfigPath, "daemon")
 	d.cmd.Env = append(daemonEnv(), cfg.Env...)
 	d.cmd.Stdout, d.cmd.Stderr = log, log
+	if cfg.User != nil {
+		d.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cfg.User}
+	}
 	if err := d.cmd.Start(); err != nil {
 		log.Close()
 		return nil, fmt.Errorf("e2e: start daemon on %s: %w", d.Name, err)
@@ -433,6 +439,7 @@ type FetchResult struct {
 	Size     uint64 `json:"size"`
 	SHA256   string `json:"sha256"`
 	Producer string `json:"producer"`
+	ModelID  string `json:"model_id"`
 }
 
 // Fetch runs `npu-agent --json fetch --model model --shape shape` in the daemon's host, which asks the daemon.
