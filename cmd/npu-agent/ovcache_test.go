@@ -150,22 +150,11 @@ func TestPublishCacheEntry(t *testing.T) {
 	if err := os.WriteFile(notEntry, []byte("<net/>"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cfgPath := filepath.Join(f.dir, "config.yaml")
-	yaml := "data_dir: " + strconv.Quote(filepath.Join(f.dir, "data")) + "\nruntime_dir: " + strconv.Quote(filepath.Join(f.dir, "run")) +
-		"\nfingerprint_override: " + strconv.Quote(f.fp) + "\ncompiler:\n  backend: sim\n  sim:\n    compile_time: 10ms\n" +
-		"p2p:\n  enabled: false\nrollout:\n  trusted_keys: [" + strconv.Quote(kg.PublicKey) + "]\n" +
-		"ovcache:\n  dirs:\n    - path: " + strconv.Quote(dir) + "\n      openvino_build: " + strconv.Quote(ovcachetest.Build) + "\n"
-	if err := os.WriteFile(cfgPath, []byte(yaml), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := config.Load(cfgPath, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	startDaemon(t, f, func(c *config.Config) { *c = cfg })
-	cli := func(args ...string) (string, string, int) {
-		return run(t, append([]string{"--config", cfgPath}, args...)...)
-	}
+	startDaemon(t, f, func(c *config.Config) {
+		c.Rollout.TrustedKeys = []string{kg.PublicKey}
+		c.OVCache.Dirs = []config.CacheDir{{Path: dir, OpenVINOBuild: ovcachetest.Build}}
+	})
+	cli := func(args ...string) (string, string, int) { return run(t, f.args(args...)...) }
 	// The daemon harvests the entry (two looks a second apart).
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		out, _, _ := cli("--json", "ls")
