@@ -51,7 +51,7 @@ type Record struct {
 type Info struct {
 	CID        cid.Cid   `json:"cid"`
 	Size       uint64    `json:"size"`
-	SHA256     string    `json:"sha256"` // hex, as sha256sum prints it
+	SHA256     string    `json:"sha256"` // hex: the manifest's whole-blob sha256, its producer's claim (Verify checks it)
 	Complete   bool      `json:"complete"`
 	HaveChunks int       `json:"have_chunks"`
 	Chunks     int       `json:"chunks"`
