@@ -322,8 +322,8 @@ func TestCorruptChunkDetected(t *testing.T) {
 	}
 }
 
-// TestFetchOrders stores a partial blob's chunks in the orders a fetch may deliver them: Commit's whole-blob
-// hash (built as they arrive, the rest read back) must match whatever the order.
+// TestFetchOrders stores a partial blob's chunks in the orders a fetch may deliver them (repeated, concurrent):
+// Commit must publish exactly the blob's bytes whatever the order.
 func TestFetchOrders(t *testing.T) {
 	t.Parallel()
 	data := storetest.Data(7, 6*cs+100)
