@@ -197,6 +197,9 @@ func (s *StoreAdmin) Verify(ctx context.Context) (api.VerifyResponse, error) {
 		}
 		out.Corrupt = append(out.Corrupt, cc)
 	}
+	for _, c := range rep.WrongSHA256 {
+		out.WrongSHA256 = append(out.WrongSHA256, c.String())
+	}
 	return out, err
 }
 
