@@ -119,6 +119,7 @@ type Activity struct {
 	Started time.Time `json:"started"`
 	Done    int64     `json:"done"`
 	Total   int64     `json:"total"`
+	From    string    `json:"from,omitempty"` // the producer a fetch comes from
 }
 
 // New validates the host fingerprint and prepares the work directories.
@@ -230,13 +231,7 @@ func (a *Agent) ensure(ctx context.Context, model compile.Model, profile compile
 			_, err := compileHere(ctx)
 			return nil, err
 		}
-		ready := func() (cid.Cid, bool) {
-			if recs := a.compatible(a.opts.Fleet.Records(model.ID, pid), kind); len(recs) > 0 {
-				return recs[0].Blob, true
-			}
-			return cid.Undef, false
-		}
-		w, err := a.opts.Fleet.Coordinate(ctx, key, compileHere, ready)
+		w, err := a.coordinate(ctx, key, compileHere, kind)
 		waitedFor = w
 		return nil, err
 	})
@@ -250,6 +245,7 @@ func (a *Agent) ensure(ctx context.Context, model compile.Model, profile compile
 		if ok && r.Record.Producer == a.opts.Producer && waitedFor == "" {
 			r.Source = SourceCompiled
 		}
+		r.WaitedFor = waitedFor
 		return r, err
 	}
 	// Another member compiled: fetch its blob.
@@ -272,6 +268,45 @@ func (a *Agent) ensure(ctx context.Context, model compile.Model, profile compile
 	}
 	r.Source = SourceCompiled
 	return r, err
+}
+
+// coordinate runs the fleet single flight for key and logs its decisions: while the fleet elects a compiler and a
+// peer compiles, status shows a wait job; compiling here ends it. It returns the peer waited for ("" if this
+// agent compiled or a usable record came).
+func (a *Agent) coordinate(ctx context.Context, key compile.FlightKey, compileHere func(context.Context) (cid.Cid, error), kind string) (string, error) {
+	log := a.opts.Logger.With("model", key.ModelID, "profile", key.ProfileID)
+	log.Info("single flight: no blob here or at peers; asking the fleet who compiles", "class", key.Class)
+	wait := a.begin(PhaseWait, key.ModelID, key.ProfileID, cid.Undef)
+	defer a.end(wait)
+	start := time.Now()
+	ready := func() (cid.Cid, bool) {
+		if recs := a.compatible(a.opts.Fleet.Records(key.ModelID, key.ProfileID), kind); len(recs) > 0 {
+			return recs[0].Blob, true
+		}
+		return cid.Undef, false
+	}
+	_, knownBefore := ready()
+	compiled := false
+	w, err := a.opts.Fleet.Coordinate(ctx, key, func(ctx context.Context) (cid.Cid, error) {
+		a.end(wait)
+		compiled = true
+		log.Info("single flight: compiling here", "after", time.Since(start).Round(time.Millisecond))
+		return compileHere(ctx)
+	}, ready)
+	if err == nil && w == "" && !compiled && !knownBefore {
+		// The compiler's record came during the flight, before its DONE (they travel separately): this request
+		// waited for that member all the same. A record known before the flight began is no wait.
+		if recs := a.compatible(a.opts.Fleet.Records(key.ModelID, key.ProfileID), kind); len(recs) > 0 {
+			w = recs[0].Producer
+		}
+	}
+	switch {
+	case err != nil:
+		log.Warn("single flight failed", "err", err)
+	case w != "":
+		log.Info("single flight: waited for a peer's compile", "peer", w, "waited", time.Since(start).Round(time.Millisecond))
+	}
+	return w, err
 }
 
 // findLocal returns the best compatible blob in the store.
@@ -419,7 +454,11 @@ func (a *Agent) fetchChecked(ctx context.Context, r blobstore.Record, kind strin
 	if err != nil {
 		return err
 	}
+	before, _ := a.opts.Store.Stat(ctx, r.Blob) // zero when absent: no chunk held
 	act := a.begin(PhaseFetch, r.ModelID, r.ProfileID, r.Blob)
+	a.mu.Lock()
+	act.From = r.Producer
+	a.mu.Unlock()
 	err = a.opts.Fleet.Fetch(ctx, r.Blob, func(done, total int64) {
 		act.update(a, done, total)
 		if progress != nil {
@@ -429,6 +468,13 @@ func (a *Agent) fetchChecked(ctx context.Context, r blobstore.Record, kind strin
 	a.end(act)
 	if err != nil {
 		return err
+	}
+	if after, err := a.opts.Store.Stat(ctx, r.Blob); err == nil && after.HaveChunks > before.HaveChunks {
+		a.opts.Metrics.ChunksFetched(after.HaveChunks - before.HaveChunks)
+		d := time.Since(act.Started)
+		a.opts.Logger.Info("fetched from peers", "blob", r.Blob, "producer", r.Producer, "bytes", after.Size,
+			"chunks", after.HaveChunks-before.HaveChunks, "duration", d.Round(time.Millisecond),
+			"rate_bytes_per_second", int64(float64(after.Size)/max(d.Seconds(), 1e-3)))
 	}
 	if err := a.checkStored(ctx, r, kind); err != nil {
 		a.reject(ctx, r, kind, err, held)

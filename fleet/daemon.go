@@ -219,6 +219,9 @@ func (f *Fleet) Run(ctx context.Context) error {
 // RolloutNet is the rollout engine's Net on this node; the engine opens its channels.
 func (f *Fleet) RolloutNet() *RolloutChannels { return f.rollouts }
 
+// ChunksServed counts the chunks sent to peers (npu_agent_chunks_served_total).
+func (f *Fleet) ChunksServed() int64 { return f.node.ChunksServed() }
+
 // ID is this member's peer ID, the producer of its records.
 func (f *Fleet) ID() string { return f.node.ID().String() }
 

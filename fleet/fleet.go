@@ -83,12 +83,17 @@ func (f *Fleet) Coordinate(ctx context.Context, key compile.FlightKey, compileFn
 	if err != nil {
 		return "", err
 	}
-	f.log.Info("fleet single flight", "role", out.Role.String(), "from", out.From, "blob", out.CID)
+	f.log.Debug("fleet single flight", "role", out.Role.String(), "from", out.From, "blob", out.CID)
 	if out.Role != flight.RoleWaited {
 		return "", nil
 	}
 	f.awaitRecord(ctx, ready)
 	return out.From.String(), nil
+}
+
+// OnRecord calls fn, which must not block, for every new verified and trusted record until cancel is called.
+func (f *Fleet) OnRecord(fn func()) (cancel func()) {
+	return f.node.OnRecord(func(p2p.SignedRecord) { fn() })
 }
 
 // awaitRecord waits, bounded, until ready reports a usable record.

@@ -128,3 +128,6 @@ func (nopEnsurer) EnsureBlob(context.Context, compile.Model, compile.Profile, fu
 	return cid.Undef, "", errors.New("no")
 }
 func (nopEnsurer) FetchBlob(context.Context, cid.Cid) error { return errors.New("no") }
+func (nopEnsurer) IndexCacheEntry(context.Context, string, string, cid.Cid) (bool, error) {
+	return false, errors.New("no")
+}

@@ -281,13 +281,19 @@ func newHost(cfg Config, log *slog.Logger, refuse func(peer.ID) bool) (host.Host
 	}
 	listen := cfg.ListenAddrs
 	if len(cfg.FleetKey) > 0 {
+		// The default and packaged listen lists name QUIC for fleets without a key; with one (the recommended
+		// setup) dropping it is expected, so one INFO line, not a WARN on every start.
+		var dropped []string
 		listen = slices.DeleteFunc(slices.Clone(listen), func(a ma.Multiaddr) bool {
 			if isQUIC(a) {
-				log.Warn("QUIC listen address dropped: a fleet key (pnet) works over TCP only", "addr", a)
+				dropped = append(dropped, a.String())
 				return true
 			}
 			return false
 		})
+		if len(dropped) > 0 {
+			log.Info("fleet key set: listening on TCP only (private networks do not work over QUIC)", "unused", dropped)
+		}
 	}
 	if len(listen) == 0 {
 		return nil, errors.New("p2p: config: no usable listen address")

@@ -76,6 +76,9 @@ type Node struct {
 // Config.ServeWithoutFleetKey).
 func (n *Node) ServesBlobs() bool { return n.serving }
 
+// ChunksServed counts the chunks this node sent to peers since it started (metrics).
+func (n *Node) ChunksServed() int64 { return n.srv.served.Load() }
+
 // maxSeen bounds the peers Member remembers after they disconnect.
 const maxSeen = 4096
 

@@ -30,6 +30,7 @@ type publishFlags struct {
 	profiles    []string
 	selectors   []string
 	expires     time.Duration
+	cacheFiles  []string // OpenVINO cache entries to name (ovcache.go)
 }
 
 func (a *app) publishCmd() *cobra.Command {
@@ -61,6 +62,9 @@ func (a *app) publishCmd() *cobra.Command {
 			if m.Model, err = c.AddSource(cmd.Context(), model); err != nil {
 				return err
 			}
+			if m.CacheEntries, err = manifestCacheEntries(cmd.Context(), c, o.cacheFiles); err != nil {
+				return err
+			}
 			signed, err := rollout.Sign(m, keys[0])
 			for _, k := range keys[1:] {
 				if err == nil {
@@ -85,6 +89,7 @@ func (a *app) publishCmd() *cobra.Command {
 	f.StringArrayVar(&o.selectors, "select", nil, "only agents with fingerprint field or tag:NAME = VALUE (repeatable)")
 	f.DurationVar(&o.expires, "expires", 30*24*time.Hour, "agents stop accepting the manifest this long after now")
 	f.StringArrayVar(&o.profiles, "profile", nil, "profile file (repeatable, one profile each; --device, --shape, --prop and --kind apply to every one)")
+	f.StringArrayVar(&o.cacheFiles, "cache-entry", nil, "an OpenVINO CACHE_DIR entry of this model (<hash>.blob) that this daemon harvested, for selected agents to write into their cache directories (repeatable)")
 	pf.registerOverrides(c)
 	return c
 }
@@ -213,7 +218,7 @@ func rolloutStatusTable(w io.Writer, st api.RolloutStatus) error {
 		st.Name, st.Version, s.Ready, s.InProgress, s.Failed, s.Behind, s.Ahead, s.Peers)
 	rows := make([][]string, 0, len(st.Peers))
 	for _, p := range st.Peers {
-		peer := p.Peer
+		peer := short(p.Peer)
 		if p.Self {
 			peer += " (this host)"
 		}
@@ -226,7 +231,8 @@ func rolloutStatusTable(w io.Writer, st api.RolloutStatus) error {
 		if !p.Connected && !p.Self {
 			updated += ", disconnected"
 		}
-		rows = append(rows, []string{peer, version, state, profiles, updated, p.Reason})
+		rows = append(rows, []string{peer, orDash(p.Hostname), short(p.Class), orDash(strings.Join(p.Tags, ",")), version,
+			state, profiles, updated, p.Reason})
 	}
-	return table(w, []string{"PEER", "VERSION", "STATE", "READY", "UPDATED", "REASON"}, rows)
+	return table(w, []string{"PEER", "HOSTNAME", "CLASS", "TAGS", "VERSION", "STATE", "READY", "UPDATED", "REASON"}, rows)
 }

@@ -91,7 +91,15 @@ type Config struct {
 	// APITCP also serves the API on this loopback address, opened by the token in TokenFile.
 	APITCP    string
 	TokenFile string
+	// User runs the daemon as this user and group (no supplementary groups), as the packaged unit runs it as
+	// npu-agent; nil runs it as the caller. Dir must be writable by it. Only without a lab (ip netns exec needs root).
+	User *syscall.Credential
+	// OVCacheDirs are application cache directories the daemon shares (ovcache.dirs).
+	OVCacheDirs []OVCacheDir
 }
+
+// OVCacheDir is one ovcache.dirs entry: the directory and its application's OpenVINO build ("" learns it).
+type OVCacheDir struct{ Path, Build string }
 
 // yaml renders c as the daemon's config file. Every value is quoted or numeric, so no path can break the syntax.
 func (c Config) yaml() []byte {
@@ -145,6 +153,12 @@ func (c Config) yaml() []byte {
 			for _, tag := range c.Tags {
 				fmt.Fprintf(&b, "    - %s\n", q(tag))
 			}
+		}
+	}
+	if len(c.OVCacheDirs) > 0 {
+		b.WriteString("ovcache:\n  dirs:\n")
+		for _, d := range c.OVCacheDirs {
+			fmt.Fprintf(&b, "    - path: %s\n      openvino_build: %s\n", q(d.Path), q(d.Build))
 		}
 	}
 	b.WriteString("flight:\n")
@@ -208,6 +222,9 @@ func Start(ctx context.Context, lab *netlab.Lab, i int, cfg Config) (*Daemon, er
 	d.cmd = d.command(context.Background(), "--config", d.ConfigPath, "daemon")
 	d.cmd.Env = append(daemonEnv(), cfg.Env...)
 	d.cmd.Stdout, d.cmd.Stderr = log, log
+	if cfg.User != nil {
+		d.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cfg.User}
+	}
 	if err := d.cmd.Start(); err != nil {
 		log.Close()
 		return nil, fmt.Errorf("e2e: start daemon on %s: %w", d.Name, err)
@@ -431,6 +448,7 @@ type FetchResult struct {
 	Size     uint64 `json:"size"`
 	SHA256   string `json:"sha256"`
 	Producer string `json:"producer"`
+	ModelID  string `json:"model_id"`
 }
 
 // Fetch runs `npu-agent --json fetch --model model --shape shape` in the daemon's host, which asks the daemon.
