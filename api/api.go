@@ -109,10 +109,12 @@ type Job struct {
 type Peer struct {
 	ID    string   `json:"id"`
 	Addrs []string `json:"addrs"`
-	// Hostname, Class and Tags are what its signed member record says (docs/design.md 6.2); empty until one came.
+	// Hostname, Class, Tags and Version (its npu-agent version) are what its signed member record says
+	// (docs/design.md 6.2); empty until one came (Version also from members older than the field).
 	Hostname string   `json:"hostname,omitempty"`
 	Class    string   `json:"class,omitempty"`
 	Tags     []string `json:"tags,omitempty"`
+	Version  string   `json:"version,omitempty"`
 	// Connected: this agent has a connection to it now (members are known without one).
 	Connected bool `json:"connected"`
 	// Seen is when it signed its latest member record.
