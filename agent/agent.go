@@ -81,6 +81,14 @@ type Fleet interface {
 	Coordinate(ctx context.Context, key compile.FlightKey, compile func(context.Context) (cid.Cid, error), ready func() (cid.Cid, bool)) (waitedFor string, err error)
 }
 
+// FleetProgress is optionally implemented by a Fleet: what a wait or a fetch under way is doing, for status.
+type FleetProgress interface {
+	// Holder names the member whose compile the fleet single flight for key waits for; "" when none is known.
+	Holder(key compile.FlightKey) string
+	// FetchPeers is how many peers the fetch of c under way receives chunks from now.
+	FetchPeers(c cid.Cid) int
+}
+
 // Options configure an Agent.
 type Options struct {
 	Store    blobstore.Store
@@ -119,7 +127,10 @@ type Activity struct {
 	Started time.Time `json:"started"`
 	Done    int64     `json:"done"`
 	Total   int64     `json:"total"`
-	From    string    `json:"from,omitempty"` // the producer a fetch comes from
+	From    string    `json:"from,omitempty"` // the producer a fetch comes from; the member a wait waits for
+	Peers   int       `json:"peers,omitempty"` // peers a fetch receives chunks from now
+
+	key compile.FlightKey // a wait's flight
 }
 
 // New validates the host fingerprint and prepares the work directories.
@@ -277,6 +288,9 @@ func (a *Agent) coordinate(ctx context.Context, key compile.FlightKey, compileHe
 	log := a.opts.Logger.With("model", key.ModelID, "profile", key.ProfileID)
 	log.Info("single flight: no blob here or at peers; asking the fleet who compiles", "class", key.Class)
 	wait := a.begin(PhaseWait, key.ModelID, key.ProfileID, cid.Undef)
+	a.mu.Lock()
+	wait.key = key
+	a.mu.Unlock()
 	defer a.end(wait)
 	start := time.Now()
 	ready := func() (cid.Cid, bool) {
@@ -731,15 +745,26 @@ func (a *Agent) inUseNow(c cid.Cid) bool {
 	return a.inUse[c] > 0
 }
 
-// Activities lists fetches and compiles under way.
+// Activities lists fetches, compiles and waits under way: with a Fleet that says so (FleetProgress), the member a
+// wait is for and the peers a fetch receives from.
 func (a *Agent) Activities() []Activity {
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	out := make([]Activity, 0, len(a.inflight))
 	for _, act := range a.inflight {
 		out = append(out, *act)
 	}
+	a.mu.Unlock()
 	slices.SortFunc(out, func(x, y Activity) int { return x.Started.Compare(y.Started) })
+	if fp, ok := a.opts.Fleet.(FleetProgress); ok {
+		for i := range out {
+			switch act := &out[i]; act.Phase {
+			case PhaseWait:
+				act.From = fp.Holder(act.key)
+			case PhaseFetch:
+				act.Peers = fp.FetchPeers(act.CID)
+			}
+		}
+	}
 	return out
 }
 

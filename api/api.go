@@ -101,8 +101,13 @@ type Job struct {
 	ChunksDone uint64 `json:"chunks_done,omitempty"`
 	// Rate is the fetch's mean rate since it started, bytes per second.
 	Rate uint64 `json:"rate,omitempty"`
-	// From names the peer a fetch comes from (the record's producer; others help when they hold chunks).
-	From string `json:"from,omitempty"`
+	// From names the peer a fetch comes from (the record's producer; others help when they hold chunks), or the
+	// member whose compile a wait waits for (once its claim or lease is heard); FromHostname is its hostname when
+	// its member record says so.
+	From         string `json:"from,omitempty"`
+	FromHostname string `json:"from_hostname,omitempty"`
+	// Peers is how many peers a fetch receives chunks from now.
+	Peers int `json:"peers,omitempty"`
 }
 
 // Peer is a connected fleet member.
