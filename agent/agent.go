@@ -127,7 +127,7 @@ type Activity struct {
 	Started time.Time `json:"started"`
 	Done    int64     `json:"done"`
 	Total   int64     `json:"total"`
-	From    string    `json:"from,omitempty"` // the producer a fetch comes from; the member a wait waits for
+	From    string    `json:"from,omitempty"`  // the producer a fetch comes from; the member a wait waits for
 	Peers   int       `json:"peers,omitempty"` // peers a fetch receives chunks from now
 
 	key compile.FlightKey // a wait's flight

@@ -95,4 +95,3 @@ func TestStatusJobPeers(t *testing.T) {
 		})
 	}
 }
-
