@@ -746,8 +746,35 @@ func (a *Agent) inUseNow(c cid.Cid) bool {
 }
 
 // Activities lists fetches, compiles and waits under way: with a Fleet that says so (FleetProgress), the member a
-// wait is for and the peers a fetch receives from.
+// wait is for (kept once known: the flight ends before the wait does, which still awaits that member's record)
+// and the peers a fetch receives from.
 func (a *Agent) Activities() []Activity {
+	if fp, ok := a.opts.Fleet.(FleetProgress); ok {
+		a.mu.Lock()
+		acts := make([]Activity, 0, len(a.inflight))
+		for _, act := range a.inflight {
+			acts = append(acts, *act)
+		}
+		a.mu.Unlock()
+		for i := range acts { // the fleet is asked without a.mu held
+			switch act := &acts[i]; act.Phase {
+			case PhaseWait:
+				act.From = fp.Holder(act.key)
+			case PhaseFetch:
+				act.Peers = fp.FetchPeers(act.CID)
+			}
+		}
+		a.mu.Lock()
+		for _, act := range acts {
+			if cur := a.inflight[act.id()]; cur != nil && cur.Started.Equal(act.Started) {
+				if act.From != "" {
+					cur.From = act.From
+				}
+				cur.Peers = act.Peers
+			}
+		}
+		a.mu.Unlock()
+	}
 	a.mu.Lock()
 	out := make([]Activity, 0, len(a.inflight))
 	for _, act := range a.inflight {
@@ -755,30 +782,23 @@ func (a *Agent) Activities() []Activity {
 	}
 	a.mu.Unlock()
 	slices.SortFunc(out, func(x, y Activity) int { return x.Started.Compare(y.Started) })
-	if fp, ok := a.opts.Fleet.(FleetProgress); ok {
-		for i := range out {
-			switch act := &out[i]; act.Phase {
-			case PhaseWait:
-				act.From = fp.Holder(act.key)
-			case PhaseFetch:
-				act.Peers = fp.FetchPeers(act.CID)
-			}
-		}
-	}
 	return out
 }
+
+// id is an activity's key in Agent.inflight.
+func (act *Activity) id() string { return string(act.Phase) + "/" + act.Model + "/" + act.Profile }
 
 func (a *Agent) begin(phase Phase, model, profile string, blob cid.Cid) *Activity {
 	act := &Activity{Phase: phase, Model: model, Profile: profile, CID: blob, Started: time.Now()}
 	a.mu.Lock()
-	a.inflight[string(phase)+"/"+model+"/"+profile] = act
+	a.inflight[act.id()] = act
 	a.mu.Unlock()
 	return act
 }
 
 func (a *Agent) end(act *Activity) {
 	a.mu.Lock()
-	delete(a.inflight, string(act.Phase)+"/"+act.Model+"/"+act.Profile)
+	delete(a.inflight, act.id())
 	a.mu.Unlock()
 }
 
