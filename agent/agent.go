@@ -129,8 +129,6 @@ type Activity struct {
 	Total   int64     `json:"total"`
 	From    string    `json:"from,omitempty"`  // the producer a fetch comes from; the member a wait waits for
 	Peers   int       `json:"peers,omitempty"` // peers a fetch receives chunks from now
-
-	key compile.FlightKey // a wait's flight
 }
 
 // New validates the host fingerprint and prepares the work directories.
@@ -288,10 +286,9 @@ func (a *Agent) coordinate(ctx context.Context, key compile.FlightKey, compileHe
 	log := a.opts.Logger.With("model", key.ModelID, "profile", key.ProfileID)
 	log.Info("single flight: no blob here or at peers; asking the fleet who compiles", "class", key.Class)
 	wait := a.begin(PhaseWait, key.ModelID, key.ProfileID, cid.Undef)
-	a.mu.Lock()
-	wait.key = key
-	a.mu.Unlock()
 	defer a.end(wait)
+	stopWatch := a.watchHolder(wait, key, log)
+	defer stopWatch()
 	start := time.Now()
 	ready := func() (cid.Cid, bool) {
 		if recs := a.compatible(a.opts.Fleet.Records(key.ModelID, key.ProfileID), kind); len(recs) > 0 {
@@ -302,6 +299,7 @@ func (a *Agent) coordinate(ctx context.Context, key compile.FlightKey, compileHe
 	_, knownBefore := ready()
 	compiled := false
 	w, err := a.opts.Fleet.Coordinate(ctx, key, func(ctx context.Context) (cid.Cid, error) {
+		stopWatch()
 		a.end(wait)
 		compiled = true
 		log.Info("single flight: compiling here", "after", time.Since(start).Round(time.Millisecond))
@@ -745,36 +743,9 @@ func (a *Agent) inUseNow(c cid.Cid) bool {
 	return a.inUse[c] > 0
 }
 
-// Activities lists fetches, compiles and waits under way: with a Fleet that says so (FleetProgress), the member a
-// wait is for (kept once known: the flight ends before the wait does, which still awaits that member's record)
-// and the peers a fetch receives from.
+// Activities lists fetches, compiles and waits under way; with a Fleet that says so (FleetProgress), the peers
+// each fetch receives from.
 func (a *Agent) Activities() []Activity {
-	if fp, ok := a.opts.Fleet.(FleetProgress); ok {
-		a.mu.Lock()
-		acts := make([]Activity, 0, len(a.inflight))
-		for _, act := range a.inflight {
-			acts = append(acts, *act)
-		}
-		a.mu.Unlock()
-		for i := range acts { // the fleet is asked without a.mu held
-			switch act := &acts[i]; act.Phase {
-			case PhaseWait:
-				act.From = fp.Holder(act.key)
-			case PhaseFetch:
-				act.Peers = fp.FetchPeers(act.CID)
-			}
-		}
-		a.mu.Lock()
-		for _, act := range acts {
-			if cur := a.inflight[act.id()]; cur != nil && cur.Started.Equal(act.Started) {
-				if act.From != "" {
-					cur.From = act.From
-				}
-				cur.Peers = act.Peers
-			}
-		}
-		a.mu.Unlock()
-	}
 	a.mu.Lock()
 	out := make([]Activity, 0, len(a.inflight))
 	for _, act := range a.inflight {
@@ -782,11 +753,43 @@ func (a *Agent) Activities() []Activity {
 	}
 	a.mu.Unlock()
 	slices.SortFunc(out, func(x, y Activity) int { return x.Started.Compare(y.Started) })
+	if fp, ok := a.opts.Fleet.(FleetProgress); ok {
+		for i := range out {
+			if out[i].Phase == PhaseFetch {
+				out[i].Peers = fp.FetchPeers(out[i].CID)
+			}
+		}
+	}
 	return out
 }
 
 // id is an activity's key in Agent.inflight.
 func (act *Activity) id() string { return string(act.Phase) + "/" + act.Model + "/" + act.Profile }
+
+// holderPoll is how often a fleet wait asks whom it waits for (FleetProgress.Holder).
+const holderPoll = 200 * time.Millisecond
+
+// watchHolder follows whom the fleet wait for key waits for until stop is called: the wait job names that member
+// (kept once known: the flight ends before the wait does, which then awaits the member's record), and each new
+// one is logged.
+func (a *Agent) watchHolder(wait *Activity, key compile.FlightKey, log *slog.Logger) (stop func()) {
+	fp, ok := a.opts.Fleet.(FleetProgress)
+	if !ok {
+		return func() {}
+	}
+	return tick.Every(holderPoll, func() {
+		h := fp.Holder(key)
+		a.mu.Lock()
+		changed := h != "" && h != wait.From
+		if changed {
+			wait.From = h
+		}
+		a.mu.Unlock()
+		if changed {
+			log.Info("single flight: waiting for a peer's compile", "peer", h)
+		}
+	})
+}
 
 func (a *Agent) begin(phase Phase, model, profile string, blob cid.Cid) *Activity {
 	act := &Activity{Phase: phase, Model: model, Profile: profile, CID: blob, Started: time.Now()}

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"sync"
 	"testing"
 	"time"
 
@@ -19,7 +20,14 @@ import (
 type progressFleet struct {
 	blockingFleet
 	wait   bool
+	mu     sync.Mutex
 	holder string
+}
+
+func (f *progressFleet) setHolder(h string) {
+	f.mu.Lock()
+	f.holder = h
+	f.mu.Unlock()
 }
 
 var _ agent.FleetProgress = (*progressFleet)(nil)
@@ -37,8 +45,12 @@ func (f *progressFleet) Coordinate(ctx context.Context, _ compile.FlightKey, _ f
 	return "", ctx.Err()
 }
 
-func (f *progressFleet) Holder(compile.FlightKey) string { return f.holder }
-func (f *progressFleet) FetchPeers(cid.Cid) int          { return 3 }
+func (f *progressFleet) Holder(compile.FlightKey) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.holder
+}
+func (f *progressFleet) FetchPeers(cid.Cid) int { return 3 }
 
 // TestStatusJobPeers: status names the member a wait is for and the peer a fetch comes from, by hostname when the
 // member table has one, and counts the peers a fetch receives from.
@@ -59,7 +71,8 @@ func TestStatusJobPeers(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
-			fleet := &progressFleet{blockingFleet: blockingFleet{fetching: make(chan struct{})}, wait: c.wait, holder: c.peer}
+			fleet := &progressFleet{blockingFleet: blockingFleet{fetching: make(chan struct{})}, wait: c.wait}
+			fleet.setHolder(c.peer)
 			svc, xml := newService(t, fleet)
 			svc.Peers = func() []api.Peer { return []api.Peer{{ID: known, Hostname: "npu-07"}, {ID: "other", Hostname: "x"}} }
 			m, err := compile.LoadModel(xml)
@@ -80,18 +93,26 @@ func TestStatusJobPeers(t *testing.T) {
 				done <- err
 			}()
 			<-fleet.fetching
-			// The second status comes after the flight ended (no holder any more) while the wait goes on.
+			// A wait learns its holder within a poll; the second status comes after the flight ended (no holder
+			// any more) while the wait goes on.
 			for i := range 2 {
-				st, err := svc.Status(context.Background())
-				if err != nil {
-					t.Fatal(err)
+				var st api.Status
+				for end := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+					var err error
+					if st, err = svc.Status(context.Background()); err != nil {
+						t.Fatal(err)
+					}
+					if len(st.Jobs) == 1 && st.Jobs[0].From != "" || time.Now().After(end) {
+						break
+					}
 				}
 				if len(st.Jobs) != 1 || st.Jobs[0].Kind != c.kind || st.Jobs[0].From != c.peer ||
 					st.Jobs[0].FromHostname != c.hostname || st.Jobs[0].Peers != c.peers {
 					t.Errorf("status %d: jobs %+v, want a %s job naming %s (%q) with %d peers", i, st.Jobs, c.kind, c.peer,
 						c.hostname, c.peers)
 				}
-				fleet.holder = ""
+				fleet.setHolder("")
+				time.Sleep(600 * time.Millisecond) // three of the agent's holder polls
 			}
 			cancel()
 			if err := <-done; !errors.Is(err, context.Canceled) {

@@ -17,7 +17,8 @@ import (
 // TestFleetWaitVisible: two daemons of one class see each other's hostname and version in `peers`, then fetch the
 // same blob at once. One compiles; the other waits for it and fetches it. The waiter's `fetch --json` prints its
 // job as JSON lines on stderr (waiting for the compiler, named by ID and hostname, then fetching),
-// each daemon logs its single-flight decision (compiling here; waited for peer X's compile; fetched from peers),
+// each daemon logs its single-flight decision (compiling here; waiting for peer X's compile, once; waited for it;
+// fetched from peers),
 // and the metrics count it: a fleet wait and the fetched chunks on the waiter, the served chunks on the compiler.
 func TestFleetWaitVisible(t *testing.T) {
 	requireLab(t)
@@ -124,6 +125,7 @@ func TestFleetWaitVisible(t *testing.T) {
 		peer string
 	}{
 		{daemons[compiler], "single flight: compiling here", ""},
+		{daemons[waiter], "single flight: waiting for a peer's compile", compilerID},
 		{daemons[waiter], "single flight: waited for a peer's compile", compilerID},
 		{daemons[waiter], "fetched from peers", compilerID},
 	} {
