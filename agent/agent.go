@@ -81,6 +81,14 @@ type Fleet interface {
 	Coordinate(ctx context.Context, key compile.FlightKey, compile func(context.Context) (cid.Cid, error), ready func() (cid.Cid, bool)) (waitedFor string, err error)
 }
 
+// FleetProgress is optionally implemented by a Fleet: what a wait or a fetch under way is doing, for status.
+type FleetProgress interface {
+	// Holder names the member whose compile the fleet single flight for key waits for; "" when none is known.
+	Holder(key compile.FlightKey) string
+	// FetchPeers is how many peers the fetch of c under way receives chunks from now.
+	FetchPeers(c cid.Cid) int
+}
+
 // Options configure an Agent.
 type Options struct {
 	Store    blobstore.Store
@@ -119,7 +127,8 @@ type Activity struct {
 	Started time.Time `json:"started"`
 	Done    int64     `json:"done"`
 	Total   int64     `json:"total"`
-	From    string    `json:"from,omitempty"` // the producer a fetch comes from
+	From    string    `json:"from,omitempty"`  // the producer a fetch comes from; the member a wait waits for
+	Peers   int       `json:"peers,omitempty"` // peers a fetch receives chunks from now
 }
 
 // New validates the host fingerprint and prepares the work directories.
@@ -278,6 +287,8 @@ func (a *Agent) coordinate(ctx context.Context, key compile.FlightKey, compileHe
 	log.Info("single flight: no blob here or at peers; asking the fleet who compiles", "class", key.Class)
 	wait := a.begin(PhaseWait, key.ModelID, key.ProfileID, cid.Undef)
 	defer a.end(wait)
+	stopWatch := a.watchHolder(wait, key, log)
+	defer stopWatch()
 	start := time.Now()
 	ready := func() (cid.Cid, bool) {
 		if recs := a.compatible(a.opts.Fleet.Records(key.ModelID, key.ProfileID), kind); len(recs) > 0 {
@@ -288,6 +299,7 @@ func (a *Agent) coordinate(ctx context.Context, key compile.FlightKey, compileHe
 	_, knownBefore := ready()
 	compiled := false
 	w, err := a.opts.Fleet.Coordinate(ctx, key, func(ctx context.Context) (cid.Cid, error) {
+		stopWatch()
 		a.end(wait)
 		compiled = true
 		log.Info("single flight: compiling here", "after", time.Since(start).Round(time.Millisecond))
@@ -731,29 +743,65 @@ func (a *Agent) inUseNow(c cid.Cid) bool {
 	return a.inUse[c] > 0
 }
 
-// Activities lists fetches and compiles under way.
+// Activities lists fetches, compiles and waits under way; with a Fleet that says so (FleetProgress), the peers
+// each fetch receives from.
 func (a *Agent) Activities() []Activity {
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	out := make([]Activity, 0, len(a.inflight))
 	for _, act := range a.inflight {
 		out = append(out, *act)
 	}
+	a.mu.Unlock()
 	slices.SortFunc(out, func(x, y Activity) int { return x.Started.Compare(y.Started) })
+	if fp, ok := a.opts.Fleet.(FleetProgress); ok {
+		for i := range out {
+			if out[i].Phase == PhaseFetch {
+				out[i].Peers = fp.FetchPeers(out[i].CID)
+			}
+		}
+	}
 	return out
+}
+
+// id is an activity's key in Agent.inflight.
+func (act *Activity) id() string { return string(act.Phase) + "/" + act.Model + "/" + act.Profile }
+
+// holderPoll is how often a fleet wait asks whom it waits for (FleetProgress.Holder).
+const holderPoll = 200 * time.Millisecond
+
+// watchHolder follows whom the fleet wait for key waits for until stop is called: the wait job names that member
+// (kept once known: the flight ends before the wait does, which then awaits the member's record), and each new
+// one is logged.
+func (a *Agent) watchHolder(wait *Activity, key compile.FlightKey, log *slog.Logger) (stop func()) {
+	fp, ok := a.opts.Fleet.(FleetProgress)
+	if !ok {
+		return func() {}
+	}
+	return tick.Every(holderPoll, func() {
+		h := fp.Holder(key)
+		a.mu.Lock()
+		changed := h != "" && h != wait.From
+		if changed {
+			wait.From = h
+		}
+		a.mu.Unlock()
+		if changed {
+			log.Info("single flight: waiting for a peer's compile", "peer", h)
+		}
+	})
 }
 
 func (a *Agent) begin(phase Phase, model, profile string, blob cid.Cid) *Activity {
 	act := &Activity{Phase: phase, Model: model, Profile: profile, CID: blob, Started: time.Now()}
 	a.mu.Lock()
-	a.inflight[string(phase)+"/"+model+"/"+profile] = act
+	a.inflight[act.id()] = act
 	a.mu.Unlock()
 	return act
 }
 
 func (a *Agent) end(act *Activity) {
 	a.mu.Lock()
-	delete(a.inflight, string(act.Phase)+"/"+act.Model+"/"+act.Profile)
+	delete(a.inflight, act.id())
 	a.mu.Unlock()
 }
 

@@ -101,18 +101,25 @@ type Job struct {
 	ChunksDone uint64 `json:"chunks_done,omitempty"`
 	// Rate is the fetch's mean rate since it started, bytes per second.
 	Rate uint64 `json:"rate,omitempty"`
-	// From names the peer a fetch comes from (the record's producer; others help when they hold chunks).
-	From string `json:"from,omitempty"`
+	// From names the peer a fetch comes from (the record's producer; others help when they hold chunks), or the
+	// member whose compile a wait waits for (once its claim or lease is heard); FromHostname is its hostname when
+	// its member record says so.
+	From         string `json:"from,omitempty"`
+	FromHostname string `json:"from_hostname,omitempty"`
+	// Peers is how many peers a fetch receives chunks from now.
+	Peers int `json:"peers,omitempty"`
 }
 
 // Peer is a connected fleet member.
 type Peer struct {
 	ID    string   `json:"id"`
 	Addrs []string `json:"addrs"`
-	// Hostname, Class and Tags are what its signed member record says (docs/design.md 6.2); empty until one came.
+	// Hostname, Class, Tags and Version (its npu-agent version) are what its signed member record says
+	// (docs/design.md 6.2); empty until one came (Version also from members older than the field).
 	Hostname string   `json:"hostname,omitempty"`
 	Class    string   `json:"class,omitempty"`
 	Tags     []string `json:"tags,omitempty"`
+	Version  string   `json:"version,omitempty"`
 	// Connected: this agent has a connection to it now (members are known without one).
 	Connected bool `json:"connected"`
 	// Seen is when it signed its latest member record.

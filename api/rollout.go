@@ -73,6 +73,8 @@ type RolloutPeer struct {
 	Hostname string   `json:"hostname,omitempty"`
 	Class    string   `json:"class,omitempty"`
 	Tags     []string `json:"tags,omitempty"`
+	// AgentVersion is its npu-agent version (Peer.Version; "version" here is the rollout's).
+	AgentVersion string `json:"agent_version,omitempty"`
 }
 
 // AddSource asks the daemon to store a source model for a rollout; see Rollouts.AddSource.

@@ -122,6 +122,12 @@ func checkMemberCert(cfg config.Config, pc p2p.Config) error {
 	return nil
 }
 
+// memberText reports whether s fits a member record's hostname or version: printable ASCII without spaces, at
+// most 64 bytes.
+func memberText(s string) bool {
+	return len(s) <= 64 && !strings.ContainsFunc(s, func(r rune) bool { return r <= ' ' || r > '~' })
+}
+
 func multiaddrs(key string, ss []string) ([]ma.Multiaddr, error) {
 	out := make([]ma.Multiaddr, 0, len(ss))
 	var errs []error
@@ -151,8 +157,9 @@ func peerIDs(key string, ss []string) ([]peer.ID, error) {
 }
 
 // New starts the node and prepares the fleet single flight and the rollout channels; Run must follow, and it
-// closes them. Errors in cfg's p2p section are config.ErrInvalid; reg, m and log may be nil. The new records the node hears wake waiting flights.
-func New(ctx context.Context, cfg config.Config, store blobstore.Store, host compat.Fingerprint,
+// closes them. Errors in cfg's p2p section are config.ErrInvalid; reg, m and log may be nil. version (this build's)
+// goes into the member record. The new records the node hears wake waiting flights.
+func New(ctx context.Context, cfg config.Config, store blobstore.Store, host compat.Fingerprint, version string,
 	reg prometheus.Registerer, m *metrics.Metrics, log *slog.Logger) (*Fleet, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -162,9 +169,12 @@ func New(ctx context.Context, cfg config.Config, store blobstore.Store, host com
 		return nil, err
 	}
 	pc.Registerer = reg
-	// The member record (6.2): hostname and class, when they fit its rules.
-	if h, err := os.Hostname(); err == nil && len(h) <= 64 && !strings.ContainsFunc(h, func(r rune) bool { return r <= ' ' || r > '~' }) {
+	// The member record (6.2): hostname, version and class, when they fit its rules.
+	if h, err := os.Hostname(); err == nil && memberText(h) {
 		pc.Hostname = h
+	}
+	if memberText(version) {
+		pc.Version = version
 	}
 	if class, err := compat.Class(compat.DefaultRules(), host, ""); err == nil && len(class) <= 128 {
 		pc.Class = class
@@ -262,7 +272,7 @@ func (f *Fleet) APIPeers() []api.Peer {
 			continue
 		}
 		p := get(m.ID)
-		p.Hostname, p.Class, p.Tags = m.Hostname, m.Class, m.Tags
+		p.Hostname, p.Class, p.Tags, p.Version = m.Hostname, m.Class, m.Tags, m.Version
 		if m.Seq > 0 && m.Seq <= math.MaxInt64 {
 			p.Seen = time.Unix(0, int64(m.Seq)).UTC()
 		}

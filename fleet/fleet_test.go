@@ -75,7 +75,7 @@ func TestRunAndRolloutChannels(t *testing.T) {
 	defer store.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	f, err := New(ctx, cfg, store, compat.Fingerprint{FirmwareMI: "11.4"}, nil, nil, nil)
+	f, err := New(ctx, cfg, store, compat.Fingerprint{FirmwareMI: "11.4"}, "test", nil, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -83,6 +83,8 @@ type Config struct {
 	Hostname string
 	Class    string
 	Tags     []string
+	// Version is this node's npu-agent version, for its member record: printable ASCII, at most 64 bytes.
+	Version string
 	// MemberRefresh is how often the member record is republished (0: DefaultMemberRefresh); a member not heard
 	// for 3 × MemberRefresh is forgotten.
 	MemberRefresh time.Duration

@@ -89,7 +89,7 @@ func (s *Server) handleGetRollout(w http.ResponseWriter, r *http.Request) {
 	s.writeJSON(w, http.StatusOK, resp)
 }
 
-// addMembers fills in each row's hostname, class and tags from the member table status shows, so that rollout
+// addMembers fills in each row's hostname, class, tags and npu-agent version from the member table status shows, so that rollout
 // status names hosts, not only peer IDs. Without a status (it failed) the rows stay as they are.
 func (s *Server) addMembers(ctx context.Context, rows []api.RolloutPeer) {
 	st, err := s.agent.Status(ctx)
@@ -104,11 +104,11 @@ func (s *Server) addMembers(ctx context.Context, rows []api.RolloutPeer) {
 	for i := range rows {
 		row := &rows[i]
 		if row.Self {
-			row.Hostname, row.Class, row.Tags = st.Hostname, st.Class, st.Tags
+			row.Hostname, row.Class, row.Tags, row.AgentVersion = st.Hostname, st.Class, st.Tags, st.Version
 			continue
 		}
 		if p, ok := byID[row.Peer]; ok {
-			row.Hostname, row.Class, row.Tags = p.Hostname, p.Class, p.Tags
+			row.Hostname, row.Class, row.Tags, row.AgentVersion = p.Hostname, p.Class, p.Tags, p.Version
 		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/ipfs/go-cid"
@@ -116,7 +117,7 @@ func (s *Service) CheckSpace(n uint64) error { return checkSpace(s.Agent.Store()
 // job describes an activity for status: bytes, chunks and the mean rate of a fetch.
 func job(act agent.Activity, now time.Time) api.Job {
 	j := api.Job{Kind: act.Phase, ModelID: act.Model, ProfileID: act.Profile, CID: act.CID, Started: act.Started,
-		Done: uint64(max(act.Done, 0)), Total: uint64(max(act.Total, 0)), From: act.From}
+		Done: uint64(max(act.Done, 0)), Total: uint64(max(act.Total, 0)), From: act.From, Peers: act.Peers}
 	if j.Total > 0 {
 		j.Chunks = (j.Total + blobstore.ChunkSize - 1) / blobstore.ChunkSize
 		j.ChunksDone = min(j.Chunks, (j.Done+blobstore.ChunkSize-1)/blobstore.ChunkSize)
@@ -157,6 +158,13 @@ func (s *Service) Status(ctx context.Context) (api.Status, error) {
 	}
 	if s.Peers != nil {
 		st.Peers = s.Peers()
+	}
+	for i := range st.Jobs {
+		if j := &st.Jobs[i]; j.From != "" {
+			if k := slices.IndexFunc(st.Peers, func(p api.Peer) bool { return p.ID == j.From }); k >= 0 {
+				j.FromHostname = st.Peers[k].Hostname
+			}
+		}
 	}
 	st.PeerServing = s.PeerServing
 	return st, nil

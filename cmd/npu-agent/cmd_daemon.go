@@ -103,7 +103,7 @@ func runDaemon(ctx context.Context, cfg config.Config, log *slog.Logger) (err er
 	d := newDaemonGroup(ctx)
 	var fl *fleet.Fleet
 	if cfg.P2P.Enabled {
-		if fl, err = fleet.New(ctx, cfg, store, host, reg, m, log); err != nil {
+		if fl, err = fleet.New(ctx, cfg, store, host, version, reg, m, log); err != nil {
 			return d.abort(err)
 		}
 		d.goLower(fl.Run)

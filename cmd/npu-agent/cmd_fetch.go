@@ -301,7 +301,7 @@ func (a *app) watchJob(ctx context.Context, c *api.Client, pid string) (stop fun
 			if j.ProfileID != pid {
 				continue
 			}
-			if a.asJSON && (j.Kind != last.Kind || j.Done != last.Done) {
+			if a.asJSON && (j.Kind != last.Kind || j.Done != last.Done || j.From != last.From || j.Peers != last.Peers) {
 				_ = writeJSONLine(a.stderr, j)
 			}
 			last = j
@@ -320,18 +320,37 @@ func jobPhase(j api.Job) string {
 	case agent.PhaseCompile:
 		return "compiling"
 	case agent.PhaseWait:
+		if j.From != "" {
+			return "waiting for " + jobPeer(j) + "'s compile"
+		}
 		return "waiting for the fleet's compile"
 	case agent.PhaseFetch:
 		s := "fetching"
 		if j.Chunks > 0 {
 			s += fmt.Sprintf(" %d/%d chunks", j.ChunksDone, j.Chunks)
 		}
-		if j.From != "" {
-			s += " from " + short(j.From)
+		switch {
+		case j.Peers == 1:
+			s += " from 1 peer"
+		case j.Peers > 1:
+			s += fmt.Sprintf(" from %d peers", j.Peers)
+		}
+		if j.From != "" && j.Peers > 0 {
+			s += " (producer " + jobPeer(j) + ")"
+		} else if j.From != "" {
+			s += " from " + jobPeer(j)
 		}
 		return s
 	}
 	return string(j.Kind)
+}
+
+// jobPeer names a job's peer: its hostname when its member record gave one, else its shortened ID.
+func jobPeer(j api.Job) string {
+	if j.FromHostname != "" {
+		return j.FromHostname
+	}
+	return short(j.From)
 }
 
 // dialDaemon returns a client of the running daemon, nil without error when none answers, or why the socket

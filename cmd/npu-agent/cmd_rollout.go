@@ -231,8 +231,9 @@ func rolloutStatusTable(w io.Writer, st api.RolloutStatus) error {
 		if !p.Connected && !p.Self {
 			updated += ", disconnected"
 		}
-		rows = append(rows, []string{peer, orDash(p.Hostname), short(p.Class), orDash(strings.Join(p.Tags, ",")), version,
-			state, profiles, updated, p.Reason})
+		rows = append(rows, []string{peer, orDash(p.Hostname), short(p.Class), orDash(strings.Join(p.Tags, ",")),
+			orDash(p.AgentVersion), version, state, profiles, updated, p.Reason})
 	}
-	return table(w, []string{"PEER", "HOSTNAME", "CLASS", "TAGS", "VERSION", "STATE", "READY", "UPDATED", "REASON"}, rows)
+	return table(w, []string{"PEER", "HOSTNAME", "CLASS", "TAGS", "NPU-AGENT", "VERSION", "STATE", "READY", "UPDATED",
+		"REASON"}, rows)
 }

@@ -72,7 +72,7 @@ func (a *app) statusCmd() *cobra.Command {
 func (a *app) peersCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "peers",
-		Short: "Fleet members the running daemon knows: hostname, class, tags, whether connected, when last heard",
+		Short: "Fleet members the running daemon knows: hostname, class, tags, version, whether connected, when last heard",
 		Args:  exactArgs(0),
 		RunE: a.withStatus(func(st api.Status) error {
 			if st.Peers == nil {
@@ -90,9 +90,10 @@ func (a *app) peersCmd() *cobra.Command {
 						connected = "yes"
 					}
 					rows = append(rows, []string{p.ID, orDash(p.Hostname), short(p.Class), orDash(strings.Join(p.Tags, ",")),
-						connected, seen, strconv.Itoa(p.Records), strings.Join(p.Addrs, ",")})
+						orDash(p.Version), connected, seen, strconv.Itoa(p.Records), strings.Join(p.Addrs, ",")})
 				}
-				return table(w, []string{"PEER", "HOSTNAME", "CLASS", "TAGS", "CONNECTED", "SEEN", "RECORDS", "ADDRS"}, rows)
+				return table(w, []string{"PEER", "HOSTNAME", "CLASS", "TAGS", "VERSION", "CONNECTED", "SEEN", "RECORDS",
+					"ADDRS"}, rows)
 			})
 		}),
 	}

@@ -93,6 +93,13 @@ func TestJobPhase(t *testing.T) {
 		{api.Job{Kind: agent.PhaseFetch}, "fetching"},
 		{api.Job{Kind: agent.PhaseFetch, Chunks: 12, ChunksDone: 3, From: "12D3KooWAQS4LYzQeGkP2Dgsno85AWjwyQ3HKEfo4TKxptGELhsc"},
 			"fetching 3/12 chunks from 12D3KooW…GELhsc"},
+		{api.Job{Kind: agent.PhaseWait, From: "12D3KooWAQS4LYzQeGkP2Dgsno85AWjwyQ3HKEfo4TKxptGELhsc"},
+			"waiting for 12D3KooW…GELhsc's compile"},
+		{api.Job{Kind: agent.PhaseWait, From: "12D3KooWAQS4LYzQeGkP2Dgsno85AWjwyQ3HKEfo4TKxptGELhsc", FromHostname: "npu-07"},
+			"waiting for npu-07's compile"},
+		{api.Job{Kind: agent.PhaseFetch, Chunks: 12, ChunksDone: 3, Peers: 1}, "fetching 3/12 chunks from 1 peer"},
+		{api.Job{Kind: agent.PhaseFetch, Chunks: 12, ChunksDone: 5, Peers: 3, From: "x", FromHostname: "npu-07"},
+			"fetching 5/12 chunks from 3 peers (producer npu-07)"},
 	} {
 		if got := jobPhase(c.j); got != c.want {
 			t.Errorf("jobPhase(%+v) = %q, want %q", c.j, got, c.want)

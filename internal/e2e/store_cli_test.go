@@ -138,8 +138,9 @@ func TestStoreCommandsThroughDaemon(t *testing.T) {
 	}
 	var rst api.RolloutStatus
 	cli.json(0, &rst, "rollout", "status", "store-kiosk")
-	if hn, _ := os.Hostname(); len(rst.Peers) != 1 || !rst.Peers[0].Self || rst.Peers[0].Hostname != hn || rst.Peers[0].Class == "" {
-		t.Errorf("rollout status: %+v, want this host's row with hostname %q and class", rst.Peers, hn)
+	if hn, _ := os.Hostname(); len(rst.Peers) != 1 || !rst.Peers[0].Self || rst.Peers[0].Hostname != hn || rst.Peers[0].Class == "" ||
+		rst.Peers[0].AgentVersion == "" {
+		t.Errorf("rollout status: %+v, want this host's row with hostname %q, class and npu-agent version", rst.Peers, hn)
 	}
 	if v, err := d.Metric(ctx, `npu_agent_rollouts{state="ready"}`); err != nil || v != 1 {
 		t.Errorf(`npu_agent_rollouts{state="ready"} = %v (%v), want 1`, v, err)

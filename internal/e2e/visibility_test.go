@@ -14,9 +14,11 @@ import (
 	"github.com/npu-agent/npu-agent/blobstore"
 )
 
-// TestFleetWaitVisible: two daemons of one class fetch the same blob at once. One compiles; the other waits for
-// it and fetches it. The waiter's `fetch --json` prints its job as JSON lines on stderr (waiting, then fetching),
-// each daemon logs its single-flight decision (compiling here; waited for peer X's compile; fetched from peers),
+// TestFleetWaitVisible: two daemons of one class see each other's hostname and version in `peers`, then fetch the
+// same blob at once. One compiles; the other waits for it and fetches it. The waiter's `fetch --json` prints its
+// job as JSON lines on stderr (waiting for the compiler, named by ID and hostname, then fetching),
+// each daemon logs its single-flight decision (compiling here; waiting for peer X's compile, once; waited for it;
+// fetched from peers),
 // and the metrics count it: a fleet wait and the fetched chunks on the waiter, the served chunks on the compiler.
 func TestFleetWaitVisible(t *testing.T) {
 	requireLab(t)
@@ -24,6 +26,37 @@ func TestFleetWaitVisible(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	p := startPair(ctx, t, pairOptions{compileTime: 2 * time.Second, window: 300 * time.Millisecond, noSeed: true})
+	// Each learns the other's member record (hostname and npu-agent version) before the fetches, so the waiter
+	// names its compiler by hostname.
+	statuses := make([]api.Status, 2)
+	for i, d := range []*Daemon{p.v, p.h} {
+		var err error
+		if statuses[i], err = d.API().Status(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, d := range []*Daemon{p.v, p.h} {
+		other := statuses[1-i]
+		cli := &storeCLI{t: t, ctx: ctx, bin: d.bin, config: d.ConfigPath}
+		var peers []api.Peer
+		for end := time.Now().Add(15 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			cli.json(0, &peers, "peers")
+			if len(peers) == 1 && peers[0].ID == other.PeerID && peers[0].Hostname == other.Hostname &&
+				peers[0].Version == other.Version {
+				break
+			}
+			if time.Now().After(end) {
+				t.Fatalf("%s: peers --json %+v, want %s with hostname %q and version %q", d.Name, peers, other.PeerID,
+					other.Hostname, other.Version)
+			}
+		}
+		cmd := d.command(ctx, "--config", d.ConfigPath, "peers")
+		cmd.Env = daemonEnv()
+		out, err := cmd.Output()
+		if err != nil || !strings.Contains(string(out), "VERSION") || !strings.Contains(string(out), " "+other.Version+" ") {
+			t.Errorf("%s: peers table %q (%v) lacks the VERSION column with %q", d.Name, out, err, other.Version)
+		}
+	}
 
 	type result struct {
 		res    FetchResult
@@ -64,16 +97,23 @@ func TestFleetWaitVisible(t *testing.T) {
 		t.Fatal(err)
 	}
 	compilerID := st.PeerID
+	compilerHost := st.Hostname
 
 	chunks := float64((got[compiler].res.Size + blobstore.ChunkSize - 1) / blobstore.ChunkSize)
-	// The waiter's progress: a wait job, then a fetch job from the compiler with chunk counts.
+	// The waiter's progress: a wait job naming the compiler (its lease is heard long before its 2 s compile
+	// ends; status is polled every 500 ms), then a fetch job from the compiler with chunk counts, receiving from
+	// at most the one other daemon.
 	var sawWait, sawFetch bool
 	for _, j := range got[waiter].jobs {
-		sawWait = sawWait || j.Kind == "wait"
+		sawWait = sawWait || j.Kind == "wait" && j.From == compilerID && j.FromHostname == compilerHost
 		sawFetch = sawFetch || j.Kind == "fetch" && j.From == compilerID && float64(j.Chunks) == chunks
+		if j.Peers > 1 {
+			t.Errorf("job %+v receives from %d peers; there is one other daemon", j, j.Peers)
+		}
 	}
 	if !sawWait {
-		t.Errorf("the waiter's fetch --json printed no wait job: %q", got[waiter].stderr)
+		t.Errorf("the waiter's fetch --json printed no wait job naming %s (%s): %q", compilerID, compilerHost,
+			got[waiter].stderr)
 	}
 	if !sawFetch {
 		t.Logf("no fetch job seen (the fetch may finish between two polls): %q", got[waiter].stderr)
@@ -85,6 +125,7 @@ func TestFleetWaitVisible(t *testing.T) {
 		peer string
 	}{
 		{daemons[compiler], "single flight: compiling here", ""},
+		{daemons[waiter], "single flight: waiting for a peer's compile", compilerID},
 		{daemons[waiter], "single flight: waited for a peer's compile", compilerID},
 		{daemons[waiter], "fetched from peers", compilerID},
 	} {
