@@ -251,8 +251,11 @@ func (n *Node) manifest(ctx context.Context, f *flight) (*blobstore.Manifest, er
 		return nil, fmt.Errorf("fetch %s: %w: no peers", f.blob, ErrNoPeers)
 	}
 	var errs []error
+	// The candidates were named as holders just now (a record, a flight's DONE): a dial that failed earlier, under
+	// load or before the peer listened, must not leave its backoff between a waiter and the blob it waited for.
+	dctx := network.WithForceDirectDial(ctx, "fetch a named holder's manifest")
 	for _, p := range ps {
-		m, err := getManifest(ctx, n.h, p, f.blob, n.fp.rpcTimeout)
+		m, err := getManifest(dctx, n.h, p, f.blob, n.fp.rpcTimeout)
 		if err == nil {
 			return m, nil
 		}

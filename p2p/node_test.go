@@ -22,6 +22,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/pnet"
+	"github.com/libp2p/go-libp2p/p2p/net/swarm"
 	ma "github.com/multiformats/go-multiaddr"
 	"go.uber.org/goleak"
 
@@ -831,4 +832,26 @@ func TestStaticPeers(t *testing.T) {
 	if ps := b.Peers(); len(ps) != 1 || ps[0].ID != a.ID() || ps[0].ConnectedSince.IsZero() || len(ps[0].Addrs) == 0 {
 		t.Errorf("Peers() = %+v", ps)
 	}
+}
+
+// A holder in libp2p's dial backoff (a dial that failed earlier, e.g. under load) is still dialled when a fetch
+// names it: a waiter must not compile because of a stale backoff entry (seen in TestRolloutFleet under load).
+func TestFetchDialsNamedHolderInBackoff(t *testing.T) {
+	t.Parallel()
+	a := startNode(t, "", nil)
+	b := startNode(t, "", nil)
+	data := randomBlob(t, 2*blobstore.ChunkSize+5)
+	blob := put(t, a, data)
+	b.Host().Peerstore().AddAddrs(a.ID(), a.Host().Addrs(), time.Hour)
+	sw, ok := b.Host().Network().(interface{ Backoff() *swarm.DialBackoff })
+	if !ok {
+		t.Fatalf("%T has no dial backoff", b.Host().Network())
+	}
+	for _, addr := range a.Host().Addrs() {
+		sw.Backoff().AddBackoff(a.ID(), addr)
+	}
+	if err := fetch(t, b, blob, a); err != nil {
+		t.Fatalf("fetch from a holder in dial backoff: %v", err)
+	}
+	checkBlob(t, b, blob, data)
 }
