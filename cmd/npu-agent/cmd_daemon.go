@@ -177,8 +177,10 @@ func checkDaemonConfig(cfg config.Config) error {
 			errs = append(errs, fmt.Errorf("api.token_file: %w", err))
 		}
 	}
-	if _, err := ovcacheDirs(cfg); err != nil {
+	if dirs, err := ovcacheDirs(cfg); err != nil {
 		errs = append(errs, err)
+	} else {
+		errs = append(errs, checkOVCacheOwners(cfg, dirs))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return usageError{err}
