@@ -123,7 +123,15 @@ func (l look) same(o look) bool { return l.size == o.size && l.mtime.Equal(o.mti
 type populated struct {
 	Blob string `json:"blob"`
 	Ino  uint64 `json:"ino"`
-	rec  blobstore.Record
+	// MTime (ns) tells the entry written here from the application's own written at once after removing it,
+	// which the filesystem may give the freed inode; 0 (state of an older daemon): the inode alone.
+	MTime int64 `json:"mtime_ns,omitempty"`
+	rec   blobstore.Record
+}
+
+// is says whether l is the file this daemon wrote.
+func (p populated) is(l look) bool {
+	return p.Ino == l.ino && (p.MTime == 0 || p.MTime == l.mtime.UnixNano())
 }
 
 type dirState struct {
@@ -418,7 +426,7 @@ func (s *Sharer) checkPopulated(ctx context.Context, d *dirState) {
 	changed := false
 	for name, p := range d.populated {
 		fi, err := d.root.Lstat(name)
-		if err == nil && lookAt(fi).ino == p.Ino {
+		if err == nil && p.is(lookAt(fi)) {
 			continue
 		}
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -491,7 +499,7 @@ func (s *Sharer) scan(ctx context.Context, d *dirState) {
 			continue
 		}
 		now := lookAt(fi)
-		if p, ok := d.populated[name]; ok && p.Ino == now.ino {
+		if p, ok := d.populated[name]; ok && p.is(now) {
 			continue
 		}
 		if prev, ok := d.done[name]; ok && prev.same(now) {
@@ -707,7 +715,7 @@ func (s *Sharer) write(ctx context.Context, d *dirState, r blobstore.Record) err
 	}
 	if len(d.populated) < maxRemembered {
 		s.mu.Lock()
-		d.populated[r.ModelID] = populated{Blob: r.Blob.String(), Ino: lookAt(fi).ino, rec: r}
+		d.populated[r.ModelID] = populated{Blob: r.Blob.String(), Ino: lookAt(fi).ino, MTime: fi.ModTime().UnixNano(), rec: r}
 		s.mu.Unlock()
 		s.saveState(d)
 	}
