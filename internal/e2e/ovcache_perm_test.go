@@ -128,7 +128,9 @@ func TestOVCacheUnprivilegedDaemon(t *testing.T) {
 		}
 	}
 
-	dirCfg := func(p string) OVCacheDir { return OVCacheDir{Path: p, Build: ovcachetest.Build, Group: group, Mode: "0440"} }
+	dirCfg := func(p string) OVCacheDir {
+		return OVCacheDir{Path: p, Build: ovcachetest.Build, Group: group, Mode: "0440"}
+	}
 	d := startStoreDaemon(ctx, t, Config{Binary: bin, Dir: daemonDir, Fingerprint: LunarLake, CompileTime: 50 * time.Millisecond,
 		BlobSize: 64 << 10, User: member, OVCacheDirs: []OVCacheDir{dirCfg(appDir), dirCfg(sharedDir), dirCfg(lockedDir)}})
 
