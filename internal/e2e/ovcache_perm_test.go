@@ -5,8 +5,8 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -140,17 +140,7 @@ func TestOVCacheUnprivilegedDaemon(t *testing.T) {
 			"-prop", "DEVICE_ARCHITECTURE=" + LunarLake.Arch, "-prop", "NPU_DRIVER_VERSION=" + LunarLake.DriverVersion,
 			"-payload", "200000"}, args...)...)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: appGID}}
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		out, err := cmd.Output()
-		var r ovcachetest.Result
-		if err == nil {
-			err = json.Unmarshal(out, &r)
-		}
-		if err != nil {
-			t.Fatalf("ovapp as uid %d in %s: %v: %s%s", uid, dir, err, out, stderr.Bytes())
-		}
-		return r
+		return ovappResult(t, cmd, fmt.Sprintf("as uid %d in %s", uid, dir))
 	}
 	// Two models, two blobs: rejecting the second's blob leaves the first for the locked directory.
 	var names []string
