@@ -158,8 +158,8 @@ func runDaemon(ctx context.Context, cfg config.Config, log *slog.Logger) (err er
 
 // checkDaemonConfig runs every check the daemon makes of its config (the p2p section's multiaddrs, peer IDs and
 // fleet key; rollout keys and tags; the API token file; cache directories' owners, groups and modes, and that
-// this process can give those owners and groups) without opening
-// anything, and reports every problem at once. `config check` runs the same.
+// this process can give those owners and groups) without opening anything, and reports every problem at once.
+// `config check` runs the same.
 func checkDaemonConfig(cfg config.Config) error {
 	var errs []error
 	if cfg.P2P.Enabled {
