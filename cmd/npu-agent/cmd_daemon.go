@@ -157,8 +157,9 @@ func runDaemon(ctx context.Context, cfg config.Config, log *slog.Logger) (err er
 }
 
 // checkDaemonConfig runs every check the daemon makes of its config (the p2p section's multiaddrs, peer IDs and
-// fleet key; rollout keys and tags; the API token file; cache directories' owners and modes) without opening
-// anything, and reports every problem at once. `config check` runs the same.
+// fleet key; rollout keys and tags; the API token file; cache directories' owners, groups and modes, and that
+// this process can give those owners and groups) without opening anything, and reports every problem at once.
+// `config check` runs the same.
 func checkDaemonConfig(cfg config.Config) error {
 	var errs []error
 	if cfg.P2P.Enabled {
@@ -177,8 +178,10 @@ func checkDaemonConfig(cfg config.Config) error {
 			errs = append(errs, fmt.Errorf("api.token_file: %w", err))
 		}
 	}
-	if _, err := ovcacheDirs(cfg); err != nil {
+	if dirs, err := ovcacheDirs(cfg); err != nil {
 		errs = append(errs, err)
+	} else {
+		errs = append(errs, checkOVCacheOwners(cfg, dirs))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return usageError{err}

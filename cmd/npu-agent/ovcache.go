@@ -102,6 +102,32 @@ func ovcacheDirs(cfg config.Config) ([]share.Dir, error) {
 	return dirs, errors.Join(errs...)
 }
 
+// checkOVCacheOwners reports every configured owner and group this process could not give its entries: the
+// daemon checks as itself before it opens anything; `config check` as whoever runs it.
+func checkOVCacheOwners(cfg config.Config, dirs []share.Dir) error {
+	if len(dirs) == 0 {
+		return nil
+	}
+	cred, err := share.CurrentCred()
+	if err != nil {
+		return fmt.Errorf("ovcache.dirs: cannot tell what this process may chown: %w", err)
+	}
+	return ovcacheOwnerErrors(cfg, dirs, cred)
+}
+
+func ovcacheOwnerErrors(cfg config.Config, dirs []share.Dir, cred share.Cred) error {
+	var errs []error
+	for i, d := range dirs {
+		if err := cred.CanOwn(d.UID); err != nil {
+			errs = append(errs, fmt.Errorf("ovcache.dirs[%d].owner: %q: %w", i, cfg.OVCache.Dirs[i].Owner, err))
+		}
+		if err := cred.CanGroup(d.GID); err != nil {
+			errs = append(errs, fmt.Errorf("ovcache.dirs[%d].group: %q: %w", i, cfg.OVCache.Dirs[i].Group, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 func lookupID(s string, byName func(string) (string, error)) (int, error) {
 	if n, err := strconv.Atoi(s); err == nil && n >= 0 {
 		return n, nil

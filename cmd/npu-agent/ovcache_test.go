@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -25,6 +26,7 @@ import (
 	"github.com/npu-agent/npu-agent/config"
 	"github.com/npu-agent/npu-agent/ovcache"
 	"github.com/npu-agent/npu-agent/ovcache/ovcachetest"
+	"github.com/npu-agent/npu-agent/ovcache/share"
 )
 
 // TestCacheLsPrune drives `cache ls` and `cache prune` without a daemon and through one: an entry of the
@@ -256,5 +258,49 @@ func TestCacheBuildFromProbe(t *testing.T) {
 				t.Errorf("configured %q: %s stale %v (%s), want %v", tc.configured, e.Name, e.Stale, e.Reason, tc.stale[e.Name])
 			}
 		}
+	}
+}
+
+// The daemon refuses, before it opens anything, an owner or group its user cannot give the entries it writes,
+// and says which entry and what to do; the group-based setup passes.
+func TestOVCacheOwnerRows(t *testing.T) {
+	t.Parallel()
+	daemon := share.Cred{UID: 999, GID: 999, Groups: []int{1001}}
+	for _, tc := range []struct {
+		name         string
+		dir          config.CacheDir
+		c            share.Cred
+		want, absent []string
+	}{
+		{"group-based", config.CacheDir{Path: "/c", Group: "1001", Mode: "0440"}, daemon, nil, []string{"ovcache"}},
+		{"own uid", config.CacheDir{Path: "/c", Owner: "999"}, daemon, nil, []string{"ovcache"}},
+		{"another owner", config.CacheDir{Path: "/c", Owner: "1001", Group: "1001"}, daemon,
+			[]string{`ovcache.dirs[0].owner: "1001"`, "CAP_CHOWN", "leave owner unset"}, []string{".group"}},
+		{"not a member", config.CacheDir{Path: "/c", Group: "1002"}, daemon,
+			[]string{`ovcache.dirs[0].group: "1002"`, "usermod -aG", "SupplementaryGroups="}, []string{".owner"}},
+		{"root without CAP_CHOWN", config.CacheDir{Path: "/c", Owner: "1001", Group: "1002"}, share.Cred{},
+			[]string{".owner", ".group"}, nil},
+		{"CAP_CHOWN", config.CacheDir{Path: "/c", Owner: "1001", Group: "1002"}, share.Cred{CanChown: true}, nil, []string{"ovcache"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			cfg := config.Config{}
+			cfg.OVCache.Dirs = []config.CacheDir{tc.dir}
+			dirs, err := ovcacheDirs(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			msg := fmt.Sprint(ovcacheOwnerErrors(cfg, dirs, tc.c))
+			for _, w := range tc.want {
+				if !strings.Contains(msg, w) {
+					t.Errorf("no %q in %q", w, msg)
+				}
+			}
+			for _, a := range tc.absent {
+				if strings.Contains(msg, a) {
+					t.Errorf("%q in %q", a, msg)
+				}
+			}
+		})
 	}
 }

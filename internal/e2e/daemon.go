@@ -98,8 +98,9 @@ type Config struct {
 	OVCacheDirs []OVCacheDir
 }
 
-// OVCacheDir is one ovcache.dirs entry: the directory and its application's OpenVINO build ("" learns it).
-type OVCacheDir struct{ Path, Build string }
+// OVCacheDir is one ovcache.dirs entry: the directory and its application's OpenVINO build ("" learns it), and
+// the owner, group and mode of the entries written ("" leaves the daemon's defaults).
+type OVCacheDir struct{ Path, Build, Owner, Group, Mode string }
 
 // yaml renders c as the daemon's config file. Every value is quoted or numeric, so no path can break the syntax.
 func (c Config) yaml() []byte {
@@ -159,6 +160,11 @@ func (c Config) yaml() []byte {
 		b.WriteString("ovcache:\n  dirs:\n")
 		for _, d := range c.OVCacheDirs {
 			fmt.Fprintf(&b, "    - path: %s\n      openvino_build: %s\n", q(d.Path), q(d.Build))
+			for _, kv := range [][2]string{{"owner", d.Owner}, {"group", d.Group}, {"mode", d.Mode}} {
+				if kv[1] != "" {
+					fmt.Fprintf(&b, "      %s: %s\n", kv[0], q(kv[1]))
+				}
+			}
 		}
 	}
 	b.WriteString("flight:\n")

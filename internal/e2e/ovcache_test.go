@@ -42,6 +42,12 @@ func (f *testFleet) ovapp(ctx context.Context, bin string, i int, dir string, h 
 	cmd := f.lab.Command(ctx, i, bin, append([]string{"-cache-dir", dir, "-build", h.build,
 		"-model", "e2e model graph and weights", "-prop", "DEVICE_ARCHITECTURE=" + h.fp.Arch,
 		"-prop", "NPU_DRIVER_VERSION=" + h.fp.DriverVersion, "-compile-time", "200ms", "-payload", "2000000"}, args...)...)
+	return ovappResult(f.t, cmd, "on "+h.name)
+}
+
+// ovappResult runs an ovapp command and decodes what it did; who names it in a failure.
+func ovappResult(t *testing.T, cmd *exec.Cmd, who string) ovcachetest.Result {
+	t.Helper()
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
@@ -50,7 +56,7 @@ func (f *testFleet) ovapp(ctx context.Context, bin string, i int, dir string, h 
 		err = json.Unmarshal(out, &r)
 	}
 	if err != nil {
-		f.t.Fatalf("ovapp on %s: %v: %s%s", h.name, err, out, stderr.Bytes())
+		t.Fatalf("ovapp %s: %v: %s%s", who, err, out, stderr.Bytes())
 	}
 	return r
 }

@@ -99,7 +99,7 @@ func (s *Sharer) describe(d *dirState, name, build string, blobs map[string]popu
 	if at := accessTime(fi); at.After(l.mtime) {
 		info.LastUse = at
 	}
-	if p, ok := blobs[name]; ok && p.Ino == l.ino {
+	if p, ok := blobs[name]; ok && p.is(l) {
 		info.Blob = p.Blob
 	}
 	e, err := ovcache.Parse(f, l.size, s.opts.MaxEntrySize)

@@ -46,6 +46,8 @@ const (
 	// recordPace is the least time between two passes woken by peers' records.
 	recordPace = 100 * time.Millisecond
 	maxBackoff = time.Hour
+	// maxDirBackoff bounds how long a fixed directory waits to be written again.
+	maxDirBackoff = time.Minute
 )
 
 // Dir is one application cache directory to share.
@@ -104,6 +106,7 @@ type Sharer struct {
 	mu      sync.Mutex
 	running atomic.Bool // Run has started: Prune leaves populated entries to Run's next pass
 	events  *prometheus.CounterVec
+	fails   *prometheus.CounterVec
 	spread  prometheus.Histogram
 }
 
@@ -120,7 +123,15 @@ func (l look) same(o look) bool { return l.size == o.size && l.mtime.Equal(o.mti
 type populated struct {
 	Blob string `json:"blob"`
 	Ino  uint64 `json:"ino"`
-	rec  blobstore.Record
+	// MTime (ns) tells the entry written here from the application's own written at once after removing it,
+	// which the filesystem may give the freed inode; 0 (state of an older daemon): the inode alone.
+	MTime int64 `json:"mtime_ns,omitempty"`
+	rec   blobstore.Record
+}
+
+// is says whether l is the file this daemon wrote.
+func (p populated) is(l look) bool {
+	return p.Ino == l.ino && (p.MTime == 0 || p.MTime == l.mtime.UnixNano())
 }
 
 type dirState struct {
@@ -136,6 +147,10 @@ type dirState struct {
 	rejected  map[string]string    // names whose populated entry the application removed → blob
 	backoff   map[string]backoff   // names whose fetch or write failed
 	pruned    map[string]bool      // populated names Prune removed: gone, but not rejected by the application
+	// blocked: the directory refused a write (read-only, permissions); no entry is written until then, and the
+	// fix is logged once until a write succeeds again.
+	blocked   backoff
+	blockedBy string // the reason logged; "" when not blocked
 }
 
 type backoff struct {
@@ -180,8 +195,12 @@ func New(opts Options) (*Sharer, error) {
 		Help:    "Time from a peer's record of a cache entry (its creation) to the entry being written here.",
 		Buckets: prometheus.ExponentialBuckets(0.05, 2, 14),
 	})
+	s.fails = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "npu_agent", Name: "ovcache_populate_failures_total",
+		Help: "Cache entries not written by reason: read_only (the directory's mount), permission (the daemon's user), other (fetch, check, disk).",
+	}, []string{"reason"})
 	if opts.Registerer != nil {
-		for _, c := range []prometheus.Collector{s.events, s.spread} {
+		for _, c := range []prometheus.Collector{s.events, s.fails, s.spread} {
 			if err := opts.Registerer.Register(c); err != nil {
 				return nil, err
 			}
@@ -217,6 +236,15 @@ func New(opts Options) (*Sharer, error) {
 		ds := &dirState{Dir: d, root: root, looks: map[string]look{}, done: map[string]look{},
 			populated: map[string]populated{}, rejected: map[string]string{}, backoff: map[string]backoff{},
 			pruned: map[string]bool{}}
+		// Said at start, once: a failing populate then logs nothing more until the directory is written again.
+		if err := writable(d.Path); err != nil {
+			reason, fix := failReason(err)
+			if fix != "" {
+				ds.blockedBy = reason
+			}
+			s.log.Warn("cannot write the cache directory; populating nothing here until it is fixed", "dir", d.Path,
+				"reason", reason, "err", err, "fix", fix)
+		}
 		s.dirs = append(s.dirs, ds)
 		if err := s.loadState(ds); err != nil {
 			s.log.Warn("cannot read the remembered state; starting afresh", "dir", d.Path, "err", err)
@@ -398,7 +426,7 @@ func (s *Sharer) checkPopulated(ctx context.Context, d *dirState) {
 	changed := false
 	for name, p := range d.populated {
 		fi, err := d.root.Lstat(name)
-		if err == nil && lookAt(fi).ino == p.Ino {
+		if err == nil && p.is(lookAt(fi)) {
 			continue
 		}
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -471,7 +499,7 @@ func (s *Sharer) scan(ctx context.Context, d *dirState) {
 			continue
 		}
 		now := lookAt(fi)
-		if p, ok := d.populated[name]; ok && p.Ino == now.ino {
+		if p, ok := d.populated[name]; ok && p.is(now) {
 			continue
 		}
 		if prev, ok := d.done[name]; ok && prev.same(now) {
@@ -575,6 +603,9 @@ func (s *Sharer) populate(ctx context.Context, d *dirState) {
 		}
 		d.key = k
 	}
+	if d.blockedBy != "" && time.Now().Before(d.blocked.until) {
+		return
+	}
 	recs, err := s.opts.Agent.CacheRecords(ctx, d.key)
 	if err != nil {
 		return
@@ -601,6 +632,9 @@ func (s *Sharer) populate(ctx context.Context, d *dirState) {
 			if ctx.Err() != nil {
 				return
 			}
+			if s.failed(d, err) {
+				return // the directory's fault, not the entry's: no entry is tried until the directory's backoff ends
+			}
 			b := d.backoff[name]
 			b.wait = min(max(2*b.wait, minBackoff), maxBackoff)
 			b.until = time.Now().Add(b.wait)
@@ -611,6 +645,10 @@ func (s *Sharer) populate(ctx context.Context, d *dirState) {
 			continue
 		}
 		delete(d.backoff, name)
+		if d.blockedBy != "" {
+			s.log.Info("writing the cache directory again", "dir", d.Path, "was", d.blockedBy)
+			d.blockedBy, d.blocked = "", backoff{}
+		}
 		written++
 	}
 }
@@ -633,7 +671,7 @@ func (s *Sharer) write(ctx context.Context, d *dirState, r blobstore.Record) err
 	tmp := ".npu-agent-" + r.ModelID + ".tmp-" + hex.EncodeToString(rnd[:])
 	f, err := d.root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL|oNoFollow, 0o200)
 	if err != nil {
-		return err
+		return dirError{err}
 	}
 	ok := false
 	defer func() {
@@ -647,11 +685,11 @@ func (s *Sharer) write(ctx context.Context, d *dirState, r blobstore.Record) err
 	}
 	if d.SetOwner {
 		if err := f.Chown(d.UID, d.GID); err != nil {
-			return err
+			return dirError{err}
 		}
 	}
 	if err := f.Chmod(d.Mode); err != nil {
-		return err
+		return dirError{err}
 	}
 	if err := f.Sync(); err != nil {
 		return err
@@ -669,7 +707,7 @@ func (s *Sharer) write(ctx context.Context, d *dirState, r blobstore.Record) err
 		if errors.Is(err, fs.ErrExist) {
 			return nil // the application wrote it first: theirs stays
 		}
-		return err
+		return dirError{err}
 	}
 	if dir, err := d.root.Open("."); err == nil {
 		_ = dir.Sync()
@@ -677,7 +715,7 @@ func (s *Sharer) write(ctx context.Context, d *dirState, r blobstore.Record) err
 	}
 	if len(d.populated) < maxRemembered {
 		s.mu.Lock()
-		d.populated[r.ModelID] = populated{Blob: r.Blob.String(), Ino: lookAt(fi).ino, rec: r}
+		d.populated[r.ModelID] = populated{Blob: r.Blob.String(), Ino: lookAt(fi).ino, MTime: fi.ModTime().UnixNano(), rec: r}
 		s.mu.Unlock()
 		s.saveState(d)
 	}
@@ -686,4 +724,30 @@ func (s *Sharer) write(ctx context.Context, d *dirState, r blobstore.Record) err
 	s.spread.Observe(delay.Seconds())
 	s.log.Info("populated a cache entry", "dir", d.Path, "entry", r.ModelID, "blob", r.Blob, "from", r.Producer, "since_record", delay)
 	return nil
+}
+
+// dirError is a populate failure of the directory (creating, chowning, linking), not of the entry's blob.
+type dirError struct{ error }
+
+func (e dirError) Unwrap() error { return e.error }
+
+// failed counts a populate failure and, when the directory refused it (read-only, permissions), backs the whole
+// directory off and logs the fix once, however many entries wait: true. Other failures back off the entry only.
+func (s *Sharer) failed(d *dirState, err error) bool {
+	reason, fix := failReason(err)
+	if !errors.As(err, new(dirError)) || fix == "" {
+		s.fails.WithLabelValues(failOther).Inc()
+		return false
+	}
+	s.fails.WithLabelValues(reason).Inc()
+	d.blocked.wait = min(max(2*d.blocked.wait, minBackoff), maxDirBackoff)
+	d.blocked.until = time.Now().Add(d.blocked.wait)
+	if d.blockedBy == reason {
+		s.log.Debug("still cannot write the cache directory", "dir", d.Path, "err", err, "retry_in", d.blocked.wait)
+		return true
+	}
+	d.blockedBy = reason
+	s.log.Warn("cannot write the cache directory; populating nothing here until it is fixed", "dir", d.Path,
+		"reason", reason, "err", err, "fix", fix)
+	return true
 }

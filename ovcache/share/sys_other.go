@@ -12,3 +12,6 @@ const (
 
 // inode is unknown here: a replaced entry is told apart by size and mtime only.
 func inode(fs.FileInfo) uint64 { return 0 }
+
+// isReadOnly: elsewhere a read-only directory is a permission error.
+func isReadOnly(error) bool { return false }

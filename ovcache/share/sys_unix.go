@@ -3,6 +3,7 @@
 package share
 
 import (
+	"errors"
 	"io/fs"
 	"syscall"
 )
@@ -20,3 +21,5 @@ func inode(fi fs.FileInfo) uint64 {
 	}
 	return 0
 }
+
+func isReadOnly(err error) bool { return errors.Is(err, syscall.EROFS) }
