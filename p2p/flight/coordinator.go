@@ -39,6 +39,9 @@ type Config struct {
 	// LeaseTTL is how long a WANT or LEASE stays live after receipt. Holders heartbeat and waiters re-announce
 	// every LeaseTTL/3; an elected peer that does not claim within LeaseTTL is passed over.
 	LeaseTTL time.Duration
+	// Spread is the range of the WANT suppression backoff (rule 2; default 2 × Window): longer spreads mean
+	// fewer WANTs when deliveries are slow, and a later first claim.
+	Spread time.Duration
 	// Deadline bounds a flight: past it a peer that is not compiling compiles itself.
 	Deadline time.Duration
 	// MaxFailures is how many failed DONEs of usable holders a waiter accepts before it gives up with
@@ -55,6 +58,9 @@ func (c Config) withDefaults() (Config, error) {
 	if c.LeaseTTL == 0 {
 		c.LeaseTTL = DefaultLeaseTTL
 	}
+	if c.Spread == 0 {
+		c.Spread = 2 * c.Window
+	}
 	if c.Deadline == 0 {
 		c.Deadline = DefaultDeadline
 	}
@@ -70,6 +76,8 @@ func (c Config) withDefaults() (Config, error) {
 	case c.LeaseTTL < MinTTL || c.LeaseTTL > MaxTTL || c.LeaseTTL%time.Millisecond != 0:
 		return c, fmt.Errorf("%w: lease TTL %v outside [%v, %v] or not whole milliseconds", ErrInvalidRequest,
 			c.LeaseTTL, MinTTL, MaxTTL)
+	case c.Spread < 0:
+		return c, fmt.Errorf("%w: spread %v is negative", ErrInvalidRequest, c.Spread)
 	case c.Deadline < 0:
 		return c, fmt.Errorf("%w: deadline %v is negative", ErrInvalidRequest, c.Deadline)
 	case c.MaxFailures < 0:

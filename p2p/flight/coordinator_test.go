@@ -45,7 +45,7 @@ func newMemFleet(t *testing.T, n int, cfg Config) (*MemNetwork, []*testPeer) {
 	var wg sync.WaitGroup
 	peers := make([]*testPeer, n)
 	for i := range peers {
-		id := testPeerID(t, byte(i+1))
+		id := testPeerID(t, i+1)
 		tr := net.Join(id)
 		c, err := New(tr, cfg)
 		if err != nil {
@@ -579,7 +579,7 @@ func TestNewRejectsConfig(t *testing.T) {
 	tr := NewMemNetwork().Join(testPeerID(t, 1))
 	for _, cfg := range []Config{
 		{Window: -1}, {LeaseTTL: time.Millisecond}, {LeaseTTL: 2 * MaxTTL}, {LeaseTTL: time.Second + 1},
-		{Deadline: -1}, {MaxFailures: -1},
+		{Deadline: -1}, {MaxFailures: -1}, {Spread: -1},
 	} {
 		if _, err := New(tr, cfg); !errors.Is(err, ErrInvalidRequest) {
 			t.Errorf("New(%+v): %v, want ErrInvalidRequest", cfg, err)
