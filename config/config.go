@@ -99,6 +99,10 @@ type P2P struct {
 	Allowlist        []string `yaml:"allowlist"`         // peer IDs; empty = any holder of the fleet key
 	TrustedProducers []string `yaml:"trusted_producers"` // peer IDs whose records are accepted; empty = any member
 	AllowLoopback    bool     `yaml:"allow_loopback"`    // single-machine demos and tests only
+	// Connection bounds (issue 15): past conn_high connections the least useful are closed down to conn_low;
+	// static peers and peers in a transfer are kept. 0: the node's defaults (32 and 64).
+	ConnLow  int `yaml:"conn_low"`
+	ConnHigh int `yaml:"conn_high"`
 }
 
 // Flight configures the fleet-wide single flight.
@@ -253,6 +257,9 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("ovcache.dirs[%d].mode: %q is not octal permission bits such as 0440", i, d.Mode))
 		}
 	}
+	if err := checkConnBounds(c.P2P.ConnLow, c.P2P.ConnHigh); err != nil {
+		errs = append(errs, err)
+	}
 	if c.P2P.Enabled && len(c.P2P.Listen) == 0 {
 		errs = append(errs, errors.New("p2p.listen: at least one address when p2p is enabled"))
 	}
@@ -405,6 +412,24 @@ func setString(v reflect.Value, s string) error {
 		v.Set(reflect.ValueOf(list))
 	default:
 		return fmt.Errorf("unsupported type %s", v.Type())
+	}
+	return nil
+}
+
+// MaxConns bounds p2p.conn_high: the resource manager's connection limits lie above it.
+const MaxConns = 1024
+
+// checkConnBounds validates p2p.conn_low and p2p.conn_high; 0 takes the node's default (32, 64).
+func checkConnBounds(low, high int) error {
+	switch {
+	case low < 0 || high < 0:
+		return fmt.Errorf("p2p.conn_low, p2p.conn_high: %d, %d: must not be negative", low, high)
+	case high > MaxConns:
+		return fmt.Errorf("p2p.conn_high: %d: at most %d", high, MaxConns)
+	case high > 0 && low >= high:
+		return fmt.Errorf("p2p.conn_low: %d: must be below p2p.conn_high (%d)", low, high)
+	case high == 0 && low > MaxConns:
+		return fmt.Errorf("p2p.conn_low: %d: at most %d", low, MaxConns)
 	}
 	return nil
 }

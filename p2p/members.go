@@ -32,6 +32,11 @@ const (
 	// memberJoinDebounce spaces the publishes a topic join asks for: above memberMinInterval, so that no receiver
 	// takes the new record for one within its sender's budget (ignored and not forwarded).
 	memberJoinDebounce time.Duration = memberMinInterval + time.Second
+	// memberJoinPublishes bounds the publishes topic joins ask for: the first that reaches topic peers, and one
+	// more after the meshes formed. Every further member learns this one by pulls (its own on connect, and the
+	// anti-entropy pulls), so a join does not cost the fleet N receipts of a record it already holds: at 200
+	// members the joins of a start-up took 8 publishes per member, each delivered to and verified by all.
+	memberJoinPublishes = 2
 	// memberPullFirst is the first table pull from a random connected member after start; the interval doubles
 	// up to MemberRefresh and stays there (push-pull anti-entropy, as memberlist does).
 	memberPullFirst = time.Second
@@ -359,9 +364,11 @@ func (m *members) loop() {
 	// memberJoinDebounce, deferred (pending) rather than dropped, so that a record published while meshes were
 	// still forming is followed by one they carry.
 	var lastPub time.Time
+	joinPubs := 0 // publishes that had topic peers to go to
 	publish := func() {
 		if len(m.topic.ListPeers()) > 0 {
 			lastPub = time.Now()
+			joinPubs++
 		}
 		m.publish()
 	}
@@ -392,6 +399,9 @@ func (m *members) loop() {
 		case <-refresh.C:
 			publish()
 		case <-m.kick:
+			if joinPubs >= memberJoinPublishes {
+				continue
+			}
 			if wait := memberJoinDebounce - time.Since(lastPub); wait <= 0 {
 				publish()
 			} else if !pendingSet {

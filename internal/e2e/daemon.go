@@ -85,6 +85,10 @@ type Config struct {
 	Port     int      // the node's TCP port; 0 is P2PPort
 	Peers    []string // p2p.peers, /ip4/.../tcp/.../p2p/<id>
 	Env      []string // extra environment of the daemon process, "KEY=value"
+
+	// ConnLow and ConnHigh are p2p.conn_low and p2p.conn_high; 0 leaves the daemon's default.
+	ConnLow, ConnHigh int
+
 	// APITCP also serves the API on this loopback address, opened by the token in TokenFile.
 	APITCP    string
 	TokenFile string
@@ -124,6 +128,9 @@ func (c Config) yaml() []byte {
 		}
 		if c.FleetKeyFile != "" {
 			fmt.Fprintf(&b, "  fleet_key_file: %s\n", q(c.FleetKeyFile))
+		}
+		if c.ConnLow > 0 || c.ConnHigh > 0 {
+			fmt.Fprintf(&b, "  conn_low: %d\n  conn_high: %d\n", c.ConnLow, c.ConnHigh)
 		}
 	}
 	if len(c.TrustedKeys) > 0 {
