@@ -150,7 +150,19 @@ type Coordinator struct {
 
 	mu      sync.Mutex
 	flights map[Key]*flight
+	// finished holds the DONE of each key this peer compiled within the last finishedTTL, to answer a WANT for
+	// it: a waiter that missed the DONE (gossip lost it, or it joined after) is served instead of compiling again.
+	finished map[Key]*finishedKey
 }
+
+type finishedKey struct {
+	done     []byte // the encoded DONE
+	expires  time.Time
+	answered time.Time
+}
+
+// maxFinished bounds Coordinator.finished.
+const maxFinished = 256
 
 // New returns a Coordinator that talks over tr.
 func New(tr Transport, cfg Config) (*Coordinator, error) {
@@ -160,8 +172,8 @@ func New(tr Transport, cfg Config) (*Coordinator, error) {
 	}
 	tick := min(cfg.Window, cfg.LeaseTTL/3) / 4
 	tick = max(tick, time.Millisecond)
-	return &Coordinator{tr: tr, self: tr.Self(), cfg: cfg, log: cfg.Logger, tick: tick, flights: map[Key]*flight{}},
-		nil
+	return &Coordinator{tr: tr, self: tr.Self(), cfg: cfg, log: cfg.Logger, tick: tick, flights: map[Key]*flight{},
+		finished: map[Key]*finishedKey{}}, nil
 }
 
 // Run receives messages and hands them to the flights they concern, until ctx is done or the transport is
@@ -189,6 +201,9 @@ func (c *Coordinator) Run(ctx context.Context) error {
 		f := c.flights[m.Key]
 		c.mu.Unlock()
 		if f == nil {
+			if m.Type == TypeWant {
+				c.answerFinished(ctx, m.Key)
+			}
 			continue
 		}
 		select {
@@ -197,6 +212,44 @@ func (c *Coordinator) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		}
+	}
+}
+
+// remember keeps the DONE of a key this peer compiled, for answerFinished.
+func (c *Coordinator) remember(k Key, done []byte) {
+	now := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for key, e := range c.finished {
+		if !now.Before(e.expires) {
+			delete(c.finished, key)
+		}
+	}
+	if len(c.finished) < maxFinished {
+		c.finished[k] = &finishedKey{done: done, expires: now.Add(c.finishedTTL())}
+	}
+}
+
+// finishedTTL is how long a DONE is answered: a waiter that missed it speaks at most a lease TTL (its holder's
+// last heartbeat expires) plus a backoff spread after it; twice the TTL leaves room for a late heartbeat.
+func (c *Coordinator) finishedTTL() time.Duration { return 2*c.cfg.LeaseTTL + c.cfg.Spread }
+
+// answerFinished publishes again the DONE of a key this peer compiled within finishedTTL, at most once per tick:
+// a WANT for it comes from a peer that missed the DONE.
+func (c *Coordinator) answerFinished(ctx context.Context, k Key) {
+	now := time.Now()
+	c.mu.Lock()
+	e := c.finished[k]
+	if e == nil || !now.Before(e.expires) || now.Sub(e.answered) < c.tick {
+		c.mu.Unlock()
+		return
+	}
+	e.answered = now
+	c.mu.Unlock()
+	pctx, cancel := context.WithTimeout(ctx, finalPublishTimeout)
+	defer cancel()
+	if err := c.tr.Publish(pctx, e.done); err != nil {
+		c.log.Debug("flight: publish failed", "key", k.String(), "type", TypeDone, "err", err)
 	}
 }
 

@@ -586,3 +586,34 @@ func TestNewRejectsConfig(t *testing.T) {
 		}
 	}
 }
+
+// TestMissedDoneAnswered: a waiter that missed the holder's DONE (a partition here; lost gossip in a large fleet)
+// sees the lease expire, speaks its WANT in a new round, and the finished compiler answers with its DONE again:
+// the waiter is served rather than compiling a second time.
+func TestMissedDoneAnswered(t *testing.T) {
+	t.Parallel()
+	net, peers := newMemFleet(t, 2, fastConfig())
+	var rec compiles
+	started := make(chan peer.ID, 2)
+	release := make(chan struct{})
+	results := make(chan result, 2)
+	for i, p := range peers {
+		goDo(t.Context(), p, Request{Key: testKey, Rank: i, Compile: blocking(&rec, p.id, started, release)}, results)
+	}
+	if id := awaitStart(t, started); id != peers[0].id {
+		t.Fatalf("first compiler %s, want %s", id, peers[0].id)
+	}
+	net.Partition([]peer.ID{peers[0].id})
+	close(release)
+	if r := await(t, results, 1)[peers[0].id]; r.err != nil || r.out.Role != RoleCompiled {
+		t.Fatalf("holder: %+v, %v", r.out, r.err)
+	}
+	net.Heal()
+	r := await(t, results, 1)[peers[1].id]
+	if r.err != nil || r.out.Role != RoleWaited || r.out.CID != cidOf(peers[0].id) {
+		t.Errorf("waiter that missed the DONE: %+v, %v; want the holder's blob", r.out, r.err)
+	}
+	if ids := rec.list(); len(ids) != 1 {
+		t.Errorf("compiles %v, want one", ids)
+	}
+}

@@ -435,7 +435,9 @@ func (f *flight) finishCompile(ctx context.Context, r compileResult) *exit {
 	done.CID = r.cid
 	out.CID = r.cid
 	f.log("compiled", "cid", r.cid)
-	f.publish(pctx, done)
+	if data := f.publish(pctx, done); data != nil {
+		f.c.remember(f.key, data)
+	}
 	return &exit{out: out}
 }
 
@@ -473,8 +475,9 @@ func (f *flight) failureText() string {
 	return b.String()
 }
 
-// publish sends m from this peer, best effort: a lost message is covered by refreshes and TTLs.
-func (f *flight) publish(ctx context.Context, m *Message) {
+// publish sends m from this peer, best effort: a lost message is covered by refreshes and TTLs. It returns the
+// encoded message, nil if it could not be encoded.
+func (f *flight) publish(ctx context.Context, m *Message) []byte {
 	m.Sender = f.c.self
 	m.Key = f.key
 	f.spoke = f.spoke || m.Type == TypeWant || m.Type == TypeLease
@@ -485,6 +488,7 @@ func (f *flight) publish(ctx context.Context, m *Message) {
 	if err != nil && !errors.Is(err, context.Canceled) {
 		f.c.log.Debug("flight: publish failed", "key", f.key.String(), "type", m.Type, "err", err)
 	}
+	return data
 }
 
 func (f *flight) log(msg string, args ...any) {
