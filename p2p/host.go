@@ -237,6 +237,18 @@ func resourceLimits() rcmgr.ConcreteLimitConfig {
 	return cfg.AutoScale()
 }
 
+// connBounds returns the connection manager's water marks, defaults applied.
+func connBounds(cfg Config) (low, high int) {
+	low, high = cfg.ConnLow, cfg.ConnHigh
+	if low <= 0 {
+		low = DefaultConnLow
+	}
+	if high <= 0 {
+		high = max(DefaultConnHigh, low)
+	}
+	return low, high
+}
+
 // newHost builds the libp2p host described by cfg.
 func newHost(cfg Config, log *slog.Logger) (host.Host, error) {
 	if cfg.DataDir == "" {
@@ -273,13 +285,7 @@ func newHost(cfg Config, log *slog.Logger) (host.Host, error) {
 	if err != nil {
 		return nil, fmt.Errorf("p2p: resource manager: %w", err)
 	}
-	low, high := cfg.ConnLow, cfg.ConnHigh
-	if low <= 0 {
-		low = DefaultConnLow
-	}
-	if high <= 0 {
-		high = max(DefaultConnHigh, low)
-	}
+	low, high := connBounds(cfg)
 	if high < low {
 		return nil, fmt.Errorf("p2p: config: connection high water mark %d below low %d", high, low)
 	}
@@ -340,7 +346,10 @@ type discovery struct {
 	mu     sync.Mutex // guards closed against wg.Add racing wg.Wait (mDNS calls back from its own goroutines), and found
 	closed bool
 	found  map[peer.ID]foundPeer // mDNS peers, redialled while disconnected until they go unseen for foundTTL
-	wg     sync.WaitGroup
+	// connLow: mDNS peers are dialled only while fewer peers are connected, so on a LAN of more members than the
+	// connection bound mDNS does not undo the connection manager's trims (membership needs no full mesh, 6.2).
+	connLow int
+	wg      sync.WaitGroup
 }
 
 type foundPeer struct {
@@ -361,6 +370,7 @@ const (
 
 func startDiscovery(h host.Host, cfg Config, log *slog.Logger) (*discovery, error) {
 	d := &discovery{h: h, log: log, allowLoopback: cfg.AllowLoopback, found: map[peer.ID]foundPeer{}}
+	d.connLow, _ = connBounds(cfg)
 	for _, a := range cfg.StaticPeers {
 		ai, err := peer.AddrInfoFromP2pAddr(a)
 		if err != nil {
@@ -401,6 +411,10 @@ func (d *discovery) HandlePeerFound(ai peer.AddrInfo) {
 	if len(d.found) < maxFoundPeers {
 		d.found[ai.ID] = foundPeer{ai: ai, seen: time.Now()}
 	}
+	if d.full() {
+		d.h.Peerstore().AddAddrs(ai.ID, ai.Addrs, foundTTL) // dialable later, by a fetch or the overlay fill
+		return
+	}
 	d.wg.Go(func() {
 		ctx, cancel := context.WithTimeout(d.ctx, dialTimeout)
 		defer cancel()
@@ -415,8 +429,8 @@ func (d *discovery) keepConnected(ctx context.Context) {
 	t := time.NewTicker(redialInterval)
 	defer t.Stop()
 	for {
-		for _, ai := range d.targets() {
-			if d.h.Network().Connectedness(ai.ID) == network.Connected {
+		for i, ai := range d.targets() { // static peers first
+			if d.h.Network().Connectedness(ai.ID) == network.Connected || (i >= len(d.static) && d.full()) {
 				continue
 			}
 			cctx, cancel := context.WithTimeout(ctx, dialTimeout)
@@ -432,6 +446,9 @@ func (d *discovery) keepConnected(ctx context.Context) {
 		}
 	}
 }
+
+// full reports whether enough peers are connected that mDNS peers are not dialled.
+func (d *discovery) full() bool { return len(d.h.Network().Peers()) >= d.connLow }
 
 // targets are the static peers plus the mDNS peers announced within foundTTL (older ones are forgotten).
 func (d *discovery) targets() []peer.AddrInfo {
