@@ -124,6 +124,9 @@ type fleetOptions struct {
 	// seedCompileTime, if set, is host 0's compile time instead of compileTime: the fault tests let the seed
 	// compile the blob quickly and give every other host a compile too long to finish, so they must fetch.
 	seedCompileTime time.Duration
+	// flightWindow, connLow and connHigh are flight.window, p2p.conn_low and p2p.conn_high (0: the default).
+	flightWindow      time.Duration
+	connLow, connHigh int
 }
 
 // standardMembers: 7 hosts, classes interleaved over the lab.
@@ -184,6 +187,7 @@ func (f *testFleet) startMember(ctx context.Context, m member) *Daemon {
 		Binary: npuAgent, Dir: filepath.Join(f.dir, fmt.Sprintf("h%d", i)), Fingerprint: m.fp,
 		CompileTime: ct, BlobSize: f.o.blobSize, P2P: true, FleetKeyFile: f.fleetKey,
 		LeaseTTL: f.o.leaseTTL, Deadline: 5 * time.Minute, TrustedKeys: f.o.trustedKeys,
+		FlightWindow: f.o.flightWindow, ConnLow: f.o.connLow, ConnHigh: f.o.connHigh,
 	})
 	if err != nil {
 		f.t.Fatal(err)
