@@ -234,13 +234,14 @@ func (c *Coordinator) remember(k Key, done []byte) {
 // last heartbeat expires) plus a backoff spread after it; twice the TTL leaves room for a late heartbeat.
 func (c *Coordinator) finishedTTL() time.Duration { return 2*c.cfg.LeaseTTL + c.cfg.Spread }
 
-// answerFinished publishes again the DONE of a key this peer compiled within finishedTTL, at most once per tick:
-// a WANT for it comes from a peer that missed the DONE.
+// answerFinished publishes again the DONE of a key this peer compiled within finishedTTL, at most once per
+// window (the asker elects no sooner than a window after its WANT): a WANT for it comes from a peer that missed
+// the DONE.
 func (c *Coordinator) answerFinished(ctx context.Context, k Key) {
 	now := time.Now()
 	c.mu.Lock()
 	e := c.finished[k]
-	if e == nil || !now.Before(e.expires) || now.Sub(e.answered) < c.tick {
+	if e == nil || !now.Before(e.expires) || now.Sub(e.answered) < c.cfg.Window {
 		c.mu.Unlock()
 		return
 	}
