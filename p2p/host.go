@@ -349,6 +349,7 @@ type discovery struct {
 	// connLow: mDNS peers are dialled only while fewer peers are connected, so on a LAN of more members than the
 	// connection bound mDNS does not undo the connection manager's trims (membership needs no full mesh, 6.2).
 	connLow int
+	dialing int // mDNS dials under way, guarded by mu
 	wg      sync.WaitGroup
 }
 
@@ -411,11 +412,18 @@ func (d *discovery) HandlePeerFound(ai peer.AddrInfo) {
 	if len(d.found) < maxFoundPeers {
 		d.found[ai.ID] = foundPeer{ai: ai, seen: time.Now()}
 	}
-	if d.full() {
+	// Dials under way count: a burst of announcements (every host of a LAN starting at once) must not dial all.
+	if len(d.h.Network().Peers())+d.dialing >= d.connLow {
 		d.h.Peerstore().AddAddrs(ai.ID, ai.Addrs, foundTTL) // dialable later, by a fetch or the overlay fill
 		return
 	}
+	d.dialing++
 	d.wg.Go(func() {
+		defer func() {
+			d.mu.Lock()
+			d.dialing--
+			d.mu.Unlock()
+		}()
 		ctx, cancel := context.WithTimeout(d.ctx, dialTimeout)
 		defer cancel()
 		if err := d.h.Connect(ctx, ai); err != nil {
