@@ -346,9 +346,10 @@ type discovery struct {
 	mu     sync.Mutex // guards closed against wg.Add racing wg.Wait (mDNS calls back from its own goroutines), and found
 	closed bool
 	found  map[peer.ID]foundPeer // mDNS peers, redialled while disconnected until they go unseen for foundTTL
-	// connLow: mDNS peers are dialled only while fewer peers are connected, so on a LAN of more members than the
-	// connection bound mDNS does not undo the connection manager's trims (membership needs no full mesh, 6.2).
-	connLow int
+	// dialBelow: mDNS peers are dialled only while fewer peers are connected (or being dialled), so on a LAN of
+	// more members than that mDNS does not connect every member to every other: membership needs no full mesh
+	// (6.2), and each connection costs memory.
+	dialBelow int
 	dialing int // mDNS dials under way, guarded by mu
 	wg      sync.WaitGroup
 }
@@ -371,7 +372,10 @@ const (
 
 func startDiscovery(h host.Host, cfg Config, log *slog.Logger) (*discovery, error) {
 	d := &discovery{h: h, log: log, allowLoopback: cfg.AllowLoopback, found: map[peer.ID]foundPeer{}}
-	d.connLow, _ = connBounds(cfg)
+	d.dialBelow, _ = connBounds(cfg)
+	if cfg.MinPeers >= 0 {
+		d.dialBelow = min(d.dialBelow, minPeers(cfg))
+	}
 	for _, a := range cfg.StaticPeers {
 		ai, err := peer.AddrInfoFromP2pAddr(a)
 		if err != nil {
@@ -413,7 +417,7 @@ func (d *discovery) HandlePeerFound(ai peer.AddrInfo) {
 		d.found[ai.ID] = foundPeer{ai: ai, seen: time.Now()}
 	}
 	// Dials under way count: a burst of announcements (every host of a LAN starting at once) must not dial all.
-	if len(d.h.Network().Peers())+d.dialing >= d.connLow {
+	if len(d.h.Network().Peers())+d.dialing >= d.dialBelow {
 		d.h.Peerstore().AddAddrs(ai.ID, ai.Addrs, foundTTL) // dialable later, by a fetch or the overlay fill
 		return
 	}
@@ -456,7 +460,7 @@ func (d *discovery) keepConnected(ctx context.Context) {
 }
 
 // full reports whether enough peers are connected that mDNS peers are not dialled.
-func (d *discovery) full() bool { return len(d.h.Network().Peers()) >= d.connLow }
+func (d *discovery) full() bool { return len(d.h.Network().Peers()) >= d.dialBelow }
 
 // targets are the static peers plus the mDNS peers announced within foundTTL (older ones are forgotten).
 func (d *discovery) targets() []peer.AddrInfo {

@@ -227,10 +227,7 @@ func (n *Node) startMembers(cfg Config) error {
 	if refresh <= 0 {
 		refresh = DefaultMemberRefresh
 	}
-	minPeers := cfg.MinPeers
-	if minPeers == 0 {
-		minPeers = defaultMinPeers
-	}
+	minPeers := minPeers(cfg)
 	m := &members{
 		n: n, psk: cfg.FleetKey, refresh: refresh, minPeers: minPeers, kick: make(chan struct{}, 1),
 		book:    newMemberBook(n.h.ID(), cfg.FleetKey, cfg.Allowlist, memberTTLFactor*refresh),
@@ -282,6 +279,14 @@ func (n *Node) startMembers(cfg Config) error {
 	m.ctx, m.cancel = context.WithCancel(n.ctx)
 	m.loopWG.Go(m.loop)
 	return nil
+}
+
+// minPeers is Config.MinPeers with its default.
+func minPeers(cfg Config) int {
+	if cfg.MinPeers == 0 {
+		return defaultMinPeers
+	}
+	return cfg.MinPeers
 }
 
 // stop ends the publish loop and waits for it; Close calls it before it stops gossipsub.
