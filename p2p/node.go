@@ -185,10 +185,8 @@ func (n *Node) start(ctx context.Context, cfg Config) error {
 	n.h.SetStreamHandler(RecordSyncProtocol, n.book.serveSync)
 
 	// Flood publishing reaches peers that joined less than a mesh heartbeat ago (the fleet single flight needs it).
-	// No peer exchange: a pruned peer would dial every peer of the PX list, whatever it is connected to, and on a
-	// dense LAN (mDNS) prunes are frequent: connections churned above p2p.conn_high. The member table's overlay
-	// fill (6.2) mends a sparse overlay instead.
-	if n.ps, err = pubsub.NewGossipSub(n.ctx, n.h, pubsub.WithFloodPublish(true)); err != nil {
+	// Peer exchange: a pruned peer learns other topic peers (6.3), so the mesh mends on a sparse overlay.
+	if n.ps, err = pubsub.NewGossipSub(n.ctx, n.h, pubsub.WithFloodPublish(true), pubsub.WithPeerExchange(true)); err != nil {
 		return fmt.Errorf("p2p: gossipsub: %w", err)
 	}
 	if err := n.ps.RegisterTopicValidator(RecordTopic, n.validateRecord); err != nil {
