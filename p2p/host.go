@@ -350,8 +350,8 @@ type discovery struct {
 	// more members than that mDNS does not connect every member to every other: membership needs no full mesh
 	// (6.2), and each connection costs memory.
 	dialBelow int
-	dialing int // mDNS dials under way, guarded by mu
-	wg      sync.WaitGroup
+	dialing   int // mDNS dials under way, guarded by mu
+	wg        sync.WaitGroup
 }
 
 type foundPeer struct {
