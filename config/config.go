@@ -100,7 +100,8 @@ type P2P struct {
 	TrustedProducers []string `yaml:"trusted_producers"` // peer IDs whose records are accepted; empty = any member
 	AllowLoopback    bool     `yaml:"allow_loopback"`    // single-machine demos and tests only
 	// Connection bounds (issue 15): past conn_high connections the least useful are closed down to conn_low;
-	// static peers and peers in a transfer are kept. 0: the node's defaults (32 and 64).
+	// static peers and peers in a transfer are kept. Defaults: p2p.DefaultConnLow and DefaultConnHigh (fleet's
+	// tests check); 0 also takes them.
 	ConnLow  int `yaml:"conn_low"`
 	ConnHigh int `yaml:"conn_high"`
 }
@@ -142,9 +143,11 @@ func Default() Config {
 			Sim:     Sim{CompileTime: 2 * time.Second, BlobSize: 8 << 20},
 		},
 		P2P: P2P{
-			Enabled: true,
-			Listen:  []string{"/ip4/0.0.0.0/tcp/4801", "/ip4/0.0.0.0/udp/4801/quic-v1"},
-			MDNS:    true,
+			Enabled:  true,
+			Listen:   []string{"/ip4/0.0.0.0/tcp/4801", "/ip4/0.0.0.0/udp/4801/quic-v1"},
+			MDNS:     true,
+			ConnLow:  32,
+			ConnHigh: 64,
 		},
 		Flight: Flight{Window: 500 * time.Millisecond, LeaseTTL: 15 * time.Second, Deadline: 30 * time.Minute},
 	}
