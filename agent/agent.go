@@ -81,6 +81,14 @@ type Fleet interface {
 	Coordinate(ctx context.Context, key compile.FlightKey, compile func(context.Context) (cid.Cid, error), ready func() (cid.Cid, bool)) (waitedFor string, err error)
 }
 
+// FleetProgress is optionally implemented by a Fleet: what a wait or a fetch under way is doing, for status.
+type FleetProgress interface {
+	// Holder names the member whose compile the fleet single flight for key waits for; "" when none is known.
+	Holder(key compile.FlightKey) string
+	// FetchPeers is how many peers the fetch of c under way receives chunks from now.
+	FetchPeers(c cid.Cid) int
+}
+
 // Options configure an Agent.
 type Options struct {
 	Store    blobstore.Store
@@ -119,6 +127,8 @@ type Activity struct {
 	Started time.Time `json:"started"`
 	Done    int64     `json:"done"`
 	Total   int64     `json:"total"`
+	From    string    `json:"from,omitempty"`  // the producer a fetch comes from; the member a wait waits for
+	Peers   int       `json:"peers,omitempty"` // peers a fetch receives chunks from now
 }
 
 // New validates the host fingerprint and prepares the work directories.
@@ -230,13 +240,7 @@ func (a *Agent) ensure(ctx context.Context, model compile.Model, profile compile
 			_, err := compileHere(ctx)
 			return nil, err
 		}
-		ready := func() (cid.Cid, bool) {
-			if recs := a.compatible(a.opts.Fleet.Records(model.ID, pid), kind); len(recs) > 0 {
-				return recs[0].Blob, true
-			}
-			return cid.Undef, false
-		}
-		w, err := a.opts.Fleet.Coordinate(ctx, key, compileHere, ready)
+		w, err := a.coordinate(ctx, key, compileHere, kind)
 		waitedFor = w
 		return nil, err
 	})
@@ -250,6 +254,7 @@ func (a *Agent) ensure(ctx context.Context, model compile.Model, profile compile
 		if ok && r.Record.Producer == a.opts.Producer && waitedFor == "" {
 			r.Source = SourceCompiled
 		}
+		r.WaitedFor = waitedFor
 		return r, err
 	}
 	// Another member compiled: fetch its blob.
@@ -272,6 +277,48 @@ func (a *Agent) ensure(ctx context.Context, model compile.Model, profile compile
 	}
 	r.Source = SourceCompiled
 	return r, err
+}
+
+// coordinate runs the fleet single flight for key and logs its decisions: while the fleet elects a compiler and a
+// peer compiles, status shows a wait job; compiling here ends it. It returns the peer waited for ("" if this
+// agent compiled or a usable record came).
+func (a *Agent) coordinate(ctx context.Context, key compile.FlightKey, compileHere func(context.Context) (cid.Cid, error), kind string) (string, error) {
+	log := a.opts.Logger.With("model", key.ModelID, "profile", key.ProfileID)
+	log.Info("single flight: no blob here or at peers; asking the fleet who compiles", "class", key.Class)
+	wait := a.begin(PhaseWait, key.ModelID, key.ProfileID, cid.Undef)
+	defer a.end(wait)
+	stopWatch := a.watchHolder(wait, key, log)
+	defer stopWatch()
+	start := time.Now()
+	ready := func() (cid.Cid, bool) {
+		if recs := a.compatible(a.opts.Fleet.Records(key.ModelID, key.ProfileID), kind); len(recs) > 0 {
+			return recs[0].Blob, true
+		}
+		return cid.Undef, false
+	}
+	_, knownBefore := ready()
+	compiled := false
+	w, err := a.opts.Fleet.Coordinate(ctx, key, func(ctx context.Context) (cid.Cid, error) {
+		stopWatch()
+		a.end(wait)
+		compiled = true
+		log.Info("single flight: compiling here", "after", time.Since(start).Round(time.Millisecond))
+		return compileHere(ctx)
+	}, ready)
+	if err == nil && w == "" && !compiled && !knownBefore {
+		// The compiler's record came during the flight, before its DONE (they travel separately): this request
+		// waited for that member all the same. A record known before the flight began is no wait.
+		if recs := a.compatible(a.opts.Fleet.Records(key.ModelID, key.ProfileID), kind); len(recs) > 0 {
+			w = recs[0].Producer
+		}
+	}
+	switch {
+	case err != nil:
+		log.Warn("single flight failed", "err", err)
+	case w != "":
+		log.Info("single flight: waited for a peer's compile", "peer", w, "waited", time.Since(start).Round(time.Millisecond))
+	}
+	return w, err
 }
 
 // findLocal returns the best compatible blob in the store.
@@ -419,7 +466,11 @@ func (a *Agent) fetchChecked(ctx context.Context, r blobstore.Record, kind strin
 	if err != nil {
 		return err
 	}
+	before, _ := a.opts.Store.Stat(ctx, r.Blob) // zero when absent: no chunk held
 	act := a.begin(PhaseFetch, r.ModelID, r.ProfileID, r.Blob)
+	a.mu.Lock()
+	act.From = r.Producer
+	a.mu.Unlock()
 	err = a.opts.Fleet.Fetch(ctx, r.Blob, func(done, total int64) {
 		act.update(a, done, total)
 		if progress != nil {
@@ -429,6 +480,13 @@ func (a *Agent) fetchChecked(ctx context.Context, r blobstore.Record, kind strin
 	a.end(act)
 	if err != nil {
 		return err
+	}
+	if after, err := a.opts.Store.Stat(ctx, r.Blob); err == nil && after.HaveChunks > before.HaveChunks {
+		a.opts.Metrics.ChunksFetched(after.HaveChunks - before.HaveChunks)
+		d := time.Since(act.Started)
+		a.opts.Logger.Info("fetched from peers", "blob", r.Blob, "producer", r.Producer, "bytes", after.Size,
+			"chunks", after.HaveChunks-before.HaveChunks, "duration", d.Round(time.Millisecond),
+			"rate_bytes_per_second", int64(float64(after.Size)/max(d.Seconds(), 1e-3)))
 	}
 	if err := a.checkStored(ctx, r, kind); err != nil {
 		a.reject(ctx, r, kind, err, held)
@@ -685,29 +743,65 @@ func (a *Agent) inUseNow(c cid.Cid) bool {
 	return a.inUse[c] > 0
 }
 
-// Activities lists fetches and compiles under way.
+// Activities lists fetches, compiles and waits under way; with a Fleet that says so (FleetProgress), the peers
+// each fetch receives from.
 func (a *Agent) Activities() []Activity {
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	out := make([]Activity, 0, len(a.inflight))
 	for _, act := range a.inflight {
 		out = append(out, *act)
 	}
+	a.mu.Unlock()
 	slices.SortFunc(out, func(x, y Activity) int { return x.Started.Compare(y.Started) })
+	if fp, ok := a.opts.Fleet.(FleetProgress); ok {
+		for i := range out {
+			if out[i].Phase == PhaseFetch {
+				out[i].Peers = fp.FetchPeers(out[i].CID)
+			}
+		}
+	}
 	return out
+}
+
+// id is an activity's key in Agent.inflight.
+func (act *Activity) id() string { return string(act.Phase) + "/" + act.Model + "/" + act.Profile }
+
+// holderPoll is how often a fleet wait asks whom it waits for (FleetProgress.Holder).
+const holderPoll = 200 * time.Millisecond
+
+// watchHolder follows whom the fleet wait for key waits for until stop is called: the wait job names that member
+// (kept once known: the flight ends before the wait does, which then awaits the member's record), and each new
+// one is logged.
+func (a *Agent) watchHolder(wait *Activity, key compile.FlightKey, log *slog.Logger) (stop func()) {
+	fp, ok := a.opts.Fleet.(FleetProgress)
+	if !ok {
+		return func() {}
+	}
+	return tick.Every(holderPoll, func() {
+		h := fp.Holder(key)
+		a.mu.Lock()
+		changed := h != "" && h != wait.From
+		if changed {
+			wait.From = h
+		}
+		a.mu.Unlock()
+		if changed {
+			log.Info("single flight: waiting for a peer's compile", "peer", h)
+		}
+	})
 }
 
 func (a *Agent) begin(phase Phase, model, profile string, blob cid.Cid) *Activity {
 	act := &Activity{Phase: phase, Model: model, Profile: profile, CID: blob, Started: time.Now()}
 	a.mu.Lock()
-	a.inflight[string(phase)+"/"+model+"/"+profile] = act
+	a.inflight[act.id()] = act
 	a.mu.Unlock()
 	return act
 }
 
 func (a *Agent) end(act *Activity) {
 	a.mu.Lock()
-	delete(a.inflight, string(act.Phase)+"/"+act.Model+"/"+act.Profile)
+	delete(a.inflight, act.id())
 	a.mu.Unlock()
 }
 

@@ -55,8 +55,13 @@ func (a *Agent) PutCacheEntry(ctx context.Context, name, build string, r io.Read
 		a.dropUnreferenced(ctx, c)
 		return blobstore.Record{}, fmt.Errorf("cache entry %s: %w", name, err)
 	}
+	return a.indexCacheEntry(ctx, name, key, c, m.Size)
+}
+
+// indexCacheEntry records and announces "entry name for key is blob c" with this host as producer.
+func (a *Agent) indexCacheEntry(ctx context.Context, name, key string, c cid.Cid, size uint64) (blobstore.Record, error) {
 	rec := blobstore.Record{
-		ModelID: name, ProfileID: key, Blob: c, Fingerprint: a.hostJSON, Size: m.Size,
+		ModelID: name, ProfileID: key, Blob: c, Fingerprint: a.hostJSON, Size: size,
 		Created: time.Now().UTC(), Producer: a.opts.Producer, Kind: ovcache.RecordKind,
 	}
 	if err := a.opts.Store.AddRecord(ctx, rec); err != nil {
@@ -64,6 +69,41 @@ func (a *Agent) PutCacheEntry(ctx context.Context, name, build string, r io.Read
 	}
 	a.publish(ctx, rec)
 	return rec, nil
+}
+
+// IndexCacheEntry indexes stored blob c, which a rollout names as the OpenVINO cache entry name of build build
+// (docs/design.md 10.6): its bytes are parsed and checked for this host as a harvested entry's are, then it is
+// recorded and announced under this host's key for build, from where the sharer writes it into every shared
+// directory whose application runs that build. An entry that cannot serve this host is not an error: false.
+func (a *Agent) IndexCacheEntry(ctx context.Context, name, build string, c cid.Cid) (bool, error) {
+	if err := ovcache.CheckName(name); err != nil {
+		return false, err
+	}
+	key, err := a.CacheKey(build)
+	if err != nil {
+		return false, err
+	}
+	release := a.use(c)
+	defer release()
+	if err := a.checkCacheEntry(ctx, c, build, 0); errors.Is(err, ErrIncompatible) {
+		a.opts.Logger.Info("a rollout's cache entry does not serve this host", "entry", name, "blob", c, "err", err)
+		return false, nil
+	} else if err != nil {
+		return false, err
+	}
+	recs, err := a.opts.Store.Records(ctx, name, key)
+	if err != nil {
+		return false, err
+	}
+	if slices.ContainsFunc(recs, func(r blobstore.Record) bool { return r.Kind == ovcache.RecordKind && r.Blob.Equals(c) }) {
+		return true, nil // indexed before (the engine prepares again at every start)
+	}
+	info, err := a.opts.Store.Stat(ctx, c)
+	if err != nil {
+		return false, err
+	}
+	_, err = a.indexCacheEntry(ctx, name, key, c, info.Size)
+	return err == nil, err
 }
 
 // checkCacheEntry parses a stored blob as a cache entry and checks it for this host.
@@ -208,4 +248,10 @@ func (a *Agent) CacheEntryRejected(ctx context.Context, r blobstore.Record) {
 		return
 	}
 	a.publish(ctx, neg)
+}
+
+// CheckCacheUsable says whether entry e of this host's own cache directory, whose application runs OpenVINO
+// build (empty: unknown), can still load here; an error means it is stale.
+func (a *Agent) CheckCacheUsable(e *ovcache.Entry, build string) error {
+	return ovcache.CheckUsable(a.opts.Rules, e, a.opts.Host, build)
 }

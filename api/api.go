@@ -64,6 +64,8 @@ type EnsureResponse struct {
 type Status struct {
 	Version     string          `json:"version"`
 	PeerID      string          `json:"peer_id,omitempty"`
+	Hostname    string          `json:"hostname,omitempty"`    // this host's name, as its member record announces it
+	Tags        []string        `json:"tags,omitempty"`        // rollout.tags`
 	Fingerprint json.RawMessage `json:"fingerprint,omitempty"` // canonical JSON; compat owns its meaning
 	Class       string          `json:"class,omitempty"`       // this host's compatibility class
 	Compiler    string          `json:"compiler,omitempty"`    // backend name; empty when none is available
@@ -85,25 +87,39 @@ type StoreStatus struct {
 	List    []blobstore.Info `json:"list,omitempty"`
 }
 
-// Job is one fetch or compile in progress.
+// Job is one fetch, compile or wait in progress.
 type Job struct {
-	Kind      agent.Phase `json:"kind"`
+	Kind      agent.Phase `json:"kind"` // fetch, compile, or wait (for the fleet's single flight: a peer compiles)
 	ModelID   string      `json:"model_id"`
 	ProfileID string      `json:"profile_id"`
 	CID       cid.Cid     `json:"cid,omitzero"` // the blob being fetched; absent for compiles
 	Started   time.Time   `json:"started"`
 	Done      uint64      `json:"done,omitempty"`  // bytes so far, for fetches
 	Total     uint64      `json:"total,omitempty"` // bytes expected, for fetches
+	// Chunks and ChunksDone count the fetch's chunks (blobstore.ChunkSize each, the last one shorter).
+	Chunks     uint64 `json:"chunks,omitempty"`
+	ChunksDone uint64 `json:"chunks_done,omitempty"`
+	// Rate is the fetch's mean rate since it started, bytes per second.
+	Rate uint64 `json:"rate,omitempty"`
+	// From names the peer a fetch comes from (the record's producer; others help when they hold chunks), or the
+	// member whose compile a wait waits for (once its claim or lease is heard); FromHostname is its hostname when
+	// its member record says so.
+	From         string `json:"from,omitempty"`
+	FromHostname string `json:"from_hostname,omitempty"`
+	// Peers is how many peers a fetch receives chunks from now.
+	Peers int `json:"peers,omitempty"`
 }
 
 // Peer is a connected fleet member.
 type Peer struct {
 	ID    string   `json:"id"`
 	Addrs []string `json:"addrs"`
-	// Hostname, Class and Tags are what its signed member record says (docs/design.md 6.2); empty until one came.
+	// Hostname, Class, Tags and Version (its npu-agent version) are what its signed member record says
+	// (docs/design.md 6.2); empty until one came (Version also from members older than the field).
 	Hostname string   `json:"hostname,omitempty"`
 	Class    string   `json:"class,omitempty"`
 	Tags     []string `json:"tags,omitempty"`
+	Version  string   `json:"version,omitempty"`
 	// Connected: this agent has a connection to it now (members are known without one).
 	Connected bool `json:"connected"`
 	// Seen is when it signed its latest member record.

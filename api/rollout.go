@@ -68,6 +68,13 @@ type RolloutPeer struct {
 	rollout.Row
 	Self      bool `json:"self,omitempty"`
 	Connected bool `json:"connected"`
+	// Hostname, Class and Tags are what the peer's signed member record says (as in Peer), for this agent what it
+	// announces; empty until a member record came.
+	Hostname string   `json:"hostname,omitempty"`
+	Class    string   `json:"class,omitempty"`
+	Tags     []string `json:"tags,omitempty"`
+	// AgentVersion is its npu-agent version (Peer.Version; "version" here is the rollout's).
+	AgentVersion string `json:"agent_version,omitempty"`
 }
 
 // AddSource asks the daemon to store a source model for a rollout; see Rollouts.AddSource.

@@ -75,6 +75,8 @@ type VerifyResponse struct {
 	Chunks  int            `json:"chunks"`
 	Bytes   uint64         `json:"bytes"`
 	Corrupt []CorruptChunk `json:"corrupt"`
+	// WrongSHA256: blobs whose chunks are intact but whose manifest claims a whole-blob sha256 they do not have.
+	WrongSHA256 []string `json:"wrong_sha256,omitempty"`
 }
 
 // CorruptChunk names a damaged chunk; Index -1 (and no Chunk) is the blob's manifest.

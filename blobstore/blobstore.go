@@ -51,7 +51,7 @@ type Record struct {
 type Info struct {
 	CID        cid.Cid   `json:"cid"`
 	Size       uint64    `json:"size"`
-	SHA256     string    `json:"sha256"` // hex, as sha256sum prints it
+	SHA256     string    `json:"sha256"` // hex: the manifest's whole-blob sha256, its producer's claim (Verify checks it)
 	Complete   bool      `json:"complete"`
 	HaveChunks int       `json:"have_chunks"`
 	Chunks     int       `json:"chunks"`
@@ -80,6 +80,9 @@ type VerifyReport struct {
 	Chunks  int            `json:"chunks"`
 	Bytes   uint64         `json:"bytes"`
 	Corrupt []CorruptChunk `json:"corrupt"`
+	// WrongSHA256 lists complete blobs whose chunks are all intact but whose manifest claims another whole-blob
+	// sha256 than its bytes have: the producer's claim is false (the bytes are still exactly what the CID names).
+	WrongSHA256 []cid.Cid `json:"wrong_sha256,omitempty"`
 }
 
 // ChunkStore is the side of the store that peers see: the p2p layer serves chunks of what is held and brings
@@ -141,7 +144,8 @@ type Store interface {
 	Touch(ctx context.Context, c cid.Cid) error
 	// GC removes least-recently-used unpinned blobs until the stored size is at most quota, skipping keep.
 	GC(ctx context.Context, quota uint64, keep func(cid.Cid) bool) (GCResult, error)
-	// Verify re-hashes every stored chunk and reports the corrupt ones.
+	// Verify re-hashes every stored chunk and reports the corrupt ones, and checks each complete blob's whole-blob
+	// sha256 against its manifest's claim.
 	Verify(ctx context.Context) (VerifyReport, error)
 	// Close releases the store.
 	Close() error

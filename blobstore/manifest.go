@@ -15,7 +15,7 @@ import (
 type Manifest struct {
 	Size      uint64     // total blob size in bytes
 	ChunkSize uint32     // ChunkSize for manifests written by this version
-	SHA256    [32]byte   // sha256 of the whole blob, so anyone can sha256sum an exported file
+	SHA256    [32]byte   // sha256 of the whole blob, so anyone can sha256sum an exported file: the producer's claim, not re-hashed on receipt
 	Chunks    [][32]byte // sha2-256 digest of each chunk, in order
 }
 

@@ -104,6 +104,11 @@ type P2P struct {
 	// tests check); 0 also takes them.
 	ConnLow  int `yaml:"conn_low"`
 	ConnHigh int `yaml:"conn_high"`
+	// Fleet authority, instead of fleet_key_file (docs/design.md 6.2): the authority's public key
+	// (npu-agent-ed25519:...), this member's certificate file and, optionally, the operator's revocation list file.
+	FleetAuthority  string `yaml:"fleet_authority"`
+	MemberCertFile  string `yaml:"member_cert_file"`
+	RevocationsFile string `yaml:"revocations_file"`
 }
 
 // Flight configures the fleet-wide single flight.
@@ -266,9 +271,19 @@ func (c *Config) Validate() error {
 	if c.P2P.Enabled && len(c.P2P.Listen) == 0 {
 		errs = append(errs, errors.New("p2p.listen: at least one address when p2p is enabled"))
 	}
+	if c.P2P.FleetKeyFile != "" && c.P2P.FleetAuthority != "" {
+		errs = append(errs, errors.New("p2p.fleet_authority: set either p2p.fleet_key_file or a fleet authority, not both"))
+	}
+	if (c.P2P.FleetAuthority == "") != (c.P2P.MemberCertFile == "") {
+		errs = append(errs, errors.New("p2p.member_cert_file: p2p.fleet_authority and p2p.member_cert_file go together"))
+	}
+	if c.P2P.RevocationsFile != "" && c.P2P.FleetAuthority == "" {
+		errs = append(errs, errors.New("p2p.revocations_file: needs p2p.fleet_authority"))
+	}
 	for _, f := range []struct{ key, path string }{
 		{"fingerprint_override", c.FingerprintOverride},
 		{"p2p.fleet_key_file", c.P2P.FleetKeyFile},
+		{"p2p.member_cert_file", c.P2P.MemberCertFile},
 		{"api.token_file", c.API.TokenFile},
 	} {
 		if f.path != "" {

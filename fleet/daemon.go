@@ -23,6 +23,7 @@ import (
 	"github.com/npu-agent/npu-agent/metrics"
 	"github.com/npu-agent/npu-agent/p2p"
 	"github.com/npu-agent/npu-agent/p2p/flight"
+	"github.com/npu-agent/npu-agent/rollout"
 )
 
 // configError marks errors in the config file's p2p section as config.ErrInvalid. The errors read as before;
@@ -71,6 +72,28 @@ func p2pConfig(cfg config.Config) (p2p.Config, error) {
 			errs = append(errs, configError{fmt.Errorf("p2p.fleet_key_file: %w", err)})
 		}
 	}
+	if cfg.P2P.FleetAuthority != "" {
+		if pc.Authority, err = rollout.ParsePublicKey(cfg.P2P.FleetAuthority); err != nil {
+			errs = append(errs, configError{fmt.Errorf("p2p.fleet_authority: %w", err)})
+		}
+		pc.RevocationsFile = cfg.P2P.RevocationsFile
+	}
+	if cfg.P2P.MemberCertFile != "" {
+		if pc.MemberCert, err = p2p.ReadPEMFile(cfg.P2P.MemberCertFile, true); err != nil {
+			errs = append(errs, configError{fmt.Errorf("p2p.member_cert_file: %w", err)})
+		} else if pc.Authority != nil {
+			errs = append(errs, checkMemberCert(cfg, pc))
+		}
+	}
+	if cfg.P2P.RevocationsFile != "" && pc.Authority != nil {
+		if b, err := p2p.ReadPEMFile(cfg.P2P.RevocationsFile, false); err == nil {
+			if _, err := p2p.DecodeRevocations(b, pc.Authority); err != nil {
+				errs = append(errs, configError{fmt.Errorf("p2p.revocations_file: %w", err)})
+			}
+		} else if !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, configError{fmt.Errorf("p2p.revocations_file: %w", err)})
+		}
+	}
 	if pc.Allowlist, err = peerIDs("p2p.allowlist", cfg.P2P.Allowlist); err != nil {
 		errs = append(errs, err)
 	}
@@ -78,6 +101,32 @@ func p2pConfig(cfg config.Config) (p2p.Config, error) {
 		errs = append(errs, err)
 	}
 	return pc, errors.Join(errs...)
+}
+
+// checkMemberCert checks the member certificate against the authority and, once the daemon has an identity, its
+// peer ID and validity now: a certificate that no member would accept is a config error.
+func checkMemberCert(cfg config.Config, pc p2p.Config) error {
+	c, err := p2p.DecodeCert(pc.MemberCert, pc.Authority)
+	if err != nil {
+		return configError{fmt.Errorf("p2p.member_cert_file: %w", err)}
+	}
+	id, err := p2p.ReadPeerID(cfg.DataDir)
+	if errors.Is(err, os.ErrNotExist) || errors.Is(err, os.ErrPermission) {
+		return nil // no identity yet (created at first start), or not ours to read: the daemon logs a mismatch
+	}
+	if err != nil {
+		return configError{fmt.Errorf("p2p.member_cert_file: %w", err)}
+	}
+	if _, err := p2p.VerifyCert(c.Raw, pc.Authority, id, time.Now(), nil); err != nil {
+		return configError{fmt.Errorf("p2p.member_cert_file: this host is %s: %w", id, err)}
+	}
+	return nil
+}
+
+// memberText reports whether s fits a member record's hostname or version: printable ASCII without spaces, at
+// most 64 bytes.
+func memberText(s string) bool {
+	return len(s) <= 64 && !strings.ContainsFunc(s, func(r rune) bool { return r <= ' ' || r > '~' })
 }
 
 func multiaddrs(key string, ss []string) ([]ma.Multiaddr, error) {
@@ -109,8 +158,9 @@ func peerIDs(key string, ss []string) ([]peer.ID, error) {
 }
 
 // New starts the node and prepares the fleet single flight and the rollout channels; Run must follow, and it
-// closes them. Errors in cfg's p2p section are config.ErrInvalid; reg, m and log may be nil. The new records the node hears wake waiting flights.
-func New(ctx context.Context, cfg config.Config, store blobstore.Store, host compat.Fingerprint,
+// closes them. Errors in cfg's p2p section are config.ErrInvalid; reg, m and log may be nil. version (this build's)
+// goes into the member record. The new records the node hears wake waiting flights.
+func New(ctx context.Context, cfg config.Config, store blobstore.Store, host compat.Fingerprint, version string,
 	reg prometheus.Registerer, m *metrics.Metrics, log *slog.Logger) (*Fleet, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -120,9 +170,12 @@ func New(ctx context.Context, cfg config.Config, store blobstore.Store, host com
 		return nil, err
 	}
 	pc.Registerer = reg
-	// The member record (6.2): hostname and class, when they fit its rules.
-	if h, err := os.Hostname(); err == nil && len(h) <= 64 && !strings.ContainsFunc(h, func(r rune) bool { return r <= ' ' || r > '~' }) {
+	// The member record (6.2): hostname, version and class, when they fit its rules.
+	if h, err := os.Hostname(); err == nil && memberText(h) {
 		pc.Hostname = h
+	}
+	if memberText(version) {
+		pc.Version = version
 	}
 	if class, err := compat.Class(compat.DefaultRules(), host, ""); err == nil && len(class) <= 128 {
 		pc.Class = class
@@ -177,6 +230,9 @@ func (f *Fleet) Run(ctx context.Context) error {
 // RolloutNet is the rollout engine's Net on this node; the engine opens its channels.
 func (f *Fleet) RolloutNet() *RolloutChannels { return f.rollouts }
 
+// ChunksServed counts the chunks sent to peers (npu_agent_chunks_served_total).
+func (f *Fleet) ChunksServed() int64 { return f.node.ChunksServed() }
+
 // ID is this member's peer ID, the producer of its records.
 func (f *Fleet) ID() string { return f.node.ID().String() }
 
@@ -217,7 +273,7 @@ func (f *Fleet) APIPeers() []api.Peer {
 			continue
 		}
 		p := get(m.ID)
-		p.Hostname, p.Class, p.Tags = m.Hostname, m.Class, m.Tags
+		p.Hostname, p.Class, p.Tags, p.Version = m.Hostname, m.Class, m.Tags, m.Version
 		if m.Seq > 0 && m.Seq <= math.MaxInt64 {
 			p.Seen = time.Unix(0, int64(m.Seq)).UTC()
 		}

@@ -71,6 +71,19 @@ func (f *Fleet) Fetch(ctx context.Context, c cid.Cid, progress func(done, total 
 	return f.node.Fetch(ctx, c, from, progress)
 }
 
+var _ agent.FleetProgress = (*Fleet)(nil)
+
+// Holder names the member whose compile this node's fleet single flight for key waits for ("" if none).
+func (f *Fleet) Holder(key compile.FlightKey) string {
+	if p := f.coord.Holder(key); p != "" {
+		return p.String()
+	}
+	return ""
+}
+
+// FetchPeers is how many peers the fetch of c under way receives chunks from now.
+func (f *Fleet) FetchPeers(c cid.Cid) int { return f.node.FetchPeers(c) }
+
 // Publish signs and announces a record.
 func (f *Fleet) Publish(ctx context.Context, r blobstore.Record) error {
 	_, err := f.node.Publish(ctx, r)
@@ -83,12 +96,17 @@ func (f *Fleet) Coordinate(ctx context.Context, key compile.FlightKey, compileFn
 	if err != nil {
 		return "", err
 	}
-	f.log.Info("fleet single flight", "role", out.Role.String(), "from", out.From, "blob", out.CID)
+	f.log.Debug("fleet single flight", "role", out.Role.String(), "from", out.From, "blob", out.CID)
 	if out.Role != flight.RoleWaited {
 		return "", nil
 	}
 	f.awaitRecord(ctx, ready)
 	return out.From.String(), nil
+}
+
+// OnRecord calls fn, which must not block, for every new verified and trusted record until cancel is called.
+func (f *Fleet) OnRecord(fn func()) (cancel func()) {
+	return f.node.OnRecord(func(p2p.SignedRecord) { fn() })
 }
 
 // awaitRecord waits, bounded, until ready reports a usable record.

@@ -76,7 +76,7 @@ func TestRunAndRolloutChannels(t *testing.T) {
 	defer store.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	f, err := New(ctx, cfg, store, compat.Fingerprint{FirmwareMI: "11.4"}, nil, nil, nil)
+	f, err := New(ctx, cfg, store, compat.Fingerprint{FirmwareMI: "11.4"}, "test", nil, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,6 +129,9 @@ func (nopEnsurer) EnsureBlob(context.Context, compile.Model, compile.Profile, fu
 	return cid.Undef, "", errors.New("no")
 }
 func (nopEnsurer) FetchBlob(context.Context, cid.Cid) error { return errors.New("no") }
+func (nopEnsurer) IndexCacheEntry(context.Context, string, string, cid.Cid) (bool, error) {
+	return false, errors.New("no")
+}
 
 // TestConnBoundsDefaults: the config file's default connection bounds are the node's, and reach it.
 func TestConnBoundsDefaults(t *testing.T) {

@@ -7,10 +7,13 @@ package metrics
 import (
 	"errors"
 	"fmt"
-	"github.com/npu-agent/npu-agent/blobstore"
+	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/npu-agent/npu-agent/blobstore"
 )
 
 // Namespace prefixes every metric name.
@@ -37,8 +40,16 @@ type Metrics struct {
 	storeBytes     prometheus.Gauge
 	storeBlobs     prometheus.Gauge
 	chunksRejected prometheus.Counter
+	chunksFetched  prometheus.Counter
 	peers          prometheus.Gauge
+	// Computed at scrape time from the components that keep them (set once those exist; absent: 0).
+	chunksServed atomic.Pointer[func() int64]
+	rollouts     atomic.Pointer[func() map[string]int]
 }
+
+// RolloutStates are the rollouts_by_state label values always exported: this agent's own state of a rollout
+// (rollout.Phase) or not_selected.
+var RolloutStates = []string{"pending", "fetching", "compiling", "ready", "failed", "not_selected"}
 
 // New creates the metrics and registers them on reg (nil: not registered, for tests and tools).
 func New(reg prometheus.Registerer) (*Metrics, error) {
@@ -85,11 +96,26 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 			Namespace: Namespace, Name: "chunks_rejected_total",
 			Help: "Chunks received from peers that did not match their hash and were dropped.",
 		}),
+		chunksFetched: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "chunks_fetched_total",
+			Help: "Chunks fetched from peers into the store (verified).",
+		}),
 		peers: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: Namespace, Name: "peers_connected",
 			Help: "Fleet members currently connected.",
 		}),
 	}
+	// Totals, not per peer: a label per peer grows with the fleet (thousands of members, design 6.10) and with
+	// every identity a stranger makes up; which peers serve most is a question for the logs.
+	served := prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Namespace: Namespace, Name: "chunks_served_total",
+		Help: "Chunks sent to peers.",
+	}, func() float64 {
+		if f := m.chunksServed.Load(); f != nil {
+			return float64((*f)())
+		}
+		return 0
+	})
 	// Export every label value from the start so that rate() and ratios have a series to work on.
 	for _, s := range []blobstore.Source{blobstore.SourceStore, blobstore.SourcePeer, blobstore.SourceCompiled} {
 		m.fetches.WithLabelValues(string(s))
@@ -106,7 +132,8 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 	}
 	var errs []error
 	for _, c := range []prometheus.Collector{m.fetches, m.fetchBytes, m.compiles, m.compileSeconds, m.waits,
-		m.lookups, m.hits, m.storeBytes, m.storeBlobs, m.chunksRejected, m.peers} {
+		m.lookups, m.hits, m.storeBytes, m.storeBlobs, m.chunksRejected, m.chunksFetched, m.peers, served,
+		rolloutCollector{m}} {
 		if err := reg.Register(c); err != nil {
 			errs = append(errs, err)
 		}
@@ -193,4 +220,50 @@ func (m *Metrics) SetPeers(n int) {
 		return
 	}
 	m.peers.Set(float64(n))
+}
+
+// ChunksFetched counts n chunks fetched from peers into the store.
+func (m *Metrics) ChunksFetched(n int) {
+	if m == nil || n <= 0 {
+		return
+	}
+	m.chunksFetched.Add(float64(n))
+}
+
+// SetChunksServed names the counter of chunks sent to peers (the p2p node's), read at every scrape.
+func (m *Metrics) SetChunksServed(f func() int64) {
+	if m != nil && f != nil {
+		m.chunksServed.Store(&f)
+	}
+}
+
+// SetRollouts names the function that counts this agent's rollouts by state, called at every scrape.
+func (m *Metrics) SetRollouts(f func() map[string]int) {
+	if m != nil && f != nil {
+		m.rollouts.Store(&f)
+	}
+}
+
+// rolloutCollector exports npu_agent_rollouts{state}: every RolloutStates value (0 when none), and any other
+// state the function reports.
+type rolloutCollector struct{ m *Metrics }
+
+var rolloutsDesc = prometheus.NewDesc(Namespace+"_rollouts", "Rollouts this agent follows, by its own state of each.",
+	[]string{"state"}, nil)
+
+func (c rolloutCollector) Describe(ch chan<- *prometheus.Desc) { ch <- rolloutsDesc }
+
+func (c rolloutCollector) Collect(ch chan<- prometheus.Metric) {
+	var counts map[string]int
+	if f := c.m.rollouts.Load(); f != nil {
+		counts = (*f)()
+	}
+	for _, s := range RolloutStates {
+		ch <- prometheus.MustNewConstMetric(rolloutsDesc, prometheus.GaugeValue, float64(counts[s]), s)
+	}
+	for s, n := range counts {
+		if !slices.Contains(RolloutStates, s) {
+			ch <- prometheus.MustNewConstMetric(rolloutsDesc, prometheus.GaugeValue, float64(n), s)
+		}
+	}
 }

@@ -117,6 +117,46 @@ func TestLabelsExportedFromStart(t *testing.T) {
 	}
 }
 
+func TestComputedMetrics(t *testing.T) {
+	t.Parallel()
+	m, reg := newTest(t)
+	m.ChunksFetched(3)
+	m.ChunksFetched(0)
+	m.ChunksFetched(-2)
+	want := `# HELP npu_agent_chunks_fetched_total Chunks fetched from peers into the store (verified).
+# TYPE npu_agent_chunks_fetched_total counter
+npu_agent_chunks_fetched_total 3
+# HELP npu_agent_chunks_served_total Chunks sent to peers.
+# TYPE npu_agent_chunks_served_total counter
+npu_agent_chunks_served_total 0
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "npu_agent_chunks_fetched_total", "npu_agent_chunks_served_total"); err != nil {
+		t.Error(err)
+	}
+	m.SetChunksServed(func() int64 { return 42 })
+	m.SetRollouts(func() map[string]int { return map[string]int{"ready": 2, "failed": 1, "strange": 1} })
+	want = `# HELP npu_agent_chunks_served_total Chunks sent to peers.
+# TYPE npu_agent_chunks_served_total counter
+npu_agent_chunks_served_total 42
+# HELP npu_agent_rollouts Rollouts this agent follows, by its own state of each.
+# TYPE npu_agent_rollouts gauge
+npu_agent_rollouts{state="compiling"} 0
+npu_agent_rollouts{state="failed"} 1
+npu_agent_rollouts{state="fetching"} 0
+npu_agent_rollouts{state="not_selected"} 0
+npu_agent_rollouts{state="pending"} 0
+npu_agent_rollouts{state="ready"} 2
+npu_agent_rollouts{state="strange"} 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "npu_agent_chunks_served_total", "npu_agent_rollouts"); err != nil {
+		t.Error(err)
+	}
+	var nilM *Metrics
+	nilM.ChunksFetched(1)
+	nilM.SetChunksServed(func() int64 { return 1 })
+	nilM.SetRollouts(nil)
+}
+
 func TestLint(t *testing.T) {
 	t.Parallel()
 	_, reg := newTest(t)

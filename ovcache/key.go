@@ -34,7 +34,7 @@ var buildPrefix = regexp.MustCompile(`^([0-9]+)\.([0-9]+)\.([0-9]+)(?:[^0-9.]|$)
 // the hosts whose NPU stacks the rules let share a blob. Hosts with equal keys and equal names may share an entry;
 // the range rules are still applied to each entry (CheckEntry).
 func Key(rules *compat.Rules, host compat.Fingerprint, build string) (string, error) {
-	if build == "" || len(build) > MaxAttr || strings.ContainsAny(build, "\n\x00") {
+	if !ValidBuild(build) {
 		return "", fmt.Errorf("ovcache key: invalid OpenVINO build string %q", build)
 	}
 	class, err := compat.Class(rules, host, compat.KindModel)
@@ -56,12 +56,30 @@ func Key(rules *compat.Rules, host compat.Fingerprint, build string) (string, er
 	return hex.EncodeToString(sum[:]), nil
 }
 
+// ValidBuild reports whether build can be an OpenVINO build string in a key: not empty, at most MaxAttr bytes, no
+// newline or NUL.
+func ValidBuild(build string) bool {
+	return build != "" && len(build) <= MaxAttr && !strings.ContainsAny(build, "\n\x00")
+}
+
 // CheckEntry decides whether entry e can serve a host with fingerprint host whose OpenVINO writes build (empty:
-// not known, the build check is skipped; callers that populate must know it). The header's build string must be
-// build exactly (OpenVINO discards any other); its leading major.minor.patch, when it has one, must be the
-// trailer's OpenVINO version; weightless blobs (init sizes in the trailer) are never shared; and the trailer must
-// pass compat.CheckBlob for host.
+// not known, the build check is skipped; callers that populate must know it): CheckUsable, and weightless blobs
+// (init sizes in the trailer) are never shared.
 func CheckEntry(rules *compat.Rules, e *Entry, host compat.Fingerprint, build string) error {
+	if err := CheckUsable(rules, e, host, build); err != nil {
+		return err
+	}
+	if len(e.Trailer.InitSizes) > 0 {
+		return fmt.Errorf("%w: weightless blob (needs the model's weights file on the importing host); not shared", ErrIncompatible)
+	}
+	return nil
+}
+
+// CheckUsable decides whether an entry in this host's own cache directory can still be loaded here (an error:
+// it is stale). The header's build string must be build exactly (OpenVINO discards any other; "" skips this
+// check); its leading major.minor.patch, when it has one, must be the trailer's OpenVINO version; and the trailer
+// must pass compat.CheckBlob for host. A weightless entry is usable where it was written.
+func CheckUsable(rules *compat.Rules, e *Entry, host compat.Fingerprint, build string) error {
 	if e == nil || e.Trailer == nil {
 		return fmt.Errorf("%w: no parsed entry", ErrIncompatible)
 	}
@@ -72,9 +90,6 @@ func CheckEntry(rules *compat.Rules, e *Entry, host compat.Fingerprint, build st
 		if v := m[1] + "." + m[2] + "." + m[3]; v != e.Trailer.OpenVINO.String() {
 			return fmt.Errorf("%w: header says OpenVINO %s, the blob's trailer %s", ErrIncompatible, v, e.Trailer.OpenVINO)
 		}
-	}
-	if len(e.Trailer.InitSizes) > 0 {
-		return fmt.Errorf("%w: weightless blob (needs the model's weights file on the importing host); not shared", ErrIncompatible)
 	}
 	if d := compat.CheckBlob(rules, e.Trailer, host, compat.KindModel); !d.Compatible {
 		return fmt.Errorf("%w: %s", ErrIncompatible, strings.Join(d.Reasons, "; "))

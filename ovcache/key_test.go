@@ -88,17 +88,23 @@ func TestCheckEntry(t *testing.T) {
 		e     *ovcache.Entry
 		build string
 		msg   string
+		// usable: CheckUsable passes (the entry may stay in this host's own directory) though it is not shared.
+		usable bool
 	}{
-		{"matching", entry(ovcachetest.Build, good), ovcachetest.Build, ""},
-		{"build unknown to the caller", entry(ovcachetest.Build, good), "", ""},
-		{"unversioned build string", entry("custom_build", good), "custom_build", ""},
-		{"other build", entry(ovcachetest.Build, good), "2026.1.0-1", "this host runs"},
-		{"header and trailer disagree", entry("2026.2.0-1", good), "2026.2.0-1", "header says OpenVINO 2026.2.0"},
-		{"weightless", entry(ovcachetest.Build, weightless), ovcachetest.Build, "weightless"},
-		{"newer OpenVINO in the trailer", entry("2026.2.0-1", newer), "2026.2.0-1", "openvino"},
-		{"other compiler", entry(ovcachetest.Build, otherCompiler), ovcachetest.Build, "compiler_version"},
+		{"matching", entry(ovcachetest.Build, good), ovcachetest.Build, "", false},
+		{"build unknown to the caller", entry(ovcachetest.Build, good), "", "", false},
+		{"unversioned build string", entry("custom_build", good), "custom_build", "", false},
+		{"other build", entry(ovcachetest.Build, good), "2026.1.0-1", "this host runs", false},
+		{"header and trailer disagree", entry("2026.2.0-1", good), "2026.2.0-1", "header says OpenVINO 2026.2.0", false},
+		{"weightless", entry(ovcachetest.Build, weightless), ovcachetest.Build, "weightless", true},
+		{"newer OpenVINO in the trailer", entry("2026.2.0-1", newer), "2026.2.0-1", "openvino", false},
+		{"other compiler", entry(ovcachetest.Build, otherCompiler), ovcachetest.Build, "compiler_version", false},
 	}
 	for _, tt := range tests {
+		uerr := ovcache.CheckUsable(r, tt.e, lnl(), tt.build)
+		if (uerr == nil) != (tt.msg == "" || tt.usable) {
+			t.Errorf("%s: CheckUsable = %v", tt.name, uerr)
+		}
 		err := ovcache.CheckEntry(r, tt.e, lnl(), tt.build)
 		if tt.msg == "" {
 			if err != nil {

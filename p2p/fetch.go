@@ -579,7 +579,7 @@ func (t *transfer) seedLike(fp *fpeer) bool {
 // requested (the end game), it duplicates a chunk requested from a single other peer, chosen at random.
 //
 // Rarity first spreads a seed's chunks over the receivers of a fleet. The front window makes chunks arrive
-// nearly in order where rarity does not decide (one source), so the store hashes the whole blob while it arrives.
+// nearly in order where rarity does not decide (one source), so the blob's file fills nearly sequentially.
 // The choice among equals must be uniform: receivers starting together from one seed choose from the same rarest
 // chunks, and a biased choice (such as the first candidate after a random start, which favours chunks that follow
 // long runs of non-candidates) makes them fetch the same chunks from the seed while others wait.

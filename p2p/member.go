@@ -33,6 +33,7 @@ const (
 	maxMemberClassLen    = 128
 	maxMemberTags        = 16
 	maxMemberTagLen      = 64
+	maxMemberVersionLen  = 64
 	memberProofLen       = 32
 	memberProofDomain    = "npu-agent/member/1\x00"
 )
@@ -51,6 +52,8 @@ type MemberInfo struct {
 	Hostname string         `json:"hostname,omitempty"`
 	Class    string         `json:"class,omitempty"`
 	Tags     []string       `json:"tags,omitempty"`
+	// Version is the member's npu-agent version; empty in records of versions before it was added.
+	Version string `json:"version,omitempty"`
 	// Proof is HMAC-SHA256(fleet key, "npu-agent/member/1\0" || peer ID bytes), or empty without a fleet key:
 	// it shows that the key's holder vouches for this identity, as a connection would.
 	Proof []byte `json:"-"`
@@ -107,6 +110,8 @@ func checkMemberFields(m MemberInfo) error {
 		return fmt.Errorf("%w: class %q", ErrBadMember, m.Class)
 	case len(m.Tags) > maxMemberTags:
 		return fmt.Errorf("%w: %d tags, above %d", ErrBadMember, len(m.Tags), maxMemberTags)
+	case !printable(m.Version, 0, maxMemberVersionLen):
+		return fmt.Errorf("%w: version %q", ErrBadMember, m.Version)
 	case len(m.Proof) != 0 && len(m.Proof) != memberProofLen:
 		return fmt.Errorf("%w: proof of %d bytes", ErrBadMember, len(m.Proof))
 	}
@@ -126,7 +131,8 @@ func checkMemberFields(m MemberInfo) error {
 	return nil
 }
 
-// encodeMember: magic, version, then each field with a u8 length or count (seq u64 little-endian).
+// encodeMember: magic, version, then each field with a u8 length or count (seq u64 little-endian). The npu-agent
+// version is an optional trailing field, absent when empty, so that records of older members still decode.
 func encodeMember(m MemberInfo) ([]byte, error) {
 	if err := checkMemberFields(m); err != nil {
 		return nil, err
@@ -147,6 +153,9 @@ func encodeMember(m MemberInfo) ([]byte, error) {
 		b = append(append(b, byte(len(t))), t...)
 	}
 	b = append(append(b, byte(len(m.Proof))), m.Proof...)
+	if m.Version != "" {
+		b = append(append(b, byte(len(m.Version))), m.Version...)
+	}
 	return b, nil
 }
 
@@ -191,6 +200,9 @@ func decodeMember(b []byte) (MemberInfo, error) {
 	}
 	if p := d.bounded(d.u8(), memberProofLen, "proof"); len(p) > 0 {
 		m.Proof = bytes.Clone(p)
+	}
+	if d.err == nil && len(d.b) > 0 {
+		m.Version = string(d.bounded(d.u8(), maxMemberVersionLen, "version"))
 	}
 	if d.err != nil {
 		return m, fmt.Errorf("%w: %w", ErrBadMember, d.err)

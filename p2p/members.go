@@ -231,7 +231,7 @@ func (n *Node) startMembers(cfg Config) error {
 	m := &members{
 		n: n, psk: cfg.FleetKey, refresh: refresh, minPeers: minPeers, kick: make(chan struct{}, 1),
 		book:    newMemberBook(n.h.ID(), cfg.FleetKey, cfg.Allowlist, memberTTLFactor*refresh),
-		info:    MemberInfo{ID: n.h.ID(), Hostname: cfg.Hostname, Class: cfg.Class, Tags: cfg.Tags},
+		info:    MemberInfo{ID: n.h.ID(), Hostname: cfg.Hostname, Class: cfg.Class, Tags: cfg.Tags, Version: cfg.Version},
 		syncing: map[peer.ID]bool{},
 	}
 	m.info.Proof = memberProof(cfg.FleetKey, n.h.ID())
@@ -521,6 +521,7 @@ func (n *Node) Members() []MemberInfo {
 		return []MemberInfo{self}
 	}
 	self.Hostname, self.Class, self.Tags = n.members.info.Hostname, n.members.info.Class, n.members.info.Tags
+	self.Version = n.members.info.Version
 	return append([]MemberInfo{self}, n.members.book.list(time.Now())...)
 }
 

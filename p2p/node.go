@@ -68,11 +68,16 @@ type Node struct {
 	members       *members
 	fleetKey      bool
 	allowLoopback bool
+	// mb proves peers' member certificates when a fleet authority is set (proof.go); nil otherwise.
+	mb *membership
 }
 
-// ServesBlobs reports whether the node serves chunks to peers: only with a fleet key (or
+// ServesBlobs reports whether the node serves chunks to peers: only with a fleet key or authority (or
 // Config.ServeWithoutFleetKey).
 func (n *Node) ServesBlobs() bool { return n.serving }
+
+// ChunksServed counts the chunks this node sent to peers since it started (metrics).
+func (n *Node) ChunksServed() int64 { return n.srv.served.Load() }
 
 // maxSeen bounds the peers Member remembers after they disconnect.
 const maxSeen = 4096
@@ -80,16 +85,7 @@ const maxSeen = 4096
 func (n *Node) met(p peer.ID) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if _, ok := n.seen[p]; !ok && len(n.seen) >= maxSeen {
-		var oldest peer.ID
-		for q, t := range n.seen {
-			if oldest == "" || t.Before(n.seen[oldest]) {
-				oldest = q
-			}
-		}
-		delete(n.seen, oldest)
-	}
-	n.seen[p] = time.Now()
+	stamp(n.seen, p, time.Now(), maxSeen)
 }
 
 // Member reports whether p counts as a fleet member for documents it signs (status reports): with an allowlist,
@@ -102,6 +98,9 @@ func (n *Node) Member(p peer.ID) bool {
 	}
 	if len(n.allow) > 0 {
 		return n.allow[p]
+	}
+	if n.mb != nil {
+		return n.mb.member(p) // a connection alone proves nothing before the certificate
 	}
 	if n.h.Network().Connectedness(p) == network.Connected {
 		return true
@@ -132,11 +131,20 @@ func New(ctx context.Context, cfg Config, store blobstore.ChunkStore, log *slog.
 		log = slog.Default()
 	}
 	log = log.With("component", "p2p")
-	h, err := newHost(cfg, log)
+	var mb *membership
+	var refuse func(peer.ID) bool
+	if cfg.Authority != nil {
+		var err error
+		if mb, err = newMembership(cfg, log); err != nil {
+			return nil, err
+		}
+		refuse = mb.refuse
+	}
+	h, err := newHost(cfg, log, refuse)
 	if err != nil {
 		return nil, err
 	}
-	return newNode(ctx, cfg, h, store, log)
+	return newNode(ctx, cfg, h, mb, store, log)
 }
 
 // NewOnHost starts a node on a host built elsewhere (simulations on libp2p's mocknet); cfg's fields that build a
@@ -146,11 +154,26 @@ func NewOnHost(ctx context.Context, cfg Config, h host.Host, store blobstore.Chu
 	if log == nil {
 		log = slog.Default()
 	}
-	return newNode(ctx, cfg, h, store, log.With("component", "p2p"))
+	log = log.With("component", "p2p")
+	var mb *membership
+	if cfg.Authority != nil {
+		var err error
+		if mb, err = newMembership(cfg, log); err != nil {
+			h.Close()
+			return nil, err
+		}
+	}
+	return newNode(ctx, cfg, h, mb, store, log)
 }
 
-func newNode(ctx context.Context, cfg Config, h host.Host, store blobstore.ChunkStore, log *slog.Logger) (*Node, error) {
-	n := &Node{
+// newNode starts a node on h; with a fleet authority (mb set) the node and everything on Host() see h through
+// gatedHost, so no stream reaches or leaves for an unproven peer.
+func newNode(ctx context.Context, cfg Config, h host.Host, mb *membership, store blobstore.ChunkStore, log *slog.Logger) (*Node, error) {
+	if mb != nil {
+		mb.start(h)
+		h = gatedHost{Host: h, m: mb}
+	}
+	n := &Node{mb: mb,
 		h: h, store: store, log: log, fp: defaultFetchParams, onBadChunk: cfg.OnBadChunk,
 		syncing: map[peer.ID]bool{}, scores: map[peer.ID]int{}, seen: map[peer.ID]time.Time{},
 		fleetKey: len(cfg.FleetKey) > 0, allowLoopback: cfg.AllowLoopback,
@@ -175,7 +198,7 @@ func (n *Node) start(ctx context.Context, cfg Config) error {
 		return err
 	}
 	n.srv = newServer(n.ctx, n.store, n.log)
-	n.serving = len(cfg.FleetKey) > 0 || cfg.ServeWithoutFleetKey
+	n.serving = len(cfg.FleetKey) > 0 || n.mb != nil || cfg.ServeWithoutFleetKey
 	if n.serving {
 		n.h.SetStreamHandler(ChunkProtocol, n.srv.handle)
 	} else {
@@ -186,8 +209,17 @@ func (n *Node) start(ctx context.Context, cfg Config) error {
 
 	// Flood publishing reaches peers that joined less than a mesh heartbeat ago (the fleet single flight needs it).
 	// Peer exchange: a pruned peer learns other topic peers (6.3), so the mesh mends on a sparse overlay.
-	if n.ps, err = pubsub.NewGossipSub(n.ctx, n.h, pubsub.WithFloodPublish(true), pubsub.WithPeerExchange(true)); err != nil {
+	psOpts := []pubsub.Option{pubsub.WithFloodPublish(true), pubsub.WithPeerExchange(true)}
+	if n.mb != nil { // gossip only with proven members, also once a member is revoked while connected
+		psOpts = append(psOpts, pubsub.WithPeerFilter(func(p peer.ID, _ string) bool { return n.mb.proven(p) }))
+	}
+	if n.ps, err = pubsub.NewGossipSub(n.ctx, n.h, psOpts...); err != nil {
 		return fmt.Errorf("p2p: gossipsub: %w", err)
+	}
+	if n.mb != nil {
+		if err := n.mb.startGossip(n.ps, n.h); err != nil {
+			return err
+		}
 	}
 	if err := n.ps.RegisterTopicValidator(RecordTopic, n.validateRecord); err != nil {
 		return fmt.Errorf("p2p: gossip validator: %w", err)
@@ -212,15 +244,20 @@ func (n *Node) start(ctx context.Context, cfg Config) error {
 	for _, p := range cfg.Allowlist {
 		n.allow[p] = true
 	}
-	n.h.Network().Notify(&network.NotifyBundle{ConnectedF: func(_ network.Network, c network.Conn) {
-		n.met(c.RemotePeer())
-		n.syncWith(c.RemotePeer())
-		n.members.syncWith(c.RemotePeer())
-	}})
-	for _, p := range n.h.Network().Peers() {
+	joined := func(p peer.ID) {
 		n.met(p)
 		n.syncWith(p)
 		n.members.syncWith(p)
+	}
+	if n.mb != nil {
+		n.mb.setOnProven(joined) // and peers proven before this point were only recorded
+	} else {
+		n.h.Network().Notify(&network.NotifyBundle{ConnectedF: func(_ network.Network, c network.Conn) {
+			joined(c.RemotePeer())
+		}})
+		for _, p := range n.h.Network().Peers() {
+			joined(p)
+		}
 	}
 	n.wg.Go(n.antiEntropy)
 
@@ -244,6 +281,9 @@ func (n *Node) Close() error {
 	}
 	if n.members != nil {
 		n.members.stop() // before gossipsub stops: see members.ctx
+	}
+	if n.mb != nil {
+		n.mb.stop()
 	}
 	n.cancel() // stops gossipsub (started on n.ctx), fetches, syncs and in-flight serving
 	n.wg.Wait()

@@ -131,8 +131,8 @@ func TestFetchChainPushesHave(t *testing.T) {
 
 // Threat 9.2 "watch flood": a member opens many WATCH_HAVE streams on a partial blob and never reads. Past
 // maxWatchesPerPeer each is answered busy; the heap stays bounded and an honest peer still fetches.
+// Not parallel: the heap is the process's, and parallel tests would count their own allocations.
 func TestThreatWatchFlood(t *testing.T) {
-	t.Parallel()
 	victim := startNode(t, "", nil)
 	honest := startNode(t, "", nil)
 	data := randomBlob(t, 3*blobstore.ChunkSize+17)

@@ -21,6 +21,7 @@ import (
 	"github.com/npu-agent/npu-agent/blobstore"
 	"github.com/npu-agent/npu-agent/compat"
 	"github.com/npu-agent/npu-agent/compile"
+	"github.com/npu-agent/npu-agent/ovcache"
 )
 
 // Limits of a manifest, checked before anything is allocated from its content.
@@ -34,7 +35,12 @@ const (
 	// MaxSelector bounds the selector's entries.
 	MaxSelector = 16
 
+	// MaxCacheEntries bounds the cache entries of one rollout.
+	MaxCacheEntries = 64
+
 	maxSignatures    = 16
+	maxCacheBuild    = 256
+	maxCacheSize     = 64 << 30
 	maxSelectorValue = 128
 	maxFileName      = 255
 )
@@ -66,6 +72,19 @@ type Manifest struct {
 	Model    SourceModel       `json:"model"`
 	Profiles []compile.Profile `json:"profiles"`           // canonical, 1 to 32, distinct
 	Selector map[string]string `json:"selector,omitempty"` // every entry must match; empty selects every agent
+	// CacheEntries are OpenVINO CACHE_DIR entries of this model that every selected agent whose application runs
+	// their build writes into its shared cache directories (docs/design.md 10.6); sorted by name then build.
+	CacheEntries []CacheEntry `json:"cache_entries,omitempty"`
+}
+
+// CacheEntry is one OpenVINO cache entry a rollout names: the file OpenVINO wrote (header and blob) as a blob
+// of the swarm.
+type CacheEntry struct {
+	Name   string `json:"name"`   // <decimal uint64>.blob, OpenVINO's name for it
+	Build  string `json:"build"`  // its OpenVINO build string (the header's ie_version)
+	Size   int64  `json:"size"`   // bytes, >= 1
+	SHA256 string `json:"sha256"` // 64 lower-case hex digits
+	Blob   string `json:"blob"`   // CIDv1 raw sha2-256, default string form
 }
 
 // SourceModel is the source model of a rollout and where its files are in the swarm.
@@ -213,7 +232,42 @@ func (m *Manifest) Validate() error {
 		}
 		seen[id] = i
 	}
-	return checkSelector(m.Selector)
+	if err := checkSelector(m.Selector); err != nil {
+		return err
+	}
+	return checkCacheEntries(m.CacheEntries)
+}
+
+// checkCacheEntries: at most MaxCacheEntries, each a valid name, build, size, digest and canonical CID, sorted
+// by name then build without duplicates (so one list has one encoding).
+func checkCacheEntries(es []CacheEntry) error {
+	if len(es) > MaxCacheEntries {
+		return fmt.Errorf("%w: %d cache entries, at most %d", ErrInvalidManifest, len(es), MaxCacheEntries)
+	}
+	for i, e := range es {
+		if !ovcache.ValidName(e.Name) {
+			return fmt.Errorf("%w: cache entry %d: name %q is not <decimal uint64>.blob", ErrInvalidManifest, i+1, e.Name)
+		}
+		if len(e.Build) > maxCacheBuild || !ovcache.ValidBuild(e.Build) || strings.ContainsFunc(e.Build, unicode.IsControl) {
+			return fmt.Errorf("%w: cache entry %s: build string %q: want 1 to %d bytes without control characters", ErrInvalidManifest, e.Name, e.Build, maxCacheBuild)
+		}
+		if e.Size < 1 || e.Size > maxCacheSize {
+			return fmt.Errorf("%w: cache entry %s: size %d: want 1 to %d", ErrInvalidManifest, e.Name, e.Size, int64(maxCacheSize))
+		}
+		if d, err := hex.DecodeString(e.SHA256); err != nil || len(d) != 32 || e.SHA256 != strings.ToLower(e.SHA256) {
+			return fmt.Errorf("%w: cache entry %s: sha256 %q: want 64 lower-case hex digits", ErrInvalidManifest, e.Name, e.SHA256)
+		}
+		if _, err := parseCanonicalCID(e.Blob); err != nil {
+			return fmt.Errorf("%w: cache entry %s: blob: %w", ErrInvalidManifest, e.Name, err)
+		}
+		if i > 0 {
+			p := es[i-1]
+			if p.Name > e.Name || p.Name == e.Name && p.Build >= e.Build {
+				return fmt.Errorf("%w: cache entries must be sorted by name then build, without duplicates (%s after %s)", ErrInvalidManifest, e.Name, p.Name)
+			}
+		}
+	}
+	return nil
 }
 
 func checkName(name string) error {

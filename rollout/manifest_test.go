@@ -299,6 +299,9 @@ func FuzzVerify(f *testing.F) {
 	f.Add(mustSign(f, m, testKey(1)))
 	f.Add(mustSign(f, m, testKey(2)))
 	f.Add(signRaw(f, rawPayload(f, m)))
+	withCache := *m
+	withCache.CacheEntries = []CacheEntry{cacheEntry(m, "1.blob")}
+	f.Add(mustSign(f, &withCache, testKey(1)))
 	f.Add([]byte(`{"type":"npu-agent/rollout-manifest/v1","payload":"e30=","signatures":[]}`))
 	f.Add([]byte(`{}`))
 	trust := trustOf(f, 1, testKey(1))
@@ -323,6 +326,10 @@ func FuzzDecodePayload(f *testing.F) {
 	m := testManifest(f, "detector", 1, "<net/>", "w")
 	f.Add(rawPayload(f, m))
 	canon, _ := m.Canonical()
+	f.Add(canon)
+	withCache := *m
+	withCache.CacheEntries = []CacheEntry{cacheEntry(m, "1.blob"), cacheEntry(m, "2.blob")}
+	canon, _ = withCache.Canonical()
 	f.Add(canon)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		got, err := decodePayload(b)

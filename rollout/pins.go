@@ -31,6 +31,8 @@ type PinnedBlob struct {
 	ModelID   string `json:"model_id"`
 	ProfileID string `json:"profile_id,omitempty"` // a compiled blob's profile; empty for a source file
 	Role      string `json:"role,omitempty"`       // a source file's role; empty for a compiled blob
+	// CacheEntry is the name of an OpenVINO cache entry the manifest names; empty otherwise.
+	CacheEntry string `json:"cache_entry,omitempty"`
 }
 
 // PinPlan is what PinSet decides.
@@ -104,7 +106,10 @@ func PinSet(history []Resolved) (PinPlan, error) {
 		if a.ProfileID != b.ProfileID {
 			return a.ProfileID < b.ProfileID
 		}
-		return a.Role < b.Role
+		if a.Role != b.Role {
+			return a.Role < b.Role
+		}
+		return a.CacheEntry < b.CacheEntry
 	})
 	sort.Strings(plan.Release)
 	return plan, nil
@@ -135,12 +140,15 @@ func checkResolved(r Resolved) error {
 
 func blobsOf(r Resolved) []PinnedBlob {
 	m := r.Manifest
-	out := make([]PinnedBlob, 0, len(m.Model.Files)+len(r.Blobs))
+	out := make([]PinnedBlob, 0, len(m.Model.Files)+len(r.Blobs)+len(m.CacheEntries))
 	for _, f := range m.Model.Files {
 		out = append(out, PinnedBlob{Blob: f.Blob, ModelID: m.Model.ID, Role: f.Role})
 	}
 	for id, blob := range r.Blobs {
 		out = append(out, PinnedBlob{Blob: blob, ModelID: m.Model.ID, ProfileID: id})
+	}
+	for _, e := range m.CacheEntries {
+		out = append(out, PinnedBlob{Blob: e.Blob, ModelID: m.Model.ID, CacheEntry: e.Name})
 	}
 	return out
 }

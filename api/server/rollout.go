@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -84,5 +85,30 @@ func (s *Server) handleGetRollout(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
+	s.addMembers(r.Context(), resp.Peers)
 	s.writeJSON(w, http.StatusOK, resp)
+}
+
+// addMembers fills in each row's hostname, class, tags and npu-agent version from the member table status shows, so that rollout
+// status names hosts, not only peer IDs. Without a status (it failed) the rows stay as they are.
+func (s *Server) addMembers(ctx context.Context, rows []api.RolloutPeer) {
+	st, err := s.agent.Status(ctx)
+	if err != nil {
+		s.log.Debug("rollout status without member details", "err", err)
+		return
+	}
+	byID := make(map[string]api.Peer, len(st.Peers))
+	for _, p := range st.Peers {
+		byID[p.ID] = p
+	}
+	for i := range rows {
+		row := &rows[i]
+		if row.Self {
+			row.Hostname, row.Class, row.Tags, row.AgentVersion = st.Hostname, st.Class, st.Tags, st.Version
+			continue
+		}
+		if p, ok := byID[row.Peer]; ok {
+			row.Hostname, row.Class, row.Tags, row.AgentVersion = p.Hostname, p.Class, p.Tags, p.Version
+		}
+	}
 }

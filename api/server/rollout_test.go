@@ -45,13 +45,20 @@ func (f *fakeRollouts) Get(_ context.Context, name string) (api.RolloutStatus, e
 		return api.RolloutStatus{}, fmt.Errorf("rollout %s: %w", name, rollout.ErrNotFound)
 	}
 	return api.RolloutStatus{Rollout: api.Rollout{Name: name, Version: 7},
-		Peers: []api.RolloutPeer{{Row: rollout.Row{Peer: "12D3KooWx", Version: 7, State: rollout.PhaseReady}, Connected: true}}}, f.err
+		Peers: []api.RolloutPeer{
+			{Row: rollout.Row{Peer: "12D3KooWx", Version: 7, State: rollout.PhaseReady}, Connected: true},
+			{Row: rollout.Row{Peer: "12D3KooWself", Version: 7, State: rollout.PhaseReady}, Self: true},
+			{Row: rollout.Row{Peer: "12D3KooWunknown"}, Connected: true},
+		}}, f.err
 }
 
 func TestRolloutEndpoints(t *testing.T) {
 	t.Parallel()
 	ro := &fakeRollouts{}
-	ts := startServer(t, newFakeAgent(), Options{Rollouts: ro})
+	ag := newFakeAgent()
+	ag.status = api.Status{Hostname: "kiosk-01", Class: "classA", Tags: []string{"site=x"}, Peers: []api.Peer{
+		{ID: "12D3KooWx", Hostname: "kiosk-02", Class: "classA", Tags: []string{"site=berlin"}}}}
+	ts := startServer(t, ag, Options{Rollouts: ro})
 	ctx := context.Background()
 
 	src, err := ts.client.AddSource(ctx, "/srv/models/det.xml")
@@ -69,8 +76,17 @@ func TestRolloutEndpoints(t *testing.T) {
 		t.Fatalf("api.Rollouts = %+v, %v", list, err)
 	}
 	st, err := ts.client.Rollout(ctx, "kiosk")
-	if err != nil || len(st.Peers) != 1 || !st.Peers[0].Connected || st.Peers[0].State != rollout.PhaseReady {
+	if err != nil || len(st.Peers) != 3 || !st.Peers[0].Connected || st.Peers[0].State != rollout.PhaseReady {
 		t.Fatalf("api.Rollout = %+v, %v", st, err)
+	}
+	// Rows name hosts: the member table's hostname, class and tags; this agent's own for its row; nothing for a
+	// peer without a member record.
+	want := []struct{ host, class, tags string }{{"kiosk-02", "classA", "site=berlin"}, {"kiosk-01", "classA", "site=x"}, {"", "", ""}}
+	for i, w := range want {
+		p := st.Peers[i]
+		if p.Hostname != w.host || p.Class != w.class || strings.Join(p.Tags, ",") != w.tags {
+			t.Errorf("row %d (%s): hostname %q class %q tags %q, want %+v", i, p.Peer, p.Hostname, p.Class, p.Tags, w)
+		}
 	}
 	if _, err := ts.client.Rollout(ctx, "nope"); !errors.Is(err, rollout.ErrNotFound) {
 		t.Errorf("api.Rollout of an unknown name: %v, want rollout.ErrNotFound", err)

@@ -113,6 +113,8 @@ func NewServer(a api.Agent, opts Options) *Server {
 	s.mux.HandleFunc("POST /v1/store/verify", s.handleStoreVerify)
 	s.mux.HandleFunc("POST /v1/store/pin", s.handleStorePin)
 	s.mux.HandleFunc("POST /v1/store/rm", s.handleStoreRemove)
+	s.mux.HandleFunc("GET /v1/cache/entries", s.handleCacheEntries) // cache.go
+	s.mux.HandleFunc("POST /v1/cache/prune", s.handleCachePrune)
 	if opts.Gatherer != nil {
 		s.mux.Handle("GET /metrics", promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{
 			ErrorLog:      slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
+	"time"
 
 	"github.com/ipfs/go-cid"
 
@@ -26,6 +28,9 @@ type Service struct {
 
 	// PeerServing is api.Status.PeerServing (the fleet's).
 	PeerServing string
+	// Hostname and Tags are this host's, as status and rollout status show them.
+	Hostname string
+	Tags     []string
 
 	models modelCache
 }
@@ -109,11 +114,25 @@ func (s *Service) PutBlob(ctx context.Context, req api.PutRequest, blob io.Reade
 // CheckSpace is the store's free-space guard for n more bytes (api.ErrNoSpace), if the store has one.
 func (s *Service) CheckSpace(n uint64) error { return checkSpace(s.Agent.Store(), n) }
 
+// job describes an activity for status: bytes, chunks and the mean rate of a fetch.
+func job(act agent.Activity, now time.Time) api.Job {
+	j := api.Job{Kind: act.Phase, ModelID: act.Model, ProfileID: act.Profile, CID: act.CID, Started: act.Started,
+		Done: uint64(max(act.Done, 0)), Total: uint64(max(act.Total, 0)), From: act.From, Peers: act.Peers}
+	if j.Total > 0 {
+		j.Chunks = (j.Total + blobstore.ChunkSize - 1) / blobstore.ChunkSize
+		j.ChunksDone = min(j.Chunks, (j.Done+blobstore.ChunkSize-1)/blobstore.ChunkSize)
+	}
+	if d := now.Sub(act.Started).Seconds(); d > 0 && j.Done > 0 {
+		j.Rate = uint64(float64(j.Done) / d)
+	}
+	return j
+}
+
 // Status reports the store, the jobs under way and the peers.
 func (s *Service) Status(ctx context.Context) (api.Status, error) {
 	a := s.Agent
-	st := api.Status{Version: s.Version, PeerID: s.PeerID, Class: a.Class(), Compiler: a.CompilerName(),
-		Jobs: []api.Job{}, Peers: []api.Peer{}}
+	st := api.Status{Version: s.Version, PeerID: s.PeerID, Hostname: s.Hostname, Tags: s.Tags, Class: a.Class(),
+		Compiler: a.CompilerName(), Jobs: []api.Job{}, Peers: []api.Peer{}}
 	st.Fingerprint, _ = a.Host().Canonical() // agent.New checked that it encodes
 	infos, err := a.Store().List(ctx)
 	if err != nil {
@@ -133,14 +152,19 @@ func (s *Service) Status(ctx context.Context) (api.Status, error) {
 		st.Store.Bytes += in.Size
 	}
 	s.Metrics.SetStore(st.Store.Bytes, st.Store.Blobs)
+	now := time.Now()
 	for _, act := range a.Activities() {
-		st.Jobs = append(st.Jobs, api.Job{
-			Kind: act.Phase, ModelID: act.Model, ProfileID: act.Profile, CID: act.CID, Started: act.Started,
-			Done: uint64(max(act.Done, 0)), Total: uint64(max(act.Total, 0)),
-		})
+		st.Jobs = append(st.Jobs, job(act, now))
 	}
 	if s.Peers != nil {
 		st.Peers = s.Peers()
+	}
+	for i := range st.Jobs {
+		if j := &st.Jobs[i]; j.From != "" {
+			if k := slices.IndexFunc(st.Peers, func(p api.Peer) bool { return p.ID == j.From }); k >= 0 {
+				j.FromHostname = st.Peers[k].Hostname
+			}
+		}
 	}
 	st.PeerServing = s.PeerServing
 	return st, nil

@@ -110,7 +110,8 @@ func TestServiceStatusShowsFetch(t *testing.T) {
 		t.Fatal(err)
 	}
 	if len(st.Jobs) != 1 || st.Jobs[0].Kind != agent.PhaseFetch || st.Jobs[0].CID != blob ||
-		st.Jobs[0].ModelID != m.ID || st.Jobs[0].ProfileID != pid || st.Jobs[0].Done != 1<<20 || st.Jobs[0].Total != 8<<20 {
+		st.Jobs[0].ModelID != m.ID || st.Jobs[0].ProfileID != pid || st.Jobs[0].Done != 1<<20 || st.Jobs[0].Total != 8<<20 ||
+		st.Jobs[0].Chunks != 8 || st.Jobs[0].ChunksDone != 1 || st.Jobs[0].From != "peer" || st.Jobs[0].Rate == 0 {
 		t.Errorf("jobs %+v, want the fetch of %s", st.Jobs, blob)
 	}
 	if st.Class == "" || st.Compiler != "sim" || len(st.Fingerprint) == 0 {
@@ -118,6 +119,28 @@ func TestServiceStatusShowsFetch(t *testing.T) {
 	}
 	if err := <-done; !errors.Is(err, context.Canceled) {
 		t.Errorf("cancelled ensure: %v", err)
+	}
+}
+
+func TestJobChunks(t *testing.T) {
+	t.Parallel()
+	start := time.Unix(1000, 0)
+	for _, c := range []struct {
+		done, total        int64
+		chunks, chunksDone uint64
+		rate               uint64
+	}{
+		{0, 0, 0, 0, 0},                         // a compile: no bytes
+		{0, 8 << 20, 8, 0, 0},                   // nothing yet
+		{1, 8 << 20, 8, 1, 0},                   // part of the first chunk
+		{3 << 20, 3<<20 + 5, 4, 3, 1 << 20},     // the short last chunk still to come
+		{3<<20 + 5, 3<<20 + 5, 4, 4, 1<<20 + 1}, // all of it
+	} {
+		j := job(agent.Activity{Phase: agent.PhaseFetch, Started: start, Done: c.done, Total: c.total}, start.Add(3*time.Second))
+		if j.Chunks != c.chunks || j.ChunksDone != c.chunksDone || j.Rate != c.rate {
+			t.Errorf("%d/%d bytes: chunks %d/%d rate %d, want %d/%d rate %d", c.done, c.total, j.ChunksDone, j.Chunks, j.Rate,
+				c.chunksDone, c.chunks, c.rate)
+		}
 	}
 }
 

@@ -40,6 +40,10 @@ var _ api.StoreAdmin = (*StoreAdmin)(nil)
 // (its "resolved/<name>" KV keys).
 const rolloutHistoryDir = "resolved"
 
+// RolloutPins maps each blob the kept rollout versions need (source files, compiled blobs, cache entries) to
+// "NAME version N" labels; `cache ls` names the rollout of an entry by it.
+func (s *StoreAdmin) RolloutPins() (map[string][]string, error) { return s.rolloutPins() }
+
 // rolloutPins maps each blob the kept rollout versions need to "NAME version N" labels.
 func (s *StoreAdmin) rolloutPins() (map[string][]string, error) {
 	out := map[string][]string{}
@@ -193,6 +197,9 @@ func (s *StoreAdmin) Verify(ctx context.Context) (api.VerifyResponse, error) {
 		}
 		out.Corrupt = append(out.Corrupt, cc)
 	}
+	for _, c := range rep.WrongSHA256 {
+		out.WrongSHA256 = append(out.WrongSHA256, c.String())
+	}
 	return out, err
 }
 
@@ -250,18 +257,32 @@ func joinAnd(s []string) string {
 
 // storeAdmin returns what the server's agent offers for store maintenance, or answers 404.
 func (s *Server) storeAdmin(w http.ResponseWriter, r *http.Request) (api.StoreAdmin, bool) {
-	sa, ok := s.agent.(api.StoreAdmin)
+	return agentAs[api.StoreAdmin](s, w, r)
+}
+
+// agentAs returns the server's agent as an A (what it offers for maintenance), or answers 404.
+func agentAs[A any](s *Server, w http.ResponseWriter, r *http.Request) (A, bool) {
+	a, ok := s.agent.(A)
 	if !ok {
 		s.writeError(w, http.StatusNotFound, api.CodeNoSuchEndpoint, fmt.Sprintf("%s %s: no such endpoint", r.Method, r.URL.Path))
 	}
-	return sa, ok
+	return a, ok
 }
 
 // storeCall is every store endpoint: the agent's store admin, the JSON body decoded into Req (GET has none),
 // the owner check when ownerOnly says the request changes or re-reads the store, then do's answer.
 func storeCall[Req, Resp any](s *Server, w http.ResponseWriter, r *http.Request, ownerOnly func(Req) bool,
 	do func(api.StoreAdmin, context.Context, Req) (Resp, error)) {
-	sa, ok := s.storeAdmin(w, r)
+	adminCall(s, w, r, s.storeAdmin, ownerOnly, do)
+}
+
+// adminCall is every maintenance endpoint (store, cache): the admin the agent offers (admin answers 404
+// otherwise), the JSON body decoded into Req (GET has none), the owner check when ownerOnly says the request
+// changes something, then do's answer.
+func adminCall[A, Req, Resp any](s *Server, w http.ResponseWriter, r *http.Request,
+	admin func(http.ResponseWriter, *http.Request) (A, bool), ownerOnly func(Req) bool,
+	do func(A, context.Context, Req) (Resp, error)) {
+	sa, ok := admin(w, r)
 	if !ok {
 		return
 	}

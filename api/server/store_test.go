@@ -80,6 +80,9 @@ func TestStoreEndpointsOwnerOnly(t *testing.T) {
 		{"verify", "POST", "/v1/store/verify", `{}`, false},
 		{"pin", "POST", "/v1/store/pin", `{"cid":"` + blob + `","pinned":false,"force":true}`, false},
 		{"rm", "POST", "/v1/store/rm", `{"cid":"` + blob + `"}`, false},
+		{"cache-ls", "GET", "/v1/cache/entries", "", true}, // cache_test.go
+		{"cache-prune-dry-run", "POST", "/v1/cache/prune", `{"dry_run":true}`, true},
+		{"cache-prune", "POST", "/v1/cache/prune", `{}`, false},
 	}
 	ln, err := ListenTCP("127.0.0.1:0")
 	if err != nil {

@@ -5,8 +5,6 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"hash"
-	"maps"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -117,9 +115,6 @@ func (s *Store) PutChunk(ctx context.Context, blob cid.Cid, i int, data []byte) 
 	if err != nil {
 		return fmt.Errorf("put chunk %d of %s: %w", i, blob, err)
 	}
-	if st == statePartial {
-		s.advancePrefix(ctx, d, m, i, data)
-	}
 	return nil
 }
 
@@ -140,7 +135,7 @@ func (s *Store) writeChunk(d [32]byte, m *blobstore.Manifest, i int, data []byte
 		return st, err
 	}
 	defer f.Close()
-	p := s.prefixOf(d)
+	p := s.fillOf(d)
 	off := int64(m.ChunkOffset(i))
 	if r := int(off / allocRegion); p.allocate(r) {
 		preallocate(f, int64(r)*allocRegion, min(allocRegion, int64(m.Size)-int64(r)*allocRegion))
@@ -158,6 +153,9 @@ func (s *Store) writeChunk(d [32]byte, m *blobstore.Manifest, i int, data []byte
 		}
 		return txn.Set(haveKey(d, i), encodeCRC(crc))
 	})
+	if err == nil && st == statePartial {
+		p.stored(i, len(m.Chunks))
+	}
 	return st, err
 }
 
@@ -165,22 +163,41 @@ func (s *Store) writeChunk(d [32]byte, m *blobstore.Manifest, i int, data []byte
 // fsync of a commit waits for at most about twice this (64 MiB at 250 MB/s would be a quarter of a second).
 const writebackEvery = 16 << 20
 
-// prefixHash is the state kept in memory per partial blob being filled: the whole-blob sha256 of its leading
-// chunks (so that Commit has only the tail left to hash; chunks go in as PutChunk verified them when they arrive
-// in order, else read back from the file), the regions of its file already preallocated, and the bytes written
-// since writeback last started.
-type prefixHash struct {
-	mu   sync.Mutex
-	h    hash.Hash
-	next int // chunks [0, next) are in h
-
+// fill is the state kept in memory per partial blob being filled: the regions of its file already preallocated,
+// the bytes written since writeback last started, and which chunks this process stored (their bytes are in the
+// page cache since a pwrite that succeeded; Commit checks the others).
+type fill struct {
 	allocMu sync.Mutex
 	alloc   map[int]bool
+	mine    []bool
 	written atomic.Int64
 }
 
+// stored records that this process stored chunk i of a blob of n chunks.
+func (p *fill) stored(i, n int) {
+	p.allocMu.Lock()
+	defer p.allocMu.Unlock()
+	if p.mine == nil {
+		p.mine = make([]bool, n)
+	}
+	p.mine[i] = true
+}
+
+// earlier lists the chunks of a blob of n chunks that this process did not store.
+func (p *fill) earlier(n int) []int {
+	p.allocMu.Lock()
+	defer p.allocMu.Unlock()
+	var out []int
+	for i := range n {
+		if i >= len(p.mine) || !p.mine[i] {
+			out = append(out, i)
+		}
+	}
+	return out
+}
+
 // allocate reports whether region r still needs preallocating, and marks it done.
-func (p *prefixHash) allocate(r int) bool {
+func (p *fill) allocate(r int) bool {
 	p.allocMu.Lock()
 	defer p.allocMu.Unlock()
 	if p.alloc[r] {
@@ -193,79 +210,22 @@ func (p *prefixHash) allocate(r int) bool {
 	return true
 }
 
-func (s *Store) prefixOf(d [32]byte) *prefixHash {
-	s.prefixMu.Lock()
-	defer s.prefixMu.Unlock()
-	p := s.prefixes[d]
+func (s *Store) fillOf(d [32]byte) *fill {
+	s.fillsMu.Lock()
+	defer s.fillsMu.Unlock()
+	p := s.fills[d]
 	if p == nil {
-		p = &prefixHash{h: sha256.New()}
-		s.prefixes[d] = p
+		p = &fill{}
+		s.fills[d] = p
 	}
 	return p
 }
 
-// dropPrefix forgets d's prefix hash: the blob was committed, put or deleted, or its hash did not match.
-func (s *Store) dropPrefix(d [32]byte) {
-	s.prefixMu.Lock()
-	delete(s.prefixes, d)
-	s.prefixMu.Unlock()
-}
-
-// resetPrefix starts d's whole-blob hash afresh (a chunk hashed into it may be bad), keeping the rest.
-func (s *Store) resetPrefix(d [32]byte) {
-	s.prefixMu.Lock()
-	if p := s.prefixes[d]; p != nil {
-		p.allocMu.Lock()
-		np := &prefixHash{h: sha256.New(), alloc: maps.Clone(p.alloc)}
-		p.allocMu.Unlock()
-		s.prefixes[d] = np
-	}
-	s.prefixMu.Unlock()
-}
-
-// advancePrefix adds chunk i (data, just stored and verified) to d's prefix hash if it is next, then the stored
-// chunks that follow. One caller works at a time; the others return at once, and what they stored is picked up
-// by the next call or by Commit. Errors are left to Commit.
-func (s *Store) advancePrefix(ctx context.Context, d [32]byte, m *blobstore.Manifest, i int, data []byte) {
-	p := s.prefixOf(d)
-	if !p.mu.TryLock() {
-		return
-	}
-	defer p.mu.Unlock()
-	if p.next == i {
-		p.h.Write(data)
-		p.next++
-	}
-	_ = p.advance(ctx, s, d, m)
-}
-
-// advance hashes stored chunks into p, read back from the file and checked against their CRC32C, until one is
-// missing (errChunkMissing) or damaged (ErrInvalidData); p.mu must be held.
-func (p *prefixHash) advance(ctx context.Context, s *Store, d [32]byte, m *blobstore.Manifest) error {
-	if p.next >= len(m.Chunks) {
-		return nil
-	}
-	f, _, st, err := s.openBlob(d)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if st != statePartial {
-		return fmt.Errorf("%w: %s is no longer partial", errChunkMissing, blobstore.DigestCID(d))
-	}
-	buf := s.getBuf()
-	defer s.putBuf(buf)
-	for ; p.next < len(m.Chunks); p.next++ {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		b, err := s.readChecked(f, d, m, p.next, (*buf)[:0])
-		if err != nil {
-			return err
-		}
-		p.h.Write(b)
-	}
-	return nil
+// dropFill forgets d's fill state: the blob was committed, put, deleted or quarantined.
+func (s *Store) dropFill(d [32]byte) {
+	s.fillsMu.Lock()
+	delete(s.fills, d)
+	s.fillsMu.Unlock()
 }
 
 // readChecked reads chunk i of m from f and checks it against its stored CRC32C: errChunkMissing if it is not
@@ -332,11 +292,14 @@ func (s *Store) HaveChunks(ctx context.Context, blob cid.Cid) ([]bool, error) {
 	return have, err
 }
 
-// Commit makes a partial blob visible. It completes the whole-blob sha256 (the chunks PutChunk has not hashed in
-// order are read back from the file, CRC-checked) and compares it with the manifest's; syncs the file; then,
+// Commit makes a partial blob visible once every chunk is stored: PutChunk checked each against its digest in the
+// manifest, and the manifest hashes to the CID, so every byte is fixed and nothing is hashed again (the manifest's
+// whole-blob sha256 is its producer's claim, which Verify checks: docs/design.md 3.2). Chunks stored before this
+// process started (a resumed fetch, a quarantined blob) are read back against their CRC32C, since a power loss
+// may have kept a chunk's key and lost its bytes; a damaged one is dropped. It syncs the file; then,
 // holding filesMu, sets it read-only, renames partial/<cid> to blobs/<cid>, syncs both directories, and swaps the
-// partial key for the manifest key in one transaction, synced. A missing chunk gives ErrIncomplete; a corrupt one
-// is dropped (so HaveChunks asks for it again) and gives ErrInvalidData. Committing a complete blob does nothing.
+// partial key for the manifest key in one transaction, synced. A missing chunk gives ErrIncomplete, a damaged one
+// ErrInvalidData (HaveChunks then asks for it again). Committing a complete blob does nothing.
 func (s *Store) Commit(ctx context.Context, blob cid.Cid) error {
 	if err := s.enter(); err != nil {
 		return err
@@ -368,7 +331,7 @@ func (s *Store) Commit(ctx context.Context, blob cid.Cid) error {
 	if missing > 0 {
 		return fmt.Errorf("commit %s: %w: %d of %d chunks missing", blob, blobstore.ErrIncomplete, missing, len(have))
 	}
-	if err := s.verifyWhole(ctx, d, m); err != nil {
+	if err := s.checkEarlier(ctx, d, m); err != nil {
 		return fmt.Errorf("commit %s: %w", blob, err)
 	}
 	if err := syncFile(s.partialPath(d)); err != nil {
@@ -400,7 +363,7 @@ func (s *Store) Commit(ctx context.Context, blob cid.Cid) error {
 	if err != nil {
 		return fmt.Errorf("commit %s: %w", blob, err)
 	}
-	s.dropPrefix(d)
+	s.dropFill(d)
 	return nil
 }
 
@@ -423,56 +386,30 @@ func syncFile(path string) error {
 	return errors.Join(f.Sync(), f.Close())
 }
 
-// verifyWhole checks the whole-blob sha256 the manifest claims, hashing the chunks that PutChunk has not yet
-// added to d's prefix hash from the file. PutChunk verified every chunk, so they are re-hashed one by one only
-// when the whole does not match: to find a chunk damaged since and drop it, so that the fetch gets it again.
-func (s *Store) verifyWhole(ctx context.Context, d [32]byte, m *blobstore.Manifest) error {
-	p := s.prefixOf(d)
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if err := p.advance(ctx, s, d, m); err != nil {
-		if ctx.Err() != nil {
-			return err
-		}
-		return s.dropChunk(d, m, p.next, err)
+// checkEarlier reads back the chunks of partial blob d that this process did not store and checks them against
+// their CRC32C (no re-hash: each matched its digest when it was stored); a damaged one loses its key.
+func (s *Store) checkEarlier(ctx context.Context, d [32]byte, m *blobstore.Manifest) error {
+	idx := s.fillOf(d).earlier(len(m.Chunks))
+	if len(idx) == 0 {
+		return ctx.Err()
 	}
-	var sum [32]byte
-	if p.h.Sum(sum[:0]); sum == m.SHA256 {
-		return nil
-	}
-	s.resetPrefix(d) // a chunk hashed into it may be the bad one: start afresh
-	f, _, _, err := s.openBlob(d)
+	f, _, st, err := s.openBlob(d)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
+	if st != statePartial {
+		return nil // committed or put meanwhile
+	}
 	buf := s.getBuf()
 	defer s.putBuf(buf)
-	for i := range m.Chunks {
+	for _, i := range idx {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if _, err := readHashed(f, d, m, i, (*buf)[:0]); err != nil {
-			return s.dropChunk(d, m, i, err)
+		if _, err := s.readChecked(f, d, m, i, (*buf)[:0]); err != nil {
+			return s.quarantine(d, m, i, err) // for a partial blob: drops the chunk's key
 		}
 	}
-	return fmt.Errorf("%w: the chunks' sha256 is %x, the manifest claims %x", blobstore.ErrInvalidData, sum, m.SHA256)
-}
-
-// dropChunk forgets chunk i of blob d when err (from reading it) says it is corrupt or missing, and returns err:
-// ErrInvalidData, or ErrIncomplete for a missing chunk.
-func (s *Store) dropChunk(d [32]byte, m *blobstore.Manifest, i int, err error) error {
-	if !errors.Is(err, blobstore.ErrInvalidData) && !errors.Is(err, errChunkMissing) {
-		return err
-	}
-	if i >= len(m.Chunks) {
-		return err
-	}
-	if derr := s.deleteKeys([][]byte{haveKey(d, i)}); derr != nil {
-		return errors.Join(err, derr)
-	}
-	if errors.Is(err, errChunkMissing) {
-		return fmt.Errorf("%w: %w", blobstore.ErrIncomplete, err)
-	}
-	return err
+	return nil
 }

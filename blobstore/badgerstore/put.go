@@ -193,7 +193,7 @@ func (p *put) publish(m *blobstore.Manifest, tmpName string) error {
 			s.log.Warn("blob store: remove the partial file a put completed", "err", err)
 		}
 	}
-	s.dropPrefix(d)
+	s.dropFill(d)
 	return nil
 }
 

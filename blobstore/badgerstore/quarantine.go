@@ -33,7 +33,7 @@ func (s *Store) quarantine(d [32]byte, m *blobstore.Manifest, i int, err error) 
 	s.filesMu.Lock()
 	was, qerr := s.quarantineLocked(d, m, i)
 	s.filesMu.Unlock()
-	s.dropPrefix(d)
+	s.dropFill(d)
 	if qerr != nil {
 		s.log.Error("blob store: cannot quarantine a damaged blob", "blob", blobstore.DigestCID(d), "chunk", i, "err", qerr)
 		return errors.Join(err, qerr)

@@ -127,8 +127,8 @@ type Store struct {
 	manifests map[[32]byte]*blobstore.Manifest
 	manBytes  int
 
-	prefixMu sync.Mutex
-	prefixes map[[32]byte]*prefixHash // per partial blob being filled: whole-blob hash, preallocation, writeback
+	fillsMu sync.Mutex
+	fills   map[[32]byte]*fill // per partial blob being filled: preallocation, writeback
 
 	readersMu sync.Mutex
 	readers   map[[32]byte]int // open Readers per blob; gc skips them
@@ -213,7 +213,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		opts:      opts,
 		access:    map[[32]byte]accessTimes{},
 		manifests: map[[32]byte]*blobstore.Manifest{},
-		prefixes:  map[[32]byte]*prefixHash{},
+		fills:     map[[32]byte]*fill{},
 		readers:   map[[32]byte]int{},
 		bg:        make(chan struct{}, 1),
 		bgDone:    make(chan struct{}),
@@ -669,7 +669,7 @@ func (s *Store) deleteLocked(d [32]byte, checkPin bool) (uint64, error) {
 	s.accMu.Lock()
 	delete(s.access, d)
 	s.accMu.Unlock()
-	s.dropPrefix(d)
+	s.dropFill(d)
 	var size uint64
 	if m != nil {
 		size = m.Size

@@ -268,9 +268,10 @@ func TestCorruptChunkDetected(t *testing.T) {
 
 			s = open(t, dir, testOptions(t))
 			defer closeStore(t, s)
+			// A damaged chunk also breaks the whole-blob hash; that is damage, not a false claim.
 			if rep, err := s.Verify(ctx); err != nil || len(rep.Corrupt) != 1 || rep.Corrupt[0].Index != 1 ||
-				!rep.Corrupt[0].Chunk.Equals(blobstore.ChunkCID(m.Chunks[1])) || rep.Chunks != 3 {
-				t.Fatalf("Verify = %+v, %v; want chunk 1 corrupt", rep, err)
+				!rep.Corrupt[0].Chunk.Equals(blobstore.ChunkCID(m.Chunks[1])) || rep.Chunks != 3 || len(rep.WrongSHA256) != 0 {
+				t.Fatalf("Verify = %+v, %v; want chunk 1 corrupt and no wrong sha256", rep, err)
 			}
 			if err := detect(s, m); !errors.Is(err, blobstore.ErrInvalidData) {
 				t.Fatalf("%s of a corrupt blob = %v, want ErrInvalidData", name, err)
@@ -321,8 +322,8 @@ func TestCorruptChunkDetected(t *testing.T) {
 	}
 }
 
-// TestFetchOrders stores a partial blob's chunks in the orders a fetch may deliver them: Commit's whole-blob
-// hash (built as they arrive, the rest read back) must match whatever the order.
+// TestFetchOrders stores a partial blob's chunks in the orders a fetch may deliver them (repeated, concurrent):
+// Commit must publish exactly the blob's bytes whatever the order.
 func TestFetchOrders(t *testing.T) {
 	t.Parallel()
 	data := storetest.Data(7, 6*cs+100)

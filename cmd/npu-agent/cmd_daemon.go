@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/npu-agent/npu-agent/agent"
+	"github.com/npu-agent/npu-agent/api"
 	"github.com/npu-agent/npu-agent/api/server"
 	"github.com/npu-agent/npu-agent/blobstore/badgerstore"
 	"github.com/npu-agent/npu-agent/config"
@@ -90,7 +91,7 @@ func runDaemon(ctx context.Context, cfg config.Config, log *slog.Logger) (err er
 		Store: store, Backend: backend, Host: host, Producer: "host:" + hostname, WorkDir: cfg.DataDir,
 		Timeout: cfg.Compiler.Timeout, Logger: log, Metrics: m,
 	}
-	svc := &server.Service{Version: version, Quota: uint64(cfg.Store.Quota), Metrics: m}
+	svc := &server.Service{Version: version, Quota: uint64(cfg.Store.Quota), Metrics: m, Hostname: hostname, Tags: cfg.Rollout.Tags}
 
 	var token string // read before any socket opens
 	if cfg.API.TokenFile != "" {
@@ -102,13 +103,14 @@ func runDaemon(ctx context.Context, cfg config.Config, log *slog.Logger) (err er
 	d := newDaemonGroup(ctx)
 	var fl *fleet.Fleet
 	if cfg.P2P.Enabled {
-		if fl, err = fleet.New(ctx, cfg, store, host, reg, m, log); err != nil {
+		if fl, err = fleet.New(ctx, cfg, store, host, version, reg, m, log); err != nil {
 			return d.abort(err)
 		}
 		d.goLower(fl.Run)
 		opts.Fleet, opts.Producer = fl, fl.ID()
 		svc.PeerID, svc.Peers = fl.ID(), fl.APIPeers
 		svc.PeerServing = fl.PeerServing()
+		m.SetChunksServed(fl.ChunksServed)
 	}
 	ag, err := agent.New(opts)
 	if err != nil {
@@ -124,11 +126,13 @@ func runDaemon(ctx context.Context, cfg config.Config, log *slog.Logger) (err er
 		}
 		d.goUpper(ro.Run)
 		apiOpts.Rollouts = ro
+		m.SetRollouts(func() map[string]int { return rolloutStates(ro) })
 	} else {
 		log.Info("rollouts disabled: rollout.trusted_keys is empty")
 	}
 	// Application cache directories (issue 14): harvest and populate OpenVINO CACHE_DIR entries.
-	if sharer, err := newOVCacheSharer(cfg, ag, reg, log); err != nil {
+	sharer, err := newOVCacheSharer(ctx, cfg, ag, backend, fl, reg, log)
+	if err != nil {
 		return d.abort(err)
 	} else if sharer != nil {
 		d.goUpper(sharer.Run)
@@ -138,7 +142,8 @@ func runDaemon(ctx context.Context, cfg config.Config, log *slog.Logger) (err er
 	srv := server.NewServer(struct {
 		*server.Service
 		*server.StoreAdmin
-	}{svc, admin}, apiOpts)
+		cacheAdmin
+	}{svc, admin, cacheAdmin{sharer, admin.RolloutPins}}, apiOpts)
 	d.goUpper(srv.Run)
 	d.goUpper(func(ctx context.Context) error { return gcLoop(ctx, ag, cfg.Store, log) })
 	log.Info("npu-agent daemon running", "version", version, "socket", cfg.SocketPath(), "data_dir", cfg.DataDir,
@@ -268,6 +273,28 @@ func newRollouts(cfg config.Config, ag *agent.Agent, fl *fleet.Fleet, log *slog.
 	}
 	log.Info("following rollouts", "trusted_keys", trust.KeyIDs(), "threshold", trust.Threshold(), "tags", cfg.Rollout.Tags)
 	return ro, nil
+}
+
+// rolloutStates counts the rollouts ro follows by this agent's own state of each (npu_agent_rollouts).
+func rolloutStates(ro api.Rollouts) map[string]int {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	rs, err := ro.List(ctx)
+	if err != nil {
+		return nil
+	}
+	n := map[string]int{}
+	for _, r := range rs {
+		switch {
+		case !r.Selected:
+			n["not_selected"]++
+		case r.State == "":
+			n[string(rollout.PhasePending)]++
+		default:
+			n[string(r.State)]++
+		}
+	}
+	return n
 }
 
 // gcLoop keeps the store within its quota.

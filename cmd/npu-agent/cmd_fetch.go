@@ -261,29 +261,13 @@ func (a *app) fetchViaDaemon(cmd *cobra.Command, model string, prof compile.Prof
 	if err != nil {
 		return true, err
 	}
-	bar := newProgressBar(a.stderr)
 	// The API answers when done; meanwhile the daemon's status says what it is doing for this profile
-	// (fetching n of m bytes, compiling, waiting for a peer's compile).
+	// (waiting for the fleet's compile, compiling, fetching n of m chunks): a progress line on a terminal, and
+	// with --json one status job per change as a JSON line on stderr (stdout keeps the one result).
 	pid, _ := prof.ID()
-	stop := tick.Every(500*time.Millisecond, func() {
-		phase, done, total := "daemon working", int64(0), int64(0)
-		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		defer cancel()
-		if st, err := c.Status(sctx); err == nil {
-			for _, j := range st.Jobs {
-				if j.ProfileID == pid {
-					phase, done, total = string(j.Kind), int64(j.Done), int64(j.Total)
-					if j.Kind == agent.PhaseCompile {
-						phase = "compiling"
-					}
-				}
-			}
-		}
-		bar.Update(phase, done, total)
-	})
+	stop := a.watchJob(ctx, c, pid)
 	res, err := c.Ensure(ctx, api.EnsureRequest{Model: abs, Profile: prof})
 	stop()
-	bar.Done()
 	if err != nil {
 		return true, err
 	}
@@ -300,6 +284,73 @@ func (a *app) fetchViaDaemon(cmd *cobra.Command, model string, prof compile.Prof
 		Source: agent.Source(res.Source), CID: res.CID.String(), Path: path, Size: res.Size, SHA256: res.SHA256,
 		ModelID: res.ModelID, ProfileID: res.ProfileID, Producer: res.From, WaitedFor: res.From,
 	})
+}
+
+// watchJob polls the daemon's status for the job of profile pid until the returned stop is called, and shows it.
+func (a *app) watchJob(ctx context.Context, c *api.Client, pid string) (stop func()) {
+	bar := newProgressBar(a.stderr)
+	var last api.Job
+	stopTick := tick.Every(500*time.Millisecond, func() {
+		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		st, err := c.Status(sctx)
+		if err != nil {
+			return
+		}
+		for _, j := range st.Jobs {
+			if j.ProfileID != pid {
+				continue
+			}
+			if a.asJSON && (j.Kind != last.Kind || j.Done != last.Done || j.From != last.From || j.Peers != last.Peers) {
+				_ = writeJSONLine(a.stderr, j)
+			}
+			last = j
+			bar.Update(jobPhase(j), int64(j.Done), int64(j.Total))
+		}
+	})
+	return func() {
+		stopTick()
+		bar.Done()
+	}
+}
+
+// jobPhase says what a status job does, for a progress line or the status table.
+func jobPhase(j api.Job) string {
+	switch j.Kind {
+	case agent.PhaseCompile:
+		return "compiling"
+	case agent.PhaseWait:
+		if j.From != "" {
+			return "waiting for " + jobPeer(j) + "'s compile"
+		}
+		return "waiting for the fleet's compile"
+	case agent.PhaseFetch:
+		s := "fetching"
+		if j.Chunks > 0 {
+			s += fmt.Sprintf(" %d/%d chunks", j.ChunksDone, j.Chunks)
+		}
+		switch {
+		case j.Peers == 1:
+			s += " from 1 peer"
+		case j.Peers > 1:
+			s += fmt.Sprintf(" from %d peers", j.Peers)
+		}
+		if j.From != "" && j.Peers > 0 {
+			s += " (producer " + jobPeer(j) + ")"
+		} else if j.From != "" {
+			s += " from " + jobPeer(j)
+		}
+		return s
+	}
+	return string(j.Kind)
+}
+
+// jobPeer names a job's peer: its hostname when its member record gave one, else its shortened ID.
+func jobPeer(j api.Job) string {
+	if j.FromHostname != "" {
+		return j.FromHostname
+	}
+	return short(j.From)
 }
 
 // dialDaemon returns a client of the running daemon, nil without error when none answers, or why the socket

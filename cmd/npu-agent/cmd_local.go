@@ -101,6 +101,9 @@ func (a *app) inspectCmd() *cobra.Command {
 				out.Host = "unknown: " + err.Error()
 			} else {
 				d := compat.CheckBlob(compat.DefaultRules(), t, host, kind)
+				if d.Reasons == nil {
+					d.Reasons = []string{} // JSON [], never null
+				}
 				out.Decision = &d
 				out.Host = "incompatible"
 				if d.Compatible {

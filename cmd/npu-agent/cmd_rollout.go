@@ -17,33 +17,9 @@ import (
 )
 
 func (a *app) keygenCmd() *cobra.Command {
-	var out string
-	c := &cobra.Command{
-		Use:   "keygen --out FILE",
-		Short: "Create an operator key for signing rollouts; prints the public key line for rollout.trusted_keys",
-		Args:  exactArgs(0),
-		RunE: func(*cobra.Command, []string) error {
-			if out == "" {
-				return usageError{fmt.Errorf("--out is required")}
-			}
-			priv, pub := rollout.GenerateKey()
-			if err := rollout.WritePrivateKeyFile(out, priv); err != nil {
-				return err
-			}
-			res := struct {
-				File      string `json:"file"`
-				KeyID     string `json:"key_id"`
-				PublicKey string `json:"public_key"`
-			}{out, rollout.KeyID(pub), rollout.FormatPublicKey(pub)}
-			return a.print(res, func(w io.Writer) error {
-				_, err := fmt.Fprintf(w, "# private key %s (key id %s): keep it offline, mode 0600\n"+
-					"# add this line to rollout.trusted_keys on every agent:\n%s\n", res.File, res.KeyID, res.PublicKey)
-				return err
-			})
-		},
-	}
-	c.Flags().StringVar(&out, "out", "", "file to write the private key to (never replaced if it exists)")
-	return c
+	return a.operatorKeyCmd("keygen --out FILE",
+		"Create an operator key for signing rollouts; prints the public key line for rollout.trusted_keys",
+		"# private key %s (key id %s): keep it offline, mode 0600\n# add this line to rollout.trusted_keys on every agent:\n%s\n")
 }
 
 // publishFlags are the flags of publish beside the profile ones.
@@ -54,6 +30,7 @@ type publishFlags struct {
 	profiles    []string
 	selectors   []string
 	expires     time.Duration
+	cacheFiles  []string // OpenVINO cache entries to name (ovcache.go)
 }
 
 func (a *app) publishCmd() *cobra.Command {
@@ -85,6 +62,9 @@ func (a *app) publishCmd() *cobra.Command {
 			if m.Model, err = c.AddSource(cmd.Context(), model); err != nil {
 				return err
 			}
+			if m.CacheEntries, err = manifestCacheEntries(cmd.Context(), c, o.cacheFiles); err != nil {
+				return err
+			}
 			signed, err := rollout.Sign(m, keys[0])
 			for _, k := range keys[1:] {
 				if err == nil {
@@ -109,6 +89,7 @@ func (a *app) publishCmd() *cobra.Command {
 	f.StringArrayVar(&o.selectors, "select", nil, "only agents with fingerprint field or tag:NAME = VALUE (repeatable)")
 	f.DurationVar(&o.expires, "expires", 30*24*time.Hour, "agents stop accepting the manifest this long after now")
 	f.StringArrayVar(&o.profiles, "profile", nil, "profile file (repeatable, one profile each; --device, --shape, --prop and --kind apply to every one)")
+	f.StringArrayVar(&o.cacheFiles, "cache-entry", nil, "an OpenVINO CACHE_DIR entry of this model (<hash>.blob) that this daemon harvested, for selected agents to write into their cache directories (repeatable)")
 	pf.registerOverrides(c)
 	return c
 }
@@ -237,7 +218,7 @@ func rolloutStatusTable(w io.Writer, st api.RolloutStatus) error {
 		st.Name, st.Version, s.Ready, s.InProgress, s.Failed, s.Behind, s.Ahead, s.Peers)
 	rows := make([][]string, 0, len(st.Peers))
 	for _, p := range st.Peers {
-		peer := p.Peer
+		peer := short(p.Peer)
 		if p.Self {
 			peer += " (this host)"
 		}
@@ -250,7 +231,9 @@ func rolloutStatusTable(w io.Writer, st api.RolloutStatus) error {
 		if !p.Connected && !p.Self {
 			updated += ", disconnected"
 		}
-		rows = append(rows, []string{peer, version, state, profiles, updated, p.Reason})
+		rows = append(rows, []string{peer, orDash(p.Hostname), short(p.Class), orDash(strings.Join(p.Tags, ",")),
+			orDash(p.AgentVersion), version, state, profiles, updated, p.Reason})
 	}
-	return table(w, []string{"PEER", "VERSION", "STATE", "READY", "UPDATED", "REASON"}, rows)
+	return table(w, []string{"PEER", "HOSTNAME", "CLASS", "TAGS", "NPU-AGENT", "VERSION", "STATE", "READY", "UPDATED",
+		"REASON"}, rows)
 }

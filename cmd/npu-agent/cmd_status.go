@@ -41,7 +41,8 @@ func (a *app) statusCmd() *cobra.Command {
 					peerID = "(fleet disabled)"
 				}
 				if err := table(w, []string{"AGENT", "VALUE"}, [][]string{
-					{"version", st.Version}, {"peer id", peerID}, {"compiler", orNone(st.Compiler)},
+					{"version", st.Version}, {"hostname", orDash(st.Hostname)}, {"tags", orDash(strings.Join(st.Tags, ","))},
+					{"peer id", peerID}, {"compiler", orNone(st.Compiler)},
 					{"class", short(st.Class)}, {"serving", serving(st.PeerServing)},
 					{"store", fmt.Sprintf("%d blobs, %d partial, %s of quota %s, %d records", st.Store.Blobs, st.Store.Partial,
 						humanBytes(st.Store.Bytes), quota(st.Store.Quota), st.Store.Records)},
@@ -55,9 +56,9 @@ func (a *app) statusCmd() *cobra.Command {
 					for _, j := range st.Jobs {
 						prog := "-"
 						if j.Total > 0 {
-							prog = fmt.Sprintf("%s / %s", humanBytes(j.Done), humanBytes(j.Total))
+							prog = fmt.Sprintf("%s / %s, %s/s", humanBytes(j.Done), humanBytes(j.Total), humanBytes(j.Rate))
 						}
-						rows = append(rows, []string{string(j.Kind), short(j.ModelID), short(j.ProfileID), prog,
+						rows = append(rows, []string{jobPhase(j), short(j.ModelID), short(j.ProfileID), prog,
 							time.Since(j.Started).Round(time.Second).String()})
 					}
 					return table(w, []string{"JOB", "MODEL", "PROFILE", "PROGRESS", "RUNNING"}, rows)
@@ -71,7 +72,7 @@ func (a *app) statusCmd() *cobra.Command {
 func (a *app) peersCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "peers",
-		Short: "Fleet members the running daemon knows: hostname, class, tags, whether connected, when last heard",
+		Short: "Fleet members the running daemon knows: hostname, class, tags, version, whether connected, when last heard",
 		Args:  exactArgs(0),
 		RunE: a.withStatus(func(st api.Status) error {
 			if st.Peers == nil {
@@ -89,9 +90,10 @@ func (a *app) peersCmd() *cobra.Command {
 						connected = "yes"
 					}
 					rows = append(rows, []string{p.ID, orDash(p.Hostname), short(p.Class), orDash(strings.Join(p.Tags, ",")),
-						connected, seen, strconv.Itoa(p.Records), strings.Join(p.Addrs, ",")})
+						orDash(p.Version), connected, seen, strconv.Itoa(p.Records), strings.Join(p.Addrs, ",")})
 				}
-				return table(w, []string{"PEER", "HOSTNAME", "CLASS", "TAGS", "CONNECTED", "SEEN", "RECORDS", "ADDRS"}, rows)
+				return table(w, []string{"PEER", "HOSTNAME", "CLASS", "TAGS", "VERSION", "CONNECTED", "SEEN", "RECORDS",
+					"ADDRS"}, rows)
 			})
 		}),
 	}

@@ -147,7 +147,7 @@ func (a *app) gcCmd() *cobra.Command {
 func (a *app) verifyCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "verify",
-		Short: "Re-hash every stored chunk and report corrupt ones (exit code 7 if any)",
+		Short: "Re-hash every stored chunk and each blob's whole sha256; report what does not match (exit code 7 if any)",
 		Args:  exactArgs(0),
 		RunE: a.withStore(func(cmd *cobra.Command, sa api.StoreAdmin, _ []string) error {
 			rep, err := sa.Verify(cmd.Context())
@@ -162,13 +162,16 @@ func (a *app) verifyCmd() *cobra.Command {
 					}
 					fmt.Fprintf(w, "corrupt: blob %s chunk %d (%s)\n", c.Blob, c.Index, c.Chunk)
 				}
+				for _, c := range rep.WrongSHA256 {
+					fmt.Fprintf(w, "wrong sha256: blob %s: its chunks are intact, its manifest claims another whole-blob sha256\n", c)
+				}
 				_, err := fmt.Fprintf(w, "verified %d blobs, %d chunks, %s: %d corrupt\n", rep.Blobs, rep.Chunks, humanBytes(rep.Bytes), len(rep.Corrupt))
 				return err
 			}); err != nil {
 				return err
 			}
-			if len(rep.Corrupt) > 0 {
-				return withCode(fmt.Errorf("%d corrupt chunks", len(rep.Corrupt)), exitCorrupt)
+			if len(rep.Corrupt) > 0 || len(rep.WrongSHA256) > 0 {
+				return withCode(fmt.Errorf("%d corrupt chunks, %d wrong whole-blob sha256", len(rep.Corrupt), len(rep.WrongSHA256)), exitCorrupt)
 			}
 			return nil
 		}),

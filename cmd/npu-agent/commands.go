@@ -14,6 +14,7 @@ func (a *app) commands() []*cobra.Command {
 		a.rmCmd(),
 		a.pinCmd(true),
 		a.pinCmd(false),
+		a.cacheCmd(),
 		a.daemonCmd(),
 		a.statusCmd(),
 		a.peersCmd(),

@@ -11,7 +11,13 @@ import (
 	"time"
 )
 
-func writeJSON(w io.Writer, v any) error {
+// writeJSON prints v as every command's --json output: indented, CIDs as strings.
+func writeJSON(w io.Writer, v any) error { return encodeJSON(w, v, "  ") }
+
+// writeJSONLine prints v on one line (progress events on stderr with --json), CIDs as strings.
+func writeJSONLine(w io.Writer, v any) error { return encodeJSON(w, v, "") }
+
+func encodeJSON(w io.Writer, v any, indent string) error {
 	raw, err := json.Marshal(v)
 	if err != nil {
 		return err
@@ -21,7 +27,7 @@ func writeJSON(w io.Writer, v any) error {
 		return err
 	}
 	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
+	enc.SetIndent("", indent)
 	return enc.Encode(cidStrings(tree))
 }
 

@@ -81,3 +81,43 @@ func TestLogFormat(t *testing.T) {
 		}
 	}
 }
+
+func TestJobPhase(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		j    api.Job
+		want string
+	}{
+		{api.Job{Kind: agent.PhaseWait}, "waiting for the fleet's compile"},
+		{api.Job{Kind: agent.PhaseCompile}, "compiling"},
+		{api.Job{Kind: agent.PhaseFetch}, "fetching"},
+		{api.Job{Kind: agent.PhaseFetch, Chunks: 12, ChunksDone: 3, From: "12D3KooWAQS4LYzQeGkP2Dgsno85AWjwyQ3HKEfo4TKxptGELhsc"},
+			"fetching 3/12 chunks from 12D3KooW…GELhsc"},
+		{api.Job{Kind: agent.PhaseWait, From: "12D3KooWAQS4LYzQeGkP2Dgsno85AWjwyQ3HKEfo4TKxptGELhsc"},
+			"waiting for 12D3KooW…GELhsc's compile"},
+		{api.Job{Kind: agent.PhaseWait, From: "12D3KooWAQS4LYzQeGkP2Dgsno85AWjwyQ3HKEfo4TKxptGELhsc", FromHostname: "npu-07"},
+			"waiting for npu-07's compile"},
+		{api.Job{Kind: agent.PhaseFetch, Chunks: 12, ChunksDone: 3, Peers: 1}, "fetching 3/12 chunks from 1 peer"},
+		{api.Job{Kind: agent.PhaseFetch, Chunks: 12, ChunksDone: 5, Peers: 3, From: "x", FromHostname: "npu-07"},
+			"fetching 5/12 chunks from 3 peers (producer npu-07)"},
+	} {
+		if got := jobPhase(c.j); got != c.want {
+			t.Errorf("jobPhase(%+v) = %q, want %q", c.j, got, c.want)
+		}
+	}
+}
+
+func TestWriteJSONLine(t *testing.T) {
+	t.Parallel()
+	mh, err := multihash.Sum([]byte("x"), multihash.SHA2_256, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	if err := writeJSONLine(&b, api.Job{Kind: agent.PhaseFetch, CID: cid.NewCidV1(cid.Raw, mh), Done: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if out := b.String(); strings.Count(out, "\n") != 1 || !strings.HasSuffix(out, "\n") || strings.Contains(out, `{"/"`) {
+		t.Errorf("writeJSONLine printed %q: want one line, CIDs as strings", out)
+	}
+}

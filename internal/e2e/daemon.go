@@ -72,10 +72,13 @@ type Config struct {
 	// P2P enables the libp2p node on TCP P2PPort with mDNS discovery.
 	P2P          bool
 	FleetKeyFile string // p2p.fleet_key_file; "" for none
-	FlightWindow time.Duration
-	LeaseTTL     time.Duration
-	Deadline     time.Duration
-	LogLevel     string // "" is info
+	// FleetAuthority, MemberCertFile and RevocationsFile: p2p.fleet_authority, member_cert_file and
+	// revocations_file (a fleet authority instead of a fleet key); "" for none.
+	FleetAuthority, MemberCertFile, RevocationsFile string
+	FlightWindow                                    time.Duration
+	LeaseTTL                                        time.Duration
+	Deadline                                        time.Duration
+	LogLevel                                        string // "" is info
 	// TrustedKeys are operator public keys (rollout.trusted_keys); none disables rollouts.
 	TrustedKeys []string
 	Tags        []string // rollout.tags, "name=value"
@@ -92,7 +95,15 @@ type Config struct {
 	// APITCP also serves the API on this loopback address, opened by the token in TokenFile.
 	APITCP    string
 	TokenFile string
+	// User runs the daemon as this user and group (no supplementary groups), as the packaged unit runs it as
+	// npu-agent; nil runs it as the caller. Dir must be writable by it. Only without a lab (ip netns exec needs root).
+	User *syscall.Credential
+	// OVCacheDirs are application cache directories the daemon shares (ovcache.dirs).
+	OVCacheDirs []OVCacheDir
 }
+
+// OVCacheDir is one ovcache.dirs entry: the directory and its application's OpenVINO build ("" learns it).
+type OVCacheDir struct{ Path, Build string }
 
 // yaml renders c as the daemon's config file. Every value is quoted or numeric, so no path can break the syntax.
 func (c Config) yaml() []byte {
@@ -132,6 +143,12 @@ func (c Config) yaml() []byte {
 		if c.ConnLow > 0 || c.ConnHigh > 0 {
 			fmt.Fprintf(&b, "  conn_low: %d\n  conn_high: %d\n", c.ConnLow, c.ConnHigh)
 		}
+		for _, kv := range [][2]string{{"fleet_authority", c.FleetAuthority}, {"member_cert_file", c.MemberCertFile},
+			{"revocations_file", c.RevocationsFile}} {
+			if kv[1] != "" {
+				fmt.Fprintf(&b, "  %s: %s\n", kv[0], q(kv[1]))
+			}
+		}
 	}
 	if len(c.TrustedKeys) > 0 {
 		b.WriteString("rollout:\n  trusted_keys:\n")
@@ -143,6 +160,12 @@ func (c Config) yaml() []byte {
 			for _, tag := range c.Tags {
 				fmt.Fprintf(&b, "    - %s\n", q(tag))
 			}
+		}
+	}
+	if len(c.OVCacheDirs) > 0 {
+		b.WriteString("ovcache:\n  dirs:\n")
+		for _, d := range c.OVCacheDirs {
+			fmt.Fprintf(&b, "    - path: %s\n      openvino_build: %s\n", q(d.Path), q(d.Build))
 		}
 	}
 	b.WriteString("flight:\n")
@@ -206,6 +229,9 @@ func Start(ctx context.Context, lab *netlab.Lab, i int, cfg Config) (*Daemon, er
 	d.cmd = d.command(context.Background(), "--config", d.ConfigPath, "daemon")
 	d.cmd.Env = append(daemonEnv(), cfg.Env...)
 	d.cmd.Stdout, d.cmd.Stderr = log, log
+	if cfg.User != nil {
+		d.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cfg.User}
+	}
 	if err := d.cmd.Start(); err != nil {
 		log.Close()
 		return nil, fmt.Errorf("e2e: start daemon on %s: %w", d.Name, err)
@@ -429,6 +455,7 @@ type FetchResult struct {
 	Size     uint64 `json:"size"`
 	SHA256   string `json:"sha256"`
 	Producer string `json:"producer"`
+	ModelID  string `json:"model_id"`
 }
 
 // Fetch runs `npu-agent --json fetch --model model --shape shape` in the daemon's host, which asks the daemon.

@@ -124,9 +124,8 @@ type fleetOptions struct {
 	// seedCompileTime, if set, is host 0's compile time instead of compileTime: the fault tests let the seed
 	// compile the blob quickly and give every other host a compile too long to finish, so they must fetch.
 	seedCompileTime time.Duration
-	// flightWindow, connLow and connHigh are flight.window, p2p.conn_low and p2p.conn_high (0: the default).
-	flightWindow      time.Duration
-	connLow, connHigh int
+	// configure, if set, adjusts host i's config before its daemon starts.
+	configure func(i int, c *Config)
 }
 
 // standardMembers: 7 hosts, classes interleaved over the lab.
@@ -183,12 +182,15 @@ func (f *testFleet) startMember(ctx context.Context, m member) *Daemon {
 	if i == 0 && f.o.seedCompileTime > 0 {
 		ct = f.o.seedCompileTime
 	}
-	d, err := Start(ctx, f.lab, i, Config{
+	cfg := Config{
 		Binary: npuAgent, Dir: filepath.Join(f.dir, fmt.Sprintf("h%d", i)), Fingerprint: m.fp,
 		CompileTime: ct, BlobSize: f.o.blobSize, P2P: true, FleetKeyFile: f.fleetKey,
 		LeaseTTL: f.o.leaseTTL, Deadline: 5 * time.Minute, TrustedKeys: f.o.trustedKeys,
-		FlightWindow: f.o.flightWindow, ConnLow: f.o.connLow, ConnHigh: f.o.connHigh,
-	})
+	}
+	if f.o.configure != nil {
+		f.o.configure(i, &cfg)
+	}
+	d, err := Start(ctx, f.lab, i, cfg)
 	if err != nil {
 		f.t.Fatal(err)
 	}

@@ -74,12 +74,13 @@ func TestScaleLoopback(t *testing.T) {
 			peers = append(peers, fmt.Sprintf("/ip4/127.0.0.1/tcp/%d/p2p/%s", ports[j], ids[j]))
 		}
 		m := scaleMember(i)
-		d, err := Start(ctx, nil, i, Config{
+		cfg := Config{
 			Binary: npuAgent, Dir: filepath.Join(f.dir, fmt.Sprintf("h%d", i)), Fingerprint: m.fp,
 			CompileTime: f.o.compileTime, BlobSize: f.o.blobSize, P2P: true, FleetKeyFile: f.fleetKey,
-			Loopback: true, Port: ports[i], Peers: peers, Deadline: 5 * time.Minute, FlightWindow: f.o.flightWindow,
-			ConnLow: f.o.connLow, ConnHigh: f.o.connHigh,
-		})
+			Loopback: true, Port: ports[i], Peers: peers, Deadline: 5 * time.Minute,
+		}
+		f.o.configure(i, &cfg)
+		d, err := Start(ctx, nil, i, cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -120,13 +121,10 @@ func TestScaleNamespaces(t *testing.T) {
 // bounds, NPU_TEST_SCALE_WINDOW as flight.window. The daemons are stopped when the test ends.
 func newScaleFleet(t *testing.T, lab *netlab.Lab, n int) *testFleet {
 	t.Helper()
-	o := fleetOptions{compileTime: 2 * time.Second, blobSize: 4 << 20, connLow: scaleConnLow, connHigh: scaleConnHigh}
-	if v := os.Getenv("NPU_TEST_SCALE_WINDOW"); v != "" {
-		var err error
-		if o.flightWindow, err = time.ParseDuration(v); err != nil {
-			t.Fatalf("NPU_TEST_SCALE_WINDOW: %v", err)
-		}
-	}
+	window := scaleWindow(t)
+	o := fleetOptions{compileTime: 2 * time.Second, blobSize: 4 << 20, configure: func(_ int, c *Config) {
+		c.FlightWindow, c.ConnLow, c.ConnHigh = window, scaleConnLow, scaleConnHigh
+	}}
 	dir := t.TempDir()
 	key := filepath.Join(dir, "fleet.key")
 	if err := WriteFleetKey(key); err != nil {
@@ -139,6 +137,19 @@ func newScaleFleet(t *testing.T, lab *netlab.Lab, n int) *testFleet {
 	f := &testFleet{t: t, lab: lab, model: model, killed: map[int]bool{}, dir: dir, fleetKey: key, o: o}
 	t.Cleanup(f.stop)
 	return f
+}
+
+// scaleWindow is NPU_TEST_SCALE_WINDOW, the daemons' flight.window (0: the daemon's default).
+func scaleWindow(t *testing.T) time.Duration {
+	v := os.Getenv("NPU_TEST_SCALE_WINDOW")
+	if v == "" {
+		return 0
+	}
+	w, err := time.ParseDuration(v)
+	if err != nil {
+		t.Fatalf("NPU_TEST_SCALE_WINDOW: %v", err)
+	}
+	return w
 }
 
 // scaleMember is daemon i's class: A and B alternate.
@@ -211,8 +222,8 @@ func (f *testFleet) checkScale(ctx context.Context, t0 time.Time) {
 			}
 			conns += c
 			connsMax = max(connsMax, c)
-			if c > f.o.connHigh && over == "" {
-				over = fmt.Sprintf("%s: %d connections, above p2p.conn_high %d", d.Name, c, f.o.connHigh)
+			if c > scaleConnHigh && over == "" {
+				over = fmt.Sprintf("%s: %d connections, above p2p.conn_high %d", d.Name, c, scaleConnHigh)
 			}
 		}
 		settled = time.Since(t0)
@@ -266,7 +277,7 @@ func (f *testFleet) checkScale(ctx context.Context, t0 time.Time) {
 	}
 	t.Logf("window=%s hosts=%d ready=%s full_membership=%s conns_mean=%.1f conns_max=%d (conn_high %d, at %s) "+
 		"idle_rss_mean=%.1fMiB idle_rss_max=%.1fMiB fetch_all=%s compilers=%v flight_compiles=%v fetch_fallbacks=%d",
-		f.o.flightWindow, n, ready.Round(time.Millisecond), slowest.Round(time.Millisecond), float64(conns)/float64(n),
-		connsMax, f.o.connHigh, settled.Round(time.Second), float64(rssSum)/float64(n)/(1<<20),
+		scaleWindow(t), n, ready.Round(time.Millisecond), slowest.Round(time.Millisecond), float64(conns)/float64(n),
+		connsMax, scaleConnHigh, settled.Round(time.Second), float64(rssSum)/float64(n)/(1<<20),
 		float64(rssMax)/(1<<20), fetch.Round(time.Millisecond), compiler, flightCompiles, fallbacks)
 }

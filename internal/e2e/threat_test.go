@@ -222,7 +222,10 @@ func (s *sampler) finish(ctx context.Context, settle time.Duration, extra string
 // It is stopped when the test ends; its log is printed if the test failed.
 func startLocal(ctx context.Context, t *testing.T, name string, cfg Config) *Daemon {
 	t.Helper()
-	cfg.Binary, cfg.Dir, cfg.Fingerprint, cfg.Loopback = npuAgent, filepath.Join(t.TempDir(), name), LunarLake, true
+	cfg.Binary, cfg.Fingerprint, cfg.Loopback = npuAgent, LunarLake, true
+	if cfg.Dir == "" {
+		cfg.Dir = filepath.Join(t.TempDir(), name)
+	}
 	d, err := Start(ctx, nil, -1, cfg)
 	if d != nil {
 		d.Name = name

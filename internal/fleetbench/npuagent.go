@@ -4,6 +4,7 @@ package fleetbench
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"os"
@@ -14,6 +15,8 @@ import (
 
 	"github.com/npu-agent/npu-agent/api"
 	"github.com/npu-agent/npu-agent/internal/e2e"
+	"github.com/npu-agent/npu-agent/p2p"
+	"github.com/npu-agent/npu-agent/rollout"
 )
 
 // NPUAgent is npu-agent's own distribution: a daemon on every host, joined into one fleet by mDNS and a fleet
@@ -24,6 +27,9 @@ import (
 type NPUAgent struct {
 	// Binary is the npu-agent binary to run.
 	Binary string
+	// Authority joins the fleet with a fleet authority's member certificates instead of a fleet key
+	// (docs/design.md 6.2): no second cipher on every byte, QUIC as a fallback.
+	Authority bool
 
 	env     Env
 	daemons []*e2e.Daemon // index = lab host
@@ -37,7 +43,12 @@ var _ System = (*NPUAgent)(nil)
 const receiverCompileTime = 24 * time.Hour
 
 // Name implements System.
-func (*NPUAgent) Name() string { return "npu-agent" }
+func (a *NPUAgent) Name() string {
+	if a.Authority {
+		return "npu-agent-authority"
+	}
+	return "npu-agent"
+}
 
 // Setup implements System: it starts a daemon on every host, waits until each sees all the others, registers the
 // seed blob with the seed's daemon, and waits until every receiver has the record of it.
@@ -50,14 +61,23 @@ func (a *NPUAgent) Setup(ctx context.Context, env Env) error {
 	}
 	a.env = env
 	key := filepath.Join(env.Dir, "fleet.key")
-	if err := e2e.WriteFleetKey(key); err != nil {
+	var authority ed25519.PrivateKey
+	if a.Authority {
+		_, authority, _ = ed25519.GenerateKey(nil)
+	} else if err := e2e.WriteFleetKey(key); err != nil {
 		return err
 	}
 	for i := range env.Lab.Hosts {
-		d, err := e2e.Start(ctx, env.Lab, i, e2e.Config{
+		c := e2e.Config{
 			Binary: a.Binary, Dir: filepath.Join(env.Dir, "h"+strconv.Itoa(i)), Fingerprint: SeedFingerprint,
 			CompileTime: receiverCompileTime, BlobSize: 4096, P2P: true, FleetKeyFile: key,
-		})
+		}
+		if a.Authority {
+			if err := memberOf(authority, &c); err != nil {
+				return err
+			}
+		}
+		d, err := e2e.Start(ctx, env.Lab, i, c)
 		if err != nil {
 			return err
 		}
@@ -76,6 +96,24 @@ func (a *NPUAgent) Setup(ctx context.Context, env Env) error {
 		}
 	}
 	return a.seed(ready)
+}
+
+// memberOf gives the daemon of c an identity and a certificate of authority, in place of the fleet key.
+func memberOf(authority ed25519.PrivateKey, c *e2e.Config) error {
+	id, err := e2e.WriteIdentity(filepath.Join(c.Dir, "data"))
+	if err != nil {
+		return err
+	}
+	cert, err := p2p.IssueCert(authority, id, time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour))
+	if err != nil {
+		return err
+	}
+	c.FleetKeyFile, c.MemberCertFile = "", filepath.Join(c.Dir, "member.cert")
+	c.FleetAuthority = rollout.FormatPublicKey(authority.Public().(ed25519.PublicKey))
+	if err := os.WriteFile(c.MemberCertFile, p2p.EncodePEM(cert, true), 0o644); err != nil {
+		return fmt.Errorf("fleetbench: %w", err)
+	}
+	return nil
 }
 
 // seed registers the seed blob with the seed host's daemon, which announces it to the fleet, then waits until

@@ -138,6 +138,17 @@ func (g *Group[K, S, V]) start(ctx context.Context, key K, join func(S), fn func
 	return c, nil
 }
 
+// State returns the state of the current run for key; false when none runs.
+func (g *Group[K, S, V]) State(key K) (S, bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if c := g.calls[key]; c != nil {
+		return c.state, true
+	}
+	var zero S
+	return zero, false
+}
+
 // Waiters returns how many callers wait for the current run for key (0 when none runs).
 func (g *Group[K, S, V]) Waiters(key K) int {
 	g.mu.Lock()

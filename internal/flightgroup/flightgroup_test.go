@@ -232,6 +232,12 @@ func TestDoJoinState(t *testing.T) {
 		}()
 		waitFor(t, "caller to join", func() bool { return g.Waiters("k") == i+1 })
 	}
+	if s, ok := g.State("k"); !ok || len(s.inputs) != 3 {
+		t.Errorf("State of the run: %v, %v; want the state the three callers joined", s, ok)
+	}
+	if _, ok := g.State("other"); ok {
+		t.Error("State of a key with no run")
+	}
 	close(release)
 	for range 3 {
 		if v := <-outs; strings.Join(v, "") != "abc" {
@@ -246,6 +252,9 @@ func TestDoJoinState(t *testing.T) {
 	}
 	if made.Load() != 2 {
 		t.Errorf("New called %d times for two runs", made.Load())
+	}
+	if _, ok := g.State("k"); ok {
+		t.Error("State after every run ended")
 	}
 }
 

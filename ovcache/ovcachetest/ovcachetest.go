@@ -5,6 +5,8 @@ package ovcachetest
 
 import (
 	"bytes"
+	"errors"
+	"io/fs"
 	"os"
 
 	"github.com/npu-agent/npu-agent/compat"
@@ -49,22 +51,29 @@ func Entry(h ovcache.Header, decl bool, blob []byte) []byte {
 // or its build string is not build, it removes the file (OpenVINO then compiles and writes a new one) and reports
 // false. A missing file is a miss (false, nil).
 func Load(path, build string) (hit bool, err error) {
-	f, err := os.Open(path)
-	if os.IsNotExist(err) {
+	e, err := parseFile(path)
+	var pe *fs.PathError
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
 		return false, nil
-	}
-	if err != nil {
+	case errors.As(err, &pe):
 		return false, err
-	}
-	st, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return false, err
-	}
-	e, perr := ovcache.Parse(f, st.Size(), 0)
-	f.Close()
-	if perr != nil || e.Build != build {
+	case err != nil || e.Build != build:
 		return false, os.Remove(path)
 	}
 	return true, nil
+}
+
+// parseFile parses the entry at path; a failure to open or stat it is an *fs.PathError.
+func parseFile(path string) (*ovcache.Entry, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	return ovcache.Parse(f, st.Size(), 0)
 }

@@ -7,6 +7,7 @@
 package share
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -18,6 +19,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -40,7 +43,9 @@ const (
 	// maxRemembered bounds the rejected and populated names remembered per directory.
 	maxRemembered = 10000
 	minBackoff    = 5 * time.Second
-	maxBackoff    = time.Hour
+	// recordPace is the least time between two passes woken by peers' records.
+	recordPace = 100 * time.Millisecond
+	maxBackoff = time.Hour
 )
 
 // Dir is one application cache directory to share.
@@ -51,9 +56,13 @@ type Dir struct {
 	SetOwner bool
 	UID, GID int
 	Mode     fs.FileMode
-	// Build is the OpenVINO build string of the application (openvino.get_version()). Empty: learned from the
-	// first valid entry OpenVINO writes here; until then the directory is harvested from but not populated.
+	// Build is the OpenVINO build string of the application (openvino.get_version()), fixed by the config.
+	// Empty: DefaultBuild until an entry the application writes here says otherwise (the newest one's build,
+	// remembered across restarts); with neither the directory is harvested from but not populated.
 	Build string
+	// DefaultBuild is the build string of the agent's own OpenVINO (the helper's probe): the application's
+	// until one of its entries says otherwise.
+	DefaultBuild string
 }
 
 // Agent is what the sharer needs of the agent (*agent.Agent), which alone checks and records blobs.
@@ -64,6 +73,9 @@ type Agent interface {
 	FetchCacheEntry(ctx context.Context, r blobstore.Record, build string, maxSize int64) error
 	OpenCacheEntry(ctx context.Context, c cid.Cid) (blobstore.Reader, func(), error)
 	CacheEntryRejected(ctx context.Context, r blobstore.Record)
+	// CheckCacheUsable says whether an entry of this host's own directory can still load here (nil) or is
+	// stale (ovcache.CheckUsable with this host's fingerprint).
+	CheckCacheUsable(e *ovcache.Entry, build string) error
 }
 
 // Options configure a Sharer.
@@ -77,15 +89,22 @@ type Options struct {
 	Settle       time.Duration // an entry is stable once unchanged for this long across two looks; 0: 1s
 	Logger       *slog.Logger
 	Registerer   prometheus.Registerer // nil: no metrics
+	// OnRecord, if set, subscribes fn (which must not block) to every new record from the fleet until cancel:
+	// a peer's entry is then populated at once instead of at the next pass.
+	OnRecord func(fn func()) (cancel func())
 }
 
 // Sharer is the component. Run it once.
 type Sharer struct {
-	opts   Options
-	log    *slog.Logger
-	dirs   []*dirState
-	events *prometheus.CounterVec
-	spread prometheus.Histogram
+	opts Options
+	log  *slog.Logger
+	dirs []*dirState
+	// mu guards what List and Prune (API goroutines) share with Run: each dirState's build, populated and
+	// pruned. Run's goroutine reads them without it (it is their only other writer) and writes them with it.
+	mu      sync.Mutex
+	running atomic.Bool // Run has started: Prune leaves populated entries to Run's next pass
+	events  *prometheus.CounterVec
+	spread  prometheus.Histogram
 }
 
 // look is what one Lstat of an entry saw.
@@ -107,12 +126,16 @@ type populated struct {
 type dirState struct {
 	Dir
 	root      *os.Root
+	build     string    // the application's build string in use: Dir.Build, else learned, else DefaultBuild
+	learned   string    // the newest build string of an entry the application wrote here
+	learnedAt time.Time // the mtime of the entry it was learned from, in this process
 	key       string
 	looks     map[string]look      // last look at each entry not yet settled
 	done      map[string]look      // entries harvested or found bad, as they were then
 	populated map[string]populated // entries this daemon wrote, by name
 	rejected  map[string]string    // names whose populated entry the application removed → blob
 	backoff   map[string]backoff   // names whose fetch or write failed
+	pruned    map[string]bool      // populated names Prune removed: gone, but not rejected by the application
 }
 
 type backoff struct {
@@ -124,6 +147,7 @@ type backoff struct {
 type state struct {
 	Populated map[string]populated `json:"populated"`
 	Rejected  map[string]string    `json:"rejected"`
+	Learned   string               `json:"learned_build,omitempty"`
 }
 
 // New opens the configured directories (each must exist and be a directory) and the remembered state.
@@ -191,11 +215,13 @@ func New(opts Options) (*Sharer, error) {
 			return nil, fmt.Errorf("ovcache share: %w", err)
 		}
 		ds := &dirState{Dir: d, root: root, looks: map[string]look{}, done: map[string]look{},
-			populated: map[string]populated{}, rejected: map[string]string{}, backoff: map[string]backoff{}}
+			populated: map[string]populated{}, rejected: map[string]string{}, backoff: map[string]backoff{},
+			pruned: map[string]bool{}}
 		s.dirs = append(s.dirs, ds)
 		if err := s.loadState(ds); err != nil {
 			s.log.Warn("cannot read the remembered state; starting afresh", "dir", d.Path, "err", err)
 		}
+		ds.build = cmp.Or(d.Build, ds.learned, d.DefaultBuild)
 	}
 	return s, nil
 }
@@ -237,6 +263,9 @@ func (s *Sharer) loadState(d *dirState) error {
 			d.rejected[name] = b
 		}
 	}
+	if ovcache.ValidBuild(st.Learned) {
+		d.learned = st.Learned
+	}
 	return nil
 }
 
@@ -244,7 +273,7 @@ func (s *Sharer) saveState(d *dirState) {
 	if s.opts.StateDir == "" {
 		return
 	}
-	data, err := json.Marshal(state{Populated: d.populated, Rejected: d.rejected})
+	data, err := json.Marshal(state{Populated: d.populated, Rejected: d.rejected, Learned: d.learned})
 	if err == nil {
 		if err = os.MkdirAll(s.opts.StateDir, 0o750); err == nil {
 			err = atomicfile.WriteFile(s.statePath(d), data, 0o640)
@@ -257,6 +286,7 @@ func (s *Sharer) saveState(d *dirState) {
 
 // Run watches, harvests and populates until ctx ends, then closes the directories.
 func (s *Sharer) Run(ctx context.Context) error {
+	s.running.Store(true)
 	defer func() {
 		for _, d := range s.dirs {
 			d.root.Close()
@@ -293,6 +323,15 @@ func (s *Sharer) Run(ctx context.Context) error {
 			}
 		}()
 	}
+	records := make(chan struct{}, 1)
+	if s.opts.OnRecord != nil {
+		defer s.opts.OnRecord(func() {
+			select {
+			case records <- struct{}{}:
+			default:
+			}
+		})()
+	}
 	tick := time.NewTicker(s.opts.Interval)
 	defer tick.Stop()
 	lastFull, event := time.Time{}, true
@@ -312,6 +351,13 @@ func (s *Sharer) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
+		case <-records:
+			// A peer's record: populate now, at most every recordPace (a record flood costs no more than that).
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(recordPace):
+			}
 		case <-dirty:
 			event = true
 			// Let a burst of events settle a little before looking.
@@ -358,9 +404,22 @@ func (s *Sharer) checkPopulated(ctx context.Context, d *dirState) {
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			continue
 		}
+		s.mu.Lock()
+		pruned := d.pruned[name]
+		delete(d.pruned, name)
+		if pruned {
+			delete(d.populated, name)
+		}
+		s.mu.Unlock()
+		if pruned {
+			changed = true
+			continue // removed as stale by Prune, not by the application
+		}
 		s.log.Warn("the application removed an entry written here; not writing it again", "dir", d.Path, "entry", name, "blob", p.Blob)
 		s.events.WithLabelValues("rejected").Inc()
+		s.mu.Lock()
 		delete(d.populated, name)
+		s.mu.Unlock()
 		if len(d.rejected) < maxRemembered {
 			d.rejected[name] = p.Blob
 		}
@@ -464,14 +523,11 @@ func (s *Sharer) harvest(ctx context.Context, d *dirState, name string, l look) 
 		s.invalid(d, name, err)
 		return
 	}
-	if d.Build == "" {
-		d.Build = e.Build
-		s.log.Info("learnt the application's OpenVINO build from its cache", "dir", d.Path, "build", d.Build)
-	}
+	s.learn(d, e.Build, l.mtime)
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return
 	}
-	rec, err := s.opts.Agent.PutCacheEntry(ctx, name, d.Build, f, l.size, s.opts.MaxEntrySize)
+	rec, err := s.opts.Agent.PutCacheEntry(ctx, name, d.build, f, l.size, s.opts.MaxEntrySize)
 	if err != nil {
 		if ctx.Err() == nil {
 			s.invalid(d, name, err)
@@ -482,6 +538,24 @@ func (s *Sharer) harvest(ctx context.Context, d *dirState, name string, l look) 
 	s.log.Info("harvested a cache entry", "dir", d.Path, "entry", name, "blob", rec.Blob, "key", rec.ProfileID, "bytes", rec.Size)
 }
 
+// learn takes the build string of an entry the application wrote here as the application's, unless the config
+// fixes it: the newest entry's build wins, so an upgraded application is followed. A local user who can write the
+// directory can mislead it only until the application writes its next entry, and only into populating nothing.
+func (s *Sharer) learn(d *dirState, build string, mtime time.Time) {
+	if d.Build != "" || mtime.Before(d.learnedAt) || !ovcache.ValidBuild(build) {
+		return
+	}
+	d.learnedAt = mtime
+	if build == d.build {
+		return
+	}
+	s.log.Info("learnt the application's OpenVINO build from its cache", "dir", d.Path, "build", build, "was", d.build)
+	s.mu.Lock()
+	d.build, d.learned, d.key = build, build, ""
+	s.mu.Unlock()
+	s.saveState(d)
+}
+
 func (s *Sharer) invalid(d *dirState, name string, err error) {
 	s.events.WithLabelValues("invalid").Inc()
 	s.log.Warn("not sharing a cache entry", "dir", d.Path, "entry", name, "err", err)
@@ -490,11 +564,11 @@ func (s *Sharer) invalid(d *dirState, name string, err error) {
 // populate writes the entries peers announced for this directory's key that are not here, not rejected here and
 // not backing off.
 func (s *Sharer) populate(ctx context.Context, d *dirState) {
-	if d.Build == "" {
+	if d.build == "" {
 		return
 	}
 	if d.key == "" {
-		k, err := s.opts.Agent.CacheKey(d.Build)
+		k, err := s.opts.Agent.CacheKey(d.build)
 		if err != nil {
 			s.log.Warn("no cache key for this directory", "dir", d.Path, "err", err)
 			return
@@ -545,7 +619,7 @@ func (s *Sharer) populate(ctx context.Context, d *dirState) {
 // directory with the configured owner and mode, syncs it, and links it to its name, which fails if anything
 // appeared there meanwhile: an existing entry is never replaced.
 func (s *Sharer) write(ctx context.Context, d *dirState, r blobstore.Record) error {
-	if err := s.opts.Agent.FetchCacheEntry(ctx, r, d.Build, s.opts.MaxEntrySize); err != nil {
+	if err := s.opts.Agent.FetchCacheEntry(ctx, r, d.build, s.opts.MaxEntrySize); err != nil {
 		return err
 	}
 	rd, release, err := s.opts.Agent.OpenCacheEntry(ctx, r.Blob)
@@ -602,8 +676,9 @@ func (s *Sharer) write(ctx context.Context, d *dirState, r blobstore.Record) err
 		dir.Close()
 	}
 	if len(d.populated) < maxRemembered {
-		rec := r
-		d.populated[r.ModelID] = populated{Blob: r.Blob.String(), Ino: lookAt(fi).ino, rec: rec}
+		s.mu.Lock()
+		d.populated[r.ModelID] = populated{Blob: r.Blob.String(), Ino: lookAt(fi).ino, rec: r}
+		s.mu.Unlock()
 		s.saveState(d)
 	}
 	s.events.WithLabelValues("populated").Inc()

@@ -235,6 +235,11 @@ func TestHostileDirectory(t *testing.T) {
 	must(os.WriteFile(filepath.Join(a.dir, "5.blob.tmp"), entry(ovcachetest.Build, 5), 0o600))
 	must(os.WriteFile(filepath.Join(a.dir, "6.blob"), entry("2025.4.0-1-other", 6), 0o600))
 	must(os.Mkdir(filepath.Join(a.dir, "7.blob"), 0o700))
+	// Weightless (CACHE_MODE=OPTIMIZE_SIZE): never shared, whoever offers it (design 10.2).
+	wl := ovcachetest.Trailer(compat.OVVersion{Major: 2026, Minor: 1}, 7, 4)
+	wl.Metadata.Minor, wl.InitSizes = 4, []uint64{4096}
+	weightless := ovcachetest.Entry(ovcache.Header{Build: ovcachetest.Build, FileInfo: "0", Alignment: 4096}, false, ovcachetest.Blob(wl, 5000, 7))
+	must(os.WriteFile(filepath.Join(a.dir, "8.blob"), weightless, 0o600))
 	done := make(chan struct{})
 	go func() { passes(ctx, 4, sa); close(done) }()
 	select {
@@ -263,6 +268,10 @@ func TestHostileDirectory(t *testing.T) {
 			Size: uint64(len(good)), Created: now, Producer: "X", Kind: ovcache.RecordKind})
 	}
 	p.forged = append(p.forged, blobstore.Record{ModelID: "77.blob", ProfileID: key, Blob: m.CID(), Fingerprint: fp,
+		Created: now, Producer: "X", Kind: ovcache.RecordKind})
+	mw, err := a.store.Put(ctx, bytes.NewReader(weightless))
+	must(err)
+	p.forged = append(p.forged, blobstore.Record{ModelID: "78.blob", ProfileID: key, Blob: mw.CID(), Fingerprint: fp,
 		Created: now, Producer: "X", Kind: ovcache.RecordKind})
 	passes(ctx, 3, sb)
 	names, _ := os.ReadDir(b.dir)

@@ -80,6 +80,8 @@ type flight struct {
 	nextSend    time.Time // next WANT refresh, or next heartbeat while claiming or compiling
 	lastSent    time.Time
 	announceDue bool // a new peer appeared: announce ourselves at once, at most once per tick
+
+	holder holderState // the peer this flight waits for, read by Coordinator.Holder (holder.go)
 }
 
 type exit struct {
@@ -101,6 +103,7 @@ func (f *flight) run(ctx context.Context) (Outcome, error) {
 		if x != nil {
 			return x.out, x.err
 		}
+		f.noteHolder()
 		select {
 		case <-ctx.Done():
 			x = f.abort(ctx)

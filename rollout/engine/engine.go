@@ -37,6 +37,9 @@ type Ensurer interface {
 	// FetchBlob brings blob c (a source model file) from the fleet into the store, kept from gc meanwhile; it
 	// fails at once when there is no fleet.
 	FetchBlob(ctx context.Context, c cid.Cid) error
+	// IndexCacheEntry checks stored blob c as OpenVINO cache entry name of build for this host and indexes it
+	// for the cache directories' sharer; false (no error) when it cannot serve this host.
+	IndexCacheEntry(ctx context.Context, name, build string, c cid.Cid) (bool, error)
 }
 
 // Store is what the engine does with the agent's blob store: source model files in and out, and the pins of

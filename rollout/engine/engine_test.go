@@ -40,21 +40,30 @@ type seedFleet struct {
 
 func (f *seedFleet) Records(string, string) []blobstore.Record { return nil }
 
+// Fetch moves c from the seed as p2p does: the manifest (checked against the CID), each chunk (checked by
+// PutChunk), then Commit.
 func (f *seedFleet) Fetch(ctx context.Context, c cid.Cid, _ func(done, total int64)) error {
 	f.fetches.Add(1)
-	r, err := f.seed.Open(ctx, c)
+	m, err := f.seed.Manifest(ctx, c)
 	if err != nil {
 		return p2p.ErrNoPeers
-	}
-	defer r.Close()
-	m, err := f.target.Put(ctx, r)
-	if err != nil {
-		return err
 	}
 	if m.CID() != c {
 		return blobstore.ErrInvalidData
 	}
-	return nil
+	if err := f.target.BeginPartial(ctx, m); err != nil {
+		return err
+	}
+	var buf []byte
+	for i := range m.Chunks {
+		if buf, err = f.seed.ServeChunk(ctx, c, i, buf[:0]); err != nil {
+			return err
+		}
+		if err := f.target.PutChunk(ctx, c, i, buf); err != nil {
+			return err
+		}
+	}
+	return f.target.Commit(ctx, c)
 }
 
 func (f *seedFleet) Publish(context.Context, blobstore.Record) error { return nil }

@@ -100,6 +100,9 @@ func (r *Rollouts) prepare(ctx context.Context, name string) (uint64, error) {
 		p.resolved(id, c.String())
 		log.Info("rollout profile ready", "profile", id, "blob", c, "source", source)
 	}
+	if err := r.warmCache(ctx, m, p); err != nil {
+		return m.Version, p.fail(ctx, err)
+	}
 	if err := r.updatePins(ctx, m, blobs); err != nil {
 		return m.Version, p.fail(ctx, err)
 	}
@@ -174,4 +177,40 @@ func (r *Rollouts) writeSource(ctx context.Context, m *rollout.Manifest) (compil
 		}
 		r.log.Warn("source model on disk does not match; writing it again", "dir", dir, "err", err)
 	}
+}
+
+// warmCache brings the OpenVINO cache entries the manifest names into the store (from peers when missing, the
+// size fixed by the manifest), checks each against its size and sha256, and has the agent index every one that
+// serves this host (docs/design.md 10.6); the sharer then writes them into the matching cache directories.
+func (r *Rollouts) warmCache(ctx context.Context, m *rollout.Manifest, p *progress) error {
+	for _, e := range m.CacheEntries {
+		c, err := blobstore.ParseCID(e.Blob)
+		if err != nil {
+			return fmt.Errorf("%w: %w", rollout.ErrInvalidManifest, err)
+		}
+		has, err := r.opts.Store.Has(ctx, c)
+		if err != nil {
+			return err
+		}
+		if !has {
+			p.set(rollout.PhaseFetching, "")
+			if err := r.opts.Agent.FetchBlob(blobstore.WithExpectedSize(ctx, uint64(e.Size)), c); err != nil {
+				return fmt.Errorf("fetching cache entry %s (blob %s): %w", e.Name, c, err)
+			}
+		}
+		info, err := r.opts.Store.Stat(ctx, c)
+		if err != nil {
+			return err
+		}
+		if info.Size != uint64(e.Size) || info.SHA256 != e.SHA256 {
+			return fmt.Errorf("%w: cache entry %s: blob %s holds %d bytes with sha256 %s; the manifest says %d, %s",
+				rollout.ErrSourceMismatch, e.Name, c, info.Size, info.SHA256, e.Size, e.SHA256)
+		}
+		ok, err := r.opts.Agent.IndexCacheEntry(ctx, e.Name, e.Build, c)
+		if err != nil {
+			return fmt.Errorf("cache entry %s: %w", e.Name, err)
+		}
+		r.log.Info("rollout cache entry", "rollout", m.Name, "version", m.Version, "entry", e.Name, "build", e.Build, "serves_this_host", ok)
+	}
+	return nil
 }

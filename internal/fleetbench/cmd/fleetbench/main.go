@@ -32,8 +32,12 @@ type options struct {
 // systems are the distribution systems fleetbench knows, by -systems name. Each call makes a fresh one.
 var systems = map[string]func(options) fleetbench.System{
 	"npu-agent": func(o options) fleetbench.System { return &fleetbench.NPUAgent{Binary: o.npuAgent} },
-	"nginx":     func(options) fleetbench.System { return &fleetbench.Nginx{} },
-	"aria2":     func(options) fleetbench.System { return &fleetbench.Aria2{} },
+	// The same with a fleet authority's certificates instead of the fleet key (docs/design.md 6.2).
+	"npu-agent-authority": func(o options) fleetbench.System {
+		return &fleetbench.NPUAgent{Binary: o.npuAgent, Authority: true}
+	},
+	"nginx": func(options) fleetbench.System { return &fleetbench.Nginx{} },
+	"aria2": func(options) fleetbench.System { return &fleetbench.Aria2{} },
 }
 
 var defaultSystems = "npu-agent,nginx,aria2"

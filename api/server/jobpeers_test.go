@@ -1,0 +1,123 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ipfs/go-cid"
+
+	"github.com/npu-agent/npu-agent/agent"
+	"github.com/npu-agent/npu-agent/api"
+	"github.com/npu-agent/npu-agent/blobstore"
+	"github.com/npu-agent/npu-agent/compile"
+)
+
+// progressFleet is a blockingFleet that also says whom a wait is for and how many peers a fetch receives from; with
+// wait set it advertises nothing and its single flight waits (for holder) until the context ends.
+type progressFleet struct {
+	blockingFleet
+	wait   bool
+	mu     sync.Mutex
+	holder string
+}
+
+func (f *progressFleet) setHolder(h string) {
+	f.mu.Lock()
+	f.holder = h
+	f.mu.Unlock()
+}
+
+var _ agent.FleetProgress = (*progressFleet)(nil)
+
+func (f *progressFleet) Records(modelID, profileID string) []blobstore.Record {
+	if f.wait {
+		return nil
+	}
+	return f.blockingFleet.Records(modelID, profileID)
+}
+
+func (f *progressFleet) Coordinate(ctx context.Context, _ compile.FlightKey, _ func(context.Context) (cid.Cid, error), _ func() (cid.Cid, bool)) (string, error) {
+	close(f.fetching)
+	<-ctx.Done()
+	return "", ctx.Err()
+}
+
+func (f *progressFleet) Holder(compile.FlightKey) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.holder
+}
+func (f *progressFleet) FetchPeers(cid.Cid) int { return 3 }
+
+// TestStatusJobPeers: status names the member a wait is for and the peer a fetch comes from, by hostname when the
+// member table has one, and counts the peers a fetch receives from.
+func TestStatusJobPeers(t *testing.T) {
+	t.Parallel()
+	const known, unknown = "12D3KooWknown", "12D3KooWunknown"
+	for _, c := range []struct {
+		name     string
+		wait     bool
+		peer     string
+		kind     agent.Phase
+		hostname string
+		peers    int
+	}{
+		{"wait for a member with a record", true, known, agent.PhaseWait, "npu-07", 0},
+		{"wait for a member without one", true, unknown, agent.PhaseWait, "", 0},
+		{"fetch", false, known, agent.PhaseFetch, "npu-07", 3},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			fleet := &progressFleet{blockingFleet: blockingFleet{fetching: make(chan struct{})}, wait: c.wait}
+			fleet.setHolder(c.peer)
+			svc, xml := newService(t, fleet)
+			svc.Peers = func() []api.Peer { return []api.Peer{{ID: known, Hostname: "npu-07"}, {ID: "other", Hostname: "x"}} }
+			m, err := compile.LoadModel(xml)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pid, err := testProfile().ID()
+			if err != nil {
+				t.Fatal(err)
+			}
+			fp, _ := testHost().Canonical()
+			fleet.rec = blobstore.Record{ModelID: m.ID, ProfileID: pid, Blob: testCID([]byte("b")), Fingerprint: fp,
+				Producer: c.peer, Created: time.Now()}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() {
+				_, err := svc.Ensure(ctx, api.EnsureRequest{Model: xml, Profile: testProfile()})
+				done <- err
+			}()
+			<-fleet.fetching
+			// A wait learns its holder within a poll; the second status comes after the flight ended (no holder
+			// any more) while the wait goes on.
+			for i := range 2 {
+				var st api.Status
+				for end := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+					var err error
+					if st, err = svc.Status(context.Background()); err != nil {
+						t.Fatal(err)
+					}
+					if len(st.Jobs) == 1 && st.Jobs[0].From != "" || time.Now().After(end) {
+						break
+					}
+				}
+				if len(st.Jobs) != 1 || st.Jobs[0].Kind != c.kind || st.Jobs[0].From != c.peer ||
+					st.Jobs[0].FromHostname != c.hostname || st.Jobs[0].Peers != c.peers {
+					t.Errorf("status %d: jobs %+v, want a %s job naming %s (%q) with %d peers", i, st.Jobs, c.kind, c.peer,
+						c.hostname, c.peers)
+				}
+				fleet.setHolder("")
+				time.Sleep(600 * time.Millisecond) // three of the agent's holder polls
+			}
+			cancel()
+			if err := <-done; !errors.Is(err, context.Canceled) {
+				t.Errorf("cancelled ensure: %v", err)
+			}
+		})
+	}
+}
