@@ -99,6 +99,11 @@ type P2P struct {
 	Allowlist        []string `yaml:"allowlist"`         // peer IDs; empty = any holder of the fleet key
 	TrustedProducers []string `yaml:"trusted_producers"` // peer IDs whose records are accepted; empty = any member
 	AllowLoopback    bool     `yaml:"allow_loopback"`    // single-machine demos and tests only
+	// Connection bounds (issue 15): past conn_high connections the least useful are closed down to conn_low;
+	// static peers and peers in a transfer are kept. Defaults: p2p.DefaultConnLow and DefaultConnHigh (fleet's
+	// tests check); 0 also takes them.
+	ConnLow  int `yaml:"conn_low"`
+	ConnHigh int `yaml:"conn_high"`
 	// Fleet authority, instead of fleet_key_file (docs/design.md 6.2): the authority's public key
 	// (npu-agent-ed25519:...), this member's certificate file and, optionally, the operator's revocation list file.
 	FleetAuthority  string `yaml:"fleet_authority"`
@@ -143,9 +148,11 @@ func Default() Config {
 			Sim:     Sim{CompileTime: 2 * time.Second, BlobSize: 8 << 20},
 		},
 		P2P: P2P{
-			Enabled: true,
-			Listen:  []string{"/ip4/0.0.0.0/tcp/4801", "/ip4/0.0.0.0/udp/4801/quic-v1"},
-			MDNS:    true,
+			Enabled:  true,
+			Listen:   []string{"/ip4/0.0.0.0/tcp/4801", "/ip4/0.0.0.0/udp/4801/quic-v1"},
+			MDNS:     true,
+			ConnLow:  32,
+			ConnHigh: 64,
 		},
 		Flight: Flight{Window: 500 * time.Millisecond, LeaseTTL: 15 * time.Second, Deadline: 30 * time.Minute},
 	}
@@ -257,6 +264,9 @@ func (c *Config) Validate() error {
 		if m, err := strconv.ParseUint(d.Mode, 8, 32); d.Mode != "" && (err != nil || m > 0o777) {
 			errs = append(errs, fmt.Errorf("ovcache.dirs[%d].mode: %q is not octal permission bits such as 0440", i, d.Mode))
 		}
+	}
+	if err := checkConnBounds(c.P2P.ConnLow, c.P2P.ConnHigh); err != nil {
+		errs = append(errs, err)
 	}
 	if c.P2P.Enabled && len(c.P2P.Listen) == 0 {
 		errs = append(errs, errors.New("p2p.listen: at least one address when p2p is enabled"))
@@ -420,6 +430,24 @@ func setString(v reflect.Value, s string) error {
 		v.Set(reflect.ValueOf(list))
 	default:
 		return fmt.Errorf("unsupported type %s", v.Type())
+	}
+	return nil
+}
+
+// MaxConns bounds p2p.conn_high: the resource manager's connection limits lie above it.
+const MaxConns = 1024
+
+// checkConnBounds validates p2p.conn_low and p2p.conn_high; 0 takes the node's default (32, 64).
+func checkConnBounds(low, high int) error {
+	switch {
+	case low < 0 || high < 0:
+		return fmt.Errorf("p2p.conn_low, p2p.conn_high: %d, %d: must not be negative", low, high)
+	case high > MaxConns:
+		return fmt.Errorf("p2p.conn_high: %d: at most %d", high, MaxConns)
+	case high > 0 && low >= high:
+		return fmt.Errorf("p2p.conn_low: %d: must be below p2p.conn_high (%d)", low, high)
+	case high == 0 && low > MaxConns:
+		return fmt.Errorf("p2p.conn_low: %d: at most %d", low, MaxConns)
 	}
 	return nil
 }

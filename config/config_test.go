@@ -80,6 +80,14 @@ func TestLoad(t *testing.T) {
 		{name: "unknown env option", env: []string{"NPU_AGENT_NOPE=1"}, wantErr: "NPU_AGENT_NOPE: no such option"},
 		{name: "bad env bool", env: []string{"NPU_AGENT_P2P_MDNS=perhaps"}, wantErr: "NPU_AGENT_P2P_MDNS"},
 		{name: "deadline below ttl", body: "flight:\n  deadline: 1s\n", wantErr: "flight.deadline"},
+		{name: "connection bounds", body: "p2p:\n  conn_low: 4\n  conn_high: 12\n", check: func(t *testing.T, c Config) {
+			if c.P2P.ConnLow != 4 || c.P2P.ConnHigh != 12 {
+				t.Errorf("conn bounds %d, %d", c.P2P.ConnLow, c.P2P.ConnHigh)
+			}
+		}},
+		{name: "conn low not below high", body: "p2p:\n  conn_low: 12\n  conn_high: 12\n", wantErr: "p2p.conn_low: 12: must be below p2p.conn_high (12)"},
+		{name: "conn high too large", body: "p2p:\n  conn_high: 5000\n", wantErr: "p2p.conn_high: 5000: at most 1024"},
+		{name: "conn negative", body: "p2p:\n  conn_low: -1\n", wantErr: "must not be negative"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -58,6 +58,7 @@ func CheckConfig(cfg config.Config) error {
 func p2pConfig(cfg config.Config) (p2p.Config, error) {
 	pc := p2p.DefaultConfig(cfg.DataDir)
 	pc.MDNS, pc.AllowLoopback = cfg.P2P.MDNS, cfg.P2P.AllowLoopback
+	pc.ConnLow, pc.ConnHigh = cfg.P2P.ConnLow, cfg.P2P.ConnHigh
 	var errs []error
 	var err error
 	if pc.ListenAddrs, err = multiaddrs("p2p.listen", cfg.P2P.Listen); err != nil {

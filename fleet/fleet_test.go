@@ -14,6 +14,7 @@ import (
 	"github.com/npu-agent/npu-agent/compat"
 	"github.com/npu-agent/npu-agent/compile"
 	"github.com/npu-agent/npu-agent/config"
+	"github.com/npu-agent/npu-agent/p2p"
 	"github.com/npu-agent/npu-agent/rollout"
 	"github.com/npu-agent/npu-agent/rollout/engine"
 )
@@ -130,4 +131,23 @@ func (nopEnsurer) EnsureBlob(context.Context, compile.Model, compile.Profile, fu
 func (nopEnsurer) FetchBlob(context.Context, cid.Cid) error { return errors.New("no") }
 func (nopEnsurer) IndexCacheEntry(context.Context, string, string, cid.Cid) (bool, error) {
 	return false, errors.New("no")
+}
+
+// TestConnBoundsDefaults: the config file's default connection bounds are the node's, and reach it.
+func TestConnBoundsDefaults(t *testing.T) {
+	t.Parallel()
+	def := config.Default()
+	if def.P2P.ConnLow != p2p.DefaultConnLow || def.P2P.ConnHigh != p2p.DefaultConnHigh {
+		t.Errorf("config default bounds %d/%d, p2p's %d/%d", def.P2P.ConnLow, def.P2P.ConnHigh, p2p.DefaultConnLow,
+			p2p.DefaultConnHigh)
+	}
+	cfg := testConfig(t)
+	cfg.P2P.ConnLow, cfg.P2P.ConnHigh = 5, 9
+	pc, err := p2pConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pc.ConnLow != 5 || pc.ConnHigh != 9 {
+		t.Errorf("p2p config bounds %d/%d, want 5/9", pc.ConnLow, pc.ConnHigh)
+	}
 }

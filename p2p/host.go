@@ -269,6 +269,18 @@ func resourceLimits() rcmgr.ConcreteLimitConfig {
 	return cfg.AutoScale()
 }
 
+// connBounds returns the connection manager's water marks, defaults applied.
+func connBounds(cfg Config) (low, high int) {
+	low, high = cfg.ConnLow, cfg.ConnHigh
+	if low <= 0 {
+		low = DefaultConnLow
+	}
+	if high <= 0 {
+		high = max(DefaultConnHigh, low)
+	}
+	return low, high
+}
+
 // newHost builds the libp2p host described by cfg; refuse (nil: none) is the fleet authority's gate.
 func newHost(cfg Config, log *slog.Logger, refuse func(peer.ID) bool) (host.Host, error) {
 	if cfg.DataDir == "" {
@@ -311,13 +323,7 @@ func newHost(cfg Config, log *slog.Logger, refuse func(peer.ID) bool) (host.Host
 	if err != nil {
 		return nil, fmt.Errorf("p2p: resource manager: %w", err)
 	}
-	low, high := cfg.ConnLow, cfg.ConnHigh
-	if low <= 0 {
-		low = DefaultConnLow
-	}
-	if high <= 0 {
-		high = max(DefaultConnHigh, low)
-	}
+	low, high := connBounds(cfg)
 	if high < low {
 		return nil, fmt.Errorf("p2p: config: connection high water mark %d below low %d", high, low)
 	}
@@ -398,7 +404,12 @@ type discovery struct {
 	mu     sync.Mutex // guards closed against wg.Add racing wg.Wait (mDNS calls back from its own goroutines), and found
 	closed bool
 	found  map[peer.ID]foundPeer // mDNS peers, redialled while disconnected until they go unseen for foundTTL
-	wg     sync.WaitGroup
+	// dialBelow: mDNS peers are dialled only while fewer peers are connected (or being dialled), so on a LAN of
+	// more members than that mDNS does not connect every member to every other: membership needs no full mesh
+	// (6.2), and each connection costs memory.
+	dialBelow int
+	dialing   int // mDNS dials under way, guarded by mu
+	wg        sync.WaitGroup
 }
 
 type foundPeer struct {
@@ -419,6 +430,13 @@ const (
 
 func startDiscovery(h host.Host, cfg Config, log *slog.Logger) (*discovery, error) {
 	d := &discovery{h: h, log: log, allowLoopback: cfg.AllowLoopback, found: map[peer.ID]foundPeer{}}
+	// Every member of a LAN hears every other at once when they start: each dials half the overlay fill's target
+	// and is dialled by about as many, so the overlay's degree stays near MinPeers and gossipsub meshes stay below
+	// their prune mark (prunes carry peer exchange, whose dials churned connections above conn_high).
+	d.dialBelow, _ = connBounds(cfg)
+	if cfg.MinPeers >= 0 {
+		d.dialBelow = max(1, min(d.dialBelow, minPeers(cfg))/2)
+	}
 	for _, a := range cfg.StaticPeers {
 		ai, err := peer.AddrInfoFromP2pAddr(a)
 		if err != nil {
@@ -459,7 +477,18 @@ func (d *discovery) HandlePeerFound(ai peer.AddrInfo) {
 	if len(d.found) < maxFoundPeers {
 		d.found[ai.ID] = foundPeer{ai: ai, seen: time.Now()}
 	}
+	// Dials under way count: a burst of announcements (every host of a LAN starting at once) must not dial all.
+	if len(d.h.Network().Peers())+d.dialing >= d.dialBelow {
+		d.h.Peerstore().AddAddrs(ai.ID, ai.Addrs, foundTTL) // dialable later, by a fetch or the overlay fill
+		return
+	}
+	d.dialing++
 	d.wg.Go(func() {
+		defer func() {
+			d.mu.Lock()
+			d.dialing--
+			d.mu.Unlock()
+		}()
 		ctx, cancel := context.WithTimeout(d.ctx, dialTimeout)
 		defer cancel()
 		if err := d.h.Connect(ctx, ai); err != nil {
@@ -473,8 +502,8 @@ func (d *discovery) keepConnected(ctx context.Context) {
 	t := time.NewTicker(redialInterval)
 	defer t.Stop()
 	for {
-		for _, ai := range d.targets() {
-			if d.h.Network().Connectedness(ai.ID) == network.Connected {
+		for i, ai := range d.targets() { // static peers first
+			if d.h.Network().Connectedness(ai.ID) == network.Connected || (i >= len(d.static) && d.full()) {
 				continue
 			}
 			cctx, cancel := context.WithTimeout(ctx, dialTimeout)
@@ -490,6 +519,9 @@ func (d *discovery) keepConnected(ctx context.Context) {
 		}
 	}
 }
+
+// full reports whether enough peers are connected that mDNS peers are not dialled.
+func (d *discovery) full() bool { return len(d.h.Network().Peers()) >= d.dialBelow }
 
 // targets are the static peers plus the mDNS peers announced within foundTTL (older ones are forgotten).
 func (d *discovery) targets() []peer.AddrInfo {

@@ -32,6 +32,11 @@ const (
 	// memberJoinDebounce spaces the publishes a topic join asks for: above memberMinInterval, so that no receiver
 	// takes the new record for one within its sender's budget (ignored and not forwarded).
 	memberJoinDebounce time.Duration = memberMinInterval + time.Second
+	// memberJoinPublishes bounds the publishes topic joins ask for: the first that reaches topic peers, and one
+	// more after the meshes formed. Every further member learns this one by pulls (its own on connect, and the
+	// anti-entropy pulls), so a join does not cost the fleet N receipts of a record it already holds: at 200
+	// members the joins of a start-up took 8 publishes per member, each delivered to and verified by all.
+	memberJoinPublishes = 2
 	// memberPullFirst is the first table pull from a random connected member after start; the interval doubles
 	// up to MemberRefresh and stays there (push-pull anti-entropy, as memberlist does).
 	memberPullFirst = time.Second
@@ -222,10 +227,7 @@ func (n *Node) startMembers(cfg Config) error {
 	if refresh <= 0 {
 		refresh = DefaultMemberRefresh
 	}
-	minPeers := cfg.MinPeers
-	if minPeers == 0 {
-		minPeers = defaultMinPeers
-	}
+	minPeers := minPeers(cfg)
 	m := &members{
 		n: n, psk: cfg.FleetKey, refresh: refresh, minPeers: minPeers, kick: make(chan struct{}, 1),
 		book:    newMemberBook(n.h.ID(), cfg.FleetKey, cfg.Allowlist, memberTTLFactor*refresh),
@@ -277,6 +279,14 @@ func (n *Node) startMembers(cfg Config) error {
 	m.ctx, m.cancel = context.WithCancel(n.ctx)
 	m.loopWG.Go(m.loop)
 	return nil
+}
+
+// minPeers is Config.MinPeers with its default.
+func minPeers(cfg Config) int {
+	if cfg.MinPeers == 0 {
+		return defaultMinPeers
+	}
+	return cfg.MinPeers
 }
 
 // stop ends the publish loop and waits for it; Close calls it before it stops gossipsub.
@@ -359,9 +369,11 @@ func (m *members) loop() {
 	// memberJoinDebounce, deferred (pending) rather than dropped, so that a record published while meshes were
 	// still forming is followed by one they carry.
 	var lastPub time.Time
+	joinPubs := 0 // publishes that had topic peers to go to
 	publish := func() {
 		if len(m.topic.ListPeers()) > 0 {
 			lastPub = time.Now()
+			joinPubs++
 		}
 		m.publish()
 	}
@@ -392,6 +404,9 @@ func (m *members) loop() {
 		case <-refresh.C:
 			publish()
 		case <-m.kick:
+			if joinPubs >= memberJoinPublishes {
+				continue
+			}
 			if wait := memberJoinDebounce - time.Since(lastPub); wait <= 0 {
 				publish()
 			} else if !pendingSet {

@@ -88,6 +88,10 @@ type Config struct {
 	Port     int      // the node's TCP port; 0 is P2PPort
 	Peers    []string // p2p.peers, /ip4/.../tcp/.../p2p/<id>
 	Env      []string // extra environment of the daemon process, "KEY=value"
+
+	// ConnLow and ConnHigh are p2p.conn_low and p2p.conn_high; 0 leaves the daemon's default.
+	ConnLow, ConnHigh int
+
 	// APITCP also serves the API on this loopback address, opened by the token in TokenFile.
 	APITCP    string
 	TokenFile string
@@ -136,6 +140,9 @@ func (c Config) yaml() []byte {
 		}
 		if c.FleetKeyFile != "" {
 			fmt.Fprintf(&b, "  fleet_key_file: %s\n", q(c.FleetKeyFile))
+		}
+		if c.ConnLow > 0 || c.ConnHigh > 0 {
+			fmt.Fprintf(&b, "  conn_low: %d\n  conn_high: %d\n", c.ConnLow, c.ConnHigh)
 		}
 		for _, kv := range [][2]string{{"fleet_authority", c.FleetAuthority}, {"member_cert_file", c.MemberCertFile},
 			{"revocations_file", c.RevocationsFile}} {

@@ -11,12 +11,34 @@ import (
 	"github.com/libp2p/go-libp2p/core/protocol"
 
 	"github.com/npu-agent/npu-agent/p2p"
+	"github.com/npu-agent/npu-agent/p2p/flight"
 )
 
 // traffic counts the bytes one node reads from its streams, by kind: gossipsub (every topic: member records,
 // signed blob records, flight messages and gossipsub's control messages) and the member table pull.
 type traffic struct {
 	gossip, memberSync, other atomic.Int64
+	// flightSent and flightRecv count the flight messages a node published and received (from others).
+	flightSent, flightRecv atomic.Int64
+}
+
+// countingTransport counts a node's flight messages.
+type countingTransport struct {
+	flight.Transport
+	t *traffic
+}
+
+func (c countingTransport) Publish(ctx context.Context, data []byte) error {
+	c.t.flightSent.Add(1)
+	return c.Transport.Publish(ctx, data)
+}
+
+func (c countingTransport) Next(ctx context.Context) ([]byte, peer.ID, error) {
+	data, from, err := c.Transport.Next(ctx)
+	if err == nil {
+		c.t.flightRecv.Add(1)
+	}
+	return data, from, err
 }
 
 func (t *traffic) counter(pid protocol.ID) *atomic.Int64 {

@@ -113,15 +113,18 @@ type Result struct {
 	Compiles   map[string]int
 	Yielded    int
 	FlightTime time.Duration
+	// FlightSent and FlightReceived are the flight messages a member published and received during the flight.
+	FlightSent, FlightReceived float64
 }
 
 func (r Result) String() string {
 	return fmt.Sprintf("nodes=%d links=%d latency=%s full_membership=%.2fs member_published=%.1f member_accepted=%.1f "+
 		"gossip_kib=%.1f sync_kib=%.1f flight_gossip_kib=%.1f conns_mean=%.1f conns_max=%d heap_kib=%.0f "+
-		"goroutines=%.0f compiles=%v yielded=%d flight=%.2fs",
+		"goroutines=%.0f compiles=%v yielded=%d flight=%.2fs flight_msgs_sent=%.3f flight_msgs_received=%.2f",
 		r.Nodes, r.Links, r.Latency, r.FullMembership.Seconds(), r.MemberPublished, r.MemberAccepted,
 		r.GossipBytes/1024, r.SyncBytes/1024, r.FlightGossipBytes/1024, r.ConnsMean, r.ConnsMax,
-		r.HeapPerNode/1024, r.GoroutinesPerNode, r.Compiles, r.Yielded, r.FlightTime.Seconds())
+		r.HeapPerNode/1024, r.GoroutinesPerNode, r.Compiles, r.Yielded, r.FlightTime.Seconds(), r.FlightSent,
+		r.FlightReceived)
 }
 
 type member struct {
@@ -225,7 +228,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		if m.tr, err = flight.NewPubSubTransport(n.PubSub(), n.ID()); err != nil {
 			return err
 		}
-		m.coord, err = flight.New(m.tr, flight.Config{Window: cfg.Window, LeaseTTL: cfg.LeaseTTL,
+		m.coord, err = flight.New(countingTransport{Transport: m.tr, t: &m.traffic}, flight.Config{Window: cfg.Window, LeaseTTL: cfg.LeaseTTL,
 			Deadline: 10 * cfg.Timeout, Logger: cfg.Log})
 		return err
 	})
@@ -326,6 +329,8 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	var gossip1 int64
 	for _, m := range ms {
 		gossip1 += m.traffic.gossip.Load()
+		res.FlightSent += float64(m.traffic.flightSent.Load()) / float64(cfg.Nodes)
+		res.FlightReceived += float64(m.traffic.flightRecv.Load()) / float64(cfg.Nodes)
 	}
 	res.MemberPublished /= float64(cfg.Nodes)
 	res.MemberAccepted /= float64(cfg.Nodes)

@@ -61,8 +61,14 @@ func TestScale(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+		var refresh time.Duration // FLEETSIM_REFRESH: MemberRefresh (default the node's, 30 s)
+		if v := os.Getenv("FLEETSIM_REFRESH"); v != "" {
+			if refresh, err = time.ParseDuration(v); err != nil {
+				t.Fatal(err)
+			}
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
-		res, err := Run(ctx, Config{Nodes: n, Latency: latency, Timeout: phase, Seed: 1,
+		res, err := Run(ctx, Config{Nodes: n, Latency: latency, Timeout: phase, Seed: 1, MemberRefresh: refresh,
 			Progress: func(phase string, r Result) { t.Logf("%s: %s", phase, r) }})
 		cancel()
 		t.Log(res)

@@ -39,6 +39,9 @@ type Config struct {
 	// LeaseTTL is how long a WANT or LEASE stays live after receipt. Holders heartbeat and waiters re-announce
 	// every LeaseTTL/3; an elected peer that does not claim within LeaseTTL is passed over.
 	LeaseTTL time.Duration
+	// Spread is the range of the WANT suppression backoff (rule 2; default 2 × Window): longer spreads mean
+	// fewer WANTs when deliveries are slow, and a later first claim.
+	Spread time.Duration
 	// Deadline bounds a flight: past it a peer that is not compiling compiles itself.
 	Deadline time.Duration
 	// MaxFailures is how many failed DONEs of usable holders a waiter accepts before it gives up with
@@ -55,6 +58,9 @@ func (c Config) withDefaults() (Config, error) {
 	if c.LeaseTTL == 0 {
 		c.LeaseTTL = DefaultLeaseTTL
 	}
+	if c.Spread == 0 {
+		c.Spread = 2 * c.Window
+	}
 	if c.Deadline == 0 {
 		c.Deadline = DefaultDeadline
 	}
@@ -70,6 +76,8 @@ func (c Config) withDefaults() (Config, error) {
 	case c.LeaseTTL < MinTTL || c.LeaseTTL > MaxTTL || c.LeaseTTL%time.Millisecond != 0:
 		return c, fmt.Errorf("%w: lease TTL %v outside [%v, %v] or not whole milliseconds", ErrInvalidRequest,
 			c.LeaseTTL, MinTTL, MaxTTL)
+	case c.Spread < 0:
+		return c, fmt.Errorf("%w: spread %v is negative", ErrInvalidRequest, c.Spread)
 	case c.Deadline < 0:
 		return c, fmt.Errorf("%w: deadline %v is negative", ErrInvalidRequest, c.Deadline)
 	case c.MaxFailures < 0:
@@ -142,7 +150,19 @@ type Coordinator struct {
 
 	mu      sync.Mutex
 	flights map[Key]*flight
+	// finished holds the DONE of each key this peer compiled within the last finishedTTL, to answer a WANT for
+	// it: a waiter that missed the DONE (gossip lost it, or it joined after) is served instead of compiling again.
+	finished map[Key]*finishedKey
 }
+
+type finishedKey struct {
+	done     []byte // the encoded DONE
+	expires  time.Time
+	answered time.Time
+}
+
+// maxFinished bounds Coordinator.finished.
+const maxFinished = 256
 
 // New returns a Coordinator that talks over tr.
 func New(tr Transport, cfg Config) (*Coordinator, error) {
@@ -152,8 +172,8 @@ func New(tr Transport, cfg Config) (*Coordinator, error) {
 	}
 	tick := min(cfg.Window, cfg.LeaseTTL/3) / 4
 	tick = max(tick, time.Millisecond)
-	return &Coordinator{tr: tr, self: tr.Self(), cfg: cfg, log: cfg.Logger, tick: tick, flights: map[Key]*flight{}},
-		nil
+	return &Coordinator{tr: tr, self: tr.Self(), cfg: cfg, log: cfg.Logger, tick: tick, flights: map[Key]*flight{},
+		finished: map[Key]*finishedKey{}}, nil
 }
 
 // Run receives messages and hands them to the flights they concern, until ctx is done or the transport is
@@ -181,6 +201,9 @@ func (c *Coordinator) Run(ctx context.Context) error {
 		f := c.flights[m.Key]
 		c.mu.Unlock()
 		if f == nil {
+			if m.Type == TypeWant {
+				c.answerFinished(ctx, m.Key)
+			}
 			continue
 		}
 		select {
@@ -189,6 +212,45 @@ func (c *Coordinator) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		}
+	}
+}
+
+// remember keeps the DONE of a key this peer compiled, for answerFinished.
+func (c *Coordinator) remember(k Key, done []byte) {
+	now := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for key, e := range c.finished {
+		if !now.Before(e.expires) {
+			delete(c.finished, key)
+		}
+	}
+	if len(c.finished) < maxFinished {
+		c.finished[k] = &finishedKey{done: done, expires: now.Add(c.finishedTTL())}
+	}
+}
+
+// finishedTTL is how long a DONE is answered: a waiter that missed it speaks at most a lease TTL (its holder's
+// last heartbeat expires) plus a backoff spread after it; twice the TTL leaves room for a late heartbeat.
+func (c *Coordinator) finishedTTL() time.Duration { return 2*c.cfg.LeaseTTL + c.cfg.Spread }
+
+// answerFinished publishes again the DONE of a key this peer compiled within finishedTTL, at most once per
+// window (the asker elects no sooner than a window after its WANT): a WANT for it comes from a peer that missed
+// the DONE.
+func (c *Coordinator) answerFinished(ctx context.Context, k Key) {
+	now := time.Now()
+	c.mu.Lock()
+	e := c.finished[k]
+	if e == nil || !now.Before(e.expires) || now.Sub(e.answered) < c.cfg.Window {
+		c.mu.Unlock()
+		return
+	}
+	e.answered = now
+	c.mu.Unlock()
+	pctx, cancel := context.WithTimeout(ctx, finalPublishTimeout)
+	defer cancel()
+	if err := c.tr.Publish(pctx, e.done); err != nil {
+		c.log.Debug("flight: publish failed", "key", k.String(), "type", TypeDone, "err", err)
 	}
 }
 

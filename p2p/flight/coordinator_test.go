@@ -45,7 +45,7 @@ func newMemFleet(t *testing.T, n int, cfg Config) (*MemNetwork, []*testPeer) {
 	var wg sync.WaitGroup
 	peers := make([]*testPeer, n)
 	for i := range peers {
-		id := testPeerID(t, byte(i+1))
+		id := testPeerID(t, i+1)
 		tr := net.Join(id)
 		c, err := New(tr, cfg)
 		if err != nil {
@@ -579,10 +579,41 @@ func TestNewRejectsConfig(t *testing.T) {
 	tr := NewMemNetwork().Join(testPeerID(t, 1))
 	for _, cfg := range []Config{
 		{Window: -1}, {LeaseTTL: time.Millisecond}, {LeaseTTL: 2 * MaxTTL}, {LeaseTTL: time.Second + 1},
-		{Deadline: -1}, {MaxFailures: -1},
+		{Deadline: -1}, {MaxFailures: -1}, {Spread: -1},
 	} {
 		if _, err := New(tr, cfg); !errors.Is(err, ErrInvalidRequest) {
 			t.Errorf("New(%+v): %v, want ErrInvalidRequest", cfg, err)
 		}
+	}
+}
+
+// TestMissedDoneAnswered: a waiter that missed the holder's DONE (a partition here; lost gossip in a large fleet)
+// sees the lease expire, speaks its WANT in a new round, and the finished compiler answers with its DONE again:
+// the waiter is served rather than compiling a second time.
+func TestMissedDoneAnswered(t *testing.T) {
+	t.Parallel()
+	net, peers := newMemFleet(t, 2, fastConfig())
+	var rec compiles
+	started := make(chan peer.ID, 2)
+	release := make(chan struct{})
+	results := make(chan result, 2)
+	for i, p := range peers {
+		goDo(t.Context(), p, Request{Key: testKey, Rank: i, Compile: blocking(&rec, p.id, started, release)}, results)
+	}
+	if id := awaitStart(t, started); id != peers[0].id {
+		t.Fatalf("first compiler %s, want %s", id, peers[0].id)
+	}
+	net.Partition([]peer.ID{peers[0].id})
+	close(release)
+	if r := await(t, results, 1)[peers[0].id]; r.err != nil || r.out.Role != RoleCompiled {
+		t.Fatalf("holder: %+v, %v", r.out, r.err)
+	}
+	net.Heal()
+	r := await(t, results, 1)[peers[1].id]
+	if r.err != nil || r.out.Role != RoleWaited || r.out.CID != cidOf(peers[0].id) {
+		t.Errorf("waiter that missed the DONE: %+v, %v; want the holder's blob", r.out, r.err)
+	}
+	if ids := rec.list(); len(ids) != 1 {
+		t.Errorf("compiles %v, want one", ids)
 	}
 }

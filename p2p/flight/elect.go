@@ -3,6 +3,9 @@ package flight
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/binary"
+	"math"
+	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 )
@@ -52,4 +55,19 @@ func heldBeats(k Key, pa peer.ID, ra uint16, ea uint64, pb peer.ID, rb uint16, e
 		return ea < eb
 	}
 	return before(k, pa, ra, pb, rb)
+}
+
+// backoff is how long after a round's start peer p waits before it publishes its WANT for k: an exponential
+// suppression timer (Nonnenmacher and Biersack) drawn from p's rendezvous weight, so the preferred candidate speaks
+// first. With x = 1 - weight/2^256 (uniform in (0, 1], smallest for the highest weight) it is
+// spread × max(0, 1 + ln x / ln maxPeers): among n candidates the first speaks at about spread × (1 - ln n /
+// ln maxPeers), and those that speak within a delivery delay d after it number about maxPeers^(d/spread),
+// whatever n is.
+func backoff(k Key, p peer.ID, spread time.Duration) time.Duration {
+	w := weight(k, p)
+	x := 1 - float64(binary.BigEndian.Uint64(w[:8]))/(1<<64)
+	if x <= 0 {
+		return 0
+	}
+	return time.Duration(max(0, 1+math.Log(x)/math.Log(maxPeers)) * float64(spread))
 }

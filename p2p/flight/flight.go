@@ -58,6 +58,15 @@ type flight struct {
 	elected   peer.ID
 	electedAt time.Time
 
+	// Suppression (rule 2): a round starts at the flight's start and again whenever the usable claim or lease
+	// it waited on ends. In a round the peer publishes its WANT only at fireAt, and only if no better candidate's
+	// WANT and no usable lease is live by then; wantSent is when it did (zero: silent this round).
+	roundStart time.Time
+	fireAt     time.Time
+	wantSent   time.Time
+	onLease    bool // a usable claim or lease was live at the last step
+	spoke      bool // published a WANT or LEASE that others may track: leave withdraws it
+
 	claiming bool
 	claimEnd time.Time
 	epoch    uint64 // our claim or lease
@@ -82,15 +91,19 @@ type exit struct {
 
 func (f *flight) run(ctx context.Context) (Outcome, error) {
 	f.start = time.Now()
-	f.log("flight start", "rank", f.rank)
+	f.newRound(f.start)
+	f.log("flight start", "rank", f.rank, "backoff", f.fireAt.Sub(f.start))
 	tick := time.NewTicker(f.c.tick)
 	defer tick.Stop()
 	for {
-		if x := f.step(ctx, time.Now()); x != nil {
+		x := f.drain(ctx)
+		if x == nil {
+			x = f.step(ctx, time.Now())
+		}
+		if x != nil {
 			return x.out, x.err
 		}
 		f.noteHolder()
-		var x *exit
 		select {
 		case <-ctx.Done():
 			x = f.abort(ctx)
@@ -110,10 +123,26 @@ func (f *flight) run(ctx context.Context) (Outcome, error) {
 	}
 }
 
+// drain applies the messages already queued (at most the queue's capacity), so that step, which may speak,
+// acts on the freshest view: a peer that ran late must not publish a WANT that a queued better WANT suppresses.
+func (f *flight) drain(ctx context.Context) *exit {
+	for range cap(f.inbox) {
+		select {
+		case m := <-f.inbox:
+			if x := f.handle(ctx, m, time.Now()); x != nil {
+				return x
+			}
+		default:
+			return nil
+		}
+	}
+	return nil
+}
+
 // step advances the state machine on the passage of time.
 func (f *flight) step(ctx context.Context, now time.Time) *exit {
 	ttl := f.c.cfg.LeaseTTL
-	if !now.Before(f.nextSend) || (f.announceDue && now.Sub(f.lastSent) >= f.c.tick) {
+	if f.announceNow(now) {
 		f.announce(ctx, now)
 	}
 	if f.compiling {
@@ -139,12 +168,32 @@ func (f *flight) step(ctx context.Context, now time.Time) *exit {
 		f.startCompile(ctx, role, now)
 		return nil
 	}
-	if now.Sub(f.start) < f.c.cfg.Window || f.usableLease() {
-		f.elected = ""
+	if f.usableLease() {
+		f.onLease, f.elected = true, ""
+		return nil
+	}
+	if f.onLease {
+		// The claim or lease this peer waited on ended: a new round, so the waiters of a lost holder do not all
+		// speak at once (rule 8).
+		f.onLease = false
+		f.newRound(now)
+	}
+	if f.wantSent.IsZero() && !now.Before(f.fireAt) && !f.betterWant() {
+		f.wantSent = now
+		f.log("want")
+		f.announce(ctx, now)
+		return nil
+	}
+	if now.Sub(f.roundStart) < f.c.cfg.Spread+f.c.cfg.Window {
 		return nil
 	}
 	best := f.best()
 	switch {
+	case best == f.c.self && f.wantSent.IsZero():
+		// Every better candidate this peer heard is gone, and nobody heard this peer: speak in a new round
+		// rather than claim unannounced.
+		f.newRound(now)
+	case best == f.c.self && now.Sub(f.wantSent) < f.c.cfg.Window:
 	case best == f.c.self:
 		f.epoch = f.maxEpoch + 1
 		f.maxEpoch = f.epoch
@@ -164,6 +213,27 @@ func (f *flight) step(ctx context.Context, now time.Time) *exit {
 	return nil
 }
 
+// newRound starts a suppression round at now: this peer stays silent until its backoff passed.
+func (f *flight) newRound(now time.Time) {
+	f.roundStart, f.wantSent, f.elected = now, time.Time{}, ""
+	f.fireAt = now.Add(backoff(f.key, f.c.self, f.c.cfg.Spread))
+}
+
+// announceNow reports whether this peer publishes its state now: a claimant or holder heartbeats every T/3 and
+// answers a new peer within a tick; a waiter refreshes its WANT only while it is the best candidate it knows of
+// and no usable lease is live (everyone else stays silent).
+func (f *flight) announceNow(now time.Time) bool {
+	due := !now.Before(f.nextSend) || (f.announceDue && now.Sub(f.lastSent) >= f.c.tick)
+	if !due || f.claiming || f.compiling {
+		return due
+	}
+	if f.wantSent.IsZero() || f.usableLease() || f.best() != f.c.self {
+		f.announceDue = false
+		return false
+	}
+	return true
+}
+
 // handle applies one message from another peer.
 func (f *flight) handle(ctx context.Context, m *Message, now time.Time) *exit {
 	p := m.Sender
@@ -175,15 +245,19 @@ func (f *flight) handle(ctx context.Context, m *Message, now time.Time) *exit {
 			return nil
 		}
 		f.wants[p] = want{rank: m.Rank, expires: now.Add(m.TTL)}
-		// A peer we did not know: tell it about us soon rather than at our next refresh.
+		// A peer we did not know: a holder, or a better candidate, tells it about itself soon rather than at its
+		// next refresh (announceNow decides who).
 		f.announceDue = f.announceDue || fresh
 	case TypeLease:
 		if e, ok := f.failed[p]; ok && m.Epoch <= e {
 			return nil
 		}
-		if _, known := f.leases[p]; !known && len(f.leases) >= maxPeers {
+		_, known := f.leases[p]
+		if !known && len(f.leases) >= maxPeers {
 			return nil
 		}
+		// A new claimant that may not have heard our claim or lease: tell it soon, so it yields within its window.
+		f.announceDue = f.announceDue || (!known && (f.claiming || f.compiling))
 		f.leases[p] = lease{rank: m.Rank, epoch: m.Epoch, held: m.Held, expires: now.Add(m.TTL)}
 		f.maxEpoch = max(f.maxEpoch, m.Epoch)
 		if f.compiling && f.role != RoleDeadline && m.Held && m.Rank <= f.rank &&
@@ -291,6 +365,17 @@ func (f *flight) best() peer.ID {
 	return best
 }
 
+// betterWant reports whether a live, not excluded WANT of a candidate preferred to this peer is known: this peer
+// then stays silent (rule 2).
+func (f *flight) betterWant() bool {
+	for p, w := range f.wants {
+		if !f.excluded[p] && before(f.key, p, w.rank, f.c.self, f.rank) {
+			return true
+		}
+	}
+	return false
+}
+
 func (f *flight) checkReady(ctx context.Context) *exit {
 	c, ok := f.req.Ready()
 	if !ok {
@@ -353,7 +438,9 @@ func (f *flight) finishCompile(ctx context.Context, r compileResult) *exit {
 	done.CID = r.cid
 	out.CID = r.cid
 	f.log("compiled", "cid", r.cid)
-	f.publish(pctx, done)
+	if data := f.publish(pctx, done); data != nil {
+		f.c.remember(f.key, data)
+	}
 	return &exit{out: out}
 }
 
@@ -368,11 +455,14 @@ func (f *flight) abort(ctx context.Context) *exit {
 	return f.leave(ctx, Outcome{}, fmt.Errorf("flight %s: %w", f.key, ctx.Err()))
 }
 
-// leave withdraws this peer's WANT and any claim, so no one elects or waits on it, and ends the flight.
+// leave withdraws this peer's WANT and any claim, so no one elects or waits on it, and ends the flight. A peer
+// that never spoke leaves silently: nobody tracks it.
 func (f *flight) leave(ctx context.Context, out Outcome, err error) *exit {
-	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finalPublishTimeout)
-	defer cancel()
-	f.publish(pctx, &Message{Type: TypeWithdraw})
+	if f.spoke {
+		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finalPublishTimeout)
+		defer cancel()
+		f.publish(pctx, &Message{Type: TypeWithdraw})
+	}
 	out.Yielded = f.yielded
 	return &exit{out: out, err: err}
 }
@@ -388,10 +478,12 @@ func (f *flight) failureText() string {
 	return b.String()
 }
 
-// publish sends m from this peer, best effort: a lost message is covered by refreshes and TTLs.
-func (f *flight) publish(ctx context.Context, m *Message) {
+// publish sends m from this peer, best effort: a lost message is covered by refreshes and TTLs. It returns the
+// encoded message, nil if it could not be encoded.
+func (f *flight) publish(ctx context.Context, m *Message) []byte {
 	m.Sender = f.c.self
 	m.Key = f.key
+	f.spoke = f.spoke || m.Type == TypeWant || m.Type == TypeLease
 	data, err := m.Encode()
 	if err == nil {
 		err = f.c.tr.Publish(ctx, data)
@@ -399,6 +491,7 @@ func (f *flight) publish(ctx context.Context, m *Message) {
 	if err != nil && !errors.Is(err, context.Canceled) {
 		f.c.log.Debug("flight: publish failed", "key", f.key.String(), "type", m.Type, "err", err)
 	}
+	return data
 }
 
 func (f *flight) log(msg string, args ...any) {

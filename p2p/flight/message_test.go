@@ -2,6 +2,7 @@ package flight
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"strings"
 	"testing"
@@ -13,9 +14,9 @@ import (
 )
 
 // testPeerID derives a real peer ID from a deterministic Ed25519 key, so tests need no randomness.
-func testPeerID(t testing.TB, seed byte) peer.ID {
+func testPeerID(t testing.TB, seed int) peer.ID {
 	t.Helper()
-	priv, _, err := crypto.GenerateEd25519Key(bytes.NewReader(bytes.Repeat([]byte{seed}, 64)))
+	priv, _, err := crypto.GenerateEd25519Key(bytes.NewReader(bytes.Repeat(binary.BigEndian.AppendUint32(nil, uint32(seed)), 16)))
 	if err != nil {
 		t.Fatal(err)
 	}

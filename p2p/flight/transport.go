@@ -3,6 +3,7 @@ package flight
 import (
 	"context"
 	"errors"
+	"maps"
 	"sync"
 	"time"
 
@@ -36,6 +37,14 @@ type MemNetwork struct {
 	// delay, when set, delays each delivery by what it returns (per message and receiver); delayed deliveries
 	// may arrive out of order.
 	delay func(from, to peer.ID) time.Duration
+	sent  map[Type]int // messages published (not dropped), by type; undecodable ones under 0
+}
+
+// Sent returns how many messages of each type the peers published, for tests that bound a flight's traffic.
+func (n *MemNetwork) Sent() map[Type]int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return maps.Clone(n.sent)
 }
 
 // SetDelay delays every later delivery from one peer to another by d(from, to) (0: at once). Nil removes it.
@@ -47,7 +56,8 @@ func (n *MemNetwork) SetDelay(d func(from, to peer.ID) time.Duration) {
 
 // NewMemNetwork returns an empty network.
 func NewMemNetwork() *MemNetwork {
-	return &MemNetwork{peers: map[peer.ID]*MemTransport{}, dropped: map[peer.ID]bool{}, group: map[peer.ID]int{}}
+	return &MemNetwork{peers: map[peer.ID]*MemTransport{}, dropped: map[peer.ID]bool{}, group: map[peer.ID]int{},
+		sent: map[Type]int{}}
 }
 
 // memInbox bounds each peer's queue; a full queue drops, as a congested network would.
@@ -91,6 +101,11 @@ func (n *MemNetwork) deliver(from peer.ID, data []byte) {
 	if n.dropped[from] {
 		return
 	}
+	var t Type
+	if m, err := Decode(data); err == nil {
+		t = m.Type
+	}
+	n.sent[t]++
 	for id, t := range n.peers {
 		if id == from || n.dropped[id] || n.group[id] != n.group[from] {
 			continue

@@ -1,0 +1,5 @@
+//go:build race
+
+package flight
+
+func init() { raceEnabled = true }
