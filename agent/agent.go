@@ -116,6 +116,7 @@ type Agent struct {
 	checked    map[cid.Cid]bool     // stored blobs whose bytes were checked since this process started
 	blobsDir   string
 	scratchDir string
+	retries    []time.Duration // fleetFetchRetries; tests shorten them
 }
 
 // Activity is one fetch or compile under way.
@@ -160,6 +161,7 @@ func New(opts Options) (*Agent, error) {
 		checked:    map[cid.Cid]bool{},
 		blobsDir:   filepath.Join(opts.WorkDir, "blobs"),
 		scratchDir: filepath.Join(opts.WorkDir, "scratch"),
+		retries:    fleetFetchRetries,
 	}
 	for _, d := range []string{a.blobsDir, a.scratchDir} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -258,7 +260,7 @@ func (a *Agent) ensure(ctx context.Context, model compile.Model, profile compile
 		return r, err
 	}
 	// Another member compiled: fetch its blob.
-	r, ok, err := a.fromPeers(ctx, model.ID, pid, kind, progress)
+	r, ok, err := a.fetchCompiled(ctx, model.ID, pid, kind, progress, waitedFor != "")
 	if err != nil || ok {
 		r.WaitedFor = waitedFor
 		return r, err
@@ -429,6 +431,32 @@ func normKind(k string) string {
 		return compat.KindModel
 	}
 	return k
+}
+
+// fleetFetchRetries are the pauses before fetching again a blob the fleet compiled while this agent waited, when
+// every holder failed: a compile costs minutes and gigabytes, a retry seconds, and a holder that just compiled is
+// often busy serving the rest of its class. A record that failed the checks is rejected and not retried.
+var fleetFetchRetries = []time.Duration{time.Second, 2 * time.Second, 4 * time.Second}
+
+// fetchCompiled is fromPeers after a flight; when this agent waited for a peer's compile (waited), a fetch that
+// failed is tried again after each of fleetFetchRetries while a compatible record remains.
+func (a *Agent) fetchCompiled(ctx context.Context, modelID, profileID, kind string, progress Progress, waited bool) (Result, bool, error) {
+	for attempt := 0; ; attempt++ {
+		r, ok, err := a.fromPeers(ctx, modelID, profileID, kind, progress)
+		if err != nil || ok || !waited || attempt == len(a.retries) {
+			return r, ok, err
+		}
+		if len(a.compatible(a.opts.Fleet.Records(modelID, profileID), kind)) == 0 {
+			return r, ok, err
+		}
+		pause := a.retries[attempt]
+		a.opts.Logger.Info("fetch of the fleet's blob failed; trying again before compiling", "model", modelID, "profile", profileID, "in", pause)
+		select {
+		case <-ctx.Done():
+			return Result{}, false, ctx.Err()
+		case <-time.After(pause):
+		}
+	}
 }
 
 // fromPeers fetches the best compatible blob peers advertise, trying the next on failure.

@@ -166,3 +166,80 @@ func fileCID(t *testing.T, path string) (cid.Cid, uint64) {
 	}
 	return m.CID(), m.Size
 }
+
+// flakyFleet: a peer compiled the blob while this agent waited (Coordinate names it); its first failures fetches
+// fail as a busy holder's would, then it serves the blob.
+type flakyFleet struct {
+	lyingFleet
+	failures int32
+}
+
+func (f *flakyFleet) Fetch(ctx context.Context, c cid.Cid, progress func(done, total int64)) error {
+	if f.fetches.Load() < f.failures {
+		f.fetches.Add(1)
+		return errors.New("test fleet: holder busy")
+	}
+	return f.lyingFleet.Fetch(ctx, c, progress)
+}
+
+func (f *flakyFleet) Coordinate(context.Context, compile.FlightKey, func(context.Context) (cid.Cid, error), func() (cid.Cid, bool)) (string, error) {
+	return "12D3KooWpeer", nil
+}
+
+// A blob the fleet compiled while this agent waited is fetched again after a failed fetch, rather than compiled
+// here at once (TestScaleLoopback at 100 daemons: holders too busy to serve within a fetch's deadline); a holder
+// that never serves still ends in a local compile.
+func TestFleetFetchRetriedBeforeCompile(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name          string
+		failures      int32
+		wantFetches   int32
+		wantCompiles  int32
+		wantSourceOut Source
+	}{
+		// A fetch before the flight, one after it, then one per retry.
+		{"holder serves on the third try", 2, 3, 0, SourcePeer},
+		{"holder never serves", 100, 5, 1, SourceCompiled},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			m := testModel(t)
+			pid, err := testProfile.ID()
+			if err != nil {
+				t.Fatal(err)
+			}
+			blobPath := filepath.Join(t.TempDir(), "peer.blob")
+			sim, err := compile.NewSim(lnl(), compile.SimOptions{PayloadSize: 1<<20 + 3})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := sim.Compile(ctx, compile.Request{Model: m, Profile: testProfile, OutPath: blobPath}); err != nil {
+				t.Fatal(err)
+			}
+			c, size := fileCID(t, blobPath)
+			fp, err := lnl().Canonical()
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := openStore(t)
+			fl := &flakyFleet{failures: tt.failures, lyingFleet: lyingFleet{path: blobPath, store: s, rec: blobstore.Record{
+				ModelID: m.ID, ProfileID: pid, Blob: c, Fingerprint: fp, Size: size,
+				Created: time.Now().UTC(), Producer: "12D3KooWpeer",
+			}}}
+			a, b := newAgent(t, s, lnl(), 0)
+			a.opts.Fleet = fl
+			a.retries = []time.Duration{time.Millisecond, time.Millisecond, time.Millisecond}
+			r, err := a.Ensure(ctx, m, testProfile, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.Source != tt.wantSourceOut || fl.fetches.Load() != tt.wantFetches || b.n.Load() != tt.wantCompiles {
+				t.Errorf("ensure: source %s, %d fetches, %d compiles; want %s, %d, %d",
+					r.Source, fl.fetches.Load(), b.n.Load(), tt.wantSourceOut, tt.wantFetches, tt.wantCompiles)
+			}
+		})
+	}
+}
