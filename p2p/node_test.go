@@ -57,6 +57,7 @@ var testFetchParams = fetchParams{
 	rpcTimeout:     5 * time.Second,
 	haveRefresh:    100 * time.Millisecond,
 	stallTimeout:   10 * time.Second,
+	sourceTimeout:  3 * time.Second,
 	maxFailures:    2,
 }
 
@@ -678,6 +679,7 @@ func TestFetchStalls(t *testing.T) {
 	data := randomBlob(t, 2<<20)
 	f, s := startNode(t, "", nil), startNode(t, "", nil)
 	f.fp.stallTimeout = 500 * time.Millisecond
+	f.fp.sourceTimeout = time.Minute // the stall, not the missing source (TestFetchOrphanChunkFails)
 	blob := putPartial(t, s, data, 0)
 	connect(t, f, s)
 	if err := fetch(t, f, blob, s); !errors.Is(err, ErrStalled) {

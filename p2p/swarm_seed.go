@@ -81,7 +81,10 @@ func (t *transfer) pickFromSeed(fp *fpeer) (int, bool) {
 			full++
 		}
 	}
-	only := func(i int) bool { return !t.have[i] && t.assigned[i] == 0 && fp.have[i] && int(t.avail[i]) <= full }
+	now := time.Now()
+	only := func(i int) bool {
+		return !t.have[i] && t.assigned[i] == 0 && fp.serves(i, now) && int(t.avail[i]) <= full
+	}
 	for i := t.low; i < n; i++ {
 		if own[i] && only(i) {
 			return i, true
@@ -93,7 +96,7 @@ func (t *transfer) pickFromSeed(fp *fpeer) (int, bool) {
 	// A share's first that has stayed first for longer than a slow request is taken too: its owner may not be
 	// fetching at all (a partial holder whose fetch ended) or be stuck.
 	first := make([]bool, t.shares)
-	now, slow := time.Now(), t.slowAfter()
+	slow := t.slowAfter()
 	best, late := -1, -1
 	for i := t.low; i < n; i++ {
 		if t.have[i] || int(t.avail[i]) > full || own[i] {
