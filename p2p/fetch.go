@@ -294,12 +294,11 @@ type transfer struct {
 	lastHave     time.Time // a peer last announced a chunk it had not held
 	peers        map[peer.ID]*fpeer
 	live         int
-	self         peer.ID     // this node
-	own          []bool      // chunks this node owns in the seed scatter (swarm_seed.go), for the fetchers in ownKey
-	ownKey       string      // the fetchers, sorted, joined
-	shares       int         // fetchers in ownKey: chunk i is in share i mod shares
-	firstSince   []time.Time // when chunk i was first seen as the first of another share still at the seed only
-	weight       []uint64    // this node's weight of each chunk (the order it takes other shares' chunks in)
+	self         peer.ID  // this node
+	own          []bool   // chunks this node owns in the seed scatter (swarm_seed.go), for the fetchers in ownKey
+	ownKey       string   // the fetchers, sorted, joined
+	shares       int      // fetchers in ownKey: chunk i is in share i mod shares
+	weight       []uint64 // this node's weight of each chunk (the order it takes other shares' chunks in)
 }
 
 // fpeer is one peer's state within a transfer.
@@ -329,8 +328,7 @@ func newTransfer(ctx context.Context, n *Node, blob cid.Cid, m *blobstore.Manife
 	t := &transfer{
 		n: n, self: n.ID(), blob: blob, m: m, p: n.fp, report: report,
 		have: have, assigned: make([]uint8, len(have)), avail: make([]uint16, len(have)), since: make([]time.Time, len(have)),
-		firstSince: make([]time.Time, len(have)),
-		peers:      map[peer.ID]*fpeer{}, lastProgress: time.Now(), lastHave: time.Now(),
+		peers: map[peer.ID]*fpeer{}, lastProgress: time.Now(), lastHave: time.Now(),
 	}
 	t.cond = sync.NewCond(&t.mu)
 	t.ctx, t.cancel = context.WithCancelCause(ctx)

@@ -3,6 +3,7 @@ package p2p
 import (
 	"context"
 	"sync"
+	"time"
 
 	"github.com/ipfs/go-cid"
 )
@@ -30,8 +31,10 @@ type seedBlob struct {
 	unsent      int
 	delivered   []bool
 	undelivered int
-	resent      int64 // chunks sent again after every chunk had been sent once
-	refused     int64 // requests answered NO_CHUNK because the chunk had been sent and others had not
+	began       time.Time     // the first chunk's send
+	allSent     time.Duration // from began to the last chunk's first send
+	resent      int64         // chunks sent again after every chunk had been sent once
+	refused     int64         // requests answered NO_CHUNK because the chunk had been sent and others had not
 }
 
 // SeedStats is what a seeding node knows of one blob's chunks (Node.SeedStats).
@@ -92,8 +95,13 @@ func (s *seedServed) take(b *seedBlob, i int) (ok, first bool) {
 	defer s.mu.Unlock()
 	switch {
 	case !b.sent[i]:
+		if b.began.IsZero() {
+			b.began = time.Now()
+		}
 		b.sent[i] = true
-		b.unsent--
+		if b.unsent--; b.unsent == 0 {
+			b.allSent = time.Since(b.began)
+		}
 		return true, true
 	case b.unsent > 0:
 		b.refused++
@@ -161,8 +169,12 @@ func (s *server) confirm(p *pendingDelivery) {
 	}
 	if s.seeds.deliver(p.b, p.idx) {
 		st := s.seeds.stats(p.blob)
+		s.seeds.mu.Lock()
+		took, sent := time.Since(p.b.began), p.b.allSent
+		s.seeds.mu.Unlock()
 		s.log.Info("every chunk of the blob delivered to peers at least once", "blob", p.blob, "chunks", st.Chunks,
-			"resent", st.Resent, "refused", st.Refused)
+			"resent", st.Resent, "refused", st.Refused, "all_sent_after", sent.Round(time.Millisecond),
+			"all_delivered_after", took.Round(time.Millisecond))
 	}
 	p.idx = p.idx[:0]
 }

@@ -29,6 +29,7 @@ type NPUAgent struct {
 	env     Env
 	daemons []*e2e.Daemon // index = lab host
 	left    bool          // the seed's daemon was stopped by StopSeed
+	notes   string        // Notes, read from the seed's log before Close stops it
 }
 
 var _ System = (*NPUAgent)(nil)
@@ -172,8 +173,11 @@ func (a *NPUAgent) WaitSeedSent(ctx context.Context) error {
 	return a.daemons[SeedHost].WaitLog(ctx, "every chunk delivered", e2e.LogMsg(seedDeliveredMsg))
 }
 
-// Notes implements Noter: the seed's own count of chunks sent more than once (load-insensitive, unlike times).
-func (a *NPUAgent) Notes() string {
+// Notes implements Noter.
+func (a *NPUAgent) Notes() string { return a.notes }
+
+// seedNotes is the seed's own count of chunks sent more than once (load-insensitive, unlike times), from its log.
+func (a *NPUAgent) seedNotes() string {
 	if len(a.daemons) == 0 {
 		return ""
 	}
@@ -188,7 +192,7 @@ func (a *NPUAgent) Notes() string {
 		return "the seed did not report every chunk delivered"
 	}
 	var out []string
-	for _, k := range []string{"chunks", "resent", "refused"} {
+	for _, k := range []string{"chunks", "resent", "refused", "all_sent_after", "all_delivered_after"} {
 		if i := strings.Index(line, " "+k+"="); i >= 0 {
 			v, _, _ := strings.Cut(strings.TrimSpace(line[i+len(k)+2:]), " ")
 			out = append(out, k+" "+v)
@@ -220,6 +224,7 @@ func firstByte(path string, t0 time.Time) (time.Duration, error) {
 
 // Close implements System.
 func (a *NPUAgent) Close() error {
+	a.notes = a.seedNotes()
 	errs := make([]error, len(a.daemons))
 	var wg sync.WaitGroup
 	for i, d := range a.daemons {
