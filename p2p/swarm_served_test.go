@@ -158,3 +158,37 @@ func TestFetchOrphanChunkFails(t *testing.T) {
 		t.Fatalf("failed after %s", d)
 	}
 }
+
+// Threat 9.2 "first-send hog": a member asks the seed for half of a blob's chunks and forwards none of them. The
+// seed refuses those chunks to honest receivers only while other chunks have not left it, then serves them
+// again: an honest receiver still completes, at the cost of one more pass of the hogged chunks.
+func TestThreatSeedFirstSendHog(t *testing.T) {
+	t.Parallel()
+	data := randomBlob(t, 8<<20) // 8 chunks and a bit
+	seed, hog, honest := startNode(t, "", nil), startNode(t, "", nil), startNode(t, "", nil)
+	blob := put(t, seed, data)
+	m, err := seed.store.Manifest(context.Background(), blob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	connect(t, hog, seed)
+	connect(t, honest, seed)
+	connect(t, honest, hog)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, done, err := rpc(ctx, hog.Host(), seed.ID(), msgGetChunks, encodeGetChunks(blob, []chunkRange{{0, 4}}), 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := readChunks(st, m, []chunkRange{{0, 4}}, nil, func(int, []byte) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	done() // the hog closes: chunks 0-3 delivered to it, and it holds none of them
+	if err := fetch(t, honest, blob, seed, hog); err != nil {
+		t.Fatal(err)
+	}
+	checkBlob(t, honest, blob, data)
+	if s := seed.SeedStats(blob); s.Resent < 4 || !s.AllDelivered {
+		t.Fatalf("seed stats %+v: want the hogged chunks sent again", s)
+	}
+}

@@ -99,7 +99,8 @@ type Config struct {
 	// Slow lists receivers shaped to SlowRate instead of Rate (heterogeneous links).
 	Slow     []int
 	SlowRate string
-	// SeedLeaves stops the seed (SeedLeaver) once its uplink has sent SeedLeaveCopies copies of the blob.
+	// SeedLeaves stops the seed (SeedLeaver) once it reports every block delivered (SeedSentWaiter), or else once
+	// its uplink has sent SeedLeaveCopies copies of the blob.
 	SeedLeaves bool
 }
 
@@ -107,9 +108,8 @@ type Config struct {
 // in the seed-leaves scenario. The harness cannot see which blocks a system sent, so this is a proxy for "every
 // block has left the seed": a system that sends each block once from the seed has sent all of them after about
 // 1.05 copies (TCP/IP headers); at 1.25 one that sent up to about 15 % of the blocks twice has too, and one that
-// sent more duplicates may be left without a block and fail the run. (At 1.15, npu-agent's receivers lacked
-// chunks: its seed sends 15-20 % twice. internal/e2e TestFaultSeedKilled stops npu-agent's seed exactly when the
-// receivers together hold every chunk.)
+// sent more duplicates may be left without a block and fail the run. npu-agent reports the moment exactly
+// (SeedSentWaiter) and is not stopped by this proxy.
 const SeedLeaveCopies = 1.25
 
 // rates returns every host's rate in bit/s.
