@@ -540,7 +540,16 @@ func (t *transfer) worker(fp *fpeer) {
 		}
 	}()
 	for {
-		r, ok := t.next(fp)
+		r, ok, wait := t.next(fp, false)
+		if wait && st != nil && t.isSeedLike(fp) {
+			// Nothing to ask the seed for now: close the stream, so that the seed counts the last response as
+			// delivered (6.8 "seed sends once"; the seed may leave once every chunk is) and holds no idle stream.
+			st.Close()
+			st = nil
+		}
+		if wait {
+			r, ok, _ = t.next(fp, true)
+		}
 		if !ok {
 			return
 		}
@@ -566,30 +575,53 @@ func (t *transfer) worker(fp *fpeer) {
 	}
 }
 
-// next blocks until there is a range for fp to request and marks it in flight; false when fp should stop.
-func (t *transfer) next(fp *fpeer) (chunkRange, bool) {
+// isSeedLike is seedLike under t.mu.
+func (t *transfer) isSeedLike(fp *fpeer) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.seedLike(fp)
+}
+
+// next blocks until there is a range for fp to request and marks it in flight; false when fp should stop. With
+// block false it does not wait: wait true says it would have.
+func (t *transfer) next(fp *fpeer, block bool) (r chunkRange, ok, wait bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for {
 		if t.ctx.Err() != nil || t.missing == 0 || fp.dropped {
-			return chunkRange{}, false
+			return chunkRange{}, false, false
+		}
+		if !block {
+			if len(fp.inflight) > 0 && t.seedLike(fp) {
+				return chunkRange{}, false, true
+			}
+			if r, ok := t.pick(fp); ok {
+				t.mark(fp, r)
+				return r, true, false
+			}
+			return chunkRange{}, false, true
 		}
 		if len(fp.inflight) > 0 && t.seedLike(fp) {
 			t.cond.Wait()
 			continue
 		}
 		if r, ok := t.pick(fp); ok {
-			now := time.Now()
-			for i := r.First; i < r.First+r.Count; i++ {
-				if t.assigned[i] == 0 {
-					t.since[i] = now
-				}
-				t.assigned[i]++
-				fp.inflight[int(i)] = true
-			}
-			return r, true
+			t.mark(fp, r)
+			return r, true, false
 		}
 		t.cond.Wait()
+	}
+}
+
+// mark records r as in flight from fp.
+func (t *transfer) mark(fp *fpeer, r chunkRange) {
+	now := time.Now()
+	for i := r.First; i < r.First+r.Count; i++ {
+		if t.assigned[i] == 0 {
+			t.since[i] = now
+		}
+		t.assigned[i]++
+		fp.inflight[int(i)] = true
 	}
 }
 

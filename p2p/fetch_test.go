@@ -191,7 +191,7 @@ func TestSeedLikePeerOneRequest(t *testing.T) {
 			for range 4 {
 				res := make(chan bool, 1)
 				go func() {
-					_, ok := tr.next(full)
+					_, ok, _ := tr.next(full, true)
 					res <- ok
 				}()
 				select {
