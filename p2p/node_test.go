@@ -617,7 +617,16 @@ func TestFetchResumesAfterRestart(t *testing.T) {
 		t.Fatalf("interrupted fetch: %v", err)
 	}
 	f.close()
+	// A write the seed began before the close may complete (and count) after it: read the count once it is stable.
 	servedBefore := seed.srv.served.Load()
+	for range 50 {
+		time.Sleep(50 * time.Millisecond)
+		n := seed.srv.served.Load()
+		if n == servedBefore {
+			break
+		}
+		servedBefore = n
+	}
 
 	f = startNode(t, dir, nil)
 	connect(t, f, seed)
