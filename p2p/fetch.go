@@ -33,6 +33,7 @@ type fetchParams struct {
 	rpcTimeout     time.Duration // deadline of GET_MANIFEST and HAVE
 	haveRefresh    time.Duration // how often partial peers are asked HAVE again
 	stallTimeout   time.Duration // fail when no chunk arrived for this long
+	sourceTimeout  time.Duration // fail sooner when a missing chunk has no holder and nothing arrived for this long
 	maxFailures    int           // consecutive failed requests before a peer is dropped from the fetch
 }
 
@@ -43,6 +44,7 @@ var defaultFetchParams = fetchParams{
 	rpcTimeout:     10 * time.Second,
 	haveRefresh:    500 * time.Millisecond,
 	stallTimeout:   60 * time.Second,
+	sourceTimeout:  15 * time.Second,
 	maxFailures:    3,
 }
 
@@ -292,14 +294,14 @@ type transfer struct {
 	low          int // every chunk before it is stored
 	done         int64
 	lastProgress time.Time
+	lastHave     time.Time // a peer last announced a chunk it had not held
 	peers        map[peer.ID]*fpeer
 	live         int
-	self         peer.ID     // this node
-	own          []bool      // chunks this node owns in the seed scatter (swarm_seed.go), for the fetchers in ownKey
-	ownKey       string      // the fetchers, sorted, joined
-	shares       int         // fetchers in ownKey: chunk i is in share i mod shares
-	firstSince   []time.Time // when chunk i was first seen as the first of another share still at the seed only
-	weight       []uint64    // this node's weight of each chunk (the order it takes other shares' chunks in)
+	self         peer.ID  // this node
+	own          []bool   // chunks this node owns in the seed scatter (swarm_seed.go), for the fetchers in ownKey
+	ownKey       string   // the fetchers, sorted, joined
+	shares       int      // fetchers in ownKey: chunk i is in share i mod shares
+	weight       []uint64 // this node's weight of each chunk (the order it takes other shares' chunks in)
 }
 
 // fpeer is one peer's state within a transfer.
@@ -311,14 +313,25 @@ type fpeer struct {
 	dropped  bool
 	failures int
 	found    bool // fp has answered HAVE for the blob at least once (it holds or fetches it)
+	// refused[i]: until when chunk i is not asked of fp, a full holder that answered NO_CHUNK because the chunk
+	// has left it for another receiver while others have not (swarm_served.go); nil until the first refusal.
+	refused []time.Time
+}
+
+// refuseBackoff is how long a chunk a full holder refused is not asked of it again: its HAVE from the receiver it
+// went to arrives first, or the holder has sent every chunk by then and serves it.
+const refuseBackoff = 2 * time.Second
+
+// serves reports whether fp holds chunk i and has not refused it recently (now).
+func (fp *fpeer) serves(i int, now time.Time) bool {
+	return fp.have[i] && (fp.refused == nil || !now.Before(fp.refused[i]))
 }
 
 func newTransfer(ctx context.Context, n *Node, blob cid.Cid, m *blobstore.Manifest, have []bool, report func(int64)) *transfer {
 	t := &transfer{
 		n: n, self: n.ID(), blob: blob, m: m, p: n.fp, report: report,
 		have: have, assigned: make([]uint8, len(have)), avail: make([]uint16, len(have)), since: make([]time.Time, len(have)),
-		firstSince: make([]time.Time, len(have)),
-		peers:      map[peer.ID]*fpeer{}, lastProgress: time.Now(),
+		peers: map[peer.ID]*fpeer{}, lastProgress: time.Now(), lastHave: time.Now(),
 	}
 	t.cond = sync.NewCond(&t.mu)
 	t.ctx, t.cancel = context.WithCancelCause(ctx)
@@ -385,14 +398,39 @@ func (t *transfer) watchdog() {
 		case <-tick.C:
 			t.mu.Lock()
 			idle := time.Since(t.lastProgress)
+			quiet := min(idle, time.Since(t.lastHave))
+			orphan := t.orphan()
 			t.cond.Broadcast() // choices that depend on time (slow requests, shares' firsts) are made again
 			t.mu.Unlock()
 			if idle > t.p.stallTimeout {
 				t.cancel(fmt.Errorf("%w for %s", ErrStalled, idle.Round(time.Second)))
 				return
 			}
+			// A chunk no live peer holds (the seed left before it had sent it) while nothing arrives and no peer
+			// announces anything: waiting longer cannot help.
+			if orphan >= 0 && quiet > t.p.sourceTimeout {
+				t.cancel(fmt.Errorf("%w: chunk %d is held by no live peer and nothing arrived for %s", ErrNoPeers, orphan,
+					quiet.Round(time.Second)))
+				return
+			}
 		}
 	}
+}
+
+// orphan returns a missing chunk that no live peer holds and no request is fetching, or -1. Only once every live
+// peer has sent its bitmap.
+func (t *transfer) orphan() int {
+	for _, p := range t.peers {
+		if !p.dropped && p.have == nil {
+			return -1
+		}
+	}
+	for i := t.low; i < len(t.have); i++ {
+		if !t.have[i] && t.avail[i] == 0 && t.assigned[i] == 0 {
+			return i
+		}
+	}
+	return -1
 }
 
 // runPeer follows fp's HAVE bitmap, runs its request workers once the first bitmap is in, and keeps following
@@ -481,6 +519,7 @@ func (t *transfer) setHaveFrom(fp *fpeer, have []bool, found bool) {
 		old := fp.have != nil && fp.have[i]
 		if h && !old {
 			t.avail[i]++
+			t.lastHave = time.Now()
 		} else if !h && old {
 			t.avail[i]--
 		}
@@ -504,7 +543,16 @@ func (t *transfer) worker(fp *fpeer) {
 		}
 	}()
 	for {
-		r, ok := t.next(fp)
+		r, ok, wait := t.next(fp, false)
+		if wait && st != nil && t.isSeedLike(fp) {
+			// Nothing to ask the seed for now: close the stream, so that the seed counts the last response as
+			// delivered (6.8 "seed sends once"; the seed may leave once every chunk is) and holds no idle stream.
+			st.Close()
+			st = nil
+		}
+		if wait {
+			r, ok, _ = t.next(fp, true)
+		}
 		if !ok {
 			return
 		}
@@ -530,30 +578,53 @@ func (t *transfer) worker(fp *fpeer) {
 	}
 }
 
-// next blocks until there is a range for fp to request and marks it in flight; false when fp should stop.
-func (t *transfer) next(fp *fpeer) (chunkRange, bool) {
+// isSeedLike is seedLike under t.mu.
+func (t *transfer) isSeedLike(fp *fpeer) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.seedLike(fp)
+}
+
+// next blocks until there is a range for fp to request and marks it in flight; false when fp should stop. With
+// block false it does not wait: wait true says it would have.
+func (t *transfer) next(fp *fpeer, block bool) (r chunkRange, ok, wait bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for {
 		if t.ctx.Err() != nil || t.missing == 0 || fp.dropped {
-			return chunkRange{}, false
+			return chunkRange{}, false, false
+		}
+		if !block {
+			if len(fp.inflight) > 0 && t.seedLike(fp) {
+				return chunkRange{}, false, true
+			}
+			if r, ok := t.pick(fp); ok {
+				t.mark(fp, r)
+				return r, true, false
+			}
+			return chunkRange{}, false, true
 		}
 		if len(fp.inflight) > 0 && t.seedLike(fp) {
 			t.cond.Wait()
 			continue
 		}
 		if r, ok := t.pick(fp); ok {
-			now := time.Now()
-			for i := r.First; i < r.First+r.Count; i++ {
-				if t.assigned[i] == 0 {
-					t.since[i] = now
-				}
-				t.assigned[i]++
-				fp.inflight[int(i)] = true
-			}
-			return r, true
+			t.mark(fp, r)
+			return r, true, false
 		}
 		t.cond.Wait()
+	}
+}
+
+// mark records r as in flight from fp.
+func (t *transfer) mark(fp *fpeer, r chunkRange) {
+	now := time.Now()
+	for i := r.First; i < r.First+r.Count; i++ {
+		if t.assigned[i] == 0 {
+			t.since[i] = now
+		}
+		t.assigned[i]++
+		fp.inflight[int(i)] = true
 	}
 }
 
@@ -591,8 +662,9 @@ func (t *transfer) pick(fp *fpeer) (chunkRange, bool) {
 		return chunkRange{}, false
 	}
 	n := len(t.have)
-	free := func(i int) bool { return !t.have[i] && t.assigned[i] == 0 && fp.have[i] }
-	dup := func(i int) bool { return !t.have[i] && t.assigned[i] == 1 && fp.have[i] && !fp.inflight[i] }
+	now := time.Now()
+	free := func(i int) bool { return !t.have[i] && t.assigned[i] == 0 && fp.serves(i, now) }
+	dup := func(i int) bool { return !t.have[i] && t.assigned[i] == 1 && fp.serves(i, now) && !fp.inflight[i] }
 	for t.low < n && t.have[t.low] {
 		t.low++
 	}
@@ -647,7 +719,6 @@ func (t *transfer) pick(fp *fpeer) (chunkRange, bool) {
 			// slow request in the end game.
 			return chunkRange{}, false
 		case anyFree || t.seedLike(fp):
-			now := time.Now()
 			ok = func(i int) bool { return dup(i) && now.Sub(t.since[i]) > slow }
 		default:
 			ok = dup
@@ -792,10 +863,18 @@ func (t *transfer) stored(i int) {
 	t.report(done)
 }
 
-// noChunk records that fp no longer claims chunk i.
+// noChunk records that fp no longer claims chunk i, or, from a peer holding the whole blob (a seed that has sent
+// the chunk to another receiver), that it is not to be asked for it for refuseBackoff.
 func (t *transfer) noChunk(fp *fpeer, i int) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if !fp.dropped && fp.have != nil && fp.held == len(t.have) {
+		if fp.refused == nil {
+			fp.refused = make([]time.Time, len(t.have))
+		}
+		fp.refused[i] = time.Now().Add(refuseBackoff)
+		return
+	}
 	if !fp.dropped && fp.have != nil && fp.have[i] {
 		fp.have[i] = false
 		fp.held--

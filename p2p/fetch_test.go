@@ -81,7 +81,7 @@ func TestFetchRanksPeersWithoutFlightLock(t *testing.T) {
 func testTransfer(t *testing.T, n int) *transfer {
 	t.Helper()
 	tr := &transfer{
-		p: testFetchParams, have: make([]bool, n), assigned: make([]uint8, n), avail: make([]uint16, n), since: make([]time.Time, n), firstSince: make([]time.Time, n),
+		p: testFetchParams, have: make([]bool, n), assigned: make([]uint8, n), avail: make([]uint16, n), since: make([]time.Time, n),
 		missing: n, peers: map[peer.ID]*fpeer{},
 	}
 	tr.p.chunksPerReq = 1
@@ -191,7 +191,7 @@ func TestSeedLikePeerOneRequest(t *testing.T) {
 			for range 4 {
 				res := make(chan bool, 1)
 				go func() {
-					_, ok := tr.next(full)
+					_, ok, _ := tr.next(full, true)
 					res <- ok
 				}()
 				select {

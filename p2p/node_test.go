@@ -58,6 +58,7 @@ var testFetchParams = fetchParams{
 	rpcTimeout:     5 * time.Second,
 	haveRefresh:    100 * time.Millisecond,
 	stallTimeout:   10 * time.Second,
+	sourceTimeout:  3 * time.Second,
 	maxFailures:    2,
 }
 
@@ -617,7 +618,16 @@ func TestFetchResumesAfterRestart(t *testing.T) {
 		t.Fatalf("interrupted fetch: %v", err)
 	}
 	f.close()
+	// A write the seed began before the close may complete (and count) after it: read the count once it is stable.
 	servedBefore := seed.srv.served.Load()
+	for range 50 {
+		time.Sleep(50 * time.Millisecond)
+		n := seed.srv.served.Load()
+		if n == servedBefore {
+			break
+		}
+		servedBefore = n
+	}
 
 	f = startNode(t, dir, nil)
 	connect(t, f, seed)
@@ -679,6 +689,7 @@ func TestFetchStalls(t *testing.T) {
 	data := randomBlob(t, 2<<20)
 	f, s := startNode(t, "", nil), startNode(t, "", nil)
 	f.fp.stallTimeout = 500 * time.Millisecond
+	f.fp.sourceTimeout = time.Minute // the stall, not the missing source (TestFetchOrphanChunkFails)
 	blob := putPartial(t, s, data, 0)
 	connect(t, f, s)
 	if err := fetch(t, f, blob, s); !errors.Is(err, ErrStalled) {

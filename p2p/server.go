@@ -53,6 +53,7 @@ type server struct {
 	// watching counts WATCH_HAVE streams served (guarded by mu); haves tells them of newly stored chunks.
 	watching int
 	haves    haveHub
+	seeds    seedServed // chunks sent of the blobs this node seeds (swarm_served.go)
 	// beforeSend, if set, sees (and may alter or delay) each chunk just before it is sent: tests use it to play
 	// a slow or malicious peer.
 	beforeSend func(i int, data []byte)
@@ -137,10 +138,12 @@ func (s *server) serve(st stream, b *peerBudget) error {
 		b = &peerBudget{slots: make(chan struct{}, maxServingPerPeer)}
 	}
 	var buf [maxRequestLen]byte
+	var sent pendingDelivery // the last response's seeded chunks, delivered once the client asks again or closes
 	for {
 		st.SetReadDeadline(time.Now().Add(serveIdleTimeout))
 		t, n, err := readRequestHeader(st)
 		if err == io.EOF {
+			s.confirm(&sent)
 			return nil
 		}
 		if err != nil {
@@ -153,18 +156,19 @@ func (s *server) serve(st stream, b *peerBudget) error {
 			}
 			return fmt.Errorf("read request: %w", noEOF(err))
 		}
+		s.confirm(&sent)
 		st.SetReadDeadline(time.Now().Add(requestReadTimeout))
 		if _, err := io.ReadFull(st, buf[:n]); err != nil {
 			return fmt.Errorf("read request: %s frame truncated: %w", t, noEOF(err))
 		}
-		if err := s.serveOne(st, b, t, buf[:n]); err != nil {
+		if err := s.serveOne(st, b, t, buf[:n], &sent); err != nil {
 			return err
 		}
 	}
 }
 
 // serveOne answers one request: with its full response, or with a single ERROR frame.
-func (s *server) serveOne(st stream, b *peerBudget, t msgType, p []byte) error {
+func (s *server) serveOne(st stream, b *peerBudget, t msgType, p []byte, sent *pendingDelivery) error {
 	req, err := decodeRequest(t, p)
 	if err != nil {
 		// A client that sends garbage gets an answer saying so, and no more.
@@ -196,11 +200,11 @@ func (s *server) serveOne(st stream, b *peerBudget, t msgType, p []byte) error {
 		}
 		return s.serveWatch(st, b, req)
 	default: // msgGetChunks
-		return s.serveChunks(st, b, req)
+		return s.serveChunks(st, b, req, sent)
 	}
 }
 
-func (s *server) serveChunks(st stream, b *peerBudget, req request) error {
+func (s *server) serveChunks(st stream, b *peerBudget, req request, sent *pendingDelivery) error {
 	wait := time.NewTimer(servingWait)
 	defer wait.Stop()
 	select {
@@ -222,10 +226,20 @@ func (s *server) serveChunks(st stream, b *peerBudget, req request) error {
 	bp := chunkBufPool.Get().(*[]byte)
 	defer chunkBufPool.Put(bp)
 	hdr := frameHeaderLen + chunkFrameOverhead
+	seed := s.seeds.state(s.ctx, s, req.Blob)
+	*sent = pendingDelivery{b: seed, blob: req.Blob, idx: sent.idx[:0]}
 	for _, r := range req.Ranges {
 		for i := int(r.First); i < int(r.First)+int(r.Count); i++ {
-			b, err := s.store.ServeChunk(s.ctx, req.Blob, i, (*bp)[:hdr])
+			ok, first := s.seeds.take(seed, i)
+			var b []byte
+			err := blobstore.ErrNotFound // refused: sent already while other chunks have not left (swarm_served.go)
+			if ok {
+				b, err = s.store.ServeChunk(s.ctx, req.Blob, i, (*bp)[:hdr])
+			}
 			if err != nil {
+				if first {
+					s.seeds.untake(seed, i)
+				}
 				if s.ctx.Err() != nil {
 					return s.ctx.Err()
 				}
@@ -248,9 +262,18 @@ func (s *server) serveChunks(st stream, b *peerBudget, req request) error {
 			frameHeader(b, msgChunk, len(b)-frameHeaderLen)
 			putIndex(b[frameHeaderLen:], i)
 			if err := s.write(st, b); err != nil {
+				if first {
+					s.seeds.untake(seed, i)
+				}
 				return err
 			}
 			s.served.Add(1)
+			if seed != nil && seed.seed {
+				sent.idx = append(sent.idx, i)
+				if !first {
+					s.seeds.again(seed)
+				}
+			}
 		}
 	}
 	return nil

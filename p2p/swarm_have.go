@@ -266,6 +266,7 @@ func (t *transfer) addHave(fp *fpeer, idx []int) bool {
 			fp.have[i] = true
 			fp.held++
 			t.avail[i]++
+			t.lastHave = time.Now()
 		}
 	}
 	t.cond.Broadcast()

@@ -69,9 +69,8 @@ func ownerWeight(blob []byte, i int, p peer.ID) uint64 {
 
 // pickFromSeed chooses the chunk to ask seed-like fp for: the first chunk of this node's share that only peers
 // holding the whole blob hold (the seed, receivers done) and no request is fetching, else, of the other shares'
-// such chunks, except each share's first, the one with this node's highest weight: receivers done with their own
-// shares then take different chunks. false: every such chunk is being fetched (or is some share's first); the
-// others are left to the partial holders.
+// such chunks, the one with this node's highest weight: receivers done with their own shares then take different
+// chunks. false: every such chunk is being fetched; the others are left to the partial holders.
 func (t *transfer) pickFromSeed(fp *fpeer) (int, bool) {
 	own := t.owners()
 	n := len(t.have)
@@ -81,40 +80,24 @@ func (t *transfer) pickFromSeed(fp *fpeer) (int, bool) {
 			full++
 		}
 	}
-	only := func(i int) bool { return !t.have[i] && t.assigned[i] == 0 && fp.have[i] && int(t.avail[i]) <= full }
+	now := time.Now()
+	only := func(i int) bool {
+		return !t.have[i] && t.assigned[i] == 0 && fp.serves(i, now) && int(t.avail[i]) <= full
+	}
 	for i := t.low; i < n; i++ {
 		if own[i] && only(i) {
 			return i, true
 		}
 	}
-	// Each other share's first chunk still at the seed alone is most likely in flight from its owner (one request
-	// at a time to a seed-like peer, front to back): taking it would only send it twice. It is left to its owner,
-	// or reassigned when the owner leaves the fetchers.
-	// A share's first that has stayed first for longer than a slow request is taken too: its owner may not be
-	// fetching at all (a partial holder whose fetch ended) or be stuck.
-	first := make([]bool, t.shares)
-	now, slow := time.Now(), t.slowAfter()
-	best, late := -1, -1
+	// Each other share's first chunk is most likely in flight from its owner; a seed that sends each chunk once
+	// (swarm_served.go) refuses it then, and this node backs off from it (refuseBackoff). Leaving it to its owner
+	// instead stalled the end of a run for seconds when two receivers' views of the fetchers differed (each took
+	// the chunk for the other's share's first).
+	best := -1
 	for i := t.low; i < n; i++ {
-		if t.have[i] || int(t.avail[i]) > full || own[i] {
-			continue
-		}
-		if s := i % t.shares; !first[s] {
-			first[s] = true
-			if t.firstSince[i].IsZero() {
-				t.firstSince[i] = now
-			}
-			if only(i) && now.Sub(t.firstSince[i]) > slow && late < 0 {
-				late = i
-			}
-			continue
-		}
-		if only(i) && (best < 0 || t.weight[i] > t.weight[best]) {
+		if !own[i] && only(i) && (best < 0 || t.weight[i] > t.weight[best]) {
 			best = i
 		}
-	}
-	if best < 0 {
-		best = late
 	}
 	return best, best >= 0
 }

@@ -76,6 +76,17 @@ type SeedLeaver interface {
 	StopSeed() error
 }
 
+// SeedSentWaiter is a SeedLeaver that knows exactly when every block has reached some receiver: the harness stops
+// its seed then, not at the SeedLeaveCopies proxy.
+type SeedSentWaiter interface {
+	WaitSeedSent(ctx context.Context) error
+}
+
+// Noter is a System with something to say about its last run (e.g. its seed's own counters), printed after it.
+type Noter interface {
+	Notes() string
+}
+
 // Config is one benchmark run.
 type Config struct {
 	Hosts   int    // lab hosts including the seed, at least 2
@@ -88,7 +99,8 @@ type Config struct {
 	// Slow lists receivers shaped to SlowRate instead of Rate (heterogeneous links).
 	Slow     []int
 	SlowRate string
-	// SeedLeaves stops the seed (SeedLeaver) once its uplink has sent SeedLeaveCopies copies of the blob.
+	// SeedLeaves stops the seed (SeedLeaver) once it reports every block delivered (SeedSentWaiter), or else once
+	// its uplink has sent SeedLeaveCopies copies of the blob.
 	SeedLeaves bool
 }
 
@@ -96,9 +108,8 @@ type Config struct {
 // in the seed-leaves scenario. The harness cannot see which blocks a system sent, so this is a proxy for "every
 // block has left the seed": a system that sends each block once from the seed has sent all of them after about
 // 1.05 copies (TCP/IP headers); at 1.25 one that sent up to about 15 % of the blocks twice has too, and one that
-// sent more duplicates may be left without a block and fail the run. (At 1.15, npu-agent's receivers lacked
-// chunks: its seed sends 15-20 % twice. internal/e2e TestFaultSeedKilled stops npu-agent's seed exactly when the
-// receivers together hold every chunk.)
+// sent more duplicates may be left without a block and fail the run. npu-agent reports the moment exactly
+// (SeedSentWaiter) and is not stopped by this proxy.
 const SeedLeaveCopies = 1.25
 
 // rates returns every host's rate in bit/s.
@@ -162,6 +173,9 @@ type Result struct {
 	Bound     time.Duration
 	CPU       CPUUsage // machine CPU use during Run
 	Links     LinkUse  // how busy the links were until the last host finished
+	// SeedCopies is what the seed's interface sent until the last host finished, in blob sizes (headers included;
+	// a seed that sends each block once sends about 1.04).
+	SeedCopies float64
 	// Timeline is link and CPU use every TimelineInterval during the run.
 	Timeline []LinkSample
 	Err      error // the run failed; the other fields may be zero
@@ -197,6 +211,11 @@ func Run(ctx context.Context, cfg Config, systems []System, log io.Writer) ([]Re
 		r.System, r.Bound = s.Name(), bound
 		if r.Err != nil {
 			fmt.Fprintf(log, "%s failed: %v\n", s.Name(), r.Err)
+		}
+		if n, ok := s.(Noter); ok {
+			if notes := n.Notes(); notes != "" {
+				fmt.Fprintf(log, "%s: %s\n", s.Name(), notes)
+			}
 		}
 		results = append(results, r)
 		if ctx.Err() != nil {
@@ -309,7 +328,8 @@ func runOne(ctx context.Context, cfg Config, s System, seed Blob, log io.Writer)
 	}
 	slices.SortFunc(fb, func(a, b HostResult) int { return int(a.Elapsed - b.Elapsed) })
 	return Result{Hosts: hosts, Last: last, Median: median(hosts), FirstByte: median(fb), CPU: cpu,
-		Links: linkUse(before, after, last, cfg.rates()), Timeline: samples}
+		Links: linkUse(before, after, last, cfg.rates()), Timeline: samples,
+		SeedCopies: float64(after[SeedHost].TxBytes-before[SeedHost].TxBytes) / float64(seed.Size)}
 }
 
 // LinkUse says how close to their rate the links ran, from interface byte counters (headers included, as tc
@@ -337,9 +357,24 @@ func linkUse(before, after []netlab.LinkStats, elapsed time.Duration, bps []floa
 	}
 }
 
-// leaveSeed stops the seed once its interface has sent SeedLeaveCopies copies of the blob since the run started
-// (polled every 100 ms; it gives up when ctx ends).
+// leaveSeed stops the seed once every block has left it: when the system says so (SeedSentWaiter), else once its
+// interface has sent SeedLeaveCopies copies of the blob since the run started (polled every 100 ms). It gives up
+// when ctx ends.
 func leaveSeed(ctx context.Context, lab *netlab.Lab, s SeedLeaver, tx0 uint64, size int64, log io.Writer) error {
+	if w, ok := s.(SeedSentWaiter); ok {
+		if err := w.WaitSeedSent(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil // the run ended first
+			}
+			return err
+		}
+		sent := "?"
+		if st, err := lab.Stats(ctx, SeedHost); err == nil {
+			sent = FormatSize(int64(st.TxBytes - tx0))
+		}
+		fmt.Fprintf(log, "seed leaves: it reports every block delivered, after sending %s\n", sent)
+		return s.StopSeed()
+	}
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	for {
@@ -416,14 +451,14 @@ func LowerBound(size int64, seedUp float64, down, up []float64) time.Duration {
 // WriteTable prints results as a table: system, time to last host, median host time, bound, ratio, link use, CPU.
 func WriteTable(w io.Writer, results []Result) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "system\tlast host\tmedian host\tloader 1st byte (median)\tbound\tlast/bound\tseed up use\tall up use\tcpu avg\tcpu peak core\tbench procs cpu\t")
+	fmt.Fprintln(tw, "system\tlast host\tmedian host\tloader 1st byte (median)\tbound\tlast/bound\tseed sent/blob\tseed up use\tall up use\tcpu avg\tcpu peak core\tbench procs cpu\t")
 	for _, r := range results {
 		if r.Err != nil {
-			fmt.Fprintf(tw, "%s\tfailed\t\t\t\t\t\t\t\t\t\t\n", r.System)
+			fmt.Fprintf(tw, "%s\tfailed\t\t\t\t\t\t\t\t\t\t\t\n", r.System)
 			continue
 		}
-		fmt.Fprintf(tw, "%s\t%.2fs\t%.2fs\t%.2fs\t%.2fs\t%.2f\t%.0f%%\t%.0f%%\t%.0f%%\t%.0f%%\t%.0f%%\t\n", r.System, r.Last.Seconds(),
-			r.Median.Seconds(), r.FirstByte.Seconds(), r.Bound.Seconds(), r.Ratio(), 100*r.Links.SeedUp, 100*r.Links.AllUp,
+		fmt.Fprintf(tw, "%s\t%.2fs\t%.2fs\t%.2fs\t%.2fs\t%.2f\t%.2f\t%.0f%%\t%.0f%%\t%.0f%%\t%.0f%%\t%.0f%%\t\n", r.System, r.Last.Seconds(),
+			r.Median.Seconds(), r.FirstByte.Seconds(), r.Bound.Seconds(), r.Ratio(), r.SeedCopies, 100*r.Links.SeedUp, 100*r.Links.AllUp,
 			100*r.CPU.Avg, 100*r.CPU.PeakCore, 100*r.CPU.ProcsShare)
 	}
 	if err := tw.Flush(); err != nil {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -34,6 +35,7 @@ type NPUAgent struct {
 	env     Env
 	daemons []*e2e.Daemon // index = lab host
 	left    bool          // the seed's daemon was stopped by StopSeed
+	notes   string        // Notes, read from the seed's log before Close stops it
 }
 
 var _ System = (*NPUAgent)(nil)
@@ -158,13 +160,23 @@ func (a *NPUAgent) Run(ctx context.Context) ([]HostResult, error) {
 	var t0 time.Time
 	for k, d := range receivers {
 		wg.Go(func() {
+			// A daemon whose fetch failed falls back to compiling (receiverCompileTime): end its fetch at once.
+			fctx, cancel := context.WithCancelCause(ctx)
+			defer cancel(nil)
+			go func() {
+				if d.WaitLog(fctx, "compile fallback", e2e.LogMsg(compileFallbackMsg)) == nil {
+					cancel(fmt.Errorf("%w: its fetch from peers failed and it began to compile (log %s)", errCompiling, d.LogPath))
+				}
+			}()
 			<-release
-			res, err := d.Fetch(ctx, a.env.Seed.Model, SeedShape)
+			res, err := d.Fetch(fctx, a.env.Seed.Model, SeedShape)
 			results[k] = HostResult{Host: d.Host, Elapsed: time.Since(t0), Path: res.Path}
 			if err == nil {
 				results[k].FirstByte, err = firstByte(res.Path, t0)
 			}
 			switch {
+			case err != nil && errors.Is(context.Cause(fctx), errCompiling):
+				errs[k] = fmt.Errorf("host %d: %w", d.Host, context.Cause(fctx))
 			case err != nil && ctx.Err() != nil:
 				// Hung rather than failed: its stacks in its log say where.
 				errs[k] = errors.Join(fmt.Errorf("host %d: %w (stacks in %s)", d.Host, err, d.LogPath), d.DumpStacks())
@@ -182,6 +194,50 @@ func (a *NPUAgent) Run(ctx context.Context) ([]HostResult, error) {
 		return nil, err
 	}
 	return results, nil
+}
+
+// compileFallbackMsg is the agent's log message when no peer could serve the blob (agent.fromPeers).
+const compileFallbackMsg = "no peer could serve a compatible blob; compiling"
+
+// seedDeliveredMsg is the p2p server's log message when a blob it seeds has had every chunk delivered once
+// (p2p/swarm_served.go).
+const seedDeliveredMsg = "every chunk of the blob delivered to peers at least once"
+
+var errCompiling = errors.New("receiver fell back to compiling")
+
+// WaitSeedSent implements SeedSentWaiter: the seed's daemon logs when every chunk has been read whole by some
+// receiver (a receiver's next request on the stream proves it).
+func (a *NPUAgent) WaitSeedSent(ctx context.Context) error {
+	return a.daemons[SeedHost].WaitLog(ctx, "every chunk delivered", e2e.LogMsg(seedDeliveredMsg))
+}
+
+// Notes implements Noter.
+func (a *NPUAgent) Notes() string { return a.notes }
+
+// seedNotes is the seed's own count of chunks sent more than once (load-insensitive, unlike times), from its log.
+func (a *NPUAgent) seedNotes() string {
+	if len(a.daemons) == 0 {
+		return ""
+	}
+	var line string
+	if _, err := a.daemons[SeedHost].CountLog(func(l string) bool {
+		if e2e.LogMsg(seedDeliveredMsg)(l) {
+			line = l
+			return true
+		}
+		return false
+	}); err != nil || line == "" {
+		return "the seed did not report every chunk delivered"
+	}
+	var out []string
+	for _, k := range []string{"chunks", "resent", "refused", "all_sent_after", "all_delivered_after"} {
+		if i := strings.Index(line, " "+k+"="); i >= 0 {
+			v, _, _ := strings.Cut(strings.TrimSpace(line[i+len(k)+2:]), " ")
+			out = append(out, k+" "+v)
+		}
+	}
+	return "seed, when every chunk had been delivered once: " + strings.Join(out, ", ") +
+		" (resent: chunks sent twice; refused: repeat requests answered NO_CHUNK)"
 }
 
 // StopSeed implements SeedLeaver: the seed's daemon stops (SIGTERM).
@@ -206,6 +262,7 @@ func firstByte(path string, t0 time.Time) (time.Duration, error) {
 
 // Close implements System.
 func (a *NPUAgent) Close() error {
+	a.notes = a.seedNotes()
 	errs := make([]error, len(a.daemons))
 	var wg sync.WaitGroup
 	for i, d := range a.daemons {

@@ -193,8 +193,8 @@ func (s scenario) describe() string {
 		d += fmt.Sprintf(", receivers %v at %s", s.slow, s.slowRate)
 	}
 	if s.seedLeaves {
-		d += fmt.Sprintf(", the seed leaves after sending %.2f copies (systems whose seed is the only source skipped)",
-			fleetbench.SeedLeaveCopies)
+		d += fmt.Sprintf(", the seed leaves once it reports every block delivered (npu-agent), else after sending %.2f copies"+
+			" (systems whose seed is the only source skipped)", fleetbench.SeedLeaveCopies)
 	}
 	return d
 }
