@@ -290,8 +290,10 @@ func (a *app) fetchViaDaemon(cmd *cobra.Command, model string, prof compile.Prof
 func (a *app) watchJob(ctx context.Context, c *api.Client, pid string) (stop func()) {
 	bar := newProgressBar(a.stderr)
 	var last api.Job
+	// Stopping cancels a poll in flight: the result must not wait for a status answer that only feeds the display.
+	wctx, cancelPolls := context.WithCancel(ctx)
 	stopTick := tick.Every(500*time.Millisecond, func() {
-		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		sctx, cancel := context.WithTimeout(wctx, 2*time.Second)
 		defer cancel()
 		st, err := c.Status(sctx)
 		if err != nil {
@@ -309,6 +311,7 @@ func (a *app) watchJob(ctx context.Context, c *api.Client, pid string) (stop fun
 		}
 	})
 	return func() {
+		cancelPolls()
 		stopTick()
 		bar.Done()
 	}
