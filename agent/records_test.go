@@ -78,15 +78,7 @@ func TestFleetRecordIsNotEnough(t *testing.T) {
 				t.Fatal(err)
 			}
 			// The blob, compiled apart and described by the peer's record as compiled on this very host.
-			blobPath := filepath.Join(t.TempDir(), "peer.blob")
-			sim, err := compile.NewSim(tt.compile, compile.SimOptions{PayloadSize: 1<<20 + 3})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := sim.Compile(ctx, compile.Request{Model: m, Profile: testProfile, OutPath: blobPath}); err != nil {
-				t.Fatal(err)
-			}
-			c, size := fileCID(t, blobPath)
+			blobPath, c, size := peerBlob(t, m, tt.compile)
 			claim, err := lnl().Canonical()
 			if err != nil {
 				t.Fatal(err)
@@ -151,6 +143,22 @@ func TestFleetRecordIsNotEnough(t *testing.T) {
 	}
 }
 
+// peerBlob compiles m for testProfile on the stack fp, apart from any agent, as a peer would: the file, its CID
+// and size.
+func peerBlob(t *testing.T, m compile.Model, fp compat.Fingerprint) (string, cid.Cid, uint64) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "peer.blob")
+	sim, err := compile.NewSim(fp, compile.SimOptions{PayloadSize: 1<<20 + 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sim.Compile(context.Background(), compile.Request{Model: m, Profile: testProfile, OutPath: path}); err != nil {
+		t.Fatal(err)
+	}
+	c, size := fileCID(t, path)
+	return path, c, size
+}
+
 // fileCID is the CID and size the store gives the file's bytes.
 func fileCID(t *testing.T, path string) (cid.Cid, uint64) {
 	t.Helper()
@@ -211,15 +219,7 @@ func TestFleetFetchRetriedBeforeCompile(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			blobPath := filepath.Join(t.TempDir(), "peer.blob")
-			sim, err := compile.NewSim(lnl(), compile.SimOptions{PayloadSize: 1<<20 + 3})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := sim.Compile(ctx, compile.Request{Model: m, Profile: testProfile, OutPath: blobPath}); err != nil {
-				t.Fatal(err)
-			}
-			c, size := fileCID(t, blobPath)
+			blobPath, c, size := peerBlob(t, m, lnl())
 			fp, err := lnl().Canonical()
 			if err != nil {
 				t.Fatal(err)
