@@ -3,6 +3,8 @@
 # simulated NPU stacks of two compatibility classes. One model is requested on all six at the same moment: each
 # class compiles exactly once and every other agent fetches the blob from its peers.
 set -euo pipefail
+# The demo's daemons and CLI use the demo's own config and sockets, not an operator's environment.
+unset NPU_AGENT_SOCKET NPU_AGENT_CONFIG
 cd "$(dirname "$0")/.."
 BIN=${BIN:-bin/npu-agent}
 work=$(mktemp -d /tmp/npu-agent-fleet.XXXXXX)

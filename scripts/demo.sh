@@ -3,6 +3,8 @@
 # a first fetch compiles, a second returns the byte-identical blob from the store, and hosts whose NPU stack
 # differs reuse the blob or compile again exactly as the compatibility rules say.
 set -euo pipefail
+# The demo's daemons and CLI use the demo's own config and sockets, not an operator's environment.
+unset NPU_AGENT_SOCKET NPU_AGENT_CONFIG
 cd "$(dirname "$0")/.."
 BIN=${BIN:-bin/npu-agent}
 work=$(mktemp -d /tmp/npu-agent-demo.XXXXXX)
