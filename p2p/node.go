@@ -202,8 +202,9 @@ func (n *Node) start(ctx context.Context, cfg Config) error {
 	if n.serving {
 		n.h.SetStreamHandler(ChunkProtocol, n.srv.handle)
 	} else {
-		n.log.Warn("no fleet key: blobs are not served to peers (any host could fetch them); " +
-			"make one with `npu-agent fleet-key new --out PATH` and set p2p.fleet_key_file on every member")
+		n.log.Warn("no fleet key or fleet authority: blobs are not served to peers (any host could fetch them); " +
+			"make a key with `npu-agent fleet-key new --out PATH` and set p2p.fleet_key_file on every member, " +
+			"or give each member a certificate (`npu-agent fleet-key authority`, operations.md section 3)")
 	}
 	n.h.SetStreamHandler(RecordSyncProtocol, n.book.serveSync)
 
