@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -191,11 +192,12 @@ func WaitClosed(conn net.Conn, limit time.Duration) (time.Duration, error) {
 	return time.Since(start), errors.New("the daemon keeps sending")
 }
 
-// ZeroReader is an endless body of zeros (an oversized upload without a Content-Length).
-type ZeroReader struct{ N int64 }
+// ZeroReader is an endless body of zeros (an oversized upload without a Content-Length). N is atomic: the HTTP
+// client may still be reading the body when a server answers early (413) and the test reads N.
+type ZeroReader struct{ N atomic.Int64 }
 
 func (z *ZeroReader) Read(p []byte) (int, error) {
 	clear(p)
-	z.N += int64(len(p))
+	z.N.Add(int64(len(p)))
 	return len(p), nil
 }

@@ -173,7 +173,7 @@ func TestHostileClientOversizedUpload(t *testing.T) {
 	} else if a.Status != http.StatusRequestEntityTooLarge || a.Code != "too_large" {
 		t.Errorf("endless upload: %d %s; want 413 too_large", a.Status, a.Body)
 	}
-	t.Logf("endless upload: the client sent %d bytes before the answer", z.N)
+	t.Logf("endless upload: the client sent %d bytes before the answer", z.N.Load())
 	conn, err := c.StalledUpload(ctx, model, 2<<20, 0)
 	if err != nil {
 		t.Fatal(err)
