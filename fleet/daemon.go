@@ -230,6 +230,9 @@ func (f *Fleet) Run(ctx context.Context) error {
 // RolloutNet is the rollout engine's Net on this node; the engine opens its channels.
 func (f *Fleet) RolloutNet() *RolloutChannels { return f.rollouts }
 
+// PeersRefused counts peers rejected for their membership proof (npu_agent_peers_refused_total).
+func (f *Fleet) PeersRefused() int64 { return f.node.PeersRefused() }
+
 // ChunksServed counts the chunks sent to peers (npu_agent_chunks_served_total).
 func (f *Fleet) ChunksServed() int64 { return f.node.ChunksServed() }
 

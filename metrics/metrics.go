@@ -44,7 +44,18 @@ type Metrics struct {
 	peers          prometheus.Gauge
 	// Computed at scrape time from the components that keep them (set once those exist; absent: 0).
 	chunksServed atomic.Pointer[func() int64]
+	peersRefused atomic.Pointer[func() int64]
 	rollouts     atomic.Pointer[func() map[string]int]
+}
+
+// counterFunc is a counter read at scrape time from *f (0 until it is set).
+func counterFunc(name, help string, f *atomic.Pointer[func() int64]) prometheus.CounterFunc {
+	return prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: Namespace, Name: name, Help: help}, func() float64 {
+		if g := f.Load(); g != nil {
+			return float64((*g)())
+		}
+		return 0
+	})
 }
 
 // RolloutStates are the rollouts_by_state label values always exported: this agent's own state of a rollout
@@ -107,15 +118,9 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 	}
 	// Totals, not per peer: a label per peer grows with the fleet (thousands of members, design 6.10) and with
 	// every identity a stranger makes up; which peers serve most is a question for the logs.
-	served := prometheus.NewCounterFunc(prometheus.CounterOpts{
-		Namespace: Namespace, Name: "chunks_served_total",
-		Help: "Chunks sent to peers.",
-	}, func() float64 {
-		if f := m.chunksServed.Load(); f != nil {
-			return float64((*f)())
-		}
-		return 0
-	})
+	served := counterFunc("chunks_served_total", "Chunks sent to peers.", &m.chunksServed)
+	refused := counterFunc("peers_refused_total",
+		"Peers disconnected and refused for a missing or invalid membership proof (fleet authority).", &m.peersRefused)
 	// Export every label value from the start so that rate() and ratios have a series to work on.
 	for _, s := range []blobstore.Source{blobstore.SourceStore, blobstore.SourcePeer, blobstore.SourceCompiled} {
 		m.fetches.WithLabelValues(string(s))
@@ -132,7 +137,7 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 	}
 	var errs []error
 	for _, c := range []prometheus.Collector{m.fetches, m.fetchBytes, m.compiles, m.compileSeconds, m.waits,
-		m.lookups, m.hits, m.storeBytes, m.storeBlobs, m.chunksRejected, m.chunksFetched, m.peers, served,
+		m.lookups, m.hits, m.storeBytes, m.storeBlobs, m.chunksRejected, m.chunksFetched, m.peers, served, refused,
 		rolloutCollector{m}} {
 		if err := reg.Register(c); err != nil {
 			errs = append(errs, err)
@@ -234,6 +239,13 @@ func (m *Metrics) ChunksFetched(n int) {
 func (m *Metrics) SetChunksServed(f func() int64) {
 	if m != nil && f != nil {
 		m.chunksServed.Store(&f)
+	}
+}
+
+// SetPeersRefused names the counter of peers refused for their membership proof (the p2p node's).
+func (m *Metrics) SetPeersRefused(f func() int64) {
+	if m != nil && f != nil {
+		m.peersRefused.Store(&f)
 	}
 }
 

@@ -134,10 +134,14 @@ npu_agent_chunks_served_total 0
 		t.Error(err)
 	}
 	m.SetChunksServed(func() int64 { return 42 })
+	m.SetPeersRefused(func() int64 { return 7 })
 	m.SetRollouts(func() map[string]int { return map[string]int{"ready": 2, "failed": 1, "strange": 1} })
 	want = `# HELP npu_agent_chunks_served_total Chunks sent to peers.
 # TYPE npu_agent_chunks_served_total counter
 npu_agent_chunks_served_total 42
+# HELP npu_agent_peers_refused_total Peers disconnected and refused for a missing or invalid membership proof (fleet authority).
+# TYPE npu_agent_peers_refused_total counter
+npu_agent_peers_refused_total 7
 # HELP npu_agent_rollouts Rollouts this agent follows, by its own state of each.
 # TYPE npu_agent_rollouts gauge
 npu_agent_rollouts{state="compiling"} 0
@@ -148,12 +152,13 @@ npu_agent_rollouts{state="pending"} 0
 npu_agent_rollouts{state="ready"} 2
 npu_agent_rollouts{state="strange"} 1
 `
-	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "npu_agent_chunks_served_total", "npu_agent_rollouts"); err != nil {
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "npu_agent_chunks_served_total", "npu_agent_peers_refused_total", "npu_agent_rollouts"); err != nil {
 		t.Error(err)
 	}
 	var nilM *Metrics
 	nilM.ChunksFetched(1)
 	nilM.SetChunksServed(func() int64 { return 1 })
+	nilM.SetPeersRefused(func() int64 { return 1 })
 	nilM.SetRollouts(nil)
 }
 

@@ -76,6 +76,15 @@ type Node struct {
 // Config.ServeWithoutFleetKey).
 func (n *Node) ServesBlobs() bool { return n.serving }
 
+// PeersRefused counts the peers this node rejected for a missing or invalid membership proof since it started
+// (fleet authority only; metrics).
+func (n *Node) PeersRefused() int64 {
+	if n.mb == nil {
+		return 0
+	}
+	return n.mb.refused.Load()
+}
+
 // ChunksServed counts the chunks this node sent to peers since it started (metrics).
 func (n *Node) ChunksServed() int64 { return n.srv.served.Load() }
 

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
@@ -56,6 +57,7 @@ type proofState struct {
 // membership proves peers' certificates, keeps the revocation list and gates streams (gatedHost) and
 // connections (gater.refuse).
 type membership struct {
+	refused   atomic.Int64 // peers rejected for a missing or invalid proof (npu_agent_peers_refused_total)
 	authority ed25519.PublicKey
 	cert      []byte // ours
 	timeout   time.Duration
@@ -300,6 +302,7 @@ func (m *membership) readProof(ctx context.Context, p peer.ID) (MemberCert, uint
 // reject closes every connection to p and has the gater refuse it for proofPenalty.
 func (m *membership) reject(p peer.ID, why error) {
 	m.log.Warn("peer refused: no valid membership proof", "peer", p, "err", why)
+	m.refused.Add(1)
 	m.mu.Lock()
 	stamp(m.penalised, p, time.Now().Add(proofPenalty), maxPenalised)
 	m.mu.Unlock()

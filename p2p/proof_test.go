@@ -226,6 +226,9 @@ func TestThreatAuthorityUnproven(t *testing.T) {
 			if victim.Member(h.ID()) {
 				t.Error("unproven peer counts as a member")
 			}
+			if n := victim.PeersRefused(); n < 1 {
+				t.Errorf("PeersRefused = %d after refusing a peer, want ≥ 1 (npu_agent_peers_refused_total)", n)
+			}
 			if hasRecord(victim, "hostile-model") {
 				t.Error("victim took gossip from an unproven peer")
 			}

@@ -111,6 +111,7 @@ func runDaemon(ctx context.Context, cfg config.Config, log *slog.Logger) (err er
 		svc.PeerID, svc.Peers = fl.ID(), fl.APIPeers
 		svc.PeerServing = fl.PeerServing()
 		m.SetChunksServed(fl.ChunksServed)
+		m.SetPeersRefused(fl.PeersRefused)
 	}
 	ag, err := agent.New(opts)
 	if err != nil {
