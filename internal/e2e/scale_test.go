@@ -200,6 +200,16 @@ func (f *testFleet) checkScale(ctx context.Context, t0 time.Time) {
 	if slowest > scaleMembership {
 		t.Errorf("full membership after %s, want within %s", slowest.Round(time.Millisecond), scaleMembership)
 	}
+	if slowest > scaleMembership/2 {
+		// Which shape the slow mode has: one host late to learn many members, or many hosts late to learn one.
+		var late []string
+		for i, d := range full {
+			if d > scaleMembership/2 {
+				late = append(late, fmt.Sprintf("h%d:%s", i, d.Round(100*time.Millisecond)))
+			}
+		}
+		t.Logf("daemons with full membership after %s: %d of %d %v", scaleMembership/2, len(late), n, late[:min(len(late), 20)])
+	}
 
 	// Idle: connections per daemon within the configured bound once the connection manager had its grace
 	// period, then RSS.
