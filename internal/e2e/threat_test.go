@@ -60,6 +60,18 @@ type threatScale struct {
 	timeout  time.Duration
 }
 
+// startThreat begins a real-daemon threat test: it needs the lab, runs in parallel with the others, and is bounded
+// by its scale's timeout (ctx is cancelled at cleanup).
+func startThreat(t *testing.T) (context.Context, threatScale) {
+	t.Helper()
+	requireLab(t)
+	t.Parallel()
+	sz := threatSize()
+	ctx, cancel := context.WithTimeout(context.Background(), sz.timeout)
+	t.Cleanup(cancel)
+	return ctx, sz
+}
+
 func threatSize() threatScale {
 	if longFaults {
 		return threatScale{streams: 1280, records: 5000, statuses: 4200, special: 10200, uploads: 2000, headers: 2000,
@@ -438,11 +450,7 @@ var floodHeaders = [][]byte{
 // claims a huge payload of every frame type, and keep them open. The victim's RSS stays under 200 MiB, its
 // threads bounded, the honest peer fetches during the flood, and the victim keeps its blob.
 func TestThreatDaemonChunkFlood(t *testing.T) {
-	requireLab(t)
-	t.Parallel()
-	sz := threatSize()
-	ctx, cancel := context.WithTimeout(context.Background(), sz.timeout)
-	defer cancel()
+	ctx, sz := startThreat(t)
 	p := startPair(ctx, t, pairOptions{})
 	s := startSampler(ctx, t, "chunk-flood", p.v)
 
@@ -505,11 +513,7 @@ func TestThreatDaemonChunkFlood(t *testing.T) {
 // keeps its own record, the honest peer still fetches (it keeps the victim's record too), a record the victim
 // makes after the flood still reaches the honest peer, records.log stays small, and memory stays bounded.
 func TestThreatDaemonRecordFlood(t *testing.T) {
-	requireLab(t)
-	t.Parallel()
-	sz := threatSize()
-	ctx, cancel := context.WithTimeout(context.Background(), sz.timeout)
-	defer cancel()
+	ctx, sz := startThreat(t)
 	p := startPair(ctx, t, pairOptions{})
 	s := startSampler(ctx, t, "record-flood", p.v)
 	members := hostiles(t, 3, hostile.PeerOptions{FleetKey: p.psk, PubSub: true})
@@ -613,11 +617,7 @@ func TestThreatDaemonRecordFlood(t *testing.T) {
 // failed DONEs for the flight's key at every epoch around it. Both daemons end with the blob, one compiled and
 // one fetched, and neither gave up.
 func TestThreatDaemonForgedFlightFailure(t *testing.T) {
-	requireLab(t)
-	t.Parallel()
-	sz := threatSize()
-	ctx, cancel := context.WithTimeout(context.Background(), sz.timeout)
-	defer cancel()
+	ctx, _ := startThreat(t)
 	p := startPair(ctx, t, pairOptions{compileTime: 4 * time.Second, window: 300 * time.Millisecond, noSeed: true})
 	hAddr := func() peer.AddrInfo {
 		st, err := p.v.API().Status(ctx)
@@ -735,11 +735,7 @@ func TestThreatDaemonForgedFlightFailure(t *testing.T) {
 // the victim and the honest peer while a compromised member relays statuses.count "ready" reports signed by
 // throwaway keys. The victim's view lists only the two members, both reach ready, and memory stays bounded.
 func TestThreatDaemonStrangerStatus(t *testing.T) {
-	requireLab(t)
-	t.Parallel()
-	sz := threatSize()
-	ctx, cancel := context.WithTimeout(context.Background(), sz.timeout)
-	defer cancel()
+	ctx, sz := startThreat(t)
 	opKey := filepath.Join(t.TempDir(), "operator.key")
 	out, err := exec.CommandContext(ctx, npuAgent, "--json", "keygen", "--out", opKey).Output()
 	if err != nil {
@@ -850,11 +846,7 @@ func honestEnsure(ctx context.Context, t *testing.T, d *Daemon, model string) Fe
 // nobody writes and /dev/zero, 40 at a time, all fail at once; threads stay bounded; an honest client's fetch
 // still answers during the flood.
 func TestThreatDaemonSpecialFiles(t *testing.T) {
-	requireLab(t)
-	t.Parallel()
-	sz := threatSize()
-	ctx, cancel := context.WithTimeout(context.Background(), sz.timeout)
-	defer cancel()
+	ctx, sz := startThreat(t)
 	d, _, model := localVictim(ctx, t)
 	dir := t.TempDir()
 	fifo, err := hostile.FIFOModel(dir, "fifo")
@@ -901,11 +893,7 @@ func TestThreatDaemonSpecialFiles(t *testing.T) {
 // TestThreatDaemonStalledHeaders (9.1 "stalled request headers"): connections that send half a request line
 // and stall are all closed by the header deadline (10 s); fds come back; an honest fetch answers meanwhile.
 func TestThreatDaemonStalledHeaders(t *testing.T) {
-	requireLab(t)
-	t.Parallel()
-	sz := threatSize()
-	ctx, cancel := context.WithTimeout(context.Background(), sz.timeout)
-	defer cancel()
+	ctx, sz := startThreat(t)
 	d, tcp, model := localVictim(ctx, t)
 	s := startSampler(ctx, t, "stalled-headers", d)
 	conns := make([]net.Conn, 0, sz.headers)
@@ -961,11 +949,7 @@ func TestThreatDaemonStalledHeaders(t *testing.T) {
 // 429 at once; the taken ones are closed after the 30 s idle deadline and their spool files removed; an honest
 // socket client's fetch answers meanwhile.
 func TestThreatDaemonStalledUploads(t *testing.T) {
-	requireLab(t)
-	t.Parallel()
-	sz := threatSize()
-	ctx, cancel := context.WithTimeout(context.Background(), sz.timeout)
-	defer cancel()
+	ctx, sz := startThreat(t)
 	d, tcp, model := localVictim(ctx, t)
 	// A TCP client is anonymous: it may name only a model every user may read (t.TempDir is private).
 	pub, err := os.MkdirTemp("", "npu-agent-threat-")
