@@ -10,29 +10,42 @@ import (
 	"github.com/npu-agent/npu-agent/blobstore"
 )
 
+// partialMem is an in-memory store holding the listed chunks of a 3-chunk blob as a partial blob.
+func partialMem(t *testing.T, ctx context.Context, have ...int) (*memStore, *blobstore.Manifest, [][]byte) {
+	t.Helper()
+	st := newMemStore()
+	m, chunks := manifestOf(bytes.Repeat([]byte("npu"), blobstore.ChunkSize))
+	if err := st.BeginPartial(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	for _, i := range have {
+		if err := st.PutChunk(ctx, m.CID(), i, chunks[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return st, m, chunks
+}
+
+// servePipe runs a server for st on one end of a pipe; done gets serve's result. The client end is closed at
+// cleanup.
+func servePipe(t *testing.T, ctx context.Context, st blobstore.ChunkStore) (srv *server, client net.Conn, done <-chan error) {
+	t.Helper()
+	srv = newServer(ctx, st, testLog)
+	client, server := net.Pipe()
+	d := make(chan error, 1)
+	go func() { d <- srv.serve(server, nil); server.Close() }()
+	t.Cleanup(func() { client.Close() })
+	return srv, client, d
+}
+
 // The server's request loop over net.Pipe against an in-memory store: several requests on one stream, chunks of
 // a partial blob, and the error answers.
 func TestServerOverPipe(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	st := newMemStore()
-	data := bytes.Repeat([]byte("npu"), blobstore.ChunkSize) // 3 chunks
-	m, chunks := manifestOf(data)
+	st, m, chunks := partialMem(t, ctx, 0, 2)
 	blob := m.CID()
-	if err := st.BeginPartial(ctx, m); err != nil {
-		t.Fatal(err)
-	}
-	if err := st.PutChunk(ctx, blob, 0, chunks[0]); err != nil {
-		t.Fatal(err)
-	}
-	if err := st.PutChunk(ctx, blob, 2, chunks[2]); err != nil {
-		t.Fatal(err)
-	}
-	srv := newServer(ctx, st, testLog)
-	client, server := net.Pipe()
-	done := make(chan error, 1)
-	go func() { done <- srv.serve(server, nil); server.Close() }()
-	defer client.Close()
+	_, client, done := servePipe(t, ctx, st)
 
 	// Manifest of a partial blob.
 	if err := writeFrame(client, msgGetManifest, blob.Bytes()); err != nil {

@@ -1,11 +1,9 @@
 package p2p
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
-	"net"
 	"runtime"
 	"testing"
 	"time"
@@ -21,21 +19,9 @@ import (
 func TestServerWatchHave(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	st := newMemStore()
-	data := bytes.Repeat([]byte("npu"), blobstore.ChunkSize) // 3 chunks
-	m, chunks := manifestOf(data)
+	st, m, chunks := partialMem(t, ctx, 0)
 	blob := m.CID()
-	if err := st.BeginPartial(ctx, m); err != nil {
-		t.Fatal(err)
-	}
-	if err := st.PutChunk(ctx, blob, 0, chunks[0]); err != nil {
-		t.Fatal(err)
-	}
-	srv := newServer(ctx, st, testLog)
-	client, server := net.Pipe()
-	done := make(chan error, 1)
-	go func() { done <- srv.serve(server, nil); server.Close() }()
-	defer client.Close()
+	srv, client, done := servePipe(t, ctx, st)
 	if err := writeFrame(client, msgWatchHave, blob.Bytes()); err != nil {
 		t.Fatal(err)
 	}

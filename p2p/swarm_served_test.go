@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"net"
 	"testing"
 	"time"
 
@@ -24,10 +23,7 @@ func TestServerSeedSendsOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	blob := m.CID()
-	srv := newServer(ctx, st, testLog)
-	client, server := net.Pipe()
-	done := make(chan error, 1)
-	go func() { done <- srv.serve(server, nil); server.Close() }()
+	srv, client, done := servePipe(t, ctx, st)
 	ask := func(i int) bool {
 		t.Helper()
 		rs := []chunkRange{{uint32(i), 1}}
@@ -74,20 +70,9 @@ func TestServerSeedSendsOnce(t *testing.T) {
 func TestServerPartialServesAgain(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	st := newMemStore()
-	data := bytes.Repeat([]byte("npu"), blobstore.ChunkSize)
-	m, chunks := manifestOf(data)
+	st, m, _ := partialMem(t, ctx, 0)
 	blob := m.CID()
-	if err := st.BeginPartial(ctx, m); err != nil {
-		t.Fatal(err)
-	}
-	if err := st.PutChunk(ctx, blob, 0, chunks[0]); err != nil {
-		t.Fatal(err)
-	}
-	srv := newServer(ctx, st, testLog)
-	client, server := net.Pipe()
-	go func() { srv.serve(server, nil); server.Close() }()
-	defer client.Close()
+	srv, client, _ := servePipe(t, ctx, st)
 	rs := []chunkRange{{0, 1}}
 	for range 2 {
 		if err := writeFrame(client, msgGetChunks, encodeGetChunks(blob, rs)); err != nil {
