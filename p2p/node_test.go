@@ -484,24 +484,34 @@ func TestFetchFromPartialPeers(t *testing.T) {
 	}
 }
 
-// A chunk that appears at a partial peer during the fetch is found by a HAVE refresh.
+// A chunk that appears at a partial peer during the fetch is found: pushed by WATCH_HAVE, or by HAVE polls of a
+// peer that does not support WATCH_HAVE (an older version).
 func TestFetchHaveRefresh(t *testing.T) {
 	t.Parallel()
-	data := randomBlob(t, 3<<20)
-	f, s := startNode(t, "", nil), startNode(t, "", nil)
-	blob := putPartial(t, s, data, 0, 1)
-	connect(t, f, s)
-	done := make(chan error, 1)
-	go func() { done <- fetch(t, f, blob, s) }()
-	eventually(t, "two chunks fetched", func() bool { return s.srv.served.Load() == 2 })
-	m, chunks := manifestOf(data)
-	if err := s.store.PutChunk(context.Background(), m.CID(), 2, chunks[2]); err != nil {
-		t.Fatal(err)
+	for _, tc := range []struct {
+		name    string
+		noWatch bool
+	}{{"watched", false}, {"older peer, polled", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			data := randomBlob(t, 3<<20)
+			f, s := startNode(t, "", nil), startNode(t, "", nil)
+			s.srv.noWatch = tc.noWatch
+			blob := putPartial(t, s, data, 0, 1)
+			connect(t, f, s)
+			done := make(chan error, 1)
+			go func() { done <- fetch(t, f, blob, s) }()
+			eventually(t, "two chunks fetched", func() bool { return s.srv.served.Load() == 2 })
+			m, chunks := manifestOf(data)
+			if err := s.store.PutChunk(context.Background(), m.CID(), 2, chunks[2]); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			checkBlob(t, f, blob, data)
+		})
 	}
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-	checkBlob(t, f, blob, data)
 }
 
 func TestFetchDropsBadChunkPeer(t *testing.T) {

@@ -72,28 +72,6 @@ func TestServerWatchHave(t *testing.T) {
 	}
 }
 
-// A peer that does not support WATCH_HAVE (an older version) is polled: the chunk it gets during the fetch is
-// still found.
-func TestFetchHaveRefreshOldPeer(t *testing.T) {
-	t.Parallel()
-	data := randomBlob(t, 3<<20)
-	f, s := startNode(t, "", nil), startNode(t, "", nil)
-	s.srv.noWatch = true
-	blob := putPartial(t, s, data, 0, 1)
-	connect(t, f, s)
-	done := make(chan error, 1)
-	go func() { done <- fetch(t, f, blob, s) }()
-	eventually(t, "two chunks fetched", func() bool { return s.srv.served.Load() == 2 })
-	m, chunks := manifestOf(data)
-	if err := s.store.PutChunk(context.Background(), m.CID(), 2, chunks[2]); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-	checkBlob(t, f, blob, data)
-}
-
 // A chain fetch: c fetches from b while b fetches from a; b's chunks reach c through WATCH_HAVE pushes.
 func TestFetchChainPushesHave(t *testing.T) {
 	t.Parallel()
