@@ -75,17 +75,7 @@ func TestStatusJobPeers(t *testing.T) {
 			fleet.setHolder(c.peer)
 			svc, xml := newService(t, fleet)
 			svc.Peers = func() []api.Peer { return []api.Peer{{ID: known, Hostname: "npu-07"}, {ID: "other", Hostname: "x"}} }
-			m, err := compile.LoadModel(xml)
-			if err != nil {
-				t.Fatal(err)
-			}
-			pid, err := testProfile().ID()
-			if err != nil {
-				t.Fatal(err)
-			}
-			fp, _ := testHost().Canonical()
-			fleet.rec = blobstore.Record{ModelID: m.ID, ProfileID: pid, Blob: testCID([]byte("b")), Fingerprint: fp,
-				Producer: c.peer, Created: time.Now()}
+			fleet.rec = peerRecord(t, xml, testCID([]byte("b")), c.peer)
 			ctx, cancel := context.WithCancel(context.Background())
 			done := make(chan error, 1)
 			go func() {

@@ -81,10 +81,9 @@ func newService(t *testing.T, fleet agent.Fleet) (*Service, string) {
 	return &Service{Agent: a, Version: "test"}, xml
 }
 
-func TestServiceStatusShowsFetch(t *testing.T) {
-	t.Parallel()
-	fleet := &blockingFleet{fetching: make(chan struct{})}
-	svc, xml := newService(t, fleet)
+// peerRecord is a peer's record of blob for the model at xml and testProfile, compiled on testHost.
+func peerRecord(t *testing.T, xml string, blob cid.Cid, producer string) blobstore.Record {
+	t.Helper()
 	m, err := compile.LoadModel(xml)
 	if err != nil {
 		t.Fatal(err)
@@ -94,8 +93,15 @@ func TestServiceStatusShowsFetch(t *testing.T) {
 		t.Fatal(err)
 	}
 	fp, _ := testHost().Canonical()
+	return blobstore.Record{ModelID: m.ID, ProfileID: pid, Blob: blob, Fingerprint: fp, Producer: producer, Created: time.Now()}
+}
+
+func TestServiceStatusShowsFetch(t *testing.T) {
+	t.Parallel()
+	fleet := &blockingFleet{fetching: make(chan struct{})}
+	svc, xml := newService(t, fleet)
 	blob := testCID([]byte("a blob a peer has"))
-	fleet.rec = blobstore.Record{ModelID: m.ID, ProfileID: pid, Blob: blob, Fingerprint: fp, Producer: "peer", Created: time.Now()}
+	fleet.rec = peerRecord(t, xml, blob, "peer")
 
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -110,7 +116,7 @@ func TestServiceStatusShowsFetch(t *testing.T) {
 		t.Fatal(err)
 	}
 	if len(st.Jobs) != 1 || st.Jobs[0].Kind != agent.PhaseFetch || st.Jobs[0].CID != blob ||
-		st.Jobs[0].ModelID != m.ID || st.Jobs[0].ProfileID != pid || st.Jobs[0].Done != 1<<20 || st.Jobs[0].Total != 8<<20 ||
+		st.Jobs[0].ModelID != fleet.rec.ModelID || st.Jobs[0].ProfileID != fleet.rec.ProfileID || st.Jobs[0].Done != 1<<20 || st.Jobs[0].Total != 8<<20 ||
 		st.Jobs[0].Chunks != 8 || st.Jobs[0].ChunksDone != 1 || st.Jobs[0].From != "peer" || st.Jobs[0].Rate == 0 {
 		t.Errorf("jobs %+v, want the fetch of %s", st.Jobs, blob)
 	}
