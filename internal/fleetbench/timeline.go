@@ -26,6 +26,8 @@ type LinkSample struct {
 	At       time.Duration // end of the interval, since the start of the run
 	SeedUp   float64       // seed's bytes sent over what its uplink could carry
 	RecvUp   float64       // the same, averaged over the receivers' uplinks
+	MinUp    float64       // least-used receiver uplink
+	MaxUp    float64       // most-used receiver uplink
 	RecvDown float64       // receivers' bytes received over what their downlinks could carry, averaged
 	MinDown  float64       // least-used receiver downlink
 	MaxDown  float64       // most-used receiver downlink
@@ -159,16 +161,20 @@ func linkSample(before, after []netlab.LinkStats, dt time.Duration, bps float64)
 	capacity := dt.Seconds() * bps / 8
 	use := func(a, b uint64) float64 { return float64(b-a) / capacity }
 	s.SeedUp = use(before[SeedHost].TxBytes, after[SeedHost].TxBytes)
-	var down []float64
+	var up, down []float64
 	for i := range after {
 		if i == SeedHost {
 			continue
 		}
-		s.RecvUp += use(before[i].TxBytes, after[i].TxBytes)
+		up = append(up, use(before[i].TxBytes, after[i].TxBytes))
 		down = append(down, use(before[i].RxBytes, after[i].RxBytes))
 	}
 	n := float64(len(down))
+	for _, u := range up {
+		s.RecvUp += u
+	}
 	s.RecvUp /= n
+	s.MinUp, s.MaxUp = slices.Min(up), slices.Max(up)
 	for _, d := range down {
 		s.RecvDown += d
 	}
@@ -183,10 +189,10 @@ func WriteTimeline(w io.Writer, r Result) error {
 		return err
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "t\tseed up\trecv up avg\trecv down avg\trecv down min\trecv down max\tcpu\t")
+	fmt.Fprintln(tw, "t\tseed up\trecv up avg\trecv up min\trecv up max\trecv down avg\trecv down min\trecv down max\tcpu\t")
 	for _, s := range r.Timeline {
-		fmt.Fprintf(tw, "%.1fs\t%.0f%%\t%.0f%%\t%.0f%%\t%.0f%%\t%.0f%%\t%.0f%%\t\n", s.At.Seconds(), 100*s.SeedUp,
-			100*s.RecvUp, 100*s.RecvDown, 100*s.MinDown, 100*s.MaxDown, 100*s.CPU)
+		fmt.Fprintf(tw, "%.1fs\t%.0f%%\t%.0f%%\t%.0f%%\t%.0f%%\t%.0f%%\t%.0f%%\t%.0f%%\t%.0f%%\t\n", s.At.Seconds(),
+			100*s.SeedUp, 100*s.RecvUp, 100*s.MinUp, 100*s.MaxUp, 100*s.RecvDown, 100*s.MinDown, 100*s.MaxDown, 100*s.CPU)
 	}
 	return tw.Flush()
 }

@@ -29,7 +29,7 @@ func TestLinkSample(t *testing.T) {
 			before: []netlab.LinkStats{{}, {}, {}},
 			after:  []netlab.LinkStats{{TxBytes: 2e6}, {RxBytes: 2e6, TxBytes: 1e6}, {RxBytes: 1e6}},
 			dt:     2 * time.Second,
-			want:   LinkSample{SeedUp: 1, RecvUp: 0.25, RecvDown: 0.75, MinDown: 0.5, MaxDown: 1},
+			want:   LinkSample{SeedUp: 1, RecvUp: 0.25, MinUp: 0, MaxUp: 0.5, RecvDown: 0.75, MinDown: 0.5, MaxDown: 1},
 		},
 		{
 			name:   "counters relative to before",
@@ -46,7 +46,8 @@ func TestLinkSample(t *testing.T) {
 			t.Parallel()
 			got := linkSample(tc.before, tc.after, tc.dt, bps)
 			if !near(got.SeedUp, tc.want.SeedUp) || !near(got.RecvUp, tc.want.RecvUp) || !near(got.RecvDown, tc.want.RecvDown) ||
-				!near(got.MinDown, tc.want.MinDown) || !near(got.MaxDown, tc.want.MaxDown) {
+				!near(got.MinDown, tc.want.MinDown) || !near(got.MaxDown, tc.want.MaxDown) ||
+				!near(got.MinUp, tc.want.MinUp) || !near(got.MaxUp, tc.want.MaxUp) {
 				t.Errorf("linkSample = %+v, want %+v", got, tc.want)
 			}
 		})
