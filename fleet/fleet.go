@@ -53,7 +53,7 @@ func (f *Fleet) Records(modelID, profileID string) []blobstore.Record {
 }
 
 // Fetch swarms blob c from the producers of its records (dialled directly: on a sparse overlay the compiler is
-// rarely a neighbour; membership put their addresses in the peerstore) and every connected peer.
+// rarely a neighbour; membership put their addresses in the peerstore) and every peer connected now or later.
 func (f *Fleet) Fetch(ctx context.Context, c cid.Cid, progress func(done, total int64)) error {
 	var from []peer.ID
 	for _, sr := range f.node.Records("", "") {
@@ -61,14 +61,7 @@ func (f *Fleet) Fetch(ctx context.Context, c cid.Cid, progress func(done, total 
 			from = append(from, sr.Signer)
 		}
 	}
-	if len(from) > 0 {
-		for _, p := range f.node.Host().Network().Peers() {
-			if !slices.Contains(from, p) {
-				from = append(from, p)
-			}
-		}
-	}
-	return f.node.Fetch(ctx, c, from, progress)
+	return f.node.FetchAll(ctx, c, from, progress)
 }
 
 var _ agent.FleetProgress = (*Fleet)(nil)

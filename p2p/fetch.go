@@ -63,9 +63,12 @@ const (
 type flight struct {
 	blob cid.Cid
 
-	mu    sync.Mutex // guards peers and t
+	mu    sync.Mutex // guards peers, open and t
 	peers []peer.ID
-	t     *transfer
+	// open: a caller asked for every connected peer (Fetch with no peers, FetchAll); peers that connect while the
+	// transfer runs join it (joinTransfers).
+	open bool
+	t    *transfer
 
 	// maxSize is the smallest size a caller expects (blobstore.WithExpectedSize); 0: none. A manifest claiming
 	// more ends the transfer before any chunk.
@@ -94,12 +97,24 @@ func (n *Node) initFlights() {
 	}
 }
 
-// Fetch downloads blob into the store from the given peers (all connected peers when from is empty), verifying
-// every chunk, and commits it. Chunks already in the store are kept, so a fetch interrupted by a crash or
-// cancel resumes. Concurrent Fetch calls for one blob share one transfer (their peers are pooled); cancelling
-// one caller's ctx ends only that caller's wait unless it was the last. progress, if not nil, gets the bytes
-// held so far and the blob size, increasing, never concurrently, and not after Fetch has returned.
+// Fetch downloads blob into the store from the given peers (all connected peers when from is empty, and those
+// that connect while it runs, as FetchAll), verifying every chunk, and commits it. Chunks already in the store
+// are kept, so a fetch interrupted by a crash or cancel resumes. Concurrent Fetch calls for one blob share one
+// transfer (their peers are pooled); cancelling one caller's ctx ends only that caller's wait unless it was the
+// last. progress, if not nil, gets the bytes held so far and the blob size, increasing, never concurrently, and
+// not after Fetch has returned.
 func (n *Node) Fetch(ctx context.Context, blob cid.Cid, from []peer.ID, progress func(done, total int64)) error {
+	return n.fetchFrom(ctx, blob, from, len(from) == 0, progress)
+}
+
+// FetchAll is Fetch from the named peers (holders that may need a direct dial) and every peer connected now or
+// while the transfer runs: on a LAN whose hosts are still meeting each other when a rollout starts, a receiver
+// swarms with every peer it gets to know (docs/design.md 6.8).
+func (n *Node) FetchAll(ctx context.Context, blob cid.Cid, named []peer.ID, progress func(done, total int64)) error {
+	return n.fetchFrom(ctx, blob, named, true, progress)
+}
+
+func (n *Node) fetchFrom(ctx context.Context, blob cid.Cid, from []peer.ID, open bool, progress func(done, total int64)) error {
 	if err := checkBlobCID(blob); err != nil {
 		return fmt.Errorf("fetch: %w", err)
 	}
@@ -115,6 +130,11 @@ func (n *Node) Fetch(ctx context.Context, blob cid.Cid, from []peer.ID, progress
 	limit, limited := blobstore.ExpectedSize(ctx)
 	join := func(fl *flight) {
 		f = fl
+		if open {
+			fl.mu.Lock()
+			fl.open = true
+			fl.mu.Unlock()
+		}
 		if limited {
 			fl.mu.Lock()
 			if fl.maxSize == 0 || limit < fl.maxSize {
@@ -163,11 +183,15 @@ func (f *flight) report(done, total int64) {
 	}
 }
 
-// candidates returns ps, or every connected peer if ps is empty, best score first.
-func (n *Node) candidates(ps []peer.ID) []peer.ID {
+// candidates returns ps, and every connected peer if open, best score first.
+func (n *Node) candidates(ps []peer.ID, open bool) []peer.ID {
 	ps = slices.Clone(ps)
-	if len(ps) == 0 {
-		ps = n.h.Network().Peers()
+	if open {
+		for _, p := range n.h.Network().Peers() {
+			if !slices.Contains(ps, p) {
+				ps = append(ps, p)
+			}
+		}
 	}
 	ps = slices.DeleteFunc(ps, func(p peer.ID) bool { return p == n.ID() })
 	rand.Shuffle(len(ps), func(i, j int) { ps[i], ps[j] = ps[j], ps[i] })
@@ -211,10 +235,15 @@ func (n *Node) transferBlob(ctx context.Context, f *flight) error {
 		f.report(t.done, total)
 		f.mu.Lock()
 		f.t = t // from here on, callers joining the flight add their peers to t
-		ps := slices.Clone(f.peers)
+		ps, open := slices.Clone(f.peers), f.open
 		f.mu.Unlock()
-		t.addPeers(n.candidates(ps))
+		n.running.add(f) // and peers that connect join it (open flights)
+		t.addPeers(n.candidates(ps, open))
+		if open {
+			t.wg.Go(func() { n.dialForTransfer(t.ctx) })
+		}
 		err = t.run()
+		n.running.remove(f)
 		f.mu.Lock()
 		f.t = nil
 		f.mu.Unlock()
@@ -246,9 +275,9 @@ func (n *Node) manifest(ctx context.Context, f *flight) (*blobstore.Manifest, er
 	}
 	// Rank outside f.mu: candidates takes n.mu, which no lock ordering puts after f.mu.
 	f.mu.Lock()
-	peers := slices.Clone(f.peers)
+	peers, open := slices.Clone(f.peers), f.open
 	f.mu.Unlock()
-	ps := n.candidates(peers)
+	ps := n.candidates(peers, open)
 	if len(ps) == 0 {
 		return nil, fmt.Errorf("fetch %s: %w: no peers", f.blob, ErrNoPeers)
 	}

@@ -1,6 +1,15 @@
 package p2p
 
-import "github.com/ipfs/go-cid"
+import (
+	"context"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
 
 // FetchPeers returns how many peers the transfer of blob under way in this node is receiving chunks from now (peers
 // with a chunk request in flight); 0 when none runs. Status polls it; do not call it from a Fetch progress callback
@@ -30,4 +39,86 @@ func (t *transfer) sending() int {
 		}
 	}
 	return n
+}
+
+// runningFlights are the flights with a transfer under way, for joinTransfers.
+type runningFlights struct {
+	mu sync.Mutex
+	m  map[*flight]bool
+}
+
+func (r *runningFlights) add(f *flight) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.m == nil {
+		r.m = map[*flight]bool{}
+	}
+	r.m[f] = true
+}
+
+func (r *runningFlights) remove(f *flight) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.m, f)
+}
+
+// joinTransfers adds p, a member that has just connected (or proven its membership), to every open transfer under
+// way (docs/design.md 6.8): a receiver that started while the fleet's hosts were still connecting to each other
+// swarms with all of them, not only with the peers it knew at its start.
+func (n *Node) joinTransfers(p peer.ID) {
+	n.running.mu.Lock()
+	fs := make([]*flight, 0, len(n.running.m))
+	for f := range n.running.m {
+		fs = append(fs, f)
+	}
+	n.running.mu.Unlock()
+	for _, f := range fs {
+		f.mu.Lock()
+		t, open := f.t, f.open
+		f.mu.Unlock()
+		if open && t != nil {
+			t.addPeers([]peer.ID{p})
+		}
+	}
+}
+
+// An open transfer dials members it knows (membership table, 6.2) but is not connected to, until this many peers
+// are connected: the overlay keeps each member's degree near MinPeers (6.3), while a swarm forwards best when
+// every receiver reaches every other (6.9). The connections are the transfer's (protected while it runs); the
+// connection manager trims them after.
+const (
+	fetchDialPeers   = 16
+	fetchDialTimeout = 5 * time.Second
+)
+
+// dialForTransfer dials random known members, at most fetchDialPeers connected in all, until ctx ends; each
+// joins the open transfers as it connects (or proves its membership): joinTransfers.
+func (n *Node) dialForTransfer(ctx context.Context) {
+	if n.members == nil {
+		return
+	}
+	need := fetchDialPeers - len(n.h.Network().Peers())
+	if need <= 0 {
+		return
+	}
+	cands := n.members.book.list(time.Now())
+	rand.Shuffle(len(cands), func(i, j int) { cands[i], cands[j] = cands[j], cands[i] })
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for _, c := range cands {
+		if need == 0 || ctx.Err() != nil {
+			return
+		}
+		if c.ID == n.ID() || n.h.Network().Connectedness(c.ID) == network.Connected {
+			continue
+		}
+		need--
+		wg.Go(func() {
+			dctx, cancel := context.WithTimeout(ctx, fetchDialTimeout)
+			defer cancel()
+			if err := n.h.Connect(dctx, peer.AddrInfo{ID: c.ID}); err != nil {
+				n.log.Debug("member not reached for a fetch", "peer", c.ID, "err", err)
+			}
+		})
+	}
 }

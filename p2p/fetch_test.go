@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/npu-agent/npu-agent/blobstore"
@@ -357,4 +358,80 @@ func TestPickSeedScatter(t *testing.T) {
 	if !ok || own[r.First] || int(r.First) == n-1 {
 		t.Fatalf("after its share: pick = %+v %t, want another share's chunk that only the seed holds", r, ok)
 	}
+}
+
+// A peer that connects while an open transfer runs joins it (FetchAll, Fetch without peers); a Fetch that named
+// its peers keeps to them. The fetcher starts connected only to a partial peer missing chunk 1; the full seed
+// connects afterwards and is the only way to complete.
+func TestFetchLateConnectJoins(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		open bool
+	}{{"open joins", true}, {"named stays", false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			data := randomBlob(t, 2<<20)
+			f, partial, full := startNode(t, "", nil), startNode(t, "", nil), startNode(t, "", nil)
+			blob := putPartial(t, partial, data, 0)
+			put(t, full, data)
+			connect(t, f, partial)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			done := make(chan error, 1)
+			var got atomic.Int64
+			progress := func(d, _ int64) { got.Store(d) }
+			go func() {
+				if tc.open {
+					done <- f.FetchAll(ctx, blob, nil, progress)
+				} else {
+					done <- f.Fetch(ctx, blob, []peer.ID{partial.ID()}, progress)
+				}
+			}()
+			eventually(t, "chunk 0 from the partial peer", func() bool { return got.Load() > 0 })
+			connect(t, f, full)
+			if !tc.open {
+				select {
+				case err := <-done:
+					t.Fatalf("fetch naming only the partial peer returned %v; want it still waiting", err)
+				case <-time.After(2 * time.Second):
+				}
+				if n := f.FetchPeers(blob); n != 0 {
+					t.Errorf("%d peers sending; want 0 (the full seed was not named)", n)
+				}
+				cancel()
+				<-done
+				return
+			}
+			if err := <-done; err != nil {
+				t.Fatalf("fetch: %v", err)
+			}
+			checkBlob(t, f, blob, data)
+		})
+	}
+}
+
+// An open transfer dials the members it knows but is not connected to (dialForTransfer): the fetcher is connected
+// only to a partial peer and knows the full seed from the membership table alone (no overlay fill dials it).
+func TestFetchDialsKnownMembers(t *testing.T) {
+	t.Parallel()
+	data := randomBlob(t, 2<<20)
+	noFill := func(c *Config) { c.MinPeers = -1 }
+	f, partial, full := startNode(t, "", noFill), startNode(t, "", noFill), startNode(t, "", noFill)
+	blob := putPartial(t, partial, data, 0)
+	put(t, full, data)
+	connect(t, full, partial)
+	connect(t, f, partial)
+	eventually(t, "the seed in the fetcher's membership table", func() bool {
+		return slices.ContainsFunc(f.Members(), func(m MemberInfo) bool { return m.ID == full.ID() })
+	})
+	if f.h.Network().Connectedness(full.ID()) == network.Connected {
+		t.Fatal("fetcher already connected to the seed")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := f.FetchAll(ctx, blob, nil, nil); err != nil {
+		t.Fatalf("fetch: %v", err)
+	}
+	checkBlob(t, f, blob, data)
 }

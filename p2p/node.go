@@ -53,6 +53,7 @@ type Node struct {
 	wg     sync.WaitGroup
 	// flights shares one transfer among concurrent Fetch calls of a blob (fetch.go).
 	flights flightgroup.Group[cid.Cid, *flight, struct{}]
+	running runningFlights // flights with a transfer under way (fetch_peers.go)
 
 	mu      sync.Mutex
 	closed  bool
@@ -258,6 +259,7 @@ func (n *Node) start(ctx context.Context, cfg Config) error {
 		n.met(p)
 		n.syncWith(p)
 		n.members.syncWith(p)
+		n.joinTransfers(p)
 	}
 	if n.mb != nil {
 		n.mb.setOnProven(joined) // and peers proven before this point were only recorded

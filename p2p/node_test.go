@@ -551,7 +551,7 @@ func TestFetchDropsBadChunkPeer(t *testing.T) {
 		t.Errorf("bad peer score %d, want negative", sc)
 	}
 	// Its low score makes the next fetch ask it last for the manifest and use one worker.
-	if c := f.candidates([]peer.ID{bad.ID(), seeds[1].ID(), seeds[2].ID()}); c[2] != bad.ID() {
+	if c := f.candidates([]peer.ID{bad.ID(), seeds[1].ID(), seeds[2].ID()}, false); c[2] != bad.ID() {
 		t.Errorf("candidates order %v, bad peer %s not last", c, bad.ID())
 	}
 }
