@@ -45,6 +45,8 @@ func (t *transfer) sending() int {
 type runningFlights struct {
 	mu sync.Mutex
 	m  map[*flight]bool
+	// dial, if set, replaces the host's Connect in dialForTransfer (tests count the dials).
+	dial func(context.Context, peer.ID) error
 }
 
 func (r *runningFlights) add(f *flight) {
@@ -113,10 +115,14 @@ func (n *Node) dialForTransfer(ctx context.Context) {
 			continue
 		}
 		need--
+		dial := n.running.dial
+		if dial == nil {
+			dial = func(ctx context.Context, p peer.ID) error { return n.h.Connect(ctx, peer.AddrInfo{ID: p}) }
+		}
 		wg.Go(func() {
 			dctx, cancel := context.WithTimeout(ctx, fetchDialTimeout)
 			defer cancel()
-			if err := n.h.Connect(dctx, peer.AddrInfo{ID: c.ID}); err != nil {
+			if err := dial(dctx, c.ID); err != nil {
 				n.log.Debug("member not reached for a fetch", "peer", c.ID, "err", err)
 			}
 		})

@@ -10,8 +10,10 @@ import (
 	"time"
 
 	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/npu-agent/npu-agent/blobstore"
 )
@@ -434,4 +436,47 @@ func TestFetchDialsKnownMembers(t *testing.T) {
 		t.Fatalf("fetch: %v", err)
 	}
 	checkBlob(t, f, blob, data)
+}
+
+// Threat (docs/design.md 9.2): a member that holds the fleet key mints member records for throwaway identities
+// with addresses of its choosing, so that every fetch dials them. An open transfer dials at most fetchDialPeers
+// peers in all, each within fetchDialTimeout, and completes from its real peers.
+func TestThreatFetchDialBound(t *testing.T) {
+	t.Parallel()
+	data := randomBlob(t, 2<<20)
+	noFill := func(c *Config) { c.MinPeers = -1 }
+	f, seed := startNode(t, "", noFill), startNode(t, "", noFill)
+	blob := put(t, seed, data)
+	connect(t, f, seed)
+	const bogus = 40
+	addr := ma.StringCast("/ip4/127.0.0.1/tcp/9")
+	for range bogus {
+		key, _, err := crypto.GenerateEd25519Key(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, _ := peer.IDFromPrivateKey(key)
+		raw, err := SealMember(MemberInfo{ID: id, Seq: uint64(time.Now().UnixNano()), Addrs: []ma.Multiaddr{addr}}, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, res := f.members.book.add(raw, time.Now()); res != memberAdded {
+			t.Fatalf("bogus member record not taken: %v", res)
+		}
+	}
+	var dials atomic.Int32
+	f.running.dial = func(ctx context.Context, p peer.ID) error {
+		dials.Add(1)
+		<-ctx.Done() // an address that never answers: the dial lasts its whole timeout
+		return ctx.Err()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := f.FetchAll(ctx, blob, nil, nil); err != nil {
+		t.Fatalf("fetch: %v", err)
+	}
+	checkBlob(t, f, blob, data)
+	if n := dials.Load(); n == 0 || n > fetchDialPeers-1 {
+		t.Errorf("%d of %d bogus members dialled; want 1..%d (%d peers connected in all)", n, bogus, fetchDialPeers-1, fetchDialPeers)
+	}
 }
