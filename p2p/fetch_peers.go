@@ -93,8 +93,9 @@ const (
 	fetchDialTimeout = 5 * time.Second
 )
 
-// dialForTransfer dials random known members, at most fetchDialPeers connected in all, until ctx ends; each
-// joins the open transfers as it connects (or proves its membership): joinTransfers.
+// dialForTransfer dials known members it is not connected to, in random order and all at once, so that at most
+// fetchDialPeers peers are connected in all; the dials end with ctx. Each member joins the open transfers as it
+// connects (or proves its membership): joinTransfers.
 func (n *Node) dialForTransfer(ctx context.Context) {
 	if n.members == nil {
 		return
