@@ -5,8 +5,8 @@ import (
 	"context"
 	"crypto/sha256"
 	"os"
-	"unsafe"
 	"testing"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
