@@ -375,6 +375,9 @@ func (s *Store) Commit(ctx context.Context, blob cid.Cid) error {
 		if err := txn.Set(key(prefixManifest, d), m.Encode()); err != nil {
 			return err
 		}
+		if err := setStamp(txn, d, s.blobPath(d), s.opts.now()); err != nil { // every chunk was checked on arrival
+			return err
+		}
 		return txn.Delete(key(prefixPartial, d))
 	})
 	if err == nil {
