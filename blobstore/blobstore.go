@@ -21,10 +21,6 @@ import (
 // peers and a bad chunk costs little to refetch. See docs/design.md.
 const ChunkSize = 1 << 20
 
-// WriteAlign is the alignment (of the bytes' address) at which PutChunk may write a chunk to disk straight from
-// the caller's buffer, without copying it (O_DIRECT): a fetch receives chunks into buffers aligned to it.
-const WriteAlign = 4096
-
 // MaxBlobSize bounds what a manifest may describe (and so the manifest's own size).
 const MaxBlobSize = 64 << 30
 
@@ -100,8 +96,7 @@ type ChunkStore interface {
 	// BeginPartial records a manifest whose chunks will arrive out of order (a fetch). Idempotent: resuming a
 	// fetch calls it again and keeps the chunks already stored.
 	BeginPartial(ctx context.Context, m *Manifest) error
-	// PutChunk stores chunk i of a partial blob after checking it against the manifest (ErrInvalidData). data
-	// starting at a WriteAlign boundary may be written without a copy.
+	// PutChunk stores chunk i of a partial blob after checking it against the manifest (ErrInvalidData).
 	PutChunk(ctx context.Context, blob cid.Cid, i int, data []byte) error
 	// HaveChunks reports, per chunk index, whether a verified chunk is stored (complete or partial blob).
 	HaveChunks(ctx context.Context, blob cid.Cid) ([]bool, error)

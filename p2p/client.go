@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"time"
-	"unsafe"
 
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/host"
@@ -16,19 +15,6 @@ import (
 
 	"github.com/npu-agent/npu-agent/blobstore"
 )
-
-// alignChunkBuf returns buf, empty, moved forward so that a CHUNK frame's payload read into it has its chunk bytes
-// (after the 4-byte index) on a blobstore.WriteAlign boundary, where the store writes them to disk without a copy;
-// buf as it is if it has no room for that.
-func alignChunkBuf(buf []byte) []byte {
-	const a = blobstore.WriteAlign
-	if cap(buf) < a+chunkFrameOverhead+blobstore.ChunkSize {
-		return buf[:0]
-	}
-	p := uintptr(unsafe.Pointer(unsafe.SliceData(buf[:1]))) + chunkFrameOverhead
-	k := int((a - p%a) % a)
-	return buf[k:k]
-}
 
 func putIndex(b []byte, i int) { binary.LittleEndian.PutUint32(b, uint32(i)) }
 
@@ -122,7 +108,6 @@ func getHave(ctx context.Context, h host.Host, p peer.ID, blob cid.Cid, n int, t
 // in request order. fn gets each index with its bytes (nil for NO_CHUNK); the bytes are valid only during the
 // call. The chunk length is checked against the manifest before fn sees it; the content is fn's to verify.
 func readChunks(r io.Reader, m *blobstore.Manifest, rs []chunkRange, buf []byte, fn func(i int, data []byte) error) error {
-	buf = alignChunkBuf(buf)
 	for _, cr := range rs {
 		for i := int(cr.First); i < int(cr.First)+int(cr.Count); i++ {
 			t, p, err := readResponse(r, buf, msgChunk, msgNoChunk)

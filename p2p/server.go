@@ -32,10 +32,9 @@ const (
 	maxStreamsServed  = 1024 // chunk streams served at once for all peers
 )
 
-// chunkBufPool holds buffers for one chunk frame: header, index and up to ChunkSize bytes, and room to place a
-// received chunk's bytes at a blobstore.WriteAlign boundary (alignChunkBuf).
+// chunkBufPool holds buffers for one chunk frame: header, index and up to ChunkSize bytes.
 var chunkBufPool = sync.Pool{New: func() any {
-	b := make([]byte, 0, frameHeaderLen+chunkFrameOverhead+blobstore.ChunkSize+blobstore.WriteAlign)
+	b := make([]byte, 0, frameHeaderLen+chunkFrameOverhead+blobstore.ChunkSize)
 	return &b
 }}
 

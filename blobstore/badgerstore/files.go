@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"unsafe"
 
 	badger "github.com/dgraph-io/badger/v4"
 
@@ -20,36 +19,6 @@ import (
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 func chunkCRC(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
-
-// directAlign is the alignment an O_DIRECT write needs of its buffer's address, file offset and length: 4 KiB
-// covers every logical block size in use. A fetch reads each chunk into a buffer aligned to it (p2p/client.go).
-const directAlign = blobstore.WriteAlign
-
-// errDirectRefused: the filesystem does not take O_DIRECT (tmpfs, or not Linux).
-var errDirectRefused = errors.New("O_DIRECT refused")
-
-// directable reports whether data written at off meets directAlign.
-func directable(data []byte, off int64) bool {
-	return len(data) > 0 && len(data)%directAlign == 0 && off%directAlign == 0 &&
-		uintptr(unsafe.Pointer(unsafe.SliceData(data)))%directAlign == 0
-}
-
-// openChunkWriter opens the file at path to write data at off: with O_DIRECT (direct true) when data and off are
-// aligned and this store's filesystem takes it, else for writes through the page cache.
-func (s *Store) openChunkWriter(path string, data []byte, off int64) (f *os.File, direct bool, err error) {
-	if !s.noDirect.Load() && directable(data, off) {
-		f, err = openDirect(path)
-		if err == nil {
-			return f, true, nil
-		}
-		if !errors.Is(err, errDirectRefused) {
-			return nil, false, err
-		}
-		s.noDirect.Store(true)
-	}
-	f, err = os.OpenFile(path, os.O_WRONLY, 0)
-	return f, false, err
-}
 
 func (s *Store) blobPath(d [32]byte) string {
 	return filepath.Join(s.blobDir, blobstore.DigestCID(d).String())

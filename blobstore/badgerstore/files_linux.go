@@ -1,7 +1,6 @@
 package badgerstore
 
 import (
-	"errors"
 	"os"
 
 	"golang.org/x/sys/unix"
@@ -26,18 +25,3 @@ func startWriteback(f *os.File) {
 func throttleWriteback(f *os.File) {
 	_ = unix.SyncFileRange(int(f.Fd()), 0, 0, unix.SYNC_FILE_RANGE_WAIT_BEFORE|unix.SYNC_FILE_RANGE_WRITE)
 }
-
-// openDirect opens path for writing with O_DIRECT: a write goes from the caller's buffer to the disk, with no copy
-// into the page cache and no dirty pages for writeback to find (issue 11: the pwrite copy was a sixth of a
-// receiver's CPU). errDirectRefused where the filesystem refuses it (tmpfs).
-func openDirect(path string) (*os.File, error) {
-	f, err := os.OpenFile(path, os.O_WRONLY|unix.O_DIRECT, 0)
-	if errors.Is(err, unix.EINVAL) {
-		return nil, errDirectRefused
-	}
-	return f, err
-}
-
-// directRefused reports whether a write's error says the file does not take this O_DIRECT write (alignment the
-// device wants larger than directAlign): the caller writes it buffered instead.
-func directRefused(err error) bool { return errors.Is(err, unix.EINVAL) }

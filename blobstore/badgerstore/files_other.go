@@ -12,8 +12,3 @@ func startWriteback(*os.File) {}
 
 // throttleWriteback is a no-op off Linux: the final fsync writes everything.
 func throttleWriteback(*os.File) {}
-
-// openDirect: no O_DIRECT off Linux; chunks are written through the page cache.
-func openDirect(string) (*os.File, error) { return nil, errDirectRefused }
-
-func directRefused(error) bool { return false }

@@ -130,9 +130,22 @@ func (s *Store) writeChunk(d [32]byte, m *blobstore.Manifest, i int, data []byte
 	if err := s.checkSpace(uint64(len(data))); err != nil {
 		return st, err
 	}
-	p := s.fillOf(d)
-	if err := s.pwriteChunk(p, s.partialPath(d), m, data, int64(m.ChunkOffset(i))); err != nil {
+	f, err := os.OpenFile(s.partialPath(d), os.O_WRONLY, 0)
+	if err != nil {
 		return st, err
+	}
+	defer f.Close()
+	p := s.fillOf(d)
+	off := int64(m.ChunkOffset(i))
+	if r := int(off / allocRegion); p.allocate(r) {
+		preallocate(f, int64(r)*allocRegion, min(allocRegion, int64(m.Size)-int64(r)*allocRegion))
+	}
+	if _, err := f.WriteAt(data, off); err != nil {
+		return st, err
+	}
+	if p.written.Add(int64(len(data))) >= writebackEvery {
+		p.written.Store(0)
+		throttleWriteback(f)
 	}
 	err = s.update(func(txn *badger.Txn) error {
 		if st, err = s.state(txn, d); err != nil || st != statePartial {
@@ -144,39 +157,6 @@ func (s *Store) writeChunk(d [32]byte, m *blobstore.Manifest, i int, data []byte
 		p.stored(i, len(m.Chunks))
 	}
 	return st, err
-}
-
-// pwriteChunk writes a chunk's data at off into the partial file at path, preallocating its region first if p
-// has not yet. Aligned chunks (every whole chunk a fetch receives) go with O_DIRECT, straight from the caller's
-// buffer to the disk; the rest through the page cache, whose writeback is paced every writebackEvery bytes.
-func (s *Store) pwriteChunk(p *fill, path string, m *blobstore.Manifest, data []byte, off int64) error {
-	f, direct, err := s.openChunkWriter(path, data, off)
-	if err != nil {
-		return err
-	}
-	defer func() { f.Close() }()
-	if r := int(off / allocRegion); p.allocate(r) {
-		preallocate(f, int64(r)*allocRegion, min(allocRegion, int64(m.Size)-int64(r)*allocRegion))
-	}
-	_, err = f.WriteAt(data, off)
-	if direct && directRefused(err) {
-		// The device wants a larger alignment: this store writes through the page cache from now on.
-		s.noDirect.Store(true)
-		f.Close()
-		if f, _, err = s.openChunkWriter(path, data, off); err != nil {
-			return err
-		}
-		direct = false
-		_, err = f.WriteAt(data, off)
-	}
-	if err != nil || direct {
-		return err
-	}
-	if p.written.Add(int64(len(data))) >= writebackEvery {
-		p.written.Store(0)
-		throttleWriteback(f)
-	}
-	return nil
 }
 
 // writebackEvery is how many bytes of a blob written in place go between two throttleWriteback calls: the final

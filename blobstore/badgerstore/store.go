@@ -16,7 +16,6 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
@@ -131,8 +130,6 @@ type Store struct {
 
 	fillsMu sync.Mutex
 	fills   map[[32]byte]*fill // per partial blob being filled: preallocation, writeback
-	// noDirect: the store's filesystem refused an O_DIRECT open or write; chunks go through the page cache.
-	noDirect atomic.Bool
 
 	readersMu sync.Mutex
 	readers   map[[32]byte]int // open Readers per blob; gc skips them
