@@ -349,9 +349,10 @@ func (a *Agent) findLocal(ctx context.Context, modelID, profileID, kind string) 
 	return Result{}, false, nil
 }
 
-// checkOnce checks a stored blob's bytes against the store's checksum the first time this process hands it out
-// (the store quarantines a damaged blob): a blob verified on arrival is not re-hashed, but bit rot since, or a
-// file changed behind the store's back, is found before a loader gets it.
+// checkOnce checks a stored blob the first time this process hands it out (the store quarantines a damaged
+// blob): a blob verified on arrival is not re-hashed, and the store reads it against its checksums only when its
+// check stamp does not vouch for it (docs/design.md 3.14), so a file changed behind the store's back is found
+// before a loader gets it.
 func (a *Agent) checkOnce(ctx context.Context, c cid.Cid) error {
 	ck, ok := a.opts.Store.(blobstore.Checker)
 	if !ok {

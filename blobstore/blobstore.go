@@ -21,6 +21,14 @@ import (
 // peers and a bad chunk costs little to refetch. See docs/design.md.
 const ChunkSize = 1 << 20
 
+// ChunkSumPutter is a ChunkStore that takes a received chunk with its sha2-256 already computed by the caller
+// (p2p hashes a chunk's bytes while they arrive from the stream, off the critical path of the next request),
+// instead of hashing it again. PutChunkSum is PutChunk with sum in place of sha2-256(data): the caller vouches
+// that sum is the digest of exactly these bytes.
+type ChunkSumPutter interface {
+	PutChunkSum(ctx context.Context, blob cid.Cid, i int, data []byte, sum [32]byte) error
+}
+
 // MaxBlobSize bounds what a manifest may describe (and so the manifest's own size).
 const MaxBlobSize = 64 << 30
 

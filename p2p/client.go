@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
+	"hash"
 	"io"
 	"time"
 
@@ -104,12 +105,23 @@ func getHave(ctx context.Context, h host.Host, p peer.ID, blob cid.Cid, n int, t
 	return decodeHave(b, n)
 }
 
-// readChunks reads the answer to a GET_CHUNKS for rs: exactly one CHUNK or NO_CHUNK frame per requested index,
-// in request order. fn gets each index with its bytes (nil for NO_CHUNK); the bytes are valid only during the
-// call. The chunk length is checked against the manifest before fn sees it; the content is fn's to verify.
+// readChunks is readChunksSummed for a caller that needs no digests.
 func readChunks(r io.Reader, m *blobstore.Manifest, rs []chunkRange, buf []byte, fn func(i int, data []byte) error) error {
+	return readChunksSummed(r, m, rs, buf, func(i int, data []byte, _ [32]byte) error { return fn(i, data) })
+}
+
+// readChunksSummed reads the answer to a GET_CHUNKS for rs: exactly one CHUNK or NO_CHUNK frame per requested
+// index, in request order. fn gets each index with its bytes (nil for NO_CHUNK) and their sha2-256, computed
+// piece by piece while the bytes arrived (so a fetch worker does not hash the whole chunk after its last byte
+// before it asks for the next, and each piece is hashed while it is still in the CPU's cache); the bytes are
+// valid only during the call. The chunk length is checked against the manifest before fn sees it; the content is
+// fn's to verify (against the digest).
+func readChunksSummed(r io.Reader, m *blobstore.Manifest, rs []chunkRange, buf []byte, fn func(i int, data []byte, sum [32]byte) error) error {
+	hr := &chunkHasher{r: r, h: sha256.New()}
+	r = hr
 	for _, cr := range rs {
 		for i := int(cr.First); i < int(cr.First)+int(cr.Count); i++ {
+			hr.next()
 			t, p, err := readResponse(r, buf, msgChunk, msgNoChunk)
 			if err != nil {
 				return err
@@ -126,10 +138,47 @@ func readChunks(r io.Reader, m *blobstore.Manifest, rs []chunkRange, buf []byte,
 			} else if len(data) != m.ChunkLen(i) {
 				return fmt.Errorf("%w: chunk %d is %d bytes, want %d", ErrProtocol, i, len(data), m.ChunkLen(i))
 			}
-			if err := fn(i, data); err != nil {
+			if err := fn(i, data, hr.sum()); err != nil {
 				return err
 			}
 		}
 	}
 	return nil
+}
+
+// chunkHasher passes reads through to r and hashes each frame's bytes after its header and chunk index as they are
+// read. readFrame reads a frame's header with a read of exactly its length, then its payload, so the position in
+// the frame is known; next starts a frame.
+type chunkHasher struct {
+	r   io.Reader
+	h   hash.Hash
+	pos int // bytes of the current frame read so far
+}
+
+func (c *chunkHasher) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	if skip := max(frameHeaderLen+chunkFrameOverhead-c.pos, 0); n > skip {
+		c.h.Write(p[skip:n])
+	}
+	c.pos += n
+	return n, err
+}
+
+func (c *chunkHasher) next() {
+	c.pos = 0
+	c.h.Reset()
+}
+
+// sum is the digest of the current frame's chunk bytes (meaningful for a CHUNK frame read whole).
+func (c *chunkHasher) sum() (s [32]byte) {
+	c.h.Sum(s[:0])
+	return s
+}
+
+// putChunk stores a received chunk with the digest computed as it arrived, where the store takes it.
+func putChunk(ctx context.Context, st blobstore.ChunkStore, blob cid.Cid, i int, data []byte, sum [32]byte) error {
+	if sp, ok := st.(blobstore.ChunkSumPutter); ok {
+		return sp.PutChunkSum(ctx, blob, i, data, sum)
+	}
+	return st.PutChunk(ctx, blob, i, data)
 }

@@ -849,7 +849,7 @@ func (t *transfer) request(fp *fpeer, st *network.Stream, r chunkRange, buf []by
 	}
 	served := 0
 	defer func() { t.n.adjustScore(fp.id, served*scoreChunk) }()
-	return readChunks(s, t.m, rs, buf, func(i int, data []byte) error {
+	return readChunksSummed(s, t.m, rs, buf, func(i int, data []byte, sum [32]byte) error {
 		if data == nil {
 			t.noChunk(fp, i)
 			return nil
@@ -860,7 +860,7 @@ func (t *transfer) request(fp *fpeer, st *network.Stream, r chunkRange, buf []by
 		if have { // the end game got it from another peer first
 			return nil
 		}
-		if err := t.n.store.PutChunk(t.ctx, t.blob, i, data); err != nil {
+		if err := putChunk(t.ctx, t.n.store, t.blob, i, data, sum); err != nil {
 			if errors.Is(err, blobstore.ErrInvalidData) {
 				t.n.onBadChunk(fp.id)
 				return fmt.Errorf("%w: chunk %d: %w", errBadChunk, i, err)

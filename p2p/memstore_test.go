@@ -107,13 +107,17 @@ func (s *memStore) BeginPartial(ctx context.Context, m *blobstore.Manifest) erro
 }
 
 func (s *memStore) PutChunk(ctx context.Context, c cid.Cid, i int, data []byte) error {
+	return s.PutChunkSum(ctx, c, i, data, sha256.Sum256(data))
+}
+
+func (s *memStore) PutChunkSum(ctx context.Context, c cid.Cid, i int, data []byte, sum [32]byte) error {
 	s.mu.Lock()
 	b, err := s.blob(c)
 	s.mu.Unlock()
 	if err != nil {
 		return err
 	}
-	if i < 0 || i >= len(b.m.Chunks) || len(data) != b.m.ChunkLen(i) || sha256.Sum256(data) != b.m.Chunks[i] {
+	if i < 0 || i >= len(b.m.Chunks) || len(data) != b.m.ChunkLen(i) || sum != b.m.Chunks[i] {
 		return fmt.Errorf("chunk %d: %w", i, blobstore.ErrInvalidData)
 	}
 	cp := bytes.Clone(data)

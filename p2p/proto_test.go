@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"testing"
+	"testing/iotest"
 
 	"github.com/ipfs/go-cid"
 
@@ -238,36 +239,49 @@ func TestClientCodecOverPipe(t *testing.T) {
 		{"wrong type", [][]byte{frame(msgHave, encodeHave([]bool{true}))}, ErrProtocol, nil},
 		{"bad data passed on", [][]byte{chunkFrame(0, chunks[0]), chunkFrame(1, flipped), chunkFrame(2, chunks[2])}, blobstore.ErrInvalidData, []int{0}},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			pr, pw := io.Pipe()
-			go func() {
-				for _, f := range tc.frames {
-					if _, err := pw.Write(f); err != nil {
-						return
+		// Over a pipe (a read gets at most one write), and one byte per read: the digest computed while the
+		// bytes arrive must be the chunk's, wherever the reads split the frames.
+		readers := map[string]func() io.Reader{
+			"pipe": func() io.Reader {
+				pr, pw := io.Pipe()
+				go func() {
+					for _, f := range tc.frames {
+						if _, err := pw.Write(f); err != nil {
+							return
+						}
 					}
-				}
-				pw.Close()
-			}()
-			defer pr.Close()
-			var got []int
-			err := readChunks(pr, m, rs, nil, func(i int, data []byte) error {
-				if data == nil {
+					pw.Close()
+				}()
+				t.Cleanup(func() { pr.Close() })
+				return pr
+			},
+			"one byte": func() io.Reader { return iotest.OneByteReader(bytes.NewReader(bytes.Join(tc.frames, nil))) },
+		}
+		for rname, reader := range readers {
+			t.Run(tc.name+"/"+rname, func(t *testing.T) {
+				t.Parallel()
+				var got []int
+				err := readChunksSummed(reader(), m, rs, nil, func(i int, data []byte, sum [32]byte) error {
+					if data == nil {
+						return nil
+					}
+					if sum != sha256.Sum256(data) {
+						t.Errorf("chunk %d: digest computed while reading %x, of the bytes %x", i, sum, sha256.Sum256(data))
+					}
+					if sum != m.Chunks[i] {
+						return blobstore.ErrInvalidData
+					}
+					got = append(got, i)
 					return nil
+				})
+				if !errors.Is(err, tc.want) || (err == nil) != (tc.want == nil) {
+					t.Fatalf("err = %v, want %v", err, tc.want)
 				}
-				if sha256.Sum256(data) != m.Chunks[i] {
-					return blobstore.ErrInvalidData
+				if len(got) != len(tc.wantGot) {
+					t.Fatalf("delivered %v, want %v", got, tc.wantGot)
 				}
-				got = append(got, i)
-				return nil
 			})
-			if !errors.Is(err, tc.want) || (err == nil) != (tc.want == nil) {
-				t.Fatalf("err = %v, want %v", err, tc.want)
-			}
-			if len(got) != len(tc.wantGot) {
-				t.Fatalf("delivered %v, want %v", got, tc.wantGot)
-			}
-		})
+		}
 	}
 
 	t.Run("manifest", func(t *testing.T) {

@@ -80,6 +80,13 @@ func createSparse(path string, size int64) error {
 // disk writes during the transfer and the writer slows to the disk's pace), and Commit syncs before the blob
 // becomes visible.
 func (s *Store) PutChunk(ctx context.Context, blob cid.Cid, i int, data []byte) error {
+	return s.PutChunkSum(ctx, blob, i, data, sha256.Sum256(data))
+}
+
+var _ blobstore.ChunkSumPutter = (*Store)(nil)
+
+// PutChunkSum is PutChunk for a caller that hashed data as it arrived: sum is sha2-256(data).
+func (s *Store) PutChunkSum(ctx context.Context, blob cid.Cid, i int, data []byte, sum [32]byte) error {
 	if err := s.enter(); err != nil {
 		return err
 	}
@@ -104,7 +111,7 @@ func (s *Store) PutChunk(ctx context.Context, blob cid.Cid, i int, data []byte) 
 	if len(data) != m.ChunkLen(i) {
 		return fmt.Errorf("put chunk %d of %s: %w: %d bytes, want %d", i, blob, blobstore.ErrInvalidData, len(data), m.ChunkLen(i))
 	}
-	if sha256.Sum256(data) != m.Chunks[i] {
+	if sum != m.Chunks[i] {
 		return fmt.Errorf("put chunk %d of %s: %w: want %s", i, blob, blobstore.ErrInvalidData, blobstore.ChunkCID(m.Chunks[i]))
 	}
 	crc := chunkCRC(data)
@@ -353,6 +360,9 @@ func (s *Store) Commit(ctx context.Context, blob cid.Cid) error {
 	}
 	err = s.update(func(txn *badger.Txn) error {
 		if err := txn.Set(key(prefixManifest, d), m.Encode()); err != nil {
+			return err
+		}
+		if err := setStamp(txn, d, s.blobPath(d), s.opts.now()); err != nil { // every chunk was checked on arrival
 			return err
 		}
 		return txn.Delete(key(prefixPartial, d))

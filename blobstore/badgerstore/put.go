@@ -180,6 +180,9 @@ func (p *put) publish(m *blobstore.Manifest, tmpName string) error {
 		if err := txn.Delete(key(prefixPartial, d)); err != nil {
 			return err
 		}
+		if err := setStamp(txn, d, s.blobPath(d), s.opts.now()); err != nil { // Put hashed every chunk it wrote
+			return err
+		}
 		return s.setAccess(txn, d, s.opts.now())
 	})
 	if err == nil {

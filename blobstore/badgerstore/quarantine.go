@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
 	"github.com/ipfs/go-cid"
@@ -63,6 +64,9 @@ func (s *Store) quarantineLocked(d [32]byte, m *blobstore.Manifest, i int) (blob
 			if err := txn.Delete(key(prefixManifest, d)); err != nil {
 				return err
 			}
+			if err := txn.Delete(key(prefixChecked, d)); err != nil {
+				return err
+			}
 		}
 		if i >= 0 {
 			return txn.Delete(haveKey(d, i))
@@ -90,10 +94,26 @@ func (s *Store) quarantineLocked(d [32]byte, m *blobstore.Manifest, i int) (blob
 }
 
 // CheckBlob checks every chunk of a complete blob against its stored CRC32C (reading the file once, not
-// re-hashing it) and quarantines the blob at the first damaged chunk. Chunks are checked by up to checkWorkers
-// goroutines, each reading its chunk in checkPiece pieces into one small buffer that stays in the CPU's cache
-// (the checksum then reads what the copy just wrote, not main memory): about the cost of `cat` of the file.
+// re-hashing it) and quarantines the blob at the first damaged chunk; a blob whose file is unchanged since its
+// check stamp (checked.go: written when it was fetched, put or checked, less than checkValidFor ago) is not read.
+// Chunks are checked by up to checkWorkers goroutines, each reading its chunk in checkPiece pieces into one small
+// buffer that stays in the CPU's cache (the checksum then reads what the copy just wrote, not main memory):
+// about the cost of `cat` of the file.
 func (s *Store) CheckBlob(ctx context.Context, c cid.Cid) error {
+	d, err := digestOf(c)
+	if err != nil {
+		return err
+	}
+	if err := s.enter(); err != nil {
+		return err
+	}
+	fresh := s.stillChecked(d)
+	s.leave()
+	if fresh {
+		return nil
+	}
+	began := s.opts.now()
+	before, idErr := statID(s.blobPath(d))
 	r, err := s.Open(ctx, c)
 	if err != nil {
 		return err
@@ -129,7 +149,28 @@ func (s *Store) CheckBlob(ctx context.Context, c cid.Cid) error {
 		}
 		return fmt.Errorf("check %s: %w", c, s.quarantine(rr.d, rr.m, i, err)) // damage only; other errors pass
 	}
+	if idErr == nil {
+		s.stampChecked(d, before, began)
+	}
 	return nil
+}
+
+// stampChecked writes complete blob d's check stamp after a check that began at began with the file's identity
+// id, if the file still has it (a change during the check gets no stamp). A failure only costs the next check.
+func (s *Store) stampChecked(d [32]byte, id fileID, began time.Time) {
+	err := s.update(func(txn *badger.Txn) error {
+		st, err := s.state(txn, d)
+		if err != nil || st != stateComplete {
+			return err
+		}
+		if now, err := statID(s.blobPath(d)); err != nil || now != id {
+			return err
+		}
+		return txn.Set(key(prefixChecked, d), encodeStamp(began, id))
+	})
+	if err != nil {
+		s.log.Warn("blob store: cannot record a check", "blob", blobstore.DigestCID(d), "err", err)
+	}
 }
 
 const (

@@ -42,6 +42,7 @@ const (
 	prefixAccess   = 'a' // a + blob digest → last access, unix nanoseconds, 8 bytes big-endian
 	prefixPin      = 'n' // n + blob digest → empty: the blob is pinned
 	prefixRecord   = 'r' // r + model + profile + blob digest + fingerprint digest → record JSON
+	prefixChecked  = 's' // s + blob digest → check stamp of a complete blob: checked-at unix ns, fileID (checked.go)
 )
 
 var (
@@ -651,7 +652,7 @@ func (s *Store) deleteLocked(d [32]byte, checkPin bool) (uint64, error) {
 				return err
 			}
 		}
-		for _, prefix := range []byte{prefixManifest, prefixPartial, prefixAccess, prefixPin} {
+		for _, prefix := range []byte{prefixManifest, prefixPartial, prefixAccess, prefixPin, prefixChecked} {
 			if err := txn.Delete(key(prefix, d)); err != nil {
 				return err
 			}

@@ -400,6 +400,39 @@ func TestPutChunkAfterDelete(t *testing.T) {
 	}
 }
 
+// TestPutChunkSum: the digest a caller computed as the bytes arrived is checked against the manifest like
+// PutChunk's own: another chunk's digest, or the right digest with other bytes' length, stores nothing.
+func TestPutChunkSum(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	data := storetest.Data(9, 2*cs+5)
+	m := manifestOf(t, data)
+	s := open(t, t.TempDir(), testOptions(t))
+	defer closeStore(t, s)
+	if err := s.BeginPartial(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		i    int
+		data []byte
+		sum  [32]byte
+		want error
+	}{
+		{"another chunk's digest", 0, chunkOf(data, m, 0), m.Chunks[1], blobstore.ErrInvalidData},
+		{"short bytes", 2, chunkOf(data, m, 2)[:4], m.Chunks[2], blobstore.ErrInvalidData},
+		{"good", 1, chunkOf(data, m, 1), m.Chunks[1], nil},
+	}
+	for _, tt := range tests {
+		if err := s.PutChunkSum(ctx, m.CID(), tt.i, tt.data, tt.sum); !errors.Is(err, tt.want) || (err == nil) != (tt.want == nil) {
+			t.Errorf("%s: PutChunkSum = %v, want %v", tt.name, err, tt.want)
+		}
+	}
+	if have, err := s.HaveChunks(ctx, m.CID()); err != nil || !slices.Equal(have, []bool{false, true, false}) {
+		t.Fatalf("HaveChunks = %v, %v; want only chunk 1", have, err)
+	}
+}
+
 func TestCommitDropsCorruptChunk(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()

@@ -116,6 +116,7 @@ func BenchmarkHandBlob(b *testing.B) {
 	b.ReportMetric(mbps(load), "load-MB/s")
 	b.ReportMetric(mbps(cat), "cat-MB/s")
 	b.ReportMetric(cat.Seconds()/first.Seconds(), "first-ensure/cat")
+	b.ReportMetric(first.Seconds()*1000/n, "first-ensure-ms")
 	b.ReportMetric(cat.Seconds()/load.Seconds(), "load/cat")
 }
 
