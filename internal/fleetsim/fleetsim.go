@@ -115,16 +115,21 @@ type Result struct {
 	FlightTime time.Duration
 	// FlightSent and FlightReceived are the flight messages a member published and received during the flight.
 	FlightSent, FlightReceived float64
+	// Verifies are the Ed25519 checks a member asked for until full membership (what a real member computes);
+	// VerifiesComputed those this process computed for all members (verify.go: one per distinct signature).
+	Verifies         float64
+	VerifiesComputed int64
 }
 
 func (r Result) String() string {
 	return fmt.Sprintf("nodes=%d links=%d latency=%s full_membership=%.2fs member_published=%.1f member_accepted=%.1f "+
 		"gossip_kib=%.1f sync_kib=%.1f flight_gossip_kib=%.1f conns_mean=%.1f conns_max=%d heap_kib=%.0f "+
-		"goroutines=%.0f compiles=%v yielded=%d flight=%.2fs flight_msgs_sent=%.3f flight_msgs_received=%.2f",
+		"goroutines=%.0f compiles=%v yielded=%d flight=%.2fs flight_msgs_sent=%.3f flight_msgs_received=%.2f "+
+		"verifies=%.1f verifies_computed=%d",
 		r.Nodes, r.Links, r.Latency, r.FullMembership.Seconds(), r.MemberPublished, r.MemberAccepted,
 		r.GossipBytes/1024, r.SyncBytes/1024, r.FlightGossipBytes/1024, r.ConnsMean, r.ConnsMax,
 		r.HeapPerNode/1024, r.GoroutinesPerNode, r.Compiles, r.Yielded, r.FlightTime.Seconds(), r.FlightSent,
-		r.FlightReceived)
+		r.FlightReceived, r.Verifies, r.VerifiesComputed)
 }
 
 type member struct {
@@ -159,6 +164,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	}
 
 	heap0, gor0 := heapNow()
+	calls0, done0 := verifyCalls.Load(), verifyDone.Load()
 	mn := mocknet.New()
 	defer mn.Close()
 	mn.SetLinkDefaults(mocknet.LinkOptions{Latency: cfg.Latency})
@@ -268,6 +274,8 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		return res, fmt.Errorf("%w: membership: %d of %d members do not list all", err, short, cfg.Nodes)
 	}
 	res.FullMembership = time.Since(t0)
+	res.Verifies = float64(verifyCalls.Load()-calls0) / float64(cfg.Nodes)
+	res.VerifiesComputed = verifyDone.Load() - done0
 	var gossip0 int64
 	for _, m := range ms {
 		pub, acc := m.node.MemberStats()
