@@ -38,11 +38,11 @@ const (
 	// members the joins of a start-up took 8 publishes per member, each delivered to and verified by all.
 	memberJoinPublishes = 2
 	// memberPullFirst is the first table pull from a random connected member after start; the interval doubles
-	// up to MemberRefresh/memberPullsPerRefresh (5 s by default, never below memberPullFirst) and stays there
+	// up to MemberRefresh/6 held between memberPullFirst and memberPullMax (5 s by default) and stays there
 	// (push-pull anti-entropy, as memberlist does). A pull is digest-first, so one between members in sync
 	// costs 16 bytes per member: frequent pulls repair lost gossip within a few rounds.
-	memberPullFirst       = time.Second
-	memberPullsPerRefresh = 6
+	memberPullFirst = time.Second
+	memberPullMax   = 5 * time.Second
 	// memberDigestTimeout bounds the read of a puller's digest.
 	memberDigestTimeout = 10 * time.Second
 	// gossipPeerQueue and gossipValidateQueue size gossipsub's queues (RPCs waiting for one peer, messages
@@ -224,6 +224,18 @@ func (b *memberBook) live(p peer.ID, now time.Time) bool {
 	defer b.mu.Unlock()
 	e := b.m[p]
 	return e != nil && now.Before(e.expires)
+}
+
+func (b *memberBook) count(now time.Time) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	c := 0
+	for _, e := range b.m {
+		if now.Before(e.expires) {
+			c++
+		}
+	}
+	return c
 }
 
 func (b *memberBook) list(now time.Time) []MemberInfo {
@@ -458,11 +470,11 @@ func (m *members) loop() {
 			return
 		case <-pull.C:
 			// Records gossiped while meshes were forming, or dropped under load, may not have reached us: pull
-			// what a random peer holds and we lack (1, 2, 4 s after start, then every refresh/6).
+			// what a random peer holds and we lack (1, 2, 4 s after start, then every 5 s at most).
 			if ps := m.n.h.Network().Peers(); len(ps) > 0 {
 				m.syncWith(ps[rand.IntN(len(ps))])
 			}
-			pullEvery = min(2*pullEvery, max(m.refresh/memberPullsPerRefresh, memberPullFirst))
+			pullEvery = min(2*pullEvery, min(max(m.refresh/6, memberPullFirst), memberPullMax))
 			pull.Reset(pullEvery)
 		case <-refresh.C:
 			publish()
@@ -616,6 +628,14 @@ func (n *Node) Members() []MemberInfo {
 	self.Hostname, self.Class, self.Tags = n.members.info.Hostname, n.members.info.Class, n.members.info.Tags
 	self.Version = n.members.info.Version
 	return append([]MemberInfo{self}, n.members.book.list(time.Now())...)
+}
+
+// MemberCount is len(Members()) without copying the table.
+func (n *Node) MemberCount() int {
+	if n.members == nil {
+		return 1
+	}
+	return 1 + n.members.book.count(time.Now())
 }
 
 // MemberStats are the membership counters of the simulation harness: member records this node published, and

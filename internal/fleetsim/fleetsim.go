@@ -62,6 +62,9 @@ type Config struct {
 	// Progress, if set, is called with what was measured so far at the end of each phase ("membership",
 	// "flight"), before the members are closed (closing 1,000 nodes takes minutes).
 	Progress func(phase string, r Result)
+	// Waiting, if set, is called about every 10 s while the members do not all list each other yet: how many do,
+	// and the mean number of members listed.
+	Waiting func(elapsed time.Duration, complete int, meanListed float64)
 }
 
 func (c Config) withDefaults() Config {
@@ -257,9 +260,22 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	if err != nil {
 		return res, fmt.Errorf("fleetsim: connect: %w", err)
 	}
-	if err := waitUntil(ctx, cfg.Timeout, 100*time.Millisecond, func() bool {
+	lastWaiting := t0
+	if err := waitUntil(ctx, cfg.Timeout, 250*time.Millisecond, func() bool {
+		if cfg.Waiting != nil && time.Since(lastWaiting) >= 10*time.Second {
+			lastWaiting = time.Now()
+			complete, listed := 0, 0
+			for _, m := range ms {
+				l := m.node.MemberCount()
+				listed += l
+				if l == cfg.Nodes {
+					complete++
+				}
+			}
+			cfg.Waiting(time.Since(t0), complete, float64(listed)/float64(cfg.Nodes))
+		}
 		for _, m := range ms {
-			if len(m.node.Members()) < cfg.Nodes {
+			if m.node.MemberCount() < cfg.Nodes {
 				return false
 			}
 		}
@@ -267,7 +283,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	}); err != nil {
 		short := 0
 		for _, m := range ms {
-			if len(m.node.Members()) < cfg.Nodes {
+			if m.node.MemberCount() < cfg.Nodes {
 				short++
 			}
 		}
