@@ -45,11 +45,6 @@ const (
 	memberPullMax   = 5 * time.Second
 	// memberDigestTimeout bounds the read of a puller's digest.
 	memberDigestTimeout = 10 * time.Second
-	// gossipPeerQueue and gossipValidateQueue size gossipsub's queues (RPCs waiting for one peer, messages
-	// waiting for validation; default 32 each): at 200 members starting at once the defaults dropped about a
-	// third of the member records (fleetsim).
-	gossipPeerQueue     = 128
-	gossipValidateQueue = 256
 )
 
 type memberEntry struct {

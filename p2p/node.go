@@ -219,10 +219,7 @@ func (n *Node) start(ctx context.Context, cfg Config) error {
 
 	// Flood publishing reaches peers that joined less than a mesh heartbeat ago (the fleet single flight needs it).
 	// Peer exchange: a pruned peer learns other topic peers (6.3), so the mesh mends on a sparse overlay.
-	// Queues: gossipsub's default 32 RPCs per peer and 32 messages awaiting validation overflowed (and dropped
-	// member records) when a fleet started at once on a loaded machine (6.2).
-	psOpts := []pubsub.Option{pubsub.WithFloodPublish(true), pubsub.WithPeerExchange(true),
-		pubsub.WithPeerOutboundQueueSize(gossipPeerQueue), pubsub.WithValidateQueueSize(gossipValidateQueue)}
+	psOpts := []pubsub.Option{pubsub.WithFloodPublish(true), pubsub.WithPeerExchange(true)}
 	if n.mb != nil { // gossip only with proven members, also once a member is revoked while connected
 		psOpts = append(psOpts, pubsub.WithPeerFilter(func(p peer.ID, _ string) bool { return n.mb.proven(p) }))
 	}
