@@ -479,13 +479,22 @@ func (m *members) loop() {
 			}
 			if wait := memberJoinDebounce - time.Since(lastPub); wait <= 0 {
 				publish()
+				// The follow-up comes whether or not another peer joins: when every topic peer joined at once
+				// (one kick), the only publish went out while their streams and meshes were being set up, and
+				// gossipsub loses such messages: the record then reached nobody past them.
+				if joinPubs < memberJoinPublishes && !pendingSet {
+					pendingSet = true
+					pending.Reset(memberJoinDebounce)
+				}
 			} else if !pendingSet {
 				pendingSet = true
 				pending.Reset(wait)
 			}
 		case <-pending.C:
 			pendingSet = false
-			publish()
+			if joinPubs < memberJoinPublishes {
+				publish()
+			}
 		case <-tick.C:
 			m.book.expire(time.Now())
 			m.fill()
