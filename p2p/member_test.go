@@ -163,7 +163,8 @@ func TestThreatMemberRecords(t *testing.T) {
 // TestMemberJoinFollowUp: a member whose topic peers all joined at once (one join event) still publishes its
 // follow-up record memberJoinDebounce later. Before, it published once, while the new peer's streams were being
 // set up, and gossipsub lost that record (here the peer received none in 4 × memberJoinDebounce): the member was
-// then learnt only by pulls, about 30 s into a start of 100 daemons (the slow mode of `make test-scale-100`).
+// then learnt only by pulls, about 30 s into a start of 100 daemons (one cause of the slow mode of
+// `make test-scale-100`; docs/benchmarks.md).
 func TestMemberJoinFollowUp(t *testing.T) {
 	t.Parallel()
 	psk := writeKey(t)
