@@ -159,3 +159,41 @@ func TestThreatMemberRecords(t *testing.T) {
 		}
 	}
 }
+
+// TestMemberJoinFollowUp: a member whose topic peers all joined at once (one join event) still publishes its
+// follow-up record memberJoinDebounce later. Before, it published once, while the new peer's streams were being
+// set up, and gossipsub lost that record (here the peer received none in 4 × memberJoinDebounce): the member was
+// then learnt only by pulls, about 30 s into a start of 100 daemons (one cause of the slow mode of
+// `make test-scale-100`; docs/benchmarks.md).
+func TestMemberJoinFollowUp(t *testing.T) {
+	t.Parallel()
+	psk := writeKey(t)
+	target := startNode(t, "", func(c *Config) {
+		c.FleetKey, c.ServeWithoutFleetKey, c.MemberRefresh, c.MinPeers = psk, false, time.Minute, -1
+	})
+	watcher := hostilePeers(t, 1, hostile.PeerOptions{FleetKey: psk, PubSub: true})[0]
+	topic, err := watcher.Topic(MemberTopic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub, err := topic.Subscribe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Cancel()
+	ctx, cancel := context.WithTimeout(t.Context(), 4*memberJoinDebounce)
+	defer cancel()
+	if err := watcher.Connect(ctx, peer.AddrInfo{ID: target.ID(), Addrs: target.Host().Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+	seqs := map[uint64]bool{}
+	for len(seqs) < 1 {
+		msg, err := sub.Next(ctx)
+		if err != nil {
+			t.Fatalf("no record of the member received after one join (%v)", err)
+		}
+		if m, err := OpenMember(msg.Data); err == nil && m.ID == target.ID() {
+			seqs[m.Seq] = true
+		}
+	}
+}

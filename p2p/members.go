@@ -38,15 +38,22 @@ const (
 	// members the joins of a start-up took 8 publishes per member, each delivered to and verified by all.
 	memberJoinPublishes = 2
 	// memberPullFirst is the first table pull from a random connected member after start; the interval doubles
-	// up to MemberRefresh and stays there (push-pull anti-entropy, as memberlist does).
+	// up to MemberRefresh/6 held between memberPullFirst and memberPullMax (5 s by default) and stays there
+	// (push-pull anti-entropy, as memberlist does). A pull is digest-first, so one between members in sync
+	// costs 16 bytes per member: frequent pulls repair lost gossip within a few rounds.
 	memberPullFirst = time.Second
+	memberPullMax   = 5 * time.Second
+	// memberDigestTimeout bounds the read of a puller's digest.
+	memberDigestTimeout = 10 * time.Second
 )
 
 type memberEntry struct {
 	info     MemberInfo
 	env      []byte
+	key      uint64    // digestKey(info.ID)
 	accepted time.Time // receipt of the last record taken from gossip (the forwarding budget); zero: none
 	expires  time.Time // min(signing time, receipt) + TTL
+	gossiped bool      // this envelope was taken from gossip, so forwarded
 }
 
 type memberResult int
@@ -56,6 +63,7 @@ const (
 	memberRejected
 	memberAdded
 	memberRefreshed
+	memberForwarded // held already, taken by a pull: forwarded, nothing learnt
 )
 
 // memberBook is the membership table: the live member records of other peers, at most MaxMembers.
@@ -70,12 +78,12 @@ type memberBook struct {
 	m  map[peer.ID]*memberEntry
 	// held has the SHA-256 of every envelope in m: a table pull repeats mostly records already held, which are
 	// then ignored without verifying their signature again.
-	held map[[32]byte]bool
+	held map[[32]byte]peer.ID
 }
 
 func newMemberBook(self peer.ID, psk pnet.PSK, allow []peer.ID, ttl time.Duration) *memberBook {
 	b := &memberBook{self: self, psk: psk, ttl: ttl, max: MaxMembers, m: map[peer.ID]*memberEntry{},
-		held: map[[32]byte]bool{}}
+		held: map[[32]byte]peer.ID{}}
 	if len(allow) > 0 {
 		b.allow = map[peer.ID]bool{}
 		for _, p := range allow {
@@ -100,10 +108,10 @@ func (b *memberBook) addPulled(raw []byte, now time.Time) (MemberInfo, memberRes
 func (b *memberBook) take(raw []byte, now time.Time, gossiped bool) (MemberInfo, memberResult) {
 	sum := sha256.Sum256(raw)
 	b.mu.Lock()
-	known := b.held[sum]
+	_, known := b.held[sum]
 	b.mu.Unlock()
 	if known {
-		return MemberInfo{}, memberIgnored
+		return b.forward(raw, sum, now, gossiped)
 	}
 	info, err := OpenMember(raw)
 	if err != nil {
@@ -146,9 +154,50 @@ func (b *memberBook) take(raw []byte, now time.Time, gossiped bool) (MemberInfo,
 	if e != nil {
 		delete(b.held, sha256.Sum256(e.env))
 	}
-	b.m[info.ID] = &memberEntry{info: info, env: slices.Clone(raw), accepted: accepted, expires: expires}
-	b.held[sum] = true
+	b.m[info.ID] = &memberEntry{info: info, env: slices.Clone(raw), key: digestKey(info.ID), accepted: accepted,
+		expires: expires, gossiped: gossiped}
+	b.held[sum] = info.ID
 	return info, res
+}
+
+// forward decides on a record byte for byte identical to the one held (so already verified): gossip of a record
+// first taken by a pull is forwarded once, within the member's budget. Ignoring it would end its gossip at every
+// member that pulled it first, and with frequent pulls that is most members around its author.
+func (b *memberBook) forward(raw []byte, sum [32]byte, now time.Time, gossiped bool) (MemberInfo, memberResult) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	e := b.m[b.held[sum]]
+	if !gossiped || e == nil || e.gossiped || now.Sub(e.accepted) < memberMinInterval || !now.Before(e.expires) {
+		return MemberInfo{}, memberIgnored
+	}
+	e.gossiped, e.accepted = true, now
+	return e.info, memberForwarded
+}
+
+// digest is the puller's side of a digest-first pull: key → seq of every live record held.
+func (b *memberBook) digest(now time.Time) map[uint64]uint64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	d := make(map[uint64]uint64, len(b.m)+1)
+	for _, e := range b.m {
+		if now.Before(e.expires) {
+			d[e.key] = e.info.Seq
+		}
+	}
+	return d
+}
+
+// missing lists the live envelopes held that the digest d lacks or holds older.
+func (b *memberBook) missing(d map[uint64]uint64, now time.Time) [][]byte {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out [][]byte
+	for _, e := range b.m {
+		if seq, ok := d[e.key]; now.Before(e.expires) && (!ok || seq < e.info.Seq) {
+			out = append(out, e.env)
+		}
+	}
+	return out
 }
 
 // expire forgets members whose record was not refreshed within the TTL.
@@ -170,6 +219,18 @@ func (b *memberBook) live(p peer.ID, now time.Time) bool {
 	defer b.mu.Unlock()
 	e := b.m[p]
 	return e != nil && now.Before(e.expires)
+}
+
+func (b *memberBook) count(now time.Time) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	c := 0
+	for _, e := range b.m {
+		if now.Before(e.expires) {
+			c++
+		}
+	}
+	return c
 }
 
 func (b *memberBook) list(now time.Time) []MemberInfo {
@@ -240,6 +301,7 @@ func (n *Node) startMembers(cfg Config) error {
 	}
 	n.members = m
 	n.h.SetStreamHandler(MemberSyncProtocol, m.serveSync)
+	n.h.SetStreamHandler(MemberDigestProtocol, m.serveDigest)
 	if err := n.ps.RegisterTopicValidator(MemberTopic, m.validate); err != nil {
 		return fmt.Errorf("p2p: member validator: %w", err)
 	}
@@ -310,6 +372,8 @@ func (m *members) validate(_ context.Context, from peer.ID, msg *pubsub.Message)
 	case memberAdded, memberRefreshed:
 		m.learnt(info, res)
 		return pubsub.ValidationAccept
+	case memberForwarded:
+		return pubsub.ValidationAccept
 	}
 	return pubsub.ValidationIgnore
 }
@@ -344,6 +408,12 @@ func (m *members) own() ([]byte, error) {
 	}
 	m.lastSeq, m.selfEnv = info.Seq, env
 	return env, nil
+}
+
+func (m *members) ownSeq() uint64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.lastSeq
 }
 
 func (m *members) publish() {
@@ -394,12 +464,12 @@ func (m *members) loop() {
 		case <-m.ctx.Done():
 			return
 		case <-pull.C:
-			// Records gossiped while meshes were forming may not have reached us: pull a random peer's table
-			// (1, 2, 4, ... s after start, then every refresh; memberlist's push-pull).
+			// Records gossiped while meshes were forming, or dropped under load, may not have reached us: pull
+			// what a random peer holds and we lack (1, 2, 4 s after start, then every 5 s at most).
 			if ps := m.n.h.Network().Peers(); len(ps) > 0 {
 				m.syncWith(ps[rand.IntN(len(ps))])
 			}
-			pullEvery = min(2*pullEvery, m.refresh)
+			pullEvery = min(2*pullEvery, min(max(m.refresh/6, memberPullFirst), memberPullMax))
 			pull.Reset(pullEvery)
 		case <-refresh.C:
 			publish()
@@ -409,13 +479,22 @@ func (m *members) loop() {
 			}
 			if wait := memberJoinDebounce - time.Since(lastPub); wait <= 0 {
 				publish()
+				// The follow-up comes whether or not another peer joins: when every topic peer joined at once
+				// (one kick), the only publish went out while their streams and meshes were being set up, and
+				// gossipsub loses such messages: the record then reached nobody past them.
+				if joinPubs < memberJoinPublishes && !pendingSet {
+					pendingSet = true
+					pending.Reset(memberJoinDebounce)
+				}
 			} else if !pendingSet {
 				pendingSet = true
 				pending.Reset(wait)
 			}
 		case <-pending.C:
 			pendingSet = false
-			publish()
+			if joinPubs < memberJoinPublishes {
+				publish()
+			}
 		case <-tick.C:
 			m.book.expire(time.Now())
 			m.fill()
@@ -455,13 +534,34 @@ func (m *members) fill() {
 	}
 }
 
-// serveSync answers a member pull with our record and every live record held.
+// serveSync answers a whole-table pull (members before the digest) with our record and every live record held.
 func (m *members) serveSync(st network.Stream) {
 	m.mu.Lock()
 	self := m.selfEnv
 	m.mu.Unlock()
 	docs := m.book.envelopes(time.Now())
 	if self != nil {
+		docs = append(docs, self)
+	}
+	serveEntries(st, docs)
+}
+
+// serveDigest answers a digest-first pull: the puller's digest (at most maxMemberDigest bytes within
+// memberDigestTimeout), then our record and the live records held that the digest lacks or holds older.
+func (m *members) serveDigest(st network.Stream) {
+	st.SetReadDeadline(time.Now().Add(memberDigestTimeout))
+	d, err := readMemberDigest(st)
+	if err != nil {
+		m.n.log.Debug("bad member digest", "peer", st.Conn().RemotePeer(), "err", err)
+		st.Reset()
+		return
+	}
+	now := time.Now()
+	docs := m.book.missing(d, now)
+	m.mu.Lock()
+	self, seq := m.selfEnv, m.lastSeq
+	m.mu.Unlock()
+	if have, ok := d[digestKey(m.n.h.ID())]; self != nil && (!ok || have < seq) {
 		docs = append(docs, self)
 	}
 	serveEntries(st, docs)
@@ -496,9 +596,18 @@ func (m *members) syncWith(p peer.ID) {
 		}()
 		ctx, cancel := context.WithTimeout(n.ctx, syncTimeout)
 		defer cancel()
-		st, err := n.h.NewStream(ctx, p, MemberSyncProtocol)
+		st, err := n.h.NewStream(ctx, p, MemberDigestProtocol, MemberSyncProtocol)
 		if err != nil {
 			return
+		}
+		if st.Protocol() == MemberDigestProtocol { // else a member before the digest: its whole table
+			d := m.book.digest(time.Now())
+			d[digestKey(n.h.ID())] = m.ownSeq()
+			st.SetWriteDeadline(time.Now().Add(memberDigestTimeout))
+			if _, err := st.Write(encodeMemberDigest(d)); err != nil {
+				st.Reset()
+				return
+			}
 		}
 		_, err = pullEntries(ctx, st, MaxMemberEnvelope, MaxMembers+1, "member records", func(raw []byte) bool {
 			info, res := m.book.addPulled(raw, time.Now())
@@ -523,6 +632,14 @@ func (n *Node) Members() []MemberInfo {
 	self.Hostname, self.Class, self.Tags = n.members.info.Hostname, n.members.info.Class, n.members.info.Tags
 	self.Version = n.members.info.Version
 	return append([]MemberInfo{self}, n.members.book.list(time.Now())...)
+}
+
+// MemberCount is len(Members()) without copying the table.
+func (n *Node) MemberCount() int {
+	if n.members == nil {
+		return 1
+	}
+	return 1 + n.members.book.count(time.Now())
 }
 
 // MemberStats are the membership counters of the simulation harness: member records this node published, and

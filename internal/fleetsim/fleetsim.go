@@ -62,6 +62,9 @@ type Config struct {
 	// Progress, if set, is called with what was measured so far at the end of each phase ("membership",
 	// "flight"), before the members are closed (closing 1,000 nodes takes minutes).
 	Progress func(phase string, r Result)
+	// Waiting, if set, is called about every 10 s while the members do not all list each other yet: how many do,
+	// and the mean number of members listed.
+	Waiting func(elapsed time.Duration, complete int, meanListed float64)
 }
 
 func (c Config) withDefaults() Config {
@@ -115,16 +118,21 @@ type Result struct {
 	FlightTime time.Duration
 	// FlightSent and FlightReceived are the flight messages a member published and received during the flight.
 	FlightSent, FlightReceived float64
+	// Verifies are the Ed25519 checks a member asked for until full membership (what a real member computes);
+	// VerifiesComputed those this process computed for all members (verify.go: one per distinct signature).
+	Verifies         float64
+	VerifiesComputed int64
 }
 
 func (r Result) String() string {
 	return fmt.Sprintf("nodes=%d links=%d latency=%s full_membership=%.2fs member_published=%.1f member_accepted=%.1f "+
 		"gossip_kib=%.1f sync_kib=%.1f flight_gossip_kib=%.1f conns_mean=%.1f conns_max=%d heap_kib=%.0f "+
-		"goroutines=%.0f compiles=%v yielded=%d flight=%.2fs flight_msgs_sent=%.3f flight_msgs_received=%.2f",
+		"goroutines=%.0f compiles=%v yielded=%d flight=%.2fs flight_msgs_sent=%.3f flight_msgs_received=%.2f "+
+		"verifies=%.1f verifies_computed=%d",
 		r.Nodes, r.Links, r.Latency, r.FullMembership.Seconds(), r.MemberPublished, r.MemberAccepted,
 		r.GossipBytes/1024, r.SyncBytes/1024, r.FlightGossipBytes/1024, r.ConnsMean, r.ConnsMax,
 		r.HeapPerNode/1024, r.GoroutinesPerNode, r.Compiles, r.Yielded, r.FlightTime.Seconds(), r.FlightSent,
-		r.FlightReceived)
+		r.FlightReceived, r.Verifies, r.VerifiesComputed)
 }
 
 type member struct {
@@ -159,6 +167,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	}
 
 	heap0, gor0 := heapNow()
+	calls0, done0 := verifyCalls.Load(), verifyDone.Load()
 	mn := mocknet.New()
 	defer mn.Close()
 	mn.SetLinkDefaults(mocknet.LinkOptions{Latency: cfg.Latency})
@@ -251,9 +260,22 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	if err != nil {
 		return res, fmt.Errorf("fleetsim: connect: %w", err)
 	}
-	if err := waitUntil(ctx, cfg.Timeout, 100*time.Millisecond, func() bool {
+	lastWaiting := t0
+	if err := waitUntil(ctx, cfg.Timeout, 250*time.Millisecond, func() bool {
+		if cfg.Waiting != nil && time.Since(lastWaiting) >= 10*time.Second {
+			lastWaiting = time.Now()
+			complete, listed := 0, 0
+			for _, m := range ms {
+				l := m.node.MemberCount()
+				listed += l
+				if l == cfg.Nodes {
+					complete++
+				}
+			}
+			cfg.Waiting(time.Since(t0), complete, float64(listed)/float64(cfg.Nodes))
+		}
 		for _, m := range ms {
-			if len(m.node.Members()) < cfg.Nodes {
+			if m.node.MemberCount() < cfg.Nodes {
 				return false
 			}
 		}
@@ -261,13 +283,15 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	}); err != nil {
 		short := 0
 		for _, m := range ms {
-			if len(m.node.Members()) < cfg.Nodes {
+			if m.node.MemberCount() < cfg.Nodes {
 				short++
 			}
 		}
 		return res, fmt.Errorf("%w: membership: %d of %d members do not list all", err, short, cfg.Nodes)
 	}
 	res.FullMembership = time.Since(t0)
+	res.Verifies = float64(verifyCalls.Load()-calls0) / float64(cfg.Nodes)
+	res.VerifiesComputed = verifyDone.Load() - done0
 	var gossip0 int64
 	for _, m := range ms {
 		pub, acc := m.node.MemberStats()

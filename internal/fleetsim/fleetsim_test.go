@@ -69,7 +69,10 @@ func TestScale(t *testing.T) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 		res, err := Run(ctx, Config{Nodes: n, Latency: latency, Timeout: phase, Seed: 1, MemberRefresh: refresh,
-			Progress: func(phase string, r Result) { t.Logf("%s: %s", phase, r) }})
+			Progress: func(phase string, r Result) { t.Logf("%s: %s", phase, r) },
+			Waiting: func(d time.Duration, complete int, listed float64) {
+				t.Logf("membership after %.0fs: %d of %d members list all, %.1f listed on average", d.Seconds(), complete, n, listed)
+			}})
 		cancel()
 		t.Log(res)
 		if err != nil {
