@@ -63,10 +63,10 @@ bench-scale:
 	FLEETSIM_NODES=$(FLEETSIM_NODES) $(GO) test -count=1 -v -run '^TestScale$$' -timeout 90m ./internal/fleetsim
 
 bench-scale-1000:
-	FLEETSIM_NODES=1000 $(GO) test -count=1 -v -run '^TestScale$$' -timeout 30m ./internal/fleetsim
+	FLEETSIM_NODES=1000 FLEETSIM_REFRESH=$(or $(FLEETSIM_REFRESH),5m) FLEETSIM_TIMEOUT=$(or $(FLEETSIM_TIMEOUT),15m) $(GO) test -count=1 -v -run '^TestScale$$' -timeout 30m ./internal/fleetsim
 
 bench-scale-5000:
-	FLEETSIM_NODES=5000 $(GO) test -count=1 -v -run '^TestScale$$' -timeout 60m ./internal/fleetsim
+	FLEETSIM_NODES=5000 FLEETSIM_REFRESH=$(or $(FLEETSIM_REFRESH),5m) FLEETSIM_TIMEOUT=$(or $(FLEETSIM_TIMEOUT),50m) $(GO) test -count=1 -v -run '^TestScale$$' -timeout 60m ./internal/fleetsim
 
 # Real daemons on loopback (internal/e2e TestScaleLoopback): 40, then 100, each bootstrapped with 3 static peers,
 # mDNS off, a fleet key; membership within 30 s, one compile per class, connections, idle RSS.
