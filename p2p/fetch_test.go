@@ -413,12 +413,25 @@ func TestFetchLateConnectJoins(t *testing.T) {
 	}
 }
 
+// noFill keeps a node from dialling members to fill its overlay, so that a test decides who is connected.
+func noFill(c *Config) { c.MinPeers = -1 }
+
+// fetchAll fetches blob as an open transfer (FetchAll, no named peers) within 30 s and checks f holds data.
+func fetchAll(t *testing.T, f *testNode, blob cid.Cid, data []byte) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := f.FetchAll(ctx, blob, nil, nil); err != nil {
+		t.Fatalf("fetch: %v", err)
+	}
+	checkBlob(t, f, blob, data)
+}
+
 // An open transfer dials the members it knows but is not connected to (dialForTransfer): the fetcher is connected
 // only to a partial peer and knows the full seed from the membership table alone (no overlay fill dials it).
 func TestFetchDialsKnownMembers(t *testing.T) {
 	t.Parallel()
 	data := randomBlob(t, 2<<20)
-	noFill := func(c *Config) { c.MinPeers = -1 }
 	f, partial, full := startNode(t, "", noFill), startNode(t, "", noFill), startNode(t, "", noFill)
 	blob := putPartial(t, partial, data, 0)
 	put(t, full, data)
@@ -430,12 +443,7 @@ func TestFetchDialsKnownMembers(t *testing.T) {
 	if f.h.Network().Connectedness(full.ID()) == network.Connected {
 		t.Fatal("fetcher already connected to the seed")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := f.FetchAll(ctx, blob, nil, nil); err != nil {
-		t.Fatalf("fetch: %v", err)
-	}
-	checkBlob(t, f, blob, data)
+	fetchAll(t, f, blob, data)
 }
 
 // Threat (docs/design.md 9.2): a member that holds the fleet key mints member records for throwaway identities
@@ -444,7 +452,6 @@ func TestFetchDialsKnownMembers(t *testing.T) {
 func TestThreatFetchDialBound(t *testing.T) {
 	t.Parallel()
 	data := randomBlob(t, 2<<20)
-	noFill := func(c *Config) { c.MinPeers = -1 }
 	f, seed := startNode(t, "", noFill), startNode(t, "", noFill)
 	blob := put(t, seed, data)
 	connect(t, f, seed)
@@ -470,12 +477,7 @@ func TestThreatFetchDialBound(t *testing.T) {
 		<-ctx.Done() // an address that never answers: the dial lasts its whole timeout
 		return ctx.Err()
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := f.FetchAll(ctx, blob, nil, nil); err != nil {
-		t.Fatalf("fetch: %v", err)
-	}
-	checkBlob(t, f, blob, data)
+	fetchAll(t, f, blob, data)
 	if n := dials.Load(); n == 0 || n > fetchDialPeers-1 {
 		t.Errorf("%d of %d bogus members dialled; want 1..%d (%d peers connected in all)", n, bogus, fetchDialPeers-1, fetchDialPeers)
 	}
