@@ -237,13 +237,11 @@ func (n *Node) transferBlob(ctx context.Context, f *flight) error {
 		f.t = t // from here on, callers joining the flight add their peers to t
 		ps, open := slices.Clone(f.peers), f.open
 		f.mu.Unlock()
-		n.running.add(f) // and peers that connect join it (open flights)
 		t.addPeers(n.candidates(ps, open))
 		if open {
 			t.wg.Go(func() { n.dialForTransfer(t.ctx) })
 		}
 		err = t.run()
-		n.running.remove(f)
 		f.mu.Lock()
 		f.t = nil
 		f.mu.Unlock()

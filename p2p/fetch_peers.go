@@ -41,40 +41,11 @@ func (t *transfer) sending() int {
 	return n
 }
 
-// runningFlights are the flights with a transfer under way, for joinTransfers.
-type runningFlights struct {
-	mu sync.Mutex
-	m  map[*flight]bool
-	// dial, if set, replaces the host's Connect in dialForTransfer (tests count the dials).
-	dial func(context.Context, peer.ID) error
-}
-
-func (r *runningFlights) add(f *flight) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.m == nil {
-		r.m = map[*flight]bool{}
-	}
-	r.m[f] = true
-}
-
-func (r *runningFlights) remove(f *flight) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	delete(r.m, f)
-}
-
 // joinTransfers adds p, a member that has just connected (or proven its membership), to every open transfer under
 // way (docs/design.md 6.8): a receiver that started while the fleet's hosts were still connecting to each other
 // swarms with all of them, not only with the peers it knew at its start.
 func (n *Node) joinTransfers(p peer.ID) {
-	n.running.mu.Lock()
-	fs := make([]*flight, 0, len(n.running.m))
-	for f := range n.running.m {
-		fs = append(fs, f)
-	}
-	n.running.mu.Unlock()
-	for _, f := range fs {
+	for _, f := range n.flights.States() {
 		f.mu.Lock()
 		t, open := f.t, f.open
 		f.mu.Unlock()
@@ -116,7 +87,7 @@ func (n *Node) dialForTransfer(ctx context.Context) {
 			continue
 		}
 		need--
-		dial := n.running.dial
+		dial := n.transferDial
 		if dial == nil {
 			dial = func(ctx context.Context, p peer.ID) error { return n.h.Connect(ctx, peer.AddrInfo{ID: p}) }
 		}

@@ -472,7 +472,7 @@ func TestThreatFetchDialBound(t *testing.T) {
 		}
 	}
 	var dials atomic.Int32
-	f.running.dial = func(ctx context.Context, p peer.ID) error {
+	f.transferDial = func(ctx context.Context, p peer.ID) error {
 		dials.Add(1)
 		<-ctx.Done() // an address that never answers: the dial lasts its whole timeout
 		return ctx.Err()

@@ -53,7 +53,8 @@ type Node struct {
 	wg     sync.WaitGroup
 	// flights shares one transfer among concurrent Fetch calls of a blob (fetch.go).
 	flights flightgroup.Group[cid.Cid, *flight, struct{}]
-	running runningFlights // flights with a transfer under way (fetch_peers.go)
+	// transferDial, if set, replaces the host's Connect in dialForTransfer (tests count the dials).
+	transferDial func(context.Context, peer.ID) error
 
 	mu      sync.Mutex
 	closed  bool

@@ -149,6 +149,17 @@ func (g *Group[K, S, V]) State(key K) (S, bool) {
 	return zero, false
 }
 
+// States returns the states of every current run, in no order.
+func (g *Group[K, S, V]) States() []S {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	ss := make([]S, 0, len(g.calls))
+	for _, c := range g.calls {
+		ss = append(ss, c.state)
+	}
+	return ss
+}
+
 // Waiters returns how many callers wait for the current run for key (0 when none runs).
 func (g *Group[K, S, V]) Waiters(key K) int {
 	g.mu.Lock()

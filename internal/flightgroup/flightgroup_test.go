@@ -238,6 +238,9 @@ func TestDoJoinState(t *testing.T) {
 	if _, ok := g.State("other"); ok {
 		t.Error("State of a key with no run")
 	}
+	if ss := g.States(); len(ss) != 1 || len(ss[0].inputs) != 3 {
+		t.Errorf("States: %v; want the one run's state", ss)
+	}
 	close(release)
 	for range 3 {
 		if v := <-outs; strings.Join(v, "") != "abc" {
@@ -255,6 +258,9 @@ func TestDoJoinState(t *testing.T) {
 	}
 	if _, ok := g.State("k"); ok {
 		t.Error("State after every run ended")
+	}
+	if ss := g.States(); len(ss) != 0 {
+		t.Errorf("States after every run ended: %v", ss)
 	}
 }
 
