@@ -242,6 +242,7 @@ func (n *Node) transferBlob(ctx context.Context, f *flight) error {
 			t.wg.Go(func() { n.dialForTransfer(t.ctx) })
 		}
 		err = t.run()
+		t.logDone()
 		f.mu.Lock()
 		f.t = nil
 		f.mu.Unlock()
@@ -329,6 +330,10 @@ type transfer struct {
 	ownKey       string   // the fetchers, sorted, joined
 	shares       int      // fetchers in ownKey: chunk i is in share i mod shares
 	weight       []uint64 // this node's weight of each chunk (the order it takes other shares' chunks in)
+	began        time.Time
+	fetched      int // chunks missing at the start
+	dups         int // requests for a chunk another request was fetching already
+	wasted       int // chunks received whole after another copy was stored
 }
 
 // fpeer is one peer's state within a transfer.
@@ -358,7 +363,7 @@ func newTransfer(ctx context.Context, n *Node, blob cid.Cid, m *blobstore.Manife
 	t := &transfer{
 		n: n, self: n.ID(), blob: blob, m: m, p: n.fp, report: report,
 		have: have, assigned: make([]uint8, len(have)), avail: make([]uint16, len(have)), since: make([]time.Time, len(have)),
-		peers: map[peer.ID]*fpeer{}, lastProgress: time.Now(), lastHave: time.Now(),
+		peers: map[peer.ID]*fpeer{}, lastProgress: time.Now(), lastHave: time.Now(), began: time.Now(),
 	}
 	t.cond = sync.NewCond(&t.mu)
 	t.ctx, t.cancel = context.WithCancelCause(ctx)
@@ -369,6 +374,7 @@ func newTransfer(ctx context.Context, n *Node, blob cid.Cid, m *blobstore.Manife
 			t.missing++
 		}
 	}
+	t.fetched = t.missing
 	return t
 }
 
@@ -649,6 +655,8 @@ func (t *transfer) mark(fp *fpeer, r chunkRange) {
 	for i := r.First; i < r.First+r.Count; i++ {
 		if t.assigned[i] == 0 {
 			t.since[i] = now
+		} else {
+			t.dups++
 		}
 		t.assigned[i]++
 		fp.inflight[int(i)] = true
@@ -852,10 +860,7 @@ func (t *transfer) request(fp *fpeer, st *network.Stream, r chunkRange, buf []by
 			t.noChunk(fp, i)
 			return nil
 		}
-		t.mu.Lock()
-		have := t.have[i]
-		t.mu.Unlock()
-		if have { // the end game got it from another peer first
+		if t.already(i) { // the end game got it from another peer first
 			return nil
 		}
 		if err := putChunk(t.ctx, t.n.store, t.blob, i, data, sum); err != nil {
@@ -873,9 +878,35 @@ func (t *transfer) request(fp *fpeer, st *network.Stream, r chunkRange, buf []by
 	})
 }
 
+// transferDoneMsg is logged when a transfer has every chunk, with what its schedule cost (internal/fleetbench
+// sums it over a fleet's receivers).
+const transferDoneMsg = "blob transfer has every chunk"
+
+// logDone logs a complete transfer's counts: requests that duplicated one in flight and copies received in vain.
+func (t *transfer) logDone() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.missing > 0 {
+		return
+	}
+	t.n.log.Info(transferDoneMsg, "blob", t.blob, "chunks", t.fetched, "duplicate_requests", t.dups,
+		"wasted_chunks", t.wasted, "took", time.Since(t.began).Round(time.Millisecond))
+}
+
+// already reports whether chunk i, just received whole, was stored from another copy first (counted as wasted).
+func (t *transfer) already(i int) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.have[i] {
+		t.wasted++
+	}
+	return t.have[i]
+}
+
 func (t *transfer) stored(i int) {
 	t.mu.Lock()
 	if t.have[i] {
+		t.wasted++
 		t.mu.Unlock()
 		return
 	}

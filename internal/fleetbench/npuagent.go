@@ -214,30 +214,65 @@ func (a *NPUAgent) WaitSeedSent(ctx context.Context) error {
 // Notes implements Noter.
 func (a *NPUAgent) Notes() string { return a.notes }
 
-// seedNotes is the seed's own count of chunks sent more than once (load-insensitive, unlike times), from its log.
+// seedNotes is the seed's own count of chunks sent more than once (load-insensitive, unlike times), from its log,
+// and the receivers' counts of requests that duplicated one in flight and chunks received in vain.
 func (a *NPUAgent) seedNotes() string {
 	if len(a.daemons) == 0 {
 		return ""
 	}
-	var line string
-	if _, err := a.daemons[SeedHost].CountLog(func(l string) bool {
-		if e2e.LogMsg(seedDeliveredMsg)(l) {
-			line = l
-			return true
-		}
-		return false
-	}); err != nil || line == "" {
+	line := lastLog(a.daemons[SeedHost], seedDeliveredMsg)
+	if line == "" {
 		return "the seed did not report every chunk delivered"
 	}
 	var out []string
 	for _, k := range []string{"chunks", "resent", "refused", "all_sent_after", "all_delivered_after"} {
-		if i := strings.Index(line, " "+k+"="); i >= 0 {
-			v, _, _ := strings.Cut(strings.TrimSpace(line[i+len(k)+2:]), " ")
+		if v, ok := logField(line, k); ok {
 			out = append(out, k+" "+v)
 		}
 	}
-	return "seed, when every chunk had been delivered once: " + strings.Join(out, ", ") +
+	notes := "seed, when every chunk had been delivered once: " + strings.Join(out, ", ") +
 		" (resent: chunks sent twice; refused: repeat requests answered NO_CHUNK)"
+	var dups, wasted, n int
+	for _, d := range a.daemons[SeedHost+1:] {
+		l := lastLog(d, transferDoneMsg)
+		dv, ok1 := logField(l, "duplicate_requests")
+		wv, ok2 := logField(l, "wasted_chunks")
+		di, err1 := strconv.Atoi(dv)
+		wi, err2 := strconv.Atoi(wv)
+		if ok1 && ok2 && err1 == nil && err2 == nil {
+			dups, wasted, n = dups+di, wasted+wi, n+1
+		}
+	}
+	if n > 0 {
+		notes += fmt.Sprintf("; %d receivers: %d duplicate requests, %d chunks received in vain", n, dups, wasted)
+	}
+	return notes
+}
+
+// transferDoneMsg is a receiver's log message when its transfer has every chunk (p2p/fetch.go).
+const transferDoneMsg = "blob transfer has every chunk"
+
+// lastLog returns the last line of d's log whose message is msg, or "".
+func lastLog(d *e2e.Daemon, msg string) string {
+	var line string
+	d.CountLog(func(l string) bool {
+		if e2e.LogMsg(msg)(l) {
+			line = l
+			return true
+		}
+		return false
+	})
+	return line
+}
+
+// logField returns the value of key=value in an slog text line.
+func logField(line, k string) (string, bool) {
+	i := strings.Index(line, " "+k+"=")
+	if i < 0 {
+		return "", false
+	}
+	v, _, _ := strings.Cut(strings.TrimSpace(line[i+len(k)+2:]), " ")
+	return v, true
 }
 
 // StopSeed implements SeedLeaver: the seed's daemon stops (SIGTERM).
