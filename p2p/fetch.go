@@ -332,6 +332,7 @@ type transfer struct {
 	weight       []uint64 // this node's weight of each chunk (the order it takes other shares' chunks in)
 	began        time.Time
 	fetched      int // chunks missing at the start
+	requested    int // chunk requests in flight
 	dups         int // requests for a chunk another request was fetching already
 	wasted       int // chunks received whole after another copy was stored
 }
@@ -659,6 +660,7 @@ func (t *transfer) mark(fp *fpeer, r chunkRange) {
 			t.dups++
 		}
 		t.assigned[i]++
+		t.requested++
 		fp.inflight[int(i)] = true
 	}
 }
@@ -753,7 +755,9 @@ func (t *transfer) pick(fp *fpeer) (chunkRange, bool) {
 			// The seed's uplink is the scarce one: it sends what no partial peer holds, and duplicates only a
 			// slow request in the end game.
 			return chunkRange{}, false
-		case anyFree || t.seedLike(fp):
+		case anyFree || t.seedLike(fp) || t.requested >= endGameFill:
+			// A copy requested while this node's downlink is full only takes bytes from the first copy: a
+			// receiver's downlink is the bottleneck of a fleet distribution's end (6.9).
 			ok = func(i int) bool { return dup(i) && now.Sub(t.since[i]) > slow }
 		default:
 			ok = dup
@@ -775,6 +779,10 @@ func (t *transfer) pick(fp *fpeer) (chunkRange, bool) {
 	}
 	return r, true
 }
+
+// endGameFill is how many chunk requests in flight keep this node's downlink busy: in the end game, a chunk
+// already requested from another peer is requested again only below it (or when its request is slow).
+const endGameFill = 4
 
 // Bounds of slowAfter.
 const (
@@ -820,6 +828,7 @@ func (t *transfer) release(fp *fpeer, r chunkRange) {
 	defer t.mu.Unlock()
 	for i := r.First; i < r.First+r.Count; i++ {
 		t.assigned[i]--
+		t.requested--
 		delete(fp.inflight, int(i))
 	}
 	t.cond.Broadcast()

@@ -305,6 +305,39 @@ func TestPickStealsSlowRequest(t *testing.T) {
 	}
 }
 
+// End game (every missing chunk requested): a chunk requested from one other peer is requested again while fewer
+// than endGameFill requests are in flight, when the downlink would idle; with the downlink full, only a slow one.
+func TestPickEndGameFill(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name     string
+		inflight int           // requests in flight, each for its own missing chunk from peer "a"
+		age      time.Duration // how long they have run
+		want     bool
+	}{
+		{"downlink idle", endGameFill - 1, 0, true},
+		{"downlink full", endGameFill, 0, false},
+		{"downlink full, slow request", endGameFill, 2 * minSlowAfter, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			tr := testTransfer(t, tc.inflight)
+			a := tr.addTestPeer("a")
+			b := tr.addTestPeer("b")
+			tr.chunkTime = 100 * time.Millisecond // slowAfter: minSlowAfter
+			for i := range tc.inflight {
+				tr.mark(a, chunkRange{First: uint32(i), Count: 1})
+				tr.since[i] = time.Now().Add(-tc.age)
+			}
+			r, ok := tr.pick(b)
+			if ok != tc.want {
+				t.Fatalf("pick = %v %v, want a duplicate: %v", r, ok, tc.want)
+			}
+		})
+	}
+}
+
 // Seed scatter: receivers with the same fetchers split the seed's chunks between them in equal shares, each taking
 // its own share front to back, then other shares' chunks that only the seed holds.
 func TestPickSeedScatter(t *testing.T) {
