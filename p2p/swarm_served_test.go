@@ -177,3 +177,57 @@ func TestThreatSeedFirstSendHog(t *testing.T) {
 		t.Fatalf("seed stats %+v: want the hogged chunks sent again", s)
 	}
 }
+
+// The seed's ramp: of a blob's first rampChunks first sends, at most rampSends are unconfirmed at once; one more
+// waits until a client confirms one, or until the oldest is rampHold old. Past the ramp nothing waits.
+func TestSeedRamp(t *testing.T) {
+	t.Parallel()
+	var s seedServed
+	n := rampChunks + 4
+	b := &seedBlob{seed: true, sent: make([]bool, n), unsent: n, delivered: make([]bool, n), undelivered: n}
+	took := func(i int) <-chan time.Duration {
+		c := make(chan time.Duration, 1)
+		go func() {
+			start := time.Now()
+			if ok, first := s.take(b, i); !ok || !first {
+				t.Errorf("chunk %d: ok %v first %v", i, ok, first)
+			}
+			c <- time.Since(start)
+		}()
+		return c
+	}
+	for i := range rampSends {
+		if d := <-took(i); d > rampHold/2 {
+			t.Fatalf("ramp send %d waited %v", i, d)
+		}
+	}
+	waiting := took(rampSends)
+	select {
+	case d := <-waiting:
+		t.Fatalf("a send beyond rampSends went after %v, before any was confirmed", d)
+	case <-time.After(rampHold / 3):
+	}
+	s.deliver(b, []int{0}) // the client asked again: chunk 0 is confirmed
+	select {
+	case <-waiting:
+	case <-time.After(rampHold / 2):
+		t.Fatal("a confirmed send did not let the next one go")
+	}
+	// Unconfirmed sends stop counting after rampHold: the next waits about that long, not rampWait.
+	if d := <-took(rampSends + 1); d > rampWait/2 {
+		t.Fatalf("waited %v behind unconfirmed sends, want about rampHold %v", d, rampHold)
+	}
+	s.deliver(b, []int{1, 2})
+	s.untake(b, rampSends+1) // its write failed: an undone send frees its place
+	for i := rampSends + 1; i < rampChunks; i++ {
+		if d := <-took(i); d > rampHold/2 {
+			t.Fatalf("ramp send %d waited %v with a free place", i, d)
+		}
+		s.deliver(b, []int{i})
+	}
+	for i := rampChunks; i < n; i++ {
+		if d := <-took(i); d > rampHold/2 {
+			t.Fatalf("send %d past the ramp waited %v", i, d)
+		}
+	}
+}
