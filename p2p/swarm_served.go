@@ -16,19 +16,6 @@ import (
 // close, proves it (6.7: a client reads the whole response before writing the next request).
 const maxSeedBlobs = 64 // blobs tracked at once; the oldest is forgotten (it then serves every request)
 
-// The seed's ramp (docs/design.md 6.8, "seed ramp"): receivers that start together each ask the seed for a chunk at
-// once, and a chunk shared that many ways takes as long to arrive as all of them (11 receivers at 100 Mbit/s:
-// ~0.9 s), so nobody has anything to forward for that long. The first rampChunks first sends of a blob go at most
-// rampSends at a time, each at the seed's full rate while the receivers' downlinks are still idle: the first ones
-// can be forwarded after ~0.1 s. A send counts until the client confirms it (its next request or close), or for
-// rampHold at most, so a client that never confirms holds nothing up for long; a request waits rampWait at most.
-const (
-	rampChunks = 11
-	rampSends  = 2
-	rampHold   = 300 * time.Millisecond
-	rampWait   = time.Second
-)
-
 // seedServed tracks the chunks sent of each blob this node seeds.
 type seedServed struct {
 	mu    sync.Mutex
@@ -44,13 +31,10 @@ type seedBlob struct {
 	unsent      int
 	delivered   []bool
 	undelivered int
-	began       time.Time         // the first chunk's send
-	allSent     time.Duration     // from began to the last chunk's first send
-	resent      int64             // chunks sent again after every chunk had been sent once
-	refused     int64             // requests answered NO_CHUNK because the chunk had been sent and others had not
-	ramped      int               // first sends made under the ramp (at most rampChunks)
-	ramping     map[int]time.Time // ramp sends not yet confirmed, by chunk: when each began
-	rampDone    chan struct{}     // closed (and replaced) when a ramp send is confirmed or undone
+	began       time.Time     // the first chunk's send
+	allSent     time.Duration // from began to the last chunk's first send
+	resent      int64         // chunks sent again after every chunk had been sent once
+	refused     int64         // requests answered NO_CHUNK because the chunk had been sent and others had not
 }
 
 // SeedStats is what a seeding node knows of one blob's chunks (Node.SeedStats).
@@ -102,15 +86,13 @@ func (s *seedServed) state(ctx context.Context, srv *server, blob cid.Cid) *seed
 	return nb
 }
 
-// take decides whether chunk i of b may be sent now; first: this is its first send. A first send within the
-// ramp waits (up to rampWait) until fewer than rampSends ramp sends are unconfirmed.
+// take decides whether chunk i of b may be sent now; first: this is its first send.
 func (s *seedServed) take(b *seedBlob, i int) (ok, first bool) {
 	if b == nil || !b.seed || i < 0 || i >= len(b.sent) {
 		return true, false
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.ramp(b, i)
 	switch {
 	case !b.sent[i]:
 		if b.began.IsZero() {
@@ -129,56 +111,6 @@ func (s *seedServed) take(b *seedBlob, i int) (ok, first bool) {
 	}
 }
 
-// ramp waits, with s.mu held on entry and return, until a first send of chunk i of b may begin, and counts it as
-// a ramp send while b is within its first rampChunks first sends.
-func (s *seedServed) ramp(b *seedBlob, i int) {
-	deadline := time.Now().Add(rampWait)
-	for !b.sent[i] && b.ramped < rampChunks {
-		now := time.Now()
-		busy, wake := 0, deadline // wake: the deadline, or when the oldest unconfirmed send stops counting
-		for _, at := range b.ramping {
-			if now.Sub(at) < rampHold {
-				busy++
-				if end := at.Add(rampHold); end.Before(wake) {
-					wake = end
-				}
-			}
-		}
-		if busy < rampSends || !now.Before(deadline) {
-			if b.ramping == nil {
-				b.ramping = map[int]time.Time{}
-			}
-			b.ramping[i] = now
-			b.ramped++
-			return
-		}
-		if b.rampDone == nil {
-			b.rampDone = make(chan struct{})
-		}
-		done := b.rampDone
-		s.mu.Unlock()
-		timer := time.NewTimer(wake.Sub(now))
-		select {
-		case <-done:
-		case <-timer.C:
-		}
-		timer.Stop()
-		s.mu.Lock()
-	}
-}
-
-// unramp ends chunk i's ramp send (confirmed or undone) and wakes the sends waiting for it; with s.mu held.
-func (b *seedBlob) unramp(i int) {
-	if _, ok := b.ramping[i]; !ok {
-		return
-	}
-	delete(b.ramping, i)
-	if b.rampDone != nil {
-		close(b.rampDone)
-		b.rampDone = nil
-	}
-}
-
 // again counts a chunk of b sent once more, after its write succeeded.
 func (s *seedServed) again(b *seedBlob) {
 	s.mu.Lock()
@@ -194,7 +126,6 @@ func (s *seedServed) untake(b *seedBlob, i int) {
 		b.sent[i] = false
 		b.unsent++
 	}
-	b.unramp(i)
 }
 
 // deliver marks chunks read whole by a client; true when the last undelivered chunk of b was among them.
@@ -203,7 +134,6 @@ func (s *seedServed) deliver(b *seedBlob, idx []int) bool {
 	defer s.mu.Unlock()
 	last := false
 	for _, i := range idx {
-		b.unramp(i)
 		if !b.delivered[i] {
 			b.delivered[i] = true
 			b.undelivered--
