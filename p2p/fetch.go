@@ -752,12 +752,14 @@ func (t *transfer) pick(fp *fpeer) (chunkRange, bool) {
 		slow := t.slowAfter()
 		switch {
 		case anyFree && t.seedLike(fp):
-			// The seed's uplink is the scarce one: it sends what no partial peer holds, and duplicates only a
-			// slow request in the end game.
+			// The seed's uplink is the scarce one: it sends what no partial peer holds, and duplicates only in
+			// the end game.
 			return chunkRange{}, false
-		case anyFree || t.seedLike(fp) || t.requested >= endGameFill:
+		case anyFree || t.requested >= endGameFill:
 			// A copy requested while this node's downlink is full only takes bytes from the first copy: a
-			// receiver's downlink is the bottleneck of a fleet distribution's end (6.9).
+			// receiver's downlink is the bottleneck of a fleet distribution's end (6.9). Below endGameFill the
+			// seed copies too: its uplink idles once every chunk has left it, while each last chunk comes from the
+			// one receiver that has it, to ten at once.
 			ok = func(i int) bool { return dup(i) && now.Sub(t.since[i]) > slow }
 		default:
 			ok = dup

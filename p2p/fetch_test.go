@@ -306,25 +306,47 @@ func TestPickStealsSlowRequest(t *testing.T) {
 }
 
 // End game (every missing chunk requested): a chunk requested from one other peer is requested again while fewer
-// than endGameFill requests are in flight, when the downlink would idle; with the downlink full, only a slow one.
+// than endGameFill requests are in flight, when the downlink would idle, from a seed-like peer too; with the
+// downlink full, only a slow one.
 func TestPickEndGameFill(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
 		name     string
 		inflight int           // requests in flight, each for its own missing chunk from peer "a"
 		age      time.Duration // how long they have run
+		seedLike bool          // "b" holds every chunk while "a" holds part of the blob
 		want     bool
 	}{
-		{"downlink idle", endGameFill - 1, 0, true},
-		{"downlink full", endGameFill, 0, false},
-		{"downlink full, slow request", endGameFill, 2 * minSlowAfter, true},
+		{"downlink idle", endGameFill - 1, 0, false, true},
+		{"downlink full", endGameFill, 0, false, false},
+		{"downlink full, slow request", endGameFill, 2 * minSlowAfter, false, true},
+		{"downlink idle, seed", endGameFill - 1, 0, true, true},
+		{"downlink full, seed", endGameFill, 0, true, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			tr := testTransfer(t, tc.inflight)
-			a := tr.addTestPeer("a")
+			n := tc.inflight
+			if tc.seedLike {
+				n++ // a chunk "a" lacks (and this node holds)
+			}
+			tr := testTransfer(t, n)
+			var a *fpeer
+			if tc.seedLike {
+				tr.have[n-1] = true
+				tr.missing--
+				var held []int
+				for i := range n - 1 {
+					held = append(held, i)
+				}
+				a = tr.addTestPeer("a", held...)
+			} else {
+				a = tr.addTestPeer("a")
+			}
 			b := tr.addTestPeer("b")
+			if got := tr.seedLike(b); got != tc.seedLike {
+				t.Fatalf("seedLike(b) = %v", got)
+			}
 			tr.chunkTime = 100 * time.Millisecond // slowAfter: minSlowAfter
 			for i := range tc.inflight {
 				tr.mark(a, chunkRange{First: uint32(i), Count: 1})
