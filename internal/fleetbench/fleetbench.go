@@ -176,6 +176,8 @@ type Result struct {
 	// SeedCopies is what the seed's interface sent until the last host finished, in blob sizes (headers included;
 	// a seed that sends each block once sends about 1.04).
 	SeedCopies float64
+	// Received is the bytes copied to the receivers: their number times the blob's size.
+	Received int64
 	// Timeline is link and CPU use every TimelineInterval during the run.
 	Timeline []LinkSample
 	Err      error // the run failed; the other fields may be zero
@@ -183,6 +185,15 @@ type Result struct {
 
 // Ratio is Last over Bound.
 func (r Result) Ratio() float64 { return r.Last.Seconds() / r.Bound.Seconds() }
+
+// CPUPerByte is the benchmark's processes' CPU time per byte received (ns/B; 0 when unknown): the CPU cost of a
+// system independent of how long the run took, which the issue compares between systems.
+func (r Result) CPUPerByte() float64 {
+	if r.Received <= 0 {
+		return 0
+	}
+	return float64(r.CPU.Procs.Nanoseconds()) / float64(r.Received)
+}
 
 // LabPrefix names the benchmark's labs; CleanupStale(LabPrefix) removes those of killed runs.
 const LabPrefix = "fleetbench"
@@ -329,7 +340,8 @@ func runOne(ctx context.Context, cfg Config, s System, seed Blob, log io.Writer)
 	slices.SortFunc(fb, func(a, b HostResult) int { return int(a.Elapsed - b.Elapsed) })
 	return Result{Hosts: hosts, Last: last, Median: median(hosts), FirstByte: median(fb), CPU: cpu,
 		Links: linkUse(before, after, last, cfg.rates()), Timeline: samples,
-		SeedCopies: float64(after[SeedHost].TxBytes-before[SeedHost].TxBytes) / float64(seed.Size)}
+		SeedCopies: float64(after[SeedHost].TxBytes-before[SeedHost].TxBytes) / float64(seed.Size),
+		Received:   int64(len(hosts)) * seed.Size}
 }
 
 // LinkUse says how close to their rate the links ran, from interface byte counters (headers included, as tc
@@ -451,15 +463,15 @@ func LowerBound(size int64, seedUp float64, down, up []float64) time.Duration {
 // WriteTable prints results as a table: system, time to last host, median host time, bound, ratio, link use, CPU.
 func WriteTable(w io.Writer, results []Result) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "system\tlast host\tmedian host\tloader 1st byte (median)\tbound\tlast/bound\tseed sent/blob\tseed up use\tall up use\tcpu avg\tcpu peak core\tbench procs cpu\t")
+	fmt.Fprintln(tw, "system\tlast host\tmedian host\tloader 1st byte (median)\tbound\tlast/bound\tseed sent/blob\tseed up use\tall up use\tcpu avg\tcpu peak core\tbench procs cpu\tbench cpu/recv byte\t")
 	for _, r := range results {
 		if r.Err != nil {
-			fmt.Fprintf(tw, "%s\tfailed\t\t\t\t\t\t\t\t\t\t\t\n", r.System)
+			fmt.Fprintf(tw, "%s\tfailed\t\t\t\t\t\t\t\t\t\t\t\t\n", r.System)
 			continue
 		}
-		fmt.Fprintf(tw, "%s\t%.2fs\t%.2fs\t%.2fs\t%.2fs\t%.2f\t%.2f\t%.0f%%\t%.0f%%\t%.0f%%\t%.0f%%\t%.0f%%\t\n", r.System, r.Last.Seconds(),
+		fmt.Fprintf(tw, "%s\t%.2fs\t%.2fs\t%.2fs\t%.2fs\t%.2f\t%.2f\t%.0f%%\t%.0f%%\t%.0f%%\t%.0f%%\t%.0f%%\t%.1fns\t\n", r.System, r.Last.Seconds(),
 			r.Median.Seconds(), r.FirstByte.Seconds(), r.Bound.Seconds(), r.Ratio(), r.SeedCopies, 100*r.Links.SeedUp, 100*r.Links.AllUp,
-			100*r.CPU.Avg, 100*r.CPU.PeakCore, 100*r.CPU.ProcsShare)
+			100*r.CPU.Avg, 100*r.CPU.PeakCore, 100*r.CPU.ProcsShare, r.CPUPerByte())
 	}
 	if err := tw.Flush(); err != nil {
 		return err

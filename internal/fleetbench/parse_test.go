@@ -342,14 +342,14 @@ func TestWriteTable(t *testing.T) {
 	t.Parallel()
 	var buf bytes.Buffer
 	err := WriteTable(&buf, []Result{
-		{System: "nginx", Last: 20 * time.Second, Median: 15 * time.Second, Bound: 10 * time.Second, CPU: CPUUsage{Avg: 0.25, PeakCore: 0.5, ProcsShare: 0.1}, Links: LinkUse{SeedUp: 0.96, AllUp: 0.33}, SeedCopies: 1.07},
+		{System: "nginx", Last: 20 * time.Second, Median: 15 * time.Second, Bound: 10 * time.Second, CPU: CPUUsage{Avg: 0.25, PeakCore: 0.5, ProcsShare: 0.1, Procs: 3 * time.Second}, Links: LinkUse{SeedUp: 0.96, AllUp: 0.33}, SeedCopies: 1.07, Received: 250e6},
 		{System: "broken", Err: errors.New("no\nway")},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	out := buf.String()
-	for _, want := range []string{"last/bound", "nginx", "20.00s", "15.00s", "10.00s", "2.00", "25%", "50%", "10%", "96%", "33%", "1.07", "seed sent/blob", "failed", "broken: no way"} {
+	for _, want := range []string{"last/bound", "nginx", "20.00s", "15.00s", "10.00s", "2.00", "25%", "50%", "10%", "96%", "33%", "1.07", "seed sent/blob", "failed", "broken: no way", "cpu/recv byte", "12.0ns"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("table lacks %q:\n%s", want, out)
 		}
