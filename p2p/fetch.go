@@ -687,7 +687,8 @@ func (t *transfer) seedLike(fp *fpeer) bool {
 // (fewest live peers holding it); among equally rare ones, one in the front window (the first pickWindow missing
 // chunks no request is fetching) if any; among those, one uniformly at random. It extends the chunk with the
 // following ones fp can serve under the same condition, up to chunksPerReq. When every missing chunk is already
-// requested (the end game), it duplicates a chunk requested from a single other peer, chosen at random.
+// requested (the end game) and fewer than endGameFill requests are in flight, it duplicates a chunk requested from a
+// single other peer, chosen at random.
 //
 // Rarity first spreads a seed's chunks over the receivers of a fleet. The front window makes chunks arrive
 // nearly in order where rarity does not decide (one source), so the blob's file fills nearly sequentially.
@@ -746,9 +747,10 @@ func (t *transfer) pick(fp *fpeer) (chunkRange, bool) {
 			best = front.pick
 		}
 	} else {
-		// Nothing left for fp alone. Once every missing chunk is requested (the end game), duplicate any chunk
-		// requested from one other peer; before that, only one whose request has taken much longer than a chunk
-		// usually takes: fp's link does not sit idle behind another peer's slow (or departed) uplink.
+		// Nothing left for fp alone. Once every missing chunk is requested (the end game) and fewer than
+		// endGameFill requests are in flight, duplicate any chunk requested from one other peer; otherwise only
+		// one whose request has taken much longer than a chunk usually takes: fp's link does not sit idle behind
+		// another peer's slow (or departed) uplink.
 		slow := t.slowAfter()
 		switch {
 		case anyFree && t.seedLike(fp):
