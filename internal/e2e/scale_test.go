@@ -178,6 +178,13 @@ func (f *testFleet) checkScale(ctx context.Context, t0 time.Time) {
 	full := make([]time.Duration, n)
 	var wg sync.WaitGroup
 	errs := make([]error, n)
+	wg.Go(func() {
+		select {
+		case <-ctx.Done():
+		case <-time.After(scaleMembership/2 - time.Since(t0)):
+			f.logScarceMembers(ctx)
+		}
+	})
 	for i, d := range f.daemons {
 		wg.Go(func() {
 			wctx, cancel := context.WithTimeout(ctx, 2*scaleMembership)
@@ -267,9 +274,14 @@ func (f *testFleet) checkScale(ctx context.Context, t0 time.Time) {
 	f.checkCompileCounts(ctx, compiler)
 	// Where compiles came from: the fleet single flight electing a compiler, or a host that found the fleet's
 	// record but whose fetch failed and compiled for itself (agent fallback, 7.2).
-	flightCompiles, fallbacks := map[string]int{}, 0
+	flightCompiles, fallbacks, repairs := map[string]int{}, 0, 0
 	for i, d := range f.daemons {
-		c, err := d.CountLog(LogMsg("single flight: compiling here"))
+		c, err := d.CountLog(LogMsg("member record published again: a peer's pull showed it did not spread"))
+		if err != nil {
+			t.Error(err)
+		}
+		repairs += c
+		c, err = d.CountLog(LogMsg("single flight: compiling here"))
 		if err != nil {
 			t.Error(err)
 		}
@@ -281,8 +293,40 @@ func (f *testFleet) checkScale(ctx context.Context, t0 time.Time) {
 		fallbacks += c
 	}
 	t.Logf("window=%s hosts=%d ready=%s full_membership=%s conns_mean=%.1f conns_max=%d (conn_high %d, at %s) "+
-		"idle_rss_mean=%.1fMiB idle_rss_max=%.1fMiB fetch_all=%s compilers=%v flight_compiles=%v fetch_fallbacks=%d",
+		"idle_rss_mean=%.1fMiB idle_rss_max=%.1fMiB fetch_all=%s compilers=%v flight_compiles=%v fetch_fallbacks=%d member_repair_publishes=%d",
 		scaleWindow(t), n, ready.Round(time.Millisecond), slowest.Round(time.Millisecond), float64(conns)/float64(n),
 		connsMax, scaleConnHigh, settled.Round(time.Second), float64(rssSum)/float64(n)/(1<<20),
-		float64(rssMax)/(1<<20), fetch.Round(time.Millisecond), compiler, flightCompiles, fallbacks)
+		float64(rssMax)/(1<<20), fetch.Round(time.Millisecond), compiler, flightCompiles, fallbacks, repairs)
+}
+
+// logScarceMembers logs, for every member not listed by every other daemon, how many list it and which daemon it
+// is: the slow mode's shape ("many hosts late to learn one") names the member whose record did not spread, and its
+// log says what it published and which pulls found it unknown.
+func (f *testFleet) logScarceMembers(ctx context.Context) {
+	n := len(f.daemons)
+	holders := map[string]int{}
+	names := map[string]string{}
+	for _, d := range f.daemons {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		st, err := d.api.Status(cctx)
+		cancel()
+		if err != nil {
+			f.t.Logf("%s: status: %v", d.Name, err)
+			continue
+		}
+		names[st.PeerID] = d.Name
+		for _, p := range st.Peers {
+			holders[p.ID]++
+		}
+	}
+	scarce := 0
+	for id, name := range names {
+		if holders[id] < n-1 {
+			scarce++
+			if scarce <= 10 {
+				f.t.Logf("member %s (%s) listed by %d of %d daemons at %s", name, id, holders[id], n-1, scaleMembership/2)
+			}
+		}
+	}
+	f.t.Logf("members not listed everywhere at %s: %d of %d", scaleMembership/2, scarce, n)
 }

@@ -294,9 +294,9 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	res.VerifiesComputed = verifyDone.Load() - done0
 	var gossip0 int64
 	for _, m := range ms {
-		pub, acc := m.node.MemberStats()
-		res.MemberPublished += float64(pub)
-		res.MemberAccepted += float64(acc)
+		st := m.node.MemberStats()
+		res.MemberPublished += float64(st.Published)
+		res.MemberAccepted += float64(st.Received)
 		g := m.traffic.gossip.Load()
 		gossip0 += g
 		res.GossipBytes += float64(g)
