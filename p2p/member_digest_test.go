@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"io"
 	"maps"
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 
@@ -171,5 +173,245 @@ func TestMemberDigestPull(t *testing.T) {
 		if len(docs) != 0 || err == nil { // readEntries returns nil only at a clean end
 			t.Errorf("%s: %d records, err %v; want a reset", name, len(docs), err)
 		}
+	}
+}
+
+func TestMemberHashCodec(t *testing.T) {
+	t.Parallel()
+	h := hashMemberKeys([]uint64{3, 1, 2})
+	if h != hashMemberKeys([]uint64{2, 3, 1}) {
+		t.Error("the hash depends on the keys' order")
+	}
+	if h == hashMemberKeys([]uint64{1, 2}) {
+		t.Error("a member fewer, same hash")
+	}
+	b := encodeMemberHash(h)
+	if got, err := decodeMemberHash(b); err != nil || got != h {
+		t.Fatalf("round trip: %x %v", got, err)
+	}
+	if got, err := readMemberHash(bytes.NewReader(b)); err != nil || got != h {
+		t.Fatalf("read: %x %v", got, err)
+	}
+	for name, in := range map[string][]byte{
+		"empty":       nil,
+		"short":       b[:len(b)-1],
+		"bad magic":   append([]byte("NPMX"), b[4:]...),
+		"bad version": append(append([]byte(memberHashMagic), 2), b[5:]...),
+	} {
+		if _, err := decodeMemberHash(in); err == nil {
+			t.Errorf("%s: decoded", name)
+		}
+		if _, err := readMemberHash(bytes.NewReader(in)); err == nil {
+			t.Errorf("%s: read", name)
+		}
+	}
+	if _, err := decodeMemberHash(append(bytes.Clone(b), 0)); err == nil {
+		t.Error("trailing byte decoded")
+	}
+}
+
+func FuzzDecodeMemberHash(f *testing.F) {
+	f.Add(encodeMemberHash(hashMemberKeys([]uint64{1, 2})))
+	f.Add([]byte("NPMH\x01"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		h, err := decodeMemberHash(b)
+		if err != nil {
+			return
+		}
+		if !bytes.Equal(encodeMemberHash(h), b) {
+			t.Fatal("not canonical")
+		}
+	})
+}
+
+// The table hash covers who is a member, not seqs (a refresh elsewhere does not make two tables differ), and
+// leaves out records older than two refreshes, so a member that missed refreshes pulls them before they expire.
+func TestMemberTableHash(t *testing.T) {
+	t.Parallel()
+	_, self := memberKey(t)
+	ttl := 3 * time.Minute // refresh 1 min
+	now := time.Now()
+	seal := func(k crypto.PrivKey, id peer.ID, at time.Time) []byte {
+		raw, err := SealMember(MemberInfo{ID: id, Seq: uint64(at.UnixNano())}, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return raw
+	}
+	ka, a := memberKey(t)
+	kb, b := memberKey(t)
+	x, y := newMemberBook(self, nil, nil, ttl), newMemberBook(self, nil, nil, ttl)
+	x.addPulled(seal(ka, a, now.Add(-time.Second)), now)
+	x.addPulled(seal(kb, b, now.Add(-70*time.Second)), now)
+	y.addPulled(seal(kb, b, now.Add(-10*time.Second)), now)
+	y.addPulled(seal(ka, a, now.Add(-30*time.Second)), now)
+	sk := digestKey(self)
+	if x.tableHash(sk, now) != y.tableHash(sk, now) {
+		t.Fatal("same members with other seqs hash differently")
+	}
+	want := hashMemberKeys([]uint64{sk, digestKey(a), digestKey(b)})
+	if got := x.tableHash(sk, now); got != want {
+		t.Fatalf("hash %x, want %x", got, want)
+	}
+	// b's record in x is 70 s old: past two refreshes 60 s later, it drops out of x's hash only.
+	later := now.Add(55 * time.Second)
+	if x.tableHash(sk, later) == y.tableHash(sk, later) {
+		t.Error("a record past two refreshes still hashes as in sync")
+	}
+	if x.tableHash(sk, later) != hashMemberKeys([]uint64{sk, digestKey(a)}) {
+		t.Error("the stale record was not left out")
+	}
+}
+
+// TestMemberHashPull: a node answers a hash-first pull with "same" for an equal table and with the digest exchange
+// otherwise; a malformed hash gets a reset (threat 9.2 "member table hash").
+func TestMemberHashPull(t *testing.T) {
+	t.Parallel()
+	psk := writeKey(t)
+	target := startNode(t, "", func(c *Config) {
+		c.FleetKey, c.ServeWithoutFleetKey, c.MinPeers = psk, false, -1
+	})
+	old := hostilePeers(t, 1, hostile.PeerOptions{FleetKey: psk})[0]
+	oldRec, err := SealMember(MemberInfo{ID: old.ID(), Seq: uint64(time.Now().UnixNano()), Proof: memberProof(psk, old.ID())},
+		old.Host.Peerstore().PrivKey(old.ID()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	old.Serve(MemberSyncProtocol, func() []byte { return appendEntry(nil, oldRec) })
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	if err := old.Connect(ctx, peer.AddrInfo{ID: target.ID(), Addrs: target.Host().Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "old member's record pulled", func() bool { return target.Member(old.ID()) && len(target.Members()) == 2 })
+
+	// ask sends req, then (if digest is set) the digest after the verdict; it returns the whole answer.
+	ask := func(req, digest []byte) ([]byte, error) {
+		st, err := old.Host.NewStream(ctx, target.ID(), MemberHashProtocol)
+		if err != nil {
+			return nil, err
+		}
+		defer st.Close()
+		st.SetDeadline(time.Now().Add(15 * time.Second))
+		if _, err := st.Write(req); err != nil {
+			return nil, err
+		}
+		if digest == nil {
+			st.CloseWrite()
+			return io.ReadAll(st)
+		}
+		var v [1]byte
+		if _, err := io.ReadFull(st, v[:]); err != nil {
+			return nil, err
+		}
+		st.Write(digest)
+		st.CloseWrite()
+		rest, err := io.ReadAll(st)
+		return append(v[:], rest...), err
+	}
+	same := encodeMemberHash(hashMemberKeys([]uint64{digestKey(target.ID()), digestKey(old.ID())}))
+	if got, err := ask(same, nil); err != nil || !bytes.Equal(got, []byte{memberHashSame}) {
+		t.Errorf("equal table: answer %x, %v; want only \"same\"", got, err)
+	}
+	differ := encodeMemberHash(hashMemberKeys([]uint64{digestKey(old.ID())}))
+	got, err := ask(differ, encodeMemberDigest(map[uint64]uint64{digestKey(old.ID()): ^uint64(0)}))
+	if err != nil || len(got) == 0 || got[0] != memberHashDiffer {
+		t.Fatalf("other table: answer %x, %v; want \"differ\" and records", got, err)
+	}
+	var docs int
+	if err := readEntries(bytes.NewReader(got[1:]), MaxMemberEnvelope, func([]byte) bool { docs++; return true }); err != nil || docs != 1 {
+		t.Errorf("other table: %d records, %v; want the target's own", docs, err)
+	}
+	for name, req := range map[string][]byte{
+		"bad magic":   append([]byte("NPMX"), same[4:]...),
+		"bad version": append(append([]byte(memberHashMagic), 9), same[5:]...),
+		"short":       same[:10],
+	} {
+		if got, err := ask(req, nil); len(got) != 0 || err == nil {
+			t.Errorf("%s: answer %x, err %v; want a reset", name, got, err)
+		}
+	}
+}
+
+// A peer answering a hash-first pull with an unknown verdict is not read further: nothing it sends after it is
+// taken (threat 9.2 "member table hash").
+func TestMemberHashBadVerdict(t *testing.T) {
+	t.Parallel()
+	psk := writeKey(t)
+	target := startNode(t, "", func(c *Config) {
+		c.FleetKey, c.ServeWithoutFleetKey, c.MinPeers = psk, false, -1
+	})
+	bad := hostilePeers(t, 1, hostile.PeerOptions{FleetKey: psk})[0]
+	rec, err := SealMember(MemberInfo{ID: bad.ID(), Seq: uint64(time.Now().UnixNano()), Proof: memberProof(psk, bad.ID())},
+		bad.Host.Peerstore().PrivKey(bad.ID()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad.Serve(MemberHashProtocol, func() []byte { return appendEntry([]byte{7}, rec) })
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	if err := bad.Connect(ctx, peer.AddrInfo{ID: target.ID(), Addrs: target.Host().Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "two pulls", func() bool { return target.MemberStats().Pulls >= 2 })
+	if len(target.Members()) != 1 {
+		t.Errorf("members %d: a record sent after a bad verdict was taken", len(target.Members()))
+	}
+}
+
+// A member whose record a puller lacks, although the puller knows most members, publishes it again (at most twice
+// per refresh, not sooner than 5 s after its last publish): its gossip was lost, and pulls alone spread a record
+// through 100 members in about 30 s.
+func TestMemberRepairPublish(t *testing.T) {
+	t.Parallel()
+	psk := writeKey(t)
+	target := startNode(t, "", func(c *Config) {
+		c.FleetKey, c.ServeWithoutFleetKey, c.MinPeers = psk, false, -1
+	})
+	h := hostilePeers(t, 1, hostile.PeerOptions{FleetKey: psk, PubSub: true})[0]
+	if _, err := h.Topic(MemberTopic); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	if err := h.Connect(ctx, peer.AddrInfo{ID: target.ID(), Addrs: target.Host().Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+	pull := func(d map[uint64]uint64) {
+		st, err := h.Host.NewStream(ctx, target.ID(), MemberDigestProtocol)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		st.Write(encodeMemberDigest(d))
+		st.CloseWrite()
+		io.Copy(io.Discard, st)
+	}
+	eventually(t, "the join publishes", func() bool { return target.MemberStats().Published >= 3 })
+	pub := target.MemberStats().Published
+	knows := map[uint64]uint64{digestKey(target.ID()): 1}
+	for range 5 { // within 5 s of the last publish, and a puller that knows us: no publish
+		pull(knows)
+	}
+	pull(nil)
+	time.Sleep(500 * time.Millisecond)
+	if got := target.MemberStats().Published; got != pub {
+		t.Fatalf("published %d, want %d: a pull asked for a publish too soon or from a puller that knew us", got, pub)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for target.MemberStats().Published == pub {
+		if time.Now().After(deadline) {
+			t.Fatal("no publish after pulls that lacked our record")
+		}
+		pull(nil)
+		time.Sleep(200 * time.Millisecond)
+	}
+	pub = target.MemberStats().Published
+	for range 5 {
+		pull(nil)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if got := target.MemberStats().Published; got != pub {
+		t.Errorf("published %d right after a repair publish, want %d", got, pub)
 	}
 }

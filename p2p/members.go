@@ -470,12 +470,13 @@ func (m *members) loop() {
 	var lastPub time.Time
 	joinPubs := 0 // publishes that had topic peers to go to
 	repairs := 0  // publishes since the last refresh because a puller lacked our record
-	publish := func() {
-		if len(m.topic.ListPeers()) > 0 {
+	publish := func() (reached bool) {
+		if reached = len(m.topic.ListPeers()) > 0; reached {
 			lastPub = time.Now()
 			joinPubs++
 		}
 		m.publish()
+		return reached
 	}
 	publish()
 	refresh := time.NewTicker(m.refresh)
@@ -505,7 +506,7 @@ func (m *members) loop() {
 			repairs = 0
 			publish()
 		case <-m.lacked:
-			if joinPubs < memberJoinPublishes || repairs >= memberRepairPublishes || time.Since(lastPub) < memberRepairAfter {
+			if lastPub.IsZero() || pendingSet || repairs >= memberRepairPublishes || time.Since(lastPub) < memberRepairAfter {
 				continue
 			}
 			repairs++
@@ -531,8 +532,11 @@ func (m *members) loop() {
 			}
 		case <-pending.C:
 			pendingSet = false
-			if joinPubs < memberJoinPublishes {
-				publish()
+			// A join's event can come before gossipsub lists the peer in the topic: that publish reached
+			// nobody and did not count, so the follow-up is followed by one more until two reached topic peers.
+			if joinPubs < memberJoinPublishes && publish() && joinPubs < memberJoinPublishes {
+				pendingSet = true
+				pending.Reset(memberJoinDebounce)
 			}
 		case <-tick.C:
 			m.book.expire(time.Now())
