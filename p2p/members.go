@@ -318,7 +318,7 @@ func (n *Node) startMembers(cfg Config) error {
 	minPeers := minPeers(cfg)
 	m := &members{
 		n: n, psk: cfg.FleetKey, refresh: refresh, minPeers: minPeers, kick: make(chan struct{}, 1),
-		lacked: make(chan struct{}, 1),
+		lacked:  make(chan struct{}, 1),
 		book:    newMemberBook(n.h.ID(), cfg.FleetKey, cfg.Allowlist, memberTTLFactor*refresh),
 		info:    MemberInfo{ID: n.h.ID(), Hostname: cfg.Hostname, Class: cfg.Class, Tags: cfg.Tags, Version: cfg.Version},
 		syncing: map[peer.ID]bool{},
