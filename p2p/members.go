@@ -306,8 +306,8 @@ type members struct {
 	syncing map[peer.ID]bool
 
 	// Counters for the simulation harness: records published and taken, pulls run and those found in sync
-	// by the table hash.
-	published, received, pulls, pullsInSync int64
+	// by the table hash, anti-entropy rounds, records taken by pulls.
+	published, received, pulls, pullsInSync, rounds, pulled int64
 }
 
 func (n *Node) startMembers(cfg Config) error {
@@ -495,6 +495,9 @@ func (m *members) loop() {
 		case <-m.ctx.Done():
 			return
 		case <-pull.C:
+			m.mu.Lock()
+			m.rounds++
+			m.mu.Unlock()
 			// Records gossiped while meshes were forming, or dropped under load, may not have reached us: pull
 			// what a random peer holds and we lack (1, 2, 4 s after start, then every 5 s at most).
 			if ps := m.n.h.Network().Peers(); len(ps) > 0 {
@@ -709,6 +712,9 @@ func (m *members) syncWith(p peer.ID) {
 			info, res := m.book.addPulled(raw, time.Now())
 			if res == memberAdded || res == memberRefreshed {
 				m.learnt(info, res)
+				m.mu.Lock()
+				m.pulled++
+				m.mu.Unlock()
 				return true
 			}
 			return false
@@ -762,6 +768,8 @@ func (n *Node) MemberCount() int {
 type MemberStats struct {
 	Published, Received int64 // member records this node published, new ones it took (gossip or pull)
 	Pulls, PullsInSync  int64 // table pulls it ran, and those the table hash found in sync
+	Rounds              int64 // anti-entropy rounds (a pull from a random peer each)
+	Pulled              int64 // of Received, those taken by pulls
 }
 
 // MemberStats returns the node's membership counters.
@@ -771,5 +779,6 @@ func (n *Node) MemberStats() MemberStats {
 	}
 	n.members.mu.Lock()
 	defer n.members.mu.Unlock()
-	return MemberStats{n.members.published, n.members.received, n.members.pulls, n.members.pullsInSync}
+	m := n.members
+	return MemberStats{m.published, m.received, m.pulls, m.pullsInSync, m.rounds, m.pulled}
 }
