@@ -404,6 +404,9 @@ func (m *members) validate(_ context.Context, from peer.ID, msg *pubsub.Message)
 	case memberForwarded:
 		return pubsub.ValidationAccept
 	}
+	if info.ID != "" {
+		m.n.log.Debug("member record ignored", "from", from, "peer", info.ID, "seq", info.Seq)
+	}
 	return pubsub.ValidationIgnore
 }
 
@@ -459,6 +462,7 @@ func (m *members) publish() {
 	m.mu.Lock()
 	m.published++
 	m.mu.Unlock()
+	m.n.log.Debug("member record published", "topic_peers", len(m.topic.ListPeers()))
 }
 
 // loop publishes our record every refresh (and soon after a peer joins the topic, at most once a second),
@@ -708,7 +712,7 @@ func (m *members) syncWith(p peer.ID) {
 				return
 			}
 		}
-		_, err = pullEntries(ctx, st, MaxMemberEnvelope, MaxMembers+1, "member records", func(raw []byte) bool {
+		added, err := pullEntries(ctx, st, MaxMemberEnvelope, MaxMembers+1, "member records", func(raw []byte) bool {
 			info, res := m.book.addPulled(raw, time.Now())
 			if res == memberAdded || res == memberRefreshed {
 				m.learnt(info, res)
@@ -722,6 +726,7 @@ func (m *members) syncWith(p peer.ID) {
 		if err != nil {
 			n.log.Debug("member sync failed", "peer", p, "err", err)
 		}
+		n.log.Debug("member pull", "peer", p, "protocol", st.Protocol(), "added", added)
 	}()
 }
 

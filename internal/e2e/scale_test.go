@@ -121,8 +121,9 @@ func TestScaleNamespaces(t *testing.T) {
 func newScaleFleet(t *testing.T, lab *netlab.Lab, n int) *testFleet {
 	t.Helper()
 	window := scaleWindow(t)
+	level := os.Getenv("NPU_TEST_SCALE_LOGLEVEL") // e.g. debug, to see member publishes and pulls
 	o := fleetOptions{compileTime: 2 * time.Second, blobSize: 4 << 20, configure: func(_ int, c *Config) {
-		c.FlightWindow, c.ConnLow, c.ConnHigh = window, scaleConnLow, scaleConnHigh
+		c.FlightWindow, c.ConnLow, c.ConnHigh, c.LogLevel = window, scaleConnLow, scaleConnHigh, level
 	}}
 	dir := t.TempDir()
 	key := filepath.Join(dir, "fleet.key")
@@ -134,6 +135,9 @@ func newScaleFleet(t *testing.T, lab *netlab.Lab, n int) *testFleet {
 		t.Fatal(err)
 	}
 	f := &testFleet{t: t, lab: lab, model: model, killed: map[int]bool{}, dir: dir, fleetKey: key, o: o}
+	if keep := os.Getenv("NPU_TEST_SCALE_LOGDIR"); keep != "" {
+		t.Cleanup(func() { f.keepLogs(keep) }) // after f.stop: the whole logs
+	}
 	t.Cleanup(f.stop)
 	return f
 }
@@ -306,6 +310,7 @@ func (f *testFleet) logScarceMembers(ctx context.Context) {
 	n := len(f.daemons)
 	holders := map[string]int{}
 	names := map[string]string{}
+	lists := map[string][]string{} // member ID → daemons listing it
 	for _, d := range f.daemons {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		st, err := d.api.Status(cctx)
@@ -317,6 +322,7 @@ func (f *testFleet) logScarceMembers(ctx context.Context) {
 		names[st.PeerID] = d.Name
 		for _, p := range st.Peers {
 			holders[p.ID]++
+			lists[p.ID] = append(lists[p.ID], d.Name)
 		}
 	}
 	scarce := 0
@@ -326,7 +332,29 @@ func (f *testFleet) logScarceMembers(ctx context.Context) {
 			if scarce <= 10 {
 				f.t.Logf("member %s (%s) listed by %d of %d daemons at %s", name, id, holders[id], n-1, scaleMembership/2)
 			}
+			if scarce == 1 {
+				f.t.Logf("daemons listing %s: %v", name, lists[id])
+			}
 		}
 	}
 	f.t.Logf("members not listed everywhere at %s: %d of %d", scaleMembership/2, scarce, n)
+}
+
+// keepLogs copies every daemon's log to dir/<test>-<time>/hN.log (NPU_TEST_SCALE_LOGDIR).
+func (f *testFleet) keepLogs(dir string) {
+	dst := filepath.Join(dir, fmt.Sprintf("%s-%s", f.t.Name(), time.Now().UTC().Format("150405")))
+	if err := os.MkdirAll(dst, 0o755); err != nil {
+		f.t.Error(err)
+		return
+	}
+	for _, d := range f.daemons {
+		b, err := os.ReadFile(d.LogPath)
+		if err == nil {
+			err = os.WriteFile(filepath.Join(dst, d.Name+".log"), b, 0o644)
+		}
+		if err != nil {
+			f.t.Error(err)
+		}
+	}
+	f.t.Logf("daemon logs kept in %s", dst)
 }
