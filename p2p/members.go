@@ -462,7 +462,7 @@ func (m *members) publish() {
 	m.mu.Lock()
 	m.published++
 	m.mu.Unlock()
-	m.n.log.Debug("member record published", "topic_peers", len(m.topic.ListPeers()))
+	m.n.log.Debug("member record published", "topic_peers", len(m.topic.ListPeers()), "conns", len(m.n.h.Network().Peers()))
 }
 
 // loop publishes our record every refresh (and soon after a peer joins the topic, at most once a second),
