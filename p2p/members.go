@@ -304,6 +304,8 @@ type members struct {
 	lastSeq uint64
 	selfEnv []byte
 	syncing map[peer.ID]bool
+	// behind: a pull took records since the last anti-entropy round, so the next round comes sooner.
+	behind bool
 
 	// Counters for the simulation harness: records published and taken, pulls run and those found in sync
 	// by the table hash, anti-entropy rounds, records taken by pulls.
@@ -508,7 +510,16 @@ func (m *members) loop() {
 				m.syncWith(ps[rand.IntN(len(ps))])
 			}
 			pullEvery = min(2*pullEvery, min(max(m.refresh/6, memberPullFirst), memberPullMax))
-			pull.Reset(pullEvery)
+			// A member that is behind (its last pulls took records: gossip lost some on their way here)
+			// pulls again after memberPullFirst, so it catches up in seconds instead of a round of 5 s per
+			// peer; in sync, the rounds stay at pullEvery.
+			m.mu.Lock()
+			next := pullEvery
+			if m.behind {
+				next, m.behind = memberPullFirst, false
+			}
+			m.mu.Unlock()
+			pull.Reset(next)
 		case <-refresh.C:
 			repairs = 0
 			publish()
@@ -683,6 +694,7 @@ func (m *members) syncWith(p peer.ID) {
 		defer cancel()
 		st, err := n.h.NewStream(ctx, p, MemberHashProtocol, MemberDigestProtocol, MemberSyncProtocol)
 		if err != nil {
+			n.log.Debug("member sync failed", "peer", p, "err", err)
 			return
 		}
 		m.mu.Lock()
@@ -725,6 +737,11 @@ func (m *members) syncWith(p peer.ID) {
 		})
 		if err != nil {
 			n.log.Debug("member sync failed", "peer", p, "err", err)
+		}
+		if added > 0 {
+			m.mu.Lock()
+			m.behind = true
+			m.mu.Unlock()
 		}
 		n.log.Debug("member pull", "peer", p, "protocol", st.Protocol(), "added", added)
 	}()
