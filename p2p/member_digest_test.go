@@ -5,11 +5,13 @@ import (
 	"context"
 	"encoding/binary"
 	"io"
-	"net"
 	"maps"
+	"net"
+	"sync"
 	"testing"
 	"time"
 
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
@@ -475,5 +477,62 @@ func TestMemberFillDoesNotBlockRounds(t *testing.T) {
 	// In the loop (before), the fill's first four dials took 20 s from 3 s on: 2 rounds; now 3-4 (1, 3, 7, 12 s).
 	if r := target.MemberStats().Rounds - r0; r < 3 {
 		t.Errorf("%d anti-entropy rounds in 12 s while the fill dialled mute members, want at least 3", r)
+	}
+}
+
+// A record new to a member, taken by a pull and signed more than 10 s before, had its gossip lost on the way: the
+// member publishes it once, so the members around it take it from gossip instead of one pull hop per round. A
+// fresh record taken by a pull is not published (its gossip may still come).
+func TestMemberPulledRecordRelayed(t *testing.T) {
+	t.Parallel()
+	psk := writeKey(t)
+	target := startNode(t, "", func(c *Config) {
+		c.FleetKey, c.ServeWithoutFleetKey, c.MinPeers = psk, false, -1
+	})
+	seal := func(age time.Duration) []byte {
+		k, id := memberKey(t)
+		rec, err := SealMember(MemberInfo{ID: id, Seq: uint64(time.Now().Add(-age).UnixNano()), Proof: memberProof(psk, id)}, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rec
+	}
+	old, fresh := seal(20*time.Second), seal(0)
+	h := hostilePeers(t, 1, hostile.PeerOptions{FleetKey: psk, PubSub: true})[0]
+	var mu sync.Mutex
+	seen := map[string]int{} // records the target published, by content
+	err := h.PubSub.RegisterTopicValidator(MemberTopic, func(_ context.Context, from peer.ID, msg *pubsub.Message) bool {
+		if msg.GetFrom() == target.ID() {
+			mu.Lock()
+			seen[string(msg.Data)]++
+			mu.Unlock()
+		}
+		return true
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.Topic(MemberTopic); err != nil {
+		t.Fatal(err)
+	}
+	h.Serve(MemberSyncProtocol, func() []byte { return appendEntry(appendEntry(nil, old), fresh) })
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	if err := h.Connect(ctx, peer.AddrInfo{ID: target.ID(), Addrs: target.Host().Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the old record relayed", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return seen[string(old)] > 0
+	})
+	time.Sleep(2 * time.Second)
+	mu.Lock()
+	defer mu.Unlock()
+	if seen[string(old)] != 1 || seen[string(fresh)] != 0 {
+		t.Errorf("relayed the old record %d times (want 1), the fresh one %d times (want 0)", seen[string(old)], seen[string(fresh)])
+	}
+	if r := target.MemberStats().Relayed; r != 1 {
+		t.Errorf("Relayed = %d, want 1", r)
 	}
 }

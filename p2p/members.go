@@ -52,6 +52,10 @@ const (
 	// memberRepairPublishes times per refresh, and only once the join publishes are done.
 	memberRepairAfter     = memberPullMax
 	memberRepairPublishes = 2
+	// memberRelayAge: a record new to us, taken by a pull and signed longer ago than this, should have reached
+	// us by gossip; its gossip was lost on the way, so we publish it once (one per anti-entropy round at most),
+	// and the members around us that lack it take it from gossip instead of one pull hop per round.
+	memberRelayAge = 2 * memberPullMax
 )
 
 type memberEntry struct {
@@ -304,8 +308,11 @@ type members struct {
 	lastSeq uint64
 	selfEnv []byte
 	syncing map[peer.ID]bool
-	// behind: a pull took records since the last anti-entropy round, so the next round comes sooner.
-	behind bool
+	// behind: a pull took records, so the next anti-entropy round comes after memberPullFirst.
+	behind chan struct{}
+	// relay: a pulled record to publish at the next round (memberRelayAge); relayed counts those published.
+	relay   []byte
+	relayed int64
 	// filling: an overlay fill's dials are running (in their own goroutine: each may take fillTimeout, and
 	// the loop's pulls and publishes must not wait for them).
 	filling bool
@@ -323,7 +330,7 @@ func (n *Node) startMembers(cfg Config) error {
 	minPeers := minPeers(cfg)
 	m := &members{
 		n: n, psk: cfg.FleetKey, refresh: refresh, minPeers: minPeers, kick: make(chan struct{}, 1),
-		lacked:  make(chan struct{}, 1),
+		lacked: make(chan struct{}, 1), behind: make(chan struct{}, 1),
 		book:    newMemberBook(n.h.ID(), cfg.FleetKey, cfg.Allowlist, memberTTLFactor*refresh),
 		info:    MemberInfo{ID: n.h.ID(), Hostname: cfg.Hostname, Class: cfg.Class, Tags: cfg.Tags, Version: cfg.Version},
 		syncing: map[peer.ID]bool{},
@@ -513,16 +520,23 @@ func (m *members) loop() {
 				m.syncWith(ps[rand.IntN(len(ps))])
 			}
 			pullEvery = min(2*pullEvery, min(max(m.refresh/6, memberPullFirst), memberPullMax))
-			// A member that is behind (its last pulls took records: gossip lost some on their way here)
-			// pulls again after memberPullFirst, so it catches up in seconds instead of a round of 5 s per
-			// peer; in sync, the rounds stay at pullEvery.
+			pull.Reset(pullEvery)
 			m.mu.Lock()
-			next := pullEvery
-			if m.behind {
-				next, m.behind = memberPullFirst, false
+			env := m.relay
+			m.relay = nil
+			if env != nil {
+				m.relayed++
 			}
 			m.mu.Unlock()
-			pull.Reset(next)
+			if env != nil {
+				if err := m.topic.Publish(m.ctx, env); err != nil && m.ctx.Err() == nil {
+					m.n.log.Debug("member record not relayed", "err", err)
+				}
+			}
+		case <-m.behind:
+			// A member that is behind (a pull took records: gossip lost some on their way here) pulls again
+			// after memberPullFirst, so it catches up in seconds instead of 5 s per round.
+			pull.Reset(memberPullFirst)
 		case <-refresh.C:
 			repairs = 0
 			publish()
@@ -754,6 +768,9 @@ func (m *members) syncWith(p peer.ID) {
 				m.learnt(info, res)
 				m.mu.Lock()
 				m.pulled++
+				if res == memberAdded && m.relay == nil && time.Since(seqTime(info.Seq)) > memberRelayAge {
+					m.relay = slices.Clone(raw)
+				}
 				m.mu.Unlock()
 				return true
 			}
@@ -763,9 +780,10 @@ func (m *members) syncWith(p peer.ID) {
 			n.log.Debug("member sync failed", "peer", p, "err", err)
 		}
 		if added > 0 {
-			m.mu.Lock()
-			m.behind = true
-			m.mu.Unlock()
+			select {
+			case m.behind <- struct{}{}:
+			default:
+			}
 		}
 		n.log.Debug("member pull", "peer", p, "protocol", st.Protocol(), "added", added)
 	}()
@@ -816,6 +834,7 @@ type MemberStats struct {
 	Pulls, PullsInSync  int64 // table pulls it ran, and those the table hash found in sync
 	Rounds              int64 // anti-entropy rounds (a pull from a random peer each)
 	Pulled              int64 // of Received, those taken by pulls
+	Relayed             int64 // pulled records it published because their gossip had not come (memberRelayAge)
 }
 
 // MemberStats returns the node's membership counters.
@@ -826,5 +845,5 @@ func (n *Node) MemberStats() MemberStats {
 	n.members.mu.Lock()
 	defer n.members.mu.Unlock()
 	m := n.members
-	return MemberStats{m.published, m.received, m.pulls, m.pullsInSync, m.rounds, m.pulled}
+	return MemberStats{m.published, m.received, m.pulls, m.pullsInSync, m.rounds, m.pulled, m.relayed}
 }
