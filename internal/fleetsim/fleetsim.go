@@ -102,8 +102,9 @@ type Result struct {
 	// FullMembership: from the first bootstrap connection until every member lists every member.
 	FullMembership time.Duration
 	// MemberPublished and MemberAccepted are p2p.Node.MemberStats at full membership: records a member
-	// published, and new records it took (gossip or pull); MemberPulled those it took by pulls.
-	MemberPublished, MemberAccepted, MemberPulled float64
+	// published, and new records it took (gossip or pull); MemberPulled those it took by pulls, MemberRelayed
+	// pulled records it published because their gossip had not come.
+	MemberPublished, MemberAccepted, MemberPulled, MemberRelayed float64
 	// Rounds and RoundsMax are the anti-entropy rounds (one pull from a random peer each, 1, 2, 4, then every
 	// 5 s) members ran until full membership, mean and most.
 	Rounds    float64
@@ -137,13 +138,13 @@ type Result struct {
 
 func (r Result) String() string {
 	return fmt.Sprintf("nodes=%d links=%d latency=%s full_membership=%.2fs rounds=%.1f rounds_max=%d "+
-		"member_published=%.1f member_accepted=%.1f member_pulled=%.1f gossip_kib=%.1f sync_kib=%.1f "+
+		"member_published=%.1f member_accepted=%.1f member_pulled=%.1f member_relayed=%.2f gossip_kib=%.1f sync_kib=%.1f "+
 		"gossip_bytes_per_publish=%.0f flight_gossip_kib=%.1f conns_mean=%.1f conns_max=%d heap_kib=%.0f "+
 		"goroutines=%.0f compiles=%v yielded=%d flight=%.2fs flight_msgs_sent=%.3f flight_msgs_received=%.2f "+
 		"verifies=%.1f verifies_computed=%d steady_pull_bytes_per_round=%.0f steady_in_sync=%.3f "+
 		"steady_gossip_bytes_per_s=%.0f steady_rounds=%.1f",
 		r.Nodes, r.Links, r.Latency, r.FullMembership.Seconds(), r.Rounds, r.RoundsMax, r.MemberPublished,
-		r.MemberAccepted, r.MemberPulled, r.GossipBytes/1024, r.SyncBytes/1024, r.GossipPerPublish(),
+		r.MemberAccepted, r.MemberPulled, r.MemberRelayed, r.GossipBytes/1024, r.SyncBytes/1024, r.GossipPerPublish(),
 		r.FlightGossipBytes/1024, r.ConnsMean, r.ConnsMax, r.HeapPerNode/1024, r.GoroutinesPerNode, r.Compiles,
 		r.Yielded, r.FlightTime.Seconds(), r.FlightSent, r.FlightReceived, r.Verifies, r.VerifiesComputed,
 		r.SteadyPullBytes, r.SteadyInSync, r.SteadyGossipBytes, r.SteadyRounds)
@@ -321,6 +322,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		res.MemberPublished += float64(st.Published)
 		res.MemberAccepted += float64(st.Received)
 		res.MemberPulled += float64(st.Pulled)
+		res.MemberRelayed += float64(st.Relayed)
 		res.Rounds += float64(st.Rounds)
 		res.RoundsMax = max(res.RoundsMax, st.Rounds)
 		res.GossipBytes += float64(m.traffic.gossip.Load())
@@ -337,6 +339,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		r.MemberPublished /= float64(cfg.Nodes)
 		r.MemberAccepted /= float64(cfg.Nodes)
 		r.MemberPulled /= float64(cfg.Nodes)
+		r.MemberRelayed /= float64(cfg.Nodes)
 		r.Rounds /= float64(cfg.Nodes)
 		r.GossipBytes /= float64(cfg.Nodes)
 		r.SyncBytes /= float64(cfg.Nodes)
@@ -398,6 +401,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	res.MemberPublished /= float64(cfg.Nodes)
 	res.MemberAccepted /= float64(cfg.Nodes)
 	res.MemberPulled /= float64(cfg.Nodes)
+	res.MemberRelayed /= float64(cfg.Nodes)
 	res.Rounds /= float64(cfg.Nodes)
 	res.GossipBytes /= float64(cfg.Nodes)
 	res.SyncBytes /= float64(cfg.Nodes)
