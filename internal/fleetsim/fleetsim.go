@@ -334,17 +334,12 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	heap1, gor1 := heapNow()
 	res.HeapPerNode = float64(int64(heap1)-int64(heap0)) / float64(cfg.Nodes)
 	res.GoroutinesPerNode = float64(gor1-gor0) / float64(cfg.Nodes)
+	for _, v := range []*float64{&res.MemberPublished, &res.MemberAccepted, &res.MemberPulled, &res.MemberRelayed,
+		&res.Rounds, &res.GossipBytes, &res.SyncBytes, &res.ConnsMean} {
+		*v /= float64(cfg.Nodes) // sums → means per member
+	}
 	if cfg.Progress != nil {
-		r := res
-		r.MemberPublished /= float64(cfg.Nodes)
-		r.MemberAccepted /= float64(cfg.Nodes)
-		r.MemberPulled /= float64(cfg.Nodes)
-		r.MemberRelayed /= float64(cfg.Nodes)
-		r.Rounds /= float64(cfg.Nodes)
-		r.GossipBytes /= float64(cfg.Nodes)
-		r.SyncBytes /= float64(cfg.Nodes)
-		r.ConnsMean /= float64(cfg.Nodes)
-		cfg.Progress("membership", r)
+		cfg.Progress("membership", res)
 	}
 
 	if cfg.Steady > 0 {
@@ -398,14 +393,6 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		res.FlightSent += float64(m.traffic.flightSent.Load()) / float64(cfg.Nodes)
 		res.FlightReceived += float64(m.traffic.flightRecv.Load()) / float64(cfg.Nodes)
 	}
-	res.MemberPublished /= float64(cfg.Nodes)
-	res.MemberAccepted /= float64(cfg.Nodes)
-	res.MemberPulled /= float64(cfg.Nodes)
-	res.MemberRelayed /= float64(cfg.Nodes)
-	res.Rounds /= float64(cfg.Nodes)
-	res.GossipBytes /= float64(cfg.Nodes)
-	res.SyncBytes /= float64(cfg.Nodes)
-	res.ConnsMean /= float64(cfg.Nodes)
 	res.FlightGossipBytes = float64(gossip1-gossip0) / float64(cfg.Nodes)
 	if cfg.Progress != nil {
 		cfg.Progress("flight", res)
