@@ -14,6 +14,7 @@ import (
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/pnet"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	ma "github.com/multiformats/go-multiaddr"
 	manet "github.com/multiformats/go-multiaddr/net"
@@ -108,22 +109,13 @@ func TestMemberGossipAfterPullForwarded(t *testing.T) {
 // from before the digest (whole table); a malformed digest gets a reset and nothing else.
 func TestMemberDigestPull(t *testing.T) {
 	t.Parallel()
-	psk := writeKey(t)
-	target := startNode(t, "", func(c *Config) {
-		c.FleetKey, c.ServeWithoutFleetKey, c.MinPeers = psk, false, -1
-	})
+	psk, target := keyedNode(t, -1)
 	old := hostilePeers(t, 1, hostile.PeerOptions{FleetKey: psk})[0]
-	oldRec, err := SealMember(MemberInfo{ID: old.ID(), Seq: uint64(time.Now().UnixNano()), Proof: memberProof(psk, old.ID())},
-		old.Host.Peerstore().PrivKey(old.ID()))
-	if err != nil {
-		t.Fatal(err)
-	}
+	oldRec := provenRecord(t, psk, old.Host.Peerstore().PrivKey(old.ID()), 0)
 	old.Serve(MemberSyncProtocol, func() []byte { return appendEntry(nil, oldRec) }) // a member before the digest
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 	defer cancel()
-	if err := old.Connect(ctx, peer.AddrInfo{ID: target.ID(), Addrs: target.Host().Addrs()}); err != nil {
-		t.Fatal(err)
-	}
+	connectTo(ctx, t, old, target)
 	eventually(t, "old member's record pulled", func() bool { return target.Member(old.ID()) && len(target.Members()) == 2 })
 
 	pull := func(proto protocol.ID, req []byte) ([][]byte, error) {
@@ -272,22 +264,13 @@ func TestMemberTableHash(t *testing.T) {
 // otherwise; a malformed hash gets a reset (threat 9.2 "member table hash").
 func TestMemberHashPull(t *testing.T) {
 	t.Parallel()
-	psk := writeKey(t)
-	target := startNode(t, "", func(c *Config) {
-		c.FleetKey, c.ServeWithoutFleetKey, c.MinPeers = psk, false, -1
-	})
+	psk, target := keyedNode(t, -1)
 	old := hostilePeers(t, 1, hostile.PeerOptions{FleetKey: psk})[0]
-	oldRec, err := SealMember(MemberInfo{ID: old.ID(), Seq: uint64(time.Now().UnixNano()), Proof: memberProof(psk, old.ID())},
-		old.Host.Peerstore().PrivKey(old.ID()))
-	if err != nil {
-		t.Fatal(err)
-	}
+	oldRec := provenRecord(t, psk, old.Host.Peerstore().PrivKey(old.ID()), 0)
 	old.Serve(MemberSyncProtocol, func() []byte { return appendEntry(nil, oldRec) })
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 	defer cancel()
-	if err := old.Connect(ctx, peer.AddrInfo{ID: target.ID(), Addrs: target.Host().Addrs()}); err != nil {
-		t.Fatal(err)
-	}
+	connectTo(ctx, t, old, target)
 	eventually(t, "old member's record pulled", func() bool { return target.Member(old.ID()) && len(target.Members()) == 2 })
 
 	// ask sends req, then (if digest is set) the digest after the verdict; it returns the whole answer.
@@ -342,22 +325,13 @@ func TestMemberHashPull(t *testing.T) {
 // taken (threat 9.2 "member table hash").
 func TestMemberHashBadVerdict(t *testing.T) {
 	t.Parallel()
-	psk := writeKey(t)
-	target := startNode(t, "", func(c *Config) {
-		c.FleetKey, c.ServeWithoutFleetKey, c.MinPeers = psk, false, -1
-	})
+	psk, target := keyedNode(t, -1)
 	bad := hostilePeers(t, 1, hostile.PeerOptions{FleetKey: psk})[0]
-	rec, err := SealMember(MemberInfo{ID: bad.ID(), Seq: uint64(time.Now().UnixNano()), Proof: memberProof(psk, bad.ID())},
-		bad.Host.Peerstore().PrivKey(bad.ID()))
-	if err != nil {
-		t.Fatal(err)
-	}
+	rec := provenRecord(t, psk, bad.Host.Peerstore().PrivKey(bad.ID()), 0)
 	bad.Serve(MemberHashProtocol, func() []byte { return appendEntry([]byte{7}, rec) })
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 	defer cancel()
-	if err := bad.Connect(ctx, peer.AddrInfo{ID: target.ID(), Addrs: target.Host().Addrs()}); err != nil {
-		t.Fatal(err)
-	}
+	connectTo(ctx, t, bad, target)
 	eventually(t, "two pulls", func() bool { return target.MemberStats().Pulls >= 2 })
 	if len(target.Members()) != 1 {
 		t.Errorf("members %d: a record sent after a bad verdict was taken", len(target.Members()))
@@ -369,19 +343,14 @@ func TestMemberHashBadVerdict(t *testing.T) {
 // through 100 members in about 30 s.
 func TestMemberRepairPublish(t *testing.T) {
 	t.Parallel()
-	psk := writeKey(t)
-	target := startNode(t, "", func(c *Config) {
-		c.FleetKey, c.ServeWithoutFleetKey, c.MinPeers = psk, false, -1
-	})
+	psk, target := keyedNode(t, -1)
 	h := hostilePeers(t, 1, hostile.PeerOptions{FleetKey: psk, PubSub: true})[0]
 	if _, err := h.Topic(MemberTopic); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	if err := h.Connect(ctx, peer.AddrInfo{ID: target.ID(), Addrs: target.Host().Addrs()}); err != nil {
-		t.Fatal(err)
-	}
+	connectTo(ctx, t, h, target)
 	pull := func(d map[uint64]uint64) {
 		st, err := h.Host.NewStream(ctx, target.ID(), MemberDigestProtocol)
 		if err != nil {
@@ -426,10 +395,7 @@ func TestMemberRepairPublish(t *testing.T) {
 // loop, the dials held back pulls and join publishes for up to 20 s (100 daemons under load).
 func TestMemberFillDoesNotBlockRounds(t *testing.T) {
 	t.Parallel()
-	psk := writeKey(t)
-	target := startNode(t, "", func(c *Config) {
-		c.FleetKey, c.ServeWithoutFleetKey, c.MinPeers = psk, false, 8
-	})
+	psk, target := keyedNode(t, 8)
 	mute, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -456,21 +422,14 @@ func TestMemberFillDoesNotBlockRounds(t *testing.T) {
 	}
 	var table []byte
 	for range 4 {
-		k, id := memberKey(t)
-		rec, err := SealMember(MemberInfo{ID: id, Seq: uint64(time.Now().UnixNano()), Addrs: []ma.Multiaddr{addr},
-			Proof: memberProof(psk, id)}, k)
-		if err != nil {
-			t.Fatal(err)
-		}
-		table = appendEntry(table, rec)
+		k, _ := memberKey(t)
+		table = appendEntry(table, provenRecord(t, psk, k, 0, addr))
 	}
 	h := hostilePeers(t, 1, hostile.PeerOptions{FleetKey: psk})[0]
 	h.Serve(MemberSyncProtocol, func() []byte { return table }) // a member before the digest: its whole table
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 	defer cancel()
-	if err := h.Connect(ctx, peer.AddrInfo{ID: target.ID(), Addrs: target.Host().Addrs()}); err != nil {
-		t.Fatal(err)
-	}
+	connectTo(ctx, t, h, target)
 	eventually(t, "the mute members listed", func() bool { return len(target.Members()) == 5 })
 	r0 := target.MemberStats().Rounds
 	time.Sleep(12 * time.Second) // the fill starts every 3 s and each of its dials lasts 5 s
@@ -485,17 +444,10 @@ func TestMemberFillDoesNotBlockRounds(t *testing.T) {
 // fresh record taken by a pull is not published (its gossip may still come).
 func TestMemberPulledRecordRelayed(t *testing.T) {
 	t.Parallel()
-	psk := writeKey(t)
-	target := startNode(t, "", func(c *Config) {
-		c.FleetKey, c.ServeWithoutFleetKey, c.MinPeers = psk, false, -1
-	})
+	psk, target := keyedNode(t, -1)
 	seal := func(age time.Duration) []byte {
-		k, id := memberKey(t)
-		rec, err := SealMember(MemberInfo{ID: id, Seq: uint64(time.Now().Add(-age).UnixNano()), Proof: memberProof(psk, id)}, k)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return rec
+		k, _ := memberKey(t)
+		return provenRecord(t, psk, k, age)
 	}
 	old, fresh := seal(20*time.Second), seal(0)
 	h := hostilePeers(t, 1, hostile.PeerOptions{FleetKey: psk, PubSub: true})[0]
@@ -518,9 +470,7 @@ func TestMemberPulledRecordRelayed(t *testing.T) {
 	h.Serve(MemberSyncProtocol, func() []byte { return appendEntry(appendEntry(nil, old), fresh) })
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 	defer cancel()
-	if err := h.Connect(ctx, peer.AddrInfo{ID: target.ID(), Addrs: target.Host().Addrs()}); err != nil {
-		t.Fatal(err)
-	}
+	connectTo(ctx, t, h, target)
 	eventually(t, "the old record relayed", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
@@ -534,5 +484,37 @@ func TestMemberPulledRecordRelayed(t *testing.T) {
 	}
 	if r := target.MemberStats().Relayed; r != 1 {
 		t.Errorf("Relayed = %d, want 1", r)
+	}
+}
+
+// keyedNode starts a node with a fleet key and minPeers (-1: no overlay fill).
+func keyedNode(t *testing.T, minPeers int) (pnet.PSK, *testNode) {
+	t.Helper()
+	psk := writeKey(t)
+	return psk, startNode(t, "", func(c *Config) {
+		c.FleetKey, c.ServeWithoutFleetKey, c.MinPeers = psk, false, minPeers
+	})
+}
+
+// provenRecord is a member record of k's peer signed age ago, with the fleet key's proof.
+func provenRecord(t *testing.T, psk pnet.PSK, k crypto.PrivKey, age time.Duration, addrs ...ma.Multiaddr) []byte {
+	t.Helper()
+	id, err := peer.IDFromPrivateKey(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := SealMember(MemberInfo{ID: id, Seq: uint64(time.Now().Add(-age).UnixNano()), Addrs: addrs,
+		Proof: memberProof(psk, id)}, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rec
+}
+
+// connectTo connects the hostile peer h to target.
+func connectTo(ctx context.Context, t *testing.T, h *hostile.Peer, target *testNode) {
+	t.Helper()
+	if err := h.Connect(ctx, peer.AddrInfo{ID: target.ID(), Addrs: target.Host().Addrs()}); err != nil {
+		t.Fatal(err)
 	}
 }
