@@ -55,8 +55,8 @@ type Config struct {
 	Window, LeaseTTL, CompileTime time.Duration
 	// Timeout bounds each phase: membership, and the flight (default 5 min).
 	Timeout time.Duration
-	// Steady, if set, is how long the members run after full membership, before the flight, to measure what
-	// membership costs once every table is complete (the Steady* figures).
+	// Steady, if set, is how long the members run after the flight, to measure what membership costs once
+	// every table is complete (the Steady* figures).
 	Steady time.Duration
 	// Parallel bounds concurrent starts, connects and closes (default 2 × GOMAXPROCS).
 	Parallel int
@@ -342,14 +342,6 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		cfg.Progress("membership", res)
 	}
 
-	if cfg.Steady > 0 {
-		if err := steady(ctx, ms, cfg.Steady, &res); err != nil {
-			return res, err
-		}
-		if cfg.Progress != nil {
-			cfg.Progress("steady", res)
-		}
-	}
 	var gossip0 int64
 	for _, m := range ms {
 		gossip0 += m.traffic.gossip.Load()
@@ -399,6 +391,16 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	}
 	if err := errors.Join(errs...); err != nil {
 		return res, fmt.Errorf("fleetsim: flight: %w", err)
+	}
+	// The steady phase comes after the flight: a flight after 15 s of idle members elected several compilers
+	// per class (200 members: 1 + 11; right after full membership 1 + 1), not yet explained (benchmarks.md).
+	if cfg.Steady > 0 {
+		if err := steady(ctx, ms, cfg.Steady, &res); err != nil {
+			return res, err
+		}
+		if cfg.Progress != nil {
+			cfg.Progress("steady", res)
+		}
 	}
 	return res, nil
 }
