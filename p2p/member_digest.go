@@ -102,3 +102,62 @@ func readMemberDigest(r io.Reader) (map[uint64]uint64, error) {
 	}
 	return decodeMemberDigest(b)
 }
+
+// Hash-first member pull (docs/design.md 6.2): the puller first sends a hash of the set of members it holds
+// (itself included), and the answerer replies "same" when its own set hashes alike; only otherwise does the
+// digest exchange above follow on the same stream. A pull between members in sync then costs a few dozen bytes
+// whatever the fleet's size, instead of 16 bytes per member.
+const (
+	MemberHashProtocol protocol.ID = "/npu-agent/members/sync/3.0.0"
+	memberHashMagic                = "NPMH"
+	memberHashVersion              = 1
+	memberHashLen                  = 16
+	memberHashMsg                  = len(memberHashMagic) + 1 + memberHashLen
+	memberHashDomain               = "npu-agent/members/hash/1\x00"
+	// The answerer's one-byte verdict on the puller's hash.
+	memberHashSame   byte = 0
+	memberHashDiffer byte = 1
+)
+
+var errBadHash = errors.New("invalid member table hash")
+
+type memberHash [memberHashLen]byte
+
+// hashMemberKeys hashes a set of digest keys, in any order: SHA-256 of the domain and the keys sorted, each
+// u64 little-endian, cut to 16 bytes. It sorts keys in place.
+func hashMemberKeys(keys []uint64) memberHash {
+	slices.Sort(keys)
+	h := sha256.New()
+	h.Write([]byte(memberHashDomain))
+	b := make([]byte, 0, 8*len(keys))
+	for _, k := range keys {
+		b = binary.LittleEndian.AppendUint64(b, k)
+	}
+	h.Write(b)
+	var out memberHash
+	copy(out[:], h.Sum(nil))
+	return out
+}
+
+func encodeMemberHash(h memberHash) []byte {
+	return append(append([]byte(memberHashMagic), memberHashVersion), h[:]...)
+}
+
+// decodeMemberHash accepts exactly what encodeMemberHash produces.
+func decodeMemberHash(b []byte) (memberHash, error) {
+	var h memberHash
+	if len(b) != memberHashMsg || string(b[:4]) != memberHashMagic || b[4] != memberHashVersion {
+		return h, fmt.Errorf("%w: %d bytes", errBadHash, len(b))
+	}
+	copy(h[:], b[5:])
+	return h, nil
+}
+
+// readMemberHash reads the puller's hash message: exactly memberHashMsg bytes.
+func readMemberHash(r io.Reader) (memberHash, error) {
+	b := make([]byte, memberHashMsg)
+	if _, err := io.ReadFull(r, b); err != nil {
+		return memberHash{}, fmt.Errorf("%w: %w", errBadHash, noEOF(err))
+	}
+	return decodeMemberHash(b)
+}

@@ -4,12 +4,20 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"io"
 	"maps"
+	"net"
+	"sync"
 	"testing"
 	"time"
 
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/pnet"
 	"github.com/libp2p/go-libp2p/core/protocol"
+	ma "github.com/multiformats/go-multiaddr"
+	manet "github.com/multiformats/go-multiaddr/net"
 
 	"github.com/npu-agent/npu-agent/internal/hostile"
 )
@@ -101,22 +109,13 @@ func TestMemberGossipAfterPullForwarded(t *testing.T) {
 // from before the digest (whole table); a malformed digest gets a reset and nothing else.
 func TestMemberDigestPull(t *testing.T) {
 	t.Parallel()
-	psk := writeKey(t)
-	target := startNode(t, "", func(c *Config) {
-		c.FleetKey, c.ServeWithoutFleetKey, c.MinPeers = psk, false, -1
-	})
+	psk, target := keyedNode(t, -1)
 	old := hostilePeers(t, 1, hostile.PeerOptions{FleetKey: psk})[0]
-	oldRec, err := SealMember(MemberInfo{ID: old.ID(), Seq: uint64(time.Now().UnixNano()), Proof: memberProof(psk, old.ID())},
-		old.Host.Peerstore().PrivKey(old.ID()))
-	if err != nil {
-		t.Fatal(err)
-	}
+	oldRec := provenRecord(t, psk, old.Host.Peerstore().PrivKey(old.ID()), 0)
 	old.Serve(MemberSyncProtocol, func() []byte { return appendEntry(nil, oldRec) }) // a member before the digest
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 	defer cancel()
-	if err := old.Connect(ctx, peer.AddrInfo{ID: target.ID(), Addrs: target.Host().Addrs()}); err != nil {
-		t.Fatal(err)
-	}
+	connectTo(ctx, t, old, target)
 	eventually(t, "old member's record pulled", func() bool { return target.Member(old.ID()) && len(target.Members()) == 2 })
 
 	pull := func(proto protocol.ID, req []byte) ([][]byte, error) {
@@ -171,5 +170,351 @@ func TestMemberDigestPull(t *testing.T) {
 		if len(docs) != 0 || err == nil { // readEntries returns nil only at a clean end
 			t.Errorf("%s: %d records, err %v; want a reset", name, len(docs), err)
 		}
+	}
+}
+
+func TestMemberHashCodec(t *testing.T) {
+	t.Parallel()
+	h := hashMemberKeys([]uint64{3, 1, 2})
+	if h != hashMemberKeys([]uint64{2, 3, 1}) {
+		t.Error("the hash depends on the keys' order")
+	}
+	if h == hashMemberKeys([]uint64{1, 2}) {
+		t.Error("a member fewer, same hash")
+	}
+	b := encodeMemberHash(h)
+	if got, err := decodeMemberHash(b); err != nil || got != h {
+		t.Fatalf("round trip: %x %v", got, err)
+	}
+	if got, err := readMemberHash(bytes.NewReader(b)); err != nil || got != h {
+		t.Fatalf("read: %x %v", got, err)
+	}
+	for name, in := range map[string][]byte{
+		"empty":       nil,
+		"short":       b[:len(b)-1],
+		"bad magic":   append([]byte("NPMX"), b[4:]...),
+		"bad version": append(append([]byte(memberHashMagic), 2), b[5:]...),
+	} {
+		if _, err := decodeMemberHash(in); err == nil {
+			t.Errorf("%s: decoded", name)
+		}
+		if _, err := readMemberHash(bytes.NewReader(in)); err == nil {
+			t.Errorf("%s: read", name)
+		}
+	}
+	if _, err := decodeMemberHash(append(bytes.Clone(b), 0)); err == nil {
+		t.Error("trailing byte decoded")
+	}
+}
+
+func FuzzDecodeMemberHash(f *testing.F) {
+	f.Add(encodeMemberHash(hashMemberKeys([]uint64{1, 2})))
+	f.Add([]byte("NPMH\x01"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		h, err := decodeMemberHash(b)
+		if err != nil {
+			return
+		}
+		if !bytes.Equal(encodeMemberHash(h), b) {
+			t.Fatal("not canonical")
+		}
+	})
+}
+
+// The table hash covers who is a member, not seqs (a refresh elsewhere does not make two tables differ), and
+// leaves out records older than two refreshes, so a member that missed refreshes pulls them before they expire.
+func TestMemberTableHash(t *testing.T) {
+	t.Parallel()
+	_, self := memberKey(t)
+	ttl := 3 * time.Minute // refresh 1 min
+	now := time.Now()
+	seal := func(k crypto.PrivKey, id peer.ID, at time.Time) []byte {
+		raw, err := SealMember(MemberInfo{ID: id, Seq: uint64(at.UnixNano())}, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return raw
+	}
+	ka, a := memberKey(t)
+	kb, b := memberKey(t)
+	x, y := newMemberBook(self, nil, nil, ttl), newMemberBook(self, nil, nil, ttl)
+	x.addPulled(seal(ka, a, now.Add(-time.Second)), now)
+	x.addPulled(seal(kb, b, now.Add(-70*time.Second)), now)
+	y.addPulled(seal(kb, b, now.Add(-10*time.Second)), now)
+	y.addPulled(seal(ka, a, now.Add(-30*time.Second)), now)
+	sk := digestKey(self)
+	if x.tableHash(sk, now) != y.tableHash(sk, now) {
+		t.Fatal("same members with other seqs hash differently")
+	}
+	want := hashMemberKeys([]uint64{sk, digestKey(a), digestKey(b)})
+	if got := x.tableHash(sk, now); got != want {
+		t.Fatalf("hash %x, want %x", got, want)
+	}
+	// b's record in x is 70 s old: past two refreshes 60 s later, it drops out of x's hash only.
+	later := now.Add(55 * time.Second)
+	if x.tableHash(sk, later) == y.tableHash(sk, later) {
+		t.Error("a record past two refreshes still hashes as in sync")
+	}
+	if x.tableHash(sk, later) != hashMemberKeys([]uint64{sk, digestKey(a)}) {
+		t.Error("the stale record was not left out")
+	}
+}
+
+// TestMemberHashPull: a node answers a hash-first pull with "same" for an equal table and with the digest exchange
+// otherwise; a malformed hash gets a reset (threat 9.2 "member table hash").
+func TestMemberHashPull(t *testing.T) {
+	t.Parallel()
+	psk, target := keyedNode(t, -1)
+	old := hostilePeers(t, 1, hostile.PeerOptions{FleetKey: psk})[0]
+	oldRec := provenRecord(t, psk, old.Host.Peerstore().PrivKey(old.ID()), 0)
+	old.Serve(MemberSyncProtocol, func() []byte { return appendEntry(nil, oldRec) })
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	connectTo(ctx, t, old, target)
+	eventually(t, "old member's record pulled", func() bool { return target.Member(old.ID()) && len(target.Members()) == 2 })
+
+	// ask sends req, then (if digest is set) the digest after the verdict; it returns the whole answer.
+	ask := func(req, digest []byte) ([]byte, error) {
+		st, err := old.Host.NewStream(ctx, target.ID(), MemberHashProtocol)
+		if err != nil {
+			return nil, err
+		}
+		defer st.Close()
+		st.SetDeadline(time.Now().Add(15 * time.Second))
+		if _, err := st.Write(req); err != nil {
+			return nil, err
+		}
+		if digest == nil {
+			st.CloseWrite()
+			return io.ReadAll(st)
+		}
+		var v [1]byte
+		if _, err := io.ReadFull(st, v[:]); err != nil {
+			return nil, err
+		}
+		st.Write(digest)
+		st.CloseWrite()
+		rest, err := io.ReadAll(st)
+		return append(v[:], rest...), err
+	}
+	same := encodeMemberHash(hashMemberKeys([]uint64{digestKey(target.ID()), digestKey(old.ID())}))
+	if got, err := ask(same, nil); err != nil || !bytes.Equal(got, []byte{memberHashSame}) {
+		t.Errorf("equal table: answer %x, %v; want only \"same\"", got, err)
+	}
+	differ := encodeMemberHash(hashMemberKeys([]uint64{digestKey(old.ID())}))
+	got, err := ask(differ, encodeMemberDigest(map[uint64]uint64{digestKey(old.ID()): ^uint64(0)}))
+	if err != nil || len(got) == 0 || got[0] != memberHashDiffer {
+		t.Fatalf("other table: answer %x, %v; want \"differ\" and records", got, err)
+	}
+	var docs int
+	if err := readEntries(bytes.NewReader(got[1:]), MaxMemberEnvelope, func([]byte) bool { docs++; return true }); err != nil || docs != 1 {
+		t.Errorf("other table: %d records, %v; want the target's own", docs, err)
+	}
+	for name, req := range map[string][]byte{
+		"bad magic":   append([]byte("NPMX"), same[4:]...),
+		"bad version": append(append([]byte(memberHashMagic), 9), same[5:]...),
+		"short":       same[:10],
+	} {
+		if got, err := ask(req, nil); len(got) != 0 || err == nil {
+			t.Errorf("%s: answer %x, err %v; want a reset", name, got, err)
+		}
+	}
+}
+
+// A peer answering a hash-first pull with an unknown verdict is not read further: nothing it sends after it is
+// taken (threat 9.2 "member table hash").
+func TestMemberHashBadVerdict(t *testing.T) {
+	t.Parallel()
+	psk, target := keyedNode(t, -1)
+	bad := hostilePeers(t, 1, hostile.PeerOptions{FleetKey: psk})[0]
+	rec := provenRecord(t, psk, bad.Host.Peerstore().PrivKey(bad.ID()), 0)
+	bad.Serve(MemberHashProtocol, func() []byte { return appendEntry([]byte{7}, rec) })
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	connectTo(ctx, t, bad, target)
+	eventually(t, "two pulls", func() bool { return target.MemberStats().Pulls >= 2 })
+	if len(target.Members()) != 1 {
+		t.Errorf("members %d: a record sent after a bad verdict was taken", len(target.Members()))
+	}
+}
+
+// A member whose record a puller lacks, although the puller knows most members, publishes it again (at most twice
+// per refresh, not sooner than 5 s after its last publish): its gossip was lost, and pulls alone spread a record
+// through 100 members in about 30 s.
+func TestMemberRepairPublish(t *testing.T) {
+	t.Parallel()
+	psk, target := keyedNode(t, -1)
+	h := hostilePeers(t, 1, hostile.PeerOptions{FleetKey: psk, PubSub: true})[0]
+	if _, err := h.Topic(MemberTopic); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	connectTo(ctx, t, h, target)
+	pull := func(d map[uint64]uint64) {
+		st, err := h.Host.NewStream(ctx, target.ID(), MemberDigestProtocol)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		st.Write(encodeMemberDigest(d))
+		st.CloseWrite()
+		io.Copy(io.Discard, st)
+	}
+	eventually(t, "the join publishes", func() bool { return target.MemberStats().Published >= 3 })
+	pub := target.MemberStats().Published
+	knows := map[uint64]uint64{digestKey(target.ID()): 1}
+	for range 5 { // within 5 s of the last publish, and a puller that knows us: no publish
+		pull(knows)
+	}
+	pull(nil)
+	time.Sleep(500 * time.Millisecond)
+	if got := target.MemberStats().Published; got != pub {
+		t.Fatalf("published %d, want %d: a pull asked for a publish too soon or from a puller that knew us", got, pub)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for target.MemberStats().Published == pub {
+		if time.Now().After(deadline) {
+			t.Fatal("no publish after pulls that lacked our record")
+		}
+		pull(nil)
+		time.Sleep(200 * time.Millisecond)
+	}
+	pub = target.MemberStats().Published
+	for range 5 {
+		pull(nil)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if got := target.MemberStats().Published; got != pub {
+		t.Errorf("published %d right after a repair publish, want %d", got, pub)
+	}
+}
+
+// The overlay fill's dials do not hold back the member loop: with four members whose addresses accept TCP and
+// then say nothing (each dial lasts the whole fill timeout), the anti-entropy rounds still run on time. In the
+// loop, the dials held back pulls and join publishes for up to 20 s (100 daemons under load).
+func TestMemberFillDoesNotBlockRounds(t *testing.T) {
+	t.Parallel()
+	psk, target := keyedNode(t, 8)
+	mute, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mute.Close() })
+	go func() {
+		var held []net.Conn // accepted and never answered, so a dial waits for its timeout
+		defer func() {
+			for _, c := range held {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := mute.Accept()
+			if err != nil {
+				return
+			}
+			held = append(held, c)
+		}
+	}()
+	addr, err := manet.FromNetAddr(mute.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var table []byte
+	for range 4 {
+		k, _ := memberKey(t)
+		table = appendEntry(table, provenRecord(t, psk, k, 0, addr))
+	}
+	h := hostilePeers(t, 1, hostile.PeerOptions{FleetKey: psk})[0]
+	h.Serve(MemberSyncProtocol, func() []byte { return table }) // a member before the digest: its whole table
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	connectTo(ctx, t, h, target)
+	eventually(t, "the mute members listed", func() bool { return len(target.Members()) == 5 })
+	r0 := target.MemberStats().Rounds
+	time.Sleep(12 * time.Second) // the fill starts every 3 s and each of its dials lasts 5 s
+	// In the loop (before), the fill's first four dials took 20 s from 3 s on: 2 rounds; now 3-4 (1, 3, 7, 12 s).
+	if r := target.MemberStats().Rounds - r0; r < 3 {
+		t.Errorf("%d anti-entropy rounds in 12 s while the fill dialled mute members, want at least 3", r)
+	}
+}
+
+// A record new to a member, taken by a pull and signed more than 10 s before, had its gossip lost on the way: the
+// member publishes it once, so the members around it take it from gossip instead of one pull hop per round. A
+// fresh record taken by a pull is not published (its gossip may still come).
+func TestMemberPulledRecordRelayed(t *testing.T) {
+	t.Parallel()
+	psk, target := keyedNode(t, -1)
+	seal := func(age time.Duration) []byte {
+		k, _ := memberKey(t)
+		return provenRecord(t, psk, k, age)
+	}
+	old, fresh := seal(20*time.Second), seal(0)
+	h := hostilePeers(t, 1, hostile.PeerOptions{FleetKey: psk, PubSub: true})[0]
+	var mu sync.Mutex
+	seen := map[string]int{} // records the target published, by content
+	err := h.PubSub.RegisterTopicValidator(MemberTopic, func(_ context.Context, from peer.ID, msg *pubsub.Message) bool {
+		if msg.GetFrom() == target.ID() {
+			mu.Lock()
+			seen[string(msg.Data)]++
+			mu.Unlock()
+		}
+		return true
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.Topic(MemberTopic); err != nil {
+		t.Fatal(err)
+	}
+	h.Serve(MemberSyncProtocol, func() []byte { return appendEntry(appendEntry(nil, old), fresh) })
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	connectTo(ctx, t, h, target)
+	eventually(t, "the old record relayed", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return seen[string(old)] > 0
+	})
+	time.Sleep(2 * time.Second)
+	mu.Lock()
+	defer mu.Unlock()
+	if seen[string(old)] != 1 || seen[string(fresh)] != 0 {
+		t.Errorf("relayed the old record %d times (want 1), the fresh one %d times (want 0)", seen[string(old)], seen[string(fresh)])
+	}
+	if r := target.MemberStats().Relayed; r != 1 {
+		t.Errorf("Relayed = %d, want 1", r)
+	}
+}
+
+// keyedNode starts a node with a fleet key and minPeers (-1: no overlay fill).
+func keyedNode(t *testing.T, minPeers int) (pnet.PSK, *testNode) {
+	t.Helper()
+	psk := writeKey(t)
+	return psk, startNode(t, "", func(c *Config) {
+		c.FleetKey, c.ServeWithoutFleetKey, c.MinPeers = psk, false, minPeers
+	})
+}
+
+// provenRecord is a member record of k's peer signed age ago, with the fleet key's proof.
+func provenRecord(t *testing.T, psk pnet.PSK, k crypto.PrivKey, age time.Duration, addrs ...ma.Multiaddr) []byte {
+	t.Helper()
+	id, err := peer.IDFromPrivateKey(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := SealMember(MemberInfo{ID: id, Seq: uint64(time.Now().Add(-age).UnixNano()), Addrs: addrs,
+		Proof: memberProof(psk, id)}, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rec
+}
+
+// connectTo connects the hostile peer h to target.
+func connectTo(ctx context.Context, t *testing.T, h *hostile.Peer, target *testNode) {
+	t.Helper()
+	if err := h.Connect(ctx, peer.AddrInfo{ID: target.ID(), Addrs: target.Host().Addrs()}); err != nil {
+		t.Fatal(err)
 	}
 }

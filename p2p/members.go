@@ -5,6 +5,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"slices"
 	"sync"
@@ -43,8 +44,18 @@ const (
 	// costs 16 bytes per member: frequent pulls repair lost gossip within a few rounds.
 	memberPullFirst = time.Second
 	memberPullMax   = 5 * time.Second
-	// memberDigestTimeout bounds the read of a puller's digest.
+	// memberDigestTimeout bounds the read of a puller's hash or digest.
 	memberDigestTimeout = 10 * time.Second
+	// memberRepairAfter and memberRepairPublishes: a puller that knows at least half the members we know but not
+	// us, memberRepairAfter after our last publish that had topic peers, shows that our record did not spread
+	// (gossipsub lost it while meshes formed, and a pulled record is not forwarded); we publish again, at most
+	// memberRepairPublishes times per refresh, and only once the join publishes are done.
+	memberRepairAfter     = memberPullMax
+	memberRepairPublishes = 2
+	// memberRelayAge: a record new to us, taken by a pull and signed longer ago than this, should have reached
+	// us by gossip; its gossip was lost on the way, so we publish it once (one per anti-entropy round at most),
+	// and the members around us that lack it take it from gossip instead of one pull hop per round.
+	memberRelayAge = 2 * memberPullMax
 )
 
 type memberEntry struct {
@@ -187,6 +198,23 @@ func (b *memberBook) digest(now time.Time) map[uint64]uint64 {
 	return d
 }
 
+// tableHash hashes the set of members held (and self, our own digest key), so that two members in sync find
+// the same hash: it covers membership, not seqs, which change with every refresh somewhere in the fleet. A
+// record older than two refreshes is left out, so a member that missed a refresh differs from one that did not
+// and the pull that follows repairs it before the record expires.
+func (b *memberBook) tableHash(self uint64, now time.Time) memberHash {
+	fresh := b.ttl * 2 / memberTTLFactor
+	b.mu.Lock()
+	keys := make([]uint64, 0, len(b.m)+1)
+	for _, e := range b.m {
+		if now.Before(e.expires) && now.Sub(seqTime(e.info.Seq)) < fresh {
+			keys = append(keys, e.key)
+		}
+	}
+	b.mu.Unlock()
+	return hashMemberKeys(append(keys, self))
+}
+
 // missing lists the live envelopes held that the digest d lacks or holds older.
 func (b *memberBook) missing(d map[uint64]uint64, now time.Time) [][]byte {
 	b.mu.Lock()
@@ -268,6 +296,8 @@ type members struct {
 	topic    *pubsub.Topic
 	sub      *pubsub.Subscription
 	kick     chan struct{}
+	// lacked: a puller's digest showed our record did not spread (see memberRepairAfter).
+	lacked chan struct{}
 	// The publish loop runs on its own context, stopped before the node's pubsub: a publish racing the end of
 	// gossipsub's event loop would block forever (go-libp2p-pubsub v0.14.2 Topic.validate).
 	ctx    context.Context
@@ -278,9 +308,18 @@ type members struct {
 	lastSeq uint64
 	selfEnv []byte
 	syncing map[peer.ID]bool
+	// behind: a pull took records, so the next anti-entropy round comes after memberPullFirst.
+	behind chan struct{}
+	// relay: a pulled record to publish at the next round (memberRelayAge); relayed counts those published.
+	relay   []byte
+	relayed int64
+	// filling: an overlay fill's dials are running (in their own goroutine: each may take fillTimeout, and
+	// the loop's pulls and publishes must not wait for them).
+	filling bool
 
-	// Counters for the simulation harness.
-	published, received int64
+	// Counters for the simulation harness: records published and taken, pulls run and those found in sync
+	// by the table hash, anti-entropy rounds, records taken by pulls.
+	published, received, pulls, pullsInSync, rounds, pulled int64
 }
 
 func (n *Node) startMembers(cfg Config) error {
@@ -291,6 +330,7 @@ func (n *Node) startMembers(cfg Config) error {
 	minPeers := minPeers(cfg)
 	m := &members{
 		n: n, psk: cfg.FleetKey, refresh: refresh, minPeers: minPeers, kick: make(chan struct{}, 1),
+		lacked: make(chan struct{}, 1), behind: make(chan struct{}, 1),
 		book:    newMemberBook(n.h.ID(), cfg.FleetKey, cfg.Allowlist, memberTTLFactor*refresh),
 		info:    MemberInfo{ID: n.h.ID(), Hostname: cfg.Hostname, Class: cfg.Class, Tags: cfg.Tags, Version: cfg.Version},
 		syncing: map[peer.ID]bool{},
@@ -302,6 +342,7 @@ func (n *Node) startMembers(cfg Config) error {
 	n.members = m
 	n.h.SetStreamHandler(MemberSyncProtocol, m.serveSync)
 	n.h.SetStreamHandler(MemberDigestProtocol, m.serveDigest)
+	n.h.SetStreamHandler(MemberHashProtocol, m.serveHash)
 	if err := n.ps.RegisterTopicValidator(MemberTopic, m.validate); err != nil {
 		return fmt.Errorf("p2p: member validator: %w", err)
 	}
@@ -375,6 +416,9 @@ func (m *members) validate(_ context.Context, from peer.ID, msg *pubsub.Message)
 	case memberForwarded:
 		return pubsub.ValidationAccept
 	}
+	if info.ID != "" {
+		m.n.log.Debug("member record ignored", "from", from, "peer", info.ID, "seq", info.Seq)
+	}
 	return pubsub.ValidationIgnore
 }
 
@@ -430,6 +474,7 @@ func (m *members) publish() {
 	m.mu.Lock()
 	m.published++
 	m.mu.Unlock()
+	m.n.log.Debug("member record published", "topic_peers", len(m.topic.ListPeers()), "conns", len(m.n.h.Network().Peers()))
 }
 
 // loop publishes our record every refresh (and soon after a peer joins the topic, at most once a second),
@@ -440,12 +485,14 @@ func (m *members) loop() {
 	// still forming is followed by one they carry.
 	var lastPub time.Time
 	joinPubs := 0 // publishes that had topic peers to go to
-	publish := func() {
-		if len(m.topic.ListPeers()) > 0 {
+	repairs := 0  // publishes since the last refresh because a puller lacked our record
+	publish := func() (reached bool) {
+		if reached = len(m.topic.ListPeers()) > 0; reached {
 			lastPub = time.Now()
 			joinPubs++
 		}
 		m.publish()
+		return reached
 	}
 	publish()
 	refresh := time.NewTicker(m.refresh)
@@ -464,6 +511,9 @@ func (m *members) loop() {
 		case <-m.ctx.Done():
 			return
 		case <-pull.C:
+			m.mu.Lock()
+			m.rounds++
+			m.mu.Unlock()
 			// Records gossiped while meshes were forming, or dropped under load, may not have reached us: pull
 			// what a random peer holds and we lack (1, 2, 4 s after start, then every 5 s at most).
 			if ps := m.n.h.Network().Peers(); len(ps) > 0 {
@@ -471,7 +521,32 @@ func (m *members) loop() {
 			}
 			pullEvery = min(2*pullEvery, min(max(m.refresh/6, memberPullFirst), memberPullMax))
 			pull.Reset(pullEvery)
+			m.mu.Lock()
+			env := m.relay
+			m.relay = nil
+			if env != nil {
+				m.relayed++
+			}
+			m.mu.Unlock()
+			if env != nil {
+				if err := m.topic.Publish(m.ctx, env); err != nil && m.ctx.Err() == nil {
+					m.n.log.Debug("member record not relayed", "err", err)
+				}
+			}
+		case <-m.behind:
+			// A member that is behind (a pull took records: gossip lost some on their way here) pulls again
+			// after memberPullFirst, so it catches up in seconds instead of 5 s per round.
+			pull.Reset(memberPullFirst)
 		case <-refresh.C:
+			repairs = 0
+			publish()
+		case <-m.lacked:
+			if lastPub.IsZero() || pendingSet || repairs >= memberRepairPublishes || time.Since(lastPub) < memberRepairAfter {
+				continue
+			}
+			repairs++
+			m.n.log.Info("member record published again: a peer's pull showed it did not spread",
+				"since_last_publish", time.Since(lastPub).Round(time.Millisecond), "topic_peers", len(m.topic.ListPeers()))
 			publish()
 		case <-m.kick:
 			if joinPubs >= memberJoinPublishes {
@@ -492,14 +567,38 @@ func (m *members) loop() {
 			}
 		case <-pending.C:
 			pendingSet = false
-			if joinPubs < memberJoinPublishes {
-				publish()
+			// A join's event can come before gossipsub lists the peer in the topic: that publish reached
+			// nobody and did not count, so the follow-up is followed by one more until two reached topic peers.
+			if joinPubs < memberJoinPublishes && publish() && joinPubs < memberJoinPublishes {
+				pendingSet = true
+				pending.Reset(memberJoinDebounce)
 			}
 		case <-tick.C:
 			m.book.expire(time.Now())
-			m.fill()
+			m.startFill()
 		}
 	}
+}
+
+// startFill runs fill in its own goroutine unless one is running. Under load a dial can take the whole
+// fillTimeout, and four of them in the loop held back its pulls and publishes for 20 s (100 daemons on 2 cores:
+// a member's record reached half the fleet in 15 s).
+func (m *members) startFill() {
+	m.mu.Lock()
+	if m.filling {
+		m.mu.Unlock()
+		return
+	}
+	m.filling = true
+	m.mu.Unlock()
+	m.loopWG.Go(func() {
+		defer func() {
+			m.mu.Lock()
+			m.filling = false
+			m.mu.Unlock()
+		}()
+		m.fill()
+	})
 }
 
 // fill dials random live members while fewer than minPeers are connected (at most maxFillDials per round), so
@@ -550,6 +649,34 @@ func (m *members) serveSync(st network.Stream) {
 // memberDigestTimeout), then our record and the live records held that the digest lacks or holds older.
 func (m *members) serveDigest(st network.Stream) {
 	st.SetReadDeadline(time.Now().Add(memberDigestTimeout))
+	m.answerDigest(st)
+}
+
+// serveHash answers a hash-first pull: the puller's table hash (memberHashMsg bytes within
+// memberDigestTimeout); "same" if ours is equal, else "differ" and the digest exchange of serveDigest, on the
+// same stream and within the same deadline.
+func (m *members) serveHash(st network.Stream) {
+	st.SetDeadline(time.Now().Add(memberDigestTimeout))
+	h, err := readMemberHash(st)
+	if err != nil {
+		m.n.log.Debug("bad member table hash", "peer", st.Conn().RemotePeer(), "err", err)
+		st.Reset()
+		return
+	}
+	if h == m.book.tableHash(digestKey(m.n.h.ID()), time.Now()) {
+		st.Write([]byte{memberHashSame})
+		st.Close()
+		return
+	}
+	if _, err := st.Write([]byte{memberHashDiffer}); err != nil {
+		st.Reset()
+		return
+	}
+	m.answerDigest(st)
+}
+
+// answerDigest reads a puller's digest and writes what it lacks (see serveDigest).
+func (m *members) answerDigest(st network.Stream) {
 	d, err := readMemberDigest(st)
 	if err != nil {
 		m.n.log.Debug("bad member digest", "peer", st.Conn().RemotePeer(), "err", err)
@@ -561,8 +688,15 @@ func (m *members) serveDigest(st network.Stream) {
 	m.mu.Lock()
 	self, seq := m.selfEnv, m.lastSeq
 	m.mu.Unlock()
-	if have, ok := d[digestKey(m.n.h.ID())]; self != nil && (!ok || have < seq) {
+	have, ok := d[digestKey(m.n.h.ID())]
+	if self != nil && (!ok || have < seq) {
 		docs = append(docs, self)
+	}
+	if !ok && 2*len(d) >= m.book.count(now) {
+		select { // the puller knows most members but not us: our record did not spread
+		case m.lacked <- struct{}{}:
+		default:
+		}
 	}
 	serveEntries(st, docs)
 }
@@ -596,11 +730,30 @@ func (m *members) syncWith(p peer.ID) {
 		}()
 		ctx, cancel := context.WithTimeout(n.ctx, syncTimeout)
 		defer cancel()
-		st, err := n.h.NewStream(ctx, p, MemberDigestProtocol, MemberSyncProtocol)
+		st, err := n.h.NewStream(ctx, p, MemberHashProtocol, MemberDigestProtocol, MemberSyncProtocol)
 		if err != nil {
+			n.log.Debug("member sync failed", "peer", p, "err", err)
 			return
 		}
-		if st.Protocol() == MemberDigestProtocol { // else a member before the digest: its whole table
+		m.mu.Lock()
+		m.pulls++
+		m.mu.Unlock()
+		if st.Protocol() == MemberHashProtocol {
+			same, err := m.askHash(st)
+			if err != nil {
+				n.log.Debug("member sync failed", "peer", p, "err", err)
+				st.Reset()
+				return
+			}
+			if same {
+				m.mu.Lock()
+				m.pullsInSync++
+				m.mu.Unlock()
+				st.Close()
+				return
+			}
+		}
+		if st.Protocol() != MemberSyncProtocol { // else a member before the digest: its whole table
 			d := m.book.digest(time.Now())
 			d[digestKey(n.h.ID())] = m.ownSeq()
 			st.SetWriteDeadline(time.Now().Add(memberDigestTimeout))
@@ -609,10 +762,16 @@ func (m *members) syncWith(p peer.ID) {
 				return
 			}
 		}
-		_, err = pullEntries(ctx, st, MaxMemberEnvelope, MaxMembers+1, "member records", func(raw []byte) bool {
+		added, err := pullEntries(ctx, st, MaxMemberEnvelope, MaxMembers+1, "member records", func(raw []byte) bool {
 			info, res := m.book.addPulled(raw, time.Now())
 			if res == memberAdded || res == memberRefreshed {
 				m.learnt(info, res)
+				m.mu.Lock()
+				m.pulled++
+				if res == memberAdded && m.relay == nil && time.Since(seqTime(info.Seq)) > memberRelayAge {
+					m.relay = slices.Clone(raw)
+				}
+				m.mu.Unlock()
 				return true
 			}
 			return false
@@ -620,7 +779,34 @@ func (m *members) syncWith(p peer.ID) {
 		if err != nil {
 			n.log.Debug("member sync failed", "peer", p, "err", err)
 		}
+		if added > 0 {
+			select {
+			case m.behind <- struct{}{}:
+			default:
+			}
+		}
+		n.log.Debug("member pull", "peer", p, "protocol", st.Protocol(), "added", added)
 	}()
+}
+
+// askHash sends our table hash and reads the answerer's verdict: true if its table is the same.
+func (m *members) askHash(st network.Stream) (bool, error) {
+	st.SetDeadline(time.Now().Add(memberDigestTimeout))
+	h := m.book.tableHash(digestKey(m.n.h.ID()), time.Now())
+	if _, err := st.Write(encodeMemberHash(h)); err != nil {
+		return false, err
+	}
+	var v [1]byte
+	if _, err := io.ReadFull(st, v[:]); err != nil {
+		return false, noEOF(err)
+	}
+	switch v[0] {
+	case memberHashSame:
+		return true, nil
+	case memberHashDiffer:
+		return false, nil
+	}
+	return false, fmt.Errorf("%w: verdict %d", errBadHash, v[0])
 }
 
 // Members returns the live members this node knows, itself first.
@@ -642,13 +828,22 @@ func (n *Node) MemberCount() int {
 	return 1 + n.members.book.count(time.Now())
 }
 
-// MemberStats are the membership counters of the simulation harness: member records this node published, and
-// new ones it accepted (gossip or sync).
-func (n *Node) MemberStats() (published, received int64) {
+// MemberStats are the membership counters of the simulation harness.
+type MemberStats struct {
+	Published, Received int64 // member records this node published, new ones it took (gossip or pull)
+	Pulls, PullsInSync  int64 // table pulls it ran, and those the table hash found in sync
+	Rounds              int64 // anti-entropy rounds (a pull from a random peer each)
+	Pulled              int64 // of Received, those taken by pulls
+	Relayed             int64 // pulled records it published because their gossip had not come (memberRelayAge)
+}
+
+// MemberStats returns the node's membership counters.
+func (n *Node) MemberStats() MemberStats {
 	if n.members == nil {
-		return 0, 0
+		return MemberStats{}
 	}
 	n.members.mu.Lock()
 	defer n.members.mu.Unlock()
-	return n.members.published, n.members.received
+	m := n.members
+	return MemberStats{m.published, m.received, m.pulls, m.pullsInSync, m.rounds, m.pulled, m.relayed}
 }

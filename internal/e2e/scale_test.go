@@ -121,8 +121,9 @@ func TestScaleNamespaces(t *testing.T) {
 func newScaleFleet(t *testing.T, lab *netlab.Lab, n int) *testFleet {
 	t.Helper()
 	window := scaleWindow(t)
+	level := os.Getenv("NPU_TEST_SCALE_LOGLEVEL") // e.g. debug, to see member publishes and pulls
 	o := fleetOptions{compileTime: 2 * time.Second, blobSize: 4 << 20, configure: func(_ int, c *Config) {
-		c.FlightWindow, c.ConnLow, c.ConnHigh = window, scaleConnLow, scaleConnHigh
+		c.FlightWindow, c.ConnLow, c.ConnHigh, c.LogLevel = window, scaleConnLow, scaleConnHigh, level
 	}}
 	dir := t.TempDir()
 	key := filepath.Join(dir, "fleet.key")
@@ -134,6 +135,9 @@ func newScaleFleet(t *testing.T, lab *netlab.Lab, n int) *testFleet {
 		t.Fatal(err)
 	}
 	f := &testFleet{t: t, lab: lab, model: model, killed: map[int]bool{}, dir: dir, fleetKey: key, o: o}
+	if keep := os.Getenv("NPU_TEST_SCALE_LOGDIR"); keep != "" {
+		t.Cleanup(func() { f.keepLogs(keep) }) // after f.stop: the whole logs
+	}
 	t.Cleanup(f.stop)
 	return f
 }
@@ -178,6 +182,13 @@ func (f *testFleet) checkScale(ctx context.Context, t0 time.Time) {
 	full := make([]time.Duration, n)
 	var wg sync.WaitGroup
 	errs := make([]error, n)
+	wg.Go(func() {
+		select {
+		case <-ctx.Done():
+		case <-time.After(scaleMembership/2 - time.Since(t0)):
+			f.logScarceMembers(ctx)
+		}
+	})
 	for i, d := range f.daemons {
 		wg.Go(func() {
 			wctx, cancel := context.WithTimeout(ctx, 2*scaleMembership)
@@ -267,9 +278,14 @@ func (f *testFleet) checkScale(ctx context.Context, t0 time.Time) {
 	f.checkCompileCounts(ctx, compiler)
 	// Where compiles came from: the fleet single flight electing a compiler, or a host that found the fleet's
 	// record but whose fetch failed and compiled for itself (agent fallback, 7.2).
-	flightCompiles, fallbacks := map[string]int{}, 0
+	flightCompiles, fallbacks, repairs := map[string]int{}, 0, 0
 	for i, d := range f.daemons {
-		c, err := d.CountLog(LogMsg("single flight: compiling here"))
+		c, err := d.CountLog(LogMsg("member record published again: a peer's pull showed it did not spread"))
+		if err != nil {
+			t.Error(err)
+		}
+		repairs += c
+		c, err = d.CountLog(LogMsg("single flight: compiling here"))
 		if err != nil {
 			t.Error(err)
 		}
@@ -281,8 +297,64 @@ func (f *testFleet) checkScale(ctx context.Context, t0 time.Time) {
 		fallbacks += c
 	}
 	t.Logf("window=%s hosts=%d ready=%s full_membership=%s conns_mean=%.1f conns_max=%d (conn_high %d, at %s) "+
-		"idle_rss_mean=%.1fMiB idle_rss_max=%.1fMiB fetch_all=%s compilers=%v flight_compiles=%v fetch_fallbacks=%d",
+		"idle_rss_mean=%.1fMiB idle_rss_max=%.1fMiB fetch_all=%s compilers=%v flight_compiles=%v fetch_fallbacks=%d member_repair_publishes=%d",
 		scaleWindow(t), n, ready.Round(time.Millisecond), slowest.Round(time.Millisecond), float64(conns)/float64(n),
 		connsMax, scaleConnHigh, settled.Round(time.Second), float64(rssSum)/float64(n)/(1<<20),
-		float64(rssMax)/(1<<20), fetch.Round(time.Millisecond), compiler, flightCompiles, fallbacks)
+		float64(rssMax)/(1<<20), fetch.Round(time.Millisecond), compiler, flightCompiles, fallbacks, repairs)
+}
+
+// logScarceMembers logs, for every member not listed by every other daemon, how many list it and which daemon it
+// is: the slow mode's shape ("many hosts late to learn one") names the member whose record did not spread, and its
+// log says what it published and which pulls found it unknown.
+func (f *testFleet) logScarceMembers(ctx context.Context) {
+	n := len(f.daemons)
+	holders := map[string]int{}
+	names := map[string]string{}
+	lists := map[string][]string{} // member ID → daemons listing it
+	for _, d := range f.daemons {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		st, err := d.api.Status(cctx)
+		cancel()
+		if err != nil {
+			f.t.Logf("%s: status: %v", d.Name, err)
+			continue
+		}
+		names[st.PeerID] = d.Name
+		for _, p := range st.Peers {
+			holders[p.ID]++
+			lists[p.ID] = append(lists[p.ID], d.Name)
+		}
+	}
+	scarce := 0
+	for id, name := range names {
+		if holders[id] < n-1 {
+			scarce++
+			if scarce <= 10 {
+				f.t.Logf("member %s (%s) listed by %d of %d daemons at %s", name, id, holders[id], n-1, scaleMembership/2)
+			}
+			if scarce == 1 {
+				f.t.Logf("daemons listing %s: %v", name, lists[id])
+			}
+		}
+	}
+	f.t.Logf("members not listed everywhere at %s: %d of %d", scaleMembership/2, scarce, n)
+}
+
+// keepLogs copies every daemon's log to dir/<test>-<time>/hN.log (NPU_TEST_SCALE_LOGDIR).
+func (f *testFleet) keepLogs(dir string) {
+	dst := filepath.Join(dir, fmt.Sprintf("%s-%s", f.t.Name(), time.Now().UTC().Format("150405")))
+	if err := os.MkdirAll(dst, 0o755); err != nil {
+		f.t.Error(err)
+		return
+	}
+	for _, d := range f.daemons {
+		b, err := os.ReadFile(d.LogPath)
+		if err == nil {
+			err = os.WriteFile(filepath.Join(dst, d.Name+".log"), b, 0o644)
+		}
+		if err != nil {
+			f.t.Error(err)
+		}
+	}
+	f.t.Logf("daemon logs kept in %s", dst)
 }

@@ -45,7 +45,7 @@ func (t *traffic) counter(pid protocol.ID) *atomic.Int64 {
 	switch {
 	case strings.HasPrefix(string(pid), "/meshsub/") || strings.HasPrefix(string(pid), "/floodsub/"):
 		return &t.gossip
-	case pid == p2p.MemberSyncProtocol || pid == p2p.MemberDigestProtocol:
+	case pid == p2p.MemberSyncProtocol || pid == p2p.MemberDigestProtocol || pid == p2p.MemberHashProtocol:
 		return &t.memberSync
 	}
 	return &t.other

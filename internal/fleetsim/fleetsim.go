@@ -55,6 +55,9 @@ type Config struct {
 	Window, LeaseTTL, CompileTime time.Duration
 	// Timeout bounds each phase: membership, and the flight (default 5 min).
 	Timeout time.Duration
+	// Steady, if set, is how long the members run after the flight, to measure what membership costs once
+	// every table is complete (the Steady* figures).
+	Steady time.Duration
 	// Parallel bounds concurrent starts, connects and closes (default 2 × GOMAXPROCS).
 	Parallel int
 	Seed     uint64
@@ -99,8 +102,17 @@ type Result struct {
 	// FullMembership: from the first bootstrap connection until every member lists every member.
 	FullMembership time.Duration
 	// MemberPublished and MemberAccepted are p2p.Node.MemberStats at full membership: records a member
-	// published, and new records it took (gossip or pull).
-	MemberPublished, MemberAccepted float64
+	// published, and new records it took (gossip or pull); MemberPulled those it took by pulls, MemberRelayed
+	// pulled records it published because their gossip had not come.
+	MemberPublished, MemberAccepted, MemberPulled, MemberRelayed float64
+	// Rounds and RoundsMax are the anti-entropy rounds (one pull from a random peer each, 1, 2, 4, then every
+	// 5 s) members ran until full membership, mean and most.
+	Rounds    float64
+	RoundsMax int64
+	// Steady figures, over Config.Steady after full membership: member-pull bytes a member read per round
+	// (as puller and answerer), the share of pulls the table hash found in sync, gossip bytes a member read per
+	// second, and the rounds each member ran.
+	SteadyPullBytes, SteadyInSync, SteadyGossipBytes, SteadyRounds float64
 	// GossipBytes and SyncBytes are bytes a member read on gossipsub streams and on member table pulls, until
 	// full membership; FlightGossipBytes is the gossipsub bytes read during the flight.
 	GossipBytes, SyncBytes, FlightGossipBytes float64
@@ -125,14 +137,27 @@ type Result struct {
 }
 
 func (r Result) String() string {
-	return fmt.Sprintf("nodes=%d links=%d latency=%s full_membership=%.2fs member_published=%.1f member_accepted=%.1f "+
-		"gossip_kib=%.1f sync_kib=%.1f flight_gossip_kib=%.1f conns_mean=%.1f conns_max=%d heap_kib=%.0f "+
+	return fmt.Sprintf("nodes=%d links=%d latency=%s full_membership=%.2fs rounds=%.1f rounds_max=%d "+
+		"member_published=%.1f member_accepted=%.1f member_pulled=%.1f member_relayed=%.2f gossip_kib=%.1f sync_kib=%.1f "+
+		"gossip_bytes_per_publish=%.0f flight_gossip_kib=%.1f conns_mean=%.1f conns_max=%d heap_kib=%.0f "+
 		"goroutines=%.0f compiles=%v yielded=%d flight=%.2fs flight_msgs_sent=%.3f flight_msgs_received=%.2f "+
-		"verifies=%.1f verifies_computed=%d",
-		r.Nodes, r.Links, r.Latency, r.FullMembership.Seconds(), r.MemberPublished, r.MemberAccepted,
-		r.GossipBytes/1024, r.SyncBytes/1024, r.FlightGossipBytes/1024, r.ConnsMean, r.ConnsMax,
-		r.HeapPerNode/1024, r.GoroutinesPerNode, r.Compiles, r.Yielded, r.FlightTime.Seconds(), r.FlightSent,
-		r.FlightReceived, r.Verifies, r.VerifiesComputed)
+		"verifies=%.1f verifies_computed=%d steady_pull_bytes_per_round=%.0f steady_in_sync=%.3f "+
+		"steady_gossip_bytes_per_s=%.0f steady_rounds=%.1f",
+		r.Nodes, r.Links, r.Latency, r.FullMembership.Seconds(), r.Rounds, r.RoundsMax, r.MemberPublished,
+		r.MemberAccepted, r.MemberPulled, r.MemberRelayed, r.GossipBytes/1024, r.SyncBytes/1024, r.GossipPerPublish(),
+		r.FlightGossipBytes/1024, r.ConnsMean, r.ConnsMax, r.HeapPerNode/1024, r.GoroutinesPerNode, r.Compiles,
+		r.Yielded, r.FlightTime.Seconds(), r.FlightSent, r.FlightReceived, r.Verifies, r.VerifiesComputed,
+		r.SteadyPullBytes, r.SteadyInSync, r.SteadyGossipBytes, r.SteadyRounds)
+}
+
+// GossipPerPublish is the gossip bytes a member read until full membership per member record published in the
+// whole fleet: a member's cost per membership event, which gossip keeps independent of N (each member receives
+// each record about once, plus gossipsub's duplicates along its mesh of bounded degree).
+func (r Result) GossipPerPublish() float64 {
+	if r.MemberPublished == 0 || r.Nodes == 0 {
+		return 0
+	}
+	return r.GossipBytes / (r.MemberPublished * float64(r.Nodes))
 }
 
 type member struct {
@@ -292,14 +317,15 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	res.FullMembership = time.Since(t0)
 	res.Verifies = float64(verifyCalls.Load()-calls0) / float64(cfg.Nodes)
 	res.VerifiesComputed = verifyDone.Load() - done0
-	var gossip0 int64
 	for _, m := range ms {
-		pub, acc := m.node.MemberStats()
-		res.MemberPublished += float64(pub)
-		res.MemberAccepted += float64(acc)
-		g := m.traffic.gossip.Load()
-		gossip0 += g
-		res.GossipBytes += float64(g)
+		st := m.node.MemberStats()
+		res.MemberPublished += float64(st.Published)
+		res.MemberAccepted += float64(st.Received)
+		res.MemberPulled += float64(st.Pulled)
+		res.MemberRelayed += float64(st.Relayed)
+		res.Rounds += float64(st.Rounds)
+		res.RoundsMax = max(res.RoundsMax, st.Rounds)
+		res.GossipBytes += float64(m.traffic.gossip.Load())
 		res.SyncBytes += float64(m.traffic.memberSync.Load())
 		c := len(m.host.Network().Peers())
 		res.ConnsMean += float64(c)
@@ -308,14 +334,17 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	heap1, gor1 := heapNow()
 	res.HeapPerNode = float64(int64(heap1)-int64(heap0)) / float64(cfg.Nodes)
 	res.GoroutinesPerNode = float64(gor1-gor0) / float64(cfg.Nodes)
+	for _, v := range []*float64{&res.MemberPublished, &res.MemberAccepted, &res.MemberPulled, &res.MemberRelayed,
+		&res.Rounds, &res.GossipBytes, &res.SyncBytes, &res.ConnsMean} {
+		*v /= float64(cfg.Nodes) // sums → means per member
+	}
 	if cfg.Progress != nil {
-		r := res
-		r.MemberPublished /= float64(cfg.Nodes)
-		r.MemberAccepted /= float64(cfg.Nodes)
-		r.GossipBytes /= float64(cfg.Nodes)
-		r.SyncBytes /= float64(cfg.Nodes)
-		r.ConnsMean /= float64(cfg.Nodes)
-		cfg.Progress("membership", r)
+		cfg.Progress("membership", res)
+	}
+
+	var gossip0 int64
+	for _, m := range ms {
+		gossip0 += m.traffic.gossip.Load()
 	}
 
 	// The flight: every member asks for the same model at once; compiles are counted per class.
@@ -356,11 +385,6 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		res.FlightSent += float64(m.traffic.flightSent.Load()) / float64(cfg.Nodes)
 		res.FlightReceived += float64(m.traffic.flightRecv.Load()) / float64(cfg.Nodes)
 	}
-	res.MemberPublished /= float64(cfg.Nodes)
-	res.MemberAccepted /= float64(cfg.Nodes)
-	res.GossipBytes /= float64(cfg.Nodes)
-	res.SyncBytes /= float64(cfg.Nodes)
-	res.ConnsMean /= float64(cfg.Nodes)
 	res.FlightGossipBytes = float64(gossip1-gossip0) / float64(cfg.Nodes)
 	if cfg.Progress != nil {
 		cfg.Progress("flight", res)
@@ -368,7 +392,52 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	if err := errors.Join(errs...); err != nil {
 		return res, fmt.Errorf("fleetsim: flight: %w", err)
 	}
+	// The steady phase comes after the flight: a flight after 15 s of idle members elected several compilers
+	// per class (200 members: 1 + 11; right after full membership 1 + 1), not yet explained (benchmarks.md).
+	if cfg.Steady > 0 {
+		if err := steady(ctx, ms, cfg.Steady, &res); err != nil {
+			return res, err
+		}
+		if cfg.Progress != nil {
+			cfg.Progress("steady", res)
+		}
+	}
 	return res, nil
+}
+
+// steady lets the members run for d with complete tables and sets the Steady* figures of res.
+func steady(ctx context.Context, ms []*member, d time.Duration, res *Result) error {
+	type snap struct{ sync, gossip, pulls, inSync, rounds int64 }
+	take := func() (s snap) {
+		for _, m := range ms {
+			st := m.node.MemberStats()
+			s.sync += m.traffic.memberSync.Load()
+			s.gossip += m.traffic.gossip.Load()
+			s.pulls += st.Pulls
+			s.inSync += st.PullsInSync
+			s.rounds += st.Rounds
+		}
+		return s
+	}
+	a := take()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+	}
+	b := take()
+	n := float64(len(ms))
+	res.SteadyRounds = float64(b.rounds-a.rounds) / n
+	if res.SteadyRounds > 0 {
+		res.SteadyPullBytes = float64(b.sync-a.sync) / n / res.SteadyRounds
+	}
+	if b.pulls > a.pulls {
+		res.SteadyInSync = float64(b.inSync-a.inSync) / float64(b.pulls-a.pulls)
+	}
+	res.SteadyGossipBytes = float64(b.gossip-a.gossip) / n / d.Seconds()
+	return nil
 }
 
 func heapNow() (uint64, int) {

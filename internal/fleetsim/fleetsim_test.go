@@ -23,7 +23,7 @@ func TestSmallFleet(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	res, err := Run(ctx, Config{Nodes: n, Latency: 5 * time.Millisecond, Timeout: time.Minute, Seed: 1,
-		Window: window})
+		Window: window, Steady: 6 * time.Second})
 	t.Log(res)
 	if err != nil {
 		t.Fatal(err)
@@ -35,6 +35,10 @@ func TestSmallFleet(t *testing.T) {
 	}
 	if len(res.Compiles) != 2 {
 		t.Errorf("compiles %v: want one per class of 2", res.Compiles)
+	}
+	// Complete tables hash alike: most steady pulls end at the hash (some started before full membership).
+	if res.SteadyInSync < 0.5 {
+		t.Errorf("%.2f of the steady pulls in sync, want most", res.SteadyInSync)
 	}
 }
 
@@ -67,8 +71,15 @@ func TestScale(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+		steady := 15 * time.Second // FLEETSIM_STEADY: how long to measure complete tables' pulls (three rounds)
+		if v := os.Getenv("FLEETSIM_STEADY"); v != "" {
+			if steady, err = time.ParseDuration(v); err != nil {
+				t.Fatal(err)
+			}
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 		res, err := Run(ctx, Config{Nodes: n, Latency: latency, Timeout: phase, Seed: 1, MemberRefresh: refresh,
+			Steady:   steady,
 			Progress: func(phase string, r Result) { t.Logf("%s: %s", phase, r) },
 			Waiting: func(d time.Duration, complete int, listed float64) {
 				t.Logf("membership after %.0fs: %d of %d members list all, %.1f listed on average", d.Seconds(), complete, n, listed)
