@@ -195,3 +195,45 @@ func markedIn(t *testing.T, db *badger.DB, m *blobstore.Manifest) bool {
 	}
 	return ok
 }
+
+// TestCloseWaitsForSync: Close returns only after a committed blob's background sync finished, so a clean
+// shutdown leaves no marker (and the next Open re-hashes nothing).
+func TestCloseWaitsForSync(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dir := t.TempDir()
+	d := faults.Data{Seed: 3, Size: 2<<20 + 3}
+	m := d.Manifest()
+	release := make(chan struct{})
+	opts := testOptions(t)
+	opts.syncHook = func([32]byte) { <-release }
+	s := open(t, dir, opts)
+	if err := s.BeginPartial(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	for i := range m.Chunks {
+		if err := s.PutChunk(ctx, m.CID(), i, d.Chunk(i, make([]byte, cs))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Commit(ctx, m.CID()); err != nil {
+		t.Fatal(err)
+	}
+	if !marked(t, s, m) {
+		t.Fatal("no unsynced marker while the sync is held back")
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- s.Close() }()
+	select {
+	case err := <-closed:
+		t.Fatalf("Close returned (%v) before the sync finished", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(release)
+	if err := <-closed; err != nil {
+		t.Fatal(err)
+	}
+	if rawMarked(t, dir, m) {
+		t.Error("the marker survived a clean Close")
+	}
+}
