@@ -381,7 +381,7 @@ func (s *Store) publishPartial(d [32]byte, m *blobstore.Manifest) ([]byte, error
 		return nil, err
 	}
 	if err := os.Rename(s.partialPath(d), s.blobPath(d)); err != nil {
-		return nil, err
+		return nil, errors.Join(err, os.Chmod(s.partialPath(d), 0o600)) // PutChunk may write it again
 	}
 	now := s.opts.now()
 	seq := commitSeq(now)
