@@ -119,7 +119,7 @@ func (s *Store) cleanup() (int, error) {
 	var doomed [][]byte
 	err = s.db.View(func(txn *badger.Txn) error {
 		exists := func(d [32]byte) bool { return complete[d] || partial[d] }
-		for _, prefix := range []byte{prefixAccess, prefixPin, prefixChecked} {
+		for _, prefix := range []byte{prefixAccess, prefixPin, prefixChecked, prefixUnsynced} {
 			for _, d := range digestKeys(txn, prefix) {
 				if !exists(d) {
 					doomed = append(doomed, key(prefix, d))

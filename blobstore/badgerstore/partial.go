@@ -303,10 +303,12 @@ func (s *Store) HaveChunks(ctx context.Context, blob cid.Cid) ([]bool, error) {
 // manifest, and the manifest hashes to the CID, so every byte is fixed and nothing is hashed again (the manifest's
 // whole-blob sha256 is its producer's claim, which Verify checks: docs/design.md 3.2). Chunks stored before this
 // process started (a resumed fetch, a quarantined blob) are read back against their CRC32C, since a power loss
-// may have kept a chunk's key and lost its bytes; a damaged one is dropped. It syncs the file; then,
-// holding filesMu, sets it read-only, renames partial/<cid> to blobs/<cid>, syncs both directories, and swaps the
-// partial key for the manifest key in one transaction, synced. A missing chunk gives ErrIncomplete, a damaged one
-// ErrInvalidData (HaveChunks then asks for it again). Committing a complete blob does nothing.
+// may have kept a chunk's key and lost its bytes; a damaged one is dropped. Then, holding filesMu, it sets the
+// file read-only, renames partial/<cid> to blobs/<cid> and swaps the partial key for the manifest key in one
+// transaction that also marks the blob unsynced; the file and directories are synced in the background, and a
+// blob still marked at the next Open is re-checked before it is served (durable.go, docs/design.md 3.5). A
+// missing chunk gives ErrIncomplete, a damaged one ErrInvalidData (HaveChunks then asks for it again). Committing
+// a complete blob does nothing.
 func (s *Store) Commit(ctx context.Context, blob cid.Cid) error {
 	if err := s.enter(); err != nil {
 		return err
@@ -341,40 +343,65 @@ func (s *Store) Commit(ctx context.Context, blob cid.Cid) error {
 	if err := s.checkEarlier(ctx, d, m); err != nil {
 		return fmt.Errorf("commit %s: %w", blob, err)
 	}
-	if err := syncFile(s.partialPath(d)); err != nil {
-		return fmt.Errorf("commit %s: sync: %w", blob, err)
+	// Opened before the rename, so the background sync follows the file wherever it goes.
+	f, err := os.Open(s.partialPath(d))
+	if err != nil {
+		return fmt.Errorf("commit %s: %w", blob, err)
 	}
+	seq, err := s.publishPartial(d, m)
+	if err != nil || seq == nil {
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("commit %s: %w", blob, err)
+		}
+		return nil
+	}
+	s.dropFill(d)
+	s.syncLater(d, f, seq)
+	return nil
+}
+
+// publishPartial is Commit's visible step, holding filesMu: it sets the file read-only, renames it to blobs/<cid>
+// and swaps the partial key for the manifest key, with the blob's check stamp and its unsynced marker, in one
+// transaction. Nothing here waits for the disk (syncLater does): a crash before the sync leaves the marker, and
+// Open re-checks the blob (durable.go). It returns the marker's value, or nil if the blob was complete already.
+func (s *Store) publishPartial(d [32]byte, m *blobstore.Manifest) ([]byte, error) {
 	s.filesMu.Lock()
 	defer s.filesMu.Unlock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	st, err = s.viewState(d)
+	st, err := s.viewState(d)
 	if err != nil || st == stateComplete {
-		return err
+		return nil, err
 	}
 	if st == stateAbsent {
-		return fmt.Errorf("commit %s: %w: deleted during commit", blob, blobstore.ErrNotFound)
+		return nil, fmt.Errorf("%w: deleted during commit", blobstore.ErrNotFound)
 	}
-	if err := s.moveFile(s.partialPath(d), s.blobPath(d), 0o444); err != nil {
-		return fmt.Errorf("commit %s: %w", blob, err)
+	if err := os.Chmod(s.partialPath(d), 0o444); err != nil {
+		return nil, err
 	}
+	if err := os.Rename(s.partialPath(d), s.blobPath(d)); err != nil {
+		return nil, errors.Join(err, os.Chmod(s.partialPath(d), 0o600)) // PutChunk may write it again
+	}
+	now := s.opts.now()
+	seq := commitSeq(now)
 	err = s.update(func(txn *badger.Txn) error {
 		if err := txn.Set(key(prefixManifest, d), m.Encode()); err != nil {
 			return err
 		}
-		if err := setStamp(txn, d, s.blobPath(d), s.opts.now()); err != nil { // every chunk was checked on arrival
+		if err := setStamp(txn, d, s.blobPath(d), now); err != nil { // every chunk was checked on arrival
+			return err
+		}
+		if err := txn.Set(key(prefixUnsynced, d), seq); err != nil {
 			return err
 		}
 		return txn.Delete(key(prefixPartial, d))
 	})
-	if err == nil {
-		err = s.db.Sync()
-	}
 	if err != nil {
-		return fmt.Errorf("commit %s: %w", blob, err)
+		// Keys unchanged: put the file back where they say it is (Open does it too after a crash).
+		return nil, errors.Join(err, os.Rename(s.blobPath(d), s.partialPath(d)), os.Chmod(s.partialPath(d), 0o600))
 	}
-	s.dropFill(d)
-	return nil
+	return seq, nil
 }
 
 // moveFile sets from's mode and renames it to to, then syncs both directories.
@@ -386,14 +413,6 @@ func (s *Store) moveFile(from, to string, mode os.FileMode) error {
 		return err
 	}
 	return errors.Join(atomicfile.SyncDir(s.blobDir), atomicfile.SyncDir(s.partDir))
-}
-
-func syncFile(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	return errors.Join(f.Sync(), f.Close())
 }
 
 // checkEarlier reads back the chunks of partial blob d that this process did not store and checks them against

@@ -67,6 +67,9 @@ func (s *Store) quarantineLocked(d [32]byte, m *blobstore.Manifest, i int) (blob
 			if err := txn.Delete(key(prefixChecked, d)); err != nil {
 				return err
 			}
+			if err := txn.Delete(key(prefixUnsynced, d)); err != nil { // a partial blob's chunks are re-checked at Commit
+				return err
+			}
 		}
 		if i >= 0 {
 			return txn.Delete(haveKey(d, i))

@@ -43,6 +43,7 @@ const (
 	prefixPin      = 'n' // n + blob digest → empty: the blob is pinned
 	prefixRecord   = 'r' // r + model + profile + blob digest + fingerprint digest → record JSON
 	prefixChecked  = 's' // s + blob digest → check stamp of a complete blob: checked-at unix ns, fileID (checked.go)
+	prefixUnsynced = 'u' // u + blob digest → commit time, unix ns: committed, file not yet synced (durable.go)
 )
 
 var (
@@ -97,6 +98,7 @@ type Options struct {
 	Quota uint64
 
 	now       func() time.Time                 // tests
+	syncHook  func(d [32]byte)                 // tests: runs before a committed blob's background sync
 	freeSpace func(dir string) (uint64, error) // tests
 }
 
@@ -135,6 +137,10 @@ type Store struct {
 	readers   map[[32]byte]int // open Readers per blob; gc skips them
 
 	bufs sync.Pool // *[]byte of ChunkSize
+
+	syncs    sync.WaitGroup // background syncs of committed blobs (durable.go)
+	syncMu   sync.Mutex     // guards dbClosed
+	dbClosed bool           // Close stopped waiting for the syncs: they leave badger alone
 
 	opMu    sync.Mutex
 	opCond  *sync.Cond
@@ -231,6 +237,9 @@ func Open(dir string, opts Options) (*Store, error) {
 			return nil, errors.Join(fmt.Errorf("blob store: migrate %s to the file-per-blob layout: %w", dir, err), db.Close())
 		}
 	}
+	if err := s.recoverUnsynced(); err != nil {
+		return nil, errors.Join(fmt.Errorf("blob store: %w", err), db.Close())
+	}
 	removed, err := s.cleanup()
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("blob store: clean up leftovers: %w", err), db.Close())
@@ -280,6 +289,7 @@ func (s *Store) Close() error {
 		s.opCond.Wait()
 	}
 	s.opMu.Unlock()
+	s.waitSyncs()
 	close(s.bgClose)
 	<-s.bgDone
 	err := s.flushAccess()
@@ -652,7 +662,7 @@ func (s *Store) deleteLocked(d [32]byte, checkPin bool) (uint64, error) {
 				return err
 			}
 		}
-		for _, prefix := range []byte{prefixManifest, prefixPartial, prefixAccess, prefixPin, prefixChecked} {
+		for _, prefix := range []byte{prefixManifest, prefixPartial, prefixAccess, prefixPin, prefixChecked, prefixUnsynced} {
 			if err := txn.Delete(key(prefix, d)); err != nil {
 				return err
 			}

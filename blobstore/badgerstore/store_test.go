@@ -26,7 +26,7 @@ import (
 const cs = blobstore.ChunkSize
 
 func TestMain(m *testing.M) {
-	faults.RunChild(map[string]faults.Helper{"put": childPut, "fetch": childFetch, "fill": childFill})
+	faults.RunChild(map[string]faults.Helper{"put": childPut, "fetch": childFetch, "fill": childFill, "unsynced": childUnsynced})
 	goleak.VerifyTestMain(m)
 }
 

@@ -408,7 +408,10 @@ func copyBlob(ctx context.Context, c *api.Client, res api.EnsureResponse, path s
 	})
 }
 
-// linkInto hard-links src at dst, replacing dst atomically (a link beside it, then a rename).
+// linkInto hard-links src at dst, replacing dst atomically (a link beside it, then a rename). The directory is not
+// synced: on ext4 that fsync waits for the journal, which holds the blob's own writeback (the daemon syncs the
+// blob in the background, docs/design.md 3.5) — up to 1.5 s after every byte had arrived, for a name as durable
+// as a cp's.
 func linkInto(src, dst string) error {
 	tmp := filepath.Join(filepath.Dir(dst), "."+filepath.Base(dst)+".link-"+strconv.Itoa(os.Getpid()))
 	if err := os.Link(src, tmp); err != nil {
@@ -418,5 +421,5 @@ func linkInto(src, dst string) error {
 		os.Remove(tmp)
 		return err
 	}
-	return atomicfile.SyncDir(filepath.Dir(dst))
+	return nil
 }
