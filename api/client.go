@@ -23,8 +23,10 @@ import (
 const (
 	// dialTimeout bounds connecting to the socket: a live daemon accepts at once.
 	dialTimeout = time.Second
-	// availableTimeout bounds Dial and Available (connect plus a health check).
-	availableTimeout = 2 * time.Second
+	// availableTimeout bounds Dial's and Available's health check once the socket accepted the connection: a
+	// missing or dead daemon fails at the connect, so this only waits for a live daemon that is busy (on a loaded
+	// box the answer can take seconds, and working without the daemon then only meets its store lock).
+	availableTimeout = 30 * time.Second
 	// maxResponseJSON bounds a JSON answer; a status with a long blob list stays far below it.
 	maxResponseJSON = 16 << 20
 	// maxErrorBody bounds how much of an error answer is read.
@@ -108,9 +110,11 @@ func Dial(ctx context.Context, socketPath string) (*Client, error) {
 	return c, nil
 }
 
-// Available reports whether the daemon answers a health check, within about two seconds.
+// Available reports whether the daemon answers a health check (see availableTimeout).
 func (c *Client) Available(ctx context.Context) bool { return c.ping(ctx) == nil }
 
+// ping is ErrNoDaemon only when nothing listens on the socket; a daemon that accepted the connection and did not
+// answer in time is an error of its own, so that callers do not go on without a daemon that is running.
 func (c *Client) ping(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, availableTimeout)
 	defer cancel()
@@ -118,7 +122,7 @@ func (c *Client) ping(ctx context.Context) error {
 		if errors.Is(err, ErrNoDaemon) || errors.Is(err, fs.ErrPermission) {
 			return err
 		}
-		return fmt.Errorf("%w on %s: %w", ErrNoDaemon, c.socket, err)
+		return fmt.Errorf("npu-agent daemon on %s is running but did not answer its health check: %w", c.socket, err)
 	}
 	return nil
 }
@@ -227,9 +231,10 @@ func (c *Client) do(ctx context.Context, method, path, contentType string, body 
 			return nil, fmt.Errorf("cannot use the daemon's socket %s: %w (users of the API must be in the socket's group: "+
 				"sudo usermod -aG npu-agent $USER, then log in again)", c.socket, op.Err)
 		}
-		if errors.As(err, &op) && op.Op == "dial" {
+		if errors.As(err, &op) && op.Op == "dial" && !op.Timeout() {
 			return nil, fmt.Errorf("%w on %s: %w", ErrNoDaemon, c.socket, op.Err)
 		}
+		// A connect that timed out found a listener with its backlog full: a busy daemon, not a missing one.
 		return nil, fmt.Errorf("npu-agent daemon: %w", err)
 	}
 	if resp.StatusCode/100 == 2 {

@@ -711,6 +711,53 @@ func TestDialNoDaemon(t *testing.T) {
 	}
 }
 
+// A daemon that accepted the connection but is slow to answer is not "no daemon": the CLI would go on without it
+// and meet its store lock. A stale socket file with nothing listening is.
+func TestDialBusyIsNotNoDaemon(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name       string
+		listen     bool // something accepts and never answers
+		wantNoDmon bool
+	}{
+		{"stale socket file", false, true},
+		{"listener that never answers", true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			socket := filepath.Join(t.TempDir(), "api.sock")
+			ln, err := net.Listen("unix", socket)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.listen {
+				defer ln.Close()
+				go func() {
+					for range 16 { // bounded: the test dials once or twice
+						c, err := ln.Accept()
+						if err != nil {
+							return
+						}
+						defer c.Close() // held open, never answered
+					}
+				}()
+			} else {
+				ln.(*net.UnixListener).SetUnlinkOnClose(false)
+				ln.Close()
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+			defer cancel()
+			c, err := api.Dial(ctx, socket)
+			if err == nil || c != nil {
+				t.Fatalf("Dial: %v, want an error", err)
+			}
+			if got := errors.Is(err, api.ErrNoDaemon); got != tc.wantNoDmon {
+				t.Errorf("Dial: %v; ErrNoDaemon %v, want %v", err, got, tc.wantNoDmon)
+			}
+		})
+	}
+}
+
 func TestDialLive(t *testing.T) {
 	t.Parallel()
 	ts := startServer(t, newFakeAgent(), Options{})
