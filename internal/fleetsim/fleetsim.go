@@ -439,8 +439,8 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	if err := errors.Join(errs...); err != nil {
 		return res, fmt.Errorf("fleetsim: flight: %w", err)
 	}
-	// The steady phase comes after the flight: a flight after 15 s of idle members elected several compilers
-	// per class (200 members: 1 + 11; right after full membership 1 + 1), not yet explained (benchmarks.md).
+	// The steady phase comes after the flight (Idle sets the idle time before it): a flight after 15 s of idle
+	// members elected 24 + 22 compilers at 200, because it met every member's refresh at once (benchmarks.md).
 	if cfg.Steady > 0 {
 		if err := steady(ctx, ms, cfg.Steady, &res); err != nil {
 			return res, err
