@@ -56,6 +56,7 @@ clean:
 # Simulated fleets (internal/fleetsim): the real membership, records and flight of 1,000 and 5,000 members on
 # libp2p's mocknet in one process, 3 bootstrap peers each; figures in docs/benchmarks.md. FLEETSIM_NODES to vary,
 # FLEETSIM_REFRESH for the member refresh (default the node's 30 s), FLEETSIM_TIMEOUT per phase (default 10m).
+# FLEETSIM_IDLE: members idle after full membership before the flight (default none).
 # Signatures are checked once per distinct (key, data, signature) in the process (internal/fleetsim/verify.go);
 # the figures report how many checks each member asked for.
 FLEETSIM_NODES ?= 1000,5000

@@ -197,3 +197,31 @@ func TestMemberJoinFollowUp(t *testing.T) {
 		}
 	}
 }
+
+// Members started together refresh at different times: the first refresh comes at a random point of the period.
+// With a refresh one period after start for all (before), no member had refreshed 0.7 of a period after its
+// start; now each has with probability 0.7, so none of 8 (0.3^8) does not happen in practice.
+func TestMemberRefreshStaggered(t *testing.T) {
+	t.Parallel()
+	const refresh, n = 4 * time.Second, 8
+	psk := writeKey(t)
+	nodes := make([]*testNode, n)
+	started := make([]time.Time, n)
+	for i := range nodes {
+		nodes[i] = startNode(t, "", func(c *Config) {
+			c.FleetKey, c.ServeWithoutFleetKey, c.MemberRefresh, c.MinPeers = psk, false, refresh, -1
+		})
+		started[i] = time.Now()
+	}
+	refreshed := 0
+	for i, tn := range nodes {
+		time.Sleep(time.Until(started[i].Add(refresh * 7 / 10)))
+		// The start publishes once; a node alone has no joins, pulls or repairs that publish again.
+		if p := tn.MemberStats().Published; p >= 2 {
+			refreshed++
+		}
+	}
+	if refreshed == 0 {
+		t.Errorf("none of %d members started together refreshed within 0.7 of the %v refresh", n, refresh)
+	}
+}

@@ -495,7 +495,11 @@ func (m *members) loop() {
 		return reached
 	}
 	publish()
-	refresh := time.NewTicker(m.refresh)
+	// The first refresh comes at a random point of the period, then one every period (memberlist staggers its
+	// timers alike): members started together (a site powered on, a fleet-wide restart) otherwise republish in
+	// the same instant every refresh, and every member takes N records at once. In fleetsim that burst stalled
+	// the process for over a second and a flight that started in it elected 24 + 22 compilers (benchmarks.md).
+	refresh := time.NewTimer(refreshStagger(m.refresh))
 	defer refresh.Stop()
 	tick := time.NewTicker(max(m.refresh/10, 100*time.Millisecond))
 	defer tick.Stop()
@@ -538,6 +542,7 @@ func (m *members) loop() {
 			// after memberPullFirst, so it catches up in seconds instead of 5 s per round.
 			pull.Reset(memberPullFirst)
 		case <-refresh.C:
+			refresh.Reset(m.refresh)
 			repairs = 0
 			publish()
 		case <-m.lacked:
@@ -578,6 +583,11 @@ func (m *members) loop() {
 			m.startFill()
 		}
 	}
+}
+
+// refreshStagger is the delay of a member's first refresh: uniform in (0, refresh].
+func refreshStagger(refresh time.Duration) time.Duration {
+	return time.Duration(rand.Int64N(int64(refresh))) + 1
 }
 
 // startFill runs fill in its own goroutine unless one is running. Under load a dial can take the whole

@@ -2,8 +2,11 @@ package fleetsim
 
 import (
 	"context"
+	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
@@ -20,6 +23,64 @@ type traffic struct {
 	gossip, memberSync, other atomic.Int64
 	// flightSent and flightRecv count the flight messages a node published and received (from others).
 	flightSent, flightRecv atomic.Int64
+
+	// The flight's view for the diagnosis of extra compiles (Result.Compilers): per message type, how many a
+	// node sent and received since the flight started, and when the first arrived.
+	mu    sync.Mutex
+	t0    time.Time
+	recv  map[flight.Type]int
+	first map[flight.Type]time.Duration
+	sent  map[flight.Type]int
+	fsent map[flight.Type]time.Duration
+}
+
+func (t *traffic) flightStart(t0 time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.t0 = t0
+	t.recv, t.first = map[flight.Type]int{}, map[flight.Type]time.Duration{}
+	t.sent, t.fsent = map[flight.Type]int{}, map[flight.Type]time.Duration{}
+}
+
+func (t *traffic) note(data []byte, sent bool) {
+	m, err := flight.Decode(data)
+	if err != nil {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.recv == nil {
+		return
+	}
+	n, first := t.recv, t.first
+	if sent {
+		n, first = t.sent, t.fsent
+	}
+	if n[m.Type] == 0 {
+		first[m.Type] = time.Since(t.t0)
+	}
+	n[m.Type]++
+}
+
+// seen describes what the node had sent and received by now.
+func (t *traffic) seen(now time.Time) string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var b strings.Builder
+	fmt.Fprintf(&b, "compile at +%.2fs", now.Sub(t.t0).Seconds())
+	for _, side := range []struct {
+		name  string
+		n     map[flight.Type]int
+		first map[flight.Type]time.Duration
+	}{{"sent", t.sent, t.fsent}, {"received", t.recv, t.first}} {
+		fmt.Fprintf(&b, "; %s", side.name)
+		for _, ty := range []flight.Type{flight.TypeWant, flight.TypeLease, flight.TypeDone, flight.TypeRelease, flight.TypeWithdraw} {
+			if c := side.n[ty]; c > 0 {
+				fmt.Fprintf(&b, " %v=%d(first +%.2fs)", ty, c, side.first[ty].Seconds())
+			}
+		}
+	}
+	return b.String()
 }
 
 // countingTransport counts a node's flight messages.
@@ -30,6 +91,7 @@ type countingTransport struct {
 
 func (c countingTransport) Publish(ctx context.Context, data []byte) error {
 	c.t.flightSent.Add(1)
+	c.t.note(data, true)
 	return c.Transport.Publish(ctx, data)
 }
 
@@ -37,6 +99,7 @@ func (c countingTransport) Next(ctx context.Context) ([]byte, peer.ID, error) {
 	data, from, err := c.Transport.Next(ctx)
 	if err == nil {
 		c.t.flightRecv.Add(1)
+		c.t.note(data, false)
 	}
 	return data, from, err
 }

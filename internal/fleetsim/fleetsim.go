@@ -58,6 +58,9 @@ type Config struct {
 	// Steady, if set, is how long the members run after the flight, to measure what membership costs once
 	// every table is complete (the Steady* figures).
 	Steady time.Duration
+	// Idle, if set, is how long the members run idle after full membership before the flight (FLEETSIM_IDLE): a
+	// flight after idle members elected several compilers per class (benchmarks.md "Fleet scale").
+	Idle time.Duration
 	// Parallel bounds concurrent starts, connects and closes (default 2 × GOMAXPROCS).
 	Parallel int
 	Seed     uint64
@@ -130,6 +133,18 @@ type Result struct {
 	FlightTime time.Duration
 	// FlightSent and FlightReceived are the flight messages a member published and received during the flight.
 	FlightSent, FlightReceived float64
+	// FlightAt is when the flight started, after the members were started; FlightRecords the member records
+	// published in the whole fleet during the flight (refreshes that fall into it), and FlightLagMax the longest
+	// a 10 ms timer of this process fired late during the flight (the one process's scheduling delay).
+	FlightAt      time.Duration
+	FlightRecords int64
+	FlightLagMax  time.Duration
+	// Compilers describes each member that started a compile: when, and the flight messages it had received
+	// by then (by type, with the first arrival).
+	Compilers []string
+	// Timeline has one line per second from full membership to the end of the flight: the process's worst
+	// timer lag, the gossip bytes read and member records published in the fleet that second.
+	Timeline []string
 	// Verifies are the Ed25519 checks a member asked for until full membership (what a real member computes);
 	// VerifiesComputed those this process computed for all members (verify.go: one per distinct signature).
 	Verifies         float64
@@ -142,12 +157,13 @@ func (r Result) String() string {
 		"gossip_bytes_per_publish=%.0f flight_gossip_kib=%.1f conns_mean=%.1f conns_max=%d heap_kib=%.0f "+
 		"goroutines=%.0f compiles=%v yielded=%d flight=%.2fs flight_msgs_sent=%.3f flight_msgs_received=%.2f "+
 		"verifies=%.1f verifies_computed=%d steady_pull_bytes_per_round=%.0f steady_in_sync=%.3f "+
-		"steady_gossip_bytes_per_s=%.0f steady_rounds=%.1f",
+		"steady_gossip_bytes_per_s=%.0f steady_rounds=%.1f flight_at=%.1fs flight_records=%d flight_lag_max=%s",
 		r.Nodes, r.Links, r.Latency, r.FullMembership.Seconds(), r.Rounds, r.RoundsMax, r.MemberPublished,
 		r.MemberAccepted, r.MemberPulled, r.MemberRelayed, r.GossipBytes/1024, r.SyncBytes/1024, r.GossipPerPublish(),
 		r.FlightGossipBytes/1024, r.ConnsMean, r.ConnsMax, r.HeapPerNode/1024, r.GoroutinesPerNode, r.Compiles,
 		r.Yielded, r.FlightTime.Seconds(), r.FlightSent, r.FlightReceived, r.Verifies, r.VerifiesComputed,
-		r.SteadyPullBytes, r.SteadyInSync, r.SteadyGossipBytes, r.SteadyRounds)
+		r.SteadyPullBytes, r.SteadyInSync, r.SteadyGossipBytes, r.SteadyRounds, r.FlightAt.Seconds(), r.FlightRecords,
+		r.FlightLagMax.Round(time.Millisecond))
 }
 
 // GossipPerPublish is the gossip bytes a member read until full membership per member record published in the
@@ -246,6 +262,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	res.Links = len(linked)
 
 	// Start every member (as daemons would, before they dial their static peers).
+	tStart := time.Now()
 	defer closeAll(ms, max(cfg.Parallel, 64))
 	err = parallel(ctx, len(ms), cfg.Parallel, func(i int) error {
 		m := ms[i]
@@ -342,15 +359,38 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		cfg.Progress("membership", res)
 	}
 
-	var gossip0 int64
+	var flightStart atomic.Int64
+	tlStop, tlDone := make(chan struct{}), make(chan []string, 1)
+	stopTimeline := sync.OnceFunc(func() { close(tlStop) })
+	defer stopTimeline()
+	go func() { tlDone <- timeline(ms, tStart, &flightStart, tlStop) }()
+	if cfg.Idle > 0 {
+		t := time.NewTimer(cfg.Idle)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return res, ctx.Err()
+		case <-t.C:
+		}
+	}
+	var gossip0, records0 int64
 	for _, m := range ms {
 		gossip0 += m.traffic.gossip.Load()
+		records0 += m.node.MemberStats().Published
 	}
+	lagDone := make(chan time.Duration, 1)
+	lagStop := make(chan struct{})
+	go func() { lagDone <- maxLag(lagStop) }()
 
 	// The flight: every member asks for the same model at once; compiles are counted per class.
 	var mu sync.Mutex
 	var yielded atomic.Int64
 	t1 := time.Now()
+	res.FlightAt = t1.Sub(tStart)
+	flightStart.Store(int64(res.FlightAt))
+	for _, m := range ms {
+		m.traffic.flightStart(t1)
+	}
 	fctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
 	errs := make([]error, len(ms))
@@ -362,6 +402,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 			out, err := m.coord.Do(fctx, flight.Request{Key: key, Compile: func(ctx context.Context) (cid.Cid, error) {
 				mu.Lock()
 				res.Compiles[m.class]++
+				res.Compilers = append(res.Compilers, fmt.Sprintf("%s %s: %s", m.class, m.id, m.traffic.seen(time.Now())))
 				mu.Unlock()
 				t := time.NewTimer(cfg.CompileTime)
 				defer t.Stop()
@@ -379,21 +420,27 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	wg.Wait()
 	res.FlightTime = time.Since(t1)
 	res.Yielded = int(yielded.Load())
+	close(lagStop)
+	res.FlightLagMax = <-lagDone
+	stopTimeline()
+	res.Timeline = <-tlDone
 	var gossip1 int64
 	for _, m := range ms {
 		gossip1 += m.traffic.gossip.Load()
+		res.FlightRecords += m.node.MemberStats().Published
 		res.FlightSent += float64(m.traffic.flightSent.Load()) / float64(cfg.Nodes)
 		res.FlightReceived += float64(m.traffic.flightRecv.Load()) / float64(cfg.Nodes)
 	}
 	res.FlightGossipBytes = float64(gossip1-gossip0) / float64(cfg.Nodes)
+	res.FlightRecords -= records0
 	if cfg.Progress != nil {
 		cfg.Progress("flight", res)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return res, fmt.Errorf("fleetsim: flight: %w", err)
 	}
-	// The steady phase comes after the flight: a flight after 15 s of idle members elected several compilers
-	// per class (200 members: 1 + 11; right after full membership 1 + 1), not yet explained (benchmarks.md).
+	// The steady phase comes after the flight (Idle sets the idle time before it): a flight after 15 s of idle
+	// members elected 24 + 22 compilers at 200, because it met every member's refresh at once (benchmarks.md).
 	if cfg.Steady > 0 {
 		if err := steady(ctx, ms, cfg.Steady, &res); err != nil {
 			return res, err
@@ -438,6 +485,62 @@ func steady(ctx context.Context, ms []*member, d time.Duration, res *Result) err
 	}
 	res.SteadyGossipBytes = float64(b.gossip-a.gossip) / n / d.Seconds()
 	return nil
+}
+
+// timeline samples the fleet every second until stop is closed (Result.Timeline).
+func timeline(ms []*member, tStart time.Time, flightAt *atomic.Int64, stop <-chan struct{}) []string {
+	var out []string
+	sample := func() (g, p int64) {
+		for _, m := range ms {
+			g += m.traffic.gossip.Load()
+			p += m.node.MemberStats().Published
+		}
+		return g, p
+	}
+	g0, p0 := sample()
+	for {
+		lagStop := make(chan struct{})
+		lag := make(chan time.Duration)
+		go func() { lag <- maxLag(lagStop) }()
+		t := time.NewTimer(time.Second)
+		select {
+		case <-stop:
+		case <-t.C:
+		}
+		t.Stop()
+		close(lagStop)
+		l := <-lag
+		g1, p1 := sample()
+		at := time.Since(tStart)
+		rel := "idle"
+		if f := time.Duration(flightAt.Load()); f > 0 {
+			rel = fmt.Sprintf("flight+%.1fs", (at - f).Seconds())
+		}
+		out = append(out, fmt.Sprintf("t=%.1fs %s lag_max=%s gossip_kib=%.0f records_published=%d", at.Seconds(), rel,
+			l.Round(time.Millisecond), float64(g1-g0)/1024, p1-p0))
+		g0, p0 = g1, p1
+		select {
+		case <-stop:
+			return out
+		default:
+		}
+	}
+}
+
+// maxLag returns the longest a 10 ms timer fired late until stop is closed.
+func maxLag(stop <-chan struct{}) time.Duration {
+	var worst time.Duration
+	for {
+		t0 := time.Now()
+		t := time.NewTimer(10 * time.Millisecond)
+		select {
+		case <-stop:
+			t.Stop()
+			return worst
+		case <-t.C:
+		}
+		worst = max(worst, time.Since(t0)-10*time.Millisecond)
+	}
 }
 
 func heapNow() (uint64, int) {

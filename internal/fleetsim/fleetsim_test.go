@@ -77,15 +77,27 @@ func TestScale(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+		var idle time.Duration // FLEETSIM_IDLE: members idle after full membership, before the flight
+		if v := os.Getenv("FLEETSIM_IDLE"); v != "" {
+			if idle, err = time.ParseDuration(v); err != nil {
+				t.Fatal(err)
+			}
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 		res, err := Run(ctx, Config{Nodes: n, Latency: latency, Timeout: phase, Seed: 1, MemberRefresh: refresh,
-			Steady:   steady,
+			Steady: steady, Idle: idle,
 			Progress: func(phase string, r Result) { t.Logf("%s: %s", phase, r) },
 			Waiting: func(d time.Duration, complete int, listed float64) {
 				t.Logf("membership after %.0fs: %d of %d members list all, %.1f listed on average", d.Seconds(), complete, n, listed)
 			}})
 		cancel()
 		t.Log(res)
+		for _, l := range res.Timeline {
+			t.Log("timeline:", l)
+		}
+		for _, c := range res.Compilers {
+			t.Log("compiler:", c)
+		}
 		if err != nil {
 			t.Fatal(err)
 		}
