@@ -27,7 +27,11 @@ var (
 
 // fetchParams tune the swarm fetch (docs/design.md 6.7); tests shorten the timeouts.
 type fetchParams struct {
-	perPeer        int           // GET_CHUNKS requests in flight per peer (1 for a peer with a negative score)
+	perPeer int // GET_CHUNKS requests in flight per peer (1 for a peer with a negative score)
+	// perWhole, if larger, is perPeer for a peer that holds the whole blob when its workers start: on a lone
+	// source a deeper pipe keeps both ends' cores busy (docs/design.md 3.12); a seed shared with partial peers
+	// gets one request at a time anyway (seedLike), whatever its worker count.
+	perWhole       int
 	chunksPerReq   int           // chunks per GET_CHUNKS request
 	requestTimeout time.Duration // deadline of one GET_CHUNKS request
 	rpcTimeout     time.Duration // deadline of GET_MANIFEST and HAVE
@@ -39,6 +43,7 @@ type fetchParams struct {
 
 var defaultFetchParams = fetchParams{
 	perPeer:        2,
+	perWhole:       4,
 	chunksPerReq:   1,
 	requestTimeout: 30 * time.Second,
 	rpcTimeout:     10 * time.Second,
@@ -480,6 +485,11 @@ func (t *transfer) runPeer(fp *fpeer) {
 	defer workers.Wait()
 	start := sync.OnceFunc(func() {
 		k := t.p.perPeer
+		t.mu.Lock()
+		if fp.have != nil && !slices.Contains(fp.have, false) {
+			k = max(k, t.p.perWhole)
+		}
+		t.mu.Unlock()
 		if t.n.score(fp.id) < 0 {
 			k = 1
 		}

@@ -876,3 +876,54 @@ func TestFetchDialsNamedHolderInBackoff(t *testing.T) {
 	}
 	checkBlob(t, b, blob, data)
 }
+
+// A lone source holding the whole blob gets perWhole requests in flight (one stream each), a deeper pipe than
+// perPeer; without perWhole it gets perPeer.
+func TestFetchLoneSourceDepth(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name              string
+		perWhole          int
+		minPeak, wantPeak int // streams the source serves for the fetcher at once
+	}{
+		{"perPeer only", 0, 1, 2},
+		{"perWhole 4", 4, 3, 4},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			data := randomBlob(t, 32<<20)
+			f := startNode(t, "", nil)
+			f.fp.perPeer, f.fp.perWhole, f.fp.chunksPerReq = 2, tc.perWhole, 1
+			s := startNode(t, "", nil)
+			blob := put(t, s, data)
+			connect(t, f, s)
+			var peak atomic.Int64
+			done := make(chan struct{})
+			go func() {
+				for range 30000 { // bounded: 30 s at 1 ms
+					s.srv.mu.Lock()
+					if b := s.srv.byPeer[f.h.ID()]; b != nil && int64(b.streams) > peak.Load() {
+						peak.Store(int64(b.streams))
+					}
+					s.srv.mu.Unlock()
+					select {
+					case <-done:
+						return
+					case <-time.After(time.Millisecond):
+					}
+				}
+			}()
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			err := f.Fetch(ctx, blob, nil, nil)
+			close(done)
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkBlob(t, f, blob, data)
+			if p := int(peak.Load()); p < tc.minPeak || p > tc.wantPeak {
+				t.Errorf("source served %d streams of the fetcher at once, want %d to %d", p, tc.minPeak, tc.wantPeak)
+			}
+		})
+	}
+}
