@@ -101,13 +101,7 @@ func (s *Store) recoverUnsynced() error {
 		return err
 	}
 	for _, d := range ds {
-		var m *blobstore.Manifest
-		var st blobState
-		err := s.db.View(func(txn *badger.Txn) error {
-			var err error
-			m, st, err = s.manifest(txn, d)
-			return err
-		})
+		m, st, err := s.viewManifest(d)
 		if err != nil && !errors.Is(err, blobstore.ErrNotFound) && !isCorrupt(err) {
 			return err
 		}

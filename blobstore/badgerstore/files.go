@@ -148,13 +148,7 @@ var errFileMissing = errors.New("blob file missing")
 func (s *Store) openBlob(d [32]byte) (*os.File, *blobstore.Manifest, blobState, error) {
 	s.filesMu.RLock()
 	defer s.filesMu.RUnlock()
-	var m *blobstore.Manifest
-	var st blobState
-	err := s.db.View(func(txn *badger.Txn) error {
-		var err error
-		m, st, err = s.manifest(txn, d)
-		return err
-	})
+	m, st, err := s.viewManifest(d)
 	if err != nil {
 		return nil, nil, stateAbsent, err
 	}

@@ -378,6 +378,15 @@ func (s *Store) viewState(d [32]byte) (st blobState, err error) {
 	return st, err
 }
 
+// viewManifest is manifest in a read transaction of its own.
+func (s *Store) viewManifest(d [32]byte) (m *blobstore.Manifest, st blobState, err error) {
+	err = s.db.View(func(txn *badger.Txn) error {
+		m, st, err = s.manifest(txn, d)
+		return err
+	})
+	return m, st, err
+}
+
 func (s *Store) state(txn *badger.Txn, d [32]byte) (blobState, error) {
 	for _, st := range []struct {
 		prefix byte
