@@ -360,6 +360,9 @@ type fpeer struct {
 // went to arrives first, or the holder has sent every chunk by then and serves it.
 const refuseBackoff = 2 * time.Second
 
+// whole reports whether fp is known to hold every chunk; call with t.mu held.
+func (fp *fpeer) whole() bool { return fp.have != nil && !slices.Contains(fp.have, false) }
+
 // serves reports whether fp holds chunk i and has not refused it recently (now).
 func (fp *fpeer) serves(i int, now time.Time) bool {
 	return fp.have[i] && (fp.refused == nil || !now.Before(fp.refused[i]))
@@ -486,7 +489,7 @@ func (t *transfer) runPeer(fp *fpeer) {
 	start := sync.OnceFunc(func() {
 		k := t.p.perPeer
 		t.mu.Lock()
-		if fp.have != nil && !slices.Contains(fp.have, false) {
+		if fp.whole() {
 			k = max(k, t.p.perWhole)
 		}
 		t.mu.Unlock()
@@ -502,7 +505,7 @@ func (t *transfer) runPeer(fp *fpeer) {
 	defer tick.Stop()
 	for {
 		t.mu.Lock()
-		full := fp.have != nil && !slices.Contains(fp.have, false)
+		full := fp.whole()
 		stop := fp.dropped || t.missing == 0
 		t.mu.Unlock()
 		if stop {
