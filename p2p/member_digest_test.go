@@ -343,7 +343,12 @@ func TestMemberHashBadVerdict(t *testing.T) {
 // through 100 members in about 30 s.
 func TestMemberRepairPublish(t *testing.T) {
 	t.Parallel()
-	psk, target := keyedNode(t, -1)
+	// A refresh an hour away: the first refresh comes at a random point of the period (30 s by default) and
+	// would count as a publish in the windows below (CI saw it once).
+	psk := writeKey(t)
+	target := startNode(t, "", func(c *Config) {
+		c.FleetKey, c.ServeWithoutFleetKey, c.MinPeers, c.MemberRefresh = psk, false, -1, time.Hour
+	})
 	h := hostilePeers(t, 1, hostile.PeerOptions{FleetKey: psk, PubSub: true})[0]
 	if _, err := h.Topic(MemberTopic); err != nil {
 		t.Fatal(err)
