@@ -109,7 +109,9 @@ func TestMemberGossipAfterPullForwarded(t *testing.T) {
 // from before the digest (whole table); a malformed digest gets a reset and nothing else.
 func TestMemberDigestPull(t *testing.T) {
 	t.Parallel()
-	psk, target := keyedNode(t, -1)
+	// A refresh an hour away: the target's own record must keep the seq read below until the in-sync pull (the
+	// first refresh comes at a random point of the period, 30 s by default, and can fall between the two).
+	psk, target := keyedNode(t, -1, func(c *Config) { c.MemberRefresh = time.Hour })
 	old := hostilePeers(t, 1, hostile.PeerOptions{FleetKey: psk})[0]
 	oldRec := provenRecord(t, psk, old.Host.Peerstore().PrivKey(old.ID()), 0)
 	old.Serve(MemberSyncProtocol, func() []byte { return appendEntry(nil, oldRec) }) // a member before the digest
@@ -492,12 +494,15 @@ func TestMemberPulledRecordRelayed(t *testing.T) {
 	}
 }
 
-// keyedNode starts a node with a fleet key and minPeers (-1: no overlay fill).
-func keyedNode(t *testing.T, minPeers int) (pnet.PSK, *testNode) {
+// keyedNode starts a node with a fleet key and minPeers (-1: no overlay fill), then mods applied to its config.
+func keyedNode(t *testing.T, minPeers int, mods ...func(*Config)) (pnet.PSK, *testNode) {
 	t.Helper()
 	psk := writeKey(t)
 	return psk, startNode(t, "", func(c *Config) {
 		c.FleetKey, c.ServeWithoutFleetKey, c.MinPeers = psk, false, minPeers
+		for _, mod := range mods {
+			mod(c)
+		}
 	})
 }
 
