@@ -309,7 +309,7 @@ func decodeIndexes(t msgType, p []byte, n int) ([]int, error) {
 	idx := make([]int, k)
 	for j := range idx {
 		i := binary.LittleEndian.Uint32(p[2+4*j:])
-		if uint64(i) >= uint64(n) {
+		if int64(i) >= int64(n) {
 			return nil, fmt.Errorf("%w: %s index %d of %d chunks", ErrProtocol, t, i, n)
 		}
 		idx[j] = int(i)
