@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -459,4 +460,60 @@ func FuzzDecodeArriving(f *testing.F) {
 			}
 		}
 	})
+}
+
+// Threat 9.2 "cut-through forward hog": one peer asks for an arriving chunk on many streams and never reads. At
+// most maxForwardsPeer forwards are served to it at once; the others get NO_CHUNK (the chunk is not stored yet).
+func TestThreatForwardHog(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithCancel(context.Background())
+	st, m, chunks := partialMem(t, ctx, 0)
+	blob := m.CID()
+	srv := newServer(ctx, st, testLog)
+	a := srv.arriving.begin(blob, 1, len(chunks[1]))
+	b := &peerBudget{slots: make(chan struct{}, maxServingPerPeer)}
+	const streams = maxForwardsPeer + 3
+	done := make(chan error, streams)
+	refused := make(chan struct{}, streams)
+	var clients []net.Conn
+	for range streams {
+		client, server := net.Pipe()
+		clients = append(clients, client)
+		go func() { done <- srv.serve(server, b); server.Close() }()
+		go func() {
+			writeFrame(client, msgGetChunks, encodeGetChunks(blob, []chunkRange{{1, 1}}))
+			typ, n, err := readHeader(client)
+			if err == nil && typ == msgNoChunk {
+				readPayload(client, typ, n, nil)
+				refused <- struct{}{}
+				return
+			}
+			var idx [chunkFrameOverhead]byte
+			io.ReadFull(client, idx[:]) // a forward's header and index are read, and then nothing: the hog
+		}()
+	}
+	for range streams - maxForwardsPeer {
+		select {
+		case <-refused:
+		case <-time.After(10 * time.Second):
+			t.Fatal("requests past the forward budget were not refused")
+		}
+	}
+	srv.mu.Lock()
+	n := srv.forwarding
+	srv.mu.Unlock()
+	if n != maxForwardsPeer {
+		t.Errorf("%d forwards served to one peer, budget %d", n, maxForwardsPeer)
+	}
+	cancel()
+	a.finish(false)
+	for _, c := range clients {
+		c.Close()
+	}
+	for range streams {
+		<-done
+	}
+	if srv.forwarding != 0 || len(srv.arriving.m) != 0 || a.refs != 0 {
+		t.Errorf("left: %d forwards, %d arrivals, %d references", srv.forwarding, len(srv.arriving.m), a.refs)
+	}
 }
