@@ -76,10 +76,10 @@ func newServer(ctx context.Context, store blobstore.ChunkStore, log *slog.Logger
 
 // peerBudget is one peer's share of the server.
 type peerBudget struct {
-	streams int
-	slots   chan struct{} // GET_CHUNKS in progress, at most maxServingPerPeer
-	watches int           // WATCH_HAVE in progress, at most maxWatchesPerPeer (guarded by server.mu)
-	forwards int          // forwards of arriving chunks in progress, at most maxForwardsPeer (server.mu)
+	streams  int
+	slots    chan struct{} // GET_CHUNKS in progress, at most maxServingPerPeer
+	watches  int           // WATCH_HAVE in progress, at most maxWatchesPerPeer (guarded by server.mu)
+	forwards int           // forwards of arriving chunks in progress, at most maxForwardsPeer (server.mu)
 }
 
 // admit counts a new stream of p, or refuses it when p or the server is at its stream budget.
