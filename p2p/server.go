@@ -61,9 +61,6 @@ type server struct {
 	// beforeSend, if set, sees (and may alter or delay) each chunk just before it is sent: tests use it to play
 	// a slow or malicious peer.
 	beforeSend func(i int, data []byte)
-	// beforeForward, if set, replaces each piece [off, off+len(data)) of arriving chunk i just before it is
-	// forwarded (a copy: the buffer is the receiver's): tests use it to play a forwarder of corrupt bytes.
-	beforeForward func(i, off int, data []byte) []byte
 	// noWatch makes the server answer WATCH_HAVE and WATCH_HAVE2 as a version without them does (tests of the
 	// fallback to polling); noCut makes it a version without cut-through: no WATCH_HAVE2, no forwarding.
 	noWatch bool

@@ -205,11 +205,7 @@ func (s *server) forward(st stream, b *peerBudget, a *arrival, i int, hdr []byte
 			return fmt.Errorf("forward chunk %d: %w", i, errForwardBroken)
 		}
 		if n > sent {
-			data := a.buf[sent:n]
-			if s.beforeForward != nil {
-				data = s.beforeForward(i, sent, data)
-			}
-			if err := s.write(st, data); err != nil {
+			if err := s.write(st, a.buf[sent:n]); err != nil {
 				return err
 			}
 			sent = n
