@@ -517,3 +517,102 @@ func TestThreatForwardHog(t *testing.T) {
 		t.Errorf("left: %d forwards, %d arrivals, %d references", srv.forwarding, len(srv.arriving.m), a.refs)
 	}
 }
+
+// slowSeed is a member holding data whole that sends each chunk's first half at once and the rest only once
+// release is closed: an upstream slower than its downstream.
+func slowSeed(t *testing.T, data []byte, release <-chan struct{}) *hostile.Peer {
+	p := hostilePeers(t, 1, hostile.PeerOptions{})[0]
+	m, chunks := manifestOf(data)
+	p.Host.SetStreamHandler(ChunkProtocol, func(st network.Stream) {
+		defer st.Close()
+		st.SetDeadline(time.Now().Add(20 * time.Second))
+		for {
+			typ, pl, err := readFrame(st, nil)
+			if err != nil {
+				return
+			}
+			req, err := decodeRequest(typ, pl)
+			if err != nil {
+				st.Reset()
+				return
+			}
+			switch req.Type {
+			case msgGetManifest:
+				writeFrame(st, msgManifest, m.Encode())
+			case msgGetHave, msgWatchHave, msgWatchHave2:
+				all := make([]bool, len(chunks))
+				for i := range all {
+					all[i] = true
+				}
+				writeFrame(st, msgHave, encodeHave(all))
+			case msgGetChunks:
+				for _, r := range req.Ranges {
+					for i := int(r.First); i < int(r.First+r.Count); i++ {
+						b := make([]byte, frameHeaderLen+chunkFrameOverhead, frameHeaderLen+chunkFrameOverhead+len(chunks[i]))
+						frameHeader(b, msgChunk, chunkFrameOverhead+len(chunks[i]))
+						putIndex(b[frameHeaderLen:], i)
+						b = append(b, chunks[i]...)
+						half := frameHeaderLen + chunkFrameOverhead + len(chunks[i])/2
+						if _, err := st.Write(b[:half]); err != nil {
+							return
+						}
+						select {
+						case <-release:
+						case <-time.After(15 * time.Second):
+							st.Reset()
+							return
+						}
+						if _, err := st.Write(b[half:]); err != nil {
+							return
+						}
+					}
+				}
+			}
+		}
+	})
+	return p
+}
+
+// Cut-through starts before the forwarder has the whole chunk: its upstream has sent half of each chunk and holds
+// the rest, and the downstream, fetching only from the forwarder, already receives bytes of a chunk.
+func TestCutThroughBeforeWhole(t *testing.T) {
+	t.Parallel()
+	data := randomBlob(t, 3*blobstore.ChunkSize)
+	m, _ := manifestOf(data)
+	blob := m.CID()
+	release := make(chan struct{})
+	seed := slowSeed(t, data, release)
+	f, d := startNode(t, "", nil), startNode(t, "", nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := seed.Connect(ctx, peer.AddrInfo{ID: f.ID(), Addrs: f.Host().Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+	connect(t, d, f)
+	errs := make(chan error, 2)
+	go func() { errs <- f.Fetch(ctx, blob, []peer.ID{seed.ID()}, nil) }()
+	half := func(tn *testNode) int {
+		for i := range 3 {
+			if n := arrived(tn, blob, i); n > 0 {
+				return i
+			}
+		}
+		return -1
+	}
+	eventually(t, "f has half a chunk", func() bool {
+		i := half(f)
+		return i >= 0 && arrived(f, blob, i) == blobstore.ChunkSize/2
+	})
+	go func() { errs <- fetch(t, d, blob, f) }()
+	eventually(t, "d receives bytes of a chunk f has half of", func() bool {
+		i := half(d)
+		return i >= 0 && arrived(d, blob, i) > 0 && arrived(f, blob, i) == blobstore.ChunkSize/2
+	})
+	close(release)
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkBlob(t, d, blob, data)
+}
