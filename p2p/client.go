@@ -105,9 +105,9 @@ func getHave(ctx context.Context, h host.Host, p peer.ID, blob cid.Cid, n int, t
 	return decodeHave(b, n)
 }
 
-// readChunks is readChunksSummed for a caller that needs no digests.
+// readChunks is readChunksSummed for a caller that needs no digests and forwards nothing.
 func readChunks(r io.Reader, m *blobstore.Manifest, rs []chunkRange, buf []byte, fn func(i int, data []byte) error) error {
-	return readChunksSummed(r, m, rs, buf, func(i int, data []byte, _ [32]byte) error { return fn(i, data) })
+	return readChunksSummed(r, m, rs, buf, nil, func(i int, data []byte, _ [32]byte) error { return fn(i, data) })
 }
 
 // readChunksSummed reads the answer to a GET_CHUNKS for rs: exactly one CHUNK or NO_CHUNK frame per requested
@@ -116,29 +116,44 @@ func readChunks(r io.Reader, m *blobstore.Manifest, rs []chunkRange, buf []byte,
 // before it asks for the next, and each piece is hashed while it is still in the CPU's cache); the bytes are
 // valid only during the call. The chunk length is checked against the manifest before fn sees it; the content is
 // fn's to verify (against the digest).
-func readChunksSummed(r io.Reader, m *blobstore.Manifest, rs []chunkRange, buf []byte, fn func(i int, data []byte, sum [32]byte) error) error {
-	hr := &chunkHasher{r: r, h: sha256.New()}
-	r = hr
+//
+// begin, if not nil, is called once a CHUNK frame's index and length are checked, before its bytes are read: an
+// arrival it returns receives the bytes (and forwards see them as they arrive, swarm_arriving.go) and is finished
+// after fn, verified only if fn succeeded and the bytes match the manifest's digest.
+func readChunksSummed(r io.Reader, m *blobstore.Manifest, rs []chunkRange, buf []byte, begin func(i, size int) *arrival,
+	fn func(i int, data []byte, sum [32]byte) error) error {
+	h := sha256.New()
 	for _, cr := range rs {
 		for i := int(cr.First); i < int(cr.First)+int(cr.Count); i++ {
-			hr.next()
-			t, p, err := readResponse(r, buf, msgChunk, msgNoChunk)
+			t, n, err := readHeader(r)
+			if err != nil {
+				return noEOF(err)
+			}
+			if t == msgChunk && n >= chunkFrameOverhead {
+				if err := readChunk(r, m, i, n-chunkFrameOverhead, buf, h, begin, fn); err != nil {
+					return err
+				}
+				continue
+			}
+			t, p, err := readPayload(r, t, n, buf)
 			if err != nil {
 				return err
 			}
-			got, data, err := decodeChunkIndex(t, p)
+			switch t {
+			case msgError:
+				return decodeError(p)
+			case msgChunk, msgNoChunk:
+			default:
+				return fmt.Errorf("%w: unexpected %s frame", ErrProtocol, t)
+			}
+			got, _, err := decodeChunkIndex(t, p)
 			if err != nil {
 				return err
 			}
 			if got != i {
 				return fmt.Errorf("%w: got chunk %d, want %d", ErrProtocol, got, i)
 			}
-			if t == msgNoChunk {
-				data = nil
-			} else if len(data) != m.ChunkLen(i) {
-				return fmt.Errorf("%w: chunk %d is %d bytes, want %d", ErrProtocol, i, len(data), m.ChunkLen(i))
-			}
-			if err := fn(i, data, hr.sum()); err != nil {
+			if err := fn(i, nil, [32]byte{}); err != nil {
 				return err
 			}
 		}
@@ -146,33 +161,59 @@ func readChunksSummed(r io.Reader, m *blobstore.Manifest, rs []chunkRange, buf [
 	return nil
 }
 
-// chunkHasher passes reads through to r and hashes each frame's bytes after its header and chunk index as they are
-// read. readFrame reads a frame's header with a read of exactly its length, then its payload, so the position in
-// the frame is known; next starts a frame.
-type chunkHasher struct {
-	r   io.Reader
-	h   hash.Hash
-	pos int // bytes of the current frame read so far
-}
-
-func (c *chunkHasher) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	if skip := max(frameHeaderLen+chunkFrameOverhead-c.pos, 0); n > skip {
-		c.h.Write(p[skip:n])
+// readChunk reads the rest of a CHUNK frame for chunk i whose header announced size chunk bytes: the index, then
+// the bytes, hashed (and handed to an arrival, if begin gives one) piece by piece as they arrive.
+func readChunk(r io.Reader, m *blobstore.Manifest, i, size int, buf []byte, h hash.Hash, begin func(i, size int) *arrival,
+	fn func(i int, data []byte, sum [32]byte) error) (err error) {
+	var ib [chunkFrameOverhead]byte
+	if _, err := io.ReadFull(r, ib[:]); err != nil {
+		return fmt.Errorf("%w: CHUNK frame truncated: %w", ErrProtocol, noEOF(err))
 	}
-	c.pos += n
-	return n, err
-}
-
-func (c *chunkHasher) next() {
-	c.pos = 0
-	c.h.Reset()
-}
-
-// sum is the digest of the current frame's chunk bytes (meaningful for a CHUNK frame read whole).
-func (c *chunkHasher) sum() (s [32]byte) {
-	c.h.Sum(s[:0])
-	return s
+	got, _, err := decodeChunkIndex(msgChunk, ib[:])
+	if err != nil {
+		return err
+	}
+	if got != i {
+		return fmt.Errorf("%w: got chunk %d, want %d", ErrProtocol, got, i)
+	}
+	if size != m.ChunkLen(i) {
+		return fmt.Errorf("%w: chunk %d is %d bytes, want %d", ErrProtocol, i, size, m.ChunkLen(i))
+	}
+	var a *arrival
+	if begin != nil {
+		a = begin(i, size)
+	}
+	var data []byte
+	switch {
+	case a != nil:
+		data = a.buf
+	case cap(buf) >= size:
+		data = buf[:size]
+	default:
+		data = make([]byte, size)
+	}
+	verified := false
+	if a != nil {
+		defer func() { a.finish(verified) }()
+	}
+	h.Reset()
+	for pos := 0; pos < size; {
+		k, err := r.Read(data[pos:])
+		h.Write(data[pos : pos+k])
+		if pos += k; a != nil {
+			a.progress(pos)
+		}
+		if err != nil && pos < size {
+			return fmt.Errorf("%w: CHUNK frame truncated: %w", ErrProtocol, noEOF(err))
+		}
+	}
+	var sum [32]byte
+	h.Sum(sum[:0])
+	if err := fn(i, data, sum); err != nil {
+		return err
+	}
+	verified = sum == m.Chunks[i]
+	return nil
 }
 
 // putChunk stores a received chunk with the digest computed as it arrived, where the store takes it.

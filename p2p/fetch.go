@@ -39,6 +39,9 @@ type fetchParams struct {
 	stallTimeout   time.Duration // fail when no chunk arrived for this long
 	sourceTimeout  time.Duration // fail sooner when a missing chunk has no holder and nothing arrived for this long
 	maxFailures    int           // consecutive failed requests before a peer is dropped from the fetch
+	// cutThrough: watch peers with WATCH_HAVE2, take their arriving chunks, and serve the chunks this node is
+	// receiving while they arrive (docs/design.md 6.7, 6.8).
+	cutThrough bool
 }
 
 var defaultFetchParams = fetchParams{
@@ -51,6 +54,7 @@ var defaultFetchParams = fetchParams{
 	stallTimeout:   60 * time.Second,
 	sourceTimeout:  15 * time.Second,
 	maxFailures:    3,
+	cutThrough:     true,
 }
 
 // pickWindow is how many of the first unrequested missing chunks a request may start at (pick).
@@ -351,6 +355,10 @@ type fpeer struct {
 	dropped  bool
 	failures int
 	found    bool // fp has answered HAVE for the blob at least once (it holds or fetches it)
+	// arr[i]: when fp announced chunk i arriving (ARRIVING, cut-through) and has not announced it stored; zero:
+	// not arriving. nil until its first ARRIVING; arrN counts the non-zero entries.
+	arr  []time.Time
+	arrN int
 	// refused[i]: until when chunk i is not asked of fp, a full holder that answered NO_CHUNK because the chunk
 	// has left it for another receiver while others have not (swarm_served.go); nil until the first refusal.
 	refused []time.Time
@@ -363,10 +371,18 @@ const refuseBackoff = 2 * time.Second
 // whole reports whether fp is known to hold every chunk; call with t.mu held.
 func (fp *fpeer) whole() bool { return fp.have != nil && !slices.Contains(fp.have, false) }
 
-// serves reports whether fp holds chunk i and has not refused it recently (now).
+// serves reports whether fp holds chunk i, or is receiving it, and has not refused it recently (now).
 func (fp *fpeer) serves(i int, now time.Time) bool {
-	return fp.have[i] && (fp.refused == nil || !now.Before(fp.refused[i]))
+	return fp.has(i) && (fp.refused == nil || !now.Before(fp.refused[i]))
 }
+
+// has reports whether fp holds chunk i or has announced it arriving: such a chunk counts in t.avail.
+func (fp *fpeer) has(i int) bool {
+	return (fp.have != nil && fp.have[i]) || fp.arriving(i)
+}
+
+// arriving reports whether fp has announced chunk i arriving and not stored.
+func (fp *fpeer) arriving(i int) bool { return fp.arr != nil && !fp.arr[i].IsZero() }
 
 func newTransfer(ctx context.Context, n *Node, blob cid.Cid, m *blobstore.Manifest, have []bool, report func(int64)) *transfer {
 	t := &transfer{
@@ -442,6 +458,7 @@ func (t *transfer) watchdog() {
 			idle := time.Since(t.lastProgress)
 			quiet := min(idle, time.Since(t.lastHave))
 			orphan := t.orphan()
+			t.expireArriving(time.Now())
 			t.cond.Broadcast() // choices that depend on time (slow requests, shares' firsts) are made again
 			t.mu.Unlock()
 			if idle > t.p.stallTimeout {
@@ -500,7 +517,10 @@ func (t *transfer) runPeer(fp *fpeer) {
 			workers.Go(func() { t.worker(fp) })
 		}
 	})
-	watch := true
+	watch := msgWatchHave // 0 once fp has answered that it has no watch: GET_HAVE polls
+	if t.p.cutThrough {
+		watch = msgWatchHave2
+	}
 	tick := time.NewTicker(t.p.haveRefresh)
 	defer tick.Stop()
 	for {
@@ -511,20 +531,23 @@ func (t *transfer) runPeer(fp *fpeer) {
 		if stop {
 			return
 		}
-		if !full && watch {
-			err := t.watch(fp, start)
+		if !full && watch != 0 {
+			err := t.watch(fp, watch, start)
 			switch {
 			case t.ctx.Err() != nil:
 				return
+			case errors.Is(err, errNoWatch) && watch == msgWatchHave2:
+				watch = msgWatchHave // a version without cut-through: its WATCH_HAVE at once
+				continue
 			case errors.Is(err, errNoWatch):
-				watch = false
+				watch = 0
 			case errors.Is(err, blobstore.ErrNotFound):
 				t.setHaveFrom(fp, make([]bool, len(t.have)), false) // not (yet) fetching it; watch again later
 			case err != nil && !errors.Is(err, ErrBusy):
 				t.failed(fp, err)
 			}
 		}
-		if !full && !watch {
+		if !full && watch == 0 {
 			have, err := getHave(t.ctx, t.n.h, fp.id, t.blob, len(t.have), t.p.rpcTimeout)
 			switch {
 			case t.ctx.Err() != nil:
@@ -563,11 +586,15 @@ func (t *transfer) setHaveFrom(fp *fpeer, have []bool, found bool) {
 	fp.found = fp.found || found
 	held := 0
 	for i, h := range have {
-		old := fp.have != nil && fp.have[i]
-		if h && !old {
+		old := fp.has(i)
+		if h && fp.arriving(i) { // stored at fp now
+			fp.arr[i] = time.Time{}
+			fp.arrN--
+		}
+		if now := h || fp.arriving(i); now && !old {
 			t.avail[i]++
 			t.lastHave = time.Now()
-		} else if !h && old {
+		} else if !now && old {
 			t.avail[i]--
 		}
 		if h {
@@ -719,12 +746,19 @@ func (t *transfer) pick(fp *fpeer) (chunkRange, bool) {
 	for t.low < n && t.have[t.low] {
 		t.low++
 	}
+	// Rarity, and among equally rare chunks one fp holds verified before one still arriving there (cut-through).
+	rarity := func(i int) int {
+		if fp.arriving(i) {
+			return 2*int(t.avail[i]) + 1
+		}
+		return 2 * int(t.avail[i])
+	}
 	anyFree, rarest := false, -1
 	for i := t.low; i < n; i++ {
 		if !t.have[i] && t.assigned[i] == 0 {
 			anyFree = true
 		}
-		if free(i) && (rarest < 0 || t.avail[i] < t.avail[rarest]) {
+		if free(i) && (rarest < 0 || rarity(i) < rarity(rarest)) {
 			rarest = i
 		}
 	}
@@ -748,7 +782,7 @@ func (t *transfer) pick(fp *fpeer) (chunkRange, bool) {
 			if !t.have[i] && t.assigned[i] == 0 {
 				window++
 			}
-			if free(i) && t.avail[i] == t.avail[rarest] {
+			if free(i) && rarity(i) == rarity(rarest) {
 				all.add(i)
 				if window <= pickWindow {
 					front.add(i)
@@ -881,7 +915,7 @@ func (t *transfer) request(fp *fpeer, st *network.Stream, r chunkRange, buf []by
 	}
 	served := 0
 	defer func() { t.n.adjustScore(fp.id, served*scoreChunk) }()
-	return readChunksSummed(s, t.m, rs, buf, func(i int, data []byte, sum [32]byte) error {
+	return readChunksSummed(s, t.m, rs, buf, t.beginArrival, func(i int, data []byte, sum [32]byte) error {
 		if data == nil {
 			t.noChunk(fp, i)
 			return nil
@@ -959,9 +993,14 @@ func (t *transfer) noChunk(fp *fpeer, i int) {
 		fp.refused[i] = time.Now().Add(refuseBackoff)
 		return
 	}
-	if !fp.dropped && fp.have != nil && fp.have[i] {
-		fp.have[i] = false
-		fp.held--
+	if !fp.dropped && fp.has(i) {
+		if fp.have[i] {
+			fp.have[i] = false
+			fp.held--
+		} else {
+			fp.arr[i] = time.Time{}
+			fp.arrN--
+		}
 		t.avail[i]--
 	}
 }
@@ -994,12 +1033,12 @@ func (t *transfer) failed(fp *fpeer, err error) {
 		return
 	}
 	t.n.log.Warn("peer dropped from fetch", "blob", t.blob, "peer", fp.id, "err", err)
-	fp.dropped = true
-	for i, h := range fp.have {
-		if h {
+	for i := range t.have {
+		if fp.has(i) {
 			t.avail[i]--
 		}
 	}
+	fp.dropped = true
 	if t.live--; t.live == 0 {
 		t.cancel(fmt.Errorf("%w: every peer failed, last %s: %w", ErrNoPeers, fp.id, err))
 	}

@@ -74,6 +74,7 @@ func fuzzSeeds(blob cid.Cid) [][]byte {
 		nil,
 		get(msgGetManifest, blob.Bytes()),
 		get(msgGetHave, blob.Bytes()),
+		get(msgWatchHave2, blob.Bytes()),
 		get(msgGetChunks, chunks),
 		append(append(get(msgGetManifest, blob.Bytes()), get(msgGetHave, blob.Bytes())...), get(msgGetChunks, chunks)...),
 		get(msgGetHave, testCID("unknown").Bytes()),
@@ -85,7 +86,7 @@ func fuzzSeeds(blob cid.Cid) [][]byte {
 		fuzzHeader(byte(msgGetChunks), 600, chunks),  // header claims more than it sends
 	}
 	// Oversized headers of every frame type (and unassigned ones): the largest allowed payload plus one, and 4 GiB.
-	for _, t := range []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 127, 255} {
+	for _, t := range []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 127, 255} {
 		limit := uint32(1 << 20)
 		if t > 0 && t < int(msgTypeEnd) {
 			limit = uint32(maxPayload[t])

@@ -60,6 +60,7 @@ var testFetchParams = fetchParams{
 	stallTimeout:   10 * time.Second,
 	sourceTimeout:  3 * time.Second,
 	maxFailures:    2,
+	cutThrough:     true,
 }
 
 type testNode struct {

@@ -31,11 +31,13 @@ const (
 	msgError       msgType = 8  // u16 code, message
 	msgWatchHave   msgType = 9  // cid: HAVE now, then HAVE_ADD as chunks are stored (docs/design.md 6.7)
 	msgHaveAdd     msgType = 10 // u16 count, count × u32 index: chunks stored since the last HAVE or HAVE_ADD
-	msgTypeEnd     msgType = 11 // first unassigned value
+	msgWatchHave2  msgType = 11 // cid: WATCH_HAVE that also reports ARRIVING chunks (docs/design.md 6.7)
+	msgArriving    msgType = 12 // u16 count, count × u32 index: chunks whose first bytes have arrived (cut-through)
+	msgTypeEnd     msgType = 13 // first unassigned value
 )
 
 func (t msgType) String() string {
-	names := [...]string{"", "GET_MANIFEST", "MANIFEST", "GET_HAVE", "HAVE", "GET_CHUNKS", "CHUNK", "NO_CHUNK", "ERROR", "WATCH_HAVE", "HAVE_ADD"}
+	names := [...]string{"", "GET_MANIFEST", "MANIFEST", "GET_HAVE", "HAVE", "GET_CHUNKS", "CHUNK", "NO_CHUNK", "ERROR", "WATCH_HAVE", "HAVE_ADD", "WATCH_HAVE2", "ARRIVING"}
 	if t > 0 && t < msgTypeEnd {
 		return names[t]
 	}
@@ -66,6 +68,8 @@ var maxPayload = [msgTypeEnd]int{
 	msgError:       2 + maxErrorMsgLen,
 	msgWatchHave:   maxCIDLen,
 	msgHaveAdd:     2 + 4*maxHaveAdd,
+	msgWatchHave2:  maxCIDLen,
+	msgArriving:    2 + 4*maxHaveAdd,
 }
 
 // ErrProtocol is a malformed or unexpected frame from a peer.
@@ -92,17 +96,31 @@ func writeFrame(w io.Writer, t msgType, payload []byte) error {
 // readFrame reads one frame, checking the type and length before allocating. The payload is read into buf when
 // it fits (buf's capacity), so callers can reuse one chunk-sized buffer across frames.
 func readFrame(r io.Reader, buf []byte) (msgType, []byte, error) {
+	t, n, err := readHeader(r)
+	if err != nil {
+		return 0, nil, err
+	}
+	return readPayload(r, t, n, buf)
+}
+
+// readHeader reads a frame header and checks its type and its length against the type's limit.
+func readHeader(r io.Reader) (msgType, int, error) {
 	var h [frameHeaderLen]byte
 	if _, err := io.ReadFull(r, h[:]); err != nil {
-		return 0, nil, err // io.EOF at a frame boundary is a clean end
+		return 0, 0, err // io.EOF at a frame boundary is a clean end
 	}
 	t, n := msgType(h[0]), binary.LittleEndian.Uint32(h[1:])
 	if t == 0 || t >= msgTypeEnd {
-		return 0, nil, fmt.Errorf("%w: unknown frame type %d", ErrProtocol, h[0])
+		return 0, 0, fmt.Errorf("%w: unknown frame type %d", ErrProtocol, h[0])
 	}
 	if int64(n) > int64(maxPayload[t]) {
-		return 0, nil, fmt.Errorf("%w: %s frame of %d bytes, limit %d", ErrProtocol, t, n, maxPayload[t])
+		return 0, 0, fmt.Errorf("%w: %s frame of %d bytes, limit %d", ErrProtocol, t, n, maxPayload[t])
 	}
+	return t, int(n), nil
+}
+
+// readPayload reads the n bytes of a frame of type t whose header readHeader has checked, into buf if it fits.
+func readPayload(r io.Reader, t msgType, n int, buf []byte) (msgType, []byte, error) {
 	if cap(buf) < int(n) {
 		buf = make([]byte, n)
 	}
@@ -115,7 +133,7 @@ func readFrame(r io.Reader, buf []byte) (msgType, []byte, error) {
 
 // isRequest reports whether t is a frame type a client may send to the server.
 func isRequest(t msgType) bool {
-	return t == msgGetManifest || t == msgGetHave || t == msgGetChunks || t == msgWatchHave
+	return t == msgGetManifest || t == msgGetHave || t == msgGetChunks || t == msgWatchHave || t == msgWatchHave2
 }
 
 // maxRequestLen is the largest request payload (GET_CHUNKS with every range): a server reads requests into a
@@ -126,21 +144,11 @@ const maxRequestLen = 1 + maxCIDLen + 2 + 8*maxRangesPerReq
 // that type's limit, before anything else is read: a response type or an oversized length is refused from the
 // header alone.
 func readRequestHeader(r io.Reader) (msgType, int, error) {
-	var h [frameHeaderLen]byte
-	if _, err := io.ReadFull(r, h[:]); err != nil {
-		return 0, 0, err // io.EOF at a frame boundary is a clean end
-	}
-	t, n := msgType(h[0]), binary.LittleEndian.Uint32(h[1:])
-	if t == 0 || t >= msgTypeEnd {
-		return 0, 0, fmt.Errorf("%w: unknown frame type %d", ErrProtocol, h[0])
-	}
-	if !isRequest(t) {
+	t, n, err := readHeader(r)
+	if err == nil && !isRequest(t) {
 		return 0, 0, fmt.Errorf("%w: %s is not a request", ErrProtocol, t)
 	}
-	if int64(n) > int64(maxPayload[t]) {
-		return 0, 0, fmt.Errorf("%w: %s frame of %d bytes, limit %d", ErrProtocol, t, n, maxPayload[t])
-	}
-	return t, int(n), nil
+	return t, n, err
 }
 
 func noEOF(err error) error {
@@ -178,7 +186,7 @@ func encodeGetChunks(c cid.Cid, rs []chunkRange) []byte {
 func decodeRequest(t msgType, p []byte) (request, error) {
 	req := request{Type: t}
 	switch t {
-	case msgGetManifest, msgGetHave, msgWatchHave:
+	case msgGetManifest, msgGetHave, msgWatchHave, msgWatchHave2:
 		c, err := castBlobCID(p)
 		if err != nil {
 			return req, err
@@ -284,19 +292,25 @@ func encodeHaveAdd(idx []uint32) []byte {
 }
 
 // decodeHaveAdd unpacks a HAVE_ADD payload for a blob of n chunks: 1..maxHaveAdd indexes, each below n.
-func decodeHaveAdd(p []byte, n int) ([]int, error) {
+func decodeHaveAdd(p []byte, n int) ([]int, error) { return decodeIndexes(msgHaveAdd, p, n) }
+
+// decodeArriving unpacks an ARRIVING payload, laid out as HAVE_ADD's.
+func decodeArriving(p []byte, n int) ([]int, error) { return decodeIndexes(msgArriving, p, n) }
+
+// decodeIndexes unpacks an index list of frame type t for a blob of n chunks: 1..maxHaveAdd indexes, each below n.
+func decodeIndexes(t msgType, p []byte, n int) ([]int, error) {
 	if len(p) < 2 {
-		return nil, fmt.Errorf("%w: HAVE_ADD truncated", ErrProtocol)
+		return nil, fmt.Errorf("%w: %s truncated", ErrProtocol, t)
 	}
 	k := int(binary.LittleEndian.Uint16(p))
 	if k == 0 || k > maxHaveAdd || len(p) != 2+4*k {
-		return nil, fmt.Errorf("%w: HAVE_ADD with %d indexes in %d bytes", ErrProtocol, k, len(p))
+		return nil, fmt.Errorf("%w: %s with %d indexes in %d bytes", ErrProtocol, t, k, len(p))
 	}
 	idx := make([]int, k)
 	for j := range idx {
 		i := binary.LittleEndian.Uint32(p[2+4*j:])
-		if uint64(i) >= uint64(n) {
-			return nil, fmt.Errorf("%w: HAVE_ADD index %d of %d chunks", ErrProtocol, i, n)
+		if int64(i) >= int64(n) {
+			return nil, fmt.Errorf("%w: %s index %d of %d chunks", ErrProtocol, t, i, n)
 		}
 		idx[j] = int(i)
 	}

@@ -261,7 +261,7 @@ func TestClientCodecOverPipe(t *testing.T) {
 			t.Run(tc.name+"/"+rname, func(t *testing.T) {
 				t.Parallel()
 				var got []int
-				err := readChunksSummed(reader(), m, rs, nil, func(i int, data []byte, sum [32]byte) error {
+				err := readChunksSummed(reader(), m, rs, nil, nil, func(i int, data []byte, sum [32]byte) error {
 					if data == nil {
 						return nil
 					}
@@ -318,6 +318,8 @@ func FuzzReadFrame(f *testing.F) {
 	f.Add(frame(msgNoChunk, []byte{1, 0, 0, 0}))
 	f.Add(frame(msgError, encodeError(blobstore.ErrNotFound)))
 	f.Add(frame(msgManifest, (&blobstore.Manifest{ChunkSize: blobstore.ChunkSize}).Encode()))
+	f.Add(frame(msgWatchHave2, c.Bytes()))
+	f.Add(frame(msgArriving, encodeHaveAdd([]uint32{3, 1})))
 	f.Fuzz(func(t *testing.T, in []byte) {
 		r := bytes.NewReader(in)
 		for range 8 {
@@ -329,7 +331,7 @@ func FuzzReadFrame(f *testing.F) {
 				t.Fatalf("%s payload of %d bytes passed the limit", mt, len(p))
 			}
 			switch mt {
-			case msgGetManifest, msgGetHave, msgGetChunks:
+			case msgGetManifest, msgGetHave, msgGetChunks, msgWatchHave2:
 				req, err := decodeRequest(mt, p)
 				if err != nil {
 					continue
@@ -352,6 +354,10 @@ func FuzzReadFrame(f *testing.F) {
 				}
 			case msgChunk, msgNoChunk:
 				decodeChunkIndex(mt, p)
+			case msgHaveAdd, msgArriving:
+				if idx, err := decodeIndexes(mt, p, 1<<16); err == nil && len(idx) == 0 {
+					t.Fatalf("%s without indexes accepted", mt)
+				}
 			case msgError:
 				if err := decodeError(p); err != nil {
 					_ = err.Error()

@@ -54,11 +54,17 @@ type server struct {
 	watching int
 	haves    haveHub
 	seeds    seedServed // chunks sent of the blobs this node seeds (swarm_served.go)
+	// arriving holds the chunks this node is receiving, served to peers while they arrive (swarm_arriving.go);
+	// forwarding counts those forwards (guarded by mu).
+	arriving   arrivals
+	forwarding int
 	// beforeSend, if set, sees (and may alter or delay) each chunk just before it is sent: tests use it to play
 	// a slow or malicious peer.
 	beforeSend func(i int, data []byte)
-	// noWatch makes the server answer WATCH_HAVE as a version without it does (tests of the fallback to polling).
+	// noWatch makes the server answer WATCH_HAVE and WATCH_HAVE2 as a version without them does (tests of the
+	// fallback to polling); noCut makes it a version without cut-through: no WATCH_HAVE2, no forwarding.
 	noWatch bool
+	noCut   bool
 }
 
 func newServer(ctx context.Context, store blobstore.ChunkStore, log *slog.Logger) *server {
@@ -67,9 +73,10 @@ func newServer(ctx context.Context, store blobstore.ChunkStore, log *slog.Logger
 
 // peerBudget is one peer's share of the server.
 type peerBudget struct {
-	streams int
-	slots   chan struct{} // GET_CHUNKS in progress, at most maxServingPerPeer
-	watches int           // WATCH_HAVE in progress, at most maxWatchesPerPeer (guarded by server.mu)
+	streams  int
+	slots    chan struct{} // GET_CHUNKS in progress, at most maxServingPerPeer
+	watches  int           // WATCH_HAVE in progress, at most maxWatchesPerPeer (guarded by server.mu)
+	forwards int           // forwards of arriving chunks in progress, at most maxForwardsPeer (server.mu)
 }
 
 // admit counts a new stream of p, or refuses it when p or the server is at its stream budget.
@@ -190,9 +197,9 @@ func (s *server) serveOne(st stream, b *peerBudget, t msgType, p []byte, sent *p
 			return s.fail(st, err)
 		}
 		return s.send(st, msgHave, encodeHave(have))
-	case msgWatchHave:
-		if s.noWatch {
-			err := fmt.Errorf("%w: unknown frame type %d", ErrProtocol, msgWatchHave)
+	case msgWatchHave, msgWatchHave2:
+		if s.noWatch || (s.noCut && req.Type == msgWatchHave2) {
+			err := fmt.Errorf("%w: unknown frame type %d", ErrProtocol, req.Type)
 			if ferr := s.fail(st, err); ferr != nil {
 				return ferr
 			}
@@ -231,6 +238,14 @@ func (s *server) serveChunks(st stream, b *peerBudget, req request, sent *pendin
 	for _, r := range req.Ranges {
 		for i := int(r.First); i < int(r.First)+int(r.Count); i++ {
 			ok, first := s.seeds.take(seed, i)
+			if a := s.arrival(b, req.Blob, i, ok && !first); a != nil {
+				// Being received here: forwarded as it arrives (cut-through). A failed forward resets the stream.
+				if err := s.forward(st, b, a, i, (*bp)[:hdr]); err != nil {
+					return err
+				}
+				s.served.Add(1)
+				continue
+			}
 			var b []byte
 			err := blobstore.ErrNotFound // refused: sent already while other chunks have not left (swarm_served.go)
 			if ok {

@@ -30,16 +30,18 @@ type haveHub struct {
 	subs map[cid.Cid]map[*haveSub]struct{}
 }
 
-// haveSub is one watch's queue of stored chunk indexes.
+// haveSub is one watch's queue of stored chunk indexes, and of arriving ones for a WATCH_HAVE2.
 type haveSub struct {
 	mu       sync.Mutex
 	pending  []uint32
-	overflow bool          // more than maxPendingAdds queued: send the whole bitmap again
+	overflow bool // more than maxPendingAdds queued: send the whole bitmap again
+	arrivals bool // the watch reports arriving chunks
+	arriving []uint32
 	wake     chan struct{} // capacity 1
 }
 
-func (h *haveHub) subscribe(blob cid.Cid) *haveSub {
-	s := &haveSub{wake: make(chan struct{}, 1)}
+func (h *haveHub) subscribe(blob cid.Cid, arrivals bool) *haveSub {
+	s := &haveSub{wake: make(chan struct{}, 1), arrivals: arrivals}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.subs == nil {
@@ -62,14 +64,26 @@ func (h *haveHub) unsubscribe(blob cid.Cid, s *haveSub) {
 }
 
 // publish tells blob's watches that chunk i is stored. It never blocks.
-func (h *haveHub) publish(blob cid.Cid, i int) {
+func (h *haveHub) publish(blob cid.Cid, i int) { h.notify(blob, i, false) }
+
+// arrive tells blob's WATCH_HAVE2 watches that chunk i has begun to arrive. It never blocks.
+func (h *haveHub) arrive(blob cid.Cid, i int) { h.notify(blob, i, true) }
+
+func (h *haveHub) notify(blob cid.Cid, i int, arriving bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for s := range h.subs[blob] {
+		if arriving && !s.arrivals {
+			continue
+		}
 		s.mu.Lock()
-		if len(s.pending) < maxPendingAdds {
+		switch {
+		case arriving && len(s.arriving) < maxPendingAdds:
+			s.arriving = append(s.arriving, uint32(i))
+		case arriving: // a hint: dropped when the watch is that far behind
+		case len(s.pending) < maxPendingAdds:
 			s.pending = append(s.pending, uint32(i))
-		} else {
+		default:
 			s.overflow = true
 		}
 		s.mu.Unlock()
@@ -80,13 +94,14 @@ func (h *haveHub) publish(blob cid.Cid, i int) {
 	}
 }
 
-// take returns the queued indexes and whether the queue overflowed, and empties it.
-func (s *haveSub) take() ([]uint32, bool) {
+// take returns the queued stored indexes, whether that queue overflowed, and the queued arriving indexes, and
+// empties the queues.
+func (s *haveSub) take() ([]uint32, bool, []uint32) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	p, o := s.pending, s.overflow
-	s.pending, s.overflow = nil, false
-	return p, o
+	p, o, a := s.pending, s.overflow, s.arriving
+	s.pending, s.overflow, s.arriving = nil, false, nil
+	return p, o, a
 }
 
 // admitWatch counts a watch of the peer with budget b, or refuses it when b or the server is at its watch budget.
@@ -109,13 +124,15 @@ func (s *server) leaveWatch(b *peerBudget) {
 }
 
 // serveWatch answers WATCH_HAVE: the HAVE bitmap, then HAVE_ADD frames of the chunks stored since, until the blob
-// is complete here or watchLifetime has passed.
+// is complete here or watchLifetime has passed. WATCH_HAVE2 adds ARRIVING frames: the chunks being received now
+// after the HAVE, then each chunk the moment its first bytes arrive (cut-through, swarm_arriving.go).
 func (s *server) serveWatch(st stream, b *peerBudget, req request) error {
 	if !s.admitWatch(b) {
 		return s.fail(st, fmt.Errorf("%w: %d watches of this peer or %d in all", ErrBusy, maxWatchesPerPeer, maxWatching))
 	}
 	defer s.leaveWatch(b)
-	sub := s.haves.subscribe(req.Blob) // before reading the bitmap: no chunk stored in between is missed
+	arrivals := req.Type == msgWatchHave2
+	sub := s.haves.subscribe(req.Blob, arrivals) // before reading the bitmap: no chunk stored in between is missed
 	defer s.haves.unsubscribe(req.Blob, sub)
 	have, err := s.store.HaveChunks(s.ctx, req.Blob)
 	if err != nil {
@@ -124,20 +141,25 @@ func (s *server) serveWatch(st stream, b *peerBudget, req request) error {
 	if err := s.send(st, msgHave, encodeHave(have)); err != nil {
 		return err
 	}
+	batch := make([]uint32, 0, maxHaveAdd)
+	if arrivals {
+		if _, err := s.sendIndexes(st, msgArriving, have, s.arriving.indexes(req.Blob), batch); err != nil {
+			return err
+		}
+	}
 	held := s.count(have)
 	life := time.NewTimer(watchLifetime)
 	defer life.Stop()
 	resync := time.NewTicker(watchResync)
 	defer resync.Stop()
-	batch := make([]uint32, 0, maxHaveAdd)
 	for held < len(have) {
 		var (
-			idx  []uint32
-			full bool // compare the whole bitmap with the store's
+			idx, arr []uint32
+			full     bool // compare the whole bitmap with the store's
 		)
 		select {
 		case <-sub.wake:
-			idx, full = sub.take()
+			idx, full, arr = sub.take()
 		case <-resync.C:
 			full = true
 		case <-life.C:
@@ -168,27 +190,41 @@ func (s *server) serveWatch(st stream, b *peerBudget, req request) error {
 				}
 			}
 		}
-		batch = batch[:0]
-		for _, i := range idx {
-			if int(i) >= len(have) || have[i] {
-				continue
-			}
-			have[i] = true
-			held++
-			if batch = append(batch, i); len(batch) == maxHaveAdd {
-				if err := s.send(st, msgHaveAdd, encodeHaveAdd(batch)); err != nil {
-					return err
-				}
-				batch = batch[:0]
-			}
+		added, err := s.sendIndexes(st, msgHaveAdd, have, idx, batch)
+		if err != nil {
+			return err
 		}
-		if len(batch) > 0 {
-			if err := s.send(st, msgHaveAdd, encodeHaveAdd(batch)); err != nil {
-				return err
-			}
+		held += added
+		if _, err := s.sendIndexes(st, msgArriving, have, arr, batch); err != nil {
+			return err
 		}
 	}
 	return nil
+}
+
+// sendIndexes sends the indexes of idx that have does not hold, in frames of type t of at most maxHaveAdd, and
+// returns how many it sent; for HAVE_ADD it sets them in have. batch is scratch space of capacity maxHaveAdd.
+func (s *server) sendIndexes(st stream, t msgType, have []bool, idx, batch []uint32) (int, error) {
+	batch, sent := batch[:0], 0
+	for _, i := range idx {
+		if int(i) >= len(have) || have[i] {
+			continue
+		}
+		if t == msgHaveAdd {
+			have[i] = true
+		}
+		sent++
+		if batch = append(batch, i); len(batch) == maxHaveAdd {
+			if err := s.send(st, t, encodeHaveAdd(batch)); err != nil {
+				return sent, err
+			}
+			batch = batch[:0]
+		}
+	}
+	if len(batch) > 0 {
+		return sent, s.send(st, t, encodeHaveAdd(batch))
+	}
+	return sent, nil
 }
 
 func (*server) count(have []bool) int {
@@ -204,10 +240,11 @@ func (*server) count(have []bool) int {
 // errNoWatch: the peer does not support WATCH_HAVE (an older version); the client polls GET_HAVE instead.
 var errNoWatch = errors.New("peer does not support WATCH_HAVE")
 
-// watch follows fp's bitmap through WATCH_HAVE until fp holds the whole blob, the watch ends or fails. started
-// is called after the first HAVE. It returns nil when the server ended the watch.
-func (t *transfer) watch(fp *fpeer, started func()) error {
-	st, done, err := rpc(t.ctx, t.n.h, fp.id, msgWatchHave, t.blob.Bytes(), watchLifetime+t.p.rpcTimeout)
+// watch follows fp's bitmap through WATCH_HAVE, or WATCH_HAVE2 (ver) with its ARRIVING frames, until fp holds the
+// whole blob, the watch ends or fails. started is called after the first HAVE. It returns nil when the server
+// ended the watch.
+func (t *transfer) watch(fp *fpeer, ver msgType, started func()) error {
+	st, done, err := rpc(t.ctx, t.n.h, fp.id, ver, t.blob.Bytes(), watchLifetime+t.p.rpcTimeout)
 	if err != nil {
 		return err
 	}
@@ -248,6 +285,14 @@ func (t *transfer) watch(fp *fpeer, started func()) error {
 			if !t.addHave(fp, idx) {
 				return nil
 			}
+		case typ == msgArriving && !first && ver == msgWatchHave2:
+			idx, err := decodeArriving(p, n)
+			if err != nil {
+				return err
+			}
+			if !t.addArriving(fp, idx) {
+				return nil
+			}
 		default:
 			return fmt.Errorf("%w: unexpected %s frame in a watch", ErrProtocol, typ)
 		}
@@ -262,12 +307,18 @@ func (t *transfer) addHave(fp *fpeer, idx []int) bool {
 		return !fp.dropped
 	}
 	for _, i := range idx {
-		if !fp.have[i] {
-			fp.have[i] = true
-			fp.held++
+		if fp.have[i] {
+			continue
+		}
+		if fp.arriving(i) { // counted in avail since its ARRIVING
+			fp.arr[i] = time.Time{}
+			fp.arrN--
+		} else {
 			t.avail[i]++
 			t.lastHave = time.Now()
 		}
+		fp.have[i] = true
+		fp.held++
 	}
 	t.cond.Broadcast()
 	return true
