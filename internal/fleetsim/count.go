@@ -131,6 +131,17 @@ type countingHost struct {
 	run  *runInfo
 }
 
+// Connect links the two hosts first when the run lets every member dial every other (Config.DialAny): the
+// overlay fill and gossipsub's peer exchange dial members they learnt of, which on a LAN all answer.
+func (h *countingHost) Connect(ctx context.Context, pi peer.AddrInfo) error {
+	if h.run.link != nil {
+		if err := h.run.link(h.ID(), pi.ID); err != nil {
+			return err
+		}
+	}
+	return h.Host.Connect(ctx, pi)
+}
+
 type countingStream struct {
 	network.Stream
 	n *atomic.Int64

@@ -43,6 +43,10 @@ type Config struct {
 	// ExtraLinks: random further links per member (default 8). A link only makes a connection possible (the
 	// mocknet's cable); members dial over them when the overlay fill picks a linked member.
 	ExtraLinks int
+	// DialAny lets every member dial every other, as on a LAN: a dial between hosts without a link makes one.
+	// Without it the overlay fill's random dials mostly fail (a random member is linked with probability about
+	// ExtraLinks/Nodes), so the overlay stays close to the bootstrap links: a ring whose diameter grows with N.
+	DialAny bool
 	// Latency is each link's one-way delay. Mocknet streams lose nothing, as TCP turns a link's losses into delay.
 	Latency time.Duration
 	// Loss is the probability that a gossip message is lost on its way to a member (lossyStream: the messages
@@ -110,8 +114,10 @@ func (c Config) withDefaults() Config {
 // Result is what one simulation measured. Per-member figures are means over all members.
 type Result struct {
 	Nodes, Links, Classes int
-	Latency               time.Duration
-	Loss                  float64
+	// Dialled counts links made when a member dialled a member it was not linked to (Config.DialAny).
+	Dialled int
+	Latency time.Duration
+	Loss    float64
 	// FullMembership: from the first bootstrap connection until every member lists every member.
 	FullMembership time.Duration
 	// MemberPublished and MemberAccepted are p2p.Node.MemberStats at full membership: records a member
@@ -184,13 +190,13 @@ type Result struct {
 }
 
 func (r Result) String() string {
-	return fmt.Sprintf("nodes=%d links=%d latency=%s full_membership=%.2fs rounds=%.1f rounds_max=%d "+
+	return fmt.Sprintf("nodes=%d links=%d dialled=%d latency=%s full_membership=%.2fs rounds=%.1f rounds_max=%d "+
 		"member_published=%.1f member_accepted=%.1f member_pulled=%.1f member_relayed=%.2f gossip_kib=%.1f sync_kib=%.1f "+
 		"gossip_bytes_per_publish=%.0f flight_gossip_kib=%.1f conns_mean=%.1f conns_max=%d heap_kib=%.0f "+
 		"goroutines=%.0f compiles=%v yielded=%d flight=%.2fs flight_msgs_sent=%.3f flight_msgs_received=%.2f "+
 		"verifies=%.1f verifies_computed=%d steady_pull_bytes_per_round=%.0f steady_in_sync=%.3f "+
 		"steady_gossip_bytes_per_s=%.0f steady_rounds=%.1f flight_at=%.1fs flight_records=%d flight_lag_max=%s",
-		r.Nodes, r.Links, r.Latency, r.FullMembership.Seconds(), r.Rounds, r.RoundsMax, r.MemberPublished,
+		r.Nodes, r.Links, r.Dialled, r.Latency, r.FullMembership.Seconds(), r.Rounds, r.RoundsMax, r.MemberPublished,
 		r.MemberAccepted, r.MemberPulled, r.MemberRelayed, r.GossipBytes/1024, r.SyncBytes/1024, r.GossipPerPublish(),
 		r.FlightGossipBytes/1024, r.ConnsMean, r.ConnsMax, r.HeapPerNode/1024, r.GoroutinesPerNode, r.Compiles,
 		r.Yielded, r.FlightTime.Seconds(), r.FlightSent, r.FlightReceived, r.Verifies, r.VerifiesComputed,
@@ -256,6 +262,8 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	all := make([]*member, cfg.Nodes+cfg.Joins)
 	ms := all[:cfg.Nodes]
 	run := &runInfo{joiners: map[string]bool{}}
+	var linkMu sync.Mutex
+	var dialled atomic.Int64
 	var edges [][2]int
 	linked := map[[2]int]bool{}
 	link := func(i, j int) error {
@@ -305,6 +313,18 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		}
 	}
 	res.Links = len(linked)
+	if cfg.DialAny {
+		run.link = func(a, b peer.ID) error {
+			linkMu.Lock()
+			defer linkMu.Unlock()
+			if len(mn.LinksBetweenPeers(a, b)) > 0 {
+				return nil
+			}
+			dialled.Add(1)
+			_, err := mn.LinkPeers(a, b)
+			return err
+		}
+	}
 	var joinEdges [][2]int // the joiners' bootstrap links, connected when each joins
 	for len(edges) > 0 && edges[len(edges)-1][0] >= cfg.Nodes {
 		joinEdges = append(joinEdges, edges[len(edges)-1])
@@ -400,6 +420,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		return res, fmt.Errorf("%w: membership: %d of %d members do not list all", err, short, cfg.Nodes)
 	}
 	res.FullMembership = time.Since(t0)
+	res.Dialled = int(dialled.Load())
 	res.Load[1] = loadAvg()
 	var published, msgs int64
 	for _, m := range ms {
@@ -542,6 +563,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	lag := <-lagStats
 	res.EventsLagMax, res.EventsLagMean = lag[0], lag[1]
 	res.Load[2] = loadAvg()
+	res.Dialled = int(dialled.Load())
 	for _, m := range all {
 		res.Lost += float64(m.traffic.lost.Load()) / float64(len(all))
 	}
@@ -549,10 +571,15 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	// The hops: from one snapshot of the trace after the run (sorting it takes seconds at 1,000 members).
 	p := tr.paths()
 	n := int32(cfg.Nodes)
-	res.Bootstrap = p.spread(p.firsts(n, func(o int32) bool { return o < n }, func(int32) time.Duration { return t0.Sub(tStart) }))
+	bl := map[[2]int32]bool{}
+	for _, e := range append(edges, joinEdges...) {
+		bl[[2]int32{int32(min(e[0], e[1])), int32(max(e[0], e[1]))}] = true
+	}
+	boot := func(a, b int32) bool { return bl[[2]int32{min(a, b), max(a, b)}] }
+	res.Bootstrap = p.spread(p.firsts(n, func(o int32) bool { return o < n }, func(int32) time.Duration { return t0.Sub(tStart) }), boot)
 	// A refresh signed in the last 2 s of the steady phase may not have spread when it ended (without joins after).
-	res.Refreshes = p.spread(p.refreshes(n, tStart, steadyFrom, steadyTo-2*time.Second))
-	res.Joins = p.spread(p.firsts(n, func(o int32) bool { return o >= n }, func(o int32) time.Duration { return joinAt[o-n] }))
+	res.Refreshes = p.spread(p.refreshes(n, tStart, steadyFrom, steadyTo-2*time.Second), boot)
+	res.Joins = p.spread(p.firsts(n, func(o int32) bool { return o >= n }, func(o int32) time.Duration { return joinAt[o-n] }), boot)
 	return res, joinErr
 }
 

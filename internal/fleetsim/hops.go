@@ -91,7 +91,11 @@ type Spread struct {
 	HopsDeliveryMean       float64
 	ViaGossip, ViaRelay    int // deliveries by how they came
 	ViaPull                int
-	HopsHist               []int // deliveries by hop count
+	// OverBootstrap is the share of gossip deliveries that crossed a bootstrap link (sender and receiver on
+	// each other's bootstrap list): gossipsub's mesh is made of the first connections, and a mesh that is the
+	// bootstrap ring has a diameter that grows with N.
+	OverBootstrap float64
+	HopsHist      []int // deliveries by hop count
 }
 
 // Dist is a distribution over records.
@@ -115,9 +119,9 @@ func (d Dist) String() string {
 
 func (s Spread) String() string {
 	return fmt.Sprintf("records=%d complete=%d deliveries=%d unknown=%d hops(max/p99/mean)=%v pull_hops=%v rounds=%v "+
-		"seconds=%v hops_per_delivery=%.2f via_gossip=%d via_relay=%d via_pull=%d hops_hist=%v",
+		"seconds=%v hops_per_delivery=%.2f via_gossip=%d via_relay=%d via_pull=%d gossip_over_bootstrap_links=%.2f hops_hist=%v",
 		s.Records, s.Complete, s.Deliveries, s.Unknown, s.Hops, s.PullHops, s.Rounds, s.Seconds, s.HopsDeliveryMean,
-		s.ViaGossip, s.ViaRelay, s.ViaPull, s.HopsHist)
+		s.ViaGossip, s.ViaRelay, s.ViaPull, s.OverBootstrap, s.HopsHist)
 }
 
 // paths follows deliveries back to the records' members.
@@ -272,9 +276,10 @@ func (p *paths) refreshes(originals int32, t0 time.Time, from, to time.Duration)
 	return out
 }
 
-// spread measures records.
-func (p *paths) spread(records []record) Spread {
+// spread measures records; bootstrap tells whether two members are on each other's bootstrap list.
+func (p *paths) spread(records []record, bootstrap func(a, b int32) bool) Spread {
 	var s Spread
+	over := 0
 	var hops, pulls, rounds, secs []float64
 	var hopSum int
 	for _, r := range records {
@@ -287,6 +292,9 @@ func (p *paths) spread(records []record) Spread {
 			switch t.via {
 			case p2p.ViaGossip:
 				s.ViaGossip++
+				if bootstrap(t.from, t.recv) {
+					over++
+				}
 			case p2p.ViaRelay:
 				s.ViaRelay++
 			case p2p.ViaPull:
@@ -317,6 +325,9 @@ func (p *paths) spread(records []record) Spread {
 		}
 	}
 	s.Hops, s.PullHops, s.Rounds, s.Seconds = dist(hops), dist(pulls), dist(rounds), dist(secs)
+	if s.ViaGossip > 0 {
+		s.OverBootstrap = float64(over) / float64(s.ViaGossip)
+	}
 	if known := s.Deliveries - s.Unknown; known > 0 {
 		s.HopsDeliveryMean = float64(hopSum) / float64(known)
 	}

@@ -9,6 +9,7 @@ import (
 
 	pb "github.com/libp2p/go-libp2p-pubsub/pb"
 	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/npu-agent/npu-agent/p2p"
 )
@@ -31,9 +32,11 @@ type rpcStream struct {
 	buf []byte // the rest of the current RPC, re-encoded
 }
 
-// runInfo is what every member's streams share: the joiners' peer IDs (binary), to count their records apart.
+// runInfo is what every member's host shares: the joiners' peer IDs (binary), to count their records apart, and
+// with Config.DialAny the function that links two hosts before one dials the other.
 type runInfo struct {
 	joiners map[string]bool
+	link    func(a, b peer.ID) error
 }
 
 func newRPCStream(s network.Stream, p float64, t *traffic, run *runInfo) *rpcStream {
