@@ -71,7 +71,9 @@ func TestRPCStreamLoss(t *testing.T) {
 		}
 		return append(binary.AppendUvarint(nil, uint64(len(raw))), raw...)
 	}
-	msg := func(from, topic string) *pb.Message { return &pb.Message{From: []byte(from), Data: []byte("x"), Topic: &topic} }
+	msg := func(from, topic string) *pb.Message {
+		return &pb.Message{From: []byte(from), Data: []byte("x"), Topic: &topic}
+	}
 	var in []byte
 	in = append(in, frame(&pb.RPC{Publish: []*pb.Message{msg("a", topic), msg("j", topic), msg("a", other)}})...)
 	in = append(in, frame(&pb.RPC{Publish: []*pb.Message{msg("a", topic)}, Control: &pb.ControlMessage{Ihave: []*pb.ControlIHave{{TopicID: &topic}}}})...)
