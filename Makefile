@@ -56,7 +56,11 @@ clean:
 # Simulated fleets (internal/fleetsim): the real membership, records and flight of 1,000 and 5,000 members on
 # libp2p's mocknet in one process, 3 bootstrap peers each; figures in docs/benchmarks.md. FLEETSIM_NODES to vary,
 # FLEETSIM_REFRESH for the member refresh (default the node's 30 s), FLEETSIM_TIMEOUT per phase (default 10m).
-# FLEETSIM_IDLE: members idle after full membership before the flight (default none).
+# FLEETSIM_IDLE: members idle after full membership before the flight (default none). After the flight and the
+# steady phase (FLEETSIM_STEADY, default 15s) FLEETSIM_JOINS members (default 5) join one every FLEETSIM_JOIN_GAP
+# (5s); the figures give each record's hops, pulls and rounds to the last member (bootstrap, refreshes, joins).
+# FLEETSIM_LOSS: share of gossip messages lost; FLEETSIM_DIAL_ANY=1: any member may dial any other (a LAN);
+# FLEETSIM_BOOTSTRAP: bootstrap list length (default 3); FLEETSIM_LATENCY: one-way link delay (default 5ms).
 # Signatures are checked once per distinct (key, data, signature) in the process (internal/fleetsim/verify.go);
 # the figures report how many checks each member asked for.
 FLEETSIM_NODES ?= 1000,5000

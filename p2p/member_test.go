@@ -5,6 +5,8 @@ import (
 	"context"
 	"crypto/rand"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -223,5 +225,78 @@ func TestMemberRefreshStaggered(t *testing.T) {
 	}
 	if refreshed == 0 {
 		t.Errorf("none of %d members started together refreshed within 0.7 of the %v refresh", n, refresh)
+	}
+}
+
+// TestMemberTrace: the simulation's hook reports each record taken as new with the peer it came from and how
+// (its member's gossip, another member's relay, a pull), whether it was the member's first record here, and
+// every anti-entropy round.
+func TestMemberTrace(t *testing.T) {
+	t.Parallel()
+	psk, target := keyedNode(t, -1)
+	var mu sync.Mutex
+	var took []MemberEvent
+	rounds := 0
+	target.TraceMembers(func(ev MemberEvent) {
+		mu.Lock()
+		defer mu.Unlock()
+		if ev.Round {
+			rounds++
+		} else {
+			took = append(took, ev)
+		}
+	})
+	h := hostilePeers(t, 1, hostile.PeerOptions{FleetKey: psk, PubSub: true})[0]
+	strangerKey, stranger := memberKey(t)
+	pulledKey, pulled := memberKey(t)
+	var answer atomic.Pointer[[]byte] // the pull's answer: nothing until the gossip below was taken
+	answer.Store(&[]byte{})
+	h.Serve(MemberSyncProtocol, func() []byte { return *answer.Load() })
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	connectTo(ctx, t, h, target)
+	if err := h.WaitTopicPeers(ctx, MemberTopic, 1); err != nil {
+		t.Fatal(err)
+	}
+	own := provenRecord(t, psk, h.Host.Peerstore().PrivKey(h.ID()), 0)
+	relayed := provenRecord(t, psk, strangerKey, time.Second)
+	for _, raw := range [][]byte{own, relayed} {
+		if err := h.Publish(ctx, MemberTopic, raw); err != nil {
+			t.Fatal(err)
+		}
+	}
+	count := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(took)
+	}
+	eventually(t, "both gossiped records taken", func() bool { return count() == 2 })
+	newer := provenRecord(t, psk, strangerKey, 0)
+	table := appendEntry(appendEntry(nil, provenRecord(t, psk, pulledKey, 0)), newer)
+	answer.Store(&table)
+	eventually(t, "the pulled records taken", func() bool { return count() == 4 })
+
+	mu.Lock()
+	defer mu.Unlock()
+	want := map[peer.ID][]MemberEvent{
+		h.ID():   {{Owner: h.ID(), From: h.ID(), Via: ViaGossip, Added: true}},
+		stranger: {{Owner: stranger, From: h.ID(), Via: ViaRelay, Added: true}, {Owner: stranger, From: h.ID(), Via: ViaPull}},
+		pulled:   {{Owner: pulled, From: h.ID(), Via: ViaPull, Added: true}},
+	}
+	got := map[peer.ID][]MemberEvent{}
+	for _, ev := range took {
+		if ev.Seq == 0 {
+			t.Errorf("event without a seq: %+v", ev)
+		}
+		ev.Seq = 0
+		got[ev.Owner] = append(got[ev.Owner], ev)
+	}
+	for owner, evs := range want {
+		if !slices.Equal(got[owner], evs) {
+			t.Errorf("owner %s: events %+v, want %+v", owner, got[owner], evs)
+		}
+	}
+	if rounds == 0 {
+		t.Error("no anti-entropy round reported")
 	}
 }

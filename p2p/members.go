@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
@@ -320,6 +321,60 @@ type members struct {
 	// Counters for the simulation harness: records published and taken, pulls run and those found in sync
 	// by the table hash, anti-entropy rounds, records taken by pulls.
 	published, received, pulls, pullsInSync, rounds, pulled int64
+	// trace is the simulation harness's hook (Node.TraceMembers); nil in the daemon, one atomic load then.
+	trace atomic.Pointer[func(MemberEvent)]
+}
+
+// MemberVia is how a member record reached a member (MemberEvent).
+type MemberVia uint8
+
+const (
+	ViaGossip MemberVia = iota + 1 // gossip published by the record's member
+	ViaRelay                       // gossip published by another member that had pulled it (memberRelayAge)
+	ViaPull                        // a table pull
+)
+
+func (v MemberVia) String() string {
+	switch v {
+	case ViaGossip:
+		return "gossip"
+	case ViaRelay:
+		return "relay"
+	case ViaPull:
+		return "pull"
+	}
+	return fmt.Sprintf("via(%d)", uint8(v))
+}
+
+// MemberEvent is what Node.TraceMembers reports: a member record taken as new (Owner set), or the start of an
+// anti-entropy round (Round).
+type MemberEvent struct {
+	Round bool
+	Owner peer.ID   // the record's member
+	Seq   uint64    // the record's seq
+	From  peer.ID   // the peer it came from: gossipsub's ReceivedFrom (the last hop), or the peer pulled
+	Via   MemberVia // gossip, relay or pull
+	Added bool      // the first live record of Owner here, else a newer seq of a member held
+}
+
+// TraceMembers calls fn (from the node's goroutines, concurrently) for every member record the node takes as
+// new and every anti-entropy round it starts, so the simulation harness can rebuild each record's path
+// (internal/fleetsim: hops per record). Tests and the harness only; nil stops it.
+func (n *Node) TraceMembers(fn func(MemberEvent)) {
+	if n.members == nil {
+		return
+	}
+	if fn == nil {
+		n.members.trace.Store(nil)
+		return
+	}
+	n.members.trace.Store(&fn)
+}
+
+func (m *members) traced(ev MemberEvent) {
+	if fn := m.trace.Load(); fn != nil {
+		(*fn)(ev)
+	}
 }
 
 func (n *Node) startMembers(cfg Config) error {
@@ -412,6 +467,13 @@ func (m *members) validate(_ context.Context, from peer.ID, msg *pubsub.Message)
 		return pubsub.ValidationReject
 	case memberAdded, memberRefreshed:
 		m.learnt(info, res)
+		if m.trace.Load() != nil {
+			via := ViaGossip
+			if msg.GetFrom() != info.ID {
+				via = ViaRelay
+			}
+			m.traced(MemberEvent{Owner: info.ID, Seq: info.Seq, From: msg.ReceivedFrom, Via: via, Added: res == memberAdded})
+		}
 		return pubsub.ValidationAccept
 	case memberForwarded:
 		return pubsub.ValidationAccept
@@ -518,6 +580,7 @@ func (m *members) loop() {
 			m.mu.Lock()
 			m.rounds++
 			m.mu.Unlock()
+			m.traced(MemberEvent{Round: true})
 			// Records gossiped while meshes were forming, or dropped under load, may not have reached us: pull
 			// what a random peer holds and we lack (1, 2, 4 s after start, then every 5 s at most).
 			if ps := m.n.h.Network().Peers(); len(ps) > 0 {
@@ -776,6 +839,7 @@ func (m *members) syncWith(p peer.ID) {
 			info, res := m.book.addPulled(raw, time.Now())
 			if res == memberAdded || res == memberRefreshed {
 				m.learnt(info, res)
+				m.traced(MemberEvent{Owner: info.ID, Seq: info.Seq, From: p, Via: ViaPull, Added: res == memberAdded})
 				m.mu.Lock()
 				m.pulled++
 				if res == memberAdded && m.relay == nil && time.Since(seqTime(info.Seq)) > memberRelayAge {

@@ -21,6 +21,9 @@ import (
 // signed blob records, flight messages and gossipsub's control messages) and the member table pull.
 type traffic struct {
 	gossip, memberSync, other atomic.Int64
+	// memberMsgs counts the member records received on gossip (every copy), joinerMsgs those published by
+	// the members that joined last (Config.Joins), lost the gossip messages Config.Loss dropped (rpcStream).
+	memberMsgs, joinerMsgs, lost atomic.Int64
 	// flightSent and flightRecv count the flight messages a node published and received (from others).
 	flightSent, flightRecv atomic.Int64
 
@@ -104,9 +107,13 @@ func (c countingTransport) Next(ctx context.Context) ([]byte, peer.ID, error) {
 	return data, from, err
 }
 
+func isGossip(pid protocol.ID) bool {
+	return strings.HasPrefix(string(pid), "/meshsub/") || strings.HasPrefix(string(pid), "/floodsub/")
+}
+
 func (t *traffic) counter(pid protocol.ID) *atomic.Int64 {
 	switch {
-	case strings.HasPrefix(string(pid), "/meshsub/") || strings.HasPrefix(string(pid), "/floodsub/"):
+	case isGossip(pid):
 		return &t.gossip
 	case pid == p2p.MemberSyncProtocol || pid == p2p.MemberDigestProtocol || pid == p2p.MemberHashProtocol:
 		return &t.memberSync
@@ -114,11 +121,25 @@ func (t *traffic) counter(pid protocol.ID) *atomic.Int64 {
 	return &t.other
 }
 
-// countingHost is a host whose streams count the bytes read from them. Only what the node asks of the host is
+// countingHost is a host whose streams count the bytes read from them, and whose inbound gossip streams count
+// member records and lose messages with probability loss (rpcStream). Only what the node asks of the host is
 // wrapped (its handlers and the streams it opens); the host itself is the mocknet's.
 type countingHost struct {
 	host.Host
-	t *traffic
+	t    *traffic
+	loss float64
+	run  *runInfo
+}
+
+// Connect links the two hosts first when the run lets every member dial every other (Config.DialAny): the
+// overlay fill and gossipsub's peer exchange dial members they learnt of, which on a LAN all answer.
+func (h *countingHost) Connect(ctx context.Context, pi peer.AddrInfo) error {
+	if h.run.link != nil {
+		if err := h.run.link(h.ID(), pi.ID); err != nil {
+			return err
+		}
+	}
+	return h.Host.Connect(ctx, pi)
 }
 
 type countingStream struct {
@@ -136,12 +157,21 @@ func (h *countingHost) wrap(s network.Stream) network.Stream {
 	return &countingStream{Stream: s, n: h.t.counter(s.Protocol())}
 }
 
+// inbound wraps a stream a peer opened: gossipsub reads what a peer sends on those.
+func (h *countingHost) inbound(s network.Stream) network.Stream {
+	s = h.wrap(s)
+	if isGossip(s.Protocol()) {
+		return newRPCStream(s, h.loss, h.t, h.run)
+	}
+	return s
+}
+
 func (h *countingHost) SetStreamHandler(pid protocol.ID, handler network.StreamHandler) {
-	h.Host.SetStreamHandler(pid, func(s network.Stream) { handler(h.wrap(s)) })
+	h.Host.SetStreamHandler(pid, func(s network.Stream) { handler(h.inbound(s)) })
 }
 
 func (h *countingHost) SetStreamHandlerMatch(pid protocol.ID, match func(protocol.ID) bool, handler network.StreamHandler) {
-	h.Host.SetStreamHandlerMatch(pid, match, func(s network.Stream) { handler(h.wrap(s)) })
+	h.Host.SetStreamHandlerMatch(pid, match, func(s network.Stream) { handler(h.inbound(s)) })
 }
 
 func (h *countingHost) NewStream(ctx context.Context, p peer.ID, pids ...protocol.ID) (network.Stream, error) {

@@ -43,8 +43,15 @@ type Config struct {
 	// ExtraLinks: random further links per member (default 8). A link only makes a connection possible (the
 	// mocknet's cable); members dial over them when the overlay fill picks a linked member.
 	ExtraLinks int
-	// Latency is each link's one-way delay (mocknet has no loss: TCP-like streams do not lose messages).
+	// DialAny lets every member dial every other, as on a LAN: a dial between hosts without a link makes one.
+	// Without it the overlay fill's random dials mostly fail (a random member is linked with probability about
+	// ExtraLinks/Nodes), so the overlay stays close to the bootstrap links: a ring whose diameter grows with N.
+	DialAny bool
+	// Latency is each link's one-way delay. Mocknet streams lose nothing, as TCP turns a link's losses into delay.
 	Latency time.Duration
+	// Loss is the probability that a gossip message is lost on its way to a member (lossyStream: the messages
+	// in gossipsub's RPCs are dropped, its control messages and the member pulls are not).
+	Loss float64
 	// Classes is the number of compatibility classes, assigned round-robin (default 2).
 	Classes int
 	// MemberRefresh and MinPeers are p2p.Config's (defaults: the node's, 30 s and 8).
@@ -61,6 +68,11 @@ type Config struct {
 	// Idle, if set, is how long the members run idle after full membership before the flight (FLEETSIM_IDLE): a
 	// flight after idle members elected several compilers per class (benchmarks.md "Fleet scale").
 	Idle time.Duration
+	// Joins, if set, is how many members join after the steady phase, one every JoinGap (default 5 s), each
+	// bootstrapped like the others (the Join* figures; Steady gives the baseline traffic they are measured
+	// against).
+	Joins   int
+	JoinGap time.Duration
 	// Parallel bounds concurrent starts, connects and closes (default 2 × GOMAXPROCS).
 	Parallel int
 	Seed     uint64
@@ -92,6 +104,7 @@ func (c Config) withDefaults() Config {
 	defD(&c.LeaseTTL, 15*time.Second)
 	defD(&c.CompileTime, 2*time.Second)
 	defD(&c.Timeout, 5*time.Minute)
+	defD(&c.JoinGap, 5*time.Second)
 	if c.Log == nil {
 		c.Log = slog.New(slog.DiscardHandler)
 	}
@@ -101,7 +114,10 @@ func (c Config) withDefaults() Config {
 // Result is what one simulation measured. Per-member figures are means over all members.
 type Result struct {
 	Nodes, Links, Classes int
-	Latency               time.Duration
+	// Dialled counts links made when a member dialled a member it was not linked to (Config.DialAny).
+	Dialled int
+	Latency time.Duration
+	Loss    float64
 	// FullMembership: from the first bootstrap connection until every member lists every member.
 	FullMembership time.Duration
 	// MemberPublished and MemberAccepted are p2p.Node.MemberStats at full membership: records a member
@@ -116,6 +132,7 @@ type Result struct {
 	// (as puller and answerer), the share of pulls the table hash found in sync, gossip bytes a member read per
 	// second, and the rounds each member ran.
 	SteadyPullBytes, SteadyInSync, SteadyGossipBytes, SteadyRounds float64
+	SteadyPublished                                                int64 // member records published in the fleet
 	// GossipBytes and SyncBytes are bytes a member read on gossipsub streams and on member table pulls, until
 	// full membership; FlightGossipBytes is the gossipsub bytes read during the flight.
 	GossipBytes, SyncBytes, FlightGossipBytes float64
@@ -149,21 +166,48 @@ type Result struct {
 	// VerifiesComputed those this process computed for all members (verify.go: one per distinct signature).
 	Verifies         float64
 	VerifiesComputed int64
+
+	// Hops (hops.go): how each kind of membership event reached the members. Bootstrap: each original member's
+	// first record at every other, until full membership. Refreshes: the records original members republished
+	// during the steady phase (complete tables). Joins: the first record of each member that joined after it.
+	Bootstrap, Refreshes, Joins Spread
+	// Messages per membership event, per member: BootstrapMsgs the member records a member received on gossip
+	// (every copy) until full membership per record published in the fleet, RefreshMsgs the same in the steady
+	// phase, JoinMsgs the copies of a joiner's records an original member received per join.
+	BootstrapMsgs, RefreshMsgs, JoinMsgs float64
+	// Per join, over the joins: JoinLearnt the seconds until the new member listed every member; JoinPullBytes
+	// the member-pull bytes an original member read in the join's window (JoinGap, or until every member took
+	// the new record) above the steady phase's rate; JoinerBytes what the new member read (its table).
+	JoinLearnt                 Dist
+	JoinPullBytes, JoinerBytes float64
+	// EventsLagMax and EventsLagMean: how late a 10 ms timer of this process fired during the steady phase and
+	// the joins, the worst and on average (whether the process kept up, so that rounds there are gossip's).
+	EventsLagMax, EventsLagMean time.Duration
+	// Lost is the gossip messages Loss dropped per member; Load the machine's 1-minute load average (Linux)
+	// at the start, at full membership and at the end.
+	Lost float64
+	Load [3]float64
 }
 
 func (r Result) String() string {
-	return fmt.Sprintf("nodes=%d links=%d latency=%s full_membership=%.2fs rounds=%.1f rounds_max=%d "+
+	return fmt.Sprintf("nodes=%d links=%d dialled=%d latency=%s full_membership=%.2fs rounds=%.1f rounds_max=%d "+
 		"member_published=%.1f member_accepted=%.1f member_pulled=%.1f member_relayed=%.2f gossip_kib=%.1f sync_kib=%.1f "+
 		"gossip_bytes_per_publish=%.0f flight_gossip_kib=%.1f conns_mean=%.1f conns_max=%d heap_kib=%.0f "+
 		"goroutines=%.0f compiles=%v yielded=%d flight=%.2fs flight_msgs_sent=%.3f flight_msgs_received=%.2f "+
 		"verifies=%.1f verifies_computed=%d steady_pull_bytes_per_round=%.0f steady_in_sync=%.3f "+
 		"steady_gossip_bytes_per_s=%.0f steady_rounds=%.1f flight_at=%.1fs flight_records=%d flight_lag_max=%s",
-		r.Nodes, r.Links, r.Latency, r.FullMembership.Seconds(), r.Rounds, r.RoundsMax, r.MemberPublished,
+		r.Nodes, r.Links, r.Dialled, r.Latency, r.FullMembership.Seconds(), r.Rounds, r.RoundsMax, r.MemberPublished,
 		r.MemberAccepted, r.MemberPulled, r.MemberRelayed, r.GossipBytes/1024, r.SyncBytes/1024, r.GossipPerPublish(),
 		r.FlightGossipBytes/1024, r.ConnsMean, r.ConnsMax, r.HeapPerNode/1024, r.GoroutinesPerNode, r.Compiles,
 		r.Yielded, r.FlightTime.Seconds(), r.FlightSent, r.FlightReceived, r.Verifies, r.VerifiesComputed,
 		r.SteadyPullBytes, r.SteadyInSync, r.SteadyGossipBytes, r.SteadyRounds, r.FlightAt.Seconds(), r.FlightRecords,
-		r.FlightLagMax.Round(time.Millisecond))
+		r.FlightLagMax.Round(time.Millisecond)) +
+		fmt.Sprintf(" loss=%.3f lost=%.1f msgs_per_event(bootstrap/refresh/join)=%.2f/%.2f/%.2f join_learnt_s=%v "+
+			"join_pull_bytes=%.0f joiner_bytes=%.0f events_lag_max=%s events_lag_mean=%s load=%.1f/%.1f/%.1f"+
+			"\n  bootstrap: %v\n  refreshes: %v\n  joins: %v",
+			r.Loss, r.Lost, r.BootstrapMsgs, r.RefreshMsgs, r.JoinMsgs, r.JoinLearnt, r.JoinPullBytes, r.JoinerBytes,
+			r.EventsLagMax.Round(time.Millisecond), r.EventsLagMean.Round(time.Microsecond), r.Load[0], r.Load[1],
+			r.Load[2], r.Bootstrap, r.Refreshes, r.Joins)
 }
 
 // GossipPerPublish is the gossip bytes a member read until full membership per member record published in the
@@ -192,7 +236,8 @@ var ErrTimeout = errors.New("fleetsim: phase did not finish in time")
 // Run runs one simulation and closes everything it started before it returns.
 func Run(ctx context.Context, cfg Config) (Result, error) {
 	cfg = cfg.withDefaults()
-	res := Result{Nodes: cfg.Nodes, Classes: cfg.Classes, Latency: cfg.Latency, Compiles: map[string]int{}}
+	res := Result{Nodes: cfg.Nodes, Classes: cfg.Classes, Latency: cfg.Latency, Loss: cfg.Loss, Compiles: map[string]int{}}
+	res.Load[0] = loadAvg()
 	if cfg.Nodes < 2 {
 		return res, fmt.Errorf("fleetsim: %d nodes", cfg.Nodes)
 	}
@@ -212,26 +257,13 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	mn := mocknet.New()
 	defer mn.Close()
 	mn.SetLinkDefaults(mocknet.LinkOptions{Latency: cfg.Latency})
-	ms := make([]*member, cfg.Nodes)
-	for i := range ms {
-		sk, _, err := crypto.GenerateEd25519Key(rngReader{rng})
-		if err != nil {
-			return res, err
-		}
-		ip := make(net.IP, net.IPv6len)
-		ip[0], ip[1] = 0x01, 0x00 // 100::/64, the mocknet's blackhole prefix: a usable, non-loopback address
-		ip[12], ip[13], ip[14], ip[15] = byte(i>>24), byte(i>>16), byte(i>>8), byte(i)
-		addr, err := ma.NewMultiaddr(fmt.Sprintf("/ip6/%s/tcp/4242", ip))
-		if err != nil {
-			return res, err
-		}
-		h, err := mn.AddPeer(sk, addr)
-		if err != nil {
-			return res, err
-		}
-		ms[i] = &member{id: h.ID(), class: fmt.Sprintf("class-%c", 'a'+i%cfg.Classes)}
-		ms[i].host = &countingHost{Host: h, t: &ms[i].traffic}
-	}
+	// The members, then the Joins that come later: keys and links of the first ones come from the seed in the
+	// same order whether or not members join.
+	all := make([]*member, cfg.Nodes+cfg.Joins)
+	ms := all[:cfg.Nodes]
+	run := &runInfo{joiners: map[string]bool{}}
+	var linkMu sync.Mutex
+	var dialled atomic.Int64
 	var edges [][2]int
 	linked := map[[2]int]bool{}
 	link := func(i, j int) error {
@@ -243,29 +275,75 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 			return nil
 		}
 		linked[k] = true
-		_, err := mn.LinkPeers(ms[i].id, ms[j].id)
+		_, err := mn.LinkPeers(all[i].id, all[j].id)
 		return err
 	}
-	for i := range ms {
-		for j := max(0, i-cfg.Bootstrap); j < i; j++ {
-			if err := link(i, j); err != nil {
+	for _, part := range [][2]int{{0, cfg.Nodes}, {cfg.Nodes, len(all)}} {
+		for i := part[0]; i < part[1]; i++ {
+			sk, _, err := crypto.GenerateEd25519Key(rngReader{rng})
+			if err != nil {
 				return res, err
 			}
-			edges = append(edges, [2]int{i, j})
-		}
-		for range cfg.ExtraLinks / 2 { // each random link serves both ends: ExtraLinks per member on average
-			if err := link(i, rng.IntN(cfg.Nodes)); err != nil {
+			ip := make(net.IP, net.IPv6len)
+			ip[0], ip[1] = 0x01, 0x00 // 100::/64, the mocknet's blackhole prefix: a usable, non-loopback address
+			ip[12], ip[13], ip[14], ip[15] = byte(i>>24), byte(i>>16), byte(i>>8), byte(i)
+			addr, err := ma.NewMultiaddr(fmt.Sprintf("/ip6/%s/tcp/4242", ip))
+			if err != nil {
 				return res, err
+			}
+			h, err := mn.AddPeer(sk, addr)
+			if err != nil {
+				return res, err
+			}
+			all[i] = &member{id: h.ID(), class: fmt.Sprintf("class-%c", 'a'+i%cfg.Classes)}
+			all[i].host = &countingHost{Host: h, t: &all[i].traffic, loss: cfg.Loss, run: run}
+		}
+		for i := part[0]; i < part[1]; i++ {
+			for j := max(0, i-cfg.Bootstrap); j < i; j++ {
+				if err := link(i, j); err != nil {
+					return res, err
+				}
+				edges = append(edges, [2]int{i, j})
+			}
+			for range cfg.ExtraLinks / 2 { // each random link serves both ends: ExtraLinks per member on average
+				if err := link(i, rng.IntN(cfg.Nodes)); err != nil {
+					return res, err
+				}
 			}
 		}
 	}
 	res.Links = len(linked)
+	if cfg.DialAny {
+		run.link = func(a, b peer.ID) error {
+			linkMu.Lock()
+			defer linkMu.Unlock()
+			if len(mn.LinksBetweenPeers(a, b)) > 0 {
+				return nil
+			}
+			dialled.Add(1)
+			_, err := mn.LinkPeers(a, b)
+			return err
+		}
+	}
+	var joinEdges [][2]int // the joiners' bootstrap links, connected when each joins
+	for len(edges) > 0 && edges[len(edges)-1][0] >= cfg.Nodes {
+		joinEdges = append(joinEdges, edges[len(edges)-1])
+		edges = edges[:len(edges)-1]
+	}
+	ids := make([]peer.ID, len(all))
+	for i, m := range all {
+		ids[i] = m.id
+		if i >= cfg.Nodes {
+			run.joiners[string(m.id)] = true
+		}
+	}
 
 	// Start every member (as daemons would, before they dial their static peers).
 	tStart := time.Now()
-	defer closeAll(ms, max(cfg.Parallel, 64))
-	err = parallel(ctx, len(ms), cfg.Parallel, func(i int) error {
-		m := ms[i]
+	tr := newTracer(tStart, ids, cfg.Nodes)
+	defer closeAll(all, max(cfg.Parallel, 64))
+	startNode := func(i int) error {
+		m := all[i]
 		pc := p2p.Config{DataDir: filepath.Join(dir, fmt.Sprint(i)), FleetKey: psk, Class: m.class,
 			Hostname: fmt.Sprintf("sim%d", i), MemberRefresh: cfg.MemberRefresh, MinPeers: cfg.MinPeers}
 		if err := os.Mkdir(pc.DataDir, 0o755); err != nil {
@@ -275,7 +353,17 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		if err != nil {
 			return err
 		}
+		n.TraceMembers(tr.hook(int32(i))) // before any connection: the node has no peer to take records from yet
 		m.node = n
+		return nil
+	}
+	err = parallel(ctx, len(ms), cfg.Parallel, func(i int) error {
+		if err := startNode(i); err != nil {
+			return err
+		}
+		m := ms[i]
+		n := m.node
+		var err error
 		if m.tr, err = flight.NewPubSubTransport(n.PubSub(), n.ID()); err != nil {
 			return err
 		}
@@ -332,6 +420,16 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		return res, fmt.Errorf("%w: membership: %d of %d members do not list all", err, short, cfg.Nodes)
 	}
 	res.FullMembership = time.Since(t0)
+	res.Dialled = int(dialled.Load())
+	res.Load[1] = loadAvg()
+	var published, msgs int64
+	for _, m := range ms {
+		published += m.node.MemberStats().Published
+		msgs += m.traffic.memberMsgs.Load()
+	}
+	if published > 0 {
+		res.BootstrapMsgs = float64(msgs) / float64(cfg.Nodes) / float64(published)
+	}
 	res.Verifies = float64(verifyCalls.Load()-calls0) / float64(cfg.Nodes)
 	res.VerifiesComputed = verifyDone.Load() - done0
 	for _, m := range ms {
@@ -441,23 +539,115 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	}
 	// The steady phase comes after the flight (Idle sets the idle time before it): a flight after 15 s of idle
 	// members elected 24 + 22 compilers at 200, because it met every member's refresh at once (benchmarks.md).
+	// Then the joins; the process's timer lag is watched through both.
+	lagStop = make(chan struct{})
+	lagStats := make(chan [2]time.Duration, 1)
+	go func() { lagStats <- lagMaxMean(lagStop) }()
+	steadyFrom := time.Since(tStart)
 	if cfg.Steady > 0 {
 		if err := steady(ctx, ms, cfg.Steady, &res); err != nil {
+			close(lagStop)
 			return res, err
 		}
 		if cfg.Progress != nil {
 			cfg.Progress("steady", res)
 		}
 	}
-	return res, nil
+	steadyTo := time.Since(tStart)
+	var joinAt []time.Duration
+	var joinErr error
+	if cfg.Joins > 0 {
+		joinAt, joinErr = joins(ctx, cfg, all, joinEdges, startNode, mn, tr, &res)
+	}
+	close(lagStop)
+	lag := <-lagStats
+	res.EventsLagMax, res.EventsLagMean = lag[0], lag[1]
+	res.Load[2] = loadAvg()
+	res.Dialled = int(dialled.Load())
+	for _, m := range all {
+		res.Lost += float64(m.traffic.lost.Load()) / float64(len(all))
+	}
+
+	// The hops: from one snapshot of the trace after the run (sorting it takes seconds at 1,000 members).
+	p := tr.paths()
+	n := int32(cfg.Nodes)
+	bl := map[[2]int32]bool{}
+	for _, e := range append(edges, joinEdges...) {
+		bl[[2]int32{int32(min(e[0], e[1])), int32(max(e[0], e[1]))}] = true
+	}
+	boot := func(a, b int32) bool { return bl[[2]int32{min(a, b), max(a, b)}] }
+	res.Bootstrap = p.spread(p.firsts(n, func(o int32) bool { return o < n }, func(int32) time.Duration { return t0.Sub(tStart) }), boot)
+	// A refresh signed in the last 2 s of the steady phase may not have spread when it ended (without joins after).
+	res.Refreshes = p.spread(p.refreshes(n, tStart, steadyFrom, steadyTo-2*time.Second), boot)
+	res.Joins = p.spread(p.firsts(n, func(o int32) bool { return o >= n }, func(o int32) time.Duration { return joinAt[o-n] }), boot)
+	return res, joinErr
+}
+
+// joins starts the joining members (all[cfg.Nodes:]) one every JoinGap, each connected to its bootstrap links,
+// and sets the Join* figures; it returns when each joined, since the tracer's t0.
+func joins(ctx context.Context, cfg Config, all []*member, edges [][2]int, start func(int) error, mn mocknet.Mocknet,
+	tr *tracer, res *Result) ([]time.Duration, error) {
+	ms := all[:cfg.Nodes]
+	n := float64(cfg.Nodes)
+	var basePull float64 // per member per second
+	if cfg.Steady > 0 {
+		basePull = res.SteadyPullBytes * res.SteadyRounds / cfg.Steady.Seconds()
+	}
+	count := func() (msgs, s int64) {
+		for _, m := range ms {
+			msgs += m.traffic.joinerMsgs.Load()
+			s += m.traffic.memberSync.Load()
+		}
+		return msgs, s
+	}
+	var at []time.Duration
+	var learnt []float64
+	for k := range cfg.Joins {
+		i := cfg.Nodes + k
+		g0, s0 := count()
+		tj := time.Now()
+		at = append(at, tj.Sub(tr.t0))
+		if err := start(i); err != nil {
+			return at, fmt.Errorf("fleetsim: join: %w", err)
+		}
+		for _, e := range edges {
+			if e[0] == i {
+				if _, err := mn.ConnectPeers(all[e[0]].id, all[e[1]].id); err != nil {
+					return at, fmt.Errorf("fleetsim: join: %w", err)
+				}
+			}
+		}
+		j := all[i]
+		var listed time.Duration
+		err := waitUntil(ctx, cfg.Timeout, 50*time.Millisecond, func() bool {
+			if listed == 0 && j.node.MemberCount() >= i+1 {
+				listed = time.Since(tj)
+			}
+			return listed > 0 && tr.added[i].Load() >= int32(cfg.Nodes) && time.Since(tj) >= cfg.JoinGap
+		})
+		if err != nil {
+			return at, fmt.Errorf("%w: join %d: listed by %d of %d members, lists %d", err, k, tr.added[i].Load(),
+				cfg.Nodes, j.node.MemberCount())
+		}
+		window := time.Since(tj).Seconds()
+		g1, s1 := count()
+		learnt = append(learnt, listed.Seconds())
+		res.JoinMsgs += float64(g1-g0) / n / float64(cfg.Joins)
+		res.JoinPullBytes += (float64(s1-s0)/n - basePull*window) / float64(cfg.Joins)
+		res.JoinerBytes += float64(j.traffic.gossip.Load()+j.traffic.memberSync.Load()) / float64(cfg.Joins)
+	}
+	res.JoinLearnt = dist(learnt)
+	return at, nil
 }
 
 // steady lets the members run for d with complete tables and sets the Steady* figures of res.
 func steady(ctx context.Context, ms []*member, d time.Duration, res *Result) error {
-	type snap struct{ sync, gossip, pulls, inSync, rounds int64 }
+	type snap struct{ sync, gossip, pulls, inSync, rounds, published, msgs int64 }
 	take := func() (s snap) {
 		for _, m := range ms {
 			st := m.node.MemberStats()
+			s.published += st.Published
+			s.msgs += m.traffic.memberMsgs.Load()
 			s.sync += m.traffic.memberSync.Load()
 			s.gossip += m.traffic.gossip.Load()
 			s.pulls += st.Pulls
@@ -484,6 +674,10 @@ func steady(ctx context.Context, ms []*member, d time.Duration, res *Result) err
 		res.SteadyInSync = float64(b.inSync-a.inSync) / float64(b.pulls-a.pulls)
 	}
 	res.SteadyGossipBytes = float64(b.gossip-a.gossip) / n / d.Seconds()
+	res.SteadyPublished = b.published - a.published
+	if res.SteadyPublished > 0 {
+		res.RefreshMsgs = float64(b.msgs-a.msgs) / n / float64(res.SteadyPublished)
+	}
 	return nil
 }
 
@@ -528,18 +722,26 @@ func timeline(ms []*member, tStart time.Time, flightAt *atomic.Int64, stop <-cha
 }
 
 // maxLag returns the longest a 10 ms timer fired late until stop is closed.
-func maxLag(stop <-chan struct{}) time.Duration {
-	var worst time.Duration
+func maxLag(stop <-chan struct{}) time.Duration { return lagMaxMean(stop)[0] }
+
+// lagMaxMean returns the longest and the mean time a 10 ms timer fired late until stop is closed.
+func lagMaxMean(stop <-chan struct{}) [2]time.Duration {
+	var worst, sum time.Duration
+	n := 0
 	for {
 		t0 := time.Now()
 		t := time.NewTimer(10 * time.Millisecond)
 		select {
 		case <-stop:
 			t.Stop()
-			return worst
+			if n == 0 {
+				return [2]time.Duration{}
+			}
+			return [2]time.Duration{worst, sum / time.Duration(n)}
 		case <-t.C:
 		}
-		worst = max(worst, time.Since(t0)-10*time.Millisecond)
+		late := time.Since(t0) - 10*time.Millisecond
+		worst, sum, n = max(worst, late), sum+late, n+1
 	}
 }
 
@@ -645,3 +847,14 @@ func (emptyStore) ServeChunk(context.Context, cid.Cid, int, []byte) ([]byte, err
 	return nil, blobstore.ErrNotFound
 }
 func (emptyStore) Commit(context.Context, cid.Cid) error { return blobstore.ErrNotFound }
+
+// loadAvg is the machine's 1-minute load average, or 0 where /proc/loadavg is not there.
+func loadAvg() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0
+	}
+	var l float64
+	fmt.Sscan(string(b), &l)
+	return l
+}

@@ -2,6 +2,7 @@ package fleetsim
 
 import (
 	"context"
+	"math"
 	"os"
 	"strconv"
 	"testing"
@@ -23,7 +24,7 @@ func TestSmallFleet(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	res, err := Run(ctx, Config{Nodes: n, Latency: 5 * time.Millisecond, Timeout: time.Minute, Seed: 1,
-		Window: window, Steady: 6 * time.Second})
+		Window: window, Steady: 6 * time.Second, Joins: 2, JoinGap: 4 * time.Second})
 	t.Log(res)
 	if err != nil {
 		t.Fatal(err)
@@ -40,6 +41,30 @@ func TestSmallFleet(t *testing.T) {
 	if res.SteadyInSync < 0.5 {
 		t.Errorf("%.2f of the steady pulls in sync, want most", res.SteadyInSync)
 	}
+	// Every delivery traced back to its record's member; every member reached by each join.
+	for _, s := range []struct {
+		name string
+		s    Spread
+		want int
+	}{{"bootstrap", res.Bootstrap, n}, {"joins", res.Joins, 2}, {"refreshes", res.Refreshes, res.Refreshes.Records}} {
+		if s.s.Unknown != 0 || s.s.Records != s.want {
+			t.Errorf("%s: %d records (want %d), %d deliveries not traced to the member", s.name, s.s.Records, s.want, s.s.Unknown)
+		}
+	}
+	if res.Joins.Complete != 2 {
+		t.Errorf("%d of 2 joins reached every member", res.Joins.Complete)
+	}
+	// With complete tables a record travels gossipsub's mesh, here the ring of bootstrap links (diameter 9 at 50
+	// members, 4 at 20) plus a few shortcuts: a join's and a refresh's farthest member was 5-7 hops away at 50,
+	// and 2 log2(n) (12 at 50, 10 at 20) leaves room for a loaded machine. How hops grow with N, and why the
+	// bootstrap has no such bound (records spread by pull chains while the overlay forms), is in benchmarks.md
+	// ("Hops per member record").
+	bound := 2 * math.Ceil(math.Log2(float64(n)))
+	for _, s := range []Spread{res.Joins, res.Refreshes} {
+		if s.Hops.Max > bound {
+			t.Errorf("a record's farthest member %v hops away, want at most %v", s.Hops.Max, bound)
+		}
+	}
 }
 
 // TestScale is `make bench-scale`: FLEETSIM_NODES (comma-separated sizes) members each, figures logged.
@@ -48,44 +73,46 @@ func TestScale(t *testing.T) {
 	if sizes == "" {
 		t.Skip("FLEETSIM_NODES not set (make bench-scale)")
 	}
+	dur := func(name string, def time.Duration) time.Duration {
+		v := os.Getenv(name)
+		if v == "" {
+			return def
+		}
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		return d
+	}
+	num := func(name string, def float64) float64 {
+		v := os.Getenv(name)
+		if v == "" {
+			return def
+		}
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		return f
+	}
+	latency := dur("FLEETSIM_LATENCY", 5*time.Millisecond)
+	phase := dur("FLEETSIM_TIMEOUT", 10*time.Minute)
+	refresh := dur("FLEETSIM_REFRESH", 0)            // MemberRefresh (default the node's, 30 s)
+	steady := dur("FLEETSIM_STEADY", 15*time.Second) // complete tables: their pulls and refreshes
+	idle := dur("FLEETSIM_IDLE", 0)                  // members idle after full membership, before the flight
+	loss := num("FLEETSIM_LOSS", 0)                  // gossip messages lost (Config.Loss)
+	joins := int(num("FLEETSIM_JOINS", 5))           // members joining after the steady phase
+	gap := dur("FLEETSIM_JOIN_GAP", 0)
+	dialAny := os.Getenv("FLEETSIM_DIAL_ANY") == "1" // every member may dial every other (a LAN)
+	bootstrap := int(num("FLEETSIM_BOOTSTRAP", 3))   // each member's bootstrap list: the members started before it
 	for _, s := range splitComma(sizes) {
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 2 {
 			t.Fatalf("FLEETSIM_NODES: %q", s)
 		}
-		latency := 5 * time.Millisecond
-		if v := os.Getenv("FLEETSIM_LATENCY"); v != "" {
-			if latency, err = time.ParseDuration(v); err != nil {
-				t.Fatal(err)
-			}
-		}
-		phase := 10 * time.Minute
-		if v := os.Getenv("FLEETSIM_TIMEOUT"); v != "" {
-			if phase, err = time.ParseDuration(v); err != nil {
-				t.Fatal(err)
-			}
-		}
-		var refresh time.Duration // FLEETSIM_REFRESH: MemberRefresh (default the node's, 30 s)
-		if v := os.Getenv("FLEETSIM_REFRESH"); v != "" {
-			if refresh, err = time.ParseDuration(v); err != nil {
-				t.Fatal(err)
-			}
-		}
-		steady := 15 * time.Second // FLEETSIM_STEADY: how long to measure complete tables' pulls (three rounds)
-		if v := os.Getenv("FLEETSIM_STEADY"); v != "" {
-			if steady, err = time.ParseDuration(v); err != nil {
-				t.Fatal(err)
-			}
-		}
-		var idle time.Duration // FLEETSIM_IDLE: members idle after full membership, before the flight
-		if v := os.Getenv("FLEETSIM_IDLE"); v != "" {
-			if idle, err = time.ParseDuration(v); err != nil {
-				t.Fatal(err)
-			}
-		}
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 		res, err := Run(ctx, Config{Nodes: n, Latency: latency, Timeout: phase, Seed: 1, MemberRefresh: refresh,
-			Steady: steady, Idle: idle,
+			Steady: steady, Idle: idle, Loss: loss, Joins: joins, JoinGap: gap, DialAny: dialAny, Bootstrap: bootstrap,
 			Progress: func(phase string, r Result) { t.Logf("%s: %s", phase, r) },
 			Waiting: func(d time.Duration, complete int, listed float64) {
 				t.Logf("membership after %.0fs: %d of %d members list all, %.1f listed on average", d.Seconds(), complete, n, listed)
