@@ -334,11 +334,12 @@ type transfer struct {
 	lastHave     time.Time // a peer last announced a chunk it had not held
 	peers        map[peer.ID]*fpeer
 	live         int
-	self         peer.ID  // this node
-	own          []bool   // chunks this node owns in the seed scatter (swarm_seed.go), for the fetchers in ownKey
-	ownKey       string   // the fetchers, sorted, joined
-	shares       int      // fetchers in ownKey: chunk i is in share i mod shares
-	weight       []uint64 // this node's weight of each chunk (the order it takes other shares' chunks in)
+	self         peer.ID   // this node
+	arriving     *arrivals // the chunks this node is receiving (swarm_arriving.go), for pick's slow copies
+	own          []bool    // chunks this node owns in the seed scatter (swarm_seed.go), for the fetchers in ownKey
+	ownKey       string    // the fetchers, sorted, joined
+	shares       int       // fetchers in ownKey: chunk i is in share i mod shares
+	weight       []uint64  // this node's weight of each chunk (the order it takes other shares' chunks in)
 	began        time.Time
 	fetched      int // chunks missing at the start
 	requested    int // chunk requests in flight
@@ -386,7 +387,7 @@ func (fp *fpeer) arriving(i int) bool { return fp.arr != nil && !fp.arr[i].IsZer
 
 func newTransfer(ctx context.Context, n *Node, blob cid.Cid, m *blobstore.Manifest, have []bool, report func(int64)) *transfer {
 	t := &transfer{
-		n: n, self: n.ID(), blob: blob, m: m, p: n.fp, report: report,
+		n: n, self: n.ID(), blob: blob, m: m, p: n.fp, report: report, arriving: &n.srv.arriving,
 		have: have, assigned: make([]uint8, len(have)), avail: make([]uint16, len(have)), since: make([]time.Time, len(have)),
 		peers: map[peer.ID]*fpeer{}, lastProgress: time.Now(), lastHave: time.Now(), began: time.Now(),
 	}
@@ -809,7 +810,11 @@ func (t *transfer) pick(fp *fpeer) (chunkRange, bool) {
 			// receiver's downlink is the bottleneck of a fleet distribution's end (6.9). Below endGameFill the
 			// seed copies too: its uplink idles once every chunk has left it, while each last chunk comes from the
 			// one receiver that has it, to ten at once.
-			ok = func(i int) bool { return dup(i) && now.Sub(t.since[i]) > slow }
+			// A request whose bytes still flow is slow because this node's downlink is shared (a half-rate host's
+			// every request), not because its sender stopped: a copy would only take bytes from it.
+			ok = func(i int) bool {
+				return dup(i) && now.Sub(t.since[i]) > slow && !t.arriving.flowing(t.blob, i, now.Add(-flowWindow))
+			}
 		default:
 			ok = dup
 		}
@@ -830,6 +835,9 @@ func (t *transfer) pick(fp *fpeer) (chunkRange, bool) {
 	}
 	return r, true
 }
+
+// flowWindow: a chunk request whose bytes arrived within it is not copied as slow (pick).
+const flowWindow = minSlowAfter
 
 // endGameFill is how many chunk requests in flight keep this node's downlink busy: in the end game, a chunk
 // already requested from another peer is requested again only below it (or when its request is slow).

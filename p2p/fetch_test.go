@@ -299,6 +299,21 @@ func TestPickStealsSlowRequest(t *testing.T) {
 			t.Fatalf("pick = %v %v, want the slow chunk 1", r, ok)
 		}
 	}
+	// A slow request whose bytes still flow (this node's downlink is shared, not its sender stopped) is not
+	// copied; once they have stopped for flowWindow it is.
+	tr.arriving = &arrivals{}
+	a := tr.arriving.begin(tr.blob, 1, 1<<10)
+	defer a.finish(false)
+	a.progress(10)
+	if r, ok := tr.pick(other); ok {
+		t.Fatalf("pick = %v, a copy of a request whose bytes flow", r)
+	}
+	a.mu.Lock()
+	a.at = time.Now().Add(-2 * flowWindow)
+	a.mu.Unlock()
+	if r, ok := tr.pick(other); !ok || r.First != 1 {
+		t.Fatalf("pick = %v %v, want the stalled slow chunk 1", r, ok)
+	}
 	tr.since[1] = time.Now()
 	if r, ok := tr.pick(other); ok {
 		t.Fatalf("pick = %v with no slow request", r)

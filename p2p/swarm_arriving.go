@@ -58,6 +58,7 @@ type arrival struct {
 	state int
 	wake  chan struct{} // closed and replaced on every change
 	last  int           // n at the last wake-up
+	at    time.Time     // when bytes last arrived
 }
 
 // begin registers chunk i of blob, size bytes long, as arriving and returns it holding the receiver's reference;
@@ -103,6 +104,23 @@ func (r *arrivals) indexes(blob cid.Cid) []uint32 {
 	return idx
 }
 
+// flowing reports whether chunk i of blob is being received here and bytes of it arrived since after: its request
+// is slow because the link is shared, not because its sender stopped, and a copy would take bytes from it.
+func (r *arrivals) flowing(blob cid.Cid, i int, after time.Time) bool {
+	if r == nil {
+		return false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	a := r.m[arrivalKey{blob, i}]
+	if a == nil {
+		return false
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.at.After(after)
+}
+
 // release drops a reference; the last one returns the buffer to the pool.
 func (a *arrival) release() {
 	a.reg.mu.Lock()
@@ -117,7 +135,7 @@ func (a *arrival) release() {
 func (a *arrival) progress(n int) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.n = n
+	a.n, a.at = n, time.Now()
 	if n-a.last >= arrivalStep {
 		a.last = n
 		close(a.wake)
