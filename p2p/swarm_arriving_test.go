@@ -342,8 +342,47 @@ func hostileArriver(t *testing.T, m *blobstore.Manifest, corrupt bool) *hostile.
 		}
 	}
 	n := m.NumChunks()
+	serveChunkRequests(p, func(st network.Stream, req request) bool {
+		switch req.Type {
+		case msgGetManifest:
+			writeFrame(st, msgManifest, m.Encode())
+		case msgWatchHave2:
+			writeFrame(st, msgHave, encodeHave(make([]bool, n)))
+			all := make([]uint32, n)
+			for i := range all {
+				all[i] = uint32(i)
+			}
+			writeFrame(st, msgArriving, encodeHaveAdd(all))
+			stall()
+			st.Reset()
+			return false
+		case msgGetChunks:
+			i := int(req.Ranges[0].First)
+			b := make([]byte, frameHeaderLen+chunkFrameOverhead+m.ChunkLen(i))
+			frameHeader(b, msgChunk, len(b)-frameHeaderLen)
+			putIndex(b[frameHeaderLen:], i)
+			if !corrupt {
+				st.Write(b[:frameHeaderLen+chunkFrameOverhead+100]) // a header and a little, then a stall
+				stall()
+				st.Reset()
+				return false
+			}
+			st.Write(b) // zeros: a complete frame that fails the hash
+		default:
+			writeFrame(st, msgError, encodeError(ErrUnsupported))
+			st.Reset()
+			return false
+		}
+		return true
+	})
+	return p
+}
+
+// serveChunkRequests makes p answer each chunk-protocol request of a stream with handle, in order, until handle
+// returns false or a read fails (20 s per stream); a request that does not decode resets the stream.
+func serveChunkRequests(p *hostile.Peer, handle func(st network.Stream, req request) bool) {
 	p.Host.SetStreamHandler(ChunkProtocol, func(st network.Stream) {
-		defer st.Reset()
+		defer st.Close()
 		st.SetDeadline(time.Now().Add(20 * time.Second))
 		for {
 			typ, pl, err := readFrame(st, nil)
@@ -352,38 +391,14 @@ func hostileArriver(t *testing.T, m *blobstore.Manifest, corrupt bool) *hostile.
 			}
 			req, err := decodeRequest(typ, pl)
 			if err != nil {
+				st.Reset()
 				return
 			}
-			switch req.Type {
-			case msgGetManifest:
-				writeFrame(st, msgManifest, m.Encode())
-			case msgWatchHave2:
-				writeFrame(st, msgHave, encodeHave(make([]bool, n)))
-				all := make([]uint32, n)
-				for i := range all {
-					all[i] = uint32(i)
-				}
-				writeFrame(st, msgArriving, encodeHaveAdd(all))
-				stall()
-				return
-			case msgGetChunks:
-				i := int(req.Ranges[0].First)
-				b := make([]byte, frameHeaderLen+chunkFrameOverhead+m.ChunkLen(i))
-				frameHeader(b, msgChunk, len(b)-frameHeaderLen)
-				putIndex(b[frameHeaderLen:], i)
-				if !corrupt {
-					st.Write(b[:frameHeaderLen+chunkFrameOverhead+100]) // a header and a little, then a stall
-					stall()
-					return
-				}
-				st.Write(b) // zeros: a complete frame that fails the hash
-			default:
-				writeFrame(st, msgError, encodeError(ErrUnsupported))
+			if !handle(st, req) {
 				return
 			}
 		}
 	})
-	return p
 }
 
 // Threat 9.2 "ARRIVING lies": a member announces every chunk arriving and, asked for one, sends a CHUNK header
@@ -523,52 +538,40 @@ func TestThreatForwardHog(t *testing.T) {
 func slowSeed(t *testing.T, data []byte, release <-chan struct{}) *hostile.Peer {
 	p := hostilePeers(t, 1, hostile.PeerOptions{})[0]
 	m, chunks := manifestOf(data)
-	p.Host.SetStreamHandler(ChunkProtocol, func(st network.Stream) {
-		defer st.Close()
-		st.SetDeadline(time.Now().Add(20 * time.Second))
-		for {
-			typ, pl, err := readFrame(st, nil)
-			if err != nil {
-				return
+	serveChunkRequests(p, func(st network.Stream, req request) bool {
+		switch req.Type {
+		case msgGetManifest:
+			writeFrame(st, msgManifest, m.Encode())
+		case msgGetHave, msgWatchHave, msgWatchHave2:
+			all := make([]bool, len(chunks))
+			for i := range all {
+				all[i] = true
 			}
-			req, err := decodeRequest(typ, pl)
-			if err != nil {
-				st.Reset()
-				return
-			}
-			switch req.Type {
-			case msgGetManifest:
-				writeFrame(st, msgManifest, m.Encode())
-			case msgGetHave, msgWatchHave, msgWatchHave2:
-				all := make([]bool, len(chunks))
-				for i := range all {
-					all[i] = true
-				}
-				writeFrame(st, msgHave, encodeHave(all))
-			case msgGetChunks:
-				for _, r := range req.Ranges {
-					for i := int(r.First); i < int(r.First+r.Count); i++ {
-						b := make([]byte, frameHeaderLen+chunkFrameOverhead, frameHeaderLen+chunkFrameOverhead+len(chunks[i]))
-						frameHeader(b, msgChunk, chunkFrameOverhead+len(chunks[i]))
-						putIndex(b[frameHeaderLen:], i)
-						b = append(b, chunks[i]...)
-						half := frameHeaderLen + chunkFrameOverhead + len(chunks[i])/2
-						if _, err := st.Write(b[:half]); err != nil {
-							return
-						}
-						select {
-						case <-release:
-						case <-time.After(15 * time.Second):
-							st.Reset()
-							return
-						}
-						if _, err := st.Write(b[half:]); err != nil {
-							return
-						}
+			writeFrame(st, msgHave, encodeHave(all))
+		case msgGetChunks:
+			for _, r := range req.Ranges {
+				for i := int(r.First); i < int(r.First+r.Count); i++ {
+					b := make([]byte, frameHeaderLen+chunkFrameOverhead, frameHeaderLen+chunkFrameOverhead+len(chunks[i]))
+					frameHeader(b, msgChunk, chunkFrameOverhead+len(chunks[i]))
+					putIndex(b[frameHeaderLen:], i)
+					b = append(b, chunks[i]...)
+					half := frameHeaderLen + chunkFrameOverhead + len(chunks[i])/2
+					if _, err := st.Write(b[:half]); err != nil {
+						return false
+					}
+					select {
+					case <-release:
+					case <-time.After(15 * time.Second):
+						st.Reset()
+						return false
+					}
+					if _, err := st.Write(b[half:]); err != nil {
+						return false
 					}
 				}
 			}
 		}
+		return true
 	})
 	return p
 }
