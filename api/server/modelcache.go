@@ -11,6 +11,11 @@ import (
 // maxCachedModels bounds the model cache; an application uses a handful of models.
 const maxCachedModels = 256
 
+// racyMargin: the kernel stamps ctime from its coarse clock, up to a tick (1-10 ms) behind time.Now(), so a write
+// made just after hashing started can carry a ctime before the start. Files changed this close to the start are
+// not cached ("racy git").
+const racyMargin = 20 * time.Millisecond
+
 // modelCache remembers model identities by path so that an ensure of an unchanged model does not re-hash
 // gigabytes of weights. An entry is used only while every file still has the size, mtime, ctime and inode it had
 // when hashed (as git's index does); any write to a file changes its ctime.
@@ -62,7 +67,7 @@ func (c *modelCache) load(ctx context.Context, path string) (compile.Model, erro
 	stamps := make([]fileStamp, 0, len(m.Files))
 	for _, f := range m.Files {
 		s, ok := stamp(ctx, f.Path)
-		if !ok || !s.ctime.Before(start) {
+		if !ok || racy(s.ctime, start) {
 			return m, nil // changed or vanished while being hashed: do not cache
 		}
 		stamps = append(stamps, s)
@@ -84,3 +89,6 @@ func (e cachedModel) current(ctx context.Context) bool {
 	}
 	return true
 }
+
+// racy reports whether a file with this ctime may have changed after hashing started at start.
+func racy(ctime, start time.Time) bool { return !ctime.Before(start.Add(-racyMargin)) }

@@ -20,7 +20,7 @@ func TestModelCacheFollowsFileChanges(t *testing.T) {
 	}
 	write(xml, "<net/>")
 	write(bin, "weights-1")
-	time.Sleep(10 * time.Millisecond) // the files' ctime must precede the hashing for the entry to be cached
+	time.Sleep(2 * racyMargin) // the files' ctime must precede the hashing for the entry to be cached
 
 	var c modelCache
 	m1, err := c.load(context.Background(), xml)
@@ -47,5 +47,25 @@ func TestModelCacheFollowsFileChanges(t *testing.T) {
 	}
 	if _, err := c.load(context.Background(), xml); err == nil {
 		t.Fatal("a model whose .bin is gone still loads from the cache")
+	}
+}
+
+func TestModelCacheRacy(t *testing.T) {
+	t.Parallel()
+	start := time.Now()
+	for _, tc := range []struct {
+		name  string
+		ctime time.Time
+		racy  bool
+	}{
+		{"changed long before", start.Add(-time.Second), false},
+		{"changed just before the margin", start.Add(-racyMargin - time.Millisecond), false},
+		{"coarse clock behind a write after start", start.Add(-racyMargin / 2), true},
+		{"at start", start, true},
+		{"after start", start.Add(time.Millisecond), true},
+	} {
+		if got := racy(tc.ctime, start); got != tc.racy {
+			t.Errorf("%s: racy = %v, want %v", tc.name, got, tc.racy)
+		}
 	}
 }
