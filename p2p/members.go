@@ -33,7 +33,7 @@ const (
 	// fillRedrawGrowth: a member the fill dialled while the table held k members is replaced by a new random one
 	// once the table holds this many times k (fill).
 	fillRedrawGrowth = 2
-	defaultMinPeers                  = 8
+	defaultMinPeers  = 8
 	// memberJoinDebounce spaces the publishes a topic join asks for: above memberMinInterval, so that no receiver
 	// takes the new record for one within its sender's budget (ignored and not forwarded).
 	memberJoinDebounce time.Duration = memberMinInterval + time.Second
