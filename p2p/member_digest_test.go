@@ -13,7 +13,6 @@ import (
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/crypto"
-	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/pnet"
 	"github.com/libp2p/go-libp2p/core/protocol"
@@ -527,66 +526,5 @@ func connectTo(ctx context.Context, t *testing.T, h *hostile.Peer, target *testN
 	t.Helper()
 	if err := h.Connect(ctx, peer.AddrInfo{ID: target.ID(), Addrs: target.Host().Addrs()}); err != nil {
 		t.Fatal(err)
-	}
-}
-
-// A member the overlay fill dialled while the table was small is redrawn once the table has doubled: a new
-// random member is dialled and the old connection closed, so the fill's chords are not all drawn from the
-// bootstrap links' neighbourhood (what pulls bring first). The target knows one member (a) when it fills, then
-// three (a, b, c): it replaces a by b or c and keeps that one.
-func TestMemberFillRedraws(t *testing.T) {
-	t.Parallel()
-	psk := writeKey(t)
-	cfg := func(minPeers int) func(*Config) {
-		return func(c *Config) {
-			c.FleetKey, c.ServeWithoutFleetKey, c.MinPeers, c.MemberRefresh = psk, false, minPeers, 10*time.Second
-		}
-	}
-	target := startNode(t, "", cfg(2)) // the hostile peer below is one, the fill dials the other
-	var others []*testNode
-	for range 3 {
-		others = append(others, startNode(t, "", cfg(-1)))
-	}
-	selfEnv := func(tn *testNode) []byte {
-		tn.members.mu.Lock()
-		defer tn.members.mu.Unlock()
-		return tn.members.selfEnv
-	}
-	var mu sync.Mutex
-	served := others[:1]
-	h := hostilePeers(t, 1, hostile.PeerOptions{FleetKey: psk})[0]
-	h.Serve(MemberSyncProtocol, func() []byte { // a member before the digest: its whole table
-		mu.Lock()
-		defer mu.Unlock()
-		var table []byte
-		for _, o := range served {
-			table = appendEntry(table, selfEnv(o))
-		}
-		return table
-	})
-	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
-	defer cancel()
-	connectTo(ctx, t, h, target)
-	connected := func(o *testNode) bool {
-		return target.Host().Network().Connectedness(o.ID()) == network.Connected
-	}
-	waitUntil := func(what string, cond func() bool) {
-		t.Helper()
-		for !cond() {
-			if ctx.Err() != nil {
-				t.Fatalf("timed out waiting for %s", what)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
-	waitUntil("the fill to dial a", func() bool { return connected(others[0]) })
-	mu.Lock()
-	served = others
-	mu.Unlock()
-	waitUntil("a redrawn", func() bool { return !connected(others[0]) && (connected(others[1]) || connected(others[2])) })
-	time.Sleep(3 * time.Second) // three fill rounds: the table has not doubled since, so nothing more is redrawn
-	if connected(others[0]) || !connected(others[1]) && !connected(others[2]) {
-		t.Errorf("after the redraw: connected to a %v, b %v, c %v; want b or c only", connected(others[0]),
-			connected(others[1]), connected(others[2]))
 	}
 }

@@ -30,10 +30,7 @@ const (
 	memberMinInterval                = 2 * time.Second // per member: a newer record sooner than this is not forwarded
 	fillTimeout                      = 5 * time.Second
 	maxFillDials                     = 4
-	// fillRedrawGrowth: a member the fill dialled while the table held k members is replaced by a new random one
-	// once the table holds this many times k (fill).
-	fillRedrawGrowth = 2
-	defaultMinPeers  = 8
+	defaultMinPeers                  = 8
 	// memberJoinDebounce spaces the publishes a topic join asks for: above memberMinInterval, so that no receiver
 	// takes the new record for one within its sender's budget (ignored and not forwarded).
 	memberJoinDebounce time.Duration = memberMinInterval + time.Second
@@ -320,9 +317,6 @@ type members struct {
 	// filling: an overlay fill's dials are running (in their own goroutine: each may take fillTimeout, and
 	// the loop's pulls and publishes must not wait for them).
 	filling bool
-	// drawn: the members the fill dialled, with the table's size (self included) when each was drawn; only the
-	// fill's goroutine uses it.
-	drawn map[peer.ID]int
 
 	// Counters for the simulation harness: records published and taken, pulls run and those found in sync
 	// by the table hash, anti-entropy rounds, records taken by pulls.
@@ -394,7 +388,7 @@ func (n *Node) startMembers(cfg Config) error {
 		lacked: make(chan struct{}, 1), behind: make(chan struct{}, 1),
 		book:    newMemberBook(n.h.ID(), cfg.FleetKey, cfg.Allowlist, memberTTLFactor*refresh),
 		info:    MemberInfo{ID: n.h.ID(), Hostname: cfg.Hostname, Class: cfg.Class, Tags: cfg.Tags, Version: cfg.Version},
-		syncing: map[peer.ID]bool{}, drawn: map[peer.ID]int{},
+		syncing: map[peer.ID]bool{},
 	}
 	m.info.Proof = memberProof(cfg.FleetKey, n.h.ID())
 	if err := checkMemberFields(m.info); err != nil {
@@ -682,35 +676,21 @@ func (m *members) startFill() {
 
 // fill dials random live members while fewer than minPeers are connected (at most maxFillDials per round), so
 // the overlay grows from a bootstrap list into a random graph of small diameter. The connection manager trims
-// what goes past its high water mark. Once enough are connected it redraws instead: a member drawn while the
-// table was small was drawn from the members pulls bring first, the bootstrap links' neighbourhood, so such a
-// chord is short; when the table has grown fillRedrawGrowth-fold since, one new random member is dialled and the
-// old one's connection closed (one per round, unless it must stay: keep). A chord is so
-// redrawn O(log N) times while the table fills, never once it is complete.
+// what goes past its high water mark.
 func (m *members) fill() {
 	n := m.n
 	if m.minPeers < 0 {
 		return
 	}
-	cands := m.book.list(time.Now())
-	size := len(cands) + 1
-	rand.Shuffle(len(cands), func(i, j int) { cands[i], cands[j] = cands[j], cands[i] })
 	need := m.minPeers - len(n.h.Network().Peers())
-	var stale peer.ID
-	for p, at := range m.drawn {
-		switch {
-		case n.h.Network().Connectedness(p) != network.Connected:
-			delete(m.drawn, p)
-		case need <= 0 && stale == "" && size >= fillRedrawGrowth*at && !m.keep(p):
-			stale = p
-		}
-	}
-	if need <= 0 && stale == "" {
+	if need <= 0 {
 		return
 	}
+	cands := m.book.list(time.Now())
+	rand.Shuffle(len(cands), func(i, j int) { cands[i], cands[j] = cands[j], cands[i] })
 	dials := 0
 	for _, c := range cands {
-		if dials >= min(max(need, 1), maxFillDials) || m.ctx.Err() != nil {
+		if dials >= min(need, maxFillDials) || m.ctx.Err() != nil {
 			return
 		}
 		if n.h.Network().Connectedness(c.ID) == network.Connected {
@@ -722,31 +702,8 @@ func (m *members) fill() {
 		cancel()
 		if err != nil {
 			n.log.Debug("member unreachable", "peer", c.ID, "err", err)
-			continue
-		}
-		m.drawn[c.ID] = size
-		if stale != "" {
-			delete(m.drawn, stale)
-			n.h.Network().ClosePeer(stale)
-			return
 		}
 	}
-}
-
-// keep says whether p's connection must stay: a static peer, or a chunk stream open (a transfer either way).
-// The connection manager's protection cannot tell: gossipsub protects its mesh peers too.
-func (m *members) keep(p peer.ID) bool {
-	if m.n.h.ConnManager().IsProtected(p, staticProtectTag) {
-		return true
-	}
-	for _, c := range m.n.h.Network().ConnsToPeer(p) {
-		for _, st := range c.GetStreams() {
-			if st.Protocol() == ChunkProtocol {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 // serveSync answers a whole-table pull (members before the digest) with our record and every live record held.
