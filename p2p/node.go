@@ -286,7 +286,8 @@ func (n *Node) start(ctx context.Context, cfg Config) error {
 // Mesh degree of every topic: gossipsub's defaults are D = 6, Dlo = 5. A member grafts only while its mesh has
 // fewer than Dlo peers, so when its bootstrap links alone give it Dlo topic peers (6 on the ring that lists of the
 // 3 members started before make) its mesh is those links, of diameter O(N). Dlo = 7 makes every member graft one
-// or two of the overlay fill's random connections too: a ring with random chords has diameter O(log N) (6.2).
+// or two of the overlay fill's random connections too, a ring with chords: fleetsim's farthest member of a
+// refresh 8 hops away at 200 members instead of 18, 40 at 1,000 instead of 220 (6.2).
 const (
 	meshD   = 8
 	meshDlo = 7
