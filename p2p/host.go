@@ -431,8 +431,9 @@ const (
 func startDiscovery(h host.Host, cfg Config, log *slog.Logger) (*discovery, error) {
 	d := &discovery{h: h, log: log, allowLoopback: cfg.AllowLoopback, found: map[peer.ID]foundPeer{}}
 	// Every member of a LAN hears every other at once when they start: each dials half the overlay fill's target
-	// and is dialled by about as many, so the overlay's degree stays near MinPeers and gossipsub meshes stay below
-	// their prune mark (prunes carry peer exchange, whose dials churned connections above conn_high).
+	// and is dialled by about as many, so the overlay's degree stays near MinPeers: each connection costs memory,
+	// and a denser overlay pushed gossipsub meshes past their prune mark (peer exchange, now off, then churned
+	// connections above conn_high).
 	d.dialBelow, _ = connBounds(cfg)
 	if cfg.MinPeers >= 0 {
 		d.dialBelow = max(1, min(d.dialBelow, minPeers(cfg))/2)

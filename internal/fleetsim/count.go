@@ -132,7 +132,7 @@ type countingHost struct {
 }
 
 // Connect links the two hosts first when the run lets every member dial every other (Config.DialAny): the
-// overlay fill and gossipsub's peer exchange dial members they learnt of, which on a LAN all answer.
+// overlay fill (and a fetch) dial members they learnt of, which on a LAN all answer.
 func (h *countingHost) Connect(ctx context.Context, pi peer.AddrInfo) error {
 	if h.run.link != nil {
 		if err := h.run.link(h.ID(), pi.ID); err != nil {

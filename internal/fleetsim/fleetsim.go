@@ -171,6 +171,8 @@ type Result struct {
 	// first record at every other, until full membership. Refreshes: the records original members republished
 	// during the steady phase (complete tables). Joins: the first record of each member that joined after it.
 	Bootstrap, Refreshes, Joins Spread
+	// Overlay is the connection graph at the end of the steady phase (graph.go).
+	Overlay Overlay
 	// Messages per membership event, per member: BootstrapMsgs the member records a member received on gossip
 	// (every copy) until full membership per record published in the fleet, RefreshMsgs the same in the steady
 	// phase, JoinMsgs the copies of a joiner's records an original member received per join.
@@ -204,10 +206,10 @@ func (r Result) String() string {
 		r.FlightLagMax.Round(time.Millisecond)) +
 		fmt.Sprintf(" loss=%.3f lost=%.1f msgs_per_event(bootstrap/refresh/join)=%.2f/%.2f/%.2f join_learnt_s=%v "+
 			"join_pull_bytes=%.0f joiner_bytes=%.0f events_lag_max=%s events_lag_mean=%s load=%.1f/%.1f/%.1f"+
-			"\n  bootstrap: %v\n  refreshes: %v\n  joins: %v",
+			"\n  bootstrap: %v\n  refreshes: %v\n  joins: %v\n  overlay: %v",
 			r.Loss, r.Lost, r.BootstrapMsgs, r.RefreshMsgs, r.JoinMsgs, r.JoinLearnt, r.JoinPullBytes, r.JoinerBytes,
 			r.EventsLagMax.Round(time.Millisecond), r.EventsLagMean.Round(time.Microsecond), r.Load[0], r.Load[1],
-			r.Load[2], r.Bootstrap, r.Refreshes, r.Joins)
+			r.Load[2], r.Bootstrap, r.Refreshes, r.Joins, r.Overlay)
 }
 
 // GossipPerPublish is the gossip bytes a member read until full membership per member record published in the
@@ -554,6 +556,12 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		}
 	}
 	steadyTo := time.Since(tStart)
+	bl := map[[2]int32]bool{}
+	for _, e := range append(edges, joinEdges...) {
+		bl[[2]int32{int32(min(e[0], e[1])), int32(max(e[0], e[1]))}] = true
+	}
+	boot := func(a, b int32) bool { return bl[[2]int32{min(a, b), max(a, b)}] }
+	res.Overlay = overlay(ms, boot)
 	var joinAt []time.Duration
 	var joinErr error
 	if cfg.Joins > 0 {
@@ -571,11 +579,6 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	// The hops: from one snapshot of the trace after the run (sorting it takes seconds at 1,000 members).
 	p := tr.paths()
 	n := int32(cfg.Nodes)
-	bl := map[[2]int32]bool{}
-	for _, e := range append(edges, joinEdges...) {
-		bl[[2]int32{int32(min(e[0], e[1])), int32(max(e[0], e[1]))}] = true
-	}
-	boot := func(a, b int32) bool { return bl[[2]int32{min(a, b), max(a, b)}] }
 	res.Bootstrap = p.spread(p.firsts(n, func(o int32) bool { return o < n }, func(int32) time.Duration { return t0.Sub(tStart) }), boot)
 	// A refresh signed in the last 2 s of the steady phase may not have spread when it ended (without joins after).
 	res.Refreshes = p.spread(p.refreshes(n, tStart, steadyFrom, steadyTo-2*time.Second), boot)

@@ -1,0 +1,88 @@
+package fleetsim
+
+import (
+	"fmt"
+	"slices"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// Overlay describes the connection graph after the steady phase: gossipsub's meshes are subsets of it, so its
+// diameter is a lower bound of a mesh's, and the ring distance of its chords (connections that are not bootstrap
+// links) says whether the overlay fill's connections are random or drawn near the member.
+type Overlay struct {
+	Diameter      int     // most hops between two members over connections
+	MeanDist      float64 // mean hops between two members
+	Chords        int     // connections that are not bootstrap links
+	ChordMedian   int     // median ring distance of a chord (|i - j| around the ring of n members)
+	ChordsPastTen float64 // share of chords longer than n/10
+}
+
+func (o Overlay) String() string {
+	return fmt.Sprintf("diameter=%d mean_dist=%.2f chords=%d chord_ring_dist_median=%d chords_past_n/10=%.2f",
+		o.Diameter, o.MeanDist, o.Chords, o.ChordMedian, o.ChordsPastTen)
+}
+
+// overlay measures the connections among ms (members 0..n-1); boot says whether i-j is a bootstrap link.
+func overlay(ms []*member, boot func(a, b int32) bool) Overlay {
+	n := len(ms)
+	idx := make(map[peer.ID]int, n)
+	for i, m := range ms {
+		idx[m.id] = i
+	}
+	adj := make([][]int, n)
+	var o Overlay
+	var dists []int
+	for i, m := range ms {
+		for _, p := range m.host.Network().Peers() {
+			j, ok := idx[p]
+			if !ok {
+				continue
+			}
+			adj[i] = append(adj[i], j)
+			if i < j && !boot(int32(i), int32(j)) {
+				d := min(j-i, n-(j-i))
+				dists = append(dists, d)
+				if d > n/10 {
+					o.ChordsPastTen++
+				}
+			}
+		}
+	}
+	o.Chords = len(dists)
+	if len(dists) > 0 {
+		slices.Sort(dists)
+		o.ChordMedian = dists[len(dists)/2]
+		o.ChordsPastTen /= float64(len(dists))
+	}
+	var sum, pairs float64
+	dist := make([]int, n)
+	queue := make([]int, 0, n)
+	for s := range n {
+		for i := range dist {
+			dist[i] = -1
+		}
+		dist[s] = 0
+		queue = append(queue[:0], s)
+		for k := 0; k < len(queue); k++ {
+			u := queue[k]
+			for _, v := range adj[u] {
+				if dist[v] < 0 {
+					dist[v] = dist[u] + 1
+					queue = append(queue, v)
+				}
+			}
+		}
+		for _, d := range dist {
+			if d > 0 {
+				sum += float64(d)
+				pairs++
+				o.Diameter = max(o.Diameter, d)
+			}
+		}
+	}
+	if pairs > 0 {
+		o.MeanDist = sum / pairs
+	}
+	return o
+}
