@@ -800,6 +800,9 @@ func (t *transfer) pick(fp *fpeer) (chunkRange, bool) {
 		// one whose request has taken much longer than a chunk usually takes: fp's link does not sit idle behind
 		// another peer's slow (or departed) uplink.
 		slow := t.slowAfter()
+		stalled := func(i int) bool {
+			return dup(i) && now.Sub(t.since[i]) > slow && !t.arriving.flowing(t.blob, i, now.Add(-flowWindow))
+		}
 		switch {
 		case anyFree && t.seedLike(fp):
 			// The seed's uplink is the scarce one: it sends what no partial peer holds, and duplicates only in
@@ -812,9 +815,11 @@ func (t *transfer) pick(fp *fpeer) (chunkRange, bool) {
 			// one receiver that has it, to ten at once.
 			// A request whose bytes still flow is slow because this node's downlink is shared (a half-rate host's
 			// every request), not because its sender stopped: a copy would only take bytes from it.
-			ok = func(i int) bool {
-				return dup(i) && now.Sub(t.since[i]) > slow && !t.arriving.flowing(t.blob, i, now.Add(-flowWindow))
-			}
+			ok = stalled
+		case t.seedLike(fp) && !t.seedDelivered():
+			// The seed's uplink is still sending the last chunks that only it has sent (to one receiver each):
+			// a copy from it now delays them, and with them every host's end.
+			ok = stalled
 		default:
 			ok = dup
 		}
@@ -834,6 +839,40 @@ func (t *transfer) pick(fp *fpeer) (chunkRange, bool) {
 		r.Count++
 	}
 	return r, true
+}
+
+// seedDelivered reports whether every chunk is likely to have reached some receiver whole: each chunk this node
+// lacks is held verified by a live peer that lacks part of the blob, or a second peer holds the whole blob (a
+// receiver done, so every chunk left the seed whole). Until then a seed-like peer's uplink is still sending the
+// chunks that only it held, one receiver each, and an end-game copy from it would delay them (pick). Call with
+// t.mu held.
+func (t *transfer) seedDelivered() bool {
+	n := len(t.have)
+	full := 0
+	for _, p := range t.peers {
+		if !p.dropped && p.held == n {
+			full++
+		}
+	}
+	if full >= 2 {
+		return true
+	}
+	for i := t.low; i < n; i++ {
+		if t.have[i] {
+			continue
+		}
+		held := false
+		for _, p := range t.peers {
+			if !p.dropped && p.have != nil && p.have[i] && p.held < n {
+				held = true
+				break
+			}
+		}
+		if !held {
+			return false
+		}
+	}
+	return true
 }
 
 // flowWindow: a chunk request whose bytes arrived within it is not copied as slow (pick).

@@ -321,8 +321,8 @@ func TestPickStealsSlowRequest(t *testing.T) {
 }
 
 // End game (every missing chunk requested): a chunk requested from one other peer is requested again while fewer
-// than endGameFill requests are in flight, when the downlink would idle, from a seed-like peer too; with the
-// downlink full, only a slow one.
+// than endGameFill requests are in flight, when the downlink would idle, from a seed-like peer too once every chunk
+// has reached a receiver whole; with the downlink full, only a slow one.
 func TestPickEndGameFill(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
@@ -330,13 +330,18 @@ func TestPickEndGameFill(t *testing.T) {
 		inflight int           // requests in flight, each for its own missing chunk from peer "a"
 		age      time.Duration // how long they have run
 		seedLike bool          // "b" holds every chunk while "a" holds part of the blob
+		arriving bool          // "a" announced the chunks arriving instead of holding them verified
 		want     bool
 	}{
-		{"downlink idle", endGameFill - 1, 0, false, true},
-		{"downlink full", endGameFill, 0, false, false},
-		{"downlink full, slow request", endGameFill, 2 * minSlowAfter, false, true},
-		{"downlink idle, seed", endGameFill - 1, 0, true, true},
-		{"downlink full, seed", endGameFill, 0, true, false},
+		{"downlink idle", endGameFill - 1, 0, false, false, true},
+		{"downlink full", endGameFill, 0, false, false, false},
+		{"downlink full, slow request", endGameFill, 2 * minSlowAfter, false, false, true},
+		{"downlink idle, seed", endGameFill - 1, 0, true, false, true},
+		{"downlink full, seed", endGameFill, 0, true, false, false},
+		// The chunks are still on their way from the seed (only arriving at "a"): its uplink is not to be shared
+		// with copies, unless a request has stalled.
+		{"downlink idle, seed still sending", endGameFill - 1, 0, true, true, false},
+		{"downlink idle, seed still sending, stalled", endGameFill - 1, 2 * minSlowAfter, true, true, true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -354,7 +359,14 @@ func TestPickEndGameFill(t *testing.T) {
 				for i := range n - 1 {
 					held = append(held, i)
 				}
-				a = tr.addTestPeer("a", held...)
+				if tc.arriving {
+					a = tr.addTestPeer("a", n-1)
+					if !tr.addArriving(a, held) {
+						t.Fatal("addArriving: a dropped")
+					}
+				} else {
+					a = tr.addTestPeer("a", held...)
+				}
 			} else {
 				a = tr.addTestPeer("a")
 			}
