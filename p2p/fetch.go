@@ -771,8 +771,10 @@ func (t *transfer) pick(fp *fpeer) (chunkRange, bool) {
 		}
 		// While chunks that only full holders have are on their way, the rest is left to the receivers that hold
 		// it and the seed gets only the duplicates below (a slow request, or the end game). Once every chunk has
-		// left the full holders, their uplinks would idle: then they serve the rarest like any peer.
-		if t.seedOnlyLeft() {
+		// reached a receiver whole, their uplinks would idle: then they serve the rarest like any peer. Not as
+		// soon as every chunk has left them: the last chunks that did are still on their way from the seed, each
+		// to one receiver that every other waits for, and a chunk served beside them delays them all.
+		if t.seedOnlyLeft() || !t.seedDelivered() {
 			rarest = -1
 		}
 	}

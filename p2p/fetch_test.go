@@ -387,6 +387,34 @@ func TestPickEndGameFill(t *testing.T) {
 	}
 }
 
+// Once every chunk has left the seed, it serves the rarest chunks like any peer only when each has reached a
+// receiver whole: before that its uplink still carries the last chunks it sent, which every receiver waits for.
+func TestPickSeedAfterDelivery(t *testing.T) {
+	t.Parallel()
+	tr := testTransfer(t, 5)
+	tr.have[4] = true // held here, so "a" stays partial below
+	tr.missing--
+	seed := tr.addTestPeer("seed")
+	a := tr.addTestPeer("a", 3)
+	if !tr.addArriving(a, []int{0, 1, 2}) {
+		t.Fatal("addArriving: a dropped")
+	}
+	if !tr.seedLike(seed) {
+		t.Fatal("seedLike(seed) = false")
+	}
+	if r, ok := tr.pick(seed); ok {
+		t.Fatalf("pick = %v from the seed while chunks 0-2 are still arriving from it", r)
+	}
+	tr.setHave(a, []bool{true, true, false, true, false}) // 0 and 1 stored at a; 2 still arriving
+	if r, ok := tr.pick(seed); ok {
+		t.Fatalf("pick = %v from the seed while chunk 2 is still arriving from it", r)
+	}
+	tr.setHave(a, []bool{true, true, true, true, false})
+	if r, ok := tr.pick(seed); !ok {
+		t.Fatalf("pick = %v %v: nothing from the seed once every chunk has reached a receiver", r, ok)
+	}
+}
+
 // Seed scatter: receivers with the same fetchers split the seed's chunks between them in equal shares, each taking
 // its own share front to back, then other shares' chunks that only the seed holds.
 func TestPickSeedScatter(t *testing.T) {
