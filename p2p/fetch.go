@@ -706,18 +706,20 @@ func (t *transfer) mark(fp *fpeer, r chunkRange) {
 	}
 }
 
-// seedLike reports whether fp holds the whole blob while another live peer holds part of it. Such a peer is most
-// likely the seed that every receiver of a fleet starts from, and it gets one request at a time: its uplink is
-// shared by every receiver, so fewer chunks in flight each get through sooner and spread from the receivers that
-// hold them, rather than the seed sending many chunks slowly to everyone at once. A lone source keeps every
-// worker busy.
+// seedLike reports whether fp holds the whole blob while another live peer holds part of it, or has not yet
+// answered HAVE. Such a peer is most likely the seed that every receiver of a fleet starts from, and it gets one
+// request at a time: its uplink is shared by every receiver, so fewer chunks in flight each get through sooner and
+// spread from the receivers that hold them, rather than the seed sending many chunks slowly to everyone at once. A
+// lone source keeps every worker busy. A peer yet to answer may be another receiver: counting it keeps a receiver
+// whose seed answered first from asking it for perWhole chunks at once, which then arrived (and were forwarded) at
+// a quarter of the pace for the first 3-4 s of a fleet's run.
 func (t *transfer) seedLike(fp *fpeer) bool {
 	n := len(t.have)
 	if fp.held < n {
 		return false
 	}
 	for _, p := range t.peers {
-		if p != fp && !p.dropped && p.found && p.held < n {
+		if p != fp && !p.dropped && (p.have == nil || p.found && p.held < n) {
 			return true
 		}
 	}

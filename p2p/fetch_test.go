@@ -170,17 +170,20 @@ func TestPickFrontWindow(t *testing.T) {
 	}
 }
 
-// A peer with the whole blob gets one request at a time while other peers hold parts of it; alone, it gets as
-// many as it has workers.
+// A peer with the whole blob gets one request at a time while other peers hold parts of it or have not answered
+// HAVE yet; alone, or beside peers without the blob, it gets as many as it has workers.
 func TestSeedLikePeerOneRequest(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
 		name    string
 		partial []int // chunks of a second peer; nil for no second peer
-		want    int   // ranges handed out to the full peer before the next one blocks
+		second  string
+		want    int // ranges handed out to the full peer before the next one blocks
 	}{
-		{"alone", nil, 4},
-		{"beside a partial peer", []int{0}, 1},
+		{"alone", nil, "", 4},
+		{"beside a partial peer", []int{0}, "", 1},
+		{"beside a peer yet to answer", nil, "silent", 1},
+		{"beside a peer without the blob", nil, "not found", 4},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -189,6 +192,13 @@ func TestSeedLikePeerOneRequest(t *testing.T) {
 			full := tr.addTestPeer("full")
 			if tc.partial != nil {
 				tr.addTestPeer("partial", tc.partial...)
+			}
+			if tc.second != "" {
+				fp := &fpeer{id: "second", inflight: map[int]bool{}}
+				tr.peers[fp.id] = fp
+				if tc.second == "not found" {
+					tr.setHaveFrom(fp, make([]bool, len(tr.have)), false)
+				}
 			}
 			got := 0
 			for range 4 {
