@@ -85,7 +85,7 @@ func testTransfer(t *testing.T, n int) *transfer {
 	t.Helper()
 	tr := &transfer{
 		p: testFetchParams, have: make([]bool, n), assigned: make([]uint8, n), avail: make([]uint16, n), since: make([]time.Time, n),
-		missing: n, peers: map[peer.ID]*fpeer{},
+		missing: n, peers: map[peer.ID]*fpeer{}, began: time.Now(),
 	}
 	tr.p.chunksPerReq = 1
 	tr.cond = sync.NewCond(&tr.mu)
@@ -183,7 +183,8 @@ func TestSeedLikePeerOneRequest(t *testing.T) {
 		{"alone", nil, "", 4},
 		{"beside a partial peer", []int{0}, "", 1},
 		{"beside a peer yet to answer", nil, "silent", 1},
-		{"beside a peer without the blob", nil, "not found", 4},
+		{"beside a peer not fetching it yet", nil, "not found", 1},
+		{"beside a peer without the blob", nil, "not found later", 4},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -196,8 +197,11 @@ func TestSeedLikePeerOneRequest(t *testing.T) {
 			if tc.second != "" {
 				fp := &fpeer{id: "second", inflight: map[int]bool{}}
 				tr.peers[fp.id] = fp
-				if tc.second == "not found" {
+				if tc.second != "silent" {
 					tr.setHaveFrom(fp, make([]bool, len(tr.have)), false)
+				}
+				if tc.second == "not found later" {
+					tr.began = time.Now().Add(-2 * startGrace)
 				}
 			}
 			got := 0
