@@ -334,13 +334,12 @@ type transfer struct {
 	lastHave     time.Time // a peer last announced a chunk it had not held
 	peers        map[peer.ID]*fpeer
 	live         int
-	self         peer.ID     // this node
-	arriving     *arrivals   // the chunks this node is receiving (swarm_arriving.go), for pick's slow copies
-	own          []bool      // chunks this node owns in the seed scatter (swarm_seed.go), for the fetchers in ownKey
-	ownKey       string      // the fetchers, sorted, joined
-	shares       int         // fetchers in ownKey: chunk i is in share i mod shares
-	weight       []uint64    // this node's weight of each chunk (the order it takes other shares' chunks in)
-	frontAt      []time.Time // when this node first saw chunk i as another share's front (swarm_seed.go)
+	self         peer.ID   // this node
+	arriving     *arrivals // the chunks this node is receiving (swarm_arriving.go), for pick's slow copies
+	own          []bool    // chunks this node owns in the seed scatter (swarm_seed.go), for the fetchers in ownKey
+	ownKey       string    // the fetchers, sorted, joined
+	shares       int       // fetchers in ownKey: chunk i is in share i mod shares
+	weight       []uint64  // this node's weight of each chunk (the order it takes other shares' chunks in)
 	began        time.Time
 	fetched      int // chunks missing at the start
 	requested    int // chunk requests in flight

@@ -484,38 +484,6 @@ func TestPickSeedScatter(t *testing.T) {
 	if !ok || own[r.First] || int(r.First) == n-1 {
 		t.Fatalf("after its share: pick = %+v %t, want another share's chunk that only the seed holds", r, ok)
 	}
-	// Not another share's front (its first chunk only the seed holds: most likely in flight from its owner) until
-	// frontGrace has passed; then the fronts too, so that differing views of the shares cannot stall a chunk.
-	isFront := func(i int) bool {
-		for j := i - tr.shares; j >= 0; j -= tr.shares {
-			if !tr.have[j] {
-				return false
-			}
-		}
-		return true
-	}
-	picked := map[int]bool{}
-	for ; ok; r, ok = tr.pick(seed) {
-		if isFront(int(r.First)) {
-			t.Fatalf("pick = %d, the front of its share, within frontGrace", r.First)
-		}
-		picked[int(r.First)] = true
-		tr.assigned[r.First]++
-	}
-	for i := range tr.frontAt {
-		if !tr.frontAt[i].IsZero() {
-			tr.frontAt[i] = time.Now().Add(-2 * frontGrace)
-		}
-	}
-	for r, ok = tr.pick(seed); ok; r, ok = tr.pick(seed) {
-		picked[int(r.First)] = true
-		tr.assigned[r.First]++
-	}
-	for i := range n - 1 {
-		if !own[i] && !picked[i] {
-			t.Errorf("chunk %d of another share never picked", i)
-		}
-	}
 }
 
 // A peer that connects while an open transfer runs joins it (FetchAll, Fetch without peers); a Fetch that named

@@ -89,47 +89,17 @@ func (t *transfer) pickFromSeed(fp *fpeer) (int, bool) {
 			return i, true
 		}
 	}
-	// Each other share's first chunk that only full holders hold (its front) is most likely in flight from its
-	// owner, announced ARRIVING late: the owner's uplink queues the announcement behind its forwards. Once every
-	// chunk has left the seed it no longer refuses a second send (swarm_served.go), and up to four receivers took
-	// the same front, each sent it by the seed beside its last first sends (2-9 resends a run, 6.9). So a front
-	// is left to its owner for frontGrace after this node first saw it as one; not for longer: when two
-	// receivers' views of the fetchers differ, each may take a chunk for the other's front, which once stalled the
-	// end of a run for seconds.
-	fronts := t.shareFronts(own, full, now)
+	// Each other share's first chunk is most likely in flight from its owner; a seed that sends each chunk once
+	// (swarm_served.go) refuses it then, and this node backs off from it (refuseBackoff). Leaving it to its owner
+	// instead stalled the end of a run for seconds when two receivers' views of the fetchers differed (each took
+	// the chunk for the other's share's first).
 	best := -1
 	for i := t.low; i < n; i++ {
-		if !own[i] && only(i) && !fronts[i] && (best < 0 || t.weight[i] > t.weight[best]) {
+		if !own[i] && only(i) && (best < 0 || t.weight[i] > t.weight[best]) {
 			best = i
 		}
 	}
 	return best, best >= 0
-}
-
-// frontGrace is how long another share's front is left to its owner (pickFromSeed).
-const frontGrace = time.Second
-
-// shareFronts marks, for each share, its first chunk that this node lacks and only the full holders hold, while
-// this node has seen it as such for less than frontGrace (t.frontAt); own: this node's share (owners).
-func (t *transfer) shareFronts(own []bool, full int, now time.Time) []bool {
-	n := len(t.have)
-	if t.frontAt == nil {
-		t.frontAt = make([]time.Time, n)
-	}
-	fronts := make([]bool, n)
-	seen := make([]bool, t.shares)
-	for i := t.low; i < n; i++ {
-		s := i % t.shares
-		if seen[s] || own[i] || t.have[i] || int(t.avail[i]) > full {
-			continue
-		}
-		seen[s] = true
-		if t.frontAt[i].IsZero() {
-			t.frontAt[i] = now
-		}
-		fronts[i] = now.Sub(t.frontAt[i]) < frontGrace
-	}
-	return fronts
 }
 
 // seedOnlyLeft reports whether some missing chunk is held by no live partial peer (only by full holders, or by
