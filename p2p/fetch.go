@@ -861,13 +861,7 @@ func (t *transfer) pick(fp *fpeer) (chunkRange, bool) {
 // t.mu held.
 func (t *transfer) seedDelivered() bool {
 	n := len(t.have)
-	full := 0
-	for _, p := range t.peers {
-		if !p.dropped && p.held == n {
-			full++
-		}
-	}
-	if full >= 2 {
+	if t.fullHolders() >= 2 {
 		return true
 	}
 	for i := t.low; i < n; i++ {
