@@ -782,10 +782,8 @@ func (t *transfer) pick(fp *fpeer) (chunkRange, bool) {
 		}
 		// While chunks that only full holders have are on their way, the rest is left to the receivers that hold
 		// it and the seed gets only the duplicates below (a slow request, or the end game). Once every chunk has
-		// reached a receiver whole, their uplinks would idle: then they serve the rarest like any peer. Not as
-		// soon as every chunk has left them: the last chunks that did are still on their way from the seed, each
-		// to one receiver that every other waits for, and a chunk served beside them delays them all.
-		if t.seedOnlyLeft() || !t.seedDelivered() {
+		// left the full holders, their uplinks would idle: then they serve the rarest like any peer.
+		if t.seedOnlyLeft() {
 			rarest = -1
 		}
 	}
@@ -813,9 +811,6 @@ func (t *transfer) pick(fp *fpeer) (chunkRange, bool) {
 		// one whose request has taken much longer than a chunk usually takes: fp's link does not sit idle behind
 		// another peer's slow (or departed) uplink.
 		slow := t.slowAfter()
-		stalled := func(i int) bool {
-			return dup(i) && now.Sub(t.since[i]) > slow && !t.arriving.flowing(t.blob, i, now.Add(-flowWindow))
-		}
 		switch {
 		case anyFree && t.seedLike(fp):
 			// The seed's uplink is the scarce one: it sends what no partial peer holds, and duplicates only in
@@ -828,11 +823,9 @@ func (t *transfer) pick(fp *fpeer) (chunkRange, bool) {
 			// one receiver that has it, to ten at once.
 			// A request whose bytes still flow is slow because this node's downlink is shared (a half-rate host's
 			// every request), not because its sender stopped: a copy would only take bytes from it.
-			ok = stalled
-		case t.seedLike(fp) && !t.seedDelivered():
-			// The seed's uplink is still sending the last chunks that only it has sent (to one receiver each):
-			// a copy from it now delays them, and with them every host's end.
-			ok = stalled
+			ok = func(i int) bool {
+				return dup(i) && now.Sub(t.since[i]) > slow && !t.arriving.flowing(t.blob, i, now.Add(-flowWindow))
+			}
 		default:
 			ok = dup
 		}
@@ -852,34 +845,6 @@ func (t *transfer) pick(fp *fpeer) (chunkRange, bool) {
 		r.Count++
 	}
 	return r, true
-}
-
-// seedDelivered reports whether every chunk is likely to have reached some receiver whole: each chunk this node
-// lacks is held verified by a live peer that lacks part of the blob, or a second peer holds the whole blob (a
-// receiver done, so every chunk left the seed whole). Until then a seed-like peer's uplink is still sending the
-// chunks that only it held, one receiver each, and an end-game copy from it would delay them (pick). Call with
-// t.mu held.
-func (t *transfer) seedDelivered() bool {
-	n := len(t.have)
-	if t.fullHolders() >= 2 {
-		return true
-	}
-	for i := t.low; i < n; i++ {
-		if t.have[i] {
-			continue
-		}
-		held := false
-		for _, p := range t.peers {
-			if !p.dropped && p.have != nil && p.have[i] && p.held < n {
-				held = true
-				break
-			}
-		}
-		if !held {
-			return false
-		}
-	}
-	return true
 }
 
 // flowWindow: a chunk request whose bytes arrived within it is not copied as slow (pick).

@@ -335,8 +335,8 @@ func TestPickStealsSlowRequest(t *testing.T) {
 }
 
 // End game (every missing chunk requested): a chunk requested from one other peer is requested again while fewer
-// than endGameFill requests are in flight, when the downlink would idle, from a seed-like peer too once every chunk
-// has reached a receiver whole; with the downlink full, only a slow one.
+// than endGameFill requests are in flight, when the downlink would idle, from a seed-like peer too; with the
+// downlink full, only a slow one.
 func TestPickEndGameFill(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
@@ -344,18 +344,13 @@ func TestPickEndGameFill(t *testing.T) {
 		inflight int           // requests in flight, each for its own missing chunk from peer "a"
 		age      time.Duration // how long they have run
 		seedLike bool          // "b" holds every chunk while "a" holds part of the blob
-		arriving bool          // "a" announced the chunks arriving instead of holding them verified
 		want     bool
 	}{
-		{"downlink idle", endGameFill - 1, 0, false, false, true},
-		{"downlink full", endGameFill, 0, false, false, false},
-		{"downlink full, slow request", endGameFill, 2 * minSlowAfter, false, false, true},
-		{"downlink idle, seed", endGameFill - 1, 0, true, false, true},
-		{"downlink full, seed", endGameFill, 0, true, false, false},
-		// The chunks are still on their way from the seed (only arriving at "a"): its uplink is not to be shared
-		// with copies, unless a request has stalled.
-		{"downlink idle, seed still sending", endGameFill - 1, 0, true, true, false},
-		{"downlink idle, seed still sending, stalled", endGameFill - 1, 2 * minSlowAfter, true, true, true},
+		{"downlink idle", endGameFill - 1, 0, false, true},
+		{"downlink full", endGameFill, 0, false, false},
+		{"downlink full, slow request", endGameFill, 2 * minSlowAfter, false, true},
+		{"downlink idle, seed", endGameFill - 1, 0, true, true},
+		{"downlink full, seed", endGameFill, 0, true, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -373,14 +368,7 @@ func TestPickEndGameFill(t *testing.T) {
 				for i := range n - 1 {
 					held = append(held, i)
 				}
-				if tc.arriving {
-					a = tr.addTestPeer("a", n-1)
-					if !tr.addArriving(a, held) {
-						t.Fatal("addArriving: a dropped")
-					}
-				} else {
-					a = tr.addTestPeer("a", held...)
-				}
+				a = tr.addTestPeer("a", held...)
 			} else {
 				a = tr.addTestPeer("a")
 			}
@@ -398,34 +386,6 @@ func TestPickEndGameFill(t *testing.T) {
 				t.Fatalf("pick = %v %v, want a duplicate: %v", r, ok, tc.want)
 			}
 		})
-	}
-}
-
-// Once every chunk has left the seed, it serves the rarest chunks like any peer only when each has reached a
-// receiver whole: before that its uplink still carries the last chunks it sent, which every receiver waits for.
-func TestPickSeedAfterDelivery(t *testing.T) {
-	t.Parallel()
-	tr := testTransfer(t, 5)
-	tr.have[4] = true // held here, so "a" stays partial below
-	tr.missing--
-	seed := tr.addTestPeer("seed")
-	a := tr.addTestPeer("a", 3)
-	if !tr.addArriving(a, []int{0, 1, 2}) {
-		t.Fatal("addArriving: a dropped")
-	}
-	if !tr.seedLike(seed) {
-		t.Fatal("seedLike(seed) = false")
-	}
-	if r, ok := tr.pick(seed); ok {
-		t.Fatalf("pick = %v from the seed while chunks 0-2 are still arriving from it", r)
-	}
-	tr.setHave(a, []bool{true, true, false, true, false}) // 0 and 1 stored at a; 2 still arriving
-	if r, ok := tr.pick(seed); ok {
-		t.Fatalf("pick = %v from the seed while chunk 2 is still arriving from it", r)
-	}
-	tr.setHave(a, []bool{true, true, true, true, false})
-	if r, ok := tr.pick(seed); !ok {
-		t.Fatalf("pick = %v %v: nothing from the seed once every chunk has reached a receiver", r, ok)
 	}
 }
 
