@@ -85,7 +85,7 @@ func testTransfer(t *testing.T, n int) *transfer {
 	t.Helper()
 	tr := &transfer{
 		p: testFetchParams, have: make([]bool, n), assigned: make([]uint8, n), avail: make([]uint16, n), since: make([]time.Time, n),
-		missing: n, peers: map[peer.ID]*fpeer{},
+		missing: n, peers: map[peer.ID]*fpeer{}, began: time.Now(),
 	}
 	tr.p.chunksPerReq = 1
 	tr.cond = sync.NewCond(&tr.mu)
@@ -170,17 +170,21 @@ func TestPickFrontWindow(t *testing.T) {
 	}
 }
 
-// A peer with the whole blob gets one request at a time while other peers hold parts of it; alone, it gets as
-// many as it has workers.
+// A peer with the whole blob gets one request at a time while other peers hold parts of it or have not answered
+// HAVE yet; alone, or beside peers without the blob, it gets as many as it has workers.
 func TestSeedLikePeerOneRequest(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
 		name    string
 		partial []int // chunks of a second peer; nil for no second peer
-		want    int   // ranges handed out to the full peer before the next one blocks
+		second  string
+		want    int // ranges handed out to the full peer before the next one blocks
 	}{
-		{"alone", nil, 4},
-		{"beside a partial peer", []int{0}, 1},
+		{"alone", nil, "", 4},
+		{"beside a partial peer", []int{0}, "", 1},
+		{"beside a peer yet to answer", nil, "silent", 1},
+		{"beside a peer not fetching it yet", nil, "not found", 1},
+		{"beside a peer without the blob", nil, "not found later", 4},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -189,6 +193,16 @@ func TestSeedLikePeerOneRequest(t *testing.T) {
 			full := tr.addTestPeer("full")
 			if tc.partial != nil {
 				tr.addTestPeer("partial", tc.partial...)
+			}
+			if tc.second != "" {
+				fp := &fpeer{id: "second", inflight: map[int]bool{}}
+				tr.peers[fp.id] = fp
+				if tc.second != "silent" {
+					tr.setHaveFrom(fp, make([]bool, len(tr.have)), false)
+				}
+				if tc.second == "not found later" {
+					tr.began = time.Now().Add(-2 * startGrace)
+				}
 			}
 			got := 0
 			for range 4 {

@@ -74,12 +74,7 @@ func ownerWeight(blob []byte, i int, p peer.ID) uint64 {
 func (t *transfer) pickFromSeed(fp *fpeer) (int, bool) {
 	own := t.owners()
 	n := len(t.have)
-	full := 0 // live peers holding every chunk
-	for _, p := range t.peers {
-		if !p.dropped && p.held == n {
-			full++
-		}
-	}
+	full := t.fullHolders()
 	now := time.Now()
 	only := func(i int) bool {
 		return !t.have[i] && t.assigned[i] == 0 && fp.serves(i, now) && int(t.avail[i]) <= full
@@ -106,16 +101,22 @@ func (t *transfer) pickFromSeed(fp *fpeer) (int, bool) {
 // nobody this node knows of).
 func (t *transfer) seedOnlyLeft() bool {
 	n := len(t.have)
-	full := 0
-	for _, p := range t.peers {
-		if !p.dropped && p.held == n {
-			full++
-		}
-	}
+	full := t.fullHolders()
 	for i := t.low; i < n; i++ {
 		if !t.have[i] && int(t.avail[i]) <= full {
 			return true
 		}
 	}
 	return false
+}
+
+// fullHolders counts the live peers holding every chunk; call with t.mu held.
+func (t *transfer) fullHolders() int {
+	full := 0
+	for _, p := range t.peers {
+		if !p.dropped && p.held == len(t.have) {
+			full++
+		}
+	}
+	return full
 }

@@ -13,6 +13,7 @@
 package fleetbench
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -102,7 +103,13 @@ type Config struct {
 	// SeedLeaves stops the seed (SeedLeaver) once it reports every block delivered (SeedSentWaiter), or else once
 	// its uplink has sent SeedLeaveCopies copies of the blob.
 	SeedLeaves bool
+	// Timeline is how often link and CPU use are sampled during the run (0: TimelineInterval); at least
+	// MinTimelineInterval, as each sample runs `ip -s -j link` in the lab's bridge namespace.
+	Timeline time.Duration
 }
+
+// MinTimelineInterval is the shortest Config.Timeline.
+const MinTimelineInterval = 100 * time.Millisecond
 
 // SeedLeaveCopies is how many blob sizes the seed's interface must have sent (headers included) before it leaves
 // in the seed-leaves scenario. The harness cannot see which blocks a system sent, so this is a proxy for "every
@@ -159,6 +166,9 @@ func (c Config) Validate() error {
 	if c.Timeout <= 0 {
 		return fmt.Errorf("%w: timeout %v", ErrConfig, c.Timeout)
 	}
+	if c.Timeline != 0 && c.Timeline < MinTimelineInterval {
+		return fmt.Errorf("%w: timeline interval %v shorter than %v", ErrConfig, c.Timeline, MinTimelineInterval)
+	}
 	return nil
 }
 
@@ -178,9 +188,10 @@ type Result struct {
 	SeedCopies float64
 	// Received is the bytes copied to the receivers: their number times the blob's size.
 	Received int64
-	// Timeline is link and CPU use every TimelineInterval during the run.
-	Timeline []LinkSample
-	Err      error // the run failed; the other fields may be zero
+	// Timeline is link and CPU use every TimelineEvery during the run.
+	Timeline      []LinkSample
+	TimelineEvery time.Duration
+	Err           error // the run failed; the other fields may be zero
 }
 
 // Ratio is Last over Bound.
@@ -279,7 +290,8 @@ func runOne(ctx context.Context, cfg Config, s System, seed Blob, log io.Writer)
 		return Result{Err: err}
 	}
 	bps, _ := netlab.ParseRate(cfg.Rate)
-	tl, err := startTimeline(ctx, lab, float64(bps), TimelineInterval)
+	every := cmp.Or(cfg.Timeline, TimelineInterval)
+	tl, err := startTimeline(ctx, lab, float64(bps), every)
 	if err != nil {
 		sampler.Stop()
 		return Result{Err: err}
@@ -339,7 +351,7 @@ func runOne(ctx context.Context, cfg Config, s System, seed Blob, log io.Writer)
 	}
 	slices.SortFunc(fb, func(a, b HostResult) int { return int(a.Elapsed - b.Elapsed) })
 	return Result{Hosts: hosts, Last: last, Median: median(hosts), FirstByte: median(fb), CPU: cpu,
-		Links: linkUse(before, after, last, cfg.rates()), Timeline: samples,
+		Links: linkUse(before, after, last, cfg.rates()), Timeline: samples, TimelineEvery: every,
 		SeedCopies: float64(after[SeedHost].TxBytes-before[SeedHost].TxBytes) / float64(seed.Size),
 		Received:   int64(len(hosts)) * seed.Size}
 }

@@ -295,6 +295,8 @@ func TestConfigValidate(t *testing.T) {
 		{"bad rate", func(c *Config) { c.Rate = "100" }, false},
 		{"no dir", func(c *Config) { c.Dir = "" }, false},
 		{"no timeout", func(c *Config) { c.Timeout = 0 }, false},
+		{"timeline 250ms", func(c *Config) { c.Timeline = 250 * time.Millisecond }, true},
+		{"timeline too short", func(c *Config) { c.Timeline = MinTimelineInterval - 1 }, false},
 	}
 	for _, tt := range tests {
 		c := good

@@ -3,6 +3,7 @@
 package fleetbench
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -17,7 +18,7 @@ import (
 	"github.com/npu-agent/npu-agent/internal/netlab"
 )
 
-// TimelineInterval is how often the timeline samples the links and CPUs during a run.
+// TimelineInterval is how often the timeline samples the links and CPUs during a run, unless Config.Timeline says.
 const TimelineInterval = time.Second
 
 // LinkSample is the lab's link and CPU use over one sampling interval of a run: where the time went, second by
@@ -185,7 +186,7 @@ func linkSample(before, after []netlab.LinkStats, dt time.Duration, bps float64)
 
 // WriteTimeline prints one system's timeline, one line per sample, use in percent.
 func WriteTimeline(w io.Writer, r Result) error {
-	if _, err := fmt.Fprintf(w, "%s, link and CPU use per %s:\n", r.System, TimelineInterval); err != nil {
+	if _, err := fmt.Fprintf(w, "%s, link and CPU use per %s:\n", r.System, cmp.Or(r.TimelineEvery, TimelineInterval)); err != nil {
 		return err
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)

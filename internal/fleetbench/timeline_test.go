@@ -62,8 +62,17 @@ func TestWriteTimeline(t *testing.T) {
 		t.Fatal(err)
 	}
 	lines := strings.Split(strings.TrimSpace(b.String()), "\n")
-	if len(lines) != 3 || !strings.Contains(lines[2], "1.5s") || !strings.Contains(lines[2], "96%") || !strings.Contains(lines[2], "100%") {
+	if len(lines) != 3 || !strings.Contains(lines[0], "per 1s") || !strings.Contains(lines[2], "1.5s") || !strings.Contains(lines[2], "96%") ||
+		!strings.Contains(lines[2], "100%") {
 		t.Errorf("timeline output:\n%s", b.String())
+	}
+	b.Reset()
+	r.TimelineEvery = 250 * time.Millisecond
+	if err := WriteTimeline(&b, r); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(b.String(), "x, link and CPU use per 250ms:") {
+		t.Errorf("timeline output at 250ms:\n%s", b.String())
 	}
 }
 

@@ -66,7 +66,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	timeout := fs.Duration("timeout", 10*time.Minute, "limit for each system's run")
 	keep := fs.Bool("keep-failed", false, "keep a failed system's files (logs) in -dir, which must be given")
 	scen := fs.String("scenario", "", "run a named scenario instead of -hosts/-size/-rate: "+strings.Join(scenarioNames(), ", ")+", or all")
-	verbose := fs.Bool("v", false, "print every host's time and each system's link and CPU use per second")
+	verbose := fs.Bool("v", false, "print every host's time and each system's link and CPU use per second (-timeline)")
+	every := fs.Duration("timeline", fleetbench.TimelineInterval, "with -v, the link and CPU use interval (at least 100ms)")
 	var opts options
 	fs.StringVar(&opts.npuAgent, "npu-agent", "npu-agent", "npu-agent binary, for the npu-agent system (a name is looked up in PATH)")
 	if err := fs.Parse(args); err != nil {
@@ -125,7 +126,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var failed []string
 	for _, sc := range runs {
 		cfg := fleetbench.Config{Hosts: sc.hosts, Size: sc.size, Rate: sc.rate, Dir: *dir, Timeout: *timeout, KeepFailed: *keep,
-			Slow: sc.slow, SlowRate: sc.slowRate, SeedLeaves: sc.seedLeaves}
+			Slow: sc.slow, SlowRate: sc.slowRate, SeedLeaves: sc.seedLeaves, Timeline: *every}
 		if err := cfg.Validate(); err != nil {
 			return err
 		}
