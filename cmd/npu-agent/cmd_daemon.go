@@ -21,6 +21,7 @@ import (
 	"github.com/npu-agent/npu-agent/blobstore/badgerstore"
 	"github.com/npu-agent/npu-agent/config"
 	"github.com/npu-agent/npu-agent/fleet"
+	"github.com/npu-agent/npu-agent/internal/procs"
 	"github.com/npu-agent/npu-agent/metrics"
 	"github.com/npu-agent/npu-agent/rollout"
 	"github.com/npu-agent/npu-agent/rollout/engine"
@@ -147,6 +148,7 @@ func runDaemon(ctx context.Context, cfg config.Config, log *slog.Logger) (err er
 	}{svc, admin, cacheAdmin{sharer, admin.RolloutPins}}, apiOpts)
 	d.goUpper(srv.Run)
 	d.goUpper(func(ctx context.Context) error { return gcLoop(ctx, ag, cfg.Store, log) })
+	d.goUpper(procs.New(log).Run) // one P while the daemon needs less than a core (design 6.9)
 	log.Info("npu-agent daemon running", "version", version, "socket", cfg.SocketPath(), "data_dir", cfg.DataDir,
 		"compiler", backendName(backend), "peer_id", svc.PeerID)
 	err = d.wait()
