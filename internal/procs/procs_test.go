@@ -3,6 +3,7 @@ package procs
 import (
 	"io"
 	"log/slog"
+	"runtime"
 	"testing"
 	"time"
 )
@@ -66,5 +67,33 @@ func TestGovernorFollowsCPU(t *testing.T) {
 		if calls[i] != want[i] {
 			t.Fatalf("calls %v, want %v", calls, want)
 		}
+	}
+}
+
+// TestGovernorSetsRuntime: the governor New returns changes the runtime's Ps (one after the quiet hold, the default
+// back after a busy interval). Not parallel: it changes this process's GOMAXPROCS.
+func TestGovernorSetsRuntime(t *testing.T) {
+	g := New(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if g == nil {
+		t.Skip("nothing to govern: one CPU, or GOMAXPROCS set")
+	}
+	def := runtime.GOMAXPROCS(0)
+	defer runtime.SetDefaultGOMAXPROCS()
+	var used time.Duration
+	g.cpu = func() time.Duration { return used }
+	at := time.Now()
+	g.lastAt = at
+	for range g.Hold {
+		at = at.Add(g.Interval)
+		g.observe(at)
+	}
+	if n := runtime.GOMAXPROCS(0); n != 1 {
+		t.Fatalf("after %d idle intervals GOMAXPROCS = %d, want 1", g.Hold, n)
+	}
+	at = at.Add(g.Interval)
+	used += g.Interval
+	g.observe(at)
+	if n := runtime.GOMAXPROCS(0); n != def {
+		t.Fatalf("after a busy interval GOMAXPROCS = %d, want the default %d", n, def)
 	}
 }
