@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sync"
 	"time"
 
@@ -21,6 +22,7 @@ import (
 	"github.com/npu-agent/npu-agent/blobstore/badgerstore"
 	"github.com/npu-agent/npu-agent/config"
 	"github.com/npu-agent/npu-agent/fleet"
+	"github.com/npu-agent/npu-agent/internal/procs"
 	"github.com/npu-agent/npu-agent/metrics"
 	"github.com/npu-agent/npu-agent/rollout"
 	"github.com/npu-agent/npu-agent/rollout/engine"
@@ -78,7 +80,10 @@ func runDaemon(ctx context.Context, cfg config.Config, log *slog.Logger) (err er
 	defer func() { err = errors.Join(err, store.Close()) }()
 
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// go_sched_gomaxprocs_threads besides the default Go metrics: the Ps internal/procs chose.
+	gomaxprocs := collectors.GoRuntimeMetricsRule{Matcher: regexp.MustCompile(`^/sched/gomaxprocs:threads$`)}
+	reg.MustRegister(collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(gomaxprocs)),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m, err := metrics.New(reg)
 	if err != nil {
 		return err
@@ -147,6 +152,7 @@ func runDaemon(ctx context.Context, cfg config.Config, log *slog.Logger) (err er
 	}{svc, admin, cacheAdmin{sharer, admin.RolloutPins}}, apiOpts)
 	d.goUpper(srv.Run)
 	d.goUpper(func(ctx context.Context) error { return gcLoop(ctx, ag, cfg.Store, log) })
+	d.goUpper(procs.New(log).Run) // one P while the daemon needs less than a core (design 6.9)
 	log.Info("npu-agent daemon running", "version", version, "socket", cfg.SocketPath(), "data_dir", cfg.DataDir,
 		"compiler", backendName(backend), "peer_id", svc.PeerID)
 	err = d.wait()
