@@ -137,22 +137,25 @@ func (a *app) issueCmd() *cobra.Command {
 // revokeCmd is `fleet-key revoke`: adds peers to the revocation list file, with the next seq.
 func (a *app) revokeCmd() *cobra.Command {
 	var keyFile, list string
-	var ids []string
+	var ids, forget []string
 	c := &cobra.Command{
-		Use:   "revoke --authority FILE --list FILE --peer ID [--peer ID ...]",
+		Use:   "revoke --authority FILE --list FILE [--peer ID ...] [--forget ID ...]",
 		Short: "Revoke members: sign the revocation list FILE again with them added and the next sequence number",
-		Args:  exactArgs(0),
+		Long: "Revoke members: sign the revocation list FILE again with the --peer IDs added, the --forget IDs removed\n" +
+			"(a revoked member whose certificate has expired needs no entry: the list holds at most 4096) and the next\n" +
+			"sequence number.",
+		Args: exactArgs(0),
 		RunE: func(*cobra.Command, []string) error {
-			if keyFile == "" || list == "" || len(ids) == 0 {
-				return usageError{fmt.Errorf("--authority, --list and at least one --peer are required")}
+			if keyFile == "" || list == "" || len(ids)+len(forget) == 0 {
+				return usageError{fmt.Errorf("--authority, --list and at least one --peer or --forget are required")}
 			}
-			var peers []peer.ID
-			for _, s := range ids {
-				p, err := peer.Decode(s)
-				if err != nil {
-					return usageError{fmt.Errorf("--peer %q: %w", s, err)}
-				}
-				peers = append(peers, p)
+			peers, err := decodePeerIDs("--peer", ids)
+			if err != nil {
+				return err
+			}
+			gone, err := decodePeerIDs("--forget", forget)
+			if err != nil {
+				return err
 			}
 			priv, err := rollout.ReadPrivateKeyFile(keyFile)
 			if err != nil {
@@ -167,6 +170,12 @@ func (a *app) revokeCmd() *cobra.Command {
 				seq, peers = old.Seq+1, append(peers, old.Peers...)
 			} else if !errors.Is(err, os.ErrNotExist) {
 				return err
+			}
+			for _, p := range gone {
+				n := len(peers)
+				if peers = slices.DeleteFunc(peers, func(q peer.ID) bool { return q == p }); len(peers) == n {
+					return usageError{fmt.Errorf("--forget %s: not in %s", p, list)}
+				}
 			}
 			b, err := p2p.IssueRevocations(priv, seq, time.Now(), peers)
 			if err != nil {
@@ -191,7 +200,21 @@ func (a *app) revokeCmd() *cobra.Command {
 	c.Flags().StringVar(&keyFile, "authority", "", "the fleet authority's private key file")
 	c.Flags().StringVar(&list, "list", "", "the revocation list file (created when missing)")
 	c.Flags().StringArrayVar(&ids, "peer", nil, "peer ID to revoke (repeat)")
+	c.Flags().StringArrayVar(&forget, "forget", nil, "peer ID to take off the list once its certificate has expired (repeat)")
 	return c
+}
+
+// decodePeerIDs parses the peer IDs given to flag.
+func decodePeerIDs(flag string, ids []string) ([]peer.ID, error) {
+	var ps []peer.ID
+	for _, s := range ids {
+		p, err := peer.Decode(s)
+		if err != nil {
+			return nil, usageError{fmt.Errorf("%s %q: %w", flag, s, err)}
+		}
+		ps = append(ps, p)
+	}
+	return ps, nil
 }
 
 // peerIDCmd is `fleet-key peer-id`: this host's peer ID, from the daemon's identity in the data directory.

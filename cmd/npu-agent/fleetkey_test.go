@@ -75,6 +75,16 @@ func TestFleetAuthorityCommands(t *testing.T) {
 		len(r["revoked"].([]any)) != 2 {
 		t.Errorf("second list %v", r)
 	}
+	if r := jsonOut("fleet-key", "revoke", "--authority", authKey, "--list", list, "--forget", o1.String()); r["seq"] != 3.0 ||
+		len(r["revoked"].([]any)) != 1 || r["revoked"].([]any)[0] != id.String() {
+		t.Errorf("list after forgetting %s: %v", o1, r)
+	}
+	for _, args := range [][]string{{"--forget", o1.String()}, {"--forget", "nonsense"}, {}} {
+		args = append([]string{"fleet-key", "revoke", "--authority", authKey, "--list", list}, args...)
+		if _, _, code := run(t, args...); code != 2 {
+			t.Errorf("%v: exit %d, want 2", args, code)
+		}
+	}
 
 	strangerCert := filepath.Join(dir, "s.cert")
 	jsonOut("fleet-key", "issue", "--authority", authKey, "--peer", o1.String(), "--out", strangerCert)
