@@ -536,9 +536,8 @@ func connectTo(ctx context.Context, t *testing.T, h *hostile.Peer, target *testN
 func TestThreatMintedMembersKeepStaticPeers(t *testing.T) {
 	t.Parallel()
 	psk, static := keyedNode(t, -1)
-	addr := static.Host().Addrs()[0].Encapsulate(ma.StringCast("/p2p/" + static.ID().String()))
 	_, victim := keyedNode(t, 3, func(c *Config) {
-		c.FleetKey, c.MemberRefresh, c.StaticPeers = psk, time.Second, []ma.Multiaddr{addr}
+		c.FleetKey, c.MemberRefresh, c.StaticPeers = psk, time.Second, []ma.Multiaddr{staticAddr(static)}
 	})
 	closed, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -88,8 +88,7 @@ func TestMembershipFromBootstrap(t *testing.T) {
 			c.MemberRefresh, c.MinPeers = time.Second, 3
 			c.Hostname = "host-" + string(rune('a'+i))
 			if i > 0 {
-				prev := nodes[i-1]
-				c.StaticPeers = []ma.Multiaddr{prev.Host().Addrs()[0].Encapsulate(ma.StringCast("/p2p/" + prev.ID().String()))}
+				c.StaticPeers = []ma.Multiaddr{staticAddr(nodes[i-1])}
 			}
 		})
 	}
@@ -313,7 +312,7 @@ func TestStaticPeersRetired(t *testing.T) {
 		return startNode(t, "", func(c *Config) {
 			c.FleetKey, c.ServeWithoutFleetKey, c.MemberRefresh, c.MinPeers = psk, false, time.Second, minPeers
 			for _, s := range static {
-				c.StaticPeers = append(c.StaticPeers, s.Host().Addrs()[0].Encapsulate(ma.StringCast("/p2p/"+s.ID().String())))
+				c.StaticPeers = append(c.StaticPeers, staticAddr(s))
 			}
 		})
 	}
