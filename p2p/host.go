@@ -334,7 +334,7 @@ func newHost(cfg Config, log *slog.Logger, refuse func(peer.ID) bool) (host.Host
 	}
 	for _, a := range cfg.StaticPeers {
 		if ai, err := peer.AddrInfoFromP2pAddr(a); err == nil {
-			cm.Protect(ai.ID, staticProtectTag) // the bootstrap list stays connected
+			cm.Protect(ai.ID, staticProtectTag) // the bootstrap list stays connected until the fill retires it
 		}
 	}
 	opts := []libp2p.Option{
@@ -397,6 +397,7 @@ type discovery struct {
 	log           *slog.Logger
 	allowLoopback bool
 	static        []peer.AddrInfo
+	boot          *bootstrap // static peers are not redialled once retired
 	mdns          mdns.Service
 
 	ctx    context.Context
@@ -428,8 +429,8 @@ const (
 	maxFoundPeers = 1024
 )
 
-func startDiscovery(h host.Host, cfg Config, log *slog.Logger) (*discovery, error) {
-	d := &discovery{h: h, log: log, allowLoopback: cfg.AllowLoopback, found: map[peer.ID]foundPeer{}}
+func startDiscovery(h host.Host, cfg Config, boot *bootstrap, log *slog.Logger) (*discovery, error) {
+	d := &discovery{h: h, log: log, allowLoopback: cfg.AllowLoopback, found: map[peer.ID]foundPeer{}, boot: boot}
 	// Every member of a LAN hears every other at once when they start: each dials half the overlay fill's target
 	// and is dialled by about as many, so the overlay's degree stays near MinPeers: each connection costs memory,
 	// and a denser overlay pushed gossipsub meshes past their prune mark (peer exchange, now off, then churned
@@ -498,13 +499,15 @@ func (d *discovery) HandlePeerFound(ai peer.AddrInfo) {
 	})
 }
 
-// keepConnected redials static peers and recently announced mDNS peers while they are disconnected.
+// keepConnected redials static peers (until the overlay fill retires them) and recently announced mDNS peers
+// while they are disconnected.
 func (d *discovery) keepConnected(ctx context.Context) {
 	t := time.NewTicker(redialInterval)
 	defer t.Stop()
 	for {
 		for i, ai := range d.targets() { // static peers first
-			if d.h.Network().Connectedness(ai.ID) == network.Connected || (i >= len(d.static) && d.full()) {
+			if d.h.Network().Connectedness(ai.ID) == network.Connected || (i >= len(d.static) && d.full()) ||
+				(i < len(d.static) && !d.boot.holds(ai.ID)) {
 				continue
 			}
 			cctx, cancel := context.WithTimeout(ctx, dialTimeout)
@@ -517,6 +520,7 @@ func (d *discovery) keepConnected(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-d.boot.redial:
 		}
 	}
 }

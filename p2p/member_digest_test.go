@@ -13,6 +13,7 @@ import (
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/pnet"
 	"github.com/libp2p/go-libp2p/core/protocol"
@@ -526,5 +527,43 @@ func connectTo(ctx context.Context, t *testing.T, h *hostile.Peer, target *testN
 	t.Helper()
 	if err := h.Connect(ctx, peer.AddrInfo{ID: target.ID(), Addrs: target.Host().Addrs()}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestThreatMintedMembersKeepStaticPeers: a member holding the fleet key mints member records of identities whose
+// addresses never answer, so that another member's overlay fill finds nobody: only connected members count
+// towards MinPeers, so the victim keeps its static peer (its way back into the fleet) however many it is shown.
+func TestThreatMintedMembersKeepStaticPeers(t *testing.T) {
+	t.Parallel()
+	psk, static := keyedNode(t, -1)
+	_, victim := keyedNode(t, 3, func(c *Config) {
+		c.FleetKey, c.MemberRefresh, c.StaticPeers = psk, time.Second, []ma.Multiaddr{staticAddr(static)}
+	})
+	closed, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead, err := manet.FromNetAddr(closed.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed.Close() // dials of the minted members are refused at once
+	var table []byte
+	for range 16 {
+		k, _ := memberKey(t)
+		table = appendEntry(table, provenRecord(t, psk, k, 0, dead))
+	}
+	h := hostilePeers(t, 1, hostile.PeerOptions{FleetKey: psk})[0]
+	h.Serve(MemberSyncProtocol, func() []byte { return table })
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	connectTo(ctx, t, h, victim)
+	eventually(t, "the minted members listed", func() bool { return len(victim.Members()) >= 17 })
+	eventually(t, "the static peer connected", func() bool {
+		return victim.Host().Network().Connectedness(static.ID()) == network.Connected
+	})
+	time.Sleep(3 * time.Second) // 30 fill checks, each dialling up to 3 minted members
+	if victim.Host().Network().Connectedness(static.ID()) != network.Connected {
+		t.Fatal("the static peer was retired while the fill had only the minter connected")
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/pnet"
 	ma "github.com/multiformats/go-multiaddr"
@@ -87,8 +88,7 @@ func TestMembershipFromBootstrap(t *testing.T) {
 			c.MemberRefresh, c.MinPeers = time.Second, 3
 			c.Hostname = "host-" + string(rune('a'+i))
 			if i > 0 {
-				prev := nodes[i-1]
-				c.StaticPeers = []ma.Multiaddr{prev.Host().Addrs()[0].Encapsulate(ma.StringCast("/p2p/" + prev.ID().String()))}
+				c.StaticPeers = []ma.Multiaddr{staticAddr(nodes[i-1])}
 			}
 		})
 	}
@@ -299,4 +299,43 @@ func TestMemberTrace(t *testing.T) {
 	if rounds == 0 {
 		t.Error("no anti-entropy round reported")
 	}
+}
+
+// TestStaticPeersRetired: a member's static peer does not count towards the overlay fill's MinPeers; once the
+// fill has that many other members the static connection is closed and not redialled (a bootstrap list is for
+// joining; gossipsub's meshes are then made of the fill's random connections), and a member cut off from the
+// overlay dials its static peers again.
+func TestStaticPeersRetired(t *testing.T) {
+	t.Parallel()
+	psk := writeKey(t)
+	member := func(minPeers int, static ...*testNode) *testNode {
+		return startNode(t, "", func(c *Config) {
+			c.FleetKey, c.ServeWithoutFleetKey, c.MemberRefresh, c.MinPeers = psk, false, time.Second, minPeers
+			for _, s := range static {
+				c.StaticPeers = append(c.StaticPeers, staticAddr(s))
+			}
+		})
+	}
+	boot, b, c := member(-1), member(-1), member(-1) // they never dial: every connection below is the joiner's
+	connect(t, b, boot)
+	connect(t, c, boot)
+	joiner := member(2, boot)
+	connected := func(x, y *testNode) bool { return x.Host().Network().Connectedness(y.ID()) == network.Connected }
+	eventually(t, "the joiner learns the members through its static peer", func() bool { return len(joiner.Members()) == 4 })
+	eventually(t, "the fill connects two members besides the static peer", func() bool {
+		return connected(joiner, b) && connected(joiner, c)
+	})
+	eventually(t, "the static peer retired", func() bool { return !connected(joiner, boot) })
+	time.Sleep(redialInterval + time.Second) // past a redial of static peers
+	if connected(joiner, boot) {
+		for _, c := range joiner.Host().Network().ConnsToPeer(boot.ID()) {
+			t.Logf("conn %v opened %v", c.Stat().Direction, c.Stat().Opened)
+		}
+		t.Fatal("a retired static peer was dialled again while the fill had MinPeers members")
+	}
+	b.close()
+	c.close()
+	eventually(t, "a member cut off from the overlay dials its static peer again", func() bool {
+		return connected(joiner, boot)
+	})
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"slices"
 	"sync"
@@ -13,10 +14,12 @@ import (
 	"time"
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/pnet"
 	"github.com/libp2p/go-libp2p/core/protocol"
+	ma "github.com/multiformats/go-multiaddr"
 )
 
 // Membership gossip: every member publishes its signed member record on MemberTopic every MemberRefresh and
@@ -674,16 +677,28 @@ func (m *members) startFill() {
 	})
 }
 
-// fill dials random live members while fewer than minPeers are connected (at most maxFillDials per round), so
-// the overlay grows from a bootstrap list into a random graph of small diameter. The connection manager trims
-// what goes past its high water mark.
+// fill dials random live members while fewer than minPeers others than the bootstrap peers are connected (at
+// most maxFillDials per round), so the overlay grows from a bootstrap list into a random graph of small diameter;
+// once it has that many, the bootstrap peers are retired (bootstrap). The connection manager trims what goes past
+// its high water mark.
 func (m *members) fill() {
 	n := m.n
 	if m.minPeers < 0 {
 		return
 	}
-	need := m.minPeers - len(n.h.Network().Peers())
+	peers := n.h.Network().Peers()
+	if len(peers) < max(1, m.minPeers/2) {
+		n.boot.restore(n.h) // cut off from the overlay: join again through the bootstrap list
+	}
+	others := 0
+	for _, p := range peers {
+		if !n.boot.holds(p) {
+			others++
+		}
+	}
+	need := m.minPeers - others
 	if need <= 0 {
+		n.boot.retire(n.h, n.log)
 		return
 	}
 	cands := m.book.list(time.Now())
@@ -703,6 +718,76 @@ func (m *members) fill() {
 		if err != nil {
 			n.log.Debug("member unreachable", "peer", c.ID, "err", err)
 		}
+	}
+}
+
+// bootstrap is the node's static peers as the overlay fill sees them: a bootstrap list is for joining. Lists of
+// the few members started before make a ring, and gossipsub grafts its first connections, so while static peers
+// stay connected the meshes are that ring plus a chord or two (fleetsim at 1,000 members: 40-45 hops per record
+// over connections of diameter 11). So static peers do not count towards the fill's MinPeers, and once the fill
+// has MinPeers others they are retired: their connections are closed (unless a transfer protects them) and they
+// are not redialled, leaving the meshes to the fill's random connections (6.2). Retired, they are ordinary
+// members; when fewer than MinPeers/2 peers are connected they are bootstrap peers again (protected, redialled).
+type bootstrap struct {
+	ids     map[peer.ID]bool
+	retired atomic.Bool
+	redial  chan struct{} // restored: discovery dials the static peers now, not at its next round
+}
+
+func newBootstrap(static []ma.Multiaddr) *bootstrap {
+	b := &bootstrap{ids: map[peer.ID]bool{}, redial: make(chan struct{}, 1)}
+	for _, a := range static {
+		if ai, err := peer.AddrInfoFromP2pAddr(a); err == nil {
+			b.ids[ai.ID] = true
+		}
+	}
+	return b
+}
+
+// holds reports whether p is a bootstrap peer now: static and not retired.
+func (b *bootstrap) holds(p peer.ID) bool { return b.ids[p] && !b.retired.Load() }
+
+// retire closes the connections to the static peers and stops their redial; a connection that carries chunk
+// streams (a transfer, either way) stays open.
+func (b *bootstrap) retire(h host.Host, log *slog.Logger) {
+	if len(b.ids) == 0 || !b.retired.CompareAndSwap(false, true) {
+		return
+	}
+	closed := 0
+	for id := range b.ids {
+		h.ConnManager().Unprotect(id, staticProtectTag)
+		if h.Network().Connectedness(id) != network.Connected || carriesChunks(h, id) {
+			continue
+		}
+		if err := h.Network().ClosePeer(id); err == nil {
+			closed++
+		}
+	}
+	log.Info("bootstrap peers retired: the overlay fill has enough members", "closed", closed, "peers", len(h.Network().Peers()))
+}
+
+func carriesChunks(h host.Host, p peer.ID) bool {
+	for _, c := range h.Network().ConnsToPeer(p) {
+		for _, st := range c.GetStreams() {
+			if st.Protocol() == ChunkProtocol {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// restore makes the static peers bootstrap peers again: protected, and redialled by discovery.
+func (b *bootstrap) restore(h host.Host) {
+	if !b.retired.CompareAndSwap(true, false) {
+		return
+	}
+	for id := range b.ids {
+		h.ConnManager().Protect(id, staticProtectTag)
+	}
+	select {
+	case b.redial <- struct{}{}:
+	default:
 	}
 }
 
@@ -803,7 +888,7 @@ func (m *members) syncWith(p peer.ID) {
 		}()
 		ctx, cancel := context.WithTimeout(n.ctx, syncTimeout)
 		defer cancel()
-		st, err := n.h.NewStream(ctx, p, MemberHashProtocol, MemberDigestProtocol, MemberSyncProtocol)
+		st, err := n.h.NewStream(network.WithNoDial(ctx, "member pull"), p, MemberHashProtocol, MemberDigestProtocol, MemberSyncProtocol)
 		if err != nil {
 			n.log.Debug("member sync failed", "peer", p, "err", err)
 			return

@@ -43,6 +43,7 @@ type Node struct {
 	log   *slog.Logger
 	book  *recordBook
 	disc  *discovery
+	boot  *bootstrap // the static peers, until the overlay fill retires them (members.go)
 	srv   *server
 	fp    fetchParams
 	// onBadChunk is Config.OnBadChunk (never nil).
@@ -251,6 +252,7 @@ func (n *Node) start(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("p2p: topic events: %w", err)
 	}
 	n.wg.Go(func() { n.syncOnJoin(evh) })
+	n.boot = newBootstrap(cfg.StaticPeers)
 	if err := n.startMembers(cfg); err != nil {
 		return err
 	}
@@ -277,7 +279,7 @@ func (n *Node) start(ctx context.Context, cfg Config) error {
 	}
 	n.wg.Go(n.antiEntropy)
 
-	if n.disc, err = startDiscovery(n.h, cfg, n.log); err != nil {
+	if n.disc, err = startDiscovery(n.h, cfg, n.boot, n.log); err != nil {
 		return err
 	}
 	return ctx.Err()
@@ -452,7 +454,8 @@ func (n *Node) syncWith(p peer.ID) {
 		}()
 		ctx, cancel := context.WithTimeout(n.ctx, syncTimeout)
 		defer cancel()
-		st, err := n.h.NewStream(ctx, p, RecordSyncProtocol)
+		// A pull is for a connected peer: one that went since (trimmed, a retired static peer) is not redialled.
+		st, err := n.h.NewStream(network.WithNoDial(ctx, "record pull"), p, RecordSyncProtocol)
 		if err != nil {
 			n.log.Debug("record sync: cannot open stream", "peer", p, "err", err)
 			return

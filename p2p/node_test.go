@@ -843,11 +843,15 @@ func TestAddressFiltering(t *testing.T) {
 	}
 }
 
+// staticAddr is tn's address as a static peer (Config.StaticPeers).
+func staticAddr(tn *testNode) ma.Multiaddr {
+	return tn.Host().Addrs()[0].Encapsulate(ma.StringCast("/p2p/" + tn.ID().String()))
+}
+
 func TestStaticPeers(t *testing.T) {
 	t.Parallel()
 	a := startNode(t, "", nil)
-	addr := a.Host().Addrs()[0].Encapsulate(ma.StringCast("/p2p/" + a.ID().String()))
-	b := startNode(t, "", func(c *Config) { c.StaticPeers = []ma.Multiaddr{addr} })
+	b := startNode(t, "", func(c *Config) { c.StaticPeers = []ma.Multiaddr{staticAddr(a)} })
 	eventually(t, "static peer connection", func() bool {
 		return b.Host().Network().Connectedness(a.ID()) == network.Connected
 	})

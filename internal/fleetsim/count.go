@@ -2,6 +2,7 @@ package fleetsim
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -131,9 +132,15 @@ type countingHost struct {
 	run  *runInfo
 }
 
+// errNotListening is a dial before the bootstrap step (runInfo.open).
+var errNotListening = errors.New("fleetsim: members not listening yet")
+
 // Connect links the two hosts first when the run lets every member dial every other (Config.DialAny): the
 // overlay fill (and a fetch) dial members they learnt of, which on a LAN all answer.
 func (h *countingHost) Connect(ctx context.Context, pi peer.AddrInfo) error {
+	if !h.run.open.Load() {
+		return errNotListening
+	}
 	if h.run.link != nil {
 		if err := h.run.link(h.ID(), pi.ID); err != nil {
 			return err

@@ -327,6 +327,13 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 			return err
 		}
 	}
+	// Each member's bootstrap links are its static peers too (p2p.Config.StaticPeers), so that its overlay fill
+	// knows them and retires them (design 6.2); the node's dials of them at start fail (runInfo.open).
+	static := make([][]ma.Multiaddr, len(all))
+	for _, e := range edges {
+		to := all[e[1]].host
+		static[e[0]] = append(static[e[0]], to.Addrs()[0].Encapsulate(ma.StringCast("/p2p/"+to.ID().String())))
+	}
 	var joinEdges [][2]int // the joiners' bootstrap links, connected when each joins
 	for len(edges) > 0 && edges[len(edges)-1][0] >= cfg.Nodes {
 		joinEdges = append(joinEdges, edges[len(edges)-1])
@@ -347,7 +354,8 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	startNode := func(i int) error {
 		m := all[i]
 		pc := p2p.Config{DataDir: filepath.Join(dir, fmt.Sprint(i)), FleetKey: psk, Class: m.class,
-			Hostname: fmt.Sprintf("sim%d", i), MemberRefresh: cfg.MemberRefresh, MinPeers: cfg.MinPeers}
+			Hostname: fmt.Sprintf("sim%d", i), MemberRefresh: cfg.MemberRefresh, MinPeers: cfg.MinPeers,
+			StaticPeers: static[i]}
 		if err := os.Mkdir(pc.DataDir, 0o755); err != nil {
 			return err
 		}
@@ -385,6 +393,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 
 	// Membership: connect the bootstrap pairs, then wait until every member lists every member.
 	t0 := time.Now()
+	run.open.Store(true)
 	err = parallel(ctx, len(edges), cfg.Parallel, func(k int) error {
 		_, err := mn.ConnectPeers(ms[edges[k][0]].id, ms[edges[k][1]].id)
 		return err

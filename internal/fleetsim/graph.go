@@ -16,11 +16,12 @@ type Overlay struct {
 	Chords        int     // connections that are not bootstrap links
 	ChordMedian   int     // median ring distance of a chord (|i - j| around the ring of n members)
 	ChordsPastTen float64 // share of chords longer than n/10
+	DegreeMax     int     // most connections of a member (among members)
 }
 
 func (o Overlay) String() string {
-	return fmt.Sprintf("diameter=%d mean_dist=%.2f chords=%d chord_ring_dist_median=%d chords_past_n/10=%.2f",
-		o.Diameter, o.MeanDist, o.Chords, o.ChordMedian, o.ChordsPastTen)
+	return fmt.Sprintf("diameter=%d mean_dist=%.2f chords=%d chord_ring_dist_median=%d chords_past_n/10=%.2f degree_max=%d",
+		o.Diameter, o.MeanDist, o.Chords, o.ChordMedian, o.ChordsPastTen, o.DegreeMax)
 }
 
 // overlay measures the connections among ms (members 0..n-1); boot says whether i-j is a bootstrap link.
@@ -48,6 +49,9 @@ func overlay(ms []*member, boot func(a, b int32) bool) Overlay {
 				}
 			}
 		}
+	}
+	for _, a := range adj {
+		o.DegreeMax = max(o.DegreeMax, len(a))
 	}
 	o.Chords = len(dists)
 	if len(dists) > 0 {

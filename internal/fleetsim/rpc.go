@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"sync/atomic"
 
 	pb "github.com/libp2p/go-libp2p-pubsub/pb"
 	"github.com/libp2p/go-libp2p/core/network"
@@ -32,11 +33,14 @@ type rpcStream struct {
 	buf []byte // the rest of the current RPC, re-encoded
 }
 
-// runInfo is what every member's host shares: the joiners' peer IDs (binary), to count their records apart, and
-// with Config.DialAny the function that links two hosts before one dials the other.
+// runInfo is what every member's host shares: the joiners' peer IDs (binary), to count their records apart,
+// with Config.DialAny the function that links two hosts before one dials the other, and whether the bootstrap
+// step has begun (open): a member's dial before it fails, as a daemon's dial of a static peer not yet listening
+// does, so the static peers a member dials at its start are connected by the bootstrap step, as before.
 type runInfo struct {
 	joiners map[string]bool
 	link    func(a, b peer.ID) error
+	open    atomic.Bool
 }
 
 func newRPCStream(s network.Stream, p float64, t *traffic, run *runInfo) *rpcStream {
