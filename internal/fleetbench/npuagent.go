@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -233,8 +234,14 @@ func (a *NPUAgent) seedNotes() string {
 	notes := "seed, when every chunk had been delivered once: " + strings.Join(out, ", ") +
 		" (resent: chunks sent twice; refused: repeat requests answered NO_CHUNK)"
 	var dups, wasted, n int
+	var took []time.Duration // each transfer's own time: a host's time less it is its fetch's start and end
 	for _, d := range a.daemons[SeedHost+1:] {
 		l := lastLog(d, transferDoneMsg)
+		if v, ok := logField(l, "took"); ok {
+			if d, err := time.ParseDuration(v); err == nil {
+				took = append(took, d)
+			}
+		}
 		dv, ok1 := logField(l, "duplicate_requests")
 		wv, ok2 := logField(l, "wasted_chunks")
 		di, err1 := strconv.Atoi(dv)
@@ -245,6 +252,9 @@ func (a *NPUAgent) seedNotes() string {
 	}
 	if n > 0 {
 		notes += fmt.Sprintf("; %d receivers: %d duplicate requests, %d chunks received in vain", n, dups, wasted)
+	}
+	if len(took) > 0 {
+		notes += fmt.Sprintf("; transfers took %s-%s", slices.Min(took), slices.Max(took))
 	}
 	return notes
 }
