@@ -237,7 +237,7 @@ func (s *server) serveChunks(st stream, b *peerBudget, req request, sent *pendin
 	*sent = pendingDelivery{b: seed, blob: req.Blob, idx: sent.idx[:0]}
 	for _, r := range req.Ranges {
 		for i := int(r.First); i < int(r.First)+int(r.Count); i++ {
-			ok, first := s.seeds.take(seed, i, b)
+			ok, first := s.seeds.take(seed, i)
 			if a := s.arrival(b, req.Blob, i, ok && !first); a != nil {
 				// Being received here: forwarded as it arrives (cut-through). A failed forward resets the stream.
 				if err := s.forward(st, b, a, i, (*bp)[:hdr]); err != nil {
@@ -285,9 +285,7 @@ func (s *server) serveChunks(st stream, b *peerBudget, req request, sent *pendin
 			s.served.Add(1)
 			if seed != nil && seed.seed {
 				sent.idx = append(sent.idx, i)
-				if first {
-					s.seeds.wrote(seed, i)
-				} else {
+				if !first {
 					s.seeds.again(seed)
 				}
 			}

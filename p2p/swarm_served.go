@@ -2,7 +2,6 @@ package p2p
 
 import (
 	"context"
-	"slices"
 	"sync"
 	"time"
 
@@ -47,11 +46,7 @@ type seedBlob struct {
 	unsent      int
 	delivered   []bool
 	undelivered int
-	began       time.Time // the first chunk's send
-	sending     int       // first sends being written
-	sendingTo   map[*peerBudget]int
-	taker       []*peerBudget // the peer writing chunk i's first send
-	wake        chan struct{} // closed when a first send's write ends
+	began       time.Time     // the first chunk's send
 	lastFirst   time.Time     // the latest first send
 	allSent     time.Duration // from began to the last chunk's first send
 	resent      int64         // chunks sent again after every chunk had been sent once
@@ -82,9 +77,13 @@ func (s *seedServed) state(ctx context.Context, srv *server, blob cid.Cid) *seed
 	if err != nil {
 		return nil // not held: every chunk gets NO_CHUNK anyway
 	}
-	nb := &seedBlob{}
-	if !slices.Contains(have, false) {
-		nb = newSeedBlob(len(have))
+	nb := &seedBlob{seed: true}
+	for _, h := range have {
+		nb.seed = nb.seed && h
+	}
+	if nb.seed {
+		nb.sent, nb.unsent = make([]bool, len(have)), len(have)
+		nb.delivered, nb.undelivered = make([]bool, len(have)), len(have)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -103,47 +102,13 @@ func (s *seedServed) state(ctx context.Context, srv *server, blob cid.Cid) *seed
 	return nb
 }
 
-// Paced first sends: while more than seedLastRound chunks of a blob have not left the seed, at most seedAtOnce
-// first sends to peers other than the asker are written at once; a request waits up to seedPaceWait for one to
-// end. Each chunk then leaves at a large part of the seed's uplink and is whole at its receiver soon, so the others'
-// copies of it (cut-through forwards) are paced by the receivers' uplinks, not by one of many slow seed flows. The
-// last chunks go out together, so that their forwards run from many receivers at once.
-const (
-	seedAtOnce    = 2
-	seedLastRound = 16
-	seedPaceWait  = time.Second
-)
-
-// newSeedBlob is the state of a blob of n chunks held complete.
-func newSeedBlob(n int) *seedBlob {
-	return &seedBlob{seed: true, sent: make([]bool, n), unsent: n, delivered: make([]bool, n), undelivered: n,
-		sendingTo: map[*peerBudget]int{}, taker: make([]*peerBudget, n), wake: make(chan struct{})}
-}
-
-// take decides whether chunk i of b may be sent now to the peer with budget who; first: this is its first send,
-// which the caller ends with wrote or untake.
-func (s *seedServed) take(b *seedBlob, i int, who *peerBudget) (ok, first bool) {
+// take decides whether chunk i of b may be sent now; first: this is its first send.
+func (s *seedServed) take(b *seedBlob, i int) (ok, first bool) {
 	if b == nil || !b.seed || i < 0 || i >= len(b.sent) {
 		return true, false
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	deadline := time.Now().Add(seedPaceWait)
-	for !b.sent[i] && b.unsent > seedLastRound && b.sending-b.sendingTo[who] >= seedAtOnce {
-		left := time.Until(deadline)
-		if left <= 0 {
-			break
-		}
-		wake := b.wake
-		s.mu.Unlock()
-		timer := time.NewTimer(left)
-		select {
-		case <-wake:
-		case <-timer.C:
-		}
-		timer.Stop()
-		s.mu.Lock()
-	}
 	now := time.Now()
 	switch {
 	case !b.sent[i]:
@@ -151,9 +116,6 @@ func (s *seedServed) take(b *seedBlob, i int, who *peerBudget) (ok, first bool) 
 			b.began = now
 		}
 		b.sent[i], b.lastFirst = true, now
-		b.sending++
-		b.sendingTo[who]++
-		b.taker[i] = who
 		if b.unsent--; b.unsent == 0 {
 			b.allSent = now.Sub(b.began)
 		}
@@ -181,30 +143,6 @@ func (s *seedServed) untake(b *seedBlob, i int) {
 		b.sent[i] = false
 		b.unsent++
 	}
-	b.ended(i)
-}
-
-// wrote ends chunk i's first send, written.
-func (s *seedServed) wrote(b *seedBlob, i int) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	b.ended(i)
-}
-
-// ended takes chunk i's first send out of the ones being written and wakes the requests waiting; call with the
-// seedServed lock held.
-func (b *seedBlob) ended(i int) {
-	who := b.taker[i]
-	if who == nil {
-		return
-	}
-	b.taker[i] = nil
-	b.sending--
-	if b.sendingTo[who]--; b.sendingTo[who] == 0 {
-		delete(b.sendingTo, who)
-	}
-	close(b.wake)
-	b.wake = make(chan struct{})
 }
 
 // deliver marks chunks read whole by a client; true when the last undelivered chunk of b was among them.

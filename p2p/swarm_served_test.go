@@ -128,56 +128,6 @@ func TestServerSeedRefusesUntilDelivered(t *testing.T) {
 	}
 }
 
-// Paced first sends: while more than seedLastRound chunks have not left, a first send to a third peer waits until
-// one of the two being written ends; one peer's own requests (a lone fetcher's workers) never wait for each other,
-// and the last round goes out at once.
-func TestSeedPacedFirstSends(t *testing.T) {
-	t.Parallel()
-	var s seedServed
-	b := newSeedBlob(seedLastRound + 4)
-	p1, p2, p3 := &peerBudget{}, &peerBudget{}, &peerBudget{}
-	take := func(i int, who *peerBudget) <-chan bool {
-		c := make(chan bool, 1)
-		go func() { ok, first := s.take(b, i, who); c <- ok && first }()
-		return c
-	}
-	got := func(c <-chan bool, within time.Duration) bool {
-		select {
-		case ok := <-c:
-			if !ok {
-				t.Fatal("first send refused")
-			}
-			return true
-		case <-time.After(within):
-			return false
-		}
-	}
-	if !got(take(0, p1), 5*time.Second) || !got(take(1, p2), 5*time.Second) || !got(take(2, p1), 5*time.Second) {
-		t.Fatal("the first two peers' sends waited")
-	}
-	third := take(3, p3)
-	if got(third, 100*time.Millisecond) {
-		t.Fatal("a third peer's first send did not wait for the two being written")
-	}
-	s.wrote(b, 0)
-	if got(third, 100*time.Millisecond) { // p1 still writes chunk 2
-		t.Fatal("the third peer's send went while p1 and p2 were still written to")
-	}
-	s.untake(b, 1) // a failed write ends a send too
-	if !got(third, 5*time.Second) {
-		t.Fatal("the third peer's send still waits after a send ended")
-	}
-	// The last round: once at most seedLastRound chunks have not left, nothing waits.
-	for i := 4; i < len(b.sent) && b.unsent > seedLastRound; i++ {
-		if !got(take(i, p1), 5*time.Second) {
-			t.Fatal("p1's own sends waited")
-		}
-	}
-	if !got(take(len(b.sent)-1, p3), 5*time.Second) {
-		t.Fatal("a first send of the last round waited")
-	}
-}
-
 // A partial holder (a receiver forwarding) refuses nothing: each receiver forwards to every other.
 func TestServerPartialServesAgain(t *testing.T) {
 	t.Parallel()
