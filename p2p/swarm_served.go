@@ -9,18 +9,18 @@ import (
 )
 
 // Seed sends once (docs/design.md 6.8, "seed sends once"): a node serving a blob it held complete before it served
-// any chunk of it (the seed of a fleet distribution) sends each chunk once while some chunk has not left it yet; a
-// request for a chunk already sent gets NO_CHUNK, and the receiver takes it from the peer it went to. Once every
-// chunk has left, a repeat waits until every chunk has been delivered (at most until deliverGrace after the last
-// first send), then it is served (the end game's drain, receivers that lost a chunk). A chunk counts as delivered
-// once the client has read its whole response: the client's next request on the stream, or its clean close, proves
-// it (6.7: a client reads the whole response before writing the next request).
+// any chunk of it (the seed of a fleet distribution) sends each chunk once while some chunk has not been delivered
+// yet; a request for a chunk already sent gets NO_CHUNK, and the receiver takes it from the peer it went to. Once
+// every chunk has been delivered, or deliverGrace after the last first send, the seed serves anything again (the end
+// game, receivers that lost a chunk). A chunk counts as delivered once the client has read its whole response: the
+// client's next request on the stream, or its clean close, proves it (6.7: a client reads the whole response before
+// writing the next request).
 const maxSeedBlobs = 64 // blobs tracked at once; the oldest is forgotten (it then serves every request)
 
-// deliverGrace: how long after a blob's last first send a repeat waits while some sent chunk is not delivered.
-// The last first sends share the seed's uplink with each other (~11 at once on the 12-host benchmark, ~0.9-1.3 s
-// each) and every receiver waits for them; a repeat sent meanwhile would take their bytes. The grace bounds what a
-// client that never confirms (gone, or hostile) can hold back.
+// deliverGrace: how long after a blob's last first send the seed keeps refusing repeats while some sent chunk is
+// not delivered. The last first sends share the seed's uplink with each other (~11 at once on the 12-host
+// benchmark, ~0.9-1.3 s each) and every receiver waits for them; a repeat sent meanwhile takes their bytes. The
+// grace bounds what a client that never confirms (gone, or hostile) can hold back.
 const deliverGrace = 2 * time.Second
 
 // seedServed tracks the chunks sent of each blob this node seeds.
@@ -48,10 +48,9 @@ type seedBlob struct {
 	undelivered int
 	began       time.Time     // the first chunk's send
 	lastFirst   time.Time     // the latest first send
-	allIn       chan struct{} // closed once every chunk has been delivered
 	allSent     time.Duration // from began to the last chunk's first send
 	resent      int64         // chunks sent again after every chunk had been sent once
-	refused     int64         // requests answered NO_CHUNK because the chunk had been sent and others had not
+	refused     int64         // requests answered NO_CHUNK because the chunk had been sent and others not delivered
 }
 
 // SeedStats is what a seeding node knows of one blob's chunks (Node.SeedStats).
@@ -61,7 +60,7 @@ type SeedStats struct {
 	Sent         int   // distinct chunks sent at least once
 	Delivered    int   // distinct chunks a client has read whole
 	Resent       int64 // chunk sends beyond the first of each chunk
-	Refused      int64 // requests refused because the chunk had left already and others had not
+	Refused      int64 // requests refused because the chunk had left already and others had not been delivered
 	AllSent      bool
 	AllDelivered bool
 }
@@ -85,7 +84,6 @@ func (s *seedServed) state(ctx context.Context, srv *server, blob cid.Cid) *seed
 	if nb.seed {
 		nb.sent, nb.unsent = make([]bool, len(have)), len(have)
 		nb.delivered, nb.undelivered = make([]bool, len(have)), len(have)
-		nb.allIn = make(chan struct{})
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -111,21 +109,6 @@ func (s *seedServed) take(b *seedBlob, i int) (ok, first bool) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for b.sent[i] && b.unsent == 0 && b.undelivered > 0 {
-		left := s.grace() - time.Since(b.lastFirst)
-		if left <= 0 {
-			break
-		}
-		all := b.allIn
-		s.mu.Unlock()
-		timer := time.NewTimer(left)
-		select {
-		case <-all:
-		case <-timer.C:
-		}
-		timer.Stop()
-		s.mu.Lock()
-	}
 	now := time.Now()
 	switch {
 	case !b.sent[i]:
@@ -137,7 +120,7 @@ func (s *seedServed) take(b *seedBlob, i int) (ok, first bool) {
 			b.allSent = now.Sub(b.began)
 		}
 		return true, true
-	case b.unsent > 0:
+	case b.unsent > 0, b.undelivered > 0 && now.Sub(b.lastFirst) < s.grace():
 		b.refused++
 		return false, false
 	default:
@@ -171,9 +154,7 @@ func (s *seedServed) deliver(b *seedBlob, idx []int) bool {
 		if !b.delivered[i] {
 			b.delivered[i] = true
 			b.undelivered--
-			if last = b.undelivered == 0; last {
-				close(b.allIn)
-			}
+			last = b.undelivered == 0
 		}
 	}
 	return last

@@ -70,10 +70,10 @@ func askChunk(t *testing.T, conn net.Conn, m *blobstore.Manifest, i int) bool {
 	return got
 }
 
-// Once every chunk has been sent, a repeat waits while a sent chunk is not delivered (its client has not asked
-// again nor closed), for at most the grace after the last first send, and is then served: the last first sends,
-// which every receiver waits for, keep the seed's uplink to themselves, and the repeat goes the moment they are in.
-func TestServerSeedRepeatWaitsForDelivery(t *testing.T) {
+// Once every chunk has been sent, the seed still refuses repeats while a sent chunk is not delivered (its client
+// has not asked again nor closed), for at most the grace after the last first send: the last first sends, which
+// every receiver waits for, keep the seed's uplink to themselves.
+func TestServerSeedRefusesUntilDelivered(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	st := newMemStore()
@@ -82,19 +82,19 @@ func TestServerSeedRepeatWaitsForDelivery(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, c := range []struct {
-		name   string
-		expire bool // the grace passes (a client that never confirms), rather than the last delivery arriving
+		name    string
+		deliver bool // the client holding the last undelivered chunk closes before the repeat
+		expire  bool // the grace has passed before the repeat
+		served  bool
 	}{
-		{"delivered", false},
-		{"grace passed", true},
+		{"undelivered within grace", false, false, false},
+		{"delivered", true, false, true},
+		{"grace passed", false, true, true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
 			srv := newServer(ctx, st, testLog)
 			srv.seeds.graceOverride = time.Hour
-			if c.expire {
-				srv.seeds.graceOverride = 2 * time.Second
-			}
 			pipe := func() net.Conn {
 				client, server := net.Pipe()
 				go func() { srv.serve(server, nil); server.Close() }()
@@ -112,23 +112,17 @@ func TestServerSeedRepeatWaitsForDelivery(t *testing.T) {
 			if !askChunk(t, b, m, 2) {
 				t.Fatal("first send of chunk 2 refused")
 			}
-			repeat := make(chan bool, 1)
-			go func() { repeat <- askChunk(t, b, m, 0) }()
-			select {
-			case <-repeat:
-				t.Fatal("the repeat was answered while chunk 1 was not delivered")
-			case <-time.After(100 * time.Millisecond):
+			if c.deliver {
+				a.Close()
+				eventually(t, "chunk 1 delivered", func() bool { return srv.seeds.stats(m.CID()).Delivered == 2 })
 			}
-			if !c.expire {
-				a.Close() // chunk 1 delivered
+			if c.expire {
+				srv.seeds.mu.Lock()
+				srv.seeds.graceOverride = time.Nanosecond
+				srv.seeds.mu.Unlock()
 			}
-			select {
-			case got := <-repeat:
-				if !got {
-					t.Fatal("repeat of chunk 0 refused")
-				}
-			case <-time.After(10 * time.Second):
-				t.Fatal("the repeat still waits after every chunk was delivered or the grace passed")
+			if got := askChunk(t, b, m, 0); got != c.served {
+				t.Fatalf("repeat of chunk 0 served = %v, want %v (stats %+v)", got, c.served, srv.seeds.stats(m.CID()))
 			}
 		})
 	}
