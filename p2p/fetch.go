@@ -379,9 +379,6 @@ type fpeer struct {
 // went to arrives first, or the holder has sent every chunk by then and serves it.
 const refuseBackoff = 2 * time.Second
 
-// drainBackoff replaces refuseBackoff once every chunk has left the full holders (pick's drain).
-const drainBackoff = 250 * time.Millisecond
-
 // whole reports whether fp is known to hold every chunk; call with t.mu held.
 func (fp *fpeer) whole() bool { return fp.have != nil && !slices.Contains(fp.have, false) }
 
@@ -825,20 +822,6 @@ func (t *transfer) pick(fp *fpeer) (chunkRange, bool) {
 		// another peer's slow (or departed) uplink.
 		slow := t.slowAfter()
 		switch {
-		case !anyFree && t.seedLike(fp) && !t.seedOnlyLeft():
-			// The drain: every chunk has left the seed, whose uplink idles from here, while each last chunk
-			// reaches the others only from the receivers that have it. A copy from the seed of the chunk
-			// requested last here (the most bytes still to come) takes part of that.
-			best = -1
-			for i := t.low; i < n; i++ {
-				if dup(i) && (best < 0 || t.since[i].After(t.since[best])) {
-					best = i
-				}
-			}
-			if best < 0 {
-				return chunkRange{}, false
-			}
-			return chunkRange{First: uint32(best), Count: 1}, true
 		case anyFree && t.seedLike(fp):
 			// The seed's uplink is the scarce one: it sends what no partial peer holds, and duplicates only in
 			// the end game.
@@ -1036,12 +1019,7 @@ func (t *transfer) noChunk(fp *fpeer, i int) {
 		if fp.refused == nil {
 			fp.refused = make([]time.Time, len(t.have))
 		}
-		backoff := refuseBackoff
-		if !t.seedOnlyLeft() {
-			// Every chunk has left it: it refuses only until the last ones are delivered (swarm_served.go).
-			backoff = drainBackoff
-		}
-		fp.refused[i] = time.Now().Add(backoff)
+		fp.refused[i] = time.Now().Add(refuseBackoff)
 		return
 	}
 	if !fp.dropped && fp.has(i) {

@@ -350,8 +350,7 @@ func TestPickEndGameFill(t *testing.T) {
 		{"downlink full", endGameFill, 0, false, false},
 		{"downlink full, slow request", endGameFill, 2 * minSlowAfter, false, true},
 		{"downlink idle, seed", endGameFill - 1, 0, true, true},
-		// Every chunk has left the seed ("a" has each missing one): the drain copies from it whatever is in flight.
-		{"downlink full, seed, the drain", endGameFill, 0, true, true},
+		{"downlink full, seed", endGameFill, 0, true, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -387,41 +386,6 @@ func TestPickEndGameFill(t *testing.T) {
 				t.Fatalf("pick = %v %v, want a duplicate: %v", r, ok, tc.want)
 			}
 		})
-	}
-}
-
-// The drain: once every chunk has left the seed (each missing chunk is held or arriving at a partial peer) and
-// every missing chunk is requested, a seed-like peer is asked for a copy of the chunk requested last here (the most
-// bytes still to come), whatever the requests in flight; while a chunk only the seed holds is missing, it is not.
-func TestPickSeedDrain(t *testing.T) {
-	t.Parallel()
-	for _, left := range []bool{true, false} { // every chunk has left the seed
-		tr := testTransfer(t, 9)
-		tr.have[8] = true // held here, not at "a": "a" is partial
-		tr.missing--
-		held := []int{0, 1, 2, 3, 4, 5, 6, 7}
-		if !left {
-			held = held[:7]
-		}
-		a := tr.addTestPeer("a", held...)
-		seed := tr.addTestPeer("seed")
-		for i := range 7 {
-			tr.mark(a, chunkRange{First: uint32(i), Count: 1})
-			tr.since[i] = time.Now().Add(-time.Duration(10-i) * 10 * time.Millisecond) // chunk 6 requested last
-		}
-		if !left {
-			tr.mark(seed, chunkRange{First: 7, Count: 1}) // the seed's own chunk, in flight from it
-		} else {
-			tr.mark(a, chunkRange{First: 7, Count: 1})
-			tr.since[7] = time.Now().Add(-time.Second)
-		}
-		r, ok := tr.pick(seed)
-		if left && (!ok || r.First != 6) {
-			t.Fatalf("every chunk left the seed: pick = %+v %v, want chunk 6, requested last", r, ok)
-		}
-		if !left && ok {
-			t.Fatalf("a chunk only the seed holds is missing: pick = %+v, want none", r)
-		}
 	}
 }
 
