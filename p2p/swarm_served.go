@@ -9,33 +9,18 @@ import (
 )
 
 // Seed sends once (docs/design.md 6.8, "seed sends once"): a node serving a blob it held complete before it served
-// any chunk of it (the seed of a fleet distribution) sends each chunk once while some chunk has not been delivered
-// yet; a request for a chunk already sent gets NO_CHUNK, and the receiver takes it from the peer it went to. Once
-// every chunk has been delivered, or deliverGrace after the last first send, the seed serves anything again (the end
-// game, receivers that lost a chunk). A chunk counts as delivered once the client has read its whole response: the
-// client's next request on the stream, or its clean close, proves it (6.7: a client reads the whole response before
-// writing the next request).
+// any chunk of it (the seed of a fleet distribution) sends each chunk once while some chunk has not left it yet;
+// a request for a chunk already sent gets NO_CHUNK, and the receiver takes it from the peer it went to. Once every
+// chunk has been sent, the seed serves anything again (the end game, receivers that lost a chunk). A chunk counts
+// as delivered once the client has read its whole response: the client's next request on the stream, or its clean
+// close, proves it (6.7: a client reads the whole response before writing the next request).
 const maxSeedBlobs = 64 // blobs tracked at once; the oldest is forgotten (it then serves every request)
-
-// deliverGrace: how long after a blob's last first send the seed keeps refusing repeats while some sent chunk is
-// not delivered. The last first sends share the seed's uplink with each other (~11 at once on the 12-host
-// benchmark, ~0.9-1.3 s each) and every receiver waits for them; a repeat sent meanwhile takes their bytes. The
-// grace bounds what a client that never confirms (gone, or hostile) can hold back.
-const deliverGrace = 2 * time.Second
 
 // seedServed tracks the chunks sent of each blob this node seeds.
 type seedServed struct {
-	mu            sync.Mutex
-	blobs         map[cid.Cid]*seedBlob
-	order         []cid.Cid     // oldest first
-	graceOverride time.Duration // tests: deliverGrace when non-zero
-}
-
-func (s *seedServed) grace() time.Duration {
-	if s.graceOverride > 0 {
-		return s.graceOverride
-	}
-	return deliverGrace
+	mu    sync.Mutex
+	blobs map[cid.Cid]*seedBlob
+	order []cid.Cid // oldest first
 }
 
 // seedBlob is one blob's state. seed false: the blob was partial here when first served (this node is a receiver
@@ -47,10 +32,9 @@ type seedBlob struct {
 	delivered   []bool
 	undelivered int
 	began       time.Time     // the first chunk's send
-	lastFirst   time.Time     // the latest first send
 	allSent     time.Duration // from began to the last chunk's first send
 	resent      int64         // chunks sent again after every chunk had been sent once
-	refused     int64         // requests answered NO_CHUNK because the chunk had been sent and others not delivered
+	refused     int64         // requests answered NO_CHUNK because the chunk had been sent and others had not
 }
 
 // SeedStats is what a seeding node knows of one blob's chunks (Node.SeedStats).
@@ -60,7 +44,7 @@ type SeedStats struct {
 	Sent         int   // distinct chunks sent at least once
 	Delivered    int   // distinct chunks a client has read whole
 	Resent       int64 // chunk sends beyond the first of each chunk
-	Refused      int64 // requests refused because the chunk had left already and others had not been delivered
+	Refused      int64 // requests refused because the chunk had left already and others had not
 	AllSent      bool
 	AllDelivered bool
 }
@@ -109,18 +93,17 @@ func (s *seedServed) take(b *seedBlob, i int) (ok, first bool) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	now := time.Now()
 	switch {
 	case !b.sent[i]:
 		if b.began.IsZero() {
-			b.began = now
+			b.began = time.Now()
 		}
-		b.sent[i], b.lastFirst = true, now
+		b.sent[i] = true
 		if b.unsent--; b.unsent == 0 {
-			b.allSent = now.Sub(b.began)
+			b.allSent = time.Since(b.began)
 		}
 		return true, true
-	case b.unsent > 0, b.undelivered > 0 && now.Sub(b.lastFirst) < s.grace():
+	case b.unsent > 0:
 		b.refused++
 		return false, false
 	default:

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"net"
 	"testing"
 	"time"
 
@@ -25,7 +24,18 @@ func TestServerSeedSendsOnce(t *testing.T) {
 	}
 	blob := m.CID()
 	srv, client, done := servePipe(t, ctx, st)
-	ask := func(i int) bool { t.Helper(); return askChunk(t, client, m, i) }
+	ask := func(i int) bool {
+		t.Helper()
+		rs := []chunkRange{{uint32(i), 1}}
+		if err := writeFrame(client, msgGetChunks, encodeGetChunks(blob, rs)); err != nil {
+			t.Fatal(err)
+		}
+		got := false
+		if err := readChunks(client, m, rs, nil, func(_ int, d []byte) error { got = d != nil; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
 	for _, c := range []struct {
 		chunk     int
 		served    bool
@@ -53,78 +63,6 @@ func TestServerSeedSendsOnce(t *testing.T) {
 	want := SeedStats{Seed: true, Chunks: 3, Sent: 3, Delivered: 3, Resent: 1, Refused: 2, AllSent: true, AllDelivered: true}
 	if s != want {
 		t.Fatalf("stats %+v, want %+v", s, want)
-	}
-}
-
-// askChunk requests chunk i of m's blob over conn and reports whether it was served (CHUNK, not NO_CHUNK).
-func askChunk(t *testing.T, conn net.Conn, m *blobstore.Manifest, i int) bool {
-	t.Helper()
-	rs := []chunkRange{{uint32(i), 1}}
-	if err := writeFrame(conn, msgGetChunks, encodeGetChunks(m.CID(), rs)); err != nil {
-		t.Fatal(err)
-	}
-	got := false
-	if err := readChunks(conn, m, rs, nil, func(_ int, d []byte) error { got = d != nil; return nil }); err != nil {
-		t.Fatal(err)
-	}
-	return got
-}
-
-// Once every chunk has been sent, the seed still refuses repeats while a sent chunk is not delivered (its client
-// has not asked again nor closed), for at most the grace after the last first send: the last first sends, which
-// every receiver waits for, keep the seed's uplink to themselves.
-func TestServerSeedRefusesUntilDelivered(t *testing.T) {
-	t.Parallel()
-	ctx := context.Background()
-	st := newMemStore()
-	m, err := st.Put(ctx, bytes.NewReader(bytes.Repeat([]byte("npu"), blobstore.ChunkSize))) // 3 chunks
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, c := range []struct {
-		name    string
-		deliver bool // the client holding the last undelivered chunk closes before the repeat
-		expire  bool // the grace has passed before the repeat
-		served  bool
-	}{
-		{"undelivered within grace", false, false, false},
-		{"delivered", true, false, true},
-		{"grace passed", false, true, true},
-	} {
-		t.Run(c.name, func(t *testing.T) {
-			t.Parallel()
-			srv := newServer(ctx, st, testLog)
-			srv.seeds.graceOverride = time.Hour
-			pipe := func() net.Conn {
-				client, server := net.Pipe()
-				go func() { srv.serve(server, nil); server.Close() }()
-				t.Cleanup(func() { client.Close() })
-				return client
-			}
-			a, b := pipe(), pipe()
-			// a takes chunks 0 and 1 (0 delivered by the second request, 1 not); b takes chunk 2, the last
-			// first send, and its repeat of chunk 0 proves chunk 2 delivered.
-			for _, i := range []int{0, 1} {
-				if !askChunk(t, a, m, i) {
-					t.Fatalf("first send of chunk %d refused", i)
-				}
-			}
-			if !askChunk(t, b, m, 2) {
-				t.Fatal("first send of chunk 2 refused")
-			}
-			if c.deliver {
-				a.Close()
-				eventually(t, "chunk 1 delivered", func() bool { return srv.seeds.stats(m.CID()).Delivered == 2 })
-			}
-			if c.expire {
-				srv.seeds.mu.Lock()
-				srv.seeds.graceOverride = time.Nanosecond
-				srv.seeds.mu.Unlock()
-			}
-			if got := askChunk(t, b, m, 0); got != c.served {
-				t.Fatalf("repeat of chunk 0 served = %v, want %v (stats %+v)", got, c.served, srv.seeds.stats(m.CID()))
-			}
-		})
 	}
 }
 
