@@ -234,12 +234,12 @@ func (a *NPUAgent) seedNotes() string {
 	notes := "seed, when every chunk had been delivered once: " + strings.Join(out, ", ") +
 		" (resent: chunks sent twice; refused: repeat requests answered NO_CHUNK)"
 	var dups, wasted, n int
-	var took []time.Duration // each transfer's own time: a host's time less it is its fetch's start and end
+	var took []time.Duration // each receiver's transfer alone: a host's time minus it is its fetch command's overhead
 	for _, d := range a.daemons[SeedHost+1:] {
 		l := lastLog(d, transferDoneMsg)
 		if v, ok := logField(l, "took"); ok {
-			if d, err := time.ParseDuration(v); err == nil {
-				took = append(took, d)
+			if dur, err := time.ParseDuration(v); err == nil {
+				took = append(took, dur)
 			}
 		}
 		dv, ok1 := logField(l, "duplicate_requests")
