@@ -1,6 +1,7 @@
 package p2p
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -286,6 +287,15 @@ func (n *Node) manifest(ctx context.Context, f *flight) (*blobstore.Manifest, er
 	peers, open := slices.Clone(f.peers), f.open
 	f.mu.Unlock()
 	ps := n.candidates(peers, open)
+	// The named peers first (a record's producers): they hold the blob, while most other peers of a rollout that
+	// has just begun do not have its manifest yet, and each of them asked first cost a round trip at the start.
+	unnamed := func(p peer.ID) int {
+		if slices.Contains(peers, p) {
+			return 0
+		}
+		return 1
+	}
+	slices.SortStableFunc(ps, func(a, b peer.ID) int { return cmp.Compare(unnamed(a), unnamed(b)) })
 	if len(ps) == 0 {
 		return nil, fmt.Errorf("fetch %s: %w: no peers", f.blob, ErrNoPeers)
 	}

@@ -579,6 +579,37 @@ func TestFetchBadManifestPeer(t *testing.T) {
 	checkBlob(t, f, blob, data)
 }
 
+// FetchAll asks the named holder for the manifest before the other peers, which at a rollout's start mostly do not
+// have the blob (each asked first would cost a round trip).
+func TestFetchAllManifestNamedFirst(t *testing.T) {
+	t.Parallel()
+	data := randomBlob(t, 1<<20)
+	f, holder := startNode(t, "", nil), startNode(t, "", nil)
+	blob := put(t, holder, data)
+	connect(t, f, holder)
+	var asked atomic.Int32 // GET_MANIFEST requests to the peers not named
+	for range 4 {
+		o := startNode(t, "", nil)
+		connect(t, f, o)
+		o.Host().SetStreamHandler(ChunkProtocol, func(st network.Stream) {
+			defer st.Close()
+			if typ, _, err := readFrame(st, nil); err == nil && typ == msgGetManifest {
+				asked.Add(1)
+			}
+			writeFrame(st, msgError, encodeError(blobstore.ErrNotFound))
+		})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := f.FetchAll(ctx, blob, []peer.ID{holder.ID()}, nil); err != nil {
+		t.Fatal(err)
+	}
+	checkBlob(t, f, blob, data)
+	if n := asked.Load(); n != 0 {
+		t.Fatalf("%d peers not named were asked for the manifest before the named holder", n)
+	}
+}
+
 func TestFetchPeerDies(t *testing.T) {
 	t.Parallel()
 	data := randomBlob(t, 16<<20)

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -233,8 +234,14 @@ func (a *NPUAgent) seedNotes() string {
 	notes := "seed, when every chunk had been delivered once: " + strings.Join(out, ", ") +
 		" (resent: chunks sent twice; refused: repeat requests answered NO_CHUNK)"
 	var dups, wasted, n int
+	var took []time.Duration // each receiver's transfer alone: a host's time minus it is its fetch command's overhead
 	for _, d := range a.daemons[SeedHost+1:] {
 		l := lastLog(d, transferDoneMsg)
+		if v, ok := logField(l, "took"); ok {
+			if dur, err := time.ParseDuration(v); err == nil {
+				took = append(took, dur)
+			}
+		}
 		dv, ok1 := logField(l, "duplicate_requests")
 		wv, ok2 := logField(l, "wasted_chunks")
 		di, err1 := strconv.Atoi(dv)
@@ -245,6 +252,9 @@ func (a *NPUAgent) seedNotes() string {
 	}
 	if n > 0 {
 		notes += fmt.Sprintf("; %d receivers: %d duplicate requests, %d chunks received in vain", n, dups, wasted)
+	}
+	if len(took) > 0 {
+		notes += fmt.Sprintf("; transfers took %s-%s", slices.Min(took), slices.Max(took))
 	}
 	return notes
 }
