@@ -61,7 +61,8 @@ type server struct {
 	forwarding int
 	// holds, if set, says which chunks this node's transfer knows a peer to hold (Node.peerHolds): a watch leaves
 	// them out of its announcements (swarm_have.go).
-	holds func(blob cid.Cid, p peer.ID, arriving bool, idx []uint32, out []bool)
+	holds   func(blob cid.Cid, p peer.ID, arriving bool, idx []uint32, out []bool)
+	leftOut atomic.Int64 // announcements left out because the watcher held the chunk
 	// beforeSend, if set, sees (and may alter or delay) each chunk just before it is sent: tests use it to play
 	// a slow or malicious peer.
 	beforeSend func(i int, data []byte)

@@ -261,6 +261,7 @@ func (w *watchView) stored(idx []uint32) {
 		case w.have[i]: // listed twice
 		case known != nil && known[k] && (w.told == nil || !w.told[i]):
 			if !w.skipped(i) {
+				w.s.leftOut.Add(1)
 				if w.skip == nil {
 					w.skip = make([]bool, len(w.have))
 				}
@@ -295,6 +296,7 @@ func (w *watchView) arriving(idx []uint32) {
 	batch := w.batch[:0]
 	for k, i := range cand {
 		if known != nil && known[k] {
+			w.s.leftOut.Add(1)
 			continue
 		}
 		if w.told == nil {
