@@ -235,7 +235,9 @@ func (w *watchView) holdBack(idx []uint32) []uint32 {
 	now := idx[:0]
 	for k, i := range idx {
 		if w.known[k] {
-			w.later = append(w.later, i)
+			if !slices.Contains(w.later, i) {
+				w.later = append(w.later, i)
+			}
 		} else {
 			now = append(now, i)
 		}

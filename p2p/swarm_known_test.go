@@ -337,3 +337,56 @@ func TestThreatWatchClaims(t *testing.T) {
 		t.Errorf("liar: %d HAVE_ADD indexes (honest %d), %d HAVE frames, want its announcements left out and a whole HAVE at the end", l.adds, h.adds, l.haves)
 	}
 }
+
+// An ARRIVING of a chunk another partial holder has announced is held back arrivingHold, and left out if the
+// watcher meanwhile says it receives the chunk itself; a first holder's ARRIVING goes at once.
+func TestWatchHoldsBackSecondSource(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st, m, _ := partialMem(t, ctx, 0)
+	blob := m.CID()
+	known := &knownStub{}
+	srv, client, done := watchPipe(t, ctx, st, known)
+	srv.elsewhere = func(_ cid.Cid, idx []uint32, out []bool) {
+		for k, i := range idx {
+			out[k] = i != 2 // chunk 2 is held or received by no other partial holder
+		}
+	}
+	if err := writeFrame(client, msgWatchHave2, blob.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := readResponse(client, nil, msgHave); err != nil {
+		t.Fatal(err)
+	}
+	// Chunk 1: held back, and meanwhile the watcher says it receives it: left out. Chunk 2: at once.
+	t0 := time.Now()
+	srv.haves.arrive(blob, 1)
+	time.Sleep(arrivingHold / 5)
+	known.set(map[uint32]string{1: "arriving"})
+	srv.haves.arrive(blob, 2)
+	if idx := readIndexes(t, client, msgArriving); len(idx) != 1 || idx[0] != 2 {
+		t.Fatalf("ARRIVING %v, want [2] first", idx)
+	}
+	if d := time.Since(t0); d >= arrivingHold {
+		t.Logf("first holder's ARRIVING after %v (a loaded machine)", d)
+	}
+	// Chunk 1 again, the watcher no longer receiving it: sent, but not before arrivingHold.
+	eventually(t, "chunk 1 left out", func() bool { return srv.leftOut.Load() == 1 })
+	known.set(nil)
+	t1 := time.Now()
+	srv.haves.arrive(blob, 1)
+	if idx := readIndexes(t, client, msgArriving); len(idx) != 1 || idx[0] != 1 {
+		t.Fatalf("ARRIVING %v, want [1]", idx)
+	}
+	if d := time.Since(t1); d < arrivingHold {
+		t.Errorf("second source's ARRIVING after %v, want at least %v", d, arrivingHold)
+	}
+	if n := srv.leftOut.Load(); n != 1 {
+		t.Errorf("%d left out, want 1", n)
+	}
+	cancel() // the watch of a partial blob runs until its lifetime ends
+	if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
+		t.Errorf("server ended with %v", err)
+	}
+}

@@ -44,8 +44,8 @@ func parseProcPidStat(b []byte) (time.Duration, error) {
 	return time.Duration(ticks) * clockTick, nil
 }
 
-// procEvents counts one process's read and write system calls (/proc/<pid>/io syscr, syscw) and context
-// switches, voluntary and not (/proc/<pid>/status): per byte received they show the work per event (frames,
+// procEvents counts one process's read and write system calls (/proc/<pid>/io syscr, syscw) and its threads'
+// context switches, voluntary and not (/proc/<pid>/task/*/status): per byte received they show the work per event (frames,
 // wake-ups) that CPU time mixes with the work per byte.
 type procEvents struct{ reads, writes, switches int64 }
 
@@ -118,9 +118,15 @@ func labProcs(lab *netlab.Lab) (map[int]time.Duration, map[int]procEvents, error
 		if t, err := parseProcPidStat(b); err == nil {
 			cpu[pid] = t
 		}
+		// The process's io counts every thread; a status counts its own thread only: every thread's alive now.
 		io, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "io"))
-		status, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "status"))
-		events[pid] = parseProcEvents(io, status)
+		ev := parseProcEvents(io, nil)
+		tasks, _ := filepath.Glob(filepath.Join("/proc", e.Name(), "task", "*", "status"))
+		for _, task := range tasks {
+			status, _ := os.ReadFile(task)
+			ev.switches += parseProcEvents(nil, status).switches
+		}
+		events[pid] = ev
 	}
 	return cpu, events, nil
 }
