@@ -24,7 +24,6 @@ import (
 	"github.com/libp2p/go-libp2p/core/pnet"
 	"github.com/libp2p/go-libp2p/p2p/discovery/mdns"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
-	"github.com/libp2p/go-libp2p/p2p/muxer/yamux"
 	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
 	"github.com/libp2p/go-libp2p/p2p/net/swarm"
 	quic "github.com/libp2p/go-libp2p/p2p/transport/quic"
@@ -347,7 +346,6 @@ func newHost(cfg Config, log *slog.Logger, refuse func(peer.ID) bool) (host.Host
 		libp2p.AddrsFactory(func(as []ma.Multiaddr) []ma.Multiaddr { return filterAddrs(as, cfg.AllowLoopback) }),
 		libp2p.Transport(tcp.NewTCPTransport),
 		libp2p.DisableRelay(),
-		libp2p.Muxer(yamux.ID, muxer()),
 	}
 	if cfg.Registerer != nil {
 		opts = append(opts, libp2p.PrometheusRegisterer(cfg.Registerer))
@@ -369,19 +367,6 @@ func newHost(cfg Config, log *slog.Logger, refuse func(peer.ID) bool) (host.Host
 		return nil, fmt.Errorf("p2p: start host: %w", err)
 	}
 	return h, nil
-}
-
-// streamWindow is each yamux stream's receive window. libp2p's 256 KiB window stays there on a LAN (yamux grows it
-// only when half of it drains within 4 round trips), and a window update goes out each time half of it has been
-// read: 8 small frames per 1 MiB chunk, each a TLS record, a write and a wake-up at both ends (docs/design.md 6.9).
-// With 1 MiB, 2. A member can make this node buffer up to this much per stream it does not read (threat 9.2).
-const streamWindow = 1 << 20
-
-// muxer is libp2p's yamux with the receive window of streamWindow.
-func muxer() *yamux.Transport {
-	t := *yamux.DefaultTransport
-	t.InitialStreamWindowSize = streamWindow
-	return &t
 }
 
 // quicDialDelay: with a fleet authority, QUIC addresses are dialled this long after TCP ones. Over loopback a

@@ -38,9 +38,6 @@ func BenchmarkStreamLayers(b *testing.B) {
 		{"tls+yamux-libp2p", func(tb testing.TB, c net.Conn, server bool) io.ReadWriteCloser {
 			return benchYamux(tb, yamux.DefaultTransport, benchTLS(tb, c, server), server)
 		}},
-		{"tls+yamux-node", func(tb testing.TB, c net.Conn, server bool) io.ReadWriteCloser {
-			return benchYamux(tb, muxer(), benchTLS(tb, c, server), server) // the node's window (host.go)
-		}},
 	}
 	for _, paced := range []bool{false, true} {
 		for _, l := range layers {
