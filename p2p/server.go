@@ -63,9 +63,6 @@ type server struct {
 	// them out of its announcements (swarm_have.go).
 	holds   func(blob cid.Cid, p peer.ID, arriving bool, idx []uint32, out []bool)
 	leftOut atomic.Int64 // announcements left out because the watcher held the chunk
-	// elsewhere, if set, says which chunks a partial holder other than this node holds or receives
-	// (Node.heldElsewhere): their ARRIVING is held back (swarm_have.go).
-	elsewhere func(blob cid.Cid, idx []uint32, out []bool)
 	// beforeSend, if set, sees (and may alter or delay) each chunk just before it is sent: tests use it to play
 	// a slow or malicious peer.
 	beforeSend func(i int, data []byte)

@@ -154,7 +154,6 @@ func (s *server) serveWatch(st stream, b *peerBudget, req request) error {
 	defer life.Stop()
 	resync := time.NewTicker(watchResync)
 	defer resync.Stop()
-	var held <-chan time.Time // when the ARRIVING held back (w.later) are due
 	for w.held < len(have) {
 		var (
 			idx, arr []uint32
@@ -163,9 +162,6 @@ func (s *server) serveWatch(st stream, b *peerBudget, req request) error {
 		select {
 		case <-sub.wake:
 			idx, full, arr = sub.take()
-			arr = w.holdBack(arr)
-		case <-held:
-			arr, w.later, held = w.later, nil, nil
 		case <-resync.C:
 			full = true
 		case <-life.C:
@@ -186,9 +182,6 @@ func (s *server) serveWatch(st stream, b *peerBudget, req request) error {
 		w.arriving(arr)
 		if err := w.flush(); err != nil {
 			return err
-		}
-		if len(w.later) > 0 && held == nil {
-			held = time.After(arrivingHold)
 		}
 	}
 	w.whole()
@@ -215,34 +208,6 @@ type watchView struct {
 	cand  []uint32 // scratch
 	known []bool   // scratch
 	out   []byte   // frames of one wake-up, written at once: one yamux frame and TLS record, not one per frame
-	later []uint32 // ARRIVING held back for arrivingHold
-}
-
-// arrivingHold: an ARRIVING of a chunk that another partial holder has announced too (this node receives a copy
-// of a copy) waits this long, so that the watchers receiving the chunk themselves have said so before it is sent
-// (their own ARRIVING crosses this one otherwise), and it is left out for them. A watcher that is not receiving the
-// chunk learns of this second source that much later; the first holder's ARRIVING is never held.
-const arrivingHold = 25 * time.Millisecond
-
-// holdBack returns the indexes of idx to announce now and keeps the rest, those announced by another partial
-// holder, in w.later.
-func (w *watchView) holdBack(idx []uint32) []uint32 {
-	if w.s.elsewhere == nil || w.peer == "" || len(idx) == 0 {
-		return idx
-	}
-	w.known = slices.Grow(w.known[:0], len(idx))[:len(idx)]
-	w.s.elsewhere(w.blob, idx, w.known)
-	now := idx[:0]
-	for k, i := range idx {
-		if w.known[k] {
-			if !slices.Contains(w.later, i) {
-				w.later = append(w.later, i)
-			}
-		} else {
-			now = append(now, i)
-		}
-	}
-	return now
 }
 
 // frame queues one frame for the next flush.

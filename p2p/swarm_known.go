@@ -12,7 +12,13 @@ import (
 // transfer's state, under the transfer's lock.
 func (n *Node) peerHolds(blob cid.Cid, p peer.ID, arriving bool, idx []uint32, out []bool) {
 	clear(out)
-	t := n.transferOf(blob)
+	f, ok := n.flights.State(blob)
+	if !ok || f == nil {
+		return
+	}
+	f.mu.Lock()
+	t := f.t
+	f.mu.Unlock()
 	if t == nil {
 		return
 	}
@@ -27,35 +33,4 @@ func (n *Node) peerHolds(blob cid.Cid, p peer.ID, arriving bool, idx []uint32, o
 			out[k] = fp.have[i] || (arriving && fp.arriving(int(i)))
 		}
 	}
-}
-
-// heldElsewhere sets out[k] when this node's transfer of blob knows a live peer that does not hold the whole blob
-// to hold chunk idx[k] or to be receiving it: an announcement of it from here is a second source.
-func (n *Node) heldElsewhere(blob cid.Cid, idx []uint32, out []bool) {
-	clear(out)
-	t := n.transferOf(blob)
-	if t == nil {
-		return
-	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	for _, fp := range t.peers {
-		if fp.dropped || fp.have == nil || fp.held == len(t.have) {
-			continue
-		}
-		for k, i := range idx {
-			out[k] = out[k] || (int(i) < len(t.have) && fp.has(int(i)))
-		}
-	}
-}
-
-// transferOf returns this node's transfer of blob under way, or nil.
-func (n *Node) transferOf(blob cid.Cid) *transfer {
-	f, ok := n.flights.State(blob)
-	if !ok || f == nil {
-		return nil
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.t
 }
