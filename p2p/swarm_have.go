@@ -142,7 +142,7 @@ func (s *server) serveWatch(st stream, b *peerBudget, req request) error {
 	if err != nil {
 		return s.fail(st, err)
 	}
-	w := &watchView{s: s, st: st, blob: req.Blob, peer: b.id, have: have, held: s.count(have), batch: make([]uint32, 0, maxHaveAdd)}
+	w := &watchView{s: s, st: st, blob: req.Blob, peer: b.id, have: have, held: s.count(have)}
 	w.frame(msgHave, encodeHave(have))
 	if arrivals {
 		w.arriving(s.arriving.indexes(req.Blob))
@@ -204,7 +204,7 @@ type watchView struct {
 	nskip int      // set in skip
 	held  int      // chunks stored here as far as the watch knows: announced or left out
 	told  []bool   // announced ARRIVING; nil until the first
-	batch []uint32 // one frame's indexes, capacity maxHaveAdd
+	batch []uint32 // scratch: the indexes to announce
 	cand  []uint32 // scratch
 	known []bool   // scratch
 	out   []byte   // frames of one wake-up, written at once: one yamux frame and TLS record, not one per frame
@@ -255,7 +255,7 @@ func (w *watchView) candidates(idx []uint32, arriving bool) []uint32 {
 func (w *watchView) stored(idx []uint32) {
 	cand := w.candidates(idx, false)
 	known := w.knownHeld(cand, false)
-	batch := w.batch[:0]
+	send := w.batch[:0]
 	for k, i := range cand {
 		switch {
 		case w.have[i]: // listed twice
@@ -277,15 +277,11 @@ func (w *watchView) stored(idx []uint32) {
 				w.held++
 			}
 			w.have[i] = true
-			if batch = append(batch, i); len(batch) == maxHaveAdd {
-				w.frame(msgHaveAdd, encodeHaveAdd(batch))
-				batch = batch[:0]
-			}
+			send = append(send, i)
 		}
 	}
-	if len(batch) > 0 {
-		w.frame(msgHaveAdd, encodeHaveAdd(batch))
-	}
+	w.frames(msgHaveAdd, send)
+	w.batch = send[:0]
 }
 
 // arriving queues ARRIVING frames of the chunks idx, which have begun to arrive here, except those announced
@@ -293,7 +289,7 @@ func (w *watchView) stored(idx []uint32) {
 func (w *watchView) arriving(idx []uint32) {
 	cand := w.candidates(idx, true)
 	known := w.knownHeld(cand, true)
-	batch := w.batch[:0]
+	send := w.batch[:0]
 	for k, i := range cand {
 		if known != nil && known[k] {
 			w.s.leftOut.Add(1)
@@ -303,13 +299,18 @@ func (w *watchView) arriving(idx []uint32) {
 			w.told = make([]bool, len(w.have))
 		}
 		w.told[i] = true
-		if batch = append(batch, i); len(batch) == maxHaveAdd {
-			w.frame(msgArriving, encodeHaveAdd(batch))
-			batch = batch[:0]
-		}
+		send = append(send, i)
 	}
-	if len(batch) > 0 {
-		w.frame(msgArriving, encodeHaveAdd(batch))
+	w.frames(msgArriving, send)
+	w.batch = send[:0]
+}
+
+// frames queues idx in frames of type t of at most maxHaveAdd indexes each.
+func (w *watchView) frames(t msgType, idx []uint32) {
+	for len(idx) > 0 {
+		n := min(len(idx), maxHaveAdd)
+		w.frame(t, encodeHaveAdd(idx[:n]))
+		idx = idx[n:]
 	}
 }
 
