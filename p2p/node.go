@@ -210,6 +210,7 @@ func (n *Node) start(ctx context.Context, cfg Config) error {
 		return err
 	}
 	n.srv = newServer(n.ctx, n.store, n.log)
+	n.srv.holds = n.peerHolds // swarm_known.go: watches leave out what the watcher holds
 	n.serving = len(cfg.FleetKey) > 0 || n.mb != nil || cfg.ServeWithoutFleetKey
 	if n.serving {
 		n.h.SetStreamHandler(ChunkProtocol, n.srv.handle)

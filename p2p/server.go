@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 
@@ -58,6 +59,10 @@ type server struct {
 	// forwarding counts those forwards (guarded by mu).
 	arriving   arrivals
 	forwarding int
+	// holds, if set, says which chunks this node's transfer knows a peer to hold (Node.peerHolds): a watch leaves
+	// them out of its announcements (swarm_have.go).
+	holds   func(blob cid.Cid, p peer.ID, arriving bool, idx []uint32, out []bool)
+	leftOut atomic.Int64 // announcements left out because the watcher held the chunk
 	// beforeSend, if set, sees (and may alter or delay) each chunk just before it is sent: tests use it to play
 	// a slow or malicious peer.
 	beforeSend func(i int, data []byte)
@@ -73,6 +78,7 @@ func newServer(ctx context.Context, store blobstore.ChunkStore, log *slog.Logger
 
 // peerBudget is one peer's share of the server.
 type peerBudget struct {
+	id       peer.ID // empty for a test's budget: nothing is known of the peer
 	streams  int
 	slots    chan struct{} // GET_CHUNKS in progress, at most maxServingPerPeer
 	watches  int           // WATCH_HAVE in progress, at most maxWatchesPerPeer (guarded by server.mu)
@@ -88,7 +94,7 @@ func (s *server) admit(p peer.ID) (*peerBudget, bool) {
 		return nil, false
 	}
 	if b == nil {
-		b = &peerBudget{slots: make(chan struct{}, maxServingPerPeer)}
+		b = &peerBudget{id: p, slots: make(chan struct{}, maxServingPerPeer)}
 		s.byPeer[p] = b
 	}
 	b.streams++

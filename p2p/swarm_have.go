@@ -4,10 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/peer"
 )
 
 // HAVE push (docs/design.md 6.7, WATCH_HAVE): a peer fetching a blob watches each partial holder's bitmap instead
@@ -125,7 +127,9 @@ func (s *server) leaveWatch(b *peerBudget) {
 
 // serveWatch answers WATCH_HAVE: the HAVE bitmap, then HAVE_ADD frames of the chunks stored since, until the blob
 // is complete here or watchLifetime has passed. WATCH_HAVE2 adds ARRIVING frames: the chunks being received now
-// after the HAVE, then each chunk the moment its first bytes arrive (cut-through, swarm_arriving.go).
+// after the HAVE, then each chunk the moment its first bytes arrive (cut-through, swarm_arriving.go). A chunk this
+// node's transfer knows the client holds is left out (watchView); a whole HAVE at the end makes the client's view
+// of a complete blob whole.
 func (s *server) serveWatch(st stream, b *peerBudget, req request) error {
 	if !s.admitWatch(b) {
 		return s.fail(st, fmt.Errorf("%w: %d watches of this peer or %d in all", ErrBusy, maxWatchesPerPeer, maxWatching))
@@ -138,21 +142,19 @@ func (s *server) serveWatch(st stream, b *peerBudget, req request) error {
 	if err != nil {
 		return s.fail(st, err)
 	}
-	if err := s.send(st, msgHave, encodeHave(have)); err != nil {
+	w := &watchView{s: s, st: st, blob: req.Blob, peer: b.id, have: have, held: s.count(have)}
+	w.frame(msgHave, encodeHave(have))
+	if arrivals {
+		w.arriving(s.arriving.indexes(req.Blob))
+	}
+	if err := w.flush(); err != nil {
 		return err
 	}
-	batch := make([]uint32, 0, maxHaveAdd)
-	if arrivals {
-		if _, err := s.sendIndexes(st, msgArriving, have, s.arriving.indexes(req.Blob), batch); err != nil {
-			return err
-		}
-	}
-	held := s.count(have)
 	life := time.NewTimer(watchLifetime)
 	defer life.Stop()
 	resync := time.NewTicker(watchResync)
 	defer resync.Stop()
-	for held < len(have) {
+	for w.held < len(have) {
 		var (
 			idx, arr []uint32
 			full     bool // compare the whole bitmap with the store's
@@ -172,59 +174,184 @@ func (s *server) serveWatch(st stream, b *peerBudget, req request) error {
 			if err != nil {
 				return err
 			}
-			if len(now) != len(have) {
-				return fmt.Errorf("watch %s: bitmap changed length", req.Blob)
-			}
-			idx = idx[:0]
-			for i, h := range now {
-				if !h && have[i] { // a chunk the store dropped (found corrupt): send the whole bitmap again
-					copy(have, now)
-					held, idx = s.count(have), nil
-					if err := s.send(st, msgHave, encodeHave(have)); err != nil {
-						return err
-					}
-					break
-				}
-				if h && !have[i] {
-					idx = append(idx, uint32(i))
-				}
+			if idx, err = w.resync(now); err != nil {
+				return err
 			}
 		}
-		added, err := s.sendIndexes(st, msgHaveAdd, have, idx, batch)
-		if err != nil {
-			return err
-		}
-		held += added
-		if _, err := s.sendIndexes(st, msgArriving, have, arr, batch); err != nil {
+		w.stored(idx)
+		w.arriving(arr)
+		if err := w.flush(); err != nil {
 			return err
 		}
 	}
-	return nil
+	w.whole()
+	return w.flush()
 }
 
-// sendIndexes sends the indexes of idx that have does not hold, in frames of type t of at most maxHaveAdd, and
-// returns how many it sent; for HAVE_ADD it sets them in have. batch is scratch space of capacity maxHaveAdd.
-func (s *server) sendIndexes(st stream, t msgType, have []bool, idx, batch []uint32) (int, error) {
-	batch, sent := batch[:0], 0
+// watchView is what one watch has told its client of this node's chunks. Announcements of chunks the client holds
+// verified (this node's transfer of the blob watches the client and has its bitmap: Node.peerHolds) are left out,
+// and ARRIVING ones too while the client is receiving the chunk itself: the client cannot need them from here. In a
+// fleet each receiver used to send both frames for every chunk to every watcher (docs/design.md 6.9). A chunk
+// announced ARRIVING always gets its HAVE_ADD: that ends the client's claim, of which it believes only
+// maxArrivingPeer per peer at once.
+type watchView struct {
+	s     *server
+	st    stream
+	blob  cid.Cid
+	peer  peer.ID  // the client; empty (a test's pipe): nothing is known of it, nothing is left out
+	have  []bool   // announced: the HAVE, then HAVE_ADD
+	skip  []bool   // stored here and left out because the client held it then; nil until the first
+	nskip int      // set in skip
+	held  int      // chunks stored here as far as the watch knows: announced or left out
+	told  []bool   // announced ARRIVING; nil until the first
+	batch []uint32 // scratch: the indexes to announce
+	cand  []uint32 // scratch
+	known []bool   // scratch
+	out   []byte   // frames of one wake-up, written at once: one yamux frame and TLS record, not one per frame
+}
+
+// frame queues one frame for the next flush.
+func (w *watchView) frame(t msgType, payload []byte) {
+	w.out = appendFrame(w.out, t, payload)
+}
+
+// flush writes the queued frames.
+func (w *watchView) flush() error {
+	if len(w.out) == 0 {
+		return nil
+	}
+	w.st.SetWriteDeadline(time.Now().Add(serveWriteTimeout))
+	_, err := w.st.Write(w.out)
+	w.out = w.out[:0]
+	return err
+}
+
+func (w *watchView) skipped(i uint32) bool { return w.skip != nil && w.skip[i] }
+
+// knownHeld returns, for each of idx, whether the client is known to hold it (or, with arriving, to be receiving
+// it); nil when nothing is known.
+func (w *watchView) knownHeld(idx []uint32, arriving bool) []bool {
+	if w.s.holds == nil || w.peer == "" || len(idx) == 0 {
+		return nil
+	}
+	w.known = slices.Grow(w.known[:0], len(idx))[:len(idx)]
+	w.s.holds(w.blob, w.peer, arriving, idx, w.known)
+	return w.known
+}
+
+// candidates returns the indexes of idx in range and not announced (nor left out, for ARRIVING).
+func (w *watchView) candidates(idx []uint32, arriving bool) []uint32 {
+	w.cand = w.cand[:0]
 	for _, i := range idx {
-		if int(i) >= len(have) || have[i] {
+		if int(i) < len(w.have) && !w.have[i] && !(arriving && w.skipped(i)) {
+			w.cand = append(w.cand, i)
+		}
+	}
+	return w.cand
+}
+
+// stored queues HAVE_ADD frames of the chunks idx, just stored here, except those the client holds: those are
+// left out, and looked at again at every resync.
+func (w *watchView) stored(idx []uint32) {
+	cand := w.candidates(idx, false)
+	known := w.knownHeld(cand, false)
+	send := w.batch[:0]
+	for k, i := range cand {
+		switch {
+		case w.have[i]: // listed twice
+		case known != nil && known[k] && (w.told == nil || !w.told[i]):
+			if !w.skipped(i) {
+				w.s.leftOut.Add(1)
+				if w.skip == nil {
+					w.skip = make([]bool, len(w.have))
+				}
+				w.skip[i] = true
+				w.nskip++
+				w.held++
+			}
+		default:
+			if w.skipped(i) {
+				w.skip[i] = false
+				w.nskip--
+			} else {
+				w.held++
+			}
+			w.have[i] = true
+			send = append(send, i)
+		}
+	}
+	w.frames(msgHaveAdd, send)
+	w.batch = send[:0]
+}
+
+// arriving queues ARRIVING frames of the chunks idx, which have begun to arrive here, except those announced
+// stored already and those the client holds or is receiving: hints, so nothing of them is kept.
+func (w *watchView) arriving(idx []uint32) {
+	cand := w.candidates(idx, true)
+	known := w.knownHeld(cand, true)
+	send := w.batch[:0]
+	for k, i := range cand {
+		if known != nil && known[k] {
+			w.s.leftOut.Add(1)
 			continue
 		}
-		if t == msgHaveAdd {
-			have[i] = true
+		if w.told == nil {
+			w.told = make([]bool, len(w.have))
 		}
-		sent++
-		if batch = append(batch, i); len(batch) == maxHaveAdd {
-			if err := s.send(st, t, encodeHaveAdd(batch)); err != nil {
-				return sent, err
-			}
-			batch = batch[:0]
+		w.told[i] = true
+		send = append(send, i)
+	}
+	w.frames(msgArriving, send)
+	w.batch = send[:0]
+}
+
+// frames queues idx in frames of type t of at most maxHaveAdd indexes each.
+func (w *watchView) frames(t msgType, idx []uint32) {
+	for len(idx) > 0 {
+		n := min(len(idx), maxHaveAdd)
+		w.frame(t, encodeHaveAdd(idx[:n]))
+		idx = idx[n:]
+	}
+}
+
+// resync compares the store's bitmap now with the view: a chunk the store dropped (found corrupt) that the client
+// was told of makes it send the whole bitmap again; it returns the chunks stored and not announced (those stored by
+// a path that does not publish, and those left out, which stored then announces unless the client still holds
+// them).
+func (w *watchView) resync(now []bool) ([]uint32, error) {
+	if len(now) != len(w.have) {
+		return nil, fmt.Errorf("watch %s: bitmap changed length", w.blob)
+	}
+	var idx []uint32
+	for i, h := range now {
+		switch {
+		case !h && w.have[i]:
+			copy(w.have, now)
+			w.skip, w.nskip, w.held = nil, 0, w.s.count(w.have)
+			w.frame(msgHave, encodeHave(w.have))
+			return nil, nil
+		case !h && w.skipped(uint32(i)): // dropped: the client was never told of it
+			w.skip[i] = false
+			w.nskip--
+			w.held--
+		case h && !w.have[i]:
+			idx = append(idx, uint32(i))
 		}
 	}
-	if len(batch) > 0 {
-		return sent, s.send(st, t, encodeHaveAdd(batch))
+	return idx, nil
+}
+
+// whole ends a watch of a blob now complete here: if any chunk was left out, it queues one HAVE of the whole
+// bitmap, so the client sees this node as a full holder (its seed-like and fetcher rules, 6.8) as it would have
+// after the last HAVE_ADD.
+func (w *watchView) whole() {
+	if w.nskip == 0 {
+		return
 	}
-	return sent, nil
+	for i := range w.have {
+		w.have[i] = true
+	}
+	w.frame(msgHave, encodeHave(w.have))
 }
 
 func (*server) count(have []bool) int {
@@ -322,4 +449,12 @@ func (t *transfer) addHave(fp *fpeer, idx []int) bool {
 	}
 	t.cond.Broadcast()
 	return true
+}
+
+// appendFrame appends one frame to b, as writeFrame writes it (payload within its type's limit: the caller's).
+func appendFrame(b []byte, t msgType, payload []byte) []byte {
+	n := len(b)
+	b = slices.Grow(b, frameHeaderLen+len(payload))[:n+frameHeaderLen]
+	frameHeader(b[n:], t, len(payload))
+	return append(b, payload...)
 }

@@ -350,6 +350,8 @@ func runOne(ctx context.Context, cfg Config, s System, seed Blob, log io.Writer)
 		fb[i] = HostResult{Elapsed: h.FirstByte}
 	}
 	slices.SortFunc(fb, func(a, b HostResult) int { return int(a.Elapsed - b.Elapsed) })
+	fmt.Fprintf(log, "%s: per MiB received, the lab's processes made %s\n", s.Name(),
+		meter.Events.perMiB(int64(len(hosts))*seed.Size))
 	return Result{Hosts: hosts, Last: last, Median: median(hosts), FirstByte: median(fb), CPU: cpu,
 		Links: linkUse(before, after, last, cfg.rates()), Timeline: samples, TimelineEvery: every,
 		SeedCopies: float64(after[SeedHost].TxBytes-before[SeedHost].TxBytes) / float64(seed.Size),

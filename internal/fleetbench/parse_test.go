@@ -384,3 +384,25 @@ func TestLinkUse(t *testing.T) {
 		t.Errorf("linkUse with mismatched counters = %+v", got)
 	}
 }
+
+func TestParseProcEvents(t *testing.T) {
+	t.Parallel()
+	io := "rchar: 10\nwchar: 20\nsyscr: 7\nsyscw: 5\nread_bytes: 0\n"
+	status := "Name:\tnpu-agent\nvoluntary_ctxt_switches:\t100\nnonvoluntary_ctxt_switches:\t23\n"
+	for _, tt := range []struct {
+		name       string
+		io, status string
+		want       procEvents
+	}{
+		{"both", io, status, procEvents{reads: 7, writes: 5, switches: 123}},
+		{"no io (gone, or not readable)", "", status, procEvents{switches: 123}},
+		{"garbage", "syscr: x\nsyscw\n", "voluntary_ctxt_switches: -\n", procEvents{}},
+	} {
+		if got := parseProcEvents([]byte(tt.io), []byte(tt.status)); got != tt.want {
+			t.Errorf("%s: %+v, want %+v", tt.name, got, tt.want)
+		}
+	}
+	if got := (procEvents{reads: 4, writes: 2, switches: 8}).perMiB(2 << 20); got != "2 reads, 1 writes, 4 context switches" {
+		t.Errorf("perMiB: %q", got)
+	}
+}

@@ -44,25 +44,64 @@ func parseProcPidStat(b []byte) (time.Duration, error) {
 	return time.Duration(ticks) * clockTick, nil
 }
 
+// procEvents counts one process's read and write system calls (/proc/<pid>/io syscr, syscw) and its threads'
+// context switches, voluntary and not (/proc/<pid>/task/*/status): per byte received they show the work per event (frames,
+// wake-ups) that CPU time mixes with the work per byte.
+type procEvents struct{ reads, writes, switches int64 }
+
+func (e procEvents) sub(o procEvents) procEvents {
+	return procEvents{e.reads - o.reads, e.writes - o.writes, e.switches - o.switches}
+}
+
+// parseProcEvents reads the counters out of /proc/<pid>/io and /proc/<pid>/status; a field missing is 0.
+func parseProcEvents(io, status []byte) procEvents {
+	var e procEvents
+	for line := range bytes.Lines(append(io, status...)) {
+		k, v, ok := bytes.Cut(line, []byte(":"))
+		if !ok {
+			continue
+		}
+		n, err := strconv.ParseInt(string(bytes.TrimSpace(v)), 10, 64)
+		if err != nil {
+			continue
+		}
+		switch string(k) {
+		case "syscr":
+			e.reads += n
+		case "syscw":
+			e.writes += n
+		case "voluntary_ctxt_switches", "nonvoluntary_ctxt_switches":
+			e.switches += n
+		}
+	}
+	return e
+}
+
 // labProcCPU returns the CPU time so far of every process in the lab's namespaces, by PID.
 func labProcCPU(lab *netlab.Lab) (map[int]time.Duration, error) {
+	cpu, _, err := labProcs(lab)
+	return cpu, err
+}
+
+// labProcs returns the CPU time and event counts so far of every process in the lab's namespaces, by PID.
+func labProcs(lab *netlab.Lab) (map[int]time.Duration, map[int]procEvents, error) {
 	inLab := map[string]bool{}
 	for _, h := range lab.Hosts {
 		fi, err := os.Stat(filepath.Join("/run/netns", h.NS))
 		if err != nil {
-			return nil, fmt.Errorf("fleetbench: %w", err)
+			return nil, nil, fmt.Errorf("fleetbench: %w", err)
 		}
 		st, ok := fi.Sys().(*syscall.Stat_t)
 		if !ok {
-			return nil, errors.New("fleetbench: no inode for a namespace")
+			return nil, nil, errors.New("fleetbench: no inode for a namespace")
 		}
 		inLab["net:["+strconv.FormatUint(st.Ino, 10)+"]"] = true
 	}
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
-		return nil, fmt.Errorf("fleetbench: %w", err)
+		return nil, nil, fmt.Errorf("fleetbench: %w", err)
 	}
-	cpu := map[int]time.Duration{}
+	cpu, events := map[int]time.Duration{}, map[int]procEvents{}
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
 		if err != nil {
@@ -79,8 +118,17 @@ func labProcCPU(lab *netlab.Lab) (map[int]time.Duration, error) {
 		if t, err := parseProcPidStat(b); err == nil {
 			cpu[pid] = t
 		}
+		// The process's io counts every thread; a status counts its own thread only: every thread's alive now.
+		io, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "io"))
+		ev := parseProcEvents(io, nil)
+		tasks, _ := filepath.Glob(filepath.Join("/proc", e.Name(), "task", "*", "status"))
+		for _, task := range tasks {
+			status, _ := os.ReadFile(task)
+			ev.switches += parseProcEvents(nil, status).switches
+		}
+		events[pid] = ev
 	}
-	return cpu, nil
+	return cpu, events, nil
 }
 
 // ownCPU is the CPU time of this process and of its reaped children. Commands started in the lab are children
@@ -98,21 +146,25 @@ func ownCPU() time.Duration {
 
 // procCPUMeter measures the CPU time spent by the harness, its children and every process in a lab over a run.
 type procCPUMeter struct {
-	lab   *netlab.Lab
-	own   time.Duration
-	procs map[int]time.Duration
+	lab    *netlab.Lab
+	own    time.Duration
+	procs  map[int]time.Duration
+	events map[int]procEvents
+	// Events: the read and write system calls and context switches since start of the lab's processes alive at
+	// stop (set by stop; processes that exited meanwhile, such as fetch commands, are not in it).
+	Events procEvents
 }
 
 func startProcCPU(lab *netlab.Lab) (*procCPUMeter, error) {
 	m := &procCPUMeter{lab: lab, own: ownCPU()}
 	var err error
-	m.procs, err = labProcCPU(lab)
+	m.procs, m.events, err = labProcs(lab)
 	return m, err
 }
 
 // stop returns the CPU time used since start. Call it before the lab's processes are stopped and reaped.
 func (m *procCPUMeter) stop() (time.Duration, error) {
-	now, err := labProcCPU(m.lab)
+	now, events, err := labProcs(m.lab)
 	if err != nil {
 		return 0, err
 	}
@@ -120,5 +172,20 @@ func (m *procCPUMeter) stop() (time.Duration, error) {
 	for pid, t := range now {
 		total += t - m.procs[pid]
 	}
+	m.Events = procEvents{}
+	for pid, e := range events {
+		d := e.sub(m.events[pid])
+		m.Events = procEvents{m.Events.reads + d.reads, m.Events.writes + d.writes, m.Events.switches + d.switches}
+	}
 	return total, nil
+}
+
+// perMiB formats the events per MiB of received bytes.
+func (e procEvents) perMiB(received int64) string {
+	if received <= 0 {
+		return "unknown"
+	}
+	mib := float64(received) / (1 << 20)
+	return fmt.Sprintf("%.0f reads, %.0f writes, %.0f context switches", float64(e.reads)/mib, float64(e.writes)/mib,
+		float64(e.switches)/mib)
 }
