@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
 
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/protocol"
@@ -86,11 +87,16 @@ func writeFrame(w io.Writer, t msgType, payload []byte) error {
 	if len(payload) > maxPayload[t] {
 		return fmt.Errorf("%w: %s payload %d bytes above %d", ErrProtocol, t, len(payload), maxPayload[t])
 	}
-	b := make([]byte, frameHeaderLen+len(payload))
-	frameHeader(b, t, len(payload))
-	copy(b[frameHeaderLen:], payload)
-	_, err := w.Write(b)
+	_, err := w.Write(appendFrame(nil, t, payload))
 	return err
+}
+
+// appendFrame appends one frame to b (payload within its type's limit: the caller checks).
+func appendFrame(b []byte, t msgType, payload []byte) []byte {
+	n := len(b)
+	b = slices.Grow(b, frameHeaderLen+len(payload))[:n+frameHeaderLen]
+	frameHeader(b[n:], t, len(payload))
+	return append(b, payload...)
 }
 
 // readFrame reads one frame, checking the type and length before allocating. The payload is read into buf when

@@ -450,11 +450,3 @@ func (t *transfer) addHave(fp *fpeer, idx []int) bool {
 	t.cond.Broadcast()
 	return true
 }
-
-// appendFrame appends one frame to b, as writeFrame writes it (payload within its type's limit: the caller's).
-func appendFrame(b []byte, t msgType, payload []byte) []byte {
-	n := len(b)
-	b = slices.Grow(b, frameHeaderLen+len(payload))[:n+frameHeaderLen]
-	frameHeader(b[n:], t, len(payload))
-	return append(b, payload...)
-}
