@@ -351,11 +351,24 @@ type transfer struct {
 	shares       int       // fetchers in ownKey: chunk i is in share i mod shares
 	weight       []uint64  // this node's weight of each chunk (the order it takes other shares' chunks in)
 	began        time.Time
-	fetched      int // chunks missing at the start
-	requested    int // chunk requests in flight
-	dups         int // requests for a chunk another request was fetching already
-	wasted       int // chunks received whole after another copy was stored
+	fetched      int        // chunks missing at the start
+	requested    int        // chunk requests in flight
+	dups         int        // requests for a chunk another request was fetching already
+	wasted       int        // chunks received whole after another copy was stored
+	copies       [rules]int // chunks requested again, by the rule that chose them (ruleFree unused)
+	inVain       [rules]int // chunks received whole after another copy was stored, by the rule of their request
 }
+
+// copyRule is why pick chose a chunk: free (no request was fetching it), or a copy of one in flight because that
+// request was slow, or to fill the end game (logDone counts each rule's copies and those that arrived in vain).
+type copyRule uint8
+
+const (
+	ruleFree copyRule = iota
+	ruleSlow
+	ruleFill
+	rules
+)
 
 // fpeer is one peer's state within a transfer.
 type fpeer struct {
@@ -628,7 +641,7 @@ func (t *transfer) worker(fp *fpeer) {
 		}
 	}()
 	for {
-		r, ok, wait := t.next(fp, false)
+		r, rule, ok, wait := t.next(fp, false)
 		if wait && st != nil && t.isSeedLike(fp) {
 			// Nothing to ask the seed for now: close the stream, so that the seed counts the last response as
 			// delivered (6.8 "seed sends once"; the seed may leave once every chunk is) and holds no idle stream.
@@ -636,13 +649,13 @@ func (t *transfer) worker(fp *fpeer) {
 			st = nil
 		}
 		if wait {
-			r, ok, _ = t.next(fp, true)
+			r, rule, ok, _ = t.next(fp, true)
 		}
 		if !ok {
 			return
 		}
 		began := time.Now()
-		err := t.request(fp, &st, r, (*bp)[:0])
+		err := t.request(fp, &st, r, rule, (*bp)[:0])
 		t.release(fp, r)
 		if err == nil {
 			t.timed(time.Since(began) / time.Duration(r.Count))
@@ -672,38 +685,41 @@ func (t *transfer) isSeedLike(fp *fpeer) bool {
 
 // next blocks until there is a range for fp to request and marks it in flight; false when fp should stop. With
 // block false it does not wait: wait true says it would have.
-func (t *transfer) next(fp *fpeer, block bool) (r chunkRange, ok, wait bool) {
+func (t *transfer) next(fp *fpeer, block bool) (r chunkRange, rule copyRule, ok, wait bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for {
 		if t.ctx.Err() != nil || t.missing == 0 || fp.dropped {
-			return chunkRange{}, false, false
+			return chunkRange{}, ruleFree, false, false
 		}
 		if !block {
 			if len(fp.inflight) > 0 && t.seedLike(fp) {
-				return chunkRange{}, false, true
+				return chunkRange{}, ruleFree, false, true
 			}
-			if r, ok := t.pick(fp); ok {
-				t.mark(fp, r)
-				return r, true, false
+			if r, rule, ok := t.pick(fp); ok {
+				t.mark(fp, r, rule)
+				return r, rule, true, false
 			}
-			return chunkRange{}, false, true
+			return chunkRange{}, ruleFree, false, true
 		}
 		if len(fp.inflight) > 0 && t.seedLike(fp) {
 			t.cond.Wait()
 			continue
 		}
-		if r, ok := t.pick(fp); ok {
-			t.mark(fp, r)
-			return r, true, false
+		if r, rule, ok := t.pick(fp); ok {
+			t.mark(fp, r, rule)
+			return r, rule, true, false
 		}
 		t.cond.Wait()
 	}
 }
 
-// mark records r as in flight from fp.
-func (t *transfer) mark(fp *fpeer, r chunkRange) {
+// mark records r, chosen by rule, as in flight from fp.
+func (t *transfer) mark(fp *fpeer, r chunkRange, rule copyRule) {
 	now := time.Now()
+	if rule != ruleFree {
+		t.copies[rule] += int(r.Count)
+	}
 	for i := r.First; i < r.First+r.Count; i++ {
 		if t.assigned[i] == 0 {
 			t.since[i] = now
@@ -757,9 +773,9 @@ const startGrace = time.Second
 // The choice among equals must be uniform: receivers starting together from one seed choose from the same rarest
 // chunks, and a biased choice (such as the first candidate after a random start, which favours chunks that follow
 // long runs of non-candidates) makes them fetch the same chunks from the seed while others wait.
-func (t *transfer) pick(fp *fpeer) (chunkRange, bool) {
+func (t *transfer) pick(fp *fpeer) (chunkRange, copyRule, bool) {
 	if fp.have == nil {
-		return chunkRange{}, false
+		return chunkRange{}, ruleFree, false
 	}
 	n := len(t.have)
 	now := time.Now()
@@ -784,11 +800,11 @@ func (t *transfer) pick(fp *fpeer) (chunkRange, bool) {
 			rarest = i
 		}
 	}
-	ok := free
+	ok, rule := free, ruleFree
 	var best int
 	if rarest >= 0 && t.seedLike(fp) {
 		if i, ok := t.pickFromSeed(fp); ok {
-			return chunkRange{First: uint32(i), Count: 1}, true
+			return chunkRange{First: uint32(i), Count: 1}, ruleFree, true
 		}
 		// While chunks that only full holders have are on their way, the rest is left to the receivers that hold
 		// it and the seed gets only the duplicates below (a slow request, or the end game). Once every chunk has
@@ -825,19 +841,22 @@ func (t *transfer) pick(fp *fpeer) (chunkRange, bool) {
 		case anyFree && t.seedLike(fp):
 			// The seed's uplink is the scarce one: it sends what no partial peer holds, and duplicates only in
 			// the end game.
-			return chunkRange{}, false
+			return chunkRange{}, ruleFree, false
 		case anyFree || t.requested >= endGameFill:
 			// A copy requested while this node's downlink is full only takes bytes from the first copy: a
 			// receiver's downlink is the bottleneck of a fleet distribution's end (6.9). Below endGameFill the
 			// seed copies too: its uplink idles once every chunk has left it, while each last chunk comes from the
 			// one receiver that has it, to ten at once.
-			// A request whose bytes still flow is slow because this node's downlink is shared (a half-rate host's
-			// every request), not because its sender stopped: a copy would only take bytes from it.
-			ok = func(i int) bool {
-				return dup(i) && now.Sub(t.since[i]) > slow && !t.arriving.flowing(t.blob, i, now.Add(-flowWindow))
-			}
+			// While bytes of the blob still flow in, a request is slow because this node's downlink is shared (a
+			// half-rate host's every request; at 24 hosts, ten forwards at once), not because its sender stopped:
+			// a copy would only take bytes from the requests that flow. So slow copies wait until nothing of the
+			// blob has arrived for flowWindow (at 24 hosts, a per-chunk test copied 200-245 chunks a run in vain).
+			flowing := t.arriving.flowing(t.blob, now.Add(-flowWindow))
+			ok, rule = func(i int) bool {
+				return !flowing && dup(i) && now.Sub(t.since[i]) > slow
+			}, ruleSlow
 		default:
-			ok = dup
+			ok, rule = dup, ruleFill
 		}
 		var any reservoir
 		for i := t.low; i < n; i++ {
@@ -846,7 +865,7 @@ func (t *transfer) pick(fp *fpeer) (chunkRange, bool) {
 			}
 		}
 		if any.n == 0 {
-			return chunkRange{}, false
+			return chunkRange{}, ruleFree, false
 		}
 		best = any.pick
 	}
@@ -854,10 +873,10 @@ func (t *transfer) pick(fp *fpeer) (chunkRange, bool) {
 	for j := best + 1; j < n && int(r.Count) < t.p.chunksPerReq && ok(j); j++ {
 		r.Count++
 	}
-	return r, true
+	return r, rule, true
 }
 
-// flowWindow: a chunk request whose bytes arrived within it is not copied as slow (pick).
+// flowWindow: no request is copied as slow while bytes of the blob arrived within it (pick).
 const flowWindow = minSlowAfter
 
 // endGameFill is how many chunk requests in flight keep this node's downlink busy: in the end game, a chunk
@@ -919,7 +938,7 @@ var errBadChunk = errors.New("peer sent a chunk that does not match its hash")
 
 // request fetches range r from fp over *st (opened if nil, reset and cleared on any error) and stores each
 // chunk as it arrives.
-func (t *transfer) request(fp *fpeer, st *network.Stream, r chunkRange, buf []byte) (err error) {
+func (t *transfer) request(fp *fpeer, st *network.Stream, r chunkRange, rule copyRule, buf []byte) (err error) {
 	if *st == nil {
 		ctx, cancel := context.WithTimeout(t.ctx, t.p.rpcTimeout)
 		s, err := t.n.h.NewStream(ctx, fp.id, ChunkProtocol)
@@ -949,7 +968,7 @@ func (t *transfer) request(fp *fpeer, st *network.Stream, r chunkRange, buf []by
 			t.noChunk(fp, i)
 			return nil
 		}
-		if t.already(i) { // the end game got it from another peer first
+		if t.already(i, rule) { // the end game got it from another peer first
 			return nil
 		}
 		if err := putChunk(t.ctx, t.n.store, t.blob, i, data, sum); err != nil {
@@ -962,7 +981,7 @@ func (t *transfer) request(fp *fpeer, st *network.Stream, r chunkRange, buf []by
 			return err
 		}
 		served++
-		t.stored(i)
+		t.stored(i, rule)
 		return nil
 	})
 }
@@ -979,23 +998,31 @@ func (t *transfer) logDone() {
 		return
 	}
 	t.n.log.Info(transferDoneMsg, "blob", t.blob, "chunks", t.fetched, "duplicate_requests", t.dups,
-		"wasted_chunks", t.wasted, "took", time.Since(t.began).Round(time.Millisecond))
+		"wasted_chunks", t.wasted, "slow_copies", t.copies[ruleSlow], "slow_wasted", t.inVain[ruleSlow],
+		"fill_copies", t.copies[ruleFill], "fill_wasted", t.inVain[ruleFill], "took", time.Since(t.began).Round(time.Millisecond))
 }
 
-// already reports whether chunk i, just received whole, was stored from another copy first (counted as wasted).
-func (t *transfer) already(i int) bool {
+// already reports whether chunk i, just received whole by a request chosen by rule, was stored from another copy
+// first (counted as wasted).
+func (t *transfer) already(i int, rule copyRule) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.have[i] {
-		t.wasted++
+		t.vain(rule)
 	}
 	return t.have[i]
 }
 
-func (t *transfer) stored(i int) {
+// vain counts a chunk received in vain by a request chosen by rule; call with t.mu held.
+func (t *transfer) vain(rule copyRule) {
+	t.wasted++
+	t.inVain[rule]++
+}
+
+func (t *transfer) stored(i int, rule copyRule) {
 	t.mu.Lock()
 	if t.have[i] {
-		t.wasted++
+		t.vain(rule)
 		t.mu.Unlock()
 		return
 	}

@@ -124,7 +124,7 @@ func TestPickUniformAmongRarest(t *testing.T) {
 	const draws = 4000
 	count := map[int]int{}
 	for range draws {
-		r, ok := tr.pick(seed)
+		r, _, ok := tr.pick(seed)
 		if !ok || r.Count != 1 {
 			t.Fatalf("pick = %+v, %t", r, ok)
 		}
@@ -156,7 +156,7 @@ func TestPickFrontWindow(t *testing.T) {
 	}
 	seen := map[int]bool{}
 	for range 500 {
-		r, ok := tr.pick(src)
+		r, _, ok := tr.pick(src)
 		if !ok {
 			t.Fatal("no pick")
 		}
@@ -208,7 +208,7 @@ func TestSeedLikePeerOneRequest(t *testing.T) {
 			for range 4 {
 				res := make(chan bool, 1)
 				go func() {
-					_, ok, _ := tr.next(full, true)
+					_, _, ok, _ := tr.next(full, true)
 					res <- ok
 				}()
 				select {
@@ -308,28 +308,37 @@ func TestPickStealsSlowRequest(t *testing.T) {
 	tr.assigned[1], tr.since[1] = 1, time.Now().Add(-2*minSlowAfter)
 	// Chunks 2 and 3 are free at the seed only, so this is not the end game.
 	for range 50 {
-		r, ok := tr.pick(other)
-		if !ok || r.First != 1 || r.Count != 1 {
-			t.Fatalf("pick = %v %v, want the slow chunk 1", r, ok)
+		r, rule, ok := tr.pick(other)
+		if !ok || r.First != 1 || r.Count != 1 || rule != ruleSlow {
+			t.Fatalf("pick = %v %v %v, want the slow chunk 1 by ruleSlow", r, rule, ok)
 		}
 	}
-	// A slow request whose bytes still flow (this node's downlink is shared, not its sender stopped) is not
-	// copied; once they have stopped for flowWindow it is.
+	// While bytes of any chunk of the blob still flow in (this node's downlink is busy, not the slow request's
+	// sender stopped), no request is copied; bytes of another blob do not count. Once the blob's bytes have
+	// stopped for flowWindow the slow request is copied.
 	tr.arriving = &arrivals{}
-	a := tr.arriving.begin(tr.blob, 1, 1<<10)
-	defer a.finish(false)
-	a.progress(10)
-	if r, ok := tr.pick(other); ok {
-		t.Fatalf("pick = %v, a copy of a request whose bytes flow", r)
+	elsewhere := tr.arriving.begin(testCID("another blob"), 1, 1<<10)
+	defer elsewhere.finish(false)
+	elsewhere.progress(10)
+	if r, _, ok := tr.pick(other); !ok || r.First != 1 {
+		t.Fatalf("pick = %v %v, want chunk 1: only another blob's bytes flow", r, ok)
 	}
-	a.mu.Lock()
-	a.at = time.Now().Add(-2 * flowWindow)
-	a.mu.Unlock()
-	if r, ok := tr.pick(other); !ok || r.First != 1 {
+	for _, i := range []int{1, 0} { // the slow chunk itself, then another chunk of the blob
+		a := tr.arriving.begin(tr.blob, i, 1<<10)
+		a.progress(10)
+		if r, _, ok := tr.pick(other); ok {
+			t.Fatalf("pick = %v, a copy while chunk %d of the blob flows", r, i)
+		}
+		a.mu.Lock()
+		a.at = time.Now().Add(-2 * flowWindow)
+		a.mu.Unlock()
+		defer a.finish(false)
+	}
+	if r, _, ok := tr.pick(other); !ok || r.First != 1 {
 		t.Fatalf("pick = %v %v, want the stalled slow chunk 1", r, ok)
 	}
 	tr.since[1] = time.Now()
-	if r, ok := tr.pick(other); ok {
+	if r, _, ok := tr.pick(other); ok {
 		t.Fatalf("pick = %v with no slow request", r)
 	}
 }
@@ -345,12 +354,13 @@ func TestPickEndGameFill(t *testing.T) {
 		age      time.Duration // how long they have run
 		seedLike bool          // "b" holds every chunk while "a" holds part of the blob
 		want     bool
+		rule     copyRule // the rule of the duplicate, when want
 	}{
-		{"downlink idle", endGameFill - 1, 0, false, true},
-		{"downlink full", endGameFill, 0, false, false},
-		{"downlink full, slow request", endGameFill, 2 * minSlowAfter, false, true},
-		{"downlink idle, seed", endGameFill - 1, 0, true, true},
-		{"downlink full, seed", endGameFill, 0, true, false},
+		{"downlink idle", endGameFill - 1, 0, false, true, ruleFill},
+		{"downlink full", endGameFill, 0, false, false, 0},
+		{"downlink full, slow request", endGameFill, 2 * minSlowAfter, false, true, ruleSlow},
+		{"downlink idle, seed", endGameFill - 1, 0, true, true, ruleFill},
+		{"downlink full, seed", endGameFill, 0, true, false, 0},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -378,12 +388,18 @@ func TestPickEndGameFill(t *testing.T) {
 			}
 			tr.chunkTime = 100 * time.Millisecond // slowAfter: minSlowAfter
 			for i := range tc.inflight {
-				tr.mark(a, chunkRange{First: uint32(i), Count: 1})
+				tr.mark(a, chunkRange{First: uint32(i), Count: 1}, ruleFree)
 				tr.since[i] = time.Now().Add(-tc.age)
 			}
-			r, ok := tr.pick(b)
-			if ok != tc.want {
-				t.Fatalf("pick = %v %v, want a duplicate: %v", r, ok, tc.want)
+			r, rule, ok := tr.pick(b)
+			if ok != tc.want || ok && rule != tc.rule {
+				t.Fatalf("pick = %v %v %v, want a duplicate: %v by %v", r, rule, ok, tc.want, tc.rule)
+			}
+			if ok {
+				tr.mark(b, r, rule)
+				if tr.copies[rule] != int(r.Count) {
+					t.Fatalf("copies by rule %v = %d, want %d", rule, tr.copies[rule], r.Count)
+				}
 			}
 		})
 	}
@@ -434,13 +450,13 @@ func TestPickSeedScatter(t *testing.T) {
 		}
 	}
 	for _, want := range mine {
-		r, ok := tr.pick(seed)
+		r, _, ok := tr.pick(seed)
 		if !ok || int(r.First) != want || r.Count != 1 {
 			t.Fatalf("pick = %+v %t, want own chunk %d", r, ok, want)
 		}
 		tr.assigned[want]++
 	}
-	r, ok := tr.pick(seed)
+	r, _, ok := tr.pick(seed)
 	if !ok || own[r.First] || int(r.First) == n-1 {
 		t.Fatalf("after its share: pick = %+v %t, want another share's chunk that only the seed holds", r, ok)
 	}

@@ -104,21 +104,26 @@ func (r *arrivals) indexes(blob cid.Cid) []uint32 {
 	return idx
 }
 
-// flowing reports whether chunk i of blob is being received here and bytes of it arrived since after: its request
-// is slow because the link is shared, not because its sender stopped, and a copy would take bytes from it.
-func (r *arrivals) flowing(blob cid.Cid, i int, after time.Time) bool {
+// flowing reports whether bytes of any chunk of blob being received here arrived since after: this node's
+// downlink is busy with the blob, and a slow request's copy would take bytes from the requests that flow (pick).
+func (r *arrivals) flowing(blob cid.Cid, after time.Time) bool {
 	if r == nil {
 		return false
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	a := r.m[arrivalKey{blob, i}]
-	if a == nil {
-		return false
+	for k, a := range r.m {
+		if k.blob != blob {
+			continue
+		}
+		a.mu.Lock()
+		at := a.at
+		a.mu.Unlock()
+		if at.After(after) {
+			return true
+		}
 	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.at.After(after)
+	return false
 }
 
 // release drops a reference; the last one returns the buffer to the pool.

@@ -233,7 +233,10 @@ func (a *NPUAgent) seedNotes() string {
 	}
 	notes := "seed, when every chunk had been delivered once: " + strings.Join(out, ", ") +
 		" (resent: chunks sent twice; refused: repeat requests answered NO_CHUNK)"
-	var dups, wasted, n int
+	// Counts each receiver logs with transferDoneMsg, summed over the receivers that logged all of them.
+	counts := []string{"duplicate_requests", "wasted_chunks", "slow_copies", "slow_wasted", "fill_copies", "fill_wasted"}
+	sum := make([]int, len(counts))
+	n := 0
 	var took []time.Duration // each receiver's transfer alone: a host's time minus it is its fetch command's overhead
 	for _, d := range a.daemons[SeedHost+1:] {
 		l := lastLog(d, transferDoneMsg)
@@ -242,16 +245,24 @@ func (a *NPUAgent) seedNotes() string {
 				took = append(took, dur)
 			}
 		}
-		dv, ok1 := logField(l, "duplicate_requests")
-		wv, ok2 := logField(l, "wasted_chunks")
-		di, err1 := strconv.Atoi(dv)
-		wi, err2 := strconv.Atoi(wv)
-		if ok1 && ok2 && err1 == nil && err2 == nil {
-			dups, wasted, n = dups+di, wasted+wi, n+1
+		got := make([]int, len(counts))
+		all := true
+		for i, k := range counts {
+			v, ok := logField(l, k)
+			x, err := strconv.Atoi(v)
+			all = all && ok && err == nil
+			got[i] = x
+		}
+		if all {
+			for i := range sum {
+				sum[i] += got[i]
+			}
+			n++
 		}
 	}
 	if n > 0 {
-		notes += fmt.Sprintf("; %d receivers: %d duplicate requests, %d chunks received in vain", n, dups, wasted)
+		notes += fmt.Sprintf("; %d receivers: %d duplicate requests, %d chunks received in vain (slow copies %d, %d in vain; end-game fill copies %d, %d in vain)",
+			n, sum[0], sum[1], sum[2], sum[3], sum[4], sum[5])
 	}
 	if len(took) > 0 {
 		notes += fmt.Sprintf("; transfers took %s-%s", slices.Min(took), slices.Max(took))
