@@ -263,6 +263,8 @@ func (a *NPUAgent) seedNotes() string {
 	if n > 0 {
 		notes += fmt.Sprintf("; %d receivers: %d duplicate requests, %d chunks received in vain (slow copies %d, %d in vain; end-game fill copies %d, %d in vain)",
 			n, sum[0], sum[1], sum[2], sum[3], sum[4], sum[5])
+	} else if len(took) > 0 {
+		notes += "; the receivers did not log their copy counts (a binary before the per-rule counts)"
 	}
 	if len(took) > 0 {
 		notes += fmt.Sprintf("; transfers took %s-%s", slices.Min(took), slices.Max(took))
