@@ -233,11 +233,12 @@ func (a *NPUAgent) seedNotes() string {
 	}
 	notes := "seed, when every chunk had been delivered once: " + strings.Join(out, ", ") +
 		" (resent: chunks sent twice; refused: repeat requests answered NO_CHUNK)"
-	// Counts each receiver logs with transferDoneMsg, summed over the receivers that logged all of them.
+	// Counts each receiver logs with transferDoneMsg, summed over the receivers; the per-rule ones only over those
+	// that logged them (binaries before them log the first two).
 	counts := []string{"duplicate_requests", "wasted_chunks", "slow_copies", "slow_wasted", "fill_copies", "fill_wasted"}
 	sum := make([]int, len(counts))
-	n := 0
-	var took []time.Duration // each receiver's transfer alone: a host's time minus it is its fetch command's overhead
+	logged := make([]int, len(counts)) // receivers that logged each count
+	var took []time.Duration           // each receiver's transfer alone: a host's time minus it is its fetch command's overhead
 	for _, d := range a.daemons[SeedHost+1:] {
 		l := lastLog(d, transferDoneMsg)
 		if v, ok := logField(l, "took"); ok {
@@ -245,26 +246,19 @@ func (a *NPUAgent) seedNotes() string {
 				took = append(took, dur)
 			}
 		}
-		got := make([]int, len(counts))
-		all := true
 		for i, k := range counts {
 			v, ok := logField(l, k)
-			x, err := strconv.Atoi(v)
-			all = all && ok && err == nil
-			got[i] = x
-		}
-		if all {
-			for i := range sum {
-				sum[i] += got[i]
+			if x, err := strconv.Atoi(v); ok && err == nil {
+				sum[i] += x
+				logged[i]++
 			}
-			n++
 		}
 	}
-	if n > 0 {
-		notes += fmt.Sprintf("; %d receivers: %d duplicate requests, %d chunks received in vain (slow copies %d, %d in vain; end-game fill copies %d, %d in vain)",
-			n, sum[0], sum[1], sum[2], sum[3], sum[4], sum[5])
-	} else if len(took) > 0 {
-		notes += "; the receivers did not log their copy counts (a binary before the per-rule counts)"
+	if n := logged[1]; n > 0 {
+		notes += fmt.Sprintf("; %d receivers: %d duplicate requests, %d chunks received in vain", n, sum[0], sum[1])
+		if logged[5] > 0 {
+			notes += fmt.Sprintf(" (slow copies %d, %d in vain; end-game fill copies %d, %d in vain)", sum[2], sum[3], sum[4], sum[5])
+		}
 	}
 	if len(took) > 0 {
 		notes += fmt.Sprintf("; transfers took %s-%s", slices.Min(took), slices.Max(took))
