@@ -339,3 +339,55 @@ func TestStaticPeersRetired(t *testing.T) {
 		return connected(joiner, boot)
 	})
 }
+
+// TestFillRedraw: a fill connection drawn from a partial table is replaced, once the table has stopped growing, by
+// a connection to a member drawn from the complete table (not a static peer); the new one is dialled before the
+// old one is closed, and one drawn from the complete table is kept.
+func TestFillRedraw(t *testing.T) {
+	t.Parallel()
+	psk := writeKey(t)
+	member := func(minPeers int, static ...*testNode) *testNode {
+		return startNode(t, "", func(c *Config) {
+			c.FleetKey, c.ServeWithoutFleetKey, c.MemberRefresh, c.MinPeers = psk, false, time.Second, minPeers
+			for _, s := range static {
+				c.StaticPeers = append(c.StaticPeers, staticAddr(s))
+			}
+		})
+	}
+	boot, first := member(-1), member(-1) // they never dial: every connection below is the joiner's or the test's
+	connect(t, first, boot)
+	joiner := member(1, boot)
+	connected := func(x, y *testNode) bool { return x.Host().Network().Connectedness(y.ID()) == network.Connected }
+	eventually(t, "the fill draws the only other member from a table of 2", func() bool {
+		return connected(joiner, first) && !connected(joiner, boot)
+	})
+	late := []*testNode{member(-1), member(-1), member(-1), member(-1)}
+	for _, l := range late {
+		connect(t, l, first)
+	}
+	lateConnected := func() (n int) {
+		for _, l := range late {
+			if connected(joiner, l) {
+				n++
+			}
+		}
+		return n
+	}
+	// One round in redrawOdds redraws, at random: wait for up to 30 rounds.
+	deadline := time.Now().Add(30 * time.Second)
+	for !(lateConnected() == 1 && !connected(joiner, first)) {
+		if time.Now().After(deadline) {
+			t.Fatalf("not redrawn: members %d, connected to the first draw %v, to later members %d, redrawn %d",
+				len(joiner.Members()), connected(joiner, first), lateConnected(), joiner.MemberStats().Redrawn)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if r := joiner.MemberStats().Redrawn; r != 1 {
+		t.Errorf("redrawn %d, want 1", r)
+	}
+	time.Sleep(3 * time.Second) // rounds past the redraw: a draw from the complete table stays
+	if n, r := lateConnected(), joiner.MemberStats().Redrawn; n != 1 || r != 1 || connected(joiner, boot) {
+		t.Errorf("after the redraw: %d later members connected, redrawn %d, static peer connected %v, want 1, 1, false",
+			n, r, connected(joiner, boot))
+	}
+}
