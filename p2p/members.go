@@ -36,8 +36,8 @@ const (
 	// redrawOdds: a member redraws a fill connection at one anti-entropy round in redrawOdds (at random, so that
 	// members whose tables completed together do not redraw together): every round, the redraws met a fleet
 	// single flight that started at full membership and it elected 5 + 11 compilers (fleetsim, 200 members).
-	redrawOdds = 3
-	defaultMinPeers                  = 8
+	redrawOdds      = 3
+	defaultMinPeers = 8
 	// memberJoinDebounce spaces the publishes a topic join asks for: above memberMinInterval, so that no receiver
 	// takes the new record for one within its sender's budget (ignored and not forwarded).
 	memberJoinDebounce time.Duration = memberMinInterval + time.Second
