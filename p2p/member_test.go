@@ -340,9 +340,9 @@ func TestStaticPeersRetired(t *testing.T) {
 	})
 }
 
-// TestFillRedraw: a fill connection drawn from a partial table is replaced, once the table has stopped growing, by
-// a connection to a member drawn from the complete table (not a static peer); the new one is dialled before the
-// old one is closed, and one drawn from the complete table is kept.
+// TestFillRedraw: a fill connection drawn from a partial table is replaced, once the table is complete (a pull
+// found it in sync), by a connection to a member drawn from the complete table (not a static peer); one drawn from
+// the complete table is kept.
 func TestFillRedraw(t *testing.T) {
 	t.Parallel()
 	psk := writeKey(t)
@@ -373,7 +373,7 @@ func TestFillRedraw(t *testing.T) {
 		}
 		return n
 	}
-	// One round in redrawOdds redraws, at random: wait for up to 30 rounds.
+	// One redraw per MemberRefresh on average, at random rounds (here every round): wait for up to 30 rounds.
 	deadline := time.Now().Add(30 * time.Second)
 	for !(lateConnected() == 1 && !connected(joiner, first)) {
 		if time.Now().After(deadline) {

@@ -33,11 +33,7 @@ const (
 	memberMinInterval                = 2 * time.Second // per member: a newer record sooner than this is not forwarded
 	fillTimeout                      = 5 * time.Second
 	maxFillDials                     = 4
-	// redrawOdds: a member redraws a fill connection at one anti-entropy round in redrawOdds (at random, so that
-	// members whose tables completed together do not redraw together): every round, the redraws met a fleet
-	// single flight that started at full membership and it elected 5 + 11 compilers (fleetsim, 200 members).
-	redrawOdds      = 3
-	defaultMinPeers = 8
+	defaultMinPeers                  = 8
 	// memberJoinDebounce spaces the publishes a topic join asks for: above memberMinInterval, so that no receiver
 	// takes the new record for one within its sender's budget (ignored and not forwarded).
 	memberJoinDebounce time.Duration = memberMinInterval + time.Second
@@ -326,11 +322,11 @@ type members struct {
 	filling bool
 	// drawn: the table size when each of our fill connections was drawn. A draw from a partial table is local
 	// (pulls fill a table from the member's neighbourhood first), so redraw replaces it once the table is
-	// complete; tableSize and grewAt tell whether it still grows. redrawn counts the replacements.
-	drawn     map[peer.ID]int
-	tableSize int
-	grewAt    time.Time
-	redrawn   int64
+	// complete: inSync, the last anti-entropy pull found the peer's table the same as ours. redrawn counts the
+	// replacements.
+	drawn   map[peer.ID]int
+	inSync  bool
+	redrawn int64
 
 	// Counters for the simulation harness: records published and taken, pulls run and those found in sync
 	// by the table hash, anti-entropy rounds, records taken by pulls.
@@ -749,26 +745,22 @@ func (m *members) fill(redraw bool) {
 	}
 }
 
-// redraw replaces one fill connection drawn from a partial table, once the table has stopped growing, by a
-// uniform draw from the table as it is now (as Cyclon and HyParView shuffle their views): the fill's first draws
-// come from tables that pulls filled from the member's neighbourhood first (fleetsim at 1,000 members: a
-// connection's median ring distance 54-70, 22-29 % longer than N/10 against 80 % for uniform draws), and members
-// in many early tables are drawn by many fills. A connection is redrawn when it was drawn from a table smaller
-// than 3/4 of today's, so each is redrawn about once (again only after the fleet grows by a third), one per
-// anti-entropy round at most. The new member is dialled before the old connection is closed (the member keeps
-// its MinPeers), a connection that carries chunks is kept, and static peers are not drawn (the bootstrap ring
-// stays out of the mesh, 6.2).
+// redraw replaces one fill connection drawn from a partial table, once the table is complete, by a uniform draw
+// from the table as it is now (as Cyclon and HyParView shuffle their views): the fill's first draws come from
+// tables that pulls filled from the member's neighbourhood first (fleetsim at 1,000 members: a connection's median
+// ring distance 54-70, 22-29 % longer than N/10 against 80 % for uniform draws), and members in many early tables
+// are drawn by many fills. Complete: the last anti-entropy pull found the peer's table the same as ours. A
+// connection is redrawn when it was drawn from a table smaller than 3/4 of today's, so each is redrawn about once
+// (again only after the fleet grows by a third). The new member is dialled before the old connection is closed
+// (the member keeps its MinPeers), a connection that carries chunks is kept, and static peers are not drawn (the
+// bootstrap ring stays out of the mesh, 6.2).
 func (m *members) redraw() {
 	n := m.n
 	now := time.Now()
 	cands := m.book.list(now)
 	size := len(cands)
 	m.mu.Lock()
-	if size > m.tableSize {
-		m.grewAt = now
-	}
-	m.tableSize = size
-	stable := now.Sub(m.grewAt) >= m.pullMax()
+	complete := m.inSync
 	drawn := make(map[peer.ID]int, len(m.drawn))
 	for p, s := range m.drawn {
 		drawn[p] = s
@@ -787,7 +779,10 @@ func (m *members) redraw() {
 			old, oldSize = p, s
 		}
 	}
-	if !stable || old == "" || rand.IntN(redrawOdds) != 0 {
+	// One redraw per MemberRefresh on average, at random rounds: the connections a fleet makes cost about what its
+	// refreshes do, and members whose tables completed together do not redraw together (one per round met a
+	// fleet single flight at full membership: 5 + 11 compilers at 200 members in fleetsim, 94 + 89 at 1,000).
+	if !complete || old == "" || rand.Int64N(int64(m.refresh)) >= int64(m.pullMax()) {
 		return
 	}
 	rand.Shuffle(len(cands), func(i, j int) { cands[i], cands[j] = cands[j], cands[i] })
@@ -1002,6 +997,9 @@ func (m *members) syncWith(p peer.ID) {
 				st.Reset()
 				return
 			}
+			m.mu.Lock()
+			m.inSync = same
+			m.mu.Unlock()
 			if same {
 				m.mu.Lock()
 				m.pullsInSync++
