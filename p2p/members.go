@@ -320,13 +320,6 @@ type members struct {
 	// filling: an overlay fill's dials are running (in their own goroutine: each may take fillTimeout, and
 	// the loop's pulls and publishes must not wait for them).
 	filling bool
-	// drawn: the table size when each of our fill connections was drawn. A draw from a partial table is local
-	// (pulls fill a table from the member's neighbourhood first), so redraw replaces it once the table is
-	// complete: inSync, the last anti-entropy pull found the peer's table the same as ours. redrawn counts the
-	// replacements.
-	drawn   map[peer.ID]int
-	inSync  bool
-	redrawn int64
 
 	// Counters for the simulation harness: records published and taken, pulls run and those found in sync
 	// by the table hash, anti-entropy rounds, records taken by pulls.
@@ -398,7 +391,7 @@ func (n *Node) startMembers(cfg Config) error {
 		lacked: make(chan struct{}, 1), behind: make(chan struct{}, 1),
 		book:    newMemberBook(n.h.ID(), cfg.FleetKey, cfg.Allowlist, memberTTLFactor*refresh),
 		info:    MemberInfo{ID: n.h.ID(), Hostname: cfg.Hostname, Class: cfg.Class, Tags: cfg.Tags, Version: cfg.Version},
-		syncing: map[peer.ID]bool{}, drawn: map[peer.ID]int{},
+		syncing: map[peer.ID]bool{},
 	}
 	m.info.Proof = memberProof(cfg.FleetKey, n.h.ID())
 	if err := checkMemberFields(m.info); err != nil {
@@ -596,9 +589,8 @@ func (m *members) loop() {
 			if ps := m.n.h.Network().Peers(); len(ps) > 0 {
 				m.syncWith(ps[rand.IntN(len(ps))])
 			}
-			pullEvery = min(2*pullEvery, m.pullMax())
+			pullEvery = min(2*pullEvery, min(max(m.refresh/6, memberPullFirst), memberPullMax))
 			pull.Reset(pullEvery)
-			m.startFill(true) // at most one redraw a round, once the fill has its members
 			m.mu.Lock()
 			env := m.relay
 			m.relay = nil
@@ -654,7 +646,7 @@ func (m *members) loop() {
 			}
 		case <-tick.C:
 			m.book.expire(time.Now())
-			m.startFill(false)
+			m.startFill()
 		}
 	}
 }
@@ -664,15 +656,10 @@ func refreshStagger(refresh time.Duration) time.Duration {
 	return time.Duration(rand.Int64N(int64(refresh))) + 1
 }
 
-// pullMax is the anti-entropy rounds' interval once started up: MemberRefresh/6 held within 1..5 s.
-func (m *members) pullMax() time.Duration {
-	return min(max(m.refresh/6, memberPullFirst), memberPullMax)
-}
-
 // startFill runs fill in its own goroutine unless one is running. Under load a dial can take the whole
 // fillTimeout, and four of them in the loop held back its pulls and publishes for 20 s (100 daemons on 2 cores:
 // a member's record reached half the fleet in 15 s).
-func (m *members) startFill(redraw bool) {
+func (m *members) startFill() {
 	m.mu.Lock()
 	if m.filling {
 		m.mu.Unlock()
@@ -686,15 +673,15 @@ func (m *members) startFill(redraw bool) {
 			m.filling = false
 			m.mu.Unlock()
 		}()
-		m.fill(redraw)
+		m.fill()
 	})
 }
 
 // fill dials random live members while fewer than minPeers others than the bootstrap peers are connected (at
 // most maxFillDials per round), so the overlay grows from a bootstrap list into a random graph of small diameter;
 // once it has that many, the bootstrap peers are retired (bootstrap). The connection manager trims what goes past
-// its high water mark. With redraw (the anti-entropy rounds) it only redraws, and only once the fill is done.
-func (m *members) fill(redraw bool) {
+// its high water mark.
+func (m *members) fill() {
 	n := m.n
 	if m.minPeers < 0 {
 		return
@@ -712,16 +699,9 @@ func (m *members) fill(redraw bool) {
 	need := m.minPeers - others
 	if need <= 0 {
 		n.boot.retire(n.h, n.log)
-		if redraw {
-			m.redraw()
-		}
 		return
 	}
-	if redraw {
-		return // the fill proper runs at its own checks
-	}
 	cands := m.book.list(time.Now())
-	size := len(cands)
 	rand.Shuffle(len(cands), func(i, j int) { cands[i], cands[j] = cands[j], cands[i] })
 	dials := 0
 	for _, c := range cands {
@@ -737,81 +717,7 @@ func (m *members) fill(redraw bool) {
 		cancel()
 		if err != nil {
 			n.log.Debug("member unreachable", "peer", c.ID, "err", err)
-			continue
 		}
-		m.mu.Lock()
-		m.drawn[c.ID] = size
-		m.mu.Unlock()
-	}
-}
-
-// redraw replaces one fill connection drawn from a partial table, once the table is complete, by a uniform draw
-// from the table as it is now (as Cyclon and HyParView shuffle their views): the fill's first draws come from
-// tables that pulls filled from the member's neighbourhood first (fleetsim at 1,000 members: a connection's median
-// ring distance 54-70, 22-29 % longer than N/10 against 80 % for uniform draws), and members in many early tables
-// are drawn by many fills. Complete: the last anti-entropy pull found the peer's table the same as ours. A
-// connection is redrawn when it was drawn from a table smaller than 3/4 of today's, so each is redrawn about once
-// (again only after the fleet grows by a third). The new member is dialled before the old connection is closed
-// (the member keeps its MinPeers), a connection that carries chunks is kept, and static peers are not drawn (the
-// bootstrap ring stays out of the mesh, 6.2).
-func (m *members) redraw() {
-	n := m.n
-	now := time.Now()
-	cands := m.book.list(now)
-	size := len(cands)
-	m.mu.Lock()
-	complete := m.inSync
-	drawn := make(map[peer.ID]int, len(m.drawn))
-	for p, s := range m.drawn {
-		drawn[p] = s
-	}
-	m.mu.Unlock()
-	var old peer.ID
-	oldSize := 0
-	for p, s := range drawn { // the connection manager may have closed some: forget them
-		if n.h.Network().Connectedness(p) != network.Connected {
-			m.mu.Lock()
-			delete(m.drawn, p)
-			m.mu.Unlock()
-			continue
-		}
-		if 4*s < 3*size && (old == "" || s < oldSize) && !carriesChunks(n.h, p) {
-			old, oldSize = p, s
-		}
-	}
-	// One redraw per MemberRefresh on average, at random rounds: the connections a fleet makes cost about what its
-	// refreshes do, and members whose tables completed together do not redraw together (one per round met a
-	// fleet single flight at full membership: 5 + 11 compilers at 200 members in fleetsim, 94 + 89 at 1,000).
-	if !complete || old == "" || rand.Int64N(int64(m.refresh)) >= int64(m.pullMax()) {
-		return
-	}
-	rand.Shuffle(len(cands), func(i, j int) { cands[i], cands[j] = cands[j], cands[i] })
-	dials := 0
-	for _, c := range cands {
-		if dials >= maxFillDials || m.ctx.Err() != nil {
-			return
-		}
-		if c.ID == old || n.boot.ids[c.ID] || n.h.Network().Connectedness(c.ID) == network.Connected {
-			continue
-		}
-		dials++
-		ctx, cancel := context.WithTimeout(m.ctx, fillTimeout)
-		err := n.h.Connect(ctx, peer.AddrInfo{ID: c.ID})
-		cancel()
-		if err != nil {
-			n.log.Debug("member unreachable", "peer", c.ID, "err", err)
-			continue
-		}
-		m.mu.Lock()
-		m.drawn[c.ID] = size
-		delete(m.drawn, old)
-		m.redrawn++
-		m.mu.Unlock()
-		if !carriesChunks(n.h, old) { // a transfer may have started on it while we dialled
-			_ = n.h.Network().ClosePeer(old)
-		}
-		n.log.Debug("fill connection redrawn", "closed", old, "drawn_from", oldSize, "dialled", c.ID, "table", size)
-		return
 	}
 }
 
@@ -997,9 +903,6 @@ func (m *members) syncWith(p peer.ID) {
 				st.Reset()
 				return
 			}
-			m.mu.Lock()
-			m.inSync = same
-			m.mu.Unlock()
 			if same {
 				m.mu.Lock()
 				m.pullsInSync++
@@ -1091,7 +994,6 @@ type MemberStats struct {
 	Rounds              int64 // anti-entropy rounds (a pull from a random peer each)
 	Pulled              int64 // of Received, those taken by pulls
 	Relayed             int64 // pulled records it published because their gossip had not come (memberRelayAge)
-	Redrawn             int64 // fill connections replaced by a draw from the complete table (redraw)
 }
 
 // MemberStats returns the node's membership counters.
@@ -1102,5 +1004,5 @@ func (n *Node) MemberStats() MemberStats {
 	n.members.mu.Lock()
 	defer n.members.mu.Unlock()
 	m := n.members
-	return MemberStats{m.published, m.received, m.pulls, m.pullsInSync, m.rounds, m.pulled, m.relayed, m.redrawn}
+	return MemberStats{m.published, m.received, m.pulls, m.pullsInSync, m.rounds, m.pulled, m.relayed}
 }

@@ -171,10 +171,8 @@ type Result struct {
 	// first record at every other, until full membership. Refreshes: the records original members republished
 	// during the steady phase (complete tables). Joins: the first record of each member that joined after it.
 	Bootstrap, Refreshes, Joins Spread
-	// Overlay is the connection graph at the end of the steady phase (graph.go); Redrawn the overlay fill's
-	// connections a member replaced by a draw from its complete table until then (mean; p2p.MemberStats).
+	// Overlay is the connection graph at the end of the steady phase (graph.go).
 	Overlay Overlay
-	Redrawn float64
 	// Messages per membership event, per member: BootstrapMsgs the member records a member received on gossip
 	// (every copy) until full membership per record published in the fleet, RefreshMsgs the same in the steady
 	// phase, JoinMsgs the copies of a joiner's records an original member received per join.
@@ -208,10 +206,10 @@ func (r Result) String() string {
 		r.FlightLagMax.Round(time.Millisecond)) +
 		fmt.Sprintf(" loss=%.3f lost=%.1f msgs_per_event(bootstrap/refresh/join)=%.2f/%.2f/%.2f join_learnt_s=%v "+
 			"join_pull_bytes=%.0f joiner_bytes=%.0f events_lag_max=%s events_lag_mean=%s load=%.1f/%.1f/%.1f"+
-			"\n  bootstrap: %v\n  refreshes: %v\n  joins: %v\n  overlay: %v redrawn=%.2f",
+			"\n  bootstrap: %v\n  refreshes: %v\n  joins: %v\n  overlay: %v",
 			r.Loss, r.Lost, r.BootstrapMsgs, r.RefreshMsgs, r.JoinMsgs, r.JoinLearnt, r.JoinPullBytes, r.JoinerBytes,
 			r.EventsLagMax.Round(time.Millisecond), r.EventsLagMean.Round(time.Microsecond), r.Load[0], r.Load[1],
-			r.Load[2], r.Bootstrap, r.Refreshes, r.Joins, r.Overlay, r.Redrawn)
+			r.Load[2], r.Bootstrap, r.Refreshes, r.Joins, r.Overlay)
 }
 
 // GossipPerPublish is the gossip bytes a member read until full membership per member record published in the
@@ -573,9 +571,6 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	}
 	boot := func(a, b int32) bool { return bl[[2]int32{min(a, b), max(a, b)}] }
 	res.Overlay = overlay(ms, boot)
-	for _, m := range ms {
-		res.Redrawn += float64(m.node.MemberStats().Redrawn) / float64(cfg.Nodes)
-	}
 	var joinAt []time.Duration
 	var joinErr error
 	if cfg.Joins > 0 {
