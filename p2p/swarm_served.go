@@ -111,6 +111,16 @@ func (s *seedServed) take(b *seedBlob, i int) (ok, first bool) {
 	}
 }
 
+// unsentLeft reports whether b is a seeded blob with a chunk that has not left this node yet.
+func (s *seedServed) unsentLeft(b *seedBlob) bool {
+	if b == nil || !b.seed {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return b.unsent > 0
+}
+
 // again counts a chunk of b sent once more, after its write succeeded.
 func (s *seedServed) again(b *seedBlob) {
 	s.mu.Lock()
