@@ -857,7 +857,7 @@ func (t *transfer) pick(fp *fpeer) (chunkRange, copyRule, bool) {
 			best = front.pick
 		}
 	} else {
-		// Nothing left for fp alone. In the end game, the second half of what a lagging chunk still lacks, if fp
+		// Nothing left for fp alone. In the end game, the last three quarters of what a lagging chunk lacks, if fp
 		// holds it verified (swarm_split.go).
 		if !anyFree {
 			if i, ok := t.pickSplit(fp, now); ok {

@@ -274,7 +274,7 @@ func holderNode(t *testing.T, data []byte, old bool) (*testNode, cid.Cid) {
 	return q, blob
 }
 
-// A chunk requested from a peer whose forward lags is completed with the second half of what it lacks from a
+// A chunk requested from a peer whose forward lags is completed with the rest of what it lacks from a
 // second holder, and an old second holder (no GET_RANGE) is left alone and not blamed.
 func TestSplitCompletesLaggingChunk(t *testing.T) {
 	t.Parallel()
