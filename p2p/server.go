@@ -326,8 +326,8 @@ func (s *server) serveChunks(st stream, b *peerBudget, req request, sent *pendin
 }
 
 // serveRange answers GET_RANGE (docs/design.md 6.7): bytes of one chunk from its arrival (cut-through; the frame
-// ends only once this node has verified the chunk) or from the store. A seed with chunks that have not left it
-// answers NO_CHUNK: its uplink is for first sends (6.8 "seed sends once").
+// ends only once this node has verified the chunk) or from the store. A seed with chunks not yet delivered answers
+// NO_CHUNK: its uplink is for the first sends every receiver waits for (6.8 "seed sends once").
 func (s *server) serveRange(st stream, b *peerBudget, req request) error {
 	release, ok, err := s.slot(st, b)
 	if !ok {
@@ -346,7 +346,7 @@ func (s *server) serveRange(st stream, b *peerBudget, req request) error {
 	}
 	err = blobstore.ErrNotFound
 	var data []byte
-	if !s.seeds.unsentLeft(s.seeds.state(s.ctx, s, req.Blob)) {
+	if !s.seeds.undeliveredLeft(s.seeds.state(s.ctx, s, req.Blob)) {
 		if a := s.arrival(b, req.Blob, i, true); a != nil {
 			return s.forward(st, b, a, i, rangeHeader((*bp)[:hdr]), off, end)
 		}
