@@ -197,19 +197,11 @@ func readChunk(r io.Reader, m *blobstore.Manifest, i, size int, buf []byte, h ha
 		defer func() { a.finish(verified) }()
 	}
 	h.Reset()
-	spliced := false
 	for pos := 0; pos < size; {
 		k, err := r.Read(data[pos:])
 		h.Write(data[pos : pos+k])
 		if pos += k; a != nil {
-			if sp := a.progress(pos); sp != nil {
-				// A second holder's range completes the chunk (swarm_split.go): the rest of this frame is not read.
-				copy(data[pos:], (*sp.bp)[pos-sp.from:size-sp.from])
-				h.Write(data[pos:])
-				a.progress(size)
-				pos, spliced = size, true
-				continue
-			}
+			a.progress(pos)
 		}
 		if err != nil && pos < size {
 			return fmt.Errorf("%w: CHUNK frame truncated: %w", ErrProtocol, noEOF(err))
@@ -221,9 +213,6 @@ func readChunk(r io.Reader, m *blobstore.Manifest, i, size int, buf []byte, h ha
 		return err
 	}
 	verified = sum == m.Chunks[i]
-	if spliced {
-		return errSpliced
-	}
 	return nil
 }
 

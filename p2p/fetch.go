@@ -357,13 +357,6 @@ type transfer struct {
 	wasted       int        // chunks received whole after another copy was stored
 	copies       [rules]int // chunks requested again, by the rule that chose them (ruleFree unused)
 	inVain       [rules]int // chunks received whole after another copy was stored, by the rule of their request
-	// Splits (swarm_split.go): chunks split once already, splits picked for a worker to request, assemblies that
-	// failed their hash (blamed once a verified copy is in), splits whose bytes completed their chunk.
-	splitTried []bool
-	splitLive  []bool // a split's range is on its way or waits for the first request's bytes: no fill copy
-	splits     map[int]*arrival
-	suspects   map[int]suspect
-	splitUsed  int
 }
 
 // copyRule is why pick chose a chunk: free (no request was fetching it), or a copy of one in flight because that
@@ -374,7 +367,6 @@ const (
 	ruleFree copyRule = iota
 	ruleSlow
 	ruleFill
-	ruleSplit // a range of a lagging chunk from a second holder (swarm_split.go)
 	rules
 )
 
@@ -387,7 +379,6 @@ type fpeer struct {
 	dropped  bool
 	failures int
 	found    bool // fp has answered HAVE for the blob at least once (it holds or fetches it)
-	noRange  bool // fp does not know GET_RANGE (an older version)
 	// arr[i]: when fp announced chunk i arriving (ARRIVING, cut-through) and has not announced it stored; zero:
 	// not arriving. nil until its first ARRIVING; arrN counts the non-zero entries.
 	arr  []time.Time
@@ -422,7 +413,6 @@ func newTransfer(ctx context.Context, n *Node, blob cid.Cid, m *blobstore.Manife
 		n: n, self: n.ID(), blob: blob, m: m, p: n.fp, report: report, arriving: &n.srv.arriving,
 		have: have, assigned: make([]uint8, len(have)), avail: make([]uint16, len(have)), since: make([]time.Time, len(have)),
 		peers: map[peer.ID]*fpeer{}, lastProgress: time.Now(), lastHave: time.Now(), began: time.Now(),
-		splitTried: make([]bool, len(have)), splitLive: make([]bool, len(have)), splits: map[int]*arrival{}, suspects: map[int]suspect{},
 	}
 	t.cond = sync.NewCond(&t.mu)
 	t.ctx, t.cancel = context.WithCancelCause(ctx)
@@ -665,25 +655,10 @@ func (t *transfer) worker(fp *fpeer) {
 			return
 		}
 		began := time.Now()
-		var err error
-		if rule == ruleSplit {
-			err = t.requestRange(fp, &st, int(r.First))
-		} else {
-			err = t.request(fp, &st, r, rule, (*bp)[:0])
-		}
+		err := t.request(fp, &st, r, rule, (*bp)[:0])
 		t.release(fp, r)
-		if err == nil && rule != ruleSplit {
+		if err == nil {
 			t.timed(time.Since(began) / time.Duration(r.Count))
-		}
-		switch {
-		case errors.Is(err, errSpliced):
-			t.mu.Lock()
-			t.splitUsed++
-			t.mu.Unlock()
-			t.n.splitsUsed.Add(1)
-			err = nil
-		case errors.Is(err, errSplitBad), errors.Is(err, errNoRange), errors.Is(err, errRangeRefused):
-			continue // not a failure of fp: judge blames once the chunk is verified; an old peer; a refusal
 		}
 		if err != nil {
 			t.failed(fp, err)
@@ -857,14 +832,7 @@ func (t *transfer) pick(fp *fpeer) (chunkRange, copyRule, bool) {
 			best = front.pick
 		}
 	} else {
-		// Nothing left for fp alone. In the end game, the last three quarters of what a lagging chunk lacks, if fp
-		// holds it verified (swarm_split.go).
-		if !anyFree {
-			if i, ok := t.pickSplit(fp, now); ok {
-				return chunkRange{First: uint32(i), Count: 1}, ruleSplit, true
-			}
-		}
-		// Once every missing chunk is requested (the end game) and fewer than
+		// Nothing left for fp alone. Once every missing chunk is requested (the end game) and fewer than
 		// endGameFill requests are in flight, duplicate any chunk requested from one other peer; otherwise only
 		// one whose request has taken much longer than a chunk usually takes: fp's link does not sit idle behind
 		// another peer's slow (or departed) uplink.
@@ -888,7 +856,7 @@ func (t *transfer) pick(fp *fpeer) (chunkRange, copyRule, bool) {
 				return !flowing && dup(i) && now.Sub(t.since[i]) > slow
 			}, ruleSlow
 		default:
-			ok, rule = func(i int) bool { return dup(i) && !t.splitLive[i] }, ruleFill
+			ok, rule = dup, ruleFill
 		}
 		var any reservoir
 		for i := t.low; i < n; i++ {
@@ -972,7 +940,9 @@ var errBadChunk = errors.New("peer sent a chunk that does not match its hash")
 // chunk as it arrives.
 func (t *transfer) request(fp *fpeer, st *network.Stream, r chunkRange, rule copyRule, buf []byte) (err error) {
 	if *st == nil {
-		s, err := t.open(fp)
+		ctx, cancel := context.WithTimeout(t.ctx, t.p.rpcTimeout)
+		s, err := t.n.h.NewStream(ctx, fp.id, ChunkProtocol)
+		cancel()
 		if err != nil {
 			return err
 		}
@@ -993,12 +963,7 @@ func (t *transfer) request(fp *fpeer, st *network.Stream, r chunkRange, rule cop
 	}
 	served := 0
 	defer func() { t.n.adjustScore(fp.id, served*scoreChunk) }()
-	var cur *arrival // the chunk's arrival, which a split may complete
-	begin := func(i, size int) *arrival {
-		cur = t.beginArrival(i, size, func() { s.SetReadDeadline(time.Now()) })
-		return cur
-	}
-	return readChunksSummed(s, t.m, rs, buf, begin, func(i int, data []byte, sum [32]byte) error {
+	return readChunksSummed(s, t.m, rs, buf, t.beginArrival, func(i int, data []byte, sum [32]byte) error {
 		if data == nil {
 			t.noChunk(fp, i)
 			return nil
@@ -1008,12 +973,6 @@ func (t *transfer) request(fp *fpeer, st *network.Stream, r chunkRange, rule cop
 		}
 		if err := putChunk(t.ctx, t.n.store, t.blob, i, data, sum); err != nil {
 			if errors.Is(err, blobstore.ErrInvalidData) {
-				if sp := cur.spliced(); sp != nil {
-					t.mu.Lock()
-					t.suspects[i] = suspect{p: fp, q: sp.q, from: sp.from, sum: sp.sum}
-					t.mu.Unlock()
-					return fmt.Errorf("%w: chunk %d", errSplitBad, i)
-				}
 				t.n.onBadChunk(fp.id)
 				return fmt.Errorf("%w: chunk %d: %w", errBadChunk, i, err)
 			}
@@ -1023,16 +982,8 @@ func (t *transfer) request(fp *fpeer, st *network.Stream, r chunkRange, rule cop
 		}
 		served++
 		t.stored(i, rule)
-		t.judge(i, data)
 		return nil
 	})
-}
-
-// open opens a chunk-protocol stream to fp.
-func (t *transfer) open(fp *fpeer) (network.Stream, error) {
-	ctx, cancel := context.WithTimeout(t.ctx, t.p.rpcTimeout)
-	defer cancel()
-	return t.n.h.NewStream(ctx, fp.id, ChunkProtocol)
 }
 
 // transferDoneMsg is logged when a transfer has every chunk, with what its schedule cost (internal/fleetbench
@@ -1048,8 +999,7 @@ func (t *transfer) logDone() {
 	}
 	t.n.log.Info(transferDoneMsg, "blob", t.blob, "chunks", t.fetched, "duplicate_requests", t.dups,
 		"wasted_chunks", t.wasted, "slow_copies", t.copies[ruleSlow], "slow_wasted", t.inVain[ruleSlow],
-		"fill_copies", t.copies[ruleFill], "fill_wasted", t.inVain[ruleFill], "split_ranges", t.copies[ruleSplit],
-		"split_used", t.splitUsed, "split_wasted", t.inVain[ruleSplit], "took", time.Since(t.began).Round(time.Millisecond))
+		"fill_copies", t.copies[ruleFill], "fill_wasted", t.inVain[ruleFill], "took", time.Since(t.began).Round(time.Millisecond))
 }
 
 // already reports whether chunk i, just received whole by a request chosen by rule, was stored from another copy

@@ -317,14 +317,14 @@ func TestPickStealsSlowRequest(t *testing.T) {
 	// sender stopped), no request is copied; bytes of another blob do not count. Once the blob's bytes have
 	// stopped for flowWindow the slow request is copied.
 	tr.arriving = &arrivals{}
-	elsewhere := tr.arriving.begin(testCID("another blob"), 1, 1<<10, nil)
+	elsewhere := tr.arriving.begin(testCID("another blob"), 1, 1<<10)
 	defer elsewhere.finish(false)
 	elsewhere.progress(10)
 	if r, _, ok := tr.pick(other); !ok || r.First != 1 {
 		t.Fatalf("pick = %v %v, want chunk 1: only another blob's bytes flow", r, ok)
 	}
 	for _, i := range []int{1, 0} { // the slow chunk itself, then another chunk of the blob
-		a := tr.arriving.begin(tr.blob, i, 1<<10, nil)
+		a := tr.arriving.begin(tr.blob, i, 1<<10)
 		a.progress(10)
 		if r, _, ok := tr.pick(other); ok {
 			t.Fatalf("pick = %v, a copy while chunk %d of the blob flows", r, i)

@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/ipfs/go-cid"
@@ -49,8 +48,6 @@ type Node struct {
 	fp    fetchParams
 	// onBadChunk is Config.OnBadChunk (never nil).
 	onBadChunk func(from peer.ID)
-	// splitsUsed counts chunks completed with a second holder's range (swarm_split.go).
-	splitsUsed atomic.Int64
 
 	ctx    context.Context // ends at Close
 	cancel context.CancelFunc

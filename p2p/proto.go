@@ -34,13 +34,11 @@ const (
 	msgHaveAdd     msgType = 10 // u16 count, count × u32 index: chunks stored since the last HAVE or HAVE_ADD
 	msgWatchHave2  msgType = 11 // cid: WATCH_HAVE that also reports ARRIVING chunks (docs/design.md 6.7)
 	msgArriving    msgType = 12 // u16 count, count × u32 index: chunks whose first bytes have arrived (cut-through)
-	msgGetRange    msgType = 13 // cid, u32 index, u32 offset, u32 length: a byte range of one chunk (docs/design.md 6.7)
-	msgRange       msgType = 14 // u32 index, u32 offset, the range's bytes
-	msgTypeEnd     msgType = 15 // first unassigned value
+	msgTypeEnd     msgType = 13 // first unassigned value
 )
 
 func (t msgType) String() string {
-	names := [...]string{"", "GET_MANIFEST", "MANIFEST", "GET_HAVE", "HAVE", "GET_CHUNKS", "CHUNK", "NO_CHUNK", "ERROR", "WATCH_HAVE", "HAVE_ADD", "WATCH_HAVE2", "ARRIVING", "GET_RANGE", "RANGE"}
+	names := [...]string{"", "GET_MANIFEST", "MANIFEST", "GET_HAVE", "HAVE", "GET_CHUNKS", "CHUNK", "NO_CHUNK", "ERROR", "WATCH_HAVE", "HAVE_ADD", "WATCH_HAVE2", "ARRIVING"}
 	if t > 0 && t < msgTypeEnd {
 		return names[t]
 	}
@@ -56,7 +54,6 @@ const (
 	maxRangesPerReq    = 64
 	maxChunksPerReq    = 64
 	chunkFrameOverhead = 4
-	rangeFrameOverhead = 8   // u32 index, u32 offset
 	maxHaveAdd         = 256 // indexes in one HAVE_ADD frame
 )
 
@@ -74,8 +71,6 @@ var maxPayload = [msgTypeEnd]int{
 	msgHaveAdd:     2 + 4*maxHaveAdd,
 	msgWatchHave2:  maxCIDLen,
 	msgArriving:    2 + 4*maxHaveAdd,
-	msgGetRange:    1 + maxCIDLen + 12,
-	msgRange:       rangeFrameOverhead + blobstore.ChunkSize,
 }
 
 // ErrProtocol is a malformed or unexpected frame from a peer.
@@ -144,8 +139,7 @@ func readPayload(r io.Reader, t msgType, n int, buf []byte) (msgType, []byte, er
 
 // isRequest reports whether t is a frame type a client may send to the server.
 func isRequest(t msgType) bool {
-	return t == msgGetManifest || t == msgGetHave || t == msgGetChunks || t == msgWatchHave || t == msgWatchHave2 ||
-		t == msgGetRange
+	return t == msgGetManifest || t == msgGetHave || t == msgGetChunks || t == msgWatchHave || t == msgWatchHave2
 }
 
 // maxRequestLen is the largest request payload (GET_CHUNKS with every range): a server reads requests into a
@@ -178,19 +172,6 @@ type request struct {
 	Type   msgType
 	Blob   cid.Cid
 	Ranges []chunkRange // GET_CHUNKS only
-	// GET_RANGE only: bytes [Off, Off+Len) of chunk Index.
-	Index, Off, Len uint32
-}
-
-// encodeGetRange asks for bytes [off, off+n) of chunk i.
-func encodeGetRange(c cid.Cid, i, off, n int) []byte {
-	cb := c.Bytes()
-	b := make([]byte, 0, 1+len(cb)+12)
-	b = append(b, byte(len(cb)))
-	b = append(b, cb...)
-	b = binary.LittleEndian.AppendUint32(b, uint32(i))
-	b = binary.LittleEndian.AppendUint32(b, uint32(off))
-	return binary.LittleEndian.AppendUint32(b, uint32(n))
 }
 
 func encodeGetChunks(c cid.Cid, rs []chunkRange) []byte {
@@ -245,22 +226,6 @@ func decodeRequest(t msgType, p []byte) (request, error) {
 		}
 		if total > maxChunksPerReq {
 			return req, fmt.Errorf("%w: GET_CHUNKS asks for %d chunks, limit %d", ErrProtocol, total, maxChunksPerReq)
-		}
-		return req, nil
-	case msgGetRange:
-		// Within a maximal blob and one chunk; the server checks it against the manifest's chunk length.
-		if len(p) < 1 || len(p) != 1+int(p[0])+12 {
-			return req, fmt.Errorf("%w: GET_RANGE of %d bytes", ErrProtocol, len(p))
-		}
-		c, err := castBlobCID(p[1 : 1+int(p[0])])
-		if err != nil {
-			return req, err
-		}
-		req.Blob = c
-		p = p[1+int(p[0]):]
-		req.Index, req.Off, req.Len = binary.LittleEndian.Uint32(p), binary.LittleEndian.Uint32(p[4:]), binary.LittleEndian.Uint32(p[8:])
-		if req.Index >= maxChunks || req.Len == 0 || uint64(req.Off)+uint64(req.Len) > blobstore.ChunkSize {
-			return req, fmt.Errorf("%w: GET_RANGE chunk %d bytes %d+%d out of bounds", ErrProtocol, req.Index, req.Off, req.Len)
 		}
 		return req, nil
 	default:

@@ -70,8 +70,6 @@ type server struct {
 	// fallback to polling); noCut makes it a version without cut-through: no WATCH_HAVE2, no forwarding.
 	noWatch bool
 	noCut   bool
-	// noRange makes the server a version without GET_RANGE: it refuses the frame type as unknown.
-	noRange bool
 }
 
 func newServer(ctx context.Context, store blobstore.ChunkStore, log *slog.Logger) *server {
@@ -214,50 +212,30 @@ func (s *server) serveOne(st stream, b *peerBudget, t msgType, p []byte, sent *p
 			return fmt.Errorf("%w: %w", errStopServing, err)
 		}
 		return s.serveWatch(st, b, req)
-	case msgGetRange:
-		if s.noRange {
-			err := fmt.Errorf("%w: unknown frame type %d", ErrProtocol, req.Type)
-			if ferr := s.fail(st, err); ferr != nil {
-				return ferr
-			}
-			return fmt.Errorf("%w: %w", errStopServing, err)
-		}
-		return s.serveRange(st, b, req)
 	default: // msgGetChunks
 		return s.serveChunks(st, b, req, sent)
 	}
 }
 
-// slot takes one of the peer's and one of the server's chunk-request slots (GET_CHUNKS, GET_RANGE), waiting at
-// most servingWait; ok false: the request is answered (busy) or the server is closing (err).
-func (s *server) slot(st stream, b *peerBudget) (release func(), ok bool, err error) {
+func (s *server) serveChunks(st stream, b *peerBudget, req request, sent *pendingDelivery) error {
 	wait := time.NewTimer(servingWait)
 	defer wait.Stop()
 	select {
 	case b.slots <- struct{}{}:
+		defer func() { <-b.slots }()
 	case <-wait.C:
-		return nil, false, s.fail(st, fmt.Errorf("%w: %d chunk requests of this peer in progress", ErrBusy, maxServingPerPeer))
+		return s.fail(st, fmt.Errorf("%w: %d chunk requests of this peer in progress", ErrBusy, maxServingPerPeer))
 	case <-s.ctx.Done():
-		return nil, false, s.ctx.Err()
+		return s.ctx.Err()
 	}
 	select {
 	case s.slots <- struct{}{}:
-		return func() { <-s.slots; <-b.slots }, true, nil
+		defer func() { <-s.slots }()
 	case <-wait.C:
-		<-b.slots
-		return nil, false, s.fail(st, fmt.Errorf("%w: %d chunk requests in progress", ErrBusy, maxServing))
+		return s.fail(st, fmt.Errorf("%w: %d chunk requests in progress", ErrBusy, maxServing))
 	case <-s.ctx.Done():
-		<-b.slots
-		return nil, false, s.ctx.Err()
+		return s.ctx.Err()
 	}
-}
-
-func (s *server) serveChunks(st stream, b *peerBudget, req request, sent *pendingDelivery) error {
-	release, ok, err := s.slot(st, b)
-	if !ok {
-		return err
-	}
-	defer release()
 	bp := chunkBufPool.Get().(*[]byte)
 	defer chunkBufPool.Put(bp)
 	hdr := frameHeaderLen + chunkFrameOverhead
@@ -268,10 +246,7 @@ func (s *server) serveChunks(st stream, b *peerBudget, req request, sent *pendin
 			ok, first := s.seeds.take(seed, i)
 			if a := s.arrival(b, req.Blob, i, ok && !first); a != nil {
 				// Being received here: forwarded as it arrives (cut-through). A failed forward resets the stream.
-				h := (*bp)[:hdr]
-				frameHeader(h, msgChunk, chunkFrameOverhead+len(a.buf))
-				putIndex(h[frameHeaderLen:], i)
-				if err := s.forward(st, b, a, i, h, 0, len(a.buf)); err != nil {
+				if err := s.forward(st, b, a, i, (*bp)[:hdr]); err != nil {
 					return err
 				}
 				s.served.Add(1)
@@ -322,54 +297,6 @@ func (s *server) serveChunks(st stream, b *peerBudget, req request, sent *pendin
 			}
 		}
 	}
-	return nil
-}
-
-// serveRange answers GET_RANGE (docs/design.md 6.7): bytes of one chunk from its arrival (cut-through; the frame
-// ends only once this node has verified the chunk) or from the store. A seed with chunks not yet delivered answers
-// NO_CHUNK: its uplink is for the first sends every receiver waits for (6.8 "seed sends once").
-func (s *server) serveRange(st stream, b *peerBudget, req request) error {
-	release, ok, err := s.slot(st, b)
-	if !ok {
-		return err
-	}
-	defer release()
-	i, off, end := int(req.Index), int(req.Off), int(req.Off)+int(req.Len)
-	bp := chunkBufPool.Get().(*[]byte)
-	defer chunkBufPool.Put(bp)
-	hdr := frameHeaderLen + rangeFrameOverhead
-	rangeHeader := func(h []byte) []byte {
-		frameHeader(h, msgRange, rangeFrameOverhead+end-off)
-		putIndex(h[frameHeaderLen:], i)
-		putIndex(h[frameHeaderLen+4:], off)
-		return h
-	}
-	err = blobstore.ErrNotFound
-	var data []byte
-	if !s.seeds.undeliveredLeft(s.seeds.state(s.ctx, s, req.Blob)) {
-		if a := s.arrival(b, req.Blob, i, true); a != nil {
-			return s.forward(st, b, a, i, rangeHeader((*bp)[:hdr]), off, end)
-		}
-		data, err = s.store.ServeChunk(s.ctx, req.Blob, i, (*bp)[:hdr])
-	}
-	if err != nil {
-		if s.ctx.Err() != nil {
-			return s.ctx.Err()
-		}
-		h := (*bp)[:frameHeaderLen+chunkFrameOverhead]
-		frameHeader(h, msgNoChunk, chunkFrameOverhead)
-		putIndex(h[frameHeaderLen:], i)
-		return s.write(st, h)
-	}
-	*bp = data[:0]
-	if end > len(data)-hdr {
-		return s.fail(st, fmt.Errorf("%w: GET_RANGE bytes %d+%d of a chunk of %d", ErrProtocol, off, end-off, len(data)-hdr))
-	}
-	n := copy(data[hdr:], data[hdr+off:hdr+end])
-	if err := s.write(st, rangeHeader(data[:hdr+n])); err != nil {
-		return err
-	}
-	s.served.Add(1)
 	return nil
 }
 

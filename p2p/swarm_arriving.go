@@ -59,15 +59,12 @@ type arrival struct {
 	wake  chan struct{} // closed and replaced on every change
 	last  int           // n at the last wake-up
 	at    time.Time     // when bytes last arrived
-	// sp: a second holder's range of the chunk (swarm_split.go); interrupt wakes the reader blocked on its stream.
-	sp        *split
-	interrupt func()
 }
 
 // begin registers chunk i of blob, size bytes long, as arriving and returns it holding the receiver's reference;
 // nil when it is registered already (a duplicate request) or the registry is full: the caller then receives into
 // its own buffer and nothing is forwarded.
-func (r *arrivals) begin(blob cid.Cid, i, size int, interrupt func()) *arrival {
+func (r *arrivals) begin(blob cid.Cid, i, size int) *arrival {
 	k := arrivalKey{blob, i}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -78,7 +75,7 @@ func (r *arrivals) begin(blob cid.Cid, i, size int, interrupt func()) *arrival {
 		r.m = map[arrivalKey]*arrival{}
 	}
 	bp := chunkBufPool.Get().(*[]byte)
-	a := &arrival{reg: r, key: k, bp: bp, buf: (*bp)[:size], refs: 1, wake: make(chan struct{}), interrupt: interrupt}
+	a := &arrival{reg: r, key: k, bp: bp, buf: (*bp)[:size], refs: 1, wake: make(chan struct{})}
 	r.m[k] = a
 	return a
 }
@@ -139,20 +136,16 @@ func (a *arrival) release() {
 	}
 }
 
-// progress records that buf[:n] has arrived, waking the forwards every arrivalStep bytes. It returns the split
-// whose bytes complete the chunk from n, if they are in and n has reached its start (swarm_split.go).
-func (a *arrival) progress(n int) *split {
+// progress records that buf[:n] has arrived, waking the forwards every arrivalStep bytes.
+func (a *arrival) progress(n int) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if n > a.n {
-		a.n, a.at = n, time.Now()
-	}
+	a.n, a.at = n, time.Now()
 	if n-a.last >= arrivalStep {
 		a.last = n
 		close(a.wake)
 		a.wake = make(chan struct{})
 	}
-	return a.splice(n)
 }
 
 // finish ends the arrival, verified (the receiver stored it after PutChunk checked it) or not, takes it out of
@@ -165,12 +158,7 @@ func (a *arrival) finish(verified bool) {
 	}
 	close(a.wake)
 	a.wake = make(chan struct{})
-	sp := a.sp
-	a.interrupt = nil
 	a.mu.Unlock()
-	if sp != nil {
-		sp.release()
-	}
 	a.reg.mu.Lock()
 	if a.reg.m[a.key] == a {
 		delete(a.reg.m, a.key)
@@ -216,11 +204,10 @@ func (s *server) arrival(b *peerBudget, blob cid.Cid, i int, may bool) *arrival 
 	return a
 }
 
-// forward sends bytes [off, end) of chunk i from its arrival a in one frame (CHUNK: all of them; RANGE): the
-// header hdr at once, then the bytes as they arrive, the last holdBack bytes only once this node has verified the
-// chunk. A chunk that fails here, or an upstream silent for forwardStall, ends the forward with an error (the
-// stream is reset).
-func (s *server) forward(st stream, b *peerBudget, a *arrival, i int, hdr []byte, off, end int) error {
+// forward sends chunk i from its arrival a in one CHUNK frame: the header with the chunk's full length at once,
+// then the bytes as they arrive, the last holdBack bytes only once this node has verified the chunk. A chunk that
+// fails here, or an upstream silent for forwardStall, ends the forward with an error (the stream is reset).
+func (s *server) forward(st stream, b *peerBudget, a *arrival, i int, hdr []byte) error {
 	defer func() {
 		a.release()
 		s.mu.Lock()
@@ -228,21 +215,17 @@ func (s *server) forward(st stream, b *peerBudget, a *arrival, i int, hdr []byte
 		b.forwards--
 		s.mu.Unlock()
 	}()
-	if end > len(a.buf) {
-		return fmt.Errorf("%w: bytes %d+%d of chunk %d of %d", ErrProtocol, off, end-off, i, len(a.buf))
-	}
+	frameHeader(hdr, msgChunk, chunkFrameOverhead+len(a.buf))
+	putIndex(hdr[frameHeaderLen:], i)
 	if err := s.write(st, hdr); err != nil {
 		return err
 	}
 	stall := time.NewTimer(forwardStall)
 	defer stall.Stop()
-	for sent := off; sent < end; {
+	for sent := 0; sent < len(a.buf); {
 		n, state, wake := a.readable()
 		if state == arrivalFailed {
 			return fmt.Errorf("forward chunk %d: %w", i, errForwardBroken)
-		}
-		if n = min(n, end); state != arrivalVerified {
-			n = min(n, end-holdBack) // a complete frame is always one this node verified
 		}
 		if n > sent {
 			if err := s.write(st, a.buf[sent:n]); err != nil {
@@ -265,7 +248,7 @@ func (s *server) forward(st stream, b *peerBudget, a *arrival, i int, hdr []byte
 
 // beginArrival registers chunk i, whose CHUNK frame has begun to arrive, for forwarding and tells this node's
 // WATCH_HAVE2 watchers (readChunksSummed's begin); nil when this node forwards nothing.
-func (t *transfer) beginArrival(i, size int, interrupt func()) *arrival {
+func (t *transfer) beginArrival(i, size int) *arrival {
 	if !t.p.cutThrough || !t.n.serving {
 		return nil
 	}
@@ -275,7 +258,7 @@ func (t *transfer) beginArrival(i, size int, interrupt func()) *arrival {
 	if stored {
 		return nil
 	}
-	a := t.n.srv.arriving.begin(t.blob, i, size, interrupt)
+	a := t.n.srv.arriving.begin(t.blob, i, size)
 	if a != nil {
 		t.n.srv.haves.arrive(t.blob, i)
 	}

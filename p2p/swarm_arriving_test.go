@@ -28,7 +28,7 @@ func TestServerWatchHave2(t *testing.T) {
 	blob := m.CID()
 	srv, client, watchDone := servePipe(t, ctx, st)
 	defer func() { cancel(); <-watchDone }() // the watch of a partial blob runs until its lifetime ends
-	a1 := srv.arriving.begin(blob, 1, len(chunks[1]), nil)
+	a1 := srv.arriving.begin(blob, 1, len(chunks[1]))
 	if err := writeFrame(client, msgWatchHave2, blob.Bytes()); err != nil {
 		t.Fatal(err)
 	}
@@ -39,7 +39,7 @@ func TestServerWatchHave2(t *testing.T) {
 	if idx, err2 := decodeArriving(p, 3); err != nil || err2 != nil || len(idx) != 1 || idx[0] != 1 {
 		t.Fatalf("arriving = %v, %v %v", idx, err, err2)
 	}
-	a2 := srv.arriving.begin(blob, 2, len(chunks[2]), nil)
+	a2 := srv.arriving.begin(blob, 2, len(chunks[2]))
 	srv.haves.arrive(blob, 2)
 	_, p, err = readResponse(client, nil, msgArriving)
 	if idx, err2 := decodeArriving(p, 3); err != nil || err2 != nil || len(idx) != 1 || idx[0] != 2 {
@@ -84,7 +84,7 @@ func TestServerForwardsArriving(t *testing.T) {
 		blob := m.CID()
 		srv, client, done := servePipe(t, ctx, st)
 		size := len(chunks[1])
-		a := srv.arriving.begin(blob, 1, size, nil)
+		a := srv.arriving.begin(blob, 1, size)
 		half := size / 2
 		copy(a.buf, chunks[1][:half])
 		a.progress(half)
@@ -485,7 +485,7 @@ func TestThreatForwardHog(t *testing.T) {
 	st, m, chunks := partialMem(t, ctx, 0)
 	blob := m.CID()
 	srv := newServer(ctx, st, testLog)
-	a := srv.arriving.begin(blob, 1, len(chunks[1]), nil)
+	a := srv.arriving.begin(blob, 1, len(chunks[1]))
 	b := &peerBudget{slots: make(chan struct{}, maxServingPerPeer)}
 	const streams = maxForwardsPeer + 3
 	done := make(chan error, streams)

@@ -83,7 +83,7 @@ func TestWatchLeavesOutHeld(t *testing.T) {
 	if _, _, err := readResponse(client, nil, msgHave); err != nil {
 		t.Fatal(err)
 	}
-	a1 := srv.arriving.begin(blob, 1, len(chunks[1]), nil)
+	a1 := srv.arriving.begin(blob, 1, len(chunks[1]))
 	srv.haves.arrive(blob, 1) // the client receives it: left out
 	srv.haves.arrive(blob, 2) // the client holds it: left out
 	if err := st.PutChunk(ctx, blob, 2, chunks[2]); err != nil {

@@ -111,17 +111,6 @@ func (s *seedServed) take(b *seedBlob, i int) (ok, first bool) {
 	}
 }
 
-// undeliveredLeft reports whether b is a seeded blob with a chunk no client has read whole yet: the last first
-// sends are what every receiver waits for, and a range sent beside them delays them.
-func (s *seedServed) undeliveredLeft(b *seedBlob) bool {
-	if b == nil || !b.seed {
-		return false
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return b.undelivered > 0
-}
-
 // again counts a chunk of b sent once more, after its write succeeded.
 func (s *seedServed) again(b *seedBlob) {
 	s.mu.Lock()

@@ -264,26 +264,6 @@ func (a *NPUAgent) seedNotes() string {
 		notes += fmt.Sprintf("; %d receivers: %d duplicate requests, %d chunks received in vain (slow copies %d, %d in vain; end-game fill copies %d, %d in vain)",
 			n, sum[0], sum[1], sum[2], sum[3], sum[4], sum[5])
 	}
-	// Split ranges (a lagging chunk's rest from a second holder), logged by versions that have them.
-	splits := []string{"split_ranges", "split_used", "split_wasted"}
-	ssum := make([]int, len(splits))
-	sn := 0
-	for _, d := range a.daemons[SeedHost+1:] {
-		l := lastLog(d, transferDoneMsg)
-		for i, k := range splits {
-			v, ok := logField(l, k)
-			x, err := strconv.Atoi(v)
-			if ok && err == nil {
-				ssum[i] += x
-				if i == 0 {
-					sn++
-				}
-			}
-		}
-	}
-	if sn > 0 {
-		notes += fmt.Sprintf("; split ranges %d (%d completed their chunk, %d in vain)", ssum[0], ssum[1], ssum[2])
-	}
 	if len(took) > 0 {
 		notes += fmt.Sprintf("; transfers took %s-%s", slices.Min(took), slices.Max(took))
 	}
