@@ -90,6 +90,10 @@ type Config struct {
 	MemberRefresh time.Duration
 	// MinPeers: while fewer peers are connected, random known members are dialled (0: 8; negative: never).
 	MinPeers int
+	// HoldFill keeps the overlay fill (and so the bootstrap peers' retirement) from running until
+	// Node.ReleaseFill: the simulation harness's switch to draw the fill from complete tables (fleetsim's late
+	// fill, benchmarks.md). Tests and the harness only; the daemon leaves it false.
+	HoldFill bool
 	// ConnLow and ConnHigh are the connection manager's water marks: past ConnHigh connections, the least
 	// useful are closed down to ConnLow (0: DefaultConnLow, DefaultConnHigh).
 	ConnLow, ConnHigh int

@@ -320,6 +320,8 @@ type members struct {
 	// filling: an overlay fill's dials are running (in their own goroutine: each may take fillTimeout, and
 	// the loop's pulls and publishes must not wait for them).
 	filling bool
+	// held: Config.HoldFill until Node.ReleaseFill.
+	held atomic.Bool
 
 	// Counters for the simulation harness: records published and taken, pulls run and those found in sync
 	// by the table hash, anti-entropy rounds, records taken by pulls.
@@ -374,6 +376,17 @@ func (n *Node) TraceMembers(fn func(MemberEvent)) {
 	n.members.trace.Store(&fn)
 }
 
+// ReleaseFill lets a fill held by Config.HoldFill run, and starts a round now (at most maxFillDials dials; the
+// next come at the anti-entropy ticks, or at the next call). Tests and the harness only.
+func (n *Node) ReleaseFill() {
+	m := n.members
+	if m == nil || m.ctx.Err() != nil {
+		return
+	}
+	m.held.Store(false)
+	m.startFill()
+}
+
 func (m *members) traced(ev MemberEvent) {
 	if fn := m.trace.Load(); fn != nil {
 		(*fn)(ev)
@@ -393,6 +406,7 @@ func (n *Node) startMembers(cfg Config) error {
 		info:    MemberInfo{ID: n.h.ID(), Hostname: cfg.Hostname, Class: cfg.Class, Tags: cfg.Tags, Version: cfg.Version},
 		syncing: map[peer.ID]bool{},
 	}
+	m.held.Store(cfg.HoldFill)
 	m.info.Proof = memberProof(cfg.FleetKey, n.h.ID())
 	if err := checkMemberFields(m.info); err != nil {
 		return fmt.Errorf("p2p: config: %w", err)
@@ -683,7 +697,7 @@ func (m *members) startFill() {
 // its high water mark.
 func (m *members) fill() {
 	n := m.n
-	if m.minPeers < 0 {
+	if m.minPeers < 0 || m.held.Load() {
 		return
 	}
 	peers := n.h.Network().Peers()

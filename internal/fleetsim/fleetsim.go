@@ -68,6 +68,12 @@ type Config struct {
 	// Idle, if set, is how long the members run idle after full membership before the flight (FLEETSIM_IDLE): a
 	// flight after idle members elected several compilers per class (benchmarks.md "Fleet scale").
 	Idle time.Duration
+	// LateFill holds the original members' overlay fill (p2p.Config.HoldFill) until full membership, so that
+	// its draws come from complete tables (uniform over the fleet) and not from the partial, local ones of the
+	// bootstrap; then it releases it and waits lateFillSettle (before Idle and the flight). Until then the
+	// overlay is the bootstrap links. An experiment (benchmarks.md, FLEETSIM_LATE_FILL): the daemon has no such
+	// switch.
+	LateFill bool
 	// Joins, if set, is how many members join after the steady phase, one every JoinGap (default 5 s), each
 	// bootstrapped like the others (the Join* figures; Steady gives the baseline traffic they are measured
 	// against).
@@ -236,6 +242,32 @@ type member struct {
 var ErrTimeout = errors.New("fleetsim: phase did not finish in time")
 
 // Run runs one simulation and closes everything it started before it returns.
+// lateFillSettle is how long Config.LateFill waits after releasing the fills: a fill round dials at most 4
+// members and its ticks are MemberRefresh/10 apart (30 s at the 1,000 benchmark's 5 min), so the harness starts
+// rounds itself, lateFillRounds of them, for the 8 fill connections and then the bootstrap peers' retirement.
+const (
+	lateFillSettle = 30 * time.Second
+	lateFillRounds = 3
+)
+
+// releaseFills releases every member's held fill (Config.LateFill) and starts a fill round every
+// lateFillSettle/lateFillRounds (a call while a round runs does nothing), then waits out lateFillSettle.
+func releaseFills(ctx context.Context, ms []*member) error {
+	tick := time.NewTicker(lateFillSettle / lateFillRounds)
+	defer tick.Stop()
+	for range lateFillRounds {
+		for _, m := range ms {
+			m.node.ReleaseFill()
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+	return nil
+}
+
 func Run(ctx context.Context, cfg Config) (Result, error) {
 	cfg = cfg.withDefaults()
 	res := Result{Nodes: cfg.Nodes, Classes: cfg.Classes, Latency: cfg.Latency, Loss: cfg.Loss, Compiles: map[string]int{}}
@@ -355,7 +387,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		m := all[i]
 		pc := p2p.Config{DataDir: filepath.Join(dir, fmt.Sprint(i)), FleetKey: psk, Class: m.class,
 			Hostname: fmt.Sprintf("sim%d", i), MemberRefresh: cfg.MemberRefresh, MinPeers: cfg.MinPeers,
-			StaticPeers: static[i]}
+			StaticPeers: static[i], HoldFill: cfg.LateFill && i < cfg.Nodes}
 		if err := os.Mkdir(pc.DataDir, 0o755); err != nil {
 			return err
 		}
@@ -466,6 +498,12 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	}
 	if cfg.Progress != nil {
 		cfg.Progress("membership", res)
+	}
+
+	if cfg.LateFill {
+		if err := releaseFills(ctx, ms); err != nil {
+			return res, err
+		}
 	}
 
 	var flightStart atomic.Int64

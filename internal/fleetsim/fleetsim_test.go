@@ -104,8 +104,9 @@ func TestScale(t *testing.T) {
 	loss := num("FLEETSIM_LOSS", 0)                  // gossip messages lost (Config.Loss)
 	joins := int(num("FLEETSIM_JOINS", 5))           // members joining after the steady phase
 	gap := dur("FLEETSIM_JOIN_GAP", 0)
-	dialAny := os.Getenv("FLEETSIM_DIAL_ANY") == "1" // every member may dial every other (a LAN)
-	bootstrap := int(num("FLEETSIM_BOOTSTRAP", 3))   // each member's bootstrap list: the members started before it
+	dialAny := os.Getenv("FLEETSIM_DIAL_ANY") == "1"   // every member may dial every other (a LAN)
+	bootstrap := int(num("FLEETSIM_BOOTSTRAP", 3))     // each member's bootstrap list: the members started before it
+	lateFill := os.Getenv("FLEETSIM_LATE_FILL") == "1" // the fill held until full membership (Config.LateFill)
 	for _, s := range splitComma(sizes) {
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 2 {
@@ -114,6 +115,7 @@ func TestScale(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 		res, err := Run(ctx, Config{Nodes: n, Latency: latency, Timeout: phase, Seed: 1, MemberRefresh: refresh,
 			Steady: steady, Idle: idle, Loss: loss, Joins: joins, JoinGap: gap, DialAny: dialAny, Bootstrap: bootstrap,
+			LateFill: lateFill,
 			Progress: func(phase string, r Result) { t.Logf("%s: %s", phase, r) },
 			Waiting: func(d time.Duration, complete int, listed float64) {
 				t.Logf("membership after %.0fs: %d of %d members list all, %.1f listed on average", d.Seconds(), complete, n, listed)
