@@ -339,3 +339,33 @@ func TestStaticPeersRetired(t *testing.T) {
 		return connected(joiner, boot)
 	})
 }
+
+// TestHoldFill: with Config.HoldFill (the simulation harness's late fill) a member neither dials the members it
+// learns nor retires its static peer until ReleaseFill; then the fill runs as usual.
+func TestHoldFill(t *testing.T) {
+	t.Parallel()
+	psk := writeKey(t)
+	member := func(minPeers int, hold bool, static ...*testNode) *testNode {
+		return startNode(t, "", func(c *Config) {
+			c.FleetKey, c.ServeWithoutFleetKey, c.MemberRefresh, c.MinPeers, c.HoldFill = psk, false, time.Second, minPeers, hold
+			for _, s := range static {
+				c.StaticPeers = append(c.StaticPeers, staticAddr(s))
+			}
+		})
+	}
+	boot, b, c := member(-1, false), member(-1, false), member(-1, false)
+	connect(t, b, boot)
+	connect(t, c, boot)
+	joiner := member(2, true, boot)
+	connected := func(x, y *testNode) bool { return x.Host().Network().Connectedness(y.ID()) == network.Connected }
+	eventually(t, "the joiner learns the members through its static peer", func() bool { return len(joiner.Members()) == 4 })
+	time.Sleep(2 * time.Second) // past several fill ticks (MemberRefresh/10)
+	if connected(joiner, b) || connected(joiner, c) || !connected(joiner, boot) {
+		t.Fatal("a held fill dialled a member or retired the static peer")
+	}
+	joiner.ReleaseFill()
+	eventually(t, "the released fill connects two members besides the static peer", func() bool {
+		return connected(joiner, b) && connected(joiner, c)
+	})
+	eventually(t, "the static peer retired", func() bool { return !connected(joiner, boot) })
+}
