@@ -61,6 +61,7 @@ clean:
 # (5s); the figures give each record's hops, pulls and rounds to the last member (bootstrap, refreshes, joins).
 # FLEETSIM_LOSS: share of gossip messages lost; FLEETSIM_DIAL_ANY=1: any member may dial any other (a LAN);
 # FLEETSIM_BOOTSTRAP: bootstrap list length (default 3); FLEETSIM_LATENCY: one-way link delay (default 5ms).
+# FLEETSIM_LATE_FILL=1: the overlay fill held until full membership, then released (an experiment, benchmarks.md).
 # Signatures are checked once per distinct (key, data, signature) in the process (internal/fleetsim/verify.go);
 # the figures report how many checks each member asked for.
 FLEETSIM_NODES ?= 1000,5000
