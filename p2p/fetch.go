@@ -354,7 +354,6 @@ type transfer struct {
 	fetched      int        // chunks missing at the start
 	requested    int        // chunk requests in flight
 	dups         int        // requests for a chunk another request was fetching already
-	wasted       int        // chunks received whole after another copy was stored
 	copies       [rules]int // chunks requested again, by the rule that chose them (ruleFree unused)
 	inVain       [rules]int // chunks received whole after another copy was stored, by the rule of their request
 }
@@ -997,8 +996,12 @@ func (t *transfer) logDone() {
 	if t.missing > 0 {
 		return
 	}
+	wasted := 0 // every chunk received in vain, whatever the rule of its request
+	for _, n := range t.inVain {
+		wasted += n
+	}
 	t.n.log.Info(transferDoneMsg, "blob", t.blob, "chunks", t.fetched, "duplicate_requests", t.dups,
-		"wasted_chunks", t.wasted, "slow_copies", t.copies[ruleSlow], "slow_wasted", t.inVain[ruleSlow],
+		"wasted_chunks", wasted, "slow_copies", t.copies[ruleSlow], "slow_wasted", t.inVain[ruleSlow],
 		"fill_copies", t.copies[ruleFill], "fill_wasted", t.inVain[ruleFill], "took", time.Since(t.began).Round(time.Millisecond))
 }
 
@@ -1008,21 +1011,15 @@ func (t *transfer) already(i int, rule copyRule) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.have[i] {
-		t.vain(rule)
+		t.inVain[rule]++
 	}
 	return t.have[i]
-}
-
-// vain counts a chunk received in vain by a request chosen by rule; call with t.mu held.
-func (t *transfer) vain(rule copyRule) {
-	t.wasted++
-	t.inVain[rule]++
 }
 
 func (t *transfer) stored(i int, rule copyRule) {
 	t.mu.Lock()
 	if t.have[i] {
-		t.vain(rule)
+		t.inVain[rule]++
 		t.mu.Unlock()
 		return
 	}

@@ -582,3 +582,23 @@ func TestThreatFetchDialBound(t *testing.T) {
 		t.Errorf("%d of %d bogus members dialled; want 1..%d (%d peers connected in all)", n, bogus, fetchDialPeers-1, fetchDialPeers)
 	}
 }
+
+// A chunk received whole after another copy was stored counts in vain under the rule of its request (logDone's
+// per-rule counts and their sum); one not yet stored does not.
+func TestAlreadyCountsByRule(t *testing.T) {
+	t.Parallel()
+	tr := testTransfer(t, 2)
+	tr.have[0] = true
+	for _, c := range []struct {
+		i    int
+		rule copyRule
+		want bool
+	}{{0, ruleSlow, true}, {0, ruleFill, true}, {0, ruleFill, true}, {1, ruleSlow, false}, {0, ruleFree, true}} {
+		if got := tr.already(c.i, c.rule); got != c.want {
+			t.Fatalf("already(%d, %v) = %v, want %v", c.i, c.rule, got, c.want)
+		}
+	}
+	if want := [rules]int{ruleFree: 1, ruleSlow: 1, ruleFill: 2}; tr.inVain != want {
+		t.Fatalf("inVain = %v, want %v", tr.inVain, want)
+	}
+}
