@@ -130,8 +130,8 @@ type countingHost struct {
 	t    *traffic
 	loss float64
 	run  *runInfo
-	// delay, if set, delays what this host writes on the streams it wraps (Config.PipeLatency).
-	delay time.Duration
+	// pipe delays what this host writes on the streams it wraps by run.delay (Config.PipeLatency).
+	pipe bool
 }
 
 // errNotListening is a dial before the bootstrap step (runInfo.open).
@@ -163,8 +163,8 @@ func (s *countingStream) Read(b []byte) (int, error) {
 }
 
 func (h *countingHost) wrap(s network.Stream) network.Stream {
-	if h.delay > 0 {
-		s = newDelayStream(s, h.delay)
+	if h.pipe {
+		s = newDelayStream(s, &h.run.delay)
 	}
 	return &countingStream{Stream: s, n: h.t.counter(s.Protocol())}
 }

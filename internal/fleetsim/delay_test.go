@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -54,7 +55,9 @@ func TestDelayStreamPipelines(t *testing.T) {
 				t.Fatal(err)
 			}
 			if tc.pipe {
-				s = newDelayStream(s, d)
+				var lat atomic.Int64
+				lat.Store(int64(d))
+				s = newDelayStream(s, &lat)
 			}
 			var want []byte
 			t0 := time.Now()
@@ -87,5 +90,59 @@ func TestDelayStreamPipelines(t *testing.T) {
 			}
 			t.Logf("%d messages of %d bytes, latency %v: all arrived after %v", msgs, size, d, took)
 		})
+	}
+}
+
+// stuckStream is a stream whose peer does not read: writes block until it is reset.
+type stuckStream struct {
+	network.Stream
+	reset chan struct{}
+}
+
+func (s *stuckStream) Write(p []byte) (int, error) {
+	<-s.reset
+	return 0, network.ErrReset
+}
+
+func (s *stuckStream) Reset() error {
+	close(s.reset)
+	return nil
+}
+
+// TestDelayStreamWindow: towards a peer that does not read, a writer may queue pipeWindow bytes and then waits,
+// so gossipsub's own bounded queue takes the backlog; a reset ends the wait with an error.
+func TestDelayStreamWindow(t *testing.T) {
+	t.Parallel()
+	var lat atomic.Int64
+	lat.Store(int64(time.Millisecond))
+	s := newDelayStream(&stuckStream{reset: make(chan struct{})}, &lat)
+	const size = 1 << 10
+	var written atomic.Int64
+	done := make(chan error, 1)
+	go func() {
+		for range 2 * pipeWindow / size {
+			if _, err := s.Write(make([]byte, size)); err != nil {
+				done <- err
+				return
+			}
+			written.Add(1)
+		}
+		done <- nil
+	}()
+	time.Sleep(200 * time.Millisecond)
+	// The window, plus the message the flush goroutine holds.
+	if n := written.Load(); n > pipeWindow/size+1 {
+		t.Errorf("%d messages of %d bytes queued towards a peer that does not read, want at most %d", n, size, pipeWindow/size+1)
+	}
+	if err := s.Reset(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Error("writes past the window succeeded after a reset")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a writer waiting on the window was not released by the reset")
 	}
 }
