@@ -30,7 +30,7 @@ type take struct {
 
 // tracer collects the members' events.
 type tracer struct {
-	t0    time.Time
+	t0    time.Time         // without a monotonic reading: events are timed on the wall clock, as seqs are (Run)
 	index map[peer.ID]int32 // every host of the run, joiners included: read only once members start
 	// added counts, per member, the original members (index < originals) that took a first record of it.
 	added     []atomic.Int32
@@ -43,7 +43,7 @@ type tracer struct {
 }
 
 func newTracer(t0 time.Time, ids []peer.ID, originals int) *tracer {
-	tr := &tracer{t0: t0, index: make(map[peer.ID]int32, len(ids)), added: make([]atomic.Int32, len(ids)),
+	tr := &tracer{t0: t0.Round(0), index: make(map[peer.ID]int32, len(ids)), added: make([]atomic.Int32, len(ids)),
 		originals: int32(originals), rounds: make([][]time.Duration, len(ids))}
 	for i, id := range ids {
 		tr.index[id] = int32(i)

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"io"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -62,6 +63,16 @@ func TestSpreadFollowsPaths(t *testing.T) {
 	}
 	if s.HopsDeliveryMean != 2 || s.DistMean != 1 || s.Shortest != 1.0/3 {
 		t.Errorf("per delivery %.2f hops, %.2f fewest, %.2f shortest; want 2, 1, 0.33", s.HopsDeliveryMean, s.DistMean, s.Shortest)
+	}
+}
+
+// TestTracerWallClock: the tracer times events on the wall clock, the clock of the records' seqs, so that a step
+// of the clock during a run does not shift the refreshes' selection and times (Run).
+func TestTracerWallClock(t *testing.T) {
+	t.Parallel()
+	tr := newTracer(time.Now(), nil, 0)
+	if !tr.t0.Equal(tr.t0.Round(0)) || strings.Contains(tr.t0.String(), "m=") {
+		t.Errorf("tracer's t0 %v has a monotonic reading", tr.t0)
 	}
 }
 
