@@ -130,6 +130,8 @@ type countingHost struct {
 	t    *traffic
 	loss float64
 	run  *runInfo
+	// pipe delays what this host writes on the streams it wraps by run.delay (Config.PipeLatency).
+	pipe bool
 }
 
 // errNotListening is a dial before the bootstrap step (runInfo.open).
@@ -161,6 +163,9 @@ func (s *countingStream) Read(b []byte) (int, error) {
 }
 
 func (h *countingHost) wrap(s network.Stream) network.Stream {
+	if h.pipe {
+		s = newDelayStream(s, &h.run.delay)
+	}
 	return &countingStream{Stream: s, n: h.t.counter(s.Protocol())}
 }
 

@@ -49,6 +49,17 @@ type Config struct {
 	DialAny bool
 	// Latency is each link's one-way delay. Mocknet streams lose nothing, as TCP turns a link's losses into delay.
 	Latency time.Duration
+	// PipeLatency applies Latency to the writes of the streams the members open and accept (delayStream), with
+	// the mocknet's links at zero latency: every message arrives Latency after it was written, however many are
+	// in flight. The mocknet's latency holds each write until it arrives (about two gossipsub RPCs per Latency
+	// on a stream), which at a latency of 100 ms or more makes records queue behind each other. libp2p's own
+	// streams (identify) then have no latency.
+	PipeLatency bool
+	// SteadyLatency, if set with PipeLatency, replaces Latency from full membership on: the overlay forms as
+	// with Latency, and the flight, the steady phase and the joins run over links of SteadyLatency. A latency
+	// well above this process's scheduling delay makes the first copy of a record the one that came the fewest
+	// hops (benchmarks.md, wave 10).
+	SteadyLatency time.Duration
 	// Loss is the probability that a gossip message is lost on its way to a member (lossyStream: the messages
 	// in gossipsub's RPCs are dropped, its control messages and the member pulls are not).
 	Loss float64
@@ -121,9 +132,12 @@ func (c Config) withDefaults() Config {
 type Result struct {
 	Nodes, Links, Classes int
 	// Dialled counts links made when a member dialled a member it was not linked to (Config.DialAny).
-	Dialled int
-	Latency time.Duration
-	Loss    float64
+	Dialled     int
+	Latency     time.Duration
+	PipeLatency bool
+	// SteadyLatency as Config's; Window the flight's (Config.Window).
+	SteadyLatency, Window time.Duration
+	Loss                  float64
 	// FullMembership: from the first bootstrap connection until every member lists every member.
 	FullMembership time.Duration
 	// MemberPublished and MemberAccepted are p2p.Node.MemberStats at full membership: records a member
@@ -198,13 +212,13 @@ type Result struct {
 }
 
 func (r Result) String() string {
-	return fmt.Sprintf("nodes=%d links=%d dialled=%d latency=%s full_membership=%.2fs rounds=%.1f rounds_max=%d "+
+	return fmt.Sprintf("nodes=%d links=%d dialled=%d latency=%s pipe=%t steady_latency=%s window=%s full_membership=%.2fs rounds=%.1f rounds_max=%d "+
 		"member_published=%.1f member_accepted=%.1f member_pulled=%.1f member_relayed=%.2f gossip_kib=%.1f sync_kib=%.1f "+
 		"gossip_bytes_per_publish=%.0f flight_gossip_kib=%.1f conns_mean=%.1f conns_max=%d heap_kib=%.0f "+
 		"goroutines=%.0f compiles=%v yielded=%d flight=%.2fs flight_msgs_sent=%.3f flight_msgs_received=%.2f "+
 		"verifies=%.1f verifies_computed=%d steady_pull_bytes_per_round=%.0f steady_in_sync=%.3f "+
 		"steady_gossip_bytes_per_s=%.0f steady_rounds=%.1f flight_at=%.1fs flight_records=%d flight_lag_max=%s",
-		r.Nodes, r.Links, r.Dialled, r.Latency, r.FullMembership.Seconds(), r.Rounds, r.RoundsMax, r.MemberPublished,
+		r.Nodes, r.Links, r.Dialled, r.Latency, r.PipeLatency, r.SteadyLatency, r.Window, r.FullMembership.Seconds(), r.Rounds, r.RoundsMax, r.MemberPublished,
 		r.MemberAccepted, r.MemberPulled, r.MemberRelayed, r.GossipBytes/1024, r.SyncBytes/1024, r.GossipPerPublish(),
 		r.FlightGossipBytes/1024, r.ConnsMean, r.ConnsMax, r.HeapPerNode/1024, r.GoroutinesPerNode, r.Compiles,
 		r.Yielded, r.FlightTime.Seconds(), r.FlightSent, r.FlightReceived, r.Verifies, r.VerifiesComputed,
@@ -270,7 +284,7 @@ func releaseFills(ctx context.Context, ms []*member) error {
 
 func Run(ctx context.Context, cfg Config) (Result, error) {
 	cfg = cfg.withDefaults()
-	res := Result{Nodes: cfg.Nodes, Classes: cfg.Classes, Latency: cfg.Latency, Loss: cfg.Loss, Compiles: map[string]int{}}
+	res := Result{Nodes: cfg.Nodes, Classes: cfg.Classes, Latency: cfg.Latency, PipeLatency: cfg.PipeLatency, SteadyLatency: cfg.SteadyLatency, Window: cfg.Window, Loss: cfg.Loss, Compiles: map[string]int{}}
 	res.Load[0] = loadAvg()
 	if cfg.Nodes < 2 {
 		return res, fmt.Errorf("fleetsim: %d nodes", cfg.Nodes)
@@ -290,12 +304,15 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	calls0, done0 := verifyCalls.Load(), verifyDone.Load()
 	mn := mocknet.New()
 	defer mn.Close()
-	mn.SetLinkDefaults(mocknet.LinkOptions{Latency: cfg.Latency})
+	if !cfg.PipeLatency {
+		mn.SetLinkDefaults(mocknet.LinkOptions{Latency: cfg.Latency})
+	}
 	// The members, then the Joins that come later: keys and links of the first ones come from the seed in the
 	// same order whether or not members join.
 	all := make([]*member, cfg.Nodes+cfg.Joins)
 	ms := all[:cfg.Nodes]
 	run := &runInfo{joiners: map[string]bool{}}
+	run.delay.Store(int64(cfg.Latency))
 	var linkMu sync.Mutex
 	var dialled atomic.Int64
 	var edges [][2]int
@@ -330,7 +347,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 				return res, err
 			}
 			all[i] = &member{id: h.ID(), class: fmt.Sprintf("class-%c", 'a'+i%cfg.Classes)}
-			all[i].host = &countingHost{Host: h, t: &all[i].traffic, loss: cfg.Loss, run: run}
+			all[i].host = &countingHost{Host: h, t: &all[i].traffic, loss: cfg.Loss, run: run, pipe: cfg.PipeLatency}
 		}
 		for i := part[0]; i < part[1]; i++ {
 			for j := max(0, i-cfg.Bootstrap); j < i; j++ {
@@ -380,7 +397,10 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	}
 
 	// Start every member (as daemons would, before they dial their static peers).
-	tStart := time.Now()
+	// Times since tStart are read on the wall clock (Round(0) drops the monotonic reading): a record's seq is
+	// its wall-clock signing time, which the hops compare with them, and a step of the clock (one of about 20 s
+	// in wave 10's 1,000-member run) must move both alike.
+	tStart := time.Now().Round(0)
 	tr := newTracer(tStart, ids, cfg.Nodes)
 	defer closeAll(all, max(cfg.Parallel, 64))
 	startNode := func(i int) error {
@@ -463,6 +483,9 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		return res, fmt.Errorf("%w: membership: %d of %d members do not list all", err, short, cfg.Nodes)
 	}
 	res.FullMembership = time.Since(t0)
+	if cfg.PipeLatency && cfg.SteadyLatency > 0 {
+		run.delay.Store(int64(cfg.SteadyLatency))
+	}
 	res.Dialled = int(dialled.Load())
 	res.Load[1] = loadAvg()
 	var published, msgs int64
@@ -608,7 +631,8 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		bl[[2]int32{int32(min(e[0], e[1])), int32(max(e[0], e[1]))}] = true
 	}
 	boot := func(a, b int32) bool { return bl[[2]int32{min(a, b), max(a, b)}] }
-	res.Overlay = overlay(ms, boot)
+	var fewest func(a, b int32) int
+	res.Overlay, fewest = overlay(ms, boot)
 	var joinAt []time.Duration
 	var joinErr error
 	if cfg.Joins > 0 {
@@ -626,10 +650,10 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	// The hops: from one snapshot of the trace after the run (sorting it takes seconds at 1,000 members).
 	p := tr.paths()
 	n := int32(cfg.Nodes)
-	res.Bootstrap = p.spread(p.firsts(n, func(o int32) bool { return o < n }, func(int32) time.Duration { return t0.Sub(tStart) }), boot)
+	res.Bootstrap = p.spread(p.firsts(n, func(o int32) bool { return o < n }, func(int32) time.Duration { return t0.Sub(tStart) }), boot, nil)
 	// A refresh signed in the last 2 s of the steady phase may not have spread when it ended (without joins after).
-	res.Refreshes = p.spread(p.refreshes(n, tStart, steadyFrom, steadyTo-2*time.Second), boot)
-	res.Joins = p.spread(p.firsts(n, func(o int32) bool { return o >= n }, func(o int32) time.Duration { return joinAt[o-n] }), boot)
+	res.Refreshes = p.spread(p.refreshes(n, tStart, steadyFrom, steadyTo-2*time.Second), boot, fewest)
+	res.Joins = p.spread(p.firsts(n, func(o int32) bool { return o >= n }, func(o int32) time.Duration { return joinAt[o-n] }), boot, nil)
 	return res, joinErr
 }
 

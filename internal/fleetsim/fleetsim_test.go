@@ -97,6 +97,9 @@ func TestScale(t *testing.T) {
 		return f
 	}
 	latency := dur("FLEETSIM_LATENCY", 5*time.Millisecond)
+	pipe := os.Getenv("FLEETSIM_PIPE") == "1"          // Latency on the members' streams, not the mocknet's (Config.PipeLatency)
+	steadyLatency := dur("FLEETSIM_STEADY_LATENCY", 0) // from full membership on (with FLEETSIM_PIPE=1)
+	window := dur("FLEETSIM_WINDOW", 0)                // the flight's W (default 1 s): above the delivery delay
 	phase := dur("FLEETSIM_TIMEOUT", 10*time.Minute)
 	refresh := dur("FLEETSIM_REFRESH", 0)            // MemberRefresh (default the node's, 30 s)
 	steady := dur("FLEETSIM_STEADY", 15*time.Second) // complete tables: their pulls and refreshes
@@ -112,8 +115,14 @@ func TestScale(t *testing.T) {
 		if err != nil || n < 2 {
 			t.Fatalf("FLEETSIM_NODES: %q", s)
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
-		res, err := Run(ctx, Config{Nodes: n, Latency: latency, Timeout: phase, Seed: 1, MemberRefresh: refresh,
+		// The run's phases until go test's own -timeout, less 5 min to report and close what it started (the hops
+		// are computed after the joins: minutes at 1,000 members).
+		until := time.Now().Add(30 * time.Minute)
+		if d, ok := t.Deadline(); ok {
+			until = d.Add(-5 * time.Minute)
+		}
+		ctx, cancel := context.WithDeadline(context.Background(), until)
+		res, err := Run(ctx, Config{Nodes: n, Latency: latency, PipeLatency: pipe, SteadyLatency: steadyLatency, Window: window, Timeout: phase, Seed: 1, MemberRefresh: refresh,
 			Steady: steady, Idle: idle, Loss: loss, Joins: joins, JoinGap: gap, DialAny: dialAny, Bootstrap: bootstrap,
 			LateFill: lateFill,
 			Progress: func(phase string, r Result) { t.Logf("%s: %s", phase, r) },

@@ -24,8 +24,10 @@ func (o Overlay) String() string {
 		o.Diameter, o.MeanDist, o.Chords, o.ChordMedian, o.ChordsPastTen, o.DegreeMax)
 }
 
-// overlay measures the connections among ms (members 0..n-1); boot says whether i-j is a bootstrap link.
-func overlay(ms []*member, boot func(a, b int32) bool) Overlay {
+// overlay measures the connections among ms (members 0..n-1); boot says whether i-j is a bootstrap link. It
+// also returns the hops between two members over the connections (-1: not connected), to compare a delivery's
+// hops with its shortest path (Spread.DistMean).
+func overlay(ms []*member, boot func(a, b int32) bool) (Overlay, func(a, b int32) int) {
 	n := len(ms)
 	idx := make(map[peer.ID]int, n)
 	for i, m := range ms {
@@ -60,9 +62,10 @@ func overlay(ms []*member, boot func(a, b int32) bool) Overlay {
 		o.ChordsPastTen /= float64(len(dists))
 	}
 	var sum, pairs float64
-	dist := make([]int, n)
+	all := make([]int16, n*n) // 2 MB at 1,000 members
 	queue := make([]int, 0, n)
 	for s := range n {
+		dist := all[s*n : (s+1)*n]
 		for i := range dist {
 			dist[i] = -1
 		}
@@ -81,12 +84,17 @@ func overlay(ms []*member, boot func(a, b int32) bool) Overlay {
 			if d > 0 {
 				sum += float64(d)
 				pairs++
-				o.Diameter = max(o.Diameter, d)
+				o.Diameter = max(o.Diameter, int(d))
 			}
 		}
 	}
 	if pairs > 0 {
 		o.MeanDist = sum / pairs
 	}
-	return o
+	return o, func(a, b int32) int {
+		if a < 0 || b < 0 || int(a) >= n || int(b) >= n {
+			return -1
+		}
+		return int(all[int(a)*n+int(b)])
+	}
 }

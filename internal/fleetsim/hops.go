@@ -30,7 +30,7 @@ type take struct {
 
 // tracer collects the members' events.
 type tracer struct {
-	t0    time.Time
+	t0    time.Time         // without a monotonic reading: events are timed on the wall clock, as seqs are (Run)
 	index map[peer.ID]int32 // every host of the run, joiners included: read only once members start
 	// added counts, per member, the original members (index < originals) that took a first record of it.
 	added     []atomic.Int32
@@ -43,7 +43,7 @@ type tracer struct {
 }
 
 func newTracer(t0 time.Time, ids []peer.ID, originals int) *tracer {
-	tr := &tracer{t0: t0, index: make(map[peer.ID]int32, len(ids)), added: make([]atomic.Int32, len(ids)),
+	tr := &tracer{t0: t0.Round(0), index: make(map[peer.ID]int32, len(ids)), added: make([]atomic.Int32, len(ids)),
 		originals: int32(originals), rounds: make([][]time.Duration, len(ids))}
 	for i, id := range ids {
 		tr.index[id] = int32(i)
@@ -96,6 +96,11 @@ type Spread struct {
 	// bootstrap ring has a diameter that grows with N.
 	OverBootstrap float64
 	HopsHist      []int // deliveries by hop count
+	// DistMean is the mean, over the deliveries, of the fewest hops between the record's member and the receiver
+	// over the connections at the end of the steady phase (refreshes only; Overlay); Shortest the share of
+	// deliveries that took that few. A first copy that came the long way (the one process late on the short
+	// path, or a mesh without the short path's connections) makes HopsDeliveryMean larger than DistMean.
+	DistMean, Shortest float64
 }
 
 // Dist is a distribution over records.
@@ -119,9 +124,9 @@ func (d Dist) String() string {
 
 func (s Spread) String() string {
 	return fmt.Sprintf("records=%d complete=%d deliveries=%d unknown=%d hops(max/p99/mean)=%v pull_hops=%v rounds=%v "+
-		"seconds=%v hops_per_delivery=%.2f via_gossip=%d via_relay=%d via_pull=%d gossip_over_bootstrap_links=%.2f hops_hist=%v",
+		"seconds=%v hops_per_delivery=%.2f dist_per_delivery=%.2f shortest=%.2f via_gossip=%d via_relay=%d via_pull=%d gossip_over_bootstrap_links=%.2f hops_hist=%v",
 		s.Records, s.Complete, s.Deliveries, s.Unknown, s.Hops, s.PullHops, s.Rounds, s.Seconds, s.HopsDeliveryMean,
-		s.ViaGossip, s.ViaRelay, s.ViaPull, s.OverBootstrap, s.HopsHist)
+		s.DistMean, s.Shortest, s.ViaGossip, s.ViaRelay, s.ViaPull, s.OverBootstrap, s.HopsHist)
 }
 
 // paths follows deliveries back to the records' members.
@@ -276,10 +281,12 @@ func (p *paths) refreshes(originals int32, t0 time.Time, from, to time.Duration)
 	return out
 }
 
-// spread measures records; bootstrap tells whether two members are on each other's bootstrap list.
-func (p *paths) spread(records []record, bootstrap func(a, b int32) bool) Spread {
+// spread measures records; bootstrap tells whether two members are on each other's bootstrap list; dist, if
+// set, gives the fewest hops between two members (Spread.DistMean).
+func (p *paths) spread(records []record, bootstrap func(a, b int32) bool, fewest func(a, b int32) int) Spread {
 	var s Spread
 	over := 0
+	var distSum, distN, shortest int
 	var hops, pulls, rounds, secs []float64
 	var hopSum int
 	for _, r := range records {
@@ -308,6 +315,14 @@ func (p *paths) spread(records []record, bootstrap func(a, b int32) bool) Spread
 				continue
 			}
 			hopSum += h
+			if fewest != nil {
+				if d := fewest(t.owner, t.recv); d > 0 {
+					distSum, distN = distSum+d, distN+1
+					if h == d {
+						shortest++
+					}
+				}
+			}
 			for len(s.HopsHist) <= h {
 				s.HopsHist = append(s.HopsHist, 0)
 			}
@@ -327,6 +342,9 @@ func (p *paths) spread(records []record, bootstrap func(a, b int32) bool) Spread
 	s.Hops, s.PullHops, s.Rounds, s.Seconds = dist(hops), dist(pulls), dist(rounds), dist(secs)
 	if s.ViaGossip > 0 {
 		s.OverBootstrap = float64(over) / float64(s.ViaGossip)
+	}
+	if distN > 0 {
+		s.DistMean, s.Shortest = float64(distSum)/float64(distN), float64(shortest)/float64(distN)
 	}
 	if known := s.Deliveries - s.Unknown; known > 0 {
 		s.HopsDeliveryMean = float64(hopSum) / float64(known)

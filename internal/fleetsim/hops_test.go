@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"io"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -43,7 +44,7 @@ func TestSpreadFollowsPaths(t *testing.T) {
 	p := tr.paths()
 	none := func(a, b int32) bool { return false }
 	start := func(int32) time.Duration { return -1 } // before every event, however coarse the clock
-	s := p.spread(p.firsts(4, func(o int32) bool { return o < 4 }, start), none)
+	s := p.spread(p.firsts(4, func(o int32) bool { return o < 4 }, start), none, nil)
 	if s.Records != 2 || s.Complete != 1 || s.Deliveries != 4 || s.Unknown != 1 {
 		t.Fatalf("spread %+v: want 2 records, 1 complete, 4 deliveries, 1 unknown", s)
 	}
@@ -54,8 +55,24 @@ func TestSpreadFollowsPaths(t *testing.T) {
 		t.Errorf("hops histogram %v, want %v", s.HopsHist, want)
 	}
 	ring := func(a, b int32) bool { return a+b == 1 } // only m0-m1 is a bootstrap link
-	if s := p.spread(p.firsts(4, func(o int32) bool { return o == 0 }, start), ring); s.OverBootstrap != 0.5 {
+	// Every member one hop from every other: m0's record took 1, 2 and 3 hops, the fewest only to m1.
+	adjacent := func(a, b int32) int { return 1 }
+	s = p.spread(p.firsts(4, func(o int32) bool { return o == 0 }, start), ring, adjacent)
+	if s.OverBootstrap != 0.5 {
 		t.Errorf("gossip over bootstrap links %.2f, want 0.5", s.OverBootstrap)
+	}
+	if s.HopsDeliveryMean != 2 || s.DistMean != 1 || s.Shortest != 1.0/3 {
+		t.Errorf("per delivery %.2f hops, %.2f fewest, %.2f shortest; want 2, 1, 0.33", s.HopsDeliveryMean, s.DistMean, s.Shortest)
+	}
+}
+
+// TestTracerWallClock: the tracer times events on the wall clock, the clock of the records' seqs, so that a step
+// of the clock during a run does not shift the refreshes' selection and times (Run).
+func TestTracerWallClock(t *testing.T) {
+	t.Parallel()
+	tr := newTracer(time.Now(), nil, 0)
+	if !tr.t0.Equal(tr.t0.Round(0)) || strings.Contains(tr.t0.String(), "m=") {
+		t.Errorf("tracer's t0 %v has a monotonic reading", tr.t0)
 	}
 }
 

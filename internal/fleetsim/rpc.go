@@ -41,6 +41,7 @@ type runInfo struct {
 	joiners map[string]bool
 	link    func(a, b peer.ID) error
 	open    atomic.Bool
+	delay   atomic.Int64 // the streams' latency in nanoseconds (Config.PipeLatency)
 }
 
 func newRPCStream(s network.Stream, p float64, t *traffic, run *runInfo) *rpcStream {
