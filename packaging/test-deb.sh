@@ -13,6 +13,12 @@ field() { dpkg-deb --field "$deb" "$1"; }
 [ "$(field Package)" = npu-agent ] || fail "Package is $(field Package)"
 [ "$(field Architecture)" = amd64 ] || fail "Architecture is $(field Architecture)"
 [[ $(field Version) =~ ^[0-9][A-Za-z0-9.+~-]*$ ]] || fail "Version $(field Version) is not a Debian version"
+# An untagged build carries its commit time, so that dpkg orders two builds of one day (version.sh).
+if [[ $(field Version) == 0.0.0+git* ]]; then
+	[[ $(field Version) =~ ^0\.0\.0\+git[0-9]{14}\.[0-9a-f]+$ ]] || fail "untagged Version $(field Version) lacks the commit time"
+	dpkg --compare-versions "0.0.0+git20261204093000.fffffff" lt "0.0.0+git20261204180000.0000000" ||
+		fail "dpkg does not order two builds of one day by time"
+fi
 [ -n "$(field Description)" ] || fail "no Description"
 
 # Every file with its mode and owner; nothing else in the package.
