@@ -356,6 +356,9 @@ type transfer struct {
 	dups         int        // requests for a chunk another request was fetching already
 	copies       [rules]int // chunks requested again, by the rule that chose them (ruleFree unused)
 	inVain       [rules]int // chunks received whole after another copy was stored, by the rule of their request
+	broadcasts   int        // wakeAll calls
+	wakeups      int        // a waiting worker woken (next)
+	idleWakeups  int        // of them, woken to find nothing to do
 }
 
 // copyRule is why pick chose a chunk: free (no request was fetching it), or a copy of one in flight because that
@@ -445,7 +448,7 @@ func (t *transfer) addPeers(ps []peer.ID) {
 func (t *transfer) run() error {
 	stop := context.AfterFunc(t.ctx, func() {
 		t.mu.Lock()
-		t.cond.Broadcast()
+		t.wakeAll()
 		t.mu.Unlock()
 	})
 	defer stop()
@@ -482,7 +485,7 @@ func (t *transfer) watchdog() {
 			quiet := min(idle, time.Since(t.lastHave))
 			orphan := t.orphan()
 			t.expireArriving(time.Now())
-			t.cond.Broadcast() // choices that depend on time (slow requests, shares' firsts) are made again
+			t.wakeAll() // choices that depend on time (slow requests, shares' firsts) are made again
 			t.mu.Unlock()
 			if idle > t.p.stallTimeout {
 				t.cancel(fmt.Errorf("%w for %s", ErrStalled, idle.Round(time.Second)))
@@ -625,7 +628,7 @@ func (t *transfer) setHaveFrom(fp *fpeer, have []bool, found bool) {
 		}
 	}
 	fp.have, fp.held = have, held
-	t.cond.Broadcast()
+	t.wakeAll()
 }
 
 // worker requests ranges from fp one after the other over one stream, kept while requests succeed so that
@@ -687,6 +690,7 @@ func (t *transfer) isSeedLike(fp *fpeer) bool {
 func (t *transfer) next(fp *fpeer, block bool) (r chunkRange, rule copyRule, ok, wait bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	woken := false
 	for {
 		if t.ctx.Err() != nil || t.missing == 0 || fp.dropped {
 			return chunkRange{}, ruleFree, false, false
@@ -701,16 +705,33 @@ func (t *transfer) next(fp *fpeer, block bool) (r chunkRange, rule copyRule, ok,
 			}
 			return chunkRange{}, ruleFree, false, true
 		}
+		if woken {
+			t.wakeups++
+		}
 		if len(fp.inflight) > 0 && t.seedLike(fp) {
+			if woken {
+				t.idleWakeups++
+			}
 			t.cond.Wait()
+			woken = true
 			continue
 		}
 		if r, rule, ok := t.pick(fp); ok {
 			t.mark(fp, r, rule)
 			return r, rule, true, false
 		}
+		if woken {
+			t.idleWakeups++
+		}
 		t.cond.Wait()
+		woken = true
 	}
+}
+
+// wakeAll wakes every waiting worker; call with t.mu held.
+func (t *transfer) wakeAll() {
+	t.broadcasts++
+	t.cond.Broadcast()
 }
 
 // mark records r, chosen by rule, as in flight from fp.
@@ -929,7 +950,7 @@ func (t *transfer) release(fp *fpeer, r chunkRange) {
 		t.requested--
 		delete(fp.inflight, int(i))
 	}
-	t.cond.Broadcast()
+	t.wakeAll()
 }
 
 // errBadChunk marks a chunk that failed verification: the sending peer is dropped.
@@ -1002,7 +1023,7 @@ func (t *transfer) logDone() {
 	}
 	t.n.log.Info(transferDoneMsg, "blob", t.blob, "chunks", t.fetched, "duplicate_requests", t.dups,
 		"wasted_chunks", wasted, "slow_copies", t.copies[ruleSlow], "slow_wasted", t.inVain[ruleSlow],
-		"fill_copies", t.copies[ruleFill], "fill_wasted", t.inVain[ruleFill], "took", time.Since(t.began).Round(time.Millisecond))
+		"fill_copies", t.copies[ruleFill], "fill_wasted", t.inVain[ruleFill], "broadcasts", t.broadcasts, "wakeups", t.wakeups, "idle_wakeups", t.idleWakeups, "took", time.Since(t.began).Round(time.Millisecond))
 }
 
 // already reports whether chunk i, just received whole by a request chosen by rule, was stored from another copy
@@ -1028,7 +1049,7 @@ func (t *transfer) stored(i int, rule copyRule) {
 	t.done += int64(t.m.ChunkLen(i))
 	t.lastProgress = time.Now()
 	done := t.done
-	t.cond.Broadcast()
+	t.wakeAll()
 	t.mu.Unlock()
 	t.n.srv.haves.publish(t.blob, i) // push it to the peers watching this blob
 	t.report(done)
@@ -1095,5 +1116,5 @@ func (t *transfer) failed(fp *fpeer, err error) {
 	if t.live--; t.live == 0 {
 		t.cancel(fmt.Errorf("%w: every peer failed, last %s: %w", ErrNoPeers, fp.id, err))
 	}
-	t.cond.Broadcast()
+	t.wakeAll()
 }

@@ -287,7 +287,7 @@ func (t *transfer) addArriving(fp *fpeer, idx []int) bool {
 		t.avail[i]++
 		t.lastHave = now
 	}
-	t.cond.Broadcast()
+	t.wakeAll()
 	return true
 }
 

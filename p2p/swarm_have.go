@@ -447,6 +447,6 @@ func (t *transfer) addHave(fp *fpeer, idx []int) bool {
 		fp.have[i] = true
 		fp.held++
 	}
-	t.cond.Broadcast()
+	t.wakeAll()
 	return true
 }
