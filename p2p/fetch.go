@@ -331,7 +331,7 @@ type transfer struct {
 	wg     sync.WaitGroup
 
 	mu           sync.Mutex
-	cond         *sync.Cond    // signalled on every state change a waiting worker may care about
+	cond         *sync.Cond    // run waits on it for the end (wakeAll); workers wait on their peer's wake
 	have         []bool        // chunk is stored
 	assigned     []uint8       // requests in flight for the chunk
 	since        []time.Time   // when the chunk's oldest request in flight started
@@ -388,6 +388,8 @@ type fpeer struct {
 	// refused[i]: until when chunk i is not asked of fp, a full holder that answered NO_CHUNK because the chunk
 	// has left it for another receiver while others have not (swarm_served.go); nil until the first refusal.
 	refused []time.Time
+	// wake: fp's workers wait on it (on t.mu) when they have nothing to ask fp for; nil until one first waits.
+	wake *sync.Cond
 }
 
 // refuseBackoff is how long a chunk a full holder refused is not asked of it again: its HAVE from the receiver it
@@ -473,7 +475,7 @@ func (t *transfer) run() error {
 
 // watchdog fails the transfer when no chunk has arrived for stallTimeout, and wakes the waiting workers every tick.
 func (t *transfer) watchdog() {
-	tick := time.NewTicker(min(time.Second, t.p.stallTimeout/4))
+	tick := time.NewTicker(min(wakeEvery, t.p.stallTimeout/4))
 	defer tick.Stop()
 	for {
 		select {
@@ -485,7 +487,9 @@ func (t *transfer) watchdog() {
 			quiet := min(idle, time.Since(t.lastHave))
 			orphan := t.orphan()
 			t.expireArriving(time.Now())
-			t.wakeAll() // choices that depend on time (slow requests, shares' firsts) are made again
+			// Choices that depend on time (slow requests, refusals' backoff, startGrace, expired claims) are made
+			// again; also the safety net of the targeted wake-ups.
+			t.wakeAll()
 			t.mu.Unlock()
 			if idle > t.p.stallTimeout {
 				t.cancel(fmt.Errorf("%w for %s", ErrStalled, idle.Round(time.Second)))
@@ -628,7 +632,7 @@ func (t *transfer) setHaveFrom(fp *fpeer, have []bool, found bool) {
 		}
 	}
 	fp.have, fp.held = have, held
-	t.wakeAll()
+	t.wakeAll() // a whole bitmap: once per watch, or a peer not fetching yet every haveRefresh
 }
 
 // worker requests ranges from fp one after the other over one stream, kept while requests succeed so that
@@ -708,30 +712,71 @@ func (t *transfer) next(fp *fpeer, block bool) (r chunkRange, rule copyRule, ok,
 		if woken {
 			t.wakeups++
 		}
-		if len(fp.inflight) > 0 && t.seedLike(fp) {
-			if woken {
-				t.idleWakeups++
+		if !(len(fp.inflight) > 0 && t.seedLike(fp)) {
+			if r, rule, ok := t.pick(fp); ok {
+				t.mark(fp, r, rule)
+				return r, rule, true, false
 			}
-			t.cond.Wait()
-			woken = true
-			continue
-		}
-		if r, rule, ok := t.pick(fp); ok {
-			t.mark(fp, r, rule)
-			return r, rule, true, false
 		}
 		if woken {
 			t.idleWakeups++
 		}
-		t.cond.Wait()
+		if fp.wake == nil {
+			fp.wake = sync.NewCond(&t.mu)
+		}
+		fp.wake.Wait()
 		woken = true
 	}
 }
 
-// wakeAll wakes every waiting worker; call with t.mu held.
+// Waking workers (docs/design.md 6.8 "Waking"). A worker with nothing to ask its peer for waits on the peer's
+// cond. An event wakes only the workers it may give something to do: at 24 hosts a receiver has ~50 workers and
+// gets ~45 announcements per chunk, and waking all of them on each (one broadcast) cost ~2,000 goroutine wake-ups
+// per chunk that found nothing. Call these with t.mu held.
+
+// wakeAll wakes every waiting worker and run: for events that change what any worker may do (a chunk free
+// again, a peer dropped or changing class, the end game, the end, the periodic wake for choices that depend on
+// time).
 func (t *transfer) wakeAll() {
 	t.broadcasts++
 	t.cond.Broadcast()
+	for _, fp := range t.peers {
+		t.wakePeer(fp)
+	}
+}
+
+// wakePeer wakes fp's waiting workers: fp announced chunks, or one of its requests ended.
+func (t *transfer) wakePeer(fp *fpeer) {
+	if fp.wake != nil {
+		fp.wake.Broadcast()
+	}
+}
+
+// wakeWhole wakes the workers of peers holding the whole blob: a chunk that only they held (or nobody known
+// held) has a partial holder now or is stored, so seedOnlyLeft may have turned false, which lets a seed-like peer
+// serve the rarest like any peer (pick).
+func (t *transfer) wakeWhole() {
+	n := len(t.have)
+	for _, fp := range t.peers {
+		if fp.held == n {
+			t.wakePeer(fp)
+		}
+	}
+}
+
+// wakeAnnounced wakes after fp announced chunks (HAVE_ADD, ARRIVING): fp's workers; everyone if fp has become a
+// full holder (it leaves the fetchers, and may end another full holder's seed-like gate); full holders' workers
+// if one of the chunks had no partial holder before (seedOnly, as wakeWhole). full: fullHolders before.
+func (t *transfer) wakeAnnounced(fp *fpeer, full int, seedOnly bool) {
+	switch {
+	case fp.held == len(t.have) && t.fullHolders() > full:
+		t.wakeAll()
+	case seedOnly:
+		t.wakeWhole()
+		t.wakePeer(fp)
+	default:
+		t.wakePeer(fp)
+	}
 }
 
 // mark records r, chosen by rule, as in flight from fp.
@@ -749,6 +794,9 @@ func (t *transfer) mark(fp *fpeer, r chunkRange, rule copyRule) {
 		t.assigned[i]++
 		t.requested++
 		fp.inflight[int(i)] = true
+	}
+	if t.requested < endGameFill {
+		t.wakeAll() // this may have taken the last free chunk: other workers may copy one (endGameFill)
 	}
 }
 
@@ -776,6 +824,9 @@ func (t *transfer) seedLike(fp *fpeer) bool {
 	}
 	return false
 }
+
+// wakeEvery: how often the watchdog wakes every waiting worker.
+const wakeEvery = 250 * time.Millisecond
 
 // startGrace: how long after a transfer starts a peer that does not have the blob yet counts as a receiver about
 // to fetch it (seedLike): a fleet's receivers start their fetches within a few hundred milliseconds of each other.
@@ -941,16 +992,23 @@ func (t *transfer) timed(d time.Duration) {
 	}
 }
 
-// release ends r's assignment to fp and wakes workers that may now pick its unfetched chunks.
+// release ends r's assignment to fp and wakes the workers that may now act: fp's (its seed-like gate), and
+// everyone's when a chunk of r is free again (the request failed) or the end game may copy (endGameFill).
 func (t *transfer) release(fp *fpeer, r chunkRange) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	freed := false
 	for i := r.First; i < r.First+r.Count; i++ {
 		t.assigned[i]--
 		t.requested--
 		delete(fp.inflight, int(i))
+		freed = freed || (!t.have[i] && t.assigned[i] == 0)
 	}
-	t.wakeAll()
+	if freed || t.requested < endGameFill {
+		t.wakeAll()
+		return
+	}
+	t.wakePeer(fp)
 }
 
 // errBadChunk marks a chunk that failed verification: the sending peer is dropped.
@@ -1049,7 +1107,12 @@ func (t *transfer) stored(i int, rule copyRule) {
 	t.done += int64(t.m.ChunkLen(i))
 	t.lastProgress = time.Now()
 	done := t.done
-	t.wakeAll()
+	switch {
+	case t.missing == 0:
+		t.wakeAll() // the end: run and every worker return
+	case int(t.avail[i]) <= t.fullHolders():
+		t.wakeWhole() // a chunk no partial peer held is stored
+	}
 	t.mu.Unlock()
 	t.n.srv.haves.publish(t.blob, i) // push it to the peers watching this blob
 	t.report(done)

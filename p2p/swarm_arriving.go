@@ -275,6 +275,7 @@ func (t *transfer) addArriving(fp *fpeer, idx []int) bool {
 		return !fp.dropped
 	}
 	now := time.Now()
+	full, seedOnly := t.fullHolders(), false
 	for _, i := range idx {
 		if fp.has(i) || fp.arrN >= maxArrivingPeer {
 			continue
@@ -282,12 +283,13 @@ func (t *transfer) addArriving(fp *fpeer, idx []int) bool {
 		if fp.arr == nil {
 			fp.arr = make([]time.Time, len(t.have))
 		}
+		seedOnly = seedOnly || (!t.have[i] && int(t.avail[i]) <= full)
 		fp.arr[i] = now
 		fp.arrN++
 		t.avail[i]++
 		t.lastHave = now
 	}
-	t.wakeAll()
+	t.wakeAnnounced(fp, full, seedOnly)
 	return true
 }
 

@@ -433,6 +433,7 @@ func (t *transfer) addHave(fp *fpeer, idx []int) bool {
 	if fp.dropped || fp.have == nil {
 		return !fp.dropped
 	}
+	full, seedOnly := t.fullHolders(), false
 	for _, i := range idx {
 		if fp.have[i] {
 			continue
@@ -441,12 +442,13 @@ func (t *transfer) addHave(fp *fpeer, idx []int) bool {
 			fp.arr[i] = time.Time{}
 			fp.arrN--
 		} else {
+			seedOnly = seedOnly || (!t.have[i] && int(t.avail[i]) <= full)
 			t.avail[i]++
 			t.lastHave = time.Now()
 		}
 		fp.have[i] = true
 		fp.held++
 	}
-	t.wakeAll()
+	t.wakeAnnounced(fp, full, seedOnly)
 	return true
 }
