@@ -475,7 +475,7 @@ func (t *transfer) run() error {
 
 // watchdog fails the transfer when no chunk has arrived for stallTimeout, and wakes the waiting workers every tick.
 func (t *transfer) watchdog() {
-	tick := time.NewTicker(min(wakeEvery, t.p.stallTimeout/4))
+	tick := time.NewTicker(min(time.Second, t.p.stallTimeout/4))
 	defer tick.Stop()
 	for {
 		select {
@@ -764,17 +764,26 @@ func (t *transfer) wakeWhole() {
 	}
 }
 
-// wakeAnnounced wakes after fp announced chunks (HAVE_ADD, ARRIVING): fp's workers; everyone if fp has become a
-// full holder (it leaves the fetchers, and may end another full holder's seed-like gate); full holders' workers
-// if one of the chunks had no partial holder before (seedOnly, as wakeWhole). full: fullHolders before.
-func (t *transfer) wakeAnnounced(fp *fpeer, full int, seedOnly bool) {
-	switch {
-	case fp.held == len(t.have) && t.fullHolders() > full:
+// announced is what fp's announcement of chunk i, which fp did not serve before, may give workers to do: fp's
+// (useful: the chunk is free, or may be copied in the end game) and full holders' (seedOnly: no partial holder
+// had it, wakeWhole). full is fullHolders before the announcement; call before counting i in avail.
+func (t *transfer) announced(i, full int, useful, seedOnly *bool) {
+	*useful = *useful || (!t.have[i] && (t.assigned[i] == 0 || t.requested < endGameFill))
+	*seedOnly = *seedOnly || (!t.have[i] && int(t.avail[i]) <= full)
+}
+
+// wakeAnnounced wakes after fp announced chunks (HAVE_ADD, ARRIVING; announced): everyone if fp has become a full
+// holder (it leaves the fetchers, and may end another full holder's seed-like gate); else fp's workers if useful,
+// full holders' if seedOnly. At 24 hosts most announcements are of chunks already requested or stored here.
+func (t *transfer) wakeAnnounced(fp *fpeer, full int, useful, seedOnly bool) {
+	if fp.held == len(t.have) && t.fullHolders() > full {
 		t.wakeAll()
-	case seedOnly:
+		return
+	}
+	if seedOnly {
 		t.wakeWhole()
-		t.wakePeer(fp)
-	default:
+	}
+	if useful {
 		t.wakePeer(fp)
 	}
 }
@@ -824,9 +833,6 @@ func (t *transfer) seedLike(fp *fpeer) bool {
 	}
 	return false
 }
-
-// wakeEvery: how often the watchdog wakes every waiting worker.
-const wakeEvery = 250 * time.Millisecond
 
 // startGrace: how long after a transfer starts a peer that does not have the blob yet counts as a receiver about
 // to fetch it (seedLike): a fleet's receivers start their fetches within a few hundred milliseconds of each other.

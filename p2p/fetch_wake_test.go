@@ -50,6 +50,22 @@ func TestWakeTargeted(t *testing.T) {
 			tr.addTestPeer("o", 3)
 			return p, func() { tr.addArriving(q, []int{3}) }
 		}, nil},
+		{"own HAVE_ADD of a chunk requested from another peer", func(tr *transfer) (*fpeer, func()) {
+			p := tr.addTestPeer("p", none)
+			q := tr.addTestPeer("q", 3, 4, 5, 6, 7)
+			tr.mark(q, chunkRange{First: 3, Count: 5}, ruleFree)
+			return p, func() { tr.addHave(p, []int{3}) }
+		}, nil},
+		{"own HAVE_ADD of a chunk requested from another peer, end game", func(tr *transfer) (*fpeer, func()) {
+			for i := 3; i < n; i++ {
+				tr.have[i] = true
+				tr.missing--
+			}
+			p := tr.addTestPeer("p", none)
+			q := tr.addTestPeer("q", 0, 1, 2)
+			tr.mark(q, chunkRange{First: 0, Count: 3}, ruleFree) // every missing chunk, fewer than endGameFill
+			return p, func() { tr.addHave(p, []int{1}) }
+		}, []int{1}},
 		{"another peer's request fails: its chunk is free", func(tr *transfer) (*fpeer, func()) {
 			p := tr.addTestPeer("p", 3)
 			q := tr.addTestPeer("q", 3, 4, 5, 6, 7)
