@@ -236,7 +236,7 @@ func (a *NPUAgent) seedNotes() string {
 	// Counts each receiver logs with transferDoneMsg, summed over the receivers; the per-rule ones only over those
 	// that logged them (binaries before them log the first two).
 	counts := []string{"duplicate_requests", "wasted_chunks", "slow_copies", "slow_wasted", "fill_copies", "fill_wasted",
-		"chunks", "broadcasts", "wakeups", "idle_wakeups"}
+		"chunks", "wakeups", "idle_wakeups"}
 	sum := make([]int, len(counts))
 	logged := make([]int, len(counts)) // receivers that logged each count
 	var took []time.Duration           // each receiver's transfer alone: a host's time minus it is its fetch command's overhead
@@ -261,10 +261,10 @@ func (a *NPUAgent) seedNotes() string {
 			notes += fmt.Sprintf(" (slow copies %d, %d in vain; end-game fill copies %d, %d in vain)", sum[2], sum[3], sum[4], sum[5])
 		}
 	}
-	if logged[9] > 0 && sum[6] > 0 {
+	if logged[8] > 0 && sum[6] > 0 { // the transfer's waiting workers woken, per chunk received (p2p/fetch.go next)
 		c := float64(sum[6])
-		notes += fmt.Sprintf("; per chunk received: %.0f broadcasts, %.0f worker wake-ups, %.0f of them idle",
-			float64(sum[7])/c, float64(sum[8])/c, float64(sum[9])/c)
+		notes += fmt.Sprintf("; per chunk received, %.0f worker wake-ups, %.0f of them to find nothing to do",
+			float64(sum[7])/c, float64(sum[8])/c)
 	}
 	if len(took) > 0 {
 		notes += fmt.Sprintf("; transfers took %s-%s", slices.Min(took), slices.Max(took))
