@@ -331,7 +331,7 @@ type transfer struct {
 	wg     sync.WaitGroup
 
 	mu           sync.Mutex
-	cond         *sync.Cond    // run waits on it for the end (wakeAll); workers wait on their peer's wake
+	cond         *sync.Cond    // signalled on every state change a waiting worker may care about
 	have         []bool        // chunk is stored
 	assigned     []uint8       // requests in flight for the chunk
 	since        []time.Time   // when the chunk's oldest request in flight started
@@ -356,8 +356,6 @@ type transfer struct {
 	dups         int        // requests for a chunk another request was fetching already
 	copies       [rules]int // chunks requested again, by the rule that chose them (ruleFree unused)
 	inVain       [rules]int // chunks received whole after another copy was stored, by the rule of their request
-	wakeups      int        // a waiting worker woken (next; logDone)
-	idleWakeups  int        // of them, woken to find nothing to do
 }
 
 // copyRule is why pick chose a chunk: free (no request was fetching it), or a copy of one in flight because that
@@ -387,8 +385,6 @@ type fpeer struct {
 	// refused[i]: until when chunk i is not asked of fp, a full holder that answered NO_CHUNK because the chunk
 	// has left it for another receiver while others have not (swarm_served.go); nil until the first refusal.
 	refused []time.Time
-	// wake: fp's workers wait on it (on t.mu) when they have nothing to ask fp for; nil until one first waits.
-	wake *sync.Cond
 }
 
 // refuseBackoff is how long a chunk a full holder refused is not asked of it again: its HAVE from the receiver it
@@ -449,7 +445,7 @@ func (t *transfer) addPeers(ps []peer.ID) {
 func (t *transfer) run() error {
 	stop := context.AfterFunc(t.ctx, func() {
 		t.mu.Lock()
-		t.wakeAll()
+		t.cond.Broadcast()
 		t.mu.Unlock()
 	})
 	defer stop()
@@ -486,9 +482,7 @@ func (t *transfer) watchdog() {
 			quiet := min(idle, time.Since(t.lastHave))
 			orphan := t.orphan()
 			t.expireArriving(time.Now())
-			// Choices that depend on time (slow requests, refusals' backoff, startGrace, expired claims) are made
-			// again; also the safety net of the targeted wake-ups.
-			t.wakeAll()
+			t.cond.Broadcast() // choices that depend on time (slow requests, shares' firsts) are made again
 			t.mu.Unlock()
 			if idle > t.p.stallTimeout {
 				t.cancel(fmt.Errorf("%w for %s", ErrStalled, idle.Round(time.Second)))
@@ -631,7 +625,7 @@ func (t *transfer) setHaveFrom(fp *fpeer, have []bool, found bool) {
 		}
 	}
 	fp.have, fp.held = have, held
-	t.wakeAll() // a whole bitmap: once per watch, or a peer not fetching yet every haveRefresh
+	t.cond.Broadcast()
 }
 
 // worker requests ranges from fp one after the other over one stream, kept while requests succeed so that
@@ -693,7 +687,6 @@ func (t *transfer) isSeedLike(fp *fpeer) bool {
 func (t *transfer) next(fp *fpeer, block bool) (r chunkRange, rule copyRule, ok, wait bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	woken := false
 	for {
 		if t.ctx.Err() != nil || t.missing == 0 || fp.dropped {
 			return chunkRange{}, ruleFree, false, false
@@ -708,80 +701,15 @@ func (t *transfer) next(fp *fpeer, block bool) (r chunkRange, rule copyRule, ok,
 			}
 			return chunkRange{}, ruleFree, false, true
 		}
-		if woken {
-			t.wakeups++
+		if len(fp.inflight) > 0 && t.seedLike(fp) {
+			t.cond.Wait()
+			continue
 		}
-		if !(len(fp.inflight) > 0 && t.seedLike(fp)) {
-			if r, rule, ok := t.pick(fp); ok {
-				t.mark(fp, r, rule)
-				return r, rule, true, false
-			}
+		if r, rule, ok := t.pick(fp); ok {
+			t.mark(fp, r, rule)
+			return r, rule, true, false
 		}
-		if woken {
-			t.idleWakeups++
-		}
-		if fp.wake == nil {
-			fp.wake = sync.NewCond(&t.mu)
-		}
-		fp.wake.Wait()
-		woken = true
-	}
-}
-
-// Waking workers (docs/design.md 6.8 "Waking"). A worker with nothing to ask its peer for waits on the peer's
-// cond, and an event wakes only the workers it may give something to do: at 24 hosts, one broadcast per event
-// woke 185 workers per chunk received, all but one to find nothing. Call these with t.mu held.
-
-// wakeAll wakes every waiting worker and run: for events that change what any worker may do (a chunk free
-// again, a peer dropped or changing class, the end game, the end, the periodic wake for choices that depend on
-// time).
-func (t *transfer) wakeAll() {
-	t.cond.Broadcast()
-	for _, fp := range t.peers {
-		t.wakePeer(fp)
-	}
-}
-
-// wakePeer wakes fp's waiting workers: fp announced chunks, or one of its requests ended.
-func (t *transfer) wakePeer(fp *fpeer) {
-	if fp.wake != nil {
-		fp.wake.Broadcast()
-	}
-}
-
-// wakeWhole wakes the workers of peers holding the whole blob: a chunk that only they held (or nobody known
-// held) has a partial holder now or is stored, so seedOnlyLeft may have turned false, which lets a seed-like peer
-// serve the rarest like any peer (pick).
-func (t *transfer) wakeWhole() {
-	n := len(t.have)
-	for _, fp := range t.peers {
-		if fp.held == n {
-			t.wakePeer(fp)
-		}
-	}
-}
-
-// announced is what fp's announcement of chunk i, which fp did not serve before, may give workers to do: fp's
-// (useful: the chunk is free, or may be copied in the end game) and full holders' (seedOnly: no partial holder
-// had it, wakeWhole). full is fullHolders before the announcement; call before counting i in avail.
-func (t *transfer) announced(i, full int, useful, seedOnly *bool) {
-	*useful = *useful || (!t.have[i] && (t.assigned[i] == 0 || t.requested < endGameFill))
-	*seedOnly = *seedOnly || (!t.have[i] && int(t.avail[i]) <= full)
-}
-
-// wakeAnnounced wakes after fp announced chunks (HAVE_ADD, ARRIVING; announced): everyone if fp has become a full
-// holder (it leaves the fetchers, and may end another full holder's seed-like gate); else fp's workers if useful,
-// full holders' if seedOnly. At 24 hosts most announcements are of chunks already requested or stored here.
-func (t *transfer) wakeAnnounced(fp *fpeer, full int, useful, seedOnly bool) {
-	if fp.held == len(t.have) && t.fullHolders() > full {
-		t.wakeAll()
-		return
-	}
-	if seedOnly {
-		t.wakeWhole()
-	}
-	if useful {
-		t.wakePeer(fp)
+		t.cond.Wait()
 	}
 }
 
@@ -800,9 +728,6 @@ func (t *transfer) mark(fp *fpeer, r chunkRange, rule copyRule) {
 		t.assigned[i]++
 		t.requested++
 		fp.inflight[int(i)] = true
-	}
-	if t.requested < endGameFill {
-		t.wakeAll() // this may have taken the last free chunk: other workers may copy one (endGameFill)
 	}
 }
 
@@ -995,23 +920,16 @@ func (t *transfer) timed(d time.Duration) {
 	}
 }
 
-// release ends r's assignment to fp and wakes the workers that may now act: fp's (its seed-like gate), and
-// everyone's when a chunk of r is free again (the request failed) or the end game may copy (endGameFill).
+// release ends r's assignment to fp and wakes workers that may now pick its unfetched chunks.
 func (t *transfer) release(fp *fpeer, r chunkRange) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	freed := false
 	for i := r.First; i < r.First+r.Count; i++ {
 		t.assigned[i]--
 		t.requested--
 		delete(fp.inflight, int(i))
-		freed = freed || (!t.have[i] && t.assigned[i] == 0)
 	}
-	if freed || t.requested < endGameFill {
-		t.wakeAll()
-		return
-	}
-	t.wakePeer(fp)
+	t.cond.Broadcast()
 }
 
 // errBadChunk marks a chunk that failed verification: the sending peer is dropped.
@@ -1084,7 +1002,7 @@ func (t *transfer) logDone() {
 	}
 	t.n.log.Info(transferDoneMsg, "blob", t.blob, "chunks", t.fetched, "duplicate_requests", t.dups,
 		"wasted_chunks", wasted, "slow_copies", t.copies[ruleSlow], "slow_wasted", t.inVain[ruleSlow],
-		"fill_copies", t.copies[ruleFill], "fill_wasted", t.inVain[ruleFill], "wakeups", t.wakeups, "idle_wakeups", t.idleWakeups, "took", time.Since(t.began).Round(time.Millisecond))
+		"fill_copies", t.copies[ruleFill], "fill_wasted", t.inVain[ruleFill], "took", time.Since(t.began).Round(time.Millisecond))
 }
 
 // already reports whether chunk i, just received whole by a request chosen by rule, was stored from another copy
@@ -1110,12 +1028,7 @@ func (t *transfer) stored(i int, rule copyRule) {
 	t.done += int64(t.m.ChunkLen(i))
 	t.lastProgress = time.Now()
 	done := t.done
-	switch {
-	case t.missing == 0:
-		t.wakeAll() // the end: run and every worker return
-	case int(t.avail[i]) <= t.fullHolders():
-		t.wakeWhole() // a chunk no partial peer held is stored
-	}
+	t.cond.Broadcast()
 	t.mu.Unlock()
 	t.n.srv.haves.publish(t.blob, i) // push it to the peers watching this blob
 	t.report(done)
@@ -1182,5 +1095,5 @@ func (t *transfer) failed(fp *fpeer, err error) {
 	if t.live--; t.live == 0 {
 		t.cancel(fmt.Errorf("%w: every peer failed, last %s: %w", ErrNoPeers, fp.id, err))
 	}
-	t.wakeAll()
+	t.cond.Broadcast()
 }

@@ -222,7 +222,7 @@ func TestSeedLikePeerOneRequest(t *testing.T) {
 				}
 				tr.cancel(nil) // unblock the waiting next
 				tr.mu.Lock()
-				tr.wakeAll()
+				tr.cond.Broadcast()
 				tr.mu.Unlock()
 				<-res
 				break

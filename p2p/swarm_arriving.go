@@ -275,7 +275,6 @@ func (t *transfer) addArriving(fp *fpeer, idx []int) bool {
 		return !fp.dropped
 	}
 	now := time.Now()
-	full, useful, seedOnly := t.fullHolders(), false, false
 	for _, i := range idx {
 		if fp.has(i) || fp.arrN >= maxArrivingPeer {
 			continue
@@ -283,13 +282,12 @@ func (t *transfer) addArriving(fp *fpeer, idx []int) bool {
 		if fp.arr == nil {
 			fp.arr = make([]time.Time, len(t.have))
 		}
-		t.announced(i, full, &useful, &seedOnly)
 		fp.arr[i] = now
 		fp.arrN++
 		t.avail[i]++
 		t.lastHave = now
 	}
-	t.wakeAnnounced(fp, full, useful, seedOnly)
+	t.cond.Broadcast()
 	return true
 }
 

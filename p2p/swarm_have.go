@@ -433,7 +433,6 @@ func (t *transfer) addHave(fp *fpeer, idx []int) bool {
 	if fp.dropped || fp.have == nil {
 		return !fp.dropped
 	}
-	full, useful, seedOnly := t.fullHolders(), false, false
 	for _, i := range idx {
 		if fp.have[i] {
 			continue
@@ -442,13 +441,12 @@ func (t *transfer) addHave(fp *fpeer, idx []int) bool {
 			fp.arr[i] = time.Time{}
 			fp.arrN--
 		} else {
-			t.announced(i, full, &useful, &seedOnly)
 			t.avail[i]++
 			t.lastHave = time.Now()
 		}
 		fp.have[i] = true
 		fp.held++
 	}
-	t.wakeAnnounced(fp, full, useful, seedOnly)
+	t.cond.Broadcast()
 	return true
 }

@@ -235,8 +235,7 @@ func (a *NPUAgent) seedNotes() string {
 		" (resent: chunks sent twice; refused: repeat requests answered NO_CHUNK)"
 	// Counts each receiver logs with transferDoneMsg, summed over the receivers; the per-rule ones only over those
 	// that logged them (binaries before them log the first two).
-	counts := []string{"duplicate_requests", "wasted_chunks", "slow_copies", "slow_wasted", "fill_copies", "fill_wasted",
-		"chunks", "wakeups", "idle_wakeups"}
+	counts := []string{"duplicate_requests", "wasted_chunks", "slow_copies", "slow_wasted", "fill_copies", "fill_wasted"}
 	sum := make([]int, len(counts))
 	logged := make([]int, len(counts)) // receivers that logged each count
 	var took []time.Duration           // each receiver's transfer alone: a host's time minus it is its fetch command's overhead
@@ -260,11 +259,6 @@ func (a *NPUAgent) seedNotes() string {
 		if logged[5] > 0 {
 			notes += fmt.Sprintf(" (slow copies %d, %d in vain; end-game fill copies %d, %d in vain)", sum[2], sum[3], sum[4], sum[5])
 		}
-	}
-	if logged[8] > 0 && sum[6] > 0 { // the transfer's waiting workers woken, per chunk received (p2p/fetch.go next)
-		c := float64(sum[6])
-		notes += fmt.Sprintf("; per chunk received, %.0f worker wake-ups, %.0f of them to find nothing to do",
-			float64(sum[7])/c, float64(sum[8])/c)
 	}
 	if len(took) > 0 {
 		notes += fmt.Sprintf("; transfers took %s-%s", slices.Min(took), slices.Max(took))
