@@ -106,6 +106,9 @@ type Config struct {
 	// Timeline is how often link and CPU use are sampled during the run (0: TimelineInterval); at least
 	// MinTimelineInterval, as each sample runs `ip -s -j link` in the lab's bridge namespace.
 	Timeline time.Duration
+	// Settle is how long the lab idles between a system's setup and its release: a fleet's daemons run long
+	// before a rollout, and their start-up traffic (mDNS queries, membership pulls) is not the rollout's.
+	Settle time.Duration
 }
 
 // MinTimelineInterval is the shortest Config.Timeline.
@@ -274,6 +277,11 @@ func runOne(ctx context.Context, cfg Config, s System, seed Blob, log io.Writer)
 	}
 	if err := s.Setup(ctx, Env{Lab: lab, Seed: seed, Dir: dir}); err != nil {
 		return Result{Err: fmt.Errorf("%s setup: %w", s.Name(), err)}
+	}
+	select {
+	case <-ctx.Done():
+		return Result{Err: ctx.Err()}
+	case <-time.After(cfg.Settle):
 	}
 	sampler, err := StartCPUSampler(500 * time.Millisecond)
 	if err != nil {

@@ -64,6 +64,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	names := fs.String("systems", defaultSystems, "comma-separated systems to run")
 	dir := fs.String("dir", "", "working directory (default: a new temporary directory, removed afterwards)")
 	timeout := fs.Duration("timeout", 10*time.Minute, "limit for each system's run")
+	settle := fs.Duration("settle", 0, "idle time between each system's setup and its release (daemons past their start-up)")
 	keep := fs.Bool("keep-failed", false, "keep a failed system's files (logs) in -dir, which must be given")
 	scen := fs.String("scenario", "", "run a named scenario instead of -hosts/-size/-rate: "+strings.Join(scenarioNames(), ", ")+", or all")
 	verbose := fs.Bool("v", false, "print every host's time and each system's link and CPU use per second (-timeline)")
@@ -125,7 +126,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	var failed []string
 	for _, sc := range runs {
-		cfg := fleetbench.Config{Hosts: sc.hosts, Size: sc.size, Rate: sc.rate, Dir: *dir, Timeout: *timeout, KeepFailed: *keep,
+		cfg := fleetbench.Config{Hosts: sc.hosts, Size: sc.size, Rate: sc.rate, Dir: *dir, Timeout: *timeout, KeepFailed: *keep, Settle: *settle,
 			Slow: sc.slow, SlowRate: sc.slowRate, SeedLeaves: sc.seedLeaves, Timeline: *every}
 		if err := cfg.Validate(); err != nil {
 			return err
