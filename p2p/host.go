@@ -22,7 +22,6 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/pnet"
-	"github.com/libp2p/go-libp2p/p2p/discovery/mdns"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
 	"github.com/libp2p/go-libp2p/p2p/net/swarm"
@@ -402,7 +401,7 @@ type discovery struct {
 	allowLoopback bool
 	static        []peer.AddrInfo
 	boot          *bootstrap // static peers are not redialled once retired
-	mdns          mdns.Service
+	mdns          *lanDiscovery
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -433,8 +432,10 @@ const (
 	maxFoundPeers = 1024
 )
 
-func startDiscovery(h host.Host, cfg Config, boot *bootstrap, log *slog.Logger) (*discovery, error) {
+// members counts the members known (membership table), for mDNS's query schedule.
+func startDiscovery(h host.Host, cfg Config, boot *bootstrap, members func() int, log *slog.Logger) (*discovery, error) {
 	d := &discovery{h: h, log: log, allowLoopback: cfg.AllowLoopback, found: map[peer.ID]foundPeer{}, boot: boot}
+	start := time.Now()
 	// Every member of a LAN hears every other at once when they start: each dials half the overlay fill's target
 	// and is dialled by about as many, so the overlay's degree stays near MinPeers: each connection costs memory,
 	// and a denser overlay pushed gossipsub meshes past their prune mark (peer exchange, now off, then churned
@@ -456,8 +457,16 @@ func startDiscovery(h host.Host, cfg Config, boot *bootstrap, log *slog.Logger) 
 		if name == "" {
 			name = DefaultMDNSService
 		}
-		d.mdns = mdns.NewMdnsService(h, name, d)
-		if err := d.mdns.Start(); err != nil {
+		state := func() browseState {
+			d.mu.Lock()
+			found := len(d.found)
+			d.mu.Unlock()
+			// Without a membership table (no fleet key) the peers just announced stand for the fleet.
+			return browseState{sinceStart: time.Since(start), connected: len(h.Network().Peers()),
+				dialBelow: d.dialBelow, members: max(members(), found)}
+		}
+		var err error
+		if d.mdns, err = startLANDiscovery(h, name, d.HandlePeerFound, state); err != nil {
 			d.cancel()
 			return nil, fmt.Errorf("p2p: start mDNS: %w", err)
 		}
@@ -466,7 +475,7 @@ func startDiscovery(h host.Host, cfg Config, boot *bootstrap, log *slog.Logger) 
 	return d, nil
 }
 
-// HandlePeerFound is called by mDNS; another host's loopback addresses are never dialled.
+// HandlePeerFound is called by mDNS (lanDiscovery); another host's loopback addresses are never dialled.
 func (d *discovery) HandlePeerFound(ai peer.AddrInfo) {
 	if ai.ID == d.h.ID() {
 		return

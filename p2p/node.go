@@ -280,7 +280,7 @@ func (n *Node) start(ctx context.Context, cfg Config) error {
 	}
 	n.wg.Go(n.antiEntropy)
 
-	if n.disc, err = startDiscovery(n.h, cfg, n.boot, n.log); err != nil {
+	if n.disc, err = startDiscovery(n.h, cfg, n.boot, n.MemberCount, n.log); err != nil {
 		return err
 	}
 	return ctx.Err()

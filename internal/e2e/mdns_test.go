@@ -1,0 +1,172 @@
+//go:build linux
+
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/npu-agent/npu-agent/internal/netlab"
+)
+
+// TestMDNSNewcomer: mDNS only (design 6.3). A daemon started once the others are past their start-up rounds
+// (browsing rarely) is still found: its own query is answered by every responder, it joins, and every member
+// lists it within newcomerBound.
+func TestMDNSNewcomer(t *testing.T) {
+	requireLab(t)
+	const n, newcomerBound = 5, 30 * time.Second
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	lab, err := netlab.New(ctx, netlab.Config{Hosts: n + 1, Prefix: labPrefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := lab.Close(); err != nil {
+			t.Errorf("closing lab: %v", err)
+		}
+	})
+	f := newScaleFleet(t, lab, n+1)
+	for i := range n {
+		f.startMember(ctx, scaleMember(i))
+	}
+	f.waitMembers(ctx, n, time.Minute)
+	time.Sleep(15 * time.Second) // past the first query rounds: every member is connected, so browsing rarely
+	t0 := time.Now()
+	f.startMember(ctx, scaleMember(n))
+	f.waitMembers(ctx, n+1, newcomerBound)
+	t.Logf("newcomer listed by all %d members after %s", n+1, time.Since(t0).Round(time.Millisecond))
+}
+
+// waitMembers waits until every daemon lists n members (itself included) or fails the test after bound.
+func (f *testFleet) waitMembers(ctx context.Context, n int, bound time.Duration) {
+	f.t.Helper()
+	wctx, cancel := context.WithTimeout(ctx, bound)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make([]error, len(f.daemons))
+	for i, d := range f.daemons {
+		wg.Go(func() { errs[i] = d.WaitPeers(wctx, n-1) })
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			f.t.Fatal(err)
+		}
+	}
+}
+
+// TestMDNSLoad measures mDNS traffic in steady state (docs/benchmarks.md, "Fleet scale"): NPU_TEST_MDNS_LOAD
+// daemons, mDNS only, one namespace each; between NPU_TEST_MDNS_AT (default 180 s) after the last start and a
+// minute later, the multicast packets and bytes each host received (IPv4 IpExt InMcastPkts/InMcastOctets plus
+// IPv6 Ip6InMcastPkts/Ip6InMcastOctets: the daemons listen on TCP, so multicast is mDNS, plus IPv6 neighbour
+// discovery's few).
+func TestMDNSLoad(t *testing.T) {
+	n, err := strconv.Atoi(os.Getenv("NPU_TEST_MDNS_LOAD"))
+	if err != nil || n < 2 {
+		t.Skip("NPU_TEST_MDNS_LOAD (hosts) not set")
+	}
+	at := 180 * time.Second
+	if v := os.Getenv("NPU_TEST_MDNS_AT"); v != "" {
+		if at, err = time.ParseDuration(v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	requireLab(t)
+	ctx, cancel := context.WithTimeout(context.Background(), at+4*time.Minute)
+	defer cancel()
+	lab, err := netlab.New(ctx, netlab.Config{Hosts: n, Prefix: labPrefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := lab.Close(); err != nil {
+			t.Errorf("closing lab: %v", err)
+		}
+	})
+	f := newScaleFleet(t, lab, n)
+	for i := range n {
+		f.startMember(ctx, scaleMember(i))
+	}
+	t0 := time.Now()
+	f.waitMembers(ctx, n, time.Minute)
+	time.Sleep(time.Until(t0.Add(at)))
+	before := mcastCounters(ctx, t, lab, n)
+	time.Sleep(time.Minute)
+	after := mcastCounters(ctx, t, lab, n)
+	var pkts, octs []float64
+	for i := range n {
+		pkts = append(pkts, float64(after[i][0]-before[i][0]))
+		octs = append(octs, float64(after[i][1]-before[i][1]))
+	}
+	mean := func(v []float64) (m, lo, hi float64) {
+		lo, hi = v[0], v[0]
+		for _, x := range v {
+			m += x / float64(len(v))
+			lo, hi = min(lo, x), max(hi, x)
+		}
+		return
+	}
+	pm, plo, phi := mean(pkts)
+	om, olo, ohi := mean(octs)
+	t.Logf("mdns-load hosts=%d window=[%s,%s] mcast_pkts_per_host_min mean=%.0f min=%.0f max=%.0f bytes mean=%.0f min=%.0f max=%.0f",
+		n, at, at+time.Minute, pm, plo, phi, om, olo, ohi)
+}
+
+// mcastCounters reads each host's multicast packets and octets received, IPv4 plus IPv6.
+func mcastCounters(ctx context.Context, t *testing.T, lab *netlab.Lab, n int) [][2]uint64 {
+	t.Helper()
+	out := make([][2]uint64, n)
+	for i := range n {
+		v4, err := lab.Command(ctx, i, "cat", "/proc/net/netstat").Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		v6, err := lab.Command(ctx, i, "cat", "/proc/net/snmp6").Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ext := headerValues(v4, "IpExt:")
+		out[i][0] = ext["InMcastPkts"] + snmp6(v6, "Ip6InMcastPkts")
+		out[i][1] = ext["InMcastOctets"] + snmp6(v6, "Ip6InMcastOctets")
+	}
+	return out
+}
+
+// headerValues parses /proc/net/netstat's pair of lines for prefix: names, then values.
+func headerValues(b []byte, prefix string) map[string]uint64 {
+	var lines [][]string
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		if strings.HasPrefix(sc.Text(), prefix) {
+			lines = append(lines, strings.Fields(sc.Text())[1:])
+		}
+	}
+	m := map[string]uint64{}
+	if len(lines) == 2 {
+		for k, name := range lines[0] {
+			if k < len(lines[1]) {
+				m[name], _ = strconv.ParseUint(lines[1][k], 10, 64)
+			}
+		}
+	}
+	return m
+}
+
+func snmp6(b []byte, name string) uint64 {
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		if f := strings.Fields(sc.Text()); len(f) == 2 && f[0] == name {
+			v, _ := strconv.ParseUint(f[1], 10, 64)
+			return v
+		}
+	}
+	return 0
+}

@@ -1,0 +1,56 @@
+package p2p
+
+import (
+	"testing"
+	"time"
+)
+
+// TestBrowseWait: the mDNS query schedule's phases (design 6.3): fast while joining or cut off, then steady,
+// growing with the members known so the LAN sends about 4 queries a minute in total.
+func TestBrowseWait(t *testing.T) {
+	t.Parallel()
+	const s = time.Second
+	cases := []struct {
+		name     string
+		st       browseState
+		fast     int
+		lo, hi   time.Duration // over u in [0, 1)
+		wantFast bool
+	}{
+		{"start, first wait", browseState{sinceStart: 0, connected: 0, dialBelow: 4, members: 1}, 0, 3 * s, 5 * s, true},
+		{"start, doubling", browseState{sinceStart: 20 * s, connected: 2, dialBelow: 4, members: 3}, 2, 12 * s, 20 * s, true},
+		{"start, capped", browseState{sinceStart: 100 * s, connected: 1, dialBelow: 4, members: 2}, 9, 45 * s, 75 * s, true},
+		{"start, enough peers", browseState{sinceStart: 10 * s, connected: 4, dialBelow: 4, members: 4}, 1, 30 * s, 90 * s, false},
+		{"after start, few peers", browseState{sinceStart: 3 * time.Minute, connected: 2, dialBelow: 4, members: 3}, 0, 30 * s, 90 * s, false},
+		{"cut off", browseState{sinceStart: time.Hour, connected: 0, dialBelow: 4, members: 200}, 0, 3 * s, 5 * s, true},
+		{"cut off, for long", browseState{sinceStart: time.Hour, connected: 0, dialBelow: 4, members: 200}, 50, 45 * s, 75 * s, true},
+		{"steady, small LAN", browseState{sinceStart: time.Hour, connected: 3, dialBelow: 4, members: 4}, 0, 30 * s, 90 * s, false},
+		{"steady, 24 members", browseState{sinceStart: time.Hour, connected: 8, dialBelow: 4, members: 24}, 0, 180 * s, 540 * s, false},
+		{"steady, 1000 members", browseState{sinceStart: time.Hour, connected: 8, dialBelow: 4, members: 1000}, 0, 7500 * s, 22500 * s, false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			for _, u := range []float64{0, 0.25, 0.5, 0.999999} {
+				w, fast := browseWait(c.st, c.fast, u)
+				if fast != c.wantFast || w < c.lo || w > c.hi {
+					t.Errorf("u=%v: %v fast=%v, want [%v, %v] fast=%v", u, w, fast, c.lo, c.hi, c.wantFast)
+				}
+			}
+		})
+	}
+}
+
+// TestBrowseRateLAN: in steady state the whole LAN's query rate stays a few a minute whatever its size, so a
+// host receives O(N) answers a minute (each query answered by every host), not O(N^2).
+func TestBrowseRateLAN(t *testing.T) {
+	t.Parallel()
+	for _, n := range []int{5, 24, 200, 1000, 5000} {
+		st := browseState{sinceStart: time.Hour, connected: 8, dialBelow: 4, members: n}
+		w, _ := browseWait(st, 0, 0.5) // the mean
+		perMin := float64(n) * float64(time.Minute) / float64(w)
+		if perMin > 5 {
+			t.Errorf("%d members: %.1f queries a minute on the LAN, want at most 5", n, perMin)
+		}
+	}
+}
