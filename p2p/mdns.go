@@ -183,25 +183,21 @@ func (l *lanDiscovery) browse() {
 	go func() {
 		defer close(done)
 		for {
+			var e *zeroconf.ServiceEntry
+			ok := true
 			select {
-			case e, ok := <-entries:
-				if !ok {
+			case e, ok = <-entries:
+			case <-returned: // nothing more is written: take what is buffered, then stop
+				select {
+				case e, ok = <-entries:
+				default:
 					return
 				}
-				l.entry(e)
-			case <-returned:
-				for {
-					select {
-					case e, ok := <-entries:
-						if !ok {
-							return
-						}
-						l.entry(e)
-					default:
-						return
-					}
-				}
 			}
+			if !ok {
+				return
+			}
+			l.entry(e)
 		}
 	}()
 	_ = zeroconf.Browse(ctx, l.service, mdnsDomain, entries) // no multicast interface: retried next round

@@ -82,6 +82,22 @@ func requireLab(t *testing.T) {
 	}
 }
 
+// newLab builds a lab of cfg (under the tests' prefix) that is closed when the test ends.
+func newLab(ctx context.Context, t *testing.T, cfg netlab.Config) *netlab.Lab {
+	t.Helper()
+	cfg.Prefix = labPrefix
+	lab, err := netlab.New(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := lab.Close(); err != nil {
+			t.Errorf("closing lab: %v", err)
+		}
+	})
+	return lab
+}
+
 // The two compatibility classes of the test fleets. Class A mixes firmware MI 11.4 and 11.6 with two driver
 // versions (one class: only the MI major must be equal), so only an 11.4 host's blob serves the whole class;
 // class B is another NPU architecture.
@@ -138,15 +154,7 @@ var standardMembers = []member{
 // and removed when the test ends; if the test failed, every daemon's log is printed.
 func startFleet(ctx context.Context, t *testing.T, members []member, o fleetOptions) *testFleet {
 	t.Helper()
-	lab, err := netlab.New(ctx, netlab.Config{Hosts: len(members) + o.extraHosts, Rate: o.rate, Prefix: labPrefix})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := lab.Close(); err != nil {
-			t.Errorf("closing lab: %v", err)
-		}
-	})
+	lab := newLab(ctx, t, netlab.Config{Hosts: len(members) + o.extraHosts, Rate: o.rate})
 	dir := t.TempDir()
 	key := filepath.Join(dir, "fleet.key")
 	if err := WriteFleetKey(key); err != nil {

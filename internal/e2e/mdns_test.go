@@ -24,15 +24,7 @@ func TestMDNSNewcomer(t *testing.T) {
 	const n, newcomerBound = 5, 30 * time.Second
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	lab, err := netlab.New(ctx, netlab.Config{Hosts: n + 1, Prefix: labPrefix})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := lab.Close(); err != nil {
-			t.Errorf("closing lab: %v", err)
-		}
-	})
+	lab := newLab(ctx, t, netlab.Config{Hosts: n + 1})
 	f := newScaleFleet(t, lab, n+1)
 	for i := range n {
 		f.startMember(ctx, scaleMember(i))
@@ -82,15 +74,7 @@ func TestMDNSLoad(t *testing.T) {
 	requireLab(t)
 	ctx, cancel := context.WithTimeout(context.Background(), at+4*time.Minute)
 	defer cancel()
-	lab, err := netlab.New(ctx, netlab.Config{Hosts: n, Prefix: labPrefix})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := lab.Close(); err != nil {
-			t.Errorf("closing lab: %v", err)
-		}
-	})
+	lab := newLab(ctx, t, netlab.Config{Hosts: n})
 	f := newScaleFleet(t, lab, n)
 	for i := range n {
 		f.startMember(ctx, scaleMember(i))

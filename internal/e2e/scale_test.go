@@ -100,15 +100,7 @@ func TestScaleNamespaces(t *testing.T) {
 	requireLab(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	lab, err := netlab.New(ctx, netlab.Config{Hosts: n, Prefix: labPrefix})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := lab.Close(); err != nil {
-			t.Errorf("closing lab: %v", err)
-		}
-	})
+	lab := newLab(ctx, t, netlab.Config{Hosts: n})
 	f := newScaleFleet(t, lab, n)
 	for i := range n {
 		f.startMember(ctx, scaleMember(i))

@@ -281,8 +281,8 @@ func (p *paths) refreshes(originals int32, t0 time.Time, from, to time.Duration)
 	return out
 }
 
-// spread measures records; bootstrap tells whether two members are on each other's bootstrap list; dist, if
-// set, gives the fewest hops between two members (Spread.DistMean).
+// spread measures records; bootstrap tells whether two members are on each other's bootstrap list; fewest,
+// if set, gives the fewest hops between two members (Spread.DistMean).
 func (p *paths) spread(records []record, bootstrap func(a, b int32) bool, fewest func(a, b int32) int) Spread {
 	var s Spread
 	over := 0
