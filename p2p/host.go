@@ -489,9 +489,10 @@ func (d *discovery) HandlePeerFound(ai peer.AddrInfo) {
 	if d.closed {
 		return
 	}
-	if len(d.found) < maxFoundPeers {
-		d.found[ai.ID] = foundPeer{ai: ai, seen: time.Now()}
+	if _, known := d.found[ai.ID]; !known && len(d.found) >= maxFoundPeers {
+		return // any LAN host can announce: what it makes this node remember, dial or keep in the peerstore is bounded
 	}
+	d.found[ai.ID] = foundPeer{ai: ai, seen: time.Now()}
 	// Dials under way count: a burst of announcements (every host of a LAN starting at once) must not dial all.
 	if len(d.h.Network().Peers())+d.dialing >= d.dialBelow {
 		d.h.Peerstore().AddAddrs(ai.ID, ai.Addrs, foundTTL) // dialable later, by a fetch or the overlay fill

@@ -3,6 +3,11 @@ package p2p
 import (
 	"testing"
 	"time"
+
+	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/peer"
+	peertest "github.com/libp2p/go-libp2p/core/test"
+	"github.com/libp2p/zeroconf/v2"
 )
 
 // TestBrowseWait: the mDNS query schedule's phases (design 6.3): fast while joining or cut off, then steady,
@@ -52,5 +57,43 @@ func TestBrowseRateLAN(t *testing.T) {
 		if perMin > 5 {
 			t.Errorf("%d members: %.1f queries a minute on the LAN, want at most 5", n, perMin)
 		}
+	}
+}
+
+// TestThreatMDNSAnnouncements (design 9.2): any LAN host can answer mDNS. An announcement's TXT records reach
+// discovery only as dnsaddr multiaddrs with a peer ID other than this node's; loopback addresses are dropped; a
+// flood of announced IDs is remembered (and put in the peerstore) at most maxFoundPeers times.
+func TestThreatMDNSAnnouncements(t *testing.T) {
+	t.Parallel()
+	h, err := libp2p.New(libp2p.NoListenAddrs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	d := &discovery{h: h, found: map[peer.ID]foundPeer{}, dialBelow: 0} // never dials: addresses go to the peerstore
+	l := &lanDiscovery{h: h, found: d.HandlePeerFound}
+	good := peertest.RandPeerIDFatal(t)
+	for _, txt := range [][]string{
+		{"garbage", "dnsaddr=", "dnsaddr=/not/a/multiaddr"},
+		{"dnsaddr=/ip4/10.1.2.3/tcp/4801"},                                                     // no peer ID
+		{"dnsaddr=/ip4/10.1.2.3/tcp/4801/p2p/" + h.ID().String()},                              // this node
+		{"dnsaddr=/ip4/127.0.0.1/tcp/4801/p2p/" + peertest.RandPeerIDFatal(t).String()},        // loopback only
+		{"dnsaddr=/ip4/10.1.2.4/tcp/4801/p2p/" + good.String(), "dnsaddr=/ip4/10.1.2.9/tcp/1"}, // one bad address spoils it
+		{"garbage", "dnsaddr=/ip4/10.1.2.4/tcp/4801/p2p/" + good.String()},
+	} {
+		l.entry(&zeroconf.ServiceEntry{Text: txt})
+	}
+	if len(d.found) != 1 || d.found[good].ai.ID != good {
+		t.Fatalf("found %v, want only %s", d.found, good)
+	}
+	before := len(h.Peerstore().Peers())
+	for range maxFoundPeers + 500 {
+		l.entry(&zeroconf.ServiceEntry{Text: []string{"dnsaddr=/ip4/10.1.2.5/tcp/4801/p2p/" + peertest.RandPeerIDFatal(t).String()}})
+	}
+	if len(d.found) != maxFoundPeers {
+		t.Errorf("%d announced peers remembered, want the bound %d", len(d.found), maxFoundPeers)
+	}
+	if added := len(h.Peerstore().Peers()) - before; added > maxFoundPeers {
+		t.Errorf("%d peers added to the peerstore by a flood, want at most %d", added, maxFoundPeers)
 	}
 }
