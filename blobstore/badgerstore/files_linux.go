@@ -25,3 +25,9 @@ func startWriteback(f *os.File) {
 func throttleWriteback(f *os.File) {
 	_ = unix.SyncFileRange(int(f.Fd()), 0, 0, unix.SYNC_FILE_RANGE_WAIT_BEFORE|unix.SYNC_FILE_RANGE_WRITE)
 }
+
+// openDirect opens the file at path for writes that bypass the page cache (O_DIRECT); a filesystem without direct
+// I/O refuses with EINVAL.
+func openDirect(path string) (*os.File, error) {
+	return os.OpenFile(path, os.O_WRONLY|unix.O_DIRECT, 0)
+}

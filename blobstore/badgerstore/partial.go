@@ -8,6 +8,8 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
+	"unsafe"
 
 	badger "github.com/dgraph-io/badger/v4"
 	"github.com/ipfs/go-cid"
@@ -137,22 +139,16 @@ func (s *Store) writeChunk(d [32]byte, m *blobstore.Manifest, i int, data []byte
 	if err := s.checkSpace(uint64(len(data))); err != nil {
 		return st, err
 	}
-	f, err := os.OpenFile(s.partialPath(d), os.O_WRONLY, 0)
-	if err != nil {
-		return st, err
-	}
-	defer f.Close()
 	p := s.fillOf(d)
 	off := int64(m.ChunkOffset(i))
+	var region func(*os.File)
 	if r := int(off / allocRegion); p.allocate(r) {
-		preallocate(f, int64(r)*allocRegion, min(allocRegion, int64(m.Size)-int64(r)*allocRegion))
+		region = func(f *os.File) {
+			preallocate(f, int64(r)*allocRegion, min(allocRegion, int64(m.Size)-int64(r)*allocRegion))
+		}
 	}
-	if _, err := f.WriteAt(data, off); err != nil {
+	if err := s.writeAt(s.partialPath(d), data, off, region, p); err != nil {
 		return st, err
-	}
-	if p.written.Add(int64(len(data))) >= writebackEvery {
-		p.written.Store(0)
-		throttleWriteback(f)
 	}
 	err = s.update(func(txn *badger.Txn) error {
 		if st, err = s.state(txn, d); err != nil || st != statePartial {
@@ -166,9 +162,80 @@ func (s *Store) writeChunk(d [32]byte, m *blobstore.Manifest, i int, data []byte
 	return st, err
 }
 
-// writebackEvery is how many bytes of a blob written in place go between two throttleWriteback calls: the final
-// fsync of a commit waits for at most about twice this (64 MiB at 250 MB/s would be a quarter of a second).
+// writebackEvery is how many bytes of a blob written in place through the page cache go between two
+// throttleWriteback calls: the final fsync of a commit waits for at most about twice this (64 MiB at 250 MB/s would
+// be a quarter of a second).
 const writebackEvery = 16 << 20
+
+// directAlign is the alignment direct I/O needs of a write's memory, offset and length (the device's logical block
+// size: 512 or 4096 bytes here; 4096 serves both).
+const directAlign = 4096
+
+// writeAt writes a chunk's data at off of the partial file at path, running region (the preallocation) on the file
+// first when it is not nil. The part of data that is aligned goes to the disk directly (O_DIRECT), the rest (an
+// unaligned buffer, the last chunk's tail, a filesystem without direct I/O) through the page cache. Direct because
+// a fetched blob is written once and not read back during the fetch (peers get a chunk still arriving from the
+// receiver's memory, 6.7): through the page cache every byte is copied once more into pages allocated for it,
+// which a small box's other files then lose, and on a VM whose host takes back free memory each such page costs
+// a fault on the host (5-8 CPU-ns/B on the benchmark's VM, docs/benchmarks.md).
+func (s *Store) writeAt(path string, data []byte, off int64, region func(*os.File), p *fill) error {
+	n := 0
+	if !s.noDirect.Load() && uintptr(unsafe.Pointer(unsafe.SliceData(data)))%directAlign == 0 && off%directAlign == 0 {
+		n = len(data) &^ (directAlign - 1)
+	}
+	if n > 0 {
+		err := s.writeDirect(path, data[:n], off, region)
+		switch {
+		case err == nil:
+			region = nil
+		case errors.Is(err, syscall.EINVAL) || errors.Is(err, errors.ErrUnsupported):
+			// The filesystem refuses direct I/O (or this alignment): the page cache from now on.
+			if !s.noDirect.Swap(true) {
+				s.log.Info("blob store: the filesystem refuses direct writes; chunks go through the page cache",
+					"dir", s.partDir, "err", err)
+			}
+			n = 0
+		default:
+			return err
+		}
+	}
+	if n == len(data) {
+		return nil
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if region != nil {
+		region(f)
+	}
+	if _, err := f.WriteAt(data[n:], off+int64(n)); err != nil {
+		return err
+	}
+	if p.written.Add(int64(len(data)-n)) >= writebackEvery {
+		p.written.Store(0)
+		throttleWriteback(f)
+	}
+	return nil
+}
+
+// writeDirect writes aligned data at off of the file at path with direct I/O.
+func (s *Store) writeDirect(path string, data []byte, off int64, region func(*os.File)) error {
+	open := openDirect
+	if s.opts.openDirect != nil {
+		open = s.opts.openDirect
+	}
+	f, err := open(path)
+	if err != nil {
+		return err
+	}
+	if region != nil {
+		region(f)
+	}
+	_, err = f.WriteAt(data, off)
+	return errors.Join(err, f.Close())
+}
 
 // fill is the state kept in memory per partial blob being filled: the regions of its file already preallocated,
 // the bytes written since writeback last started, and which chunks this process stored (their bytes are in the

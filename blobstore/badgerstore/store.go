@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
@@ -97,9 +98,10 @@ type Options struct {
 	// it, and a hostile record claiming a huge blob must not cost the blobs the store holds.
 	Quota uint64
 
-	now       func() time.Time                 // tests
-	syncHook  func(d [32]byte)                 // tests: runs before a committed blob's background sync
-	freeSpace func(dir string) (uint64, error) // tests
+	now        func() time.Time                    // tests
+	syncHook   func(d [32]byte)                    // tests: runs before a committed blob's background sync
+	freeSpace  func(dir string) (uint64, error)    // tests
+	openDirect func(path string) (*os.File, error) // tests: opens a partial file for direct writes
 }
 
 // Store is a blobstore.Store on badger. Create it with Open.
@@ -132,6 +134,8 @@ type Store struct {
 
 	fillsMu sync.Mutex
 	fills   map[[32]byte]*fill // per partial blob being filled: preallocation, writeback
+	// noDirect is set once the filesystem refused a direct write (writeAt): chunks then go through the page cache.
+	noDirect atomic.Bool
 
 	readersMu sync.Mutex
 	readers   map[[32]byte]int // open Readers per blob; gc skips them
