@@ -238,8 +238,8 @@ func (s *Store) writeDirect(path string, data []byte, off int64, region func(*os
 }
 
 // fill is the state kept in memory per partial blob being filled: the regions of its file already preallocated,
-// the bytes written since writeback last started, and which chunks this process stored (their bytes are in the
-// page cache since a pwrite that succeeded; Commit checks the others).
+// the bytes written through the page cache since writeback last started, and which chunks this process stored
+// (their bytes are on the disk or in the page cache since a pwrite that succeeded; Commit checks the others).
 type fill struct {
 	allocMu sync.Mutex
 	alloc   map[int]bool
