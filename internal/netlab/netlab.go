@@ -44,7 +44,9 @@ const HostIface = "eth0"
 
 const (
 	bridgeName = "br0"
-	idLen      = 6 // hex digits of the run ID
+	// splitBridge is the second switch of a split LAN (Split).
+	splitBridge = "br1"
+	idLen       = 6 // hex digits of the run ID
 	// cmdTimeout bounds each ip/tc invocation; they normally take milliseconds.
 	cmdTimeout = 30 * time.Second
 )
@@ -100,6 +102,7 @@ type Lab struct {
 	lock   *os.File // flock held for the lab's life; nil once closed
 	closed bool
 	rates  []uint64 // current shaping of each host in bit/s, 0 = none
+	split  bool     // the second switch exists (Split)
 }
 
 // Available reports why labs cannot be built here, or nil if they can. Tests skip on its error.
@@ -293,6 +296,50 @@ func (l *Lab) Partition(i int) error { return l.setPort(i, "down") }
 
 // Heal reconnects host i after Partition.
 func (l *Lab) Heal(i int) error { return l.setPort(i, "up") }
+
+// Split cuts the LAN in two: the given hosts' ports move to a second switch, so they reach each other and nobody
+// else (multicast included), as if the link between two racks failed. Join undoes it.
+func (l *Lab) Split(hosts []int) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, i := range hosts {
+		if _, err := l.host(i); err != nil {
+			return err
+		}
+	}
+	if !l.split {
+		err := run(context.Background(), "ip", "-n", l.bridgeNS, "link", "add", splitBridge, "type", "bridge",
+			"forward_delay", "0", "stp_state", "0", "mcast_snooping", "0")
+		if err != nil {
+			return err
+		}
+		if err := run(context.Background(), "ip", "-n", l.bridgeNS, "link", "set", splitBridge, "up"); err != nil {
+			return err
+		}
+		l.split = true
+	}
+	for _, i := range hosts {
+		if err := run(context.Background(), "ip", "-n", l.bridgeNS, "link", "set", bridgePort(i), "master", splitBridge); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Join puts every host back on one switch after Split.
+func (l *Lab) Join() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return ErrClosed
+	}
+	for i := range l.Hosts {
+		if err := run(context.Background(), "ip", "-n", l.bridgeNS, "link", "set", bridgePort(i), "master", bridgeName); err != nil {
+			return err
+		}
+	}
+	return nil
+}
 
 func (l *Lab) setPort(i int, state string) error {
 	l.mu.Lock()

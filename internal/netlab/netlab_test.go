@@ -321,6 +321,46 @@ func TestPartitionAndHeal(t *testing.T) {
 	}
 }
 
+// TestSplitAndJoin: a split LAN's halves reach within themselves and not across; Join reconnects them.
+func TestSplitAndJoin(t *testing.T) {
+	t.Parallel()
+	lab := newLab(t, Config{Hosts: 4})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := lab.Split([]int{2, 3}); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range [][2]int{{0, 1}, {2, 3}} {
+		if err := exchange(ctx, lab, p[0], p[1]); err != nil {
+			t.Errorf("split, within a half %v: %v", p, err)
+		}
+	}
+	for _, p := range [][2]int{{0, 2}, {3, 1}} {
+		short, cancelShort := context.WithTimeout(ctx, 500*time.Millisecond)
+		err := exchange(short, lab, p[0], p[1])
+		cancelShort()
+		if err == nil {
+			t.Errorf("split: host %d reached host %d across the halves", p[0], p[1])
+		}
+	}
+	if err := lab.Join(); err != nil {
+		t.Fatal(err)
+	}
+	for try := 0; ; try++ {
+		err := exchange(ctx, lab, 0, 2)
+		if err == nil {
+			break
+		}
+		if try == 20 {
+			t.Fatalf("after join: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err := lab.Split([]int{7}); !errors.Is(err, ErrNoHost) {
+		t.Errorf("Split([7]) = %v, want ErrNoHost", err)
+	}
+}
+
 // labNamespaces lists the namespaces of the run.
 func labNamespaces(t *testing.T, prefix, id string) []string {
 	t.Helper()
