@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"io/fs"
 	"log/slog"
+	mrand "math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -413,12 +414,19 @@ type discovery struct {
 	// (6.2), and each connection costs memory.
 	dialBelow int
 	dialing   int // mDNS dials under way, guarded by mu
-	wg        sync.WaitGroup
+	bridging  int // bridging dials under way (bridgeDials), guarded by mu
+	// known reports whether a peer is in the membership table (nil without one: no bridging dials); members
+	// counts the table, this node included.
+	known   func(peer.ID) bool
+	members func() int
+	start   time.Time
+	wg      sync.WaitGroup
 }
 
 type foundPeer struct {
-	ai   peer.AddrInfo
-	seen time.Time
+	ai         peer.AddrInfo
+	seen       time.Time
+	considered time.Time // when a bridging dial was last decided for it (bridgeDials)
 }
 
 const (
@@ -430,11 +438,25 @@ const (
 	foundTTL = 10 * time.Minute
 	// maxFoundPeers bounds what mDNS announcements (from anyone on the LAN) can make us remember.
 	maxFoundPeers = 1024
+
+	// bridgeDials: a member with its dialBelow peers still dials a peer it hears on mDNS but does not know as a
+	// member, with probability bridgeDials / members known, deciding once per bridgeWindow per peer. When a LAN
+	// split for longer than a member record lives is joined again, each half has forgotten the other, the overlay
+	// fill dials only members it knows and every member has its peers: about bridgeDials × (the other half's
+	// size) such dials join the halves, and one connection is enough (membership gossip does the rest). A newcomer
+	// gets about bridgeDials dials more than it makes; a host that is not a member (another fleet on the LAN, a
+	// forged announcement) costs each member at most one refused handshake per bridgeWindow, with that
+	// probability, and maxBridging dials at once. Not while joining (joinPhase): then every announcement comes
+	// before its member's record (design 6.3, 9.2).
+	bridgeDials  = 2
+	bridgeWindow = 10 * time.Minute
+	maxBridging  = 2
 )
 
 // members counts the members known (membership table), for mDNS's query schedule.
-func startDiscovery(h host.Host, cfg Config, boot *bootstrap, members func() int, log *slog.Logger) (*discovery, error) {
-	d := &discovery{h: h, log: log, allowLoopback: cfg.AllowLoopback, found: map[peer.ID]foundPeer{}, boot: boot}
+func startDiscovery(h host.Host, cfg Config, boot *bootstrap, members func() int, known func(peer.ID) bool, log *slog.Logger) (*discovery, error) {
+	d := &discovery{h: h, log: log, allowLoopback: cfg.AllowLoopback, found: map[peer.ID]foundPeer{}, boot: boot,
+		known: known, members: members, start: time.Now()}
 	start := time.Now()
 	// Every member of a LAN hears every other at once when they start: each dials half the overlay fill's target
 	// and is dialled by about as many, so the overlay's degree stays near MinPeers: each connection costs memory,
@@ -492,10 +514,35 @@ func (d *discovery) HandlePeerFound(ai peer.AddrInfo) {
 	if _, known := d.found[ai.ID]; !known && len(d.found) >= maxFoundPeers {
 		return // any LAN host can announce: what it makes this node remember, dial or keep in the peerstore is bounded
 	}
-	d.found[ai.ID] = foundPeer{ai: ai, seen: time.Now()}
+	now := time.Now()
+	f := d.found[ai.ID]
+	f.ai, f.seen = ai, now
+	bridge := false
 	// Dials under way count: a burst of announcements (every host of a LAN starting at once) must not dial all.
-	if len(d.h.Network().Peers())+d.dialing >= d.dialBelow {
+	full := len(d.h.Network().Peers())+d.dialing >= d.dialBelow
+	if full {
+		bridge = d.bridge(ai.ID, &f, now, mrand.Float64())
+	}
+	d.found[ai.ID] = f
+	if full && !bridge {
 		d.h.Peerstore().AddAddrs(ai.ID, ai.Addrs, foundTTL) // dialable later, by a fetch or the overlay fill
+		return
+	}
+	if bridge {
+		d.bridging++
+		d.log.Debug("mDNS: dialling a peer not known as a member", "peer", ai.ID)
+		d.wg.Go(func() {
+			defer func() {
+				d.mu.Lock()
+				d.bridging--
+				d.mu.Unlock()
+			}()
+			ctx, cancel := context.WithTimeout(d.ctx, dialTimeout)
+			defer cancel()
+			if err := d.h.Connect(ctx, ai); err != nil {
+				d.log.Debug("mDNS peer unreachable", "peer", ai.ID, "err", err)
+			}
+		})
 		return
 	}
 	d.dialing++
@@ -511,6 +558,22 @@ func (d *discovery) HandlePeerFound(ai peer.AddrInfo) {
 			d.log.Debug("mDNS peer unreachable", "peer", ai.ID, "err", err)
 		}
 	})
+}
+
+// bridge decides, for a peer announced while this node has its dialBelow peers, whether to dial it anyway
+// (bridgeDials); u is uniform in [0, 1). d.mu is held; f's decision time is updated.
+func (d *discovery) bridge(id peer.ID, f *foundPeer, now time.Time, u float64) bool {
+	if d.known == nil || d.known(id) || d.bridging >= maxBridging || d.h.Network().Connectedness(id) == network.Connected {
+		return false
+	}
+	if now.Sub(d.start) < joinPhase {
+		return false // joining: every announcement precedes its record, and the ordinary dials join this node
+	}
+	if !f.considered.IsZero() && now.Sub(f.considered) < bridgeWindow {
+		return false
+	}
+	f.considered = now
+	return u < bridgeDials/float64(max(1, d.members()))
 }
 
 // keepConnected redials static peers (until the overlay fill retires them) and recently announced mDNS peers

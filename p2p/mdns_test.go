@@ -97,3 +97,54 @@ func TestThreatMDNSAnnouncements(t *testing.T) {
 		t.Errorf("%d peers added to the peerstore by a flood, want at most %d", added, maxFoundPeers)
 	}
 }
+
+// TestBridgeDials: a member that has its dialBelow peers dials a peer announced on mDNS only if the peer is not
+// a known member, with probability bridgeDials / members, deciding once per bridgeWindow per peer, at most
+// maxBridging at once, and not while joining (design 6.3): what joins two halves of a LAN that forgot each
+// other, and what bounds the dials a stranger's announcements cost.
+func TestBridgeDials(t *testing.T) {
+	t.Parallel()
+	h, err := libp2p.New(libp2p.NoListenAddrs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	member, stranger := peertest.RandPeerIDFatal(t), peertest.RandPeerIDFatal(t)
+	known := func(p peer.ID) bool { return p == member }
+	six := func() int { return 6 } // p = 2/6
+	now := time.Now()
+	long := now.Add(-time.Hour) // discovery's start: past joining
+	cases := []struct {
+		name       string
+		known      func(peer.ID) bool
+		id         peer.ID
+		bridging   int
+		considered time.Time
+		start      time.Time // of discovery
+		u          float64
+		want       bool
+		decided    bool // the decision time moved to now
+	}{
+		{"stranger, draw below 2/6", known, stranger, 0, time.Time{}, long, 0.3, true, true},
+		{"stranger, draw above 2/6", known, stranger, 0, time.Time{}, long, 0.34, false, true},
+		{"known member", known, member, 0, time.Time{}, long, 0, false, false},
+		{"no membership table", nil, stranger, 0, time.Time{}, long, 0, false, false},
+		{"decided within the window", known, stranger, 0, now.Add(-bridgeWindow / 2), long, 0, false, false},
+		{"decided a window ago", known, stranger, 0, now.Add(-bridgeWindow), long, 0, true, true},
+		{"bridging dials at their bound", known, stranger, maxBridging, time.Time{}, long, 0, false, false},
+		{"still joining", known, stranger, 0, time.Time{}, now.Add(-joinPhase / 2), 0, false, false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			d := &discovery{h: h, known: c.known, members: six, bridging: c.bridging, start: c.start}
+			f := foundPeer{considered: c.considered}
+			if got := d.bridge(c.id, &f, now, c.u); got != c.want {
+				t.Errorf("bridge = %v, want %v", got, c.want)
+			}
+			if decided := f.considered.Equal(now); decided != c.decided {
+				t.Errorf("decision time %v, want moved to now: %v", f.considered, c.decided)
+			}
+		})
+	}
+}

@@ -280,7 +280,11 @@ func (n *Node) start(ctx context.Context, cfg Config) error {
 	}
 	n.wg.Go(n.antiEntropy)
 
-	if n.disc, err = startDiscovery(n.h, cfg, n.boot, n.MemberCount, n.log); err != nil {
+	var known func(peer.ID) bool
+	if n.members != nil {
+		known = func(p peer.ID) bool { return n.members.book.live(p, time.Now()) }
+	}
+	if n.disc, err = startDiscovery(n.h, cfg, n.boot, n.MemberCount, known, n.log); err != nil {
 		return err
 	}
 	return ctx.Err()
