@@ -528,28 +528,16 @@ func (d *discovery) HandlePeerFound(ai peer.AddrInfo) {
 		d.h.Peerstore().AddAddrs(ai.ID, ai.Addrs, foundTTL) // dialable later, by a fetch or the overlay fill
 		return
 	}
+	under := &d.dialing // the dials under way that this one counts in
 	if bridge {
-		d.bridging++
+		under = &d.bridging
 		d.log.Debug("mDNS: dialling a peer not known as a member", "peer", ai.ID)
-		d.wg.Go(func() {
-			defer func() {
-				d.mu.Lock()
-				d.bridging--
-				d.mu.Unlock()
-			}()
-			ctx, cancel := context.WithTimeout(d.ctx, dialTimeout)
-			defer cancel()
-			if err := d.h.Connect(ctx, ai); err != nil {
-				d.log.Debug("mDNS peer unreachable", "peer", ai.ID, "err", err)
-			}
-		})
-		return
 	}
-	d.dialing++
+	*under++
 	d.wg.Go(func() {
 		defer func() {
 			d.mu.Lock()
-			d.dialing--
+			*under--
 			d.mu.Unlock()
 		}()
 		ctx, cancel := context.WithTimeout(d.ctx, dialTimeout)

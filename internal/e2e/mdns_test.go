@@ -83,40 +83,34 @@ func TestFaultHalvesRejoin(t *testing.T) {
 // waitForgotten waits until every daemon lists at most n members (itself included) or fails the test after bound.
 func (f *testFleet) waitForgotten(ctx context.Context, n int, bound time.Duration) {
 	f.t.Helper()
-	wctx, cancel := context.WithTimeout(ctx, bound)
-	defer cancel()
-	var wg sync.WaitGroup
-	errs := make([]error, len(f.daemons))
-	for i, d := range f.daemons {
-		wg.Go(func() {
-			errs[i] = d.poll(wctx, "at most "+strconv.Itoa(n-1)+" peers", func(ctx context.Context) (bool, error) {
-				cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-				defer cancel()
-				st, err := d.api.Status(cctx)
-				if err != nil {
-					return false, err
-				}
-				return len(st.Peers) <= n-1, fmt.Errorf("%d peers", len(st.Peers))
-			})
+	f.waitEach(ctx, bound, func(ctx context.Context, d *Daemon) error {
+		return d.poll(ctx, "at most "+strconv.Itoa(n-1)+" peers", func(ctx context.Context) (bool, error) {
+			cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			defer cancel()
+			st, err := d.api.Status(cctx)
+			if err != nil {
+				return false, err
+			}
+			return len(st.Peers) <= n-1, fmt.Errorf("%d peers", len(st.Peers))
 		})
-	}
-	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			f.t.Fatal(err)
-		}
-	}
+	})
 }
 
 // waitMembers waits until every daemon lists n members (itself included) or fails the test after bound.
 func (f *testFleet) waitMembers(ctx context.Context, n int, bound time.Duration) {
+	f.t.Helper()
+	f.waitEach(ctx, bound, func(ctx context.Context, d *Daemon) error { return d.WaitPeers(ctx, n-1) })
+}
+
+// waitEach runs wait for every daemon at once and fails the test if any fails within bound.
+func (f *testFleet) waitEach(ctx context.Context, bound time.Duration, wait func(context.Context, *Daemon) error) {
 	f.t.Helper()
 	wctx, cancel := context.WithTimeout(ctx, bound)
 	defer cancel()
 	var wg sync.WaitGroup
 	errs := make([]error, len(f.daemons))
 	for i, d := range f.daemons {
-		wg.Go(func() { errs[i] = d.WaitPeers(wctx, n-1) })
+		wg.Go(func() { errs[i] = wait(wctx, d) })
 	}
 	wg.Wait()
 	for _, err := range errs {
