@@ -155,6 +155,27 @@ func TestParseProcPidStat(t *testing.T) {
 	}
 }
 
+func TestParseMinorFaults(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		in   string
+		want int64
+		ok   bool
+	}{
+		{"42 (nginx) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1 0 100 1000 10", 100, true},
+		{"42 (a b) c)) R 1 42 42 0 -1 4194560 7 0 0 0 7 3", 7, true},
+		{"42 nginx S 1", 0, false},
+		{"42 (x) S 1 2 3", 0, false},
+		{"42 (x) S 1 42 42 0 -1 4194560 many 0", 0, false},
+	}
+	for _, tt := range tests {
+		got, err := parseMinorFaults([]byte(tt.in))
+		if tt.ok != (err == nil) || (tt.ok && got != tt.want) {
+			t.Errorf("parseMinorFaults(%q) = %v, %v; want %v, ok=%v", tt.in, got, err, tt.want, tt.ok)
+		}
+	}
+}
+
 func FuzzParseProcPidStat(f *testing.F) {
 	f.Add([]byte("42 (nginx) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1 0 100 1000 10"))
 	f.Add([]byte("1 ()) ) Z"))
@@ -162,6 +183,7 @@ func FuzzParseProcPidStat(f *testing.F) {
 		if d, err := parseProcPidStat(b); err == nil && d < 0 {
 			t.Fatalf("negative CPU time %v", d)
 		}
+		_, _ = parseMinorFaults(b) // no panic on any input
 	})
 }
 
@@ -402,7 +424,7 @@ func TestParseProcEvents(t *testing.T) {
 			t.Errorf("%s: %+v, want %+v", tt.name, got, tt.want)
 		}
 	}
-	if got := (procEvents{reads: 4, writes: 2, switches: 8}).perMiB(2 << 20); got != "2 reads, 1 writes, 4 context switches" {
+	if got := (procEvents{reads: 4, writes: 2, switches: 8, faults: 6}).perMiB(2 << 20); got != "2 reads, 1 writes, 4 context switches, 3 minor faults" {
 		t.Errorf("perMiB: %q", got)
 	}
 }

@@ -44,13 +44,32 @@ func parseProcPidStat(b []byte) (time.Duration, error) {
 	return time.Duration(ticks) * clockTick, nil
 }
 
-// procEvents counts one process's read and write system calls (/proc/<pid>/io syscr, syscw) and its threads'
-// context switches, voluntary and not (/proc/<pid>/task/*/status): per byte received they show the work per event (frames,
-// wake-ups) that CPU time mixes with the work per byte.
-type procEvents struct{ reads, writes, switches int64 }
+// procEvents counts one process's read and write system calls (/proc/<pid>/io syscr, syscw), its threads'
+// context switches, voluntary and not (/proc/<pid>/task/*/status), and its minor page faults (/proc/<pid>/stat):
+// per byte received they show the work per event (frames, wake-ups) that CPU time mixes with the work per byte,
+// and the faults on new memory, which cost 5-8 ns/B on a VM whose host takes back free memory
+// (docs/benchmarks.md wave 11).
+type procEvents struct{ reads, writes, switches, faults int64 }
 
 func (e procEvents) sub(o procEvents) procEvents {
-	return procEvents{e.reads - o.reads, e.writes - o.writes, e.switches - o.switches}
+	return procEvents{e.reads - o.reads, e.writes - o.writes, e.switches - o.switches, e.faults - o.faults}
+}
+
+func (e procEvents) add(o procEvents) procEvents {
+	return procEvents{e.reads + o.reads, e.writes + o.writes, e.switches + o.switches, e.faults + o.faults}
+}
+
+// parseMinorFaults reads a process's minor page faults (minflt, the 10th field) out of /proc/<pid>/stat.
+func parseMinorFaults(b []byte) (int64, error) {
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, errors.New("fleetbench: /proc/<pid>/stat without command name")
+	}
+	f := bytes.Fields(b[i+1:])
+	if len(f) < 8 {
+		return 0, errors.New("fleetbench: /proc/<pid>/stat too short")
+	}
+	return strconv.ParseInt(string(f[7]), 10, 64)
 }
 
 // parseProcEvents reads the counters out of /proc/<pid>/io and /proc/<pid>/status; a field missing is 0.
@@ -126,6 +145,7 @@ func labProcs(lab *netlab.Lab) (map[int]time.Duration, map[int]procEvents, error
 			status, _ := os.ReadFile(task)
 			ev.switches += parseProcEvents(nil, status).switches
 		}
+		ev.faults, _ = parseMinorFaults(b)
 		events[pid] = ev
 	}
 	return cpu, events, nil
@@ -150,7 +170,7 @@ type procCPUMeter struct {
 	own    time.Duration
 	procs  map[int]time.Duration
 	events map[int]procEvents
-	// Events: the read and write system calls and context switches since start of the lab's processes alive at
+	// Events: the read and write system calls, context switches and minor faults since start of the lab's processes alive at
 	// stop (set by stop; processes that exited meanwhile, such as fetch commands, are not in it).
 	Events procEvents
 }
@@ -175,7 +195,7 @@ func (m *procCPUMeter) stop() (time.Duration, error) {
 	m.Events = procEvents{}
 	for pid, e := range events {
 		d := e.sub(m.events[pid])
-		m.Events = procEvents{m.Events.reads + d.reads, m.Events.writes + d.writes, m.Events.switches + d.switches}
+		m.Events = m.Events.add(d)
 	}
 	return total, nil
 }
@@ -186,6 +206,6 @@ func (e procEvents) perMiB(received int64) string {
 		return "unknown"
 	}
 	mib := float64(received) / (1 << 20)
-	return fmt.Sprintf("%.0f reads, %.0f writes, %.0f context switches", float64(e.reads)/mib, float64(e.writes)/mib,
-		float64(e.switches)/mib)
+	return fmt.Sprintf("%.0f reads, %.0f writes, %.0f context switches, %.0f minor faults", float64(e.reads)/mib,
+		float64(e.writes)/mib, float64(e.switches)/mib, float64(e.faults)/mib)
 }
