@@ -21,14 +21,9 @@ const clockTick = time.Second / 100
 // procCPU is the CPU time (user+system) of one process from /proc/<pid>/stat. The command name in parentheses
 // may itself hold spaces and parentheses, so fields are counted from the last ')'.
 func parseProcPidStat(b []byte) (time.Duration, error) {
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0, errors.New("fleetbench: /proc/<pid>/stat without command name")
-	}
-	f := bytes.Fields(b[i+1:])
-	// After the name: state(3) ... utime(14) stime(15), i.e. index 11 and 12 here.
-	if len(f) < 13 {
-		return 0, errors.New("fleetbench: /proc/<pid>/stat too short")
+	f, err := statFields(b, 13)
+	if err != nil {
+		return 0, err
 	}
 	var ticks uint64
 	for _, s := range f[11:13] {
@@ -42,6 +37,20 @@ func parseProcPidStat(b []byte) (time.Duration, error) {
 		return 0, errors.New("fleetbench: /proc/<pid>/stat time out of range")
 	}
 	return time.Duration(ticks) * clockTick, nil
+}
+
+// statFields returns the fields of /proc/<pid>/stat after the command name (which may hold spaces and
+// parentheses), at least n of them: the state is [0].
+func statFields(b []byte, n int) ([][]byte, error) {
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return nil, errors.New("fleetbench: /proc/<pid>/stat without command name")
+	}
+	f := bytes.Fields(b[i+1:])
+	if len(f) < n {
+		return nil, errors.New("fleetbench: /proc/<pid>/stat too short")
+	}
+	return f, nil
 }
 
 // procEvents counts one process's read and write system calls (/proc/<pid>/io syscr, syscw), its threads'
@@ -61,13 +70,9 @@ func (e procEvents) add(o procEvents) procEvents {
 
 // parseMinorFaults reads a process's minor page faults (minflt, the 10th field) out of /proc/<pid>/stat.
 func parseMinorFaults(b []byte) (int64, error) {
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0, errors.New("fleetbench: /proc/<pid>/stat without command name")
-	}
-	f := bytes.Fields(b[i+1:])
-	if len(f) < 8 {
-		return 0, errors.New("fleetbench: /proc/<pid>/stat too short")
+	f, err := statFields(b, 8)
+	if err != nil {
+		return 0, err
 	}
 	return strconv.ParseInt(string(f[7]), 10, 64)
 }
