@@ -453,11 +453,11 @@ const (
 	maxBridging  = 2
 )
 
-// members counts the members known (membership table), for mDNS's query schedule.
+// members counts the members known (membership table), for mDNS's query schedule and bridging dials; known says
+// whether a peer is one (nil without a table).
 func startDiscovery(h host.Host, cfg Config, boot *bootstrap, members func() int, known func(peer.ID) bool, log *slog.Logger) (*discovery, error) {
 	d := &discovery{h: h, log: log, allowLoopback: cfg.AllowLoopback, found: map[peer.ID]foundPeer{}, boot: boot,
 		known: known, members: members, start: time.Now()}
-	start := time.Now()
 	// Every member of a LAN hears every other at once when they start: each dials half the overlay fill's target
 	// and is dialled by about as many, so the overlay's degree stays near MinPeers: each connection costs memory,
 	// and a denser overlay pushed gossipsub meshes past their prune mark (peer exchange, now off, then churned
@@ -484,7 +484,7 @@ func startDiscovery(h host.Host, cfg Config, boot *bootstrap, members func() int
 			found := len(d.found)
 			d.mu.Unlock()
 			// Without a membership table (no fleet key) the peers just announced stand for the fleet.
-			return browseState{sinceStart: time.Since(start), connected: len(h.Network().Peers()),
+			return browseState{sinceStart: time.Since(d.start), connected: len(h.Network().Peers()),
 				dialBelow: d.dialBelow, members: max(members(), found)}
 		}
 		var err error

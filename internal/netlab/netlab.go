@@ -190,11 +190,8 @@ func (l *Lab) build(ctx context.Context, rate string) error {
 	steps := [][]string{
 		{"ip", "netns", "add", br},
 		{"ip", "-n", br, "link", "set", "lo", "up"},
-		// A plain learning switch: no STP delay, and multicast (mDNS) flooded to every port rather than filtered
-		// by snooping state that no querier on the lab would ever fill in.
-		{"ip", "-n", br, "link", "add", bridgeName, "type", "bridge", "forward_delay", "0", "stp_state", "0", "mcast_snooping", "0"},
-		{"ip", "-n", br, "link", "set", bridgeName, "up"},
 	}
+	steps = append(steps, l.switchSteps(bridgeName)...)
 	for i, h := range l.Hosts {
 		port := bridgePort(i)
 		steps = append(steps,
@@ -223,6 +220,16 @@ func (l *Lab) build(ctx context.Context, rate string) error {
 }
 
 func bridgePort(i int) string { return "v" + strconv.Itoa(i) }
+
+// switchSteps creates and starts a switch (bridge) in the bridge namespace: a plain learning switch, no STP delay,
+// and multicast (mDNS) flooded to every port rather than filtered by snooping state that no querier on the lab
+// would ever fill in.
+func (l *Lab) switchSteps(name string) [][]string {
+	return [][]string{
+		{"ip", "-n", l.bridgeNS, "link", "add", name, "type", "bridge", "forward_delay", "0", "stp_state", "0", "mcast_snooping", "0"},
+		{"ip", "-n", l.bridgeNS, "link", "set", name, "up"},
+	}
+}
 
 // Command returns a command that runs name with args inside host i's namespace (through `ip netns exec`, which
 // execs in place, so the process's PID is the command's own). A bad index makes Start fail with ErrNoHost.
@@ -308,22 +315,14 @@ func (l *Lab) Split(hosts []int) error {
 		}
 	}
 	if !l.split {
-		err := run(context.Background(), "ip", "-n", l.bridgeNS, "link", "add", splitBridge, "type", "bridge",
-			"forward_delay", "0", "stp_state", "0", "mcast_snooping", "0")
-		if err != nil {
-			return err
-		}
-		if err := run(context.Background(), "ip", "-n", l.bridgeNS, "link", "set", splitBridge, "up"); err != nil {
-			return err
+		for _, s := range l.switchSteps(splitBridge) {
+			if err := run(context.Background(), s...); err != nil {
+				return err
+			}
 		}
 		l.split = true
 	}
-	for _, i := range hosts {
-		if err := run(context.Background(), "ip", "-n", l.bridgeNS, "link", "set", bridgePort(i), "master", splitBridge); err != nil {
-			return err
-		}
-	}
-	return nil
+	return l.attach(hosts, splitBridge)
 }
 
 // Join puts every host back on one switch after Split.
@@ -333,8 +332,17 @@ func (l *Lab) Join() error {
 	if l.closed {
 		return ErrClosed
 	}
-	for i := range l.Hosts {
-		if err := run(context.Background(), "ip", "-n", l.bridgeNS, "link", "set", bridgePort(i), "master", bridgeName); err != nil {
+	all := make([]int, len(l.Hosts))
+	for i := range all {
+		all[i] = i
+	}
+	return l.attach(all, bridgeName)
+}
+
+// attach moves the hosts' ports to the switch sw; l.mu must be held.
+func (l *Lab) attach(hosts []int, sw string) error {
+	for _, i := range hosts {
+		if err := run(context.Background(), "ip", "-n", l.bridgeNS, "link", "set", bridgePort(i), "master", sw); err != nil {
 			return err
 		}
 	}

@@ -296,28 +296,36 @@ func TestPartitionAndHeal(t *testing.T) {
 	if err := lab.Partition(1); err != nil {
 		t.Fatal(err)
 	}
-	short, cancelShort := context.WithTimeout(ctx, 500*time.Millisecond)
-	err := exchange(short, lab, 0, 1)
-	cancelShort()
-	if err == nil {
+	if reaches(ctx, lab, 0, 1) {
 		t.Fatal("host 0 reached partitioned host 1")
 	}
 	if err := lab.Heal(1); err != nil {
 		t.Fatal(err)
 	}
-	// The port comes back at once (no STP delay); allow a few tries for the carrier to settle.
-	for try := 0; ; try++ {
-		err := exchange(ctx, lab, 0, 1)
-		if err == nil {
-			break
-		}
-		if try == 20 {
-			t.Fatalf("after heal: %v", err)
-		}
-		time.Sleep(100 * time.Millisecond)
+	if err := waitExchange(ctx, lab, 0, 1); err != nil {
+		t.Fatalf("after heal: %v", err)
 	}
 	if err := lab.Partition(5); !errors.Is(err, ErrNoHost) {
 		t.Errorf("Partition(5) = %v, want ErrNoHost", err)
+	}
+}
+
+// reaches reports whether host a completes an exchange with host b within half a second.
+func reaches(ctx context.Context, lab *Lab, a, b int) bool {
+	short, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer cancel()
+	return exchange(short, lab, a, b) == nil
+}
+
+// waitExchange retries an exchange from host a to host b for about 2 s: a port that comes back (no STP delay)
+// may take a moment for its carrier to settle.
+func waitExchange(ctx context.Context, lab *Lab, a, b int) error {
+	for try := 0; ; try++ {
+		err := exchange(ctx, lab, a, b)
+		if err == nil || try == 20 {
+			return err
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 
@@ -336,25 +344,15 @@ func TestSplitAndJoin(t *testing.T) {
 		}
 	}
 	for _, p := range [][2]int{{0, 2}, {3, 1}} {
-		short, cancelShort := context.WithTimeout(ctx, 500*time.Millisecond)
-		err := exchange(short, lab, p[0], p[1])
-		cancelShort()
-		if err == nil {
+		if reaches(ctx, lab, p[0], p[1]) {
 			t.Errorf("split: host %d reached host %d across the halves", p[0], p[1])
 		}
 	}
 	if err := lab.Join(); err != nil {
 		t.Fatal(err)
 	}
-	for try := 0; ; try++ {
-		err := exchange(ctx, lab, 0, 2)
-		if err == nil {
-			break
-		}
-		if try == 20 {
-			t.Fatalf("after join: %v", err)
-		}
-		time.Sleep(100 * time.Millisecond)
+	if err := waitExchange(ctx, lab, 0, 2); err != nil {
+		t.Fatalf("after join: %v", err)
 	}
 	if err := lab.Split([]int{7}); !errors.Is(err, ErrNoHost) {
 		t.Errorf("Split([7]) = %v, want ErrNoHost", err)
