@@ -167,6 +167,7 @@ func TestParseMinorFaults(t *testing.T) {
 		{"42 nginx S 1", 0, false},
 		{"42 (x) S 1 2 3", 0, false},
 		{"42 (x) S 1 42 42 0 -1 4194560 many 0", 0, false},
+		{"42 (x) S 1 42 42 0 -1 4194560 -3 0", 0, false},
 	}
 	for _, tt := range tests {
 		got, err := parseMinorFaults([]byte(tt.in))
@@ -183,7 +184,9 @@ func FuzzParseProcPidStat(f *testing.F) {
 		if d, err := parseProcPidStat(b); err == nil && d < 0 {
 			t.Fatalf("negative CPU time %v", d)
 		}
-		_, _ = parseMinorFaults(b) // no panic on any input
+		if n, err := parseMinorFaults(b); err == nil && n < 0 {
+			t.Fatalf("negative fault count %d", n)
+		}
 	})
 }
 

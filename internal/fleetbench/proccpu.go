@@ -74,7 +74,8 @@ func parseMinorFaults(b []byte) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	return strconv.ParseInt(string(f[7]), 10, 64)
+	n, err := strconv.ParseUint(string(f[7]), 10, 63)
+	return int64(n), err
 }
 
 // parseProcEvents reads the counters out of /proc/<pid>/io and /proc/<pid>/status; a field missing is 0.
