@@ -106,8 +106,8 @@ func getHave(ctx context.Context, h host.Host, p peer.ID, blob cid.Cid, n int, t
 }
 
 // readChunks is readChunksSummed for a caller that needs no digests and forwards nothing.
-func readChunks(r io.Reader, m *blobstore.Manifest, rs []chunkRange, buf []byte, fn func(i int, data []byte) error) error {
-	return readChunksSummed(r, m, rs, buf, nil, func(i int, data []byte, _ [32]byte) error { return fn(i, data) })
+func readChunks(r io.Reader, m *blobstore.Manifest, rs []chunkRange, fn func(i int, data []byte) error) error {
+	return readChunksSummed(r, m, rs, nil, func(i int, data []byte, _ [32]byte) error { return fn(i, data) })
 }
 
 // readChunksSummed reads the answer to a GET_CHUNKS for rs: exactly one CHUNK or NO_CHUNK frame per requested
@@ -119,8 +119,9 @@ func readChunks(r io.Reader, m *blobstore.Manifest, rs []chunkRange, buf []byte,
 //
 // begin, if not nil, is called once a CHUNK frame's index and length are checked, before its bytes are read: an
 // arrival it returns receives the bytes (and forwards see them as they arrive, swarm_arriving.go) and is finished
-// after fn, verified only if fn succeeded and the bytes match the manifest's digest.
-func readChunksSummed(r io.Reader, m *blobstore.Manifest, rs []chunkRange, buf []byte, begin func(i, size int) *arrival,
+// after fn, verified only if fn succeeded and the bytes match the manifest's digest. Without an arrival the bytes
+// go to a pooled chunk buffer taken for that chunk only: a request waiting for its answer holds none.
+func readChunksSummed(r io.Reader, m *blobstore.Manifest, rs []chunkRange, begin func(i, size int) *arrival,
 	fn func(i int, data []byte, sum [32]byte) error) error {
 	h := sha256.New()
 	for _, cr := range rs {
@@ -130,21 +131,21 @@ func readChunksSummed(r io.Reader, m *blobstore.Manifest, rs []chunkRange, buf [
 				return noEOF(err)
 			}
 			if t == msgChunk && n >= chunkFrameOverhead {
-				if err := readChunk(r, m, i, n-chunkFrameOverhead, buf, h, begin, fn); err != nil {
+				if err := readChunk(r, m, i, n-chunkFrameOverhead, h, begin, fn); err != nil {
 					return err
 				}
 				continue
 			}
-			t, p, err := readPayload(r, t, n, buf)
+			// Any other type is refused from its header; what is left (ERROR, NO_CHUNK, a short CHUNK) is small.
+			if t != msgError && t != msgNoChunk && t != msgChunk {
+				return fmt.Errorf("%w: unexpected %s frame", ErrProtocol, t)
+			}
+			t, p, err := readPayload(r, t, n, nil)
 			if err != nil {
 				return err
 			}
-			switch t {
-			case msgError:
+			if t == msgError {
 				return decodeError(p)
-			case msgChunk, msgNoChunk:
-			default:
-				return fmt.Errorf("%w: unexpected %s frame", ErrProtocol, t)
 			}
 			got, _, err := decodeChunkIndex(t, p)
 			if err != nil {
@@ -163,7 +164,7 @@ func readChunksSummed(r io.Reader, m *blobstore.Manifest, rs []chunkRange, buf [
 
 // readChunk reads the rest of a CHUNK frame for chunk i whose header announced size chunk bytes: the index, then
 // the bytes, hashed (and handed to an arrival, if begin gives one) piece by piece as they arrive.
-func readChunk(r io.Reader, m *blobstore.Manifest, i, size int, buf []byte, h hash.Hash, begin func(i, size int) *arrival,
+func readChunk(r io.Reader, m *blobstore.Manifest, i, size int, h hash.Hash, begin func(i, size int) *arrival,
 	fn func(i int, data []byte, sum [32]byte) error) (err error) {
 	var ib [chunkFrameOverhead]byte
 	if _, err := io.ReadFull(r, ib[:]); err != nil {
@@ -184,13 +185,12 @@ func readChunk(r io.Reader, m *blobstore.Manifest, i, size int, buf []byte, h ha
 		a = begin(i, size)
 	}
 	var data []byte
-	switch {
-	case a != nil:
+	if a != nil {
 		data = a.buf
-	case cap(buf) >= size:
-		data = buf[:size]
-	default:
-		data = make([]byte, size)
+	} else {
+		bp := getChunkBuf()
+		defer putChunkBuf(bp)
+		data = (*bp)[:size]
 	}
 	verified := false
 	if a != nil {

@@ -631,8 +631,6 @@ func (t *transfer) setHaveFrom(fp *fpeer, have []bool, found bool) {
 // worker requests ranges from fp one after the other over one stream, kept while requests succeed so that
 // its flow-control window stays open.
 func (t *transfer) worker(fp *fpeer) {
-	bp := chunkBufPool.Get().(*[]byte)
-	defer chunkBufPool.Put(bp)
 	var st network.Stream
 	defer func() {
 		if st != nil {
@@ -654,7 +652,7 @@ func (t *transfer) worker(fp *fpeer) {
 			return
 		}
 		began := time.Now()
-		err := t.request(fp, &st, r, rule, (*bp)[:0])
+		err := t.request(fp, &st, r, rule)
 		t.release(fp, r)
 		if err == nil {
 			t.timed(time.Since(began) / time.Duration(r.Count))
@@ -937,7 +935,7 @@ var errBadChunk = errors.New("peer sent a chunk that does not match its hash")
 
 // request fetches range r from fp over *st (opened if nil, reset and cleared on any error) and stores each
 // chunk as it arrives.
-func (t *transfer) request(fp *fpeer, st *network.Stream, r chunkRange, rule copyRule, buf []byte) (err error) {
+func (t *transfer) request(fp *fpeer, st *network.Stream, r chunkRange, rule copyRule) (err error) {
 	if *st == nil {
 		ctx, cancel := context.WithTimeout(t.ctx, t.p.rpcTimeout)
 		s, err := t.n.h.NewStream(ctx, fp.id, ChunkProtocol)
@@ -962,7 +960,7 @@ func (t *transfer) request(fp *fpeer, st *network.Stream, r chunkRange, rule cop
 	}
 	served := 0
 	defer func() { t.n.adjustScore(fp.id, served*scoreChunk) }()
-	return readChunksSummed(s, t.m, rs, buf, t.beginArrival, func(i int, data []byte, sum [32]byte) error {
+	return readChunksSummed(s, t.m, rs, t.beginArrival, func(i int, data []byte, sum [32]byte) error {
 		if data == nil {
 			t.noChunk(fp, i)
 			return nil

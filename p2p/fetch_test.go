@@ -602,3 +602,47 @@ func TestAlreadyCountsByRule(t *testing.T) {
 		t.Fatalf("inVain = %v, want %v", tr.inVain, want)
 	}
 }
+
+// A fetch's workers hold a chunk buffer only while a chunk's bytes arrive: waiting for an answer they hold none
+// (24 idle workers of a 12-host fetch held 24 MiB, docs/design.md 6.8). The holder's sends are held, so while the
+// fetch waits the only chunk buffers taken are the holder's, one per request it has read from its store. Not
+// parallel: the count is the process's.
+func TestWaitingWorkersHoldNoBuffer(t *testing.T) {
+	data := randomBlob(t, 8<<20)
+	f, holder := startNode(t, "", nil), startNode(t, "", nil)
+	blob := put(t, holder, data)
+	connect(t, f, holder)
+	before := chunkBufsHeld.Load()
+	var held atomic.Int32 // the holder's requests held before their chunk is sent
+	release := make(chan struct{})
+	holder.srv.beforeSend = func(int, []byte) {
+		held.Add(1)
+		<-release
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- f.Fetch(ctx, blob, []peer.ID{holder.ID()}, nil) }()
+	// Each of the fetch's workers has its request held; half a second more for any stray Get. The requests time
+	// out after testFetchParams.requestTimeout (5 s).
+	for deadline := time.Now().Add(3 * time.Second); held.Load() < int32(testFetchParams.perPeer); {
+		if time.Now().After(deadline) {
+			close(release)
+			t.Fatalf("%d requests reached the holder, want %d", held.Load(), testFetchParams.perPeer)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond)
+	got, want := chunkBufsHeld.Load()-before, int64(held.Load())
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	checkBlob(t, f, blob, data)
+	if got != want {
+		t.Errorf("%d chunk buffers taken while %d requests waited for their answer: want one each at the holder, none at the fetch's workers", got, want)
+	}
+	if n := chunkBufsHeld.Load() - before; n != 0 {
+		t.Errorf("%d chunk buffers not given back after the fetch", n)
+	}
+}

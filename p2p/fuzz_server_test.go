@@ -29,7 +29,8 @@ const (
 	fuzzAllocBase = 512 << 10
 	// fuzzAllocPerByte covers what each request byte may cost (decoded requests, encoded answers).
 	fuzzAllocPerByte = 64
-	// fuzzChunkBuf is the pooled chunk buffer a GET_CHUNKS takes, allocated when the pool has none at hand.
+	// fuzzChunkBuf is the pooled chunk buffer a GET_CHUNKS takes once it reads a chunk from the store, allocated
+	// when the pool has none at hand.
 	fuzzChunkBuf = frameHeaderLen + chunkFrameOverhead + blobstore.ChunkSize
 )
 

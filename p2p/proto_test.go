@@ -261,7 +261,7 @@ func TestClientCodecOverPipe(t *testing.T) {
 			t.Run(tc.name+"/"+rname, func(t *testing.T) {
 				t.Parallel()
 				var got []int
-				err := readChunksSummed(reader(), m, rs, nil, nil, func(i int, data []byte, sum [32]byte) error {
+				err := readChunksSummed(reader(), m, rs, nil, func(i int, data []byte, sum [32]byte) error {
 					if data == nil {
 						return nil
 					}

@@ -33,11 +33,25 @@ const (
 	maxStreamsServed  = 1024 // chunk streams served at once for all peers
 )
 
-// chunkBufPool holds buffers for one chunk frame: header, index and up to ChunkSize bytes.
+// chunkBufPool holds buffers for one chunk frame: header, index and up to ChunkSize bytes. Taken with
+// getChunkBuf, given back with putChunkBuf.
 var chunkBufPool = sync.Pool{New: func() any {
 	b := make([]byte, 0, frameHeaderLen+chunkFrameOverhead+blobstore.ChunkSize)
 	return &b
 }}
+
+// chunkBufsHeld counts the chunk buffers taken and not given back, in this process (tests: who holds one when).
+var chunkBufsHeld atomic.Int64
+
+func getChunkBuf() *[]byte {
+	chunkBufsHeld.Add(1)
+	return chunkBufPool.Get().(*[]byte)
+}
+
+func putChunkBuf(bp *[]byte) {
+	chunkBufsHeld.Add(-1)
+	chunkBufPool.Put(bp)
+}
 
 // server answers chunk-protocol requests from the store. It serves verified chunks of partial blobs too.
 type server struct {
@@ -236,9 +250,15 @@ func (s *server) serveChunks(st stream, b *peerBudget, req request, sent *pendin
 	case <-s.ctx.Done():
 		return s.ctx.Err()
 	}
-	bp := chunkBufPool.Get().(*[]byte)
-	defer chunkBufPool.Put(bp)
-	hdr := frameHeaderLen + chunkFrameOverhead
+	// The chunk buffer is taken at the first chunk read from the store: a forward and a NO_CHUNK need only a header.
+	var hb [frameHeaderLen + chunkFrameOverhead]byte
+	hdr := len(hb)
+	var bp *[]byte
+	defer func() {
+		if bp != nil {
+			putChunkBuf(bp)
+		}
+	}()
 	seed := s.seeds.state(s.ctx, s, req.Blob)
 	*sent = pendingDelivery{b: seed, blob: req.Blob, idx: sent.idx[:0]}
 	for _, r := range req.Ranges {
@@ -246,7 +266,7 @@ func (s *server) serveChunks(st stream, b *peerBudget, req request, sent *pendin
 			ok, first := s.seeds.take(seed, i)
 			if a := s.arrival(b, req.Blob, i, ok && !first); a != nil {
 				// Being received here: forwarded as it arrives (cut-through). A failed forward resets the stream.
-				if err := s.forward(st, b, a, i, (*bp)[:hdr]); err != nil {
+				if err := s.forward(st, b, a, i, hb[:]); err != nil {
 					return err
 				}
 				s.served.Add(1)
@@ -255,6 +275,9 @@ func (s *server) serveChunks(st stream, b *peerBudget, req request, sent *pendin
 			var b []byte
 			err := blobstore.ErrNotFound // refused: sent already while other chunks have not left (swarm_served.go)
 			if ok {
+				if bp == nil {
+					bp = getChunkBuf()
+				}
 				b, err = s.store.ServeChunk(s.ctx, req.Blob, i, (*bp)[:hdr])
 			}
 			if err != nil {
@@ -268,7 +291,7 @@ func (s *server) serveChunks(st stream, b *peerBudget, req request, sent *pendin
 				if !errors.Is(err, blobstore.ErrNotFound) {
 					s.log.Warn("cannot serve chunk", "blob", req.Blob, "index", i, "err", err)
 				}
-				b = (*bp)[:hdr]
+				b = hb[:]
 				frameHeader(b, msgNoChunk, chunkFrameOverhead)
 				putIndex(b[frameHeaderLen:], i)
 				if err := s.write(st, b); err != nil {

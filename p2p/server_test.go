@@ -73,7 +73,7 @@ func TestServerOverPipe(t *testing.T) {
 		t.Fatal(err)
 	}
 	var gotIdx, missing []int
-	err = readChunks(client, m, rs, nil, func(i int, data []byte) error {
+	err = readChunks(client, m, rs, func(i int, data []byte) error {
 		if data == nil {
 			missing = append(missing, i)
 		} else if bytes.Equal(data, chunks[i]) {

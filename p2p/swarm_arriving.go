@@ -74,7 +74,7 @@ func (r *arrivals) begin(blob cid.Cid, i, size int) *arrival {
 	if r.m == nil {
 		r.m = map[arrivalKey]*arrival{}
 	}
-	bp := chunkBufPool.Get().(*[]byte)
+	bp := getChunkBuf()
 	a := &arrival{reg: r, key: k, bp: bp, buf: (*bp)[:size], refs: 1, wake: make(chan struct{})}
 	r.m[k] = a
 	return a
@@ -131,7 +131,7 @@ func (a *arrival) release() {
 	a.reg.mu.Lock()
 	defer a.reg.mu.Unlock()
 	if a.refs--; a.refs == 0 {
-		chunkBufPool.Put(a.bp)
+		putChunkBuf(a.bp)
 		a.bp, a.buf = nil, nil
 	}
 }

@@ -31,7 +31,7 @@ func TestServerSeedSendsOnce(t *testing.T) {
 			t.Fatal(err)
 		}
 		got := false
-		if err := readChunks(client, m, rs, nil, func(_ int, d []byte) error { got = d != nil; return nil }); err != nil {
+		if err := readChunks(client, m, rs, func(_ int, d []byte) error { got = d != nil; return nil }); err != nil {
 			t.Fatal(err)
 		}
 		return got
@@ -79,7 +79,7 @@ func TestServerPartialServesAgain(t *testing.T) {
 			t.Fatal(err)
 		}
 		got := false
-		if err := readChunks(client, m, rs, nil, func(_ int, d []byte) error { got = d != nil; return nil }); err != nil || !got {
+		if err := readChunks(client, m, rs, func(_ int, d []byte) error { got = d != nil; return nil }); err != nil || !got {
 			t.Fatalf("served %v, %v", got, err)
 		}
 	}
@@ -165,7 +165,7 @@ func TestThreatSeedFirstSendHog(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := readChunks(st, m, []chunkRange{{0, 4}}, nil, func(int, []byte) error { return nil }); err != nil {
+	if err := readChunks(st, m, []chunkRange{{0, 4}}, func(int, []byte) error { return nil }); err != nil {
 		t.Fatal(err)
 	}
 	done() // the hog closes: chunks 0-3 delivered to it, and it holds none of them
