@@ -81,15 +81,17 @@ func TestFaultHalvesRejoin(t *testing.T) {
 }
 
 // TestFaultHalvesRejoinStatic is TestFaultHalvesRejoin for a fleet joined by p2p.peers alone (no mDNS): members
-// 1-6 have member 0 as static peer, 7-11 members 0 and 6, so the second half (6-11) knows the first only through
-// member 0. After the join, members that forgot a static peer dial it as a bridging dial (design 6.3), deciding
-// once per 2 minutes (staticBridgeWindow); the bound is three such windows. About 10 minutes: make test-faults.
+// 1-12 have member 0 as static peer, 13-23 members 0 and 12, so the second half (12-23) knows the first only
+// through member 0. Halves of 12 keep every member at its 8 overlay peers within its half, so no member falls below
+// the 4 that would make it redial its static peers (the bootstrap list's restore, 6.2); after the join, members
+// that forgot a static peer dial it as a bridging dial (design 6.3), deciding once per 2 minutes
+// (staticBridgeWindow); the bound is three such windows. About 6 minutes: make test-faults.
 func TestFaultHalvesRejoinStatic(t *testing.T) {
 	requireLab(t)
 	if !longFaults {
 		t.Skip("fault scenario run by make test-faults (NPU_TEST_FAULTS=long)")
 	}
-	const n, half, rejoinBound = 12, 6, 6 * time.Minute
+	const n, half, rejoinBound = 24, 12, 6 * time.Minute
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	lab := newLab(ctx, t, netlab.Config{Hosts: n})
