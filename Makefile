@@ -138,5 +138,5 @@ bench-fleet:
 # threads, fds) for docs/design.md section 9. Short versions run in `make test`.
 test-faults:
 	NPU_TEST_FAULTS=long $(GO) test -race -count=1 -run Fault -timeout 30m ./internal/faults/... ./blobstore/...
-	NPU_TEST_FAULTS=long $(GO) test -race -count=1 -timeout 20m -run '^Test(Fault|FleetCompilerKilled)' ./internal/e2e/
+	NPU_TEST_FAULTS=long $(GO) test -race -count=1 -timeout 35m -run '^Test(Fault|FleetCompilerKilled)' ./internal/e2e/
 	NPU_TEST_FAULTS=long $(GO) test -race -count=1 -timeout 20m -v -run '^TestThreatDaemon' ./internal/e2e/

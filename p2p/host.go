@@ -409,6 +409,8 @@ type discovery struct {
 	mu     sync.Mutex // guards closed against wg.Add racing wg.Wait (mDNS calls back from its own goroutines), and found
 	closed bool
 	found  map[peer.ID]foundPeer // mDNS peers, redialled while disconnected until they go unseen for foundTTL
+	// retired: the static peers' bridging dial decisions once the overlay fill retired them (bridgeStatic)
+	retired map[peer.ID]foundPeer
 	// dialBelow: mDNS peers are dialled only while fewer peers are connected (or being dialled), so on a LAN of
 	// more members than that mDNS does not connect every member to every other: membership needs no full mesh
 	// (6.2), and each connection costs memory.
@@ -451,13 +453,16 @@ const (
 	bridgeDials  = 2
 	bridgeWindow = 10 * time.Minute
 	maxBridging  = 2
+	// staticBridgeWindow is bridgeWindow for a retired static peer (bridgeStatic): the operator's list, not what
+	// anyone on the LAN can announce, so a split fleet rejoins sooner for a few more dials of a static peer gone.
+	staticBridgeWindow = 2 * time.Minute
 )
 
 // members counts the members known (membership table), for mDNS's query schedule and bridging dials; known says
 // whether a peer is one (nil without a table).
 func startDiscovery(h host.Host, cfg Config, boot *bootstrap, members func() int, known func(peer.ID) bool, log *slog.Logger) (*discovery, error) {
-	d := &discovery{h: h, log: log, allowLoopback: cfg.AllowLoopback, found: map[peer.ID]foundPeer{}, boot: boot,
-		known: known, members: members, start: time.Now()}
+	d := &discovery{h: h, log: log, allowLoopback: cfg.AllowLoopback, found: map[peer.ID]foundPeer{},
+		retired: map[peer.ID]foundPeer{}, boot: boot, known: known, members: members, start: time.Now()}
 	// Every member of a LAN hears every other at once when they start: each dials half the overlay fill's target
 	// and is dialled by about as many, so the overlay's degree stays near MinPeers: each connection costs memory,
 	// and a denser overlay pushed gossipsub meshes past their prune mark (peer exchange, now off, then churned
@@ -521,7 +526,7 @@ func (d *discovery) HandlePeerFound(ai peer.AddrInfo) {
 	// Dials under way count: a burst of announcements (every host of a LAN starting at once) must not dial all.
 	full := len(d.h.Network().Peers())+d.dialing >= d.dialBelow
 	if full {
-		bridge = d.bridge(ai.ID, &f, now, mrand.Float64())
+		bridge = d.bridge(ai.ID, &f, now, mrand.Float64(), bridgeWindow)
 	}
 	d.found[ai.ID] = f
 	if full && !bridge {
@@ -549,38 +554,28 @@ func (d *discovery) HandlePeerFound(ai peer.AddrInfo) {
 }
 
 // bridge decides, for a peer announced while this node has its dialBelow peers, whether to dial it anyway
-// (bridgeDials); u is uniform in [0, 1). d.mu is held; f's decision time is updated.
-func (d *discovery) bridge(id peer.ID, f *foundPeer, now time.Time, u float64) bool {
+// (bridgeDials), once per window; u is uniform in [0, 1). d.mu is held; f's decision time is updated.
+func (d *discovery) bridge(id peer.ID, f *foundPeer, now time.Time, u float64, window time.Duration) bool {
 	if d.known == nil || d.known(id) || d.bridging >= maxBridging || d.h.Network().Connectedness(id) == network.Connected {
 		return false
 	}
 	if now.Sub(d.start) < joinPhase {
 		return false // joining: every announcement precedes its record, and the ordinary dials join this node
 	}
-	if !f.considered.IsZero() && now.Sub(f.considered) < bridgeWindow {
+	if !f.considered.IsZero() && now.Sub(f.considered) < window {
 		return false
 	}
 	f.considered = now
 	return u < bridgeDials/float64(max(1, d.members()))
 }
 
-// keepConnected redials static peers (until the overlay fill retires them) and recently announced mDNS peers
-// while they are disconnected.
+// keepConnected redials static peers (until the overlay fill retires them; then only as bridging dials) and
+// recently announced mDNS peers while they are disconnected.
 func (d *discovery) keepConnected(ctx context.Context) {
 	t := time.NewTicker(redialInterval)
 	defer t.Stop()
 	for {
-		for i, ai := range d.targets() { // static peers first
-			if d.h.Network().Connectedness(ai.ID) == network.Connected || (i >= len(d.static) && d.full()) ||
-				(i < len(d.static) && !d.boot.holds(ai.ID)) {
-				continue
-			}
-			cctx, cancel := context.WithTimeout(ctx, dialTimeout)
-			if err := d.h.Connect(cctx, ai); err != nil && ctx.Err() == nil {
-				d.log.Debug("peer unreachable", "peer", ai.ID, "err", err)
-			}
-			cancel()
-		}
+		d.redial(ctx)
 		select {
 		case <-ctx.Done():
 			return
@@ -588,6 +583,46 @@ func (d *discovery) keepConnected(ctx context.Context) {
 		case <-d.boot.redial:
 		}
 	}
+}
+
+// redial dials, one after the other, the static and mDNS peers keepConnected keeps connected.
+func (d *discovery) redial(ctx context.Context) {
+	for i, ai := range d.targets() { // static peers first
+		static := i < len(d.static)
+		if d.h.Network().Connectedness(ai.ID) == network.Connected || (!static && d.full()) {
+			continue
+		}
+		bridging := static && !d.boot.holds(ai.ID)
+		if bridging && !d.bridgeStatic(ai.ID, time.Now(), mrand.Float64()) {
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, dialTimeout)
+		if err := d.h.Connect(cctx, ai); err != nil && ctx.Err() == nil {
+			d.log.Debug("peer unreachable", "peer", ai.ID, "err", err)
+		}
+		cancel()
+		if bridging {
+			d.mu.Lock()
+			d.bridging--
+			d.mu.Unlock()
+		}
+	}
+}
+
+// bridgeStatic decides a bridging dial of a retired static peer, as bridge does for an mDNS peer: a fleet joined
+// by static peers alone hears no announcements, and after a LAN split its halves would stay apart (design 6.3).
+// A dial it allows counts in bridging until the caller is done.
+func (d *discovery) bridgeStatic(id peer.ID, now time.Time, u float64) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	f := d.retired[id]
+	ok := d.bridge(id, &f, now, u, staticBridgeWindow)
+	d.retired[id] = f
+	if ok {
+		d.bridging++
+		d.log.Debug("dialling a static peer not known as a member", "peer", id)
+	}
+	return ok
 }
 
 // full reports whether enough peers are connected that mDNS peers are not dialled.

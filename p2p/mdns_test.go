@@ -1,10 +1,13 @@
 package p2p
 
 import (
+	"context"
+	"log/slog"
 	"testing"
 	"time"
 
 	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	peertest "github.com/libp2p/go-libp2p/core/test"
 	"github.com/libp2p/zeroconf/v2"
@@ -139,11 +142,70 @@ func TestBridgeDials(t *testing.T) {
 			t.Parallel()
 			d := &discovery{h: h, known: c.known, members: six, bridging: c.bridging, start: c.start}
 			f := foundPeer{considered: c.considered}
-			if got := d.bridge(c.id, &f, now, c.u); got != c.want {
+			if got := d.bridge(c.id, &f, now, c.u, bridgeWindow); got != c.want {
 				t.Errorf("bridge = %v, want %v", got, c.want)
 			}
 			if decided := f.considered.Equal(now); decided != c.decided {
 				t.Errorf("decision time %v, want moved to now: %v", f.considered, c.decided)
+			}
+		})
+	}
+}
+
+// A static peer the overlay fill retired is dialled again only as a bridging dial: when the membership table does
+// not know it (a fleet joined by static peers alone, after a LAN split, hears no mDNS announcement to bridge on).
+// Real hosts on loopback; redial's one round either connects the static peer or does not.
+func TestRetiredStaticPeerBridged(t *testing.T) {
+	t.Parallel()
+	now := time.Now()
+	cases := []struct {
+		name       string
+		retired    bool
+		known      bool
+		start      time.Time // of discovery
+		considered time.Time // the last decision for the static peer
+		want       bool
+	}{
+		{"bootstrap peer, not retired", false, true, now, time.Time{}, true},
+		{"retired, forgotten", true, false, now.Add(-time.Hour), time.Time{}, true},
+		{"retired, a known member", true, true, now.Add(-time.Hour), time.Time{}, false},
+		{"retired, forgotten, decided within the window", true, false, now.Add(-time.Hour), now.Add(-staticBridgeWindow / 2), false},
+		{"retired, forgotten, decided a window ago", true, false, now.Add(-time.Hour), now.Add(-staticBridgeWindow), true},
+		{"retired, forgotten, still joining", true, false, now.Add(-joinPhase / 2), time.Time{}, false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			a, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer a.Close()
+			b, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer b.Close()
+			ai := peer.AddrInfo{ID: b.ID(), Addrs: b.Addrs()}
+			addrs, err := peer.AddrInfoToP2pAddrs(&ai)
+			if err != nil {
+				t.Fatal(err)
+			}
+			boot := newBootstrap(addrs[:1])
+			boot.retired.Store(c.retired)
+			d := &discovery{h: a, log: slog.New(slog.DiscardHandler), static: []peer.AddrInfo{ai}, boot: boot,
+				found: map[peer.ID]foundPeer{}, retired: map[peer.ID]foundPeer{b.ID(): {considered: c.considered}},
+				known:   func(p peer.ID) bool { return c.known && p == b.ID() },
+				members: func() int { return 1 }, // bridgeDials / 1: every decision dials
+				start:   c.start}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			d.redial(ctx)
+			if got := a.Network().Connectedness(b.ID()) == network.Connected; got != c.want {
+				t.Errorf("connected to the static peer: %v, want %v", got, c.want)
+			}
+			if d.bridging != 0 {
+				t.Errorf("%d bridging dials counted after the round", d.bridging)
 			}
 		})
 	}

@@ -87,6 +87,7 @@ type Config struct {
 	Loopback bool
 	Port     int      // the node's TCP port; 0 is P2PPort
 	Peers    []string // p2p.peers, /ip4/.../tcp/.../p2p/<id>
+	NoMDNS   bool     // in a lab: p2p.mdns false (a fleet joined by Peers alone)
 	Env      []string // extra environment of the daemon process, "KEY=value"
 
 	// ConnLow and ConnHigh are p2p.conn_low and p2p.conn_high; 0 leaves the daemon's default.
@@ -130,7 +131,7 @@ func (c Config) yaml() []byte {
 		if c.Loopback {
 			fmt.Fprintf(&b, "  listen: [%s]\n  mdns: false\n  allow_loopback: true\n", q("/ip4/127.0.0.1/tcp/"+strconv.Itoa(port)))
 		} else {
-			fmt.Fprintf(&b, "  listen: [%s]\n  mdns: true\n", q("/ip4/0.0.0.0/tcp/"+strconv.Itoa(port)))
+			fmt.Fprintf(&b, "  listen: [%s]\n  mdns: %t\n", q("/ip4/0.0.0.0/tcp/"+strconv.Itoa(port)), !c.NoMDNS)
 		}
 		if len(c.Peers) > 0 {
 			b.WriteString("  peers:\n")

@@ -80,6 +80,63 @@ func TestFaultHalvesRejoin(t *testing.T) {
 	t.Logf("every daemon lists all %d members %s after the join", n, time.Since(t0).Round(time.Millisecond))
 }
 
+// TestFaultHalvesRejoinStatic is TestFaultHalvesRejoin for a fleet joined by p2p.peers alone (no mDNS): members
+// 1-12 have member 0 as static peer, 13-23 members 0 and 12, so the second half (12-23) knows the first only
+// through member 0. Halves of 12 keep every member at its 8 overlay peers within its half, so no member falls below
+// the 4 that would make it redial its static peers (the bootstrap list's restore, 6.2); after the join, members
+// that forgot a static peer dial it as a bridging dial (design 6.3), deciding once per 2 minutes
+// (staticBridgeWindow); the bound is three such windows. About 6 minutes: make test-faults.
+func TestFaultHalvesRejoinStatic(t *testing.T) {
+	requireLab(t)
+	if !longFaults {
+		t.Skip("fault scenario run by make test-faults (NPU_TEST_FAULTS=long)")
+	}
+	const n, half, rejoinBound = 24, 12, 6 * time.Minute
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	lab := newLab(ctx, t, netlab.Config{Hosts: n})
+	f := newScaleFleet(t, lab, n)
+	var peers []string
+	scale := f.o.configure
+	f.o.configure = func(i int, c *Config) {
+		scale(i, c)
+		c.NoMDNS, c.Peers = true, peers
+	}
+	started := time.Now()
+	for i := range n {
+		d := f.startMember(ctx, scaleMember(i))
+		if i != 0 && i != half {
+			continue
+		}
+		if err := d.WaitReady(ctx); err != nil {
+			t.Fatal(err)
+		}
+		st, err := d.api.Status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		peers = append(peers, fmt.Sprintf("/ip4/%s/tcp/%d/p2p/%s", lab.Hosts[i].IP, P2PPort, st.PeerID))
+	}
+	f.waitMembers(ctx, n, 3*time.Minute)
+	var second []int
+	for i := half; i < n; i++ {
+		second = append(second, i)
+	}
+	if err := lab.Split(second); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	f.waitForgotten(ctx, half, 4*time.Minute)
+	t.Logf("each half lists only its own %d members %s after the split", half, time.Since(t0).Round(time.Second))
+	time.Sleep(max(30*time.Second, 2*time.Minute+15*time.Second-time.Since(started)))
+	if err := lab.Join(); err != nil {
+		t.Fatal(err)
+	}
+	t0 = time.Now()
+	f.waitMembers(ctx, n, rejoinBound)
+	t.Logf("every daemon lists all %d members %s after the join", n, time.Since(t0).Round(time.Millisecond))
+}
+
 // waitForgotten waits until every daemon lists at most n members (itself included) or fails the test after bound.
 func (f *testFleet) waitForgotten(ctx context.Context, n int, bound time.Duration) {
 	f.t.Helper()
