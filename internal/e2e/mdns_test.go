@@ -58,11 +58,19 @@ func TestFaultHalvesRejoin(t *testing.T) {
 		f.startMember(ctx, scaleMember(i))
 	}
 	f.waitMembers(ctx, n, 2*time.Minute)
+	f.splitAndJoin(ctx, half, started, rejoinBound)
+}
+
+// splitAndJoin splits the fleet's lab into hosts [0, half) and the rest until each half lists only its own
+// members, joins it once the members are past joining, and waits up to bound for every daemon to list them all.
+func (f *testFleet) splitAndJoin(ctx context.Context, half int, started time.Time, bound time.Duration) {
+	t, n := f.t, len(f.daemons)
+	t.Helper()
 	var second []int
 	for i := half; i < n; i++ {
 		second = append(second, i)
 	}
-	if err := lab.Split(second); err != nil {
+	if err := f.lab.Split(second); err != nil {
 		t.Fatal(err)
 	}
 	t0 := time.Now()
@@ -72,11 +80,11 @@ func TestFaultHalvesRejoin(t *testing.T) {
 	// past those, only what the fleet does to find members it does not know can join the halves.
 	// And the members are past joining (2 minutes from their start, design 6.3), as a fleet that splits is.
 	time.Sleep(max(30*time.Second, 2*time.Minute+15*time.Second-time.Since(started)))
-	if err := lab.Join(); err != nil {
+	if err := f.lab.Join(); err != nil {
 		t.Fatal(err)
 	}
 	t0 = time.Now()
-	f.waitMembers(ctx, n, rejoinBound)
+	f.waitMembers(ctx, n, bound)
 	t.Logf("every daemon lists all %d members %s after the join", n, time.Since(t0).Round(time.Millisecond))
 }
 
@@ -118,23 +126,7 @@ func TestFaultHalvesRejoinStatic(t *testing.T) {
 		peers = append(peers, fmt.Sprintf("/ip4/%s/tcp/%d/p2p/%s", lab.Hosts[i].IP, P2PPort, st.PeerID))
 	}
 	f.waitMembers(ctx, n, 3*time.Minute)
-	var second []int
-	for i := half; i < n; i++ {
-		second = append(second, i)
-	}
-	if err := lab.Split(second); err != nil {
-		t.Fatal(err)
-	}
-	t0 := time.Now()
-	f.waitForgotten(ctx, half, 4*time.Minute)
-	t.Logf("each half lists only its own %d members %s after the split", half, time.Since(t0).Round(time.Second))
-	time.Sleep(max(30*time.Second, 2*time.Minute+15*time.Second-time.Since(started)))
-	if err := lab.Join(); err != nil {
-		t.Fatal(err)
-	}
-	t0 = time.Now()
-	f.waitMembers(ctx, n, rejoinBound)
-	t.Logf("every daemon lists all %d members %s after the join", n, time.Since(t0).Round(time.Millisecond))
+	f.splitAndJoin(ctx, half, started, rejoinBound)
 }
 
 // waitForgotten waits until every daemon lists at most n members (itself included) or fails the test after bound.
