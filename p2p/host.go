@@ -409,8 +409,8 @@ type discovery struct {
 	mu     sync.Mutex // guards closed against wg.Add racing wg.Wait (mDNS calls back from its own goroutines), and found
 	closed bool
 	found  map[peer.ID]foundPeer // mDNS peers, redialled while disconnected until they go unseen for foundTTL
-	// retired: the static peers' bridging dial decisions once the overlay fill retired them (bridgeStatic)
-	retired map[peer.ID]foundPeer
+	// staticConsidered: when a bridging dial of each retired static peer was last decided (bridgeStatic)
+	staticConsidered map[peer.ID]time.Time
 	// dialBelow: mDNS peers are dialled only while fewer peers are connected (or being dialled), so on a LAN of
 	// more members than that mDNS does not connect every member to every other: membership needs no full mesh
 	// (6.2), and each connection costs memory.
@@ -462,7 +462,7 @@ const (
 // whether a peer is one (nil without a table).
 func startDiscovery(h host.Host, cfg Config, boot *bootstrap, members func() int, known func(peer.ID) bool, log *slog.Logger) (*discovery, error) {
 	d := &discovery{h: h, log: log, allowLoopback: cfg.AllowLoopback, found: map[peer.ID]foundPeer{},
-		retired: map[peer.ID]foundPeer{}, boot: boot, known: known, members: members, start: time.Now()}
+		staticConsidered: map[peer.ID]time.Time{}, boot: boot, known: known, members: members, start: time.Now()}
 	// Every member of a LAN hears every other at once when they start: each dials half the overlay fill's target
 	// and is dialled by about as many, so the overlay's degree stays near MinPeers: each connection costs memory,
 	// and a denser overlay pushed gossipsub meshes past their prune mark (peer exchange, now off, then churned
@@ -526,7 +526,7 @@ func (d *discovery) HandlePeerFound(ai peer.AddrInfo) {
 	// Dials under way count: a burst of announcements (every host of a LAN starting at once) must not dial all.
 	full := len(d.h.Network().Peers())+d.dialing >= d.dialBelow
 	if full {
-		bridge = d.bridge(ai.ID, &f, now, mrand.Float64(), bridgeWindow)
+		bridge = d.bridge(ai.ID, &f.considered, now, mrand.Float64(), bridgeWindow)
 	}
 	d.found[ai.ID] = f
 	if full && !bridge {
@@ -554,18 +554,19 @@ func (d *discovery) HandlePeerFound(ai peer.AddrInfo) {
 }
 
 // bridge decides, for a peer announced while this node has its dialBelow peers, whether to dial it anyway
-// (bridgeDials), once per window; u is uniform in [0, 1). d.mu is held; f's decision time is updated.
-func (d *discovery) bridge(id peer.ID, f *foundPeer, now time.Time, u float64, window time.Duration) bool {
+// (bridgeDials), once per window; u is uniform in [0, 1). d.mu is held; *considered, the peer's last decision
+// time, is updated.
+func (d *discovery) bridge(id peer.ID, considered *time.Time, now time.Time, u float64, window time.Duration) bool {
 	if d.known == nil || d.known(id) || d.bridging >= maxBridging || d.h.Network().Connectedness(id) == network.Connected {
 		return false
 	}
 	if now.Sub(d.start) < joinPhase {
 		return false // joining: every announcement precedes its record, and the ordinary dials join this node
 	}
-	if !f.considered.IsZero() && now.Sub(f.considered) < window {
+	if !considered.IsZero() && now.Sub(*considered) < window {
 		return false
 	}
-	f.considered = now
+	*considered = now
 	return u < bridgeDials/float64(max(1, d.members()))
 }
 
@@ -615,9 +616,9 @@ func (d *discovery) redial(ctx context.Context) {
 func (d *discovery) bridgeStatic(id peer.ID, now time.Time, u float64) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	f := d.retired[id]
-	ok := d.bridge(id, &f, now, u, staticBridgeWindow)
-	d.retired[id] = f
+	considered := d.staticConsidered[id]
+	ok := d.bridge(id, &considered, now, u, staticBridgeWindow)
+	d.staticConsidered[id] = considered
 	if ok {
 		d.bridging++
 		d.log.Debug("dialling a static peer not known as a member", "peer", id)

@@ -141,12 +141,12 @@ func TestBridgeDials(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
 			d := &discovery{h: h, known: c.known, members: six, bridging: c.bridging, start: c.start}
-			f := foundPeer{considered: c.considered}
-			if got := d.bridge(c.id, &f, now, c.u, bridgeWindow); got != c.want {
+			considered := c.considered
+			if got := d.bridge(c.id, &considered, now, c.u, bridgeWindow); got != c.want {
 				t.Errorf("bridge = %v, want %v", got, c.want)
 			}
-			if decided := f.considered.Equal(now); decided != c.decided {
-				t.Errorf("decision time %v, want moved to now: %v", f.considered, c.decided)
+			if decided := considered.Equal(now); decided != c.decided {
+				t.Errorf("decision time %v, want moved to now: %v", considered, c.decided)
 			}
 		})
 	}
@@ -194,7 +194,7 @@ func TestRetiredStaticPeerBridged(t *testing.T) {
 			boot := newBootstrap(addrs[:1])
 			boot.retired.Store(c.retired)
 			d := &discovery{h: a, log: slog.New(slog.DiscardHandler), static: []peer.AddrInfo{ai}, boot: boot,
-				found: map[peer.ID]foundPeer{}, retired: map[peer.ID]foundPeer{b.ID(): {considered: c.considered}},
+				found: map[peer.ID]foundPeer{}, staticConsidered: map[peer.ID]time.Time{b.ID(): c.considered},
 				known:   func(p peer.ID) bool { return c.known && p == b.ID() },
 				members: func() int { return 1 }, // bridgeDials / 1: every decision dials
 				start:   c.start}
