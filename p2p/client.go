@@ -105,11 +105,6 @@ func getHave(ctx context.Context, h host.Host, p peer.ID, blob cid.Cid, n int, t
 	return decodeHave(b, n)
 }
 
-// readChunks is readChunksSummed for a caller that needs no digests and forwards nothing.
-func readChunks(r io.Reader, m *blobstore.Manifest, rs []chunkRange, fn func(i int, data []byte) error) error {
-	return readChunksSummed(r, m, rs, nil, func(i int, data []byte, _ [32]byte) error { return fn(i, data) })
-}
-
 // readChunksSummed reads the answer to a GET_CHUNKS for rs: exactly one CHUNK or NO_CHUNK frame per requested
 // index, in request order. fn gets each index with its bytes (nil for NO_CHUNK) and their sha2-256, computed
 // piece by piece while the bytes arrived (so a fetch worker does not hash the whole chunk after its last byte
