@@ -29,6 +29,14 @@ type Agent interface {
 	PutBlob(ctx context.Context, req PutRequest, blob io.Reader) (EnsureResponse, error)
 	// Status describes what the agent holds, what it is doing and which peers it sees.
 	Status(ctx context.Context) (Status, error)
+	// Jobs lists what the agent is doing: Status's jobs alone, without listing the store or the peers (a waiting
+	// command polls it for its progress line).
+	Jobs(ctx context.Context) ([]Job, error)
+}
+
+// JobsResponse is GET /v1/jobs's answer.
+type JobsResponse struct {
+	Jobs []Job `json:"jobs"`
 }
 
 // EnsureRequest asks for a compiled blob of a model.

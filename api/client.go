@@ -183,6 +183,14 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 	return st, err
 }
 
+// Jobs returns the daemon's jobs in progress (GET /v1/jobs). A daemon older than the endpoint answers 404
+// no_such_endpoint; Status has the same jobs.
+func (c *Client) Jobs(ctx context.Context) ([]Job, error) {
+	var r JobsResponse
+	err := c.doJSON(ctx, http.MethodGet, "/v1/jobs", "", nil, &r)
+	return r.Jobs, err
+}
+
 // Health returns nil when the daemon answers its health check.
 func (c *Client) Health(ctx context.Context) error {
 	var h Health

@@ -247,6 +247,15 @@ func (f *Fleet) PeerServing() string {
 	return "off: no fleet key"
 }
 
+// PeerHostname is the hostname the member record of the peer named id announces ("" when none or not a peer ID).
+func (f *Fleet) PeerHostname(id string) string {
+	p, err := peer.Decode(id)
+	if err != nil {
+		return ""
+	}
+	return f.node.MemberHostname(p)
+}
+
 // APIPeers lists connected members for status and peers.
 func (f *Fleet) APIPeers() []api.Peer {
 	byProducer := map[string]int{}

@@ -100,6 +100,15 @@ func TestMembershipFromBootstrap(t *testing.T) {
 	if !first.Member(last.ID()) {
 		t.Errorf("first node does not count the last as a member")
 	}
+	// One member's hostname, as its record announces it (status's jobs name their peers so).
+	for _, c := range []struct {
+		id   peer.ID
+		want string
+	}{{last.ID(), "host-" + string(rune('a'+n-1))}, {first.ID(), "host-a"}, {peer.ID("nobody"), ""}} {
+		if got := first.MemberHostname(c.id); got != c.want {
+			t.Errorf("MemberHostname(%s) = %q, want %q", c.id, got, c.want)
+		}
+	}
 	eventually(t, "overlay filled", func() bool { return len(nodes[0].Host().Network().Peers()) >= 3 })
 	last.close()
 	for _, tn := range nodes[:n-1] {

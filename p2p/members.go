@@ -253,6 +253,15 @@ func (b *memberBook) live(p peer.ID, now time.Time) bool {
 	return e != nil && now.Before(e.expires)
 }
 
+func (b *memberBook) hostname(p peer.ID, now time.Time) string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if e := b.m[p]; e != nil && now.Before(e.expires) {
+		return e.info.Hostname
+	}
+	return ""
+}
+
 func (b *memberBook) count(now time.Time) int {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -991,6 +1000,18 @@ func (n *Node) Members() []MemberInfo {
 	self.Hostname, self.Class, self.Tags = n.members.info.Hostname, n.members.info.Class, n.members.info.Tags
 	self.Version = n.members.info.Version
 	return append([]MemberInfo{self}, n.members.book.list(time.Now())...)
+}
+
+// MemberHostname is the hostname p's live member record announces ("" when none): one lookup, no copy of the
+// table.
+func (n *Node) MemberHostname(p peer.ID) string {
+	if n.members == nil {
+		return ""
+	}
+	if p == n.h.ID() {
+		return n.members.info.Hostname
+	}
+	return n.members.book.hostname(p, time.Now())
 }
 
 // MemberCount is len(Members()) without copying the table.

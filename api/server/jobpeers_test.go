@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -52,8 +53,8 @@ func (f *progressFleet) Holder(compile.FlightKey) string {
 }
 func (f *progressFleet) FetchPeers(cid.Cid) int { return 3 }
 
-// TestStatusJobPeers: status names the member a wait is for and the peer a fetch comes from, by hostname when the
-// member table has one, and counts the peers a fetch receives from.
+// TestStatusJobPeers: status and jobs name the member a wait is for and the peer a fetch comes from, by hostname
+// when the member table has one, and count the peers a fetch receives from; jobs does not list the peers.
 func TestStatusJobPeers(t *testing.T) {
 	t.Parallel()
 	const known, unknown = "12D3KooWknown", "12D3KooWunknown"
@@ -74,7 +75,12 @@ func TestStatusJobPeers(t *testing.T) {
 			fleet := &progressFleet{blockingFleet: blockingFleet{fetching: make(chan struct{})}, wait: c.wait}
 			fleet.setHolder(c.peer)
 			svc, xml := newService(t, fleet)
-			svc.Peers = func() []api.Peer { return []api.Peer{{ID: known, Hostname: "npu-07"}, {ID: "other", Hostname: "x"}} }
+			var peerLists atomic.Int32
+			svc.Peers = func() []api.Peer {
+				peerLists.Add(1)
+				return []api.Peer{{ID: known, Hostname: "npu-07"}, {ID: "other", Hostname: "x"}}
+			}
+			svc.PeerHostname = func(id string) string { return map[string]string{known: "npu-07", "other": "x"}[id] }
 			fleet.rec = peerRecord(t, xml, testCID([]byte("b")), c.peer)
 			ctx, cancel := context.WithCancel(context.Background())
 			done := make(chan error, 1)
@@ -96,10 +102,23 @@ func TestStatusJobPeers(t *testing.T) {
 						break
 					}
 				}
-				if len(st.Jobs) != 1 || st.Jobs[0].Kind != c.kind || st.Jobs[0].From != c.peer ||
-					st.Jobs[0].FromHostname != c.hostname || st.Jobs[0].Peers != c.peers {
-					t.Errorf("status %d: jobs %+v, want a %s job naming %s (%q) with %d peers", i, st.Jobs, c.kind, c.peer,
-						c.hostname, c.peers)
+				lists := peerLists.Load()
+				jobs, err := svc.Jobs(context.Background())
+				if err != nil {
+					t.Fatal(err)
+				}
+				if peerLists.Load() != lists {
+					t.Error("jobs listed the peers")
+				}
+				for _, got := range []struct {
+					what string
+					jobs []api.Job
+				}{{"status", st.Jobs}, {"jobs", jobs}} {
+					if j := got.jobs; len(j) != 1 || j[0].Kind != c.kind || j[0].From != c.peer ||
+						j[0].FromHostname != c.hostname || j[0].Peers != c.peers {
+						t.Errorf("%s %d: jobs %+v, want a %s job naming %s (%q) with %d peers", got.what, i, j, c.kind,
+							c.peer, c.hostname, c.peers)
+					}
 				}
 				fleet.setHolder("")
 				time.Sleep(600 * time.Millisecond) // three of the agent's holder polls

@@ -103,6 +103,7 @@ func NewServer(a api.Agent, opts Options) *Server {
 	s.mux.HandleFunc("GET /v1/blobs/{cid}", s.handleGetBlob)
 	s.mux.HandleFunc("POST /v1/blobs", s.handlePutBlob)
 	s.mux.HandleFunc("GET /v1/status", s.handleStatus)
+	s.mux.HandleFunc("GET /v1/jobs", s.handleJobs)
 	s.mux.HandleFunc("GET /v1/healthz", s.handleHealth)
 	s.mux.HandleFunc("POST /v1/rollouts/sources", s.handleAddSource)
 	s.mux.HandleFunc("POST /v1/rollouts", s.handlePublishRollout)
@@ -449,6 +450,18 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.writeJSON(w, http.StatusOK, st)
+}
+
+func (s *Server) handleJobs(w http.ResponseWriter, r *http.Request) {
+	jobs, err := s.agent.Jobs(r.Context())
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if jobs == nil {
+		jobs = []api.Job{}
+	}
+	s.writeJSON(w, http.StatusOK, api.JobsResponse{Jobs: jobs})
 }
 
 func (s *Server) handleHealth(w http.ResponseWriter, _ *http.Request) {

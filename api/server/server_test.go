@@ -130,6 +130,13 @@ func (a *fakeAgent) Status(context.Context) (api.Status, error) {
 	return a.status, nil
 }
 
+func (a *fakeAgent) Jobs(context.Context) ([]api.Job, error) {
+	if err := a.getErr(); err != nil {
+		return nil, err
+	}
+	return a.status.Jobs, nil
+}
+
 // fakeReader is a blobstore.Reader that can fail part-way like a store finding a corrupt chunk.
 type fakeReader struct {
 	r      *bytes.Reader
@@ -580,6 +587,10 @@ func TestStatusHealthMetrics(t *testing.T) {
 		len(st.Peers) != 1 || st.Peers[0].Addrs[0] != "/ip4/127.0.0.1/tcp/4801" {
 		t.Errorf("status %+v", st)
 	}
+	jobs, err := ts.client.Jobs(ctx)
+	if err != nil || len(jobs) != 1 || jobs[0].Kind != "fetch" || jobs[0].Done != 10 {
+		t.Errorf("jobs %+v, %v", jobs, err)
+	}
 	if err := ts.client.Health(ctx); err != nil {
 		t.Error(err)
 	}
@@ -600,6 +611,9 @@ func TestStatusHealthMetrics(t *testing.T) {
 	agent.setErr(errors.New("status broke"))
 	if _, err := ts.client.Status(ctx); err == nil || !strings.Contains(err.Error(), "status broke") {
 		t.Errorf("status error %v", err)
+	}
+	if _, err := ts.client.Jobs(ctx); err == nil || !strings.Contains(err.Error(), "status broke") {
+		t.Errorf("jobs error %v", err)
 	}
 }
 

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"slices"
 	"time"
 
 	"github.com/ipfs/go-cid"
@@ -25,6 +24,8 @@ type Service struct {
 	Metrics *metrics.Metrics // its store gauges are set on each status; nil: none
 	// Peers lists connected fleet members; nil when running alone.
 	Peers func() []api.Peer
+	// PeerHostname names one peer's host from its member record ("" if unknown); nil when running alone.
+	PeerHostname func(id string) string
 
 	// PeerServing is api.Status.PeerServing (the fleet's).
 	PeerServing string
@@ -128,6 +129,20 @@ func job(act agent.Activity, now time.Time) api.Job {
 	return j
 }
 
+// Jobs reports the jobs under way, each peer named by its host where its member record says.
+func (s *Service) Jobs(context.Context) ([]api.Job, error) {
+	now := time.Now()
+	jobs := []api.Job{}
+	for _, act := range s.Agent.Activities() {
+		j := job(act, now)
+		if j.From != "" && s.PeerHostname != nil {
+			j.FromHostname = s.PeerHostname(j.From)
+		}
+		jobs = append(jobs, j)
+	}
+	return jobs, nil
+}
+
 // Status reports the store, the jobs under way and the peers.
 func (s *Service) Status(ctx context.Context) (api.Status, error) {
 	a := s.Agent
@@ -152,19 +167,9 @@ func (s *Service) Status(ctx context.Context) (api.Status, error) {
 		st.Store.Bytes += in.Size
 	}
 	s.Metrics.SetStore(st.Store.Bytes, st.Store.Blobs)
-	now := time.Now()
-	for _, act := range a.Activities() {
-		st.Jobs = append(st.Jobs, job(act, now))
-	}
+	st.Jobs, _ = s.Jobs(ctx)
 	if s.Peers != nil {
 		st.Peers = s.Peers()
-	}
-	for i := range st.Jobs {
-		if j := &st.Jobs[i]; j.From != "" {
-			if k := slices.IndexFunc(st.Peers, func(p api.Peer) bool { return p.ID == j.From }); k >= 0 {
-				j.FromHostname = st.Peers[k].Hostname
-			}
-		}
 	}
 	st.PeerServing = s.PeerServing
 	return st, nil

@@ -68,6 +68,8 @@ func (a *wireAgent) PutBlob(_ context.Context, req api.PutRequest, r io.Reader) 
 
 func (a *wireAgent) Status(context.Context) (api.Status, error) { return api.Status{}, nil }
 
+func (a *wireAgent) Jobs(context.Context) ([]api.Job, error) { return nil, nil }
+
 type bytesReader struct{ *bytes.Reader }
 
 func (r *bytesReader) Close() error { return nil }

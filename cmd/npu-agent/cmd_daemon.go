@@ -113,7 +113,7 @@ func runDaemon(ctx context.Context, cfg config.Config, log *slog.Logger) (err er
 		}
 		d.goLower(fl.Run)
 		opts.Fleet, opts.Producer = fl, fl.ID()
-		svc.PeerID, svc.Peers = fl.ID(), fl.APIPeers
+		svc.PeerID, svc.Peers, svc.PeerHostname = fl.ID(), fl.APIPeers, fl.PeerHostname
 		svc.PeerServing = fl.PeerServing()
 		m.SetChunksServed(fl.ChunksServed)
 		m.SetPeersRefused(fl.PeersRefused)

@@ -286,20 +286,26 @@ func (a *app) fetchViaDaemon(cmd *cobra.Command, model string, prof compile.Prof
 	})
 }
 
-// watchJob polls the daemon's status for the job of profile pid until the returned stop is called, and shows it.
+// watchJob polls the daemon's jobs for the job of profile pid until the returned stop is called, and shows it: a
+// progress line on a terminal, JSON lines on stderr with --json. With neither nothing would show it, and nothing is
+// polled.
 func (a *app) watchJob(ctx context.Context, c *api.Client, pid string) (stop func()) {
 	bar := newProgressBar(a.stderr)
+	if !bar.enabled && !a.asJSON {
+		return func() {}
+	}
 	var last api.Job
-	// Stopping cancels a poll in flight: the result must not wait for a status answer that only feeds the display.
+	lean := true // GET /v1/jobs until the daemon says it has no such endpoint (an older version)
+	// Stopping cancels a poll in flight: the result must not wait for an answer that only feeds the display.
 	wctx, cancelPolls := context.WithCancel(ctx)
 	stopTick := tick.Every(500*time.Millisecond, func() {
 		sctx, cancel := context.WithTimeout(wctx, 2*time.Second)
 		defer cancel()
-		st, err := c.Status(sctx)
+		jobs, err := daemonJobs(sctx, c, &lean)
 		if err != nil {
 			return
 		}
-		for _, j := range st.Jobs {
+		for _, j := range jobs {
 			if j.ProfileID != pid {
 				continue
 			}
@@ -315,6 +321,21 @@ func (a *app) watchJob(ctx context.Context, c *api.Client, pid string) (stop fun
 		stopTick()
 		bar.Done()
 	}
+}
+
+// daemonJobs returns the daemon's jobs: GET /v1/jobs (*lean), else from its status, which also lists the store and
+// the peers; a daemon without the endpoint clears *lean.
+func daemonJobs(ctx context.Context, c *api.Client, lean *bool) ([]api.Job, error) {
+	if *lean {
+		jobs, err := c.Jobs(ctx)
+		var ae *api.Error
+		if !errors.As(err, &ae) || ae.Code != api.CodeNoSuchEndpoint {
+			return jobs, err
+		}
+		*lean = false
+	}
+	st, err := c.Status(ctx)
+	return st.Jobs, err
 }
 
 // jobPhase says what a status job does, for a progress line or the status table.

@@ -378,12 +378,15 @@ func TestHostileClientTCPWithoutToken(t *testing.T) {
 		{"", http.MethodGet, "/metrics", http.StatusOK},
 		{"", http.MethodGet, "/v1/healthz", http.StatusOK},
 		{"", http.MethodGet, "/v1/status", http.StatusUnauthorized},
+		{"", http.MethodGet, "/v1/jobs", http.StatusUnauthorized},
 		{"", http.MethodPost, "/v1/blobs", http.StatusUnauthorized},
 		{"", http.MethodPost, "/v1/ensure", http.StatusUnauthorized},
 		{"", http.MethodPost, "/v1/rollouts/sources", http.StatusUnauthorized},
 		{"wrong-token-wrong-token", http.MethodGet, "/v1/status", http.StatusUnauthorized},
 		{d.token + "x", http.MethodGet, "/v1/status", http.StatusUnauthorized},
 		{d.token, http.MethodGet, "/v1/status", http.StatusOK},
+		{d.token, http.MethodGet, "/v1/jobs", http.StatusOK},
+		{d.token, http.MethodPost, "/v1/jobs", http.StatusMethodNotAllowed},
 	} {
 		c := &Client{TCP: d.tcp, Token: tc.token}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
