@@ -1028,7 +1028,7 @@ func (t *transfer) stored(i int, rule copyRule) {
 	done := t.done
 	t.cond.Broadcast()
 	t.mu.Unlock()
-	t.n.srv.haves.publish(t.blob, i) // push it to the peers watching this blob
+	t.n.srv.storedChunk(t.blob, i) // push it to the peers watching this blob
 	t.report(done)
 }
 

@@ -68,6 +68,7 @@ type server struct {
 	// watching counts WATCH_HAVE streams served (guarded by mu); haves tells them of newly stored chunks.
 	watching int
 	haves    haveHub
+	shared   haveShare  // bitmaps read for watches' resyncs, shared by the watches of a blob
 	seeds    seedServed // chunks sent of the blobs this node seeds (swarm_served.go)
 	// arriving holds the chunks this node is receiving, served to peers while they arrive (swarm_arriving.go);
 	// forwarding counts those forwards (guarded by mu).

@@ -24,7 +24,65 @@ const (
 	// watchResync: a watch compares the store's bitmap with what it sent this often, for chunks stored by a path
 	// that does not publish (a put straight into the store).
 	watchResync = time.Second
+	// resyncShare: the watches of one blob share a bitmap read from the store this recently (haveShare). At 24
+	// hosts a node serves ~20 watches, each resyncing once a second: reading the bitmap (a badger view, the
+	// manifest, an index scan) was 2.8 % of the daemons' CPU (docs/benchmarks.md, wave 13).
+	resyncShare = watchResync / 4
 )
+
+// haveShare holds each watched blob's last bitmap read for a resync, shared by its watches, with the chunks
+// published since set in it (storedChunk). Entries older than watchResync are dropped when another is read, so it
+// holds at most the blobs watched in the last second.
+type haveShare struct {
+	mu sync.Mutex
+	m  map[cid.Cid]*haveSnap
+}
+
+type haveSnap struct {
+	at   time.Time
+	have []bool // guarded by haveShare.mu
+}
+
+// storedChunk tells the watches of blob that chunk i is stored here (HAVE_ADD) and sets it in their shared bitmap.
+func (s *server) storedChunk(blob cid.Cid, i int) {
+	s.shared.mu.Lock()
+	if e := s.shared.m[blob]; e != nil && i >= 0 && i < len(e.have) {
+		e.have[i] = true
+	}
+	s.shared.mu.Unlock()
+	s.haves.publish(blob, i)
+}
+
+// recentHave copies into dst blob's bitmap as the store held it at most resyncShare ago, with the chunks published
+// since, and returns it.
+func (s *server) recentHave(blob cid.Cid, dst []bool) ([]bool, error) {
+	s.shared.mu.Lock()
+	if e := s.shared.m[blob]; e != nil && time.Since(e.at) < resyncShare {
+		dst = append(dst[:0], e.have...)
+		s.shared.mu.Unlock()
+		return dst, nil
+	}
+	s.shared.mu.Unlock()
+	at := time.Now()
+	have, err := s.store.HaveChunks(s.ctx, blob)
+	if err != nil {
+		return nil, err
+	}
+	s.shared.mu.Lock()
+	defer s.shared.mu.Unlock()
+	if s.shared.m == nil {
+		s.shared.m = map[cid.Cid]*haveSnap{}
+	}
+	for b, e := range s.shared.m {
+		if time.Since(e.at) > watchResync {
+			delete(s.shared.m, b)
+		}
+	}
+	if e := s.shared.m[blob]; e == nil || e.at.Before(at) {
+		s.shared.m[blob] = &haveSnap{at: at, have: slices.Clone(have)}
+	}
+	return have, nil
+}
 
 // haveHub tells the watches of a blob which chunks this node has just stored.
 type haveHub struct {
@@ -170,7 +228,13 @@ func (s *server) serveWatch(st stream, b *peerBudget, req request) error {
 			return s.ctx.Err()
 		}
 		if full {
-			now, err := s.store.HaveChunks(s.ctx, req.Blob)
+			now, err := s.recentHave(req.Blob, w.snap)
+			w.snap = now
+			if err == nil && w.lacks(now) {
+				// A shared bitmap read just before a chunk was stored and published may lack it: only the store
+				// itself says a chunk was dropped.
+				now, err = s.store.HaveChunks(s.ctx, req.Blob)
+			}
 			if err != nil {
 				return err
 			}
@@ -208,6 +272,7 @@ type watchView struct {
 	cand  []uint32 // scratch
 	known []bool   // scratch
 	out   []byte   // frames of one wake-up, written at once: one yamux frame and TLS record, not one per frame
+	snap  []bool   // scratch: the shared bitmap of a resync
 }
 
 // frame queues one frame for the next flush.
@@ -318,6 +383,16 @@ func (w *watchView) frames(t msgType, idx []uint32) {
 // was told of makes it send the whole bitmap again; it returns the chunks stored and not announced (those stored by
 // a path that does not publish, and those left out, which stored then announces unless the client still holds
 // them).
+// lacks reports whether now lacks a chunk the watch counts as stored here (announced or left out).
+func (w *watchView) lacks(now []bool) bool {
+	for i, h := range now {
+		if !h && i < len(w.have) && (w.have[i] || w.skipped(uint32(i))) {
+			return true
+		}
+	}
+	return false
+}
+
 func (w *watchView) resync(now []bool) ([]uint32, error) {
 	if len(now) != len(w.have) {
 		return nil, fmt.Errorf("watch %s: bitmap changed length", w.blob)

@@ -5,9 +5,11 @@ import (
 	"errors"
 	"io"
 	"runtime"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/npu-agent/npu-agent/blobstore"
@@ -160,5 +162,94 @@ func TestDecodeHaveAddRejects(t *testing.T) {
 		if _, err := decodeHaveAdd(p, 6); !errors.Is(err, ErrProtocol) {
 			t.Errorf("%s: %v", name, err)
 		}
+	}
+}
+
+// countingStore counts HaveChunks calls.
+type countingStore struct {
+	*memStore
+	haves atomic.Int64
+}
+
+func (s *countingStore) HaveChunks(ctx context.Context, c cid.Cid) ([]bool, error) {
+	s.haves.Add(1)
+	return s.memStore.HaveChunks(ctx, c)
+}
+
+// The watches of a blob share the bitmap their resyncs read: one store read per resyncShare however many ask, with
+// the chunks published since set in it.
+func TestResyncBitmapShared(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	mem, m, chunks := partialMem(t, ctx, 0)
+	st := &countingStore{memStore: mem}
+	srv := newServer(ctx, st, testLog)
+	blob := m.CID()
+	for range 20 {
+		if have, err := srv.recentHave(blob, nil); err != nil || !have[0] || have[1] || have[2] {
+			t.Fatalf("have %v, %v", have, err)
+		}
+	}
+	if n := st.haves.Load(); n != 1 {
+		t.Fatalf("20 resyncs within %v read the store %d times, want 1", resyncShare, n)
+	}
+	// Published: in the shared bitmap at once. Not published (a put straight into the store): at the next read.
+	if err := st.PutChunk(ctx, blob, 2, chunks[2]); err != nil {
+		t.Fatal(err)
+	}
+	srv.storedChunk(blob, 2)
+	if err := st.PutChunk(ctx, blob, 1, chunks[1]); err != nil {
+		t.Fatal(err)
+	}
+	if have, err := srv.recentHave(blob, nil); err != nil || !have[2] || have[1] {
+		t.Fatalf("after publishing chunk 2: have %v, %v", have, err)
+	}
+	time.Sleep(resyncShare + 10*time.Millisecond)
+	if have, err := srv.recentHave(blob, nil); err != nil || !have[1] {
+		t.Fatalf("after %v: have %v, %v, want chunk 1", resyncShare, have, err)
+	}
+	if n := st.haves.Load(); n != 2 {
+		t.Fatalf("store read %d times, want 2", n)
+	}
+}
+
+// A shared bitmap that lacks a chunk the watch has announced is not taken for a drop: the watch asks the store
+// itself, sends no whole HAVE (which would withdraw the chunk from its client) and goes on announcing.
+func TestWatchStaleSharedBitmap(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st, m, chunks := partialMem(t, ctx, 0)
+	blob := m.CID()
+	srv, client, _ := servePipe(t, ctx, st)
+	if err := writeFrame(client, msgWatchHave, blob.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := readResponse(client, nil, msgHave); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.PutChunk(ctx, blob, 2, chunks[2]); err != nil {
+		t.Fatal(err)
+	}
+	srv.haves.publish(blob, 2)
+	if _, p, err := readResponse(client, nil, msgHaveAdd); err != nil {
+		t.Fatal(err)
+	} else if idx, err := decodeHaveAdd(p, 3); err != nil || len(idx) != 1 || idx[0] != 2 {
+		t.Fatalf("have add %v, %v", idx, err)
+	}
+	// Every resync from now on finds a bitmap read before chunk 2 was stored (its time in the future keeps it
+	// shared; a read racing the publish can leave one so).
+	srv.shared.mu.Lock()
+	srv.shared.m = map[cid.Cid]*haveSnap{blob: {at: time.Now().Add(time.Hour), have: []bool{true, false, false}}}
+	srv.shared.mu.Unlock()
+	if err := st.PutChunk(ctx, blob, 1, chunks[1]); err != nil { // not published: found by a resync
+		t.Fatal(err)
+	}
+	client.SetReadDeadline(time.Now().Add(5 * watchResync))
+	_, p, err := readResponse(client, nil, msgHaveAdd) // a whole HAVE first fails here
+	if err != nil {
+		t.Fatalf("after the stale bitmap: %v", err)
+	}
+	if idx, err := decodeHaveAdd(p, 3); err != nil || len(idx) != 1 || idx[0] != 1 {
+		t.Fatalf("have add %v, %v", idx, err)
 	}
 }
