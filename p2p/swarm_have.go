@@ -79,9 +79,9 @@ func (s *server) recentHave(blob cid.Cid, dst []bool) ([]bool, error) {
 		}
 	}
 	if e := s.shared.m[blob]; e == nil || e.at.Before(at) {
-		s.shared.m[blob] = &haveSnap{at: at, have: slices.Clone(have)}
+		s.shared.m[blob] = &haveSnap{at: at, have: have}
 	}
-	return have, nil
+	return append(dst[:0], s.shared.m[blob].have...), nil
 }
 
 // haveHub tells the watches of a blob which chunks this node has just stored.

@@ -86,10 +86,8 @@ func TestWatchLeavesOutHeld(t *testing.T) {
 	a1 := srv.arriving.begin(blob, 1, len(chunks[1]))
 	srv.haves.arrive(blob, 1) // the client receives it: left out
 	srv.haves.arrive(blob, 2) // the client holds it: left out
-	if err := st.PutChunk(ctx, blob, 2, chunks[2]); err != nil {
-		t.Fatal(err)
-	}
-	srv.haves.publish(blob, 2) // left out
+	// Stored and published: left out too.
+	putPublished(t, ctx, srv, st, blob, 2, chunks[2])
 	// The client loses chunk 2 (its bitmap says so now): the resync announces it. It is the next frame, so the
 	// three announcements above were not sent.
 	time.Sleep(50 * time.Millisecond)
@@ -131,16 +129,8 @@ func TestWatchLeavesOutHeld(t *testing.T) {
 	st2, _, _ := partialMem(t, ctx, 0, 1)
 	known2 := &knownStub{m: map[uint32]string{2: "held"}}
 	srv2, client2, done2 := watchPipe(t, ctx, st2, known2)
-	if err := writeFrame(client2, msgWatchHave, blob.Bytes()); err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := readResponse(client2, nil, msgHave); err != nil {
-		t.Fatal(err)
-	}
-	if err := st2.PutChunk(ctx, blob, 2, chunks[2]); err != nil {
-		t.Fatal(err)
-	}
-	srv2.haves.publish(blob, 2)
+	openWatch(t, client2, blob, 3)
+	putPublished(t, ctx, srv2, st2, blob, 2, chunks[2])
 	_, p, err := readResponse(client2, nil, msgHave)
 	if err != nil {
 		t.Fatalf("want the whole HAVE: %v", err)

@@ -130,7 +130,9 @@ func job(act agent.Activity, now time.Time) api.Job {
 }
 
 // Jobs reports the jobs under way, each peer named by its host where its member record says.
-func (s *Service) Jobs(context.Context) ([]api.Job, error) {
+func (s *Service) Jobs(context.Context) ([]api.Job, error) { return s.jobs(), nil }
+
+func (s *Service) jobs() []api.Job {
 	now := time.Now()
 	jobs := []api.Job{}
 	for _, act := range s.Agent.Activities() {
@@ -140,7 +142,7 @@ func (s *Service) Jobs(context.Context) ([]api.Job, error) {
 		}
 		jobs = append(jobs, j)
 	}
-	return jobs, nil
+	return jobs
 }
 
 // Status reports the store, the jobs under way and the peers.
@@ -167,7 +169,7 @@ func (s *Service) Status(ctx context.Context) (api.Status, error) {
 		st.Store.Bytes += in.Size
 	}
 	s.Metrics.SetStore(st.Store.Bytes, st.Store.Blobs)
-	st.Jobs, _ = s.Jobs(ctx)
+	st.Jobs = s.jobs()
 	if s.Peers != nil {
 		st.Peers = s.Peers()
 	}
