@@ -44,21 +44,28 @@ func TestMDNSNewcomer(t *testing.T) {
 // the overlay fill (which dials known members) nor mDNS's dials below dialBelow bring the halves back together.
 // Only with NPU_TEST_FAULTS=long.
 func TestFaultHalvesRejoin(t *testing.T) {
-	requireLab(t)
-	if !longFaults {
-		t.Skip("fault scenario run by make test-faults (NPU_TEST_FAULTS=long)")
-	}
 	const n, half, rejoinBound = 12, 6, 2 * time.Minute
-	ctx, cancel := context.WithTimeout(context.Background(), 9*time.Minute)
+	ctx, cancel, f := splitFleet(t, n, 9*time.Minute)
 	defer cancel()
-	lab := newLab(ctx, t, netlab.Config{Hosts: n})
-	f := newScaleFleet(t, lab, n)
 	started := time.Now()
 	for i := range n {
 		f.startMember(ctx, scaleMember(i))
 	}
 	f.waitMembers(ctx, n, 2*time.Minute)
 	f.splitAndJoin(ctx, half, started, rejoinBound)
+}
+
+// splitFleet is the start of a halves-rejoin scenario (only with NPU_TEST_FAULTS=long): a lab of n hosts, its
+// fleet, and a context that ends after timeout.
+func splitFleet(t *testing.T, n int, timeout time.Duration) (context.Context, context.CancelFunc, *testFleet) {
+	t.Helper()
+	requireLab(t)
+	if !longFaults {
+		t.Skip("fault scenario run by make test-faults (NPU_TEST_FAULTS=long)")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	lab := newLab(ctx, t, netlab.Config{Hosts: n})
+	return ctx, cancel, newScaleFleet(t, lab, n)
 }
 
 // splitAndJoin splits the fleet's lab into hosts [0, half) and the rest until each half lists only its own
@@ -95,15 +102,9 @@ func (f *testFleet) splitAndJoin(ctx context.Context, half int, started time.Tim
 // that forgot a static peer dial it as a bridging dial (design 6.3), deciding once per 2 minutes
 // (staticBridgeWindow); the bound is three such windows. About 6 minutes: make test-faults.
 func TestFaultHalvesRejoinStatic(t *testing.T) {
-	requireLab(t)
-	if !longFaults {
-		t.Skip("fault scenario run by make test-faults (NPU_TEST_FAULTS=long)")
-	}
 	const n, half, rejoinBound = 24, 12, 6 * time.Minute
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	ctx, cancel, f := splitFleet(t, n, 15*time.Minute)
 	defer cancel()
-	lab := newLab(ctx, t, netlab.Config{Hosts: n})
-	f := newScaleFleet(t, lab, n)
 	var peers []string
 	scale := f.o.configure
 	f.o.configure = func(i int, c *Config) {
@@ -119,11 +120,7 @@ func TestFaultHalvesRejoinStatic(t *testing.T) {
 		if err := d.WaitReady(ctx); err != nil {
 			t.Fatal(err)
 		}
-		st, err := d.api.Status(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		peers = append(peers, fmt.Sprintf("/ip4/%s/tcp/%d/p2p/%s", lab.Hosts[i].IP, P2PPort, st.PeerID))
+		peers = append(peers, f.p2pAddr(ctx, i))
 	}
 	f.waitMembers(ctx, n, 3*time.Minute)
 	f.splitAndJoin(ctx, half, started, rejoinBound)
