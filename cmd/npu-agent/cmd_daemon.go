@@ -31,6 +31,10 @@ import (
 // version is set at build time (-X main.version=...).
 var version = "dev"
 
+// daemonExec, set by main, re-executes the daemon with sysmon kept awake (procs.SysmonSetting, design 6.9) before
+// it opens anything; nil in tests, which run the daemon in their own process.
+var daemonExec func() error
+
 func (a *app) daemonCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "daemon",
@@ -41,7 +45,13 @@ func (a *app) daemonCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return runDaemon(cmd.Context(), cfg, a.logger(cfg))
+			log := a.logger(cfg)
+			if daemonExec != nil {
+				if err := daemonExec(); err != nil {
+					log.Warn("running with the runtime's default sysmon", "err", err)
+				}
+			}
+			return runDaemon(cmd.Context(), cfg, log)
 		},
 	}
 }

@@ -9,12 +9,15 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/npu-agent/npu-agent/internal/procs"
 )
 
 // errInterrupted is what an interrupted command reports (exit code 130).
 var errInterrupted = fmt.Errorf("interrupted: %w", context.Canceled)
 
 func main() {
+	daemonExec = procs.ExecWithSysmonSetting
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	root := newRootCmd(os.Stdout, os.Stderr)

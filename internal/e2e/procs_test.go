@@ -4,10 +4,14 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/npu-agent/npu-agent/internal/procs"
 )
 
 // TestDaemonOneProcWhenIdle: an idle daemon runs on one P (internal/procs, docs/design.md 6.9), as its /metrics
@@ -45,5 +49,45 @@ func TestDaemonOneProcWhenIdle(t *testing.T) {
 		if got, err := d.Metric(ctx, "go_sched_gomaxprocs_threads"); err != nil || got != n {
 			t.Fatalf("after another second: go_sched_gomaxprocs_threads = %v, %v; want %v", got, err, n)
 		}
+	}
+}
+
+// TestDaemonSysmonAwake: the daemon re-executes itself, same PID, with sysmon kept awake (procs.SysmonSetting,
+// docs/design.md 6.9), and an operator's own schedtrace setting is left alone.
+func TestDaemonSysmonAwake(t *testing.T) {
+	requireLab(t)
+	if os.Getenv("GODEBUG") != "" {
+		t.Skip("GODEBUG is set in the test's environment")
+	}
+	t.Parallel()
+	tests := []struct {
+		name string
+		env  []string
+		want string
+	}{
+		{"default: exec'd with the setting", nil, "GODEBUG=" + procs.SysmonSetting},
+		{"operator's schedtrace=0: as set", []string{"GODEBUG=schedtrace=0"}, "GODEBUG=schedtrace=0"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			d := startStoreDaemon(ctx, t, Config{Binary: npuAgent, Dir: t.TempDir(), Fingerprint: LunarLake, BlobSize: 4096, Env: tt.env})
+			// The daemon answered its API (startStoreDaemon waits for it) as the process started: same PID.
+			environ, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", d.PID()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for kv := range strings.SplitSeq(string(environ), "\x00") {
+				if strings.HasPrefix(kv, "GODEBUG=") {
+					got = append(got, kv)
+				}
+			}
+			if len(got) != 1 || got[0] != tt.want {
+				t.Errorf("daemon (pid %d) runs with %q, want [%q]", d.PID(), got, tt.want)
+			}
+		})
 	}
 }
