@@ -1,5 +1,6 @@
-// Package procs sets GOMAXPROCS from the daemon's own CPU use: one P while it needs less than about a core, the
-// runtime's default when it needs more (docs/design.md 6.9 "CPU per byte").
+// Package procs owns the daemon's runtime scheduling settings: GOMAXPROCS from its own CPU use (one P while it
+// needs less than about a core, the runtime's default when it needs more) and sysmon kept awake (sysmon.go;
+// docs/design.md 6.9 "CPU per byte").
 //
 // Why: the daemon is mostly idle or moving bytes at a link's rate, which wakes it thousands of times a second for
 // a few microseconds each (a TLS record, a yamux frame, a HAVE_ADD). With more than one P, each goroutine made

@@ -5,9 +5,9 @@ import (
 	"strings"
 )
 
-// SysmonSetting keeps the Go runtime's sysmon thread out of its deep sleep: a schedtrace period of 24.8 days (the
-// largest) prints nothing in practice, and any schedtrace period makes sysmon poll at up to 10 ms instead of
-// parking whenever every P is idle.
+// SysmonSetting keeps the Go runtime's sysmon thread out of its deep sleep: any schedtrace period makes sysmon poll
+// at up to 10 ms instead of parking whenever every P is idle, and the largest (24.8 days) prints one SCHED line to
+// stderr at start on a host up longer than that, then one every 24.8 days.
 //
 // Why: a daemon moving bytes at a link's rate goes idle and busy again thousands of times a second. Parked, sysmon
 // is woken by the first system call after each idle spell (a futex wake and two context switches) and then polls
