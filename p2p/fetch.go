@@ -359,12 +359,13 @@ type transfer struct {
 }
 
 // copyRule is why pick chose a chunk: free (no request was fetching it), or a copy of one in flight because that
-// request was slow (logDone counts each rule's copies and those that arrived in vain).
+// request was slow, or to fill the end game (logDone counts each rule's copies and those that arrived in vain).
 type copyRule uint8
 
 const (
 	ruleFree copyRule = iota
 	ruleSlow
+	ruleFill
 	rules
 )
 
@@ -760,8 +761,9 @@ const startGrace = time.Second
 // pick chooses the chunk fp should send next: a missing chunk fp holds that no request is fetching, the rarest
 // (fewest live peers holding it); among equally rare ones, one in the front window (the first pickWindow missing
 // chunks no request is fetching) if any; among those, one uniformly at random. It extends the chunk with the
-// following ones fp can serve under the same condition, up to chunksPerReq. With nothing free for fp, it duplicates
-// a chunk requested from a single other peer only when that request is slow and nothing of the blob flows in.
+// following ones fp can serve under the same condition, up to chunksPerReq. When every missing chunk is already
+// requested (the end game) and fewer than endGameFill requests are in flight, it duplicates a chunk requested from a
+// single other peer, chosen at random.
 //
 // Rarity first spreads a seed's chunks over the receivers of a fleet. The front window makes chunks arrive
 // nearly in order where rarity does not decide (one source), so the blob's file fills nearly sequentially.
@@ -827,25 +829,32 @@ func (t *transfer) pick(fp *fpeer) (chunkRange, copyRule, bool) {
 			best = front.pick
 		}
 	} else {
-		// Nothing left for fp alone: duplicate only a chunk whose request has taken much longer than a chunk
-		// usually takes, so that fp's link does not sit idle behind another peer's slow (or departed) uplink. A
-		// copy requested while this node's downlink is busy only takes bytes from the first copy: a receiver's
-		// downlink is the bottleneck of a fleet distribution's end (6.9), and copies made merely because few
-		// requests were in flight (the end game's fill, waves 5-13) left the last host later (benchmarks.md,
-		// wave 14).
-		if anyFree && t.seedLike(fp) {
-			// The seed's uplink is the scarce one: it sends what no partial peer holds.
-			return chunkRange{}, ruleFree, false
-		}
-		// While bytes of the blob still flow in, a request is slow because this node's downlink is shared (a
-		// half-rate host's every request; at 24 hosts, ten forwards at once), not because its sender stopped: a
-		// copy would only take bytes from the requests that flow. So slow copies wait until nothing of the blob
-		// has arrived for flowWindow (at 24 hosts a per-chunk test let 207 chunks a run arrive in vain; 6.8).
+		// Nothing left for fp alone. Once every missing chunk is requested (the end game) and fewer than
+		// endGameFill requests are in flight, duplicate any chunk requested from one other peer; otherwise only
+		// one whose request has taken much longer than a chunk usually takes: fp's link does not sit idle behind
+		// another peer's slow (or departed) uplink.
 		slow := t.slowAfter()
-		flowing := t.arriving.flowing(t.blob, now.Add(-flowWindow))
-		ok, rule = func(i int) bool {
-			return !flowing && dup(i) && now.Sub(t.since[i]) > slow
-		}, ruleSlow
+		switch {
+		case anyFree && t.seedLike(fp):
+			// The seed's uplink is the scarce one: it sends what no partial peer holds, and duplicates only in
+			// the end game.
+			return chunkRange{}, ruleFree, false
+		case anyFree || t.requested >= endGameFill:
+			// A copy requested while this node's downlink is full only takes bytes from the first copy: a
+			// receiver's downlink is the bottleneck of a fleet distribution's end (6.9). Below endGameFill the
+			// seed copies too: its uplink idles once every chunk has left it, while each last chunk comes from the
+			// one receiver that has it, to ten at once.
+			// While bytes of the blob still flow in, a request is slow because this node's downlink is shared (a
+			// half-rate host's every request; at 24 hosts, ten forwards at once), not because its sender stopped:
+			// a copy would only take bytes from the requests that flow. So slow copies wait until nothing of the
+			// blob has arrived for flowWindow (at 24 hosts a per-chunk test let 207 chunks a run arrive in vain; 6.8).
+			flowing := t.arriving.flowing(t.blob, now.Add(-flowWindow))
+			ok, rule = func(i int) bool {
+				return !flowing && dup(i) && now.Sub(t.since[i]) > slow
+			}, ruleSlow
+		default:
+			ok, rule = dup, ruleFill
+		}
 		var any reservoir
 		for i := t.low; i < n; i++ {
 			if ok(i) {
@@ -866,6 +875,10 @@ func (t *transfer) pick(fp *fpeer) (chunkRange, copyRule, bool) {
 
 // flowWindow: no request is copied as slow while bytes of the blob arrived within it (pick).
 const flowWindow = minSlowAfter
+
+// endGameFill is how many chunk requests in flight keep this node's downlink busy: in the end game, a chunk
+// already requested from another peer is requested again only below it (or when its request is slow).
+const endGameFill = 4
 
 // Bounds of slowAfter.
 const (
@@ -987,7 +1000,7 @@ func (t *transfer) logDone() {
 	}
 	t.n.log.Info(transferDoneMsg, "blob", t.blob, "chunks", t.fetched, "duplicate_requests", t.dups,
 		"wasted_chunks", wasted, "slow_copies", t.copies[ruleSlow], "slow_wasted", t.inVain[ruleSlow],
-		"took", time.Since(t.began).Round(time.Millisecond))
+		"fill_copies", t.copies[ruleFill], "fill_wasted", t.inVain[ruleFill], "took", time.Since(t.began).Round(time.Millisecond))
 }
 
 // already reports whether chunk i, just received whole by a request chosen by rule, was stored from another copy

@@ -343,10 +343,10 @@ func TestPickStealsSlowRequest(t *testing.T) {
 	}
 }
 
-// End game (every missing chunk requested): a chunk requested from one other peer is requested again only when its
-// request is slow, however few requests are in flight, from a seed-like peer too (the end game's fill copies left
-// the last host later: docs/benchmarks.md wave 14).
-func TestPickEndGameOnlySlow(t *testing.T) {
+// End game (every missing chunk requested): a chunk requested from one other peer is requested again while fewer
+// than endGameFill requests are in flight, when the downlink would idle, from a seed-like peer too; with the
+// downlink full, only a slow one.
+func TestPickEndGameFill(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
 		name     string
@@ -356,12 +356,11 @@ func TestPickEndGameOnlySlow(t *testing.T) {
 		want     bool
 		rule     copyRule // the rule of the duplicate, when want
 	}{
-		{"one request, not slow", 1, 0, false, false, 0},
-		{"one request, slow", 1, 2 * minSlowAfter, false, true, ruleSlow},
-		{"four requests, not slow", 4, 0, false, false, 0},
-		{"four requests, slow", 4, 2 * minSlowAfter, false, true, ruleSlow},
-		{"one request, not slow, seed", 1, 0, true, false, 0},
-		{"one request, slow, seed", 1, 2 * minSlowAfter, true, true, ruleSlow},
+		{"downlink idle", endGameFill - 1, 0, false, true, ruleFill},
+		{"downlink full", endGameFill, 0, false, false, 0},
+		{"downlink full, slow request", endGameFill, 2 * minSlowAfter, false, true, ruleSlow},
+		{"downlink idle, seed", endGameFill - 1, 0, true, true, ruleFill},
+		{"downlink full, seed", endGameFill, 0, true, false, 0},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -594,12 +593,12 @@ func TestAlreadyCountsByRule(t *testing.T) {
 		i    int
 		rule copyRule
 		want bool
-	}{{0, ruleSlow, true}, {0, ruleSlow, true}, {1, ruleSlow, false}, {0, ruleFree, true}} {
+	}{{0, ruleSlow, true}, {0, ruleFill, true}, {0, ruleFill, true}, {1, ruleSlow, false}, {0, ruleFree, true}} {
 		if got := tr.already(c.i, c.rule); got != c.want {
 			t.Fatalf("already(%d, %v) = %v, want %v", c.i, c.rule, got, c.want)
 		}
 	}
-	if want := [rules]int{ruleFree: 1, ruleSlow: 2}; tr.inVain != want {
+	if want := [rules]int{ruleFree: 1, ruleSlow: 1, ruleFill: 2}; tr.inVain != want {
 		t.Fatalf("inVain = %v, want %v", tr.inVain, want)
 	}
 }

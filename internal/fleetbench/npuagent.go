@@ -234,7 +234,7 @@ func (a *NPUAgent) seedNotes() string {
 	notes := "seed, when every chunk had been delivered once: " + strings.Join(out, ", ") +
 		" (resent: chunks sent twice; refused: repeat requests answered NO_CHUNK)"
 	// Counts each receiver logs with transferDoneMsg, summed over the receivers; the per-rule ones only over those
-	// that logged them (binaries before them log the first two; end-game fill copies were dropped in wave 14).
+	// that logged them (binaries before them log the first two).
 	counts := []string{"duplicate_requests", "wasted_chunks", "slow_copies", "slow_wasted", "fill_copies", "fill_wasted"}
 	sum := make([]int, len(counts))
 	logged := make([]int, len(counts)) // receivers that logged each count
@@ -256,11 +256,8 @@ func (a *NPUAgent) seedNotes() string {
 	}
 	if n := logged[1]; n > 0 {
 		notes += fmt.Sprintf("; %d receivers: %d duplicate requests, %d chunks received in vain", n, sum[0], sum[1])
-		switch {
-		case logged[5] > 0:
+		if logged[5] > 0 {
 			notes += fmt.Sprintf(" (slow copies %d, %d in vain; end-game fill copies %d, %d in vain)", sum[2], sum[3], sum[4], sum[5])
-		case logged[3] > 0:
-			notes += fmt.Sprintf(" (slow copies %d, %d in vain)", sum[2], sum[3])
 		}
 	}
 	if len(took) > 0 {
