@@ -12,7 +12,7 @@ import (
 // Why: a daemon moving bytes at a link's rate goes idle and busy again thousands of times a second. Parked, sysmon
 // is woken by the first system call after each idle spell (a futex wake and two context switches) and then polls
 // every 20 µs for a millisecond or more. On the 12-host fleet benchmark that was 90 % of the daemons' futex calls,
-// 70 % of their nanosleeps, half their context switches and a fifth of their CPU per received byte
+// three quarters of their nanosleeps, half their context switches and a fifth of their CPU per received byte
 // (docs/benchmarks.md "Sysmon kept awake"). Awake, it costs an idle daemon about 60 wake-ups a second.
 const SysmonSetting = "schedtrace=2147483647"
 
