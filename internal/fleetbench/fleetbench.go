@@ -90,11 +90,13 @@ type Noter interface {
 
 // Config is one benchmark run.
 type Config struct {
-	Hosts   int    // lab hosts including the seed, at least 2
-	Size    int64  // blob payload size in bytes (the blob's trailer adds a few hundred)
-	Rate    string // every host's rate in each direction, e.g. "100mbit"
-	Dir     string // working directory; blob and copies go under it
-	Timeout time.Duration
+	Hosts int    // lab hosts including the seed, at least 2
+	Size  int64  // blob payload size in bytes (the blob's trailer adds a few hundred)
+	Rate  string // every host's rate in each direction, e.g. "100mbit"
+	// TCPCongestion is every host's TCP congestion control (netlab.Config); empty: the machine's.
+	TCPCongestion string
+	Dir           string // working directory; blob and copies go under it
+	Timeout       time.Duration
 	// KeepFailed keeps a failed system's directory under Dir (its programs' logs) instead of removing it.
 	KeepFailed bool
 	// Slow lists receivers shaped to SlowRate instead of Rate (heterogeneous links).
@@ -253,7 +255,7 @@ func Run(ctx context.Context, cfg Config, systems []System, log io.Writer) ([]Re
 func runOne(ctx context.Context, cfg Config, s System, seed Blob, log io.Writer) (r Result) {
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
-	lab, err := netlab.New(ctx, netlab.Config{Hosts: cfg.Hosts, Rate: cfg.Rate, Prefix: LabPrefix})
+	lab, err := netlab.New(ctx, netlab.Config{Hosts: cfg.Hosts, Rate: cfg.Rate, Prefix: LabPrefix, TCPCongestion: cfg.TCPCongestion})
 	if err != nil {
 		return Result{Err: err}
 	}

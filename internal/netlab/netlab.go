@@ -5,9 +5,10 @@
 //
 // A lab is one bridge in a namespace of its own plus N host namespaces, each joined to the bridge by a veth pair
 // (eth0 on the host side, v<i> on the bridge side) and given an address on a private subnet. Each host can be shaped
-// with tc tbf in both directions and cut off from the bridge for fault tests. Nothing is created in the caller's
-// namespace, so labs cannot touch the machine's own interfaces and parallel labs cannot clash: every namespace name
-// carries a random run ID, and interface names only need to be unique inside their own namespace.
+// with tc tbf in both directions, given a TCP congestion control of its own, and cut off from the bridge for fault
+// tests. Nothing is created in the caller's namespace, so labs cannot touch the machine's own interfaces and
+// parallel labs cannot clash: every namespace name carries a random run ID, and interface names only need to be
+// unique inside their own namespace.
 //
 // A lab needs root and iproute2 (ip, tc); Available says whether they are there.
 package netlab
@@ -58,7 +59,10 @@ var (
 	netnsDir = "/run/netns"
 )
 
-var prefixRE = regexp.MustCompile(`^[a-z][a-z0-9]{0,11}$`)
+var (
+	prefixRE = regexp.MustCompile(`^[a-z][a-z0-9]{0,11}$`)
+	ccRE     = regexp.MustCompile(`^[a-z][a-z0-9_]{0,15}$`) // a kernel congestion control's name
+)
 
 // Sentinel errors.
 var (
@@ -79,6 +83,10 @@ type Config struct {
 	// Prefix starts every namespace name of the lab: <prefix>-<id>-br, <prefix>-<id>-h<i>. Lower-case letters and
 	// digits, starting with a letter, at most 12. Default "netlab". CleanupStale takes the same prefix.
 	Prefix string
+	// TCPCongestion is every host's TCP congestion control (net.ipv4.tcp_congestion_control in its namespace),
+	// e.g. "cubic"; empty: a new namespace's own, which Linux copies from the machine's (this VM's is bbr), so
+	// results would depend on the machine the lab runs on.
+	TCPCongestion string
 }
 
 // Host is one machine of the lab.
@@ -148,6 +156,9 @@ func (c Config) withDefaults() (Config, error) {
 			return c, fmt.Errorf("%w: %w", ErrConfig, err)
 		}
 	}
+	if c.TCPCongestion != "" && !ccRE.MatchString(c.TCPCongestion) {
+		return c, fmt.Errorf("%w: TCP congestion control %q is not a name", ErrConfig, c.TCPCongestion)
+	}
 	return c, nil
 }
 
@@ -179,13 +190,13 @@ func New(ctx context.Context, cfg Config) (*Lab, error) {
 		ip = ip.Next()
 		lab.Hosts[i] = Host{Name: "h" + strconv.Itoa(i), NS: base + "-h" + strconv.Itoa(i), IP: ip, Iface: HostIface}
 	}
-	if err := lab.build(ctx, cfg.Rate); err != nil {
+	if err := lab.build(ctx, cfg.Rate, cfg.TCPCongestion); err != nil {
 		return nil, errors.Join(err, lab.Close())
 	}
 	return lab, nil
 }
 
-func (l *Lab) build(ctx context.Context, rate string) error {
+func (l *Lab) build(ctx context.Context, rate, cc string) error {
 	br := l.bridgeNS
 	steps := [][]string{
 		{"ip", "netns", "add", br},
@@ -203,6 +214,9 @@ func (l *Lab) build(ctx context.Context, rate string) error {
 			[]string{"ip", "-n", h.NS, "addr", "add", netip.PrefixFrom(h.IP, l.Subnet.Bits()).String(), "dev", h.Iface},
 			[]string{"ip", "-n", h.NS, "link", "set", h.Iface, "up"},
 		)
+		if cc != "" {
+			steps = append(steps, []string{"ip", "netns", "exec", h.NS, "sysctl", "-q", "-w", "net.ipv4.tcp_congestion_control=" + cc})
+		}
 	}
 	for _, s := range steps {
 		if err := run(ctx, s...); err != nil {

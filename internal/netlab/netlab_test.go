@@ -285,6 +285,33 @@ func TestNewWithRateShapesEveryHost(t *testing.T) {
 	}
 }
 
+// TestNewSetsCongestionControl: every host uses the lab's TCP congestion control, not the machine's; one the
+// kernel does not have fails the lab.
+func TestNewSetsCongestionControl(t *testing.T) {
+	t.Parallel()
+	machine, err := os.ReadFile("/proc/sys/net/ipv4/tcp_congestion_control")
+	if err != nil {
+		t.Skip(err)
+	}
+	want := "reno" // built into every kernel
+	if strings.TrimSpace(string(machine)) == want {
+		want = "cubic"
+	}
+	lab := newLab(t, Config{Hosts: 2, TCPCongestion: want})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for i := range lab.Hosts {
+		out, err := lab.Command(ctx, i, "cat", "/proc/sys/net/ipv4/tcp_congestion_control").CombinedOutput()
+		if err != nil || strings.TrimSpace(string(out)) != want {
+			t.Errorf("host %d: congestion control %q (%v), want %s", i, out, err, want)
+		}
+	}
+	if lab, err := New(ctx, Config{Hosts: 1, TCPCongestion: "nosuchcc"}); err == nil {
+		lab.Close()
+		t.Fatal("a lab with a congestion control the kernel lacks was built")
+	}
+}
+
 func TestPartitionAndHeal(t *testing.T) {
 	t.Parallel()
 	lab := newLab(t, Config{Hosts: 2})

@@ -99,6 +99,9 @@ func TestConfigDefaults(t *testing.T) {
 		{"prefix with dash", Config{Hosts: 1, Prefix: "a-b"}, false},
 		{"prefix upper", Config{Hosts: 1, Prefix: "Lab"}, false},
 		{"prefix too long", Config{Hosts: 1, Prefix: "abcdefghijklm"}, false},
+		{"congestion control", Config{Hosts: 1, TCPCongestion: "cubic"}, true},
+		{"congestion control, not a name", Config{Hosts: 1, TCPCongestion: "cubic; reboot"}, false},
+		{"congestion control with a path", Config{Hosts: 1, TCPCongestion: "../x"}, false},
 	}
 	for _, tt := range tests {
 		c, err := tt.cfg.withDefaults()

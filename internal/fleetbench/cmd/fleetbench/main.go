@@ -69,6 +69,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	scen := fs.String("scenario", "", "run a named scenario instead of -hosts/-size/-rate: "+strings.Join(scenarioNames(), ", ")+", or all")
 	verbose := fs.Bool("v", false, "print every host's time and each system's link and CPU use per second (-timeline)")
 	every := fs.Duration("timeline", fleetbench.TimelineInterval, "with -v, the link and CPU use interval (at least 100ms)")
+	cc := fs.String("cc", DefaultCC, "every host's TCP congestion control (empty: this machine's)")
 	var opts options
 	fs.StringVar(&opts.npuAgent, "npu-agent", "npu-agent", "npu-agent binary, for the npu-agent system (a name is looked up in PATH)")
 	if err := fs.Parse(args); err != nil {
@@ -127,12 +128,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var failed []string
 	for _, sc := range runs {
 		cfg := fleetbench.Config{Hosts: sc.hosts, Size: sc.size, Rate: sc.rate, Dir: *dir, Timeout: *timeout, KeepFailed: *keep, Settle: *settle,
-			Slow: sc.slow, SlowRate: sc.slowRate, SeedLeaves: sc.seedLeaves, Timeline: *every}
+			Slow: sc.slow, SlowRate: sc.slowRate, SeedLeaves: sc.seedLeaves, Timeline: *every, TCPCongestion: *cc}
 		if err := cfg.Validate(); err != nil {
 			return err
 		}
 		chosen, _ := pick(*names, opts)
-		fmt.Fprintf(stdout, "scenario %s: %s\n", sc.name, sc.describe())
+		fmt.Fprintf(stdout, "scenario %s: %s, TCP %s\n", sc.name, sc.describe(), ccName(*cc))
 		results, err := fleetbench.Run(ctx, cfg, chosen, stderr)
 		if werr := fleetbench.WriteTable(stdout, results); werr != nil {
 			return werr
@@ -186,6 +187,18 @@ type scenario struct {
 	slow       []int // receivers at slowRate
 	slowRate   string
 	seedLeaves bool
+}
+
+// DefaultCC is the hosts' TCP congestion control: Linux's default, which a fleet of stock Debian or Ubuntu hosts
+// runs. The lab's namespaces would otherwise copy the machine's (this VM's is bbr), and results would depend on
+// it: on the 12-host benchmark the last host came 0.12-0.15 s sooner with cubic (docs/benchmarks.md, wave 15).
+const DefaultCC = "cubic"
+
+func ccName(cc string) string {
+	if cc == "" {
+		return "congestion control of this machine"
+	}
+	return cc
 }
 
 func (s scenario) describe() string {
