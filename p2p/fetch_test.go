@@ -343,24 +343,30 @@ func TestPickStealsSlowRequest(t *testing.T) {
 	}
 }
 
-// End game (every missing chunk requested): a chunk requested from one other peer is requested again while fewer
-// than endGameFill requests are in flight, when the downlink would idle, from a seed-like peer too; with the
-// downlink full, only a slow one.
+// End game (every missing chunk requested): a chunk requested from one other peer is requested again only when its
+// request is slow; with fewer than endGameFill requests in flight (the downlink would idle) even while bytes of the
+// blob arrive (a trickling sender), from a seed-like peer too; with more, only once nothing arrives.
 func TestPickEndGameFill(t *testing.T) {
 	t.Parallel()
+	const slow = 2 * minSlowAfter
 	tests := []struct {
 		name     string
 		inflight int           // requests in flight, each for its own missing chunk from peer "a"
 		age      time.Duration // how long they have run
+		flowing  bool          // bytes of the blob arrived within flowWindow
 		seedLike bool          // "b" holds every chunk while "a" holds part of the blob
 		want     bool
 		rule     copyRule // the rule of the duplicate, when want
 	}{
-		{"downlink idle", endGameFill - 1, 0, false, true, ruleFill},
-		{"downlink full", endGameFill, 0, false, false, 0},
-		{"downlink full, slow request", endGameFill, 2 * minSlowAfter, false, true, ruleSlow},
-		{"downlink idle, seed", endGameFill - 1, 0, true, true, ruleFill},
-		{"downlink full, seed", endGameFill, 0, true, false, 0},
+		{"downlink idle, young request", endGameFill - 1, 0, false, false, false, 0},
+		{"downlink idle, slow request", endGameFill - 1, slow, false, false, true, ruleFill},
+		{"downlink idle, slow request trickling", endGameFill - 1, slow, true, false, true, ruleFill},
+		{"downlink idle, seed, young request", endGameFill - 1, 0, false, true, false, 0},
+		{"downlink idle, seed, slow request trickling", endGameFill - 1, slow, true, true, true, ruleFill},
+		{"downlink full", endGameFill, 0, false, false, false, 0},
+		{"downlink full, slow request", endGameFill, slow, false, false, true, ruleSlow},
+		{"downlink full, slow request, bytes flowing", endGameFill, slow, true, false, false, 0},
+		{"downlink full, seed", endGameFill, 0, false, true, false, 0},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -390,6 +396,10 @@ func TestPickEndGameFill(t *testing.T) {
 			for i := range tc.inflight {
 				tr.mark(a, chunkRange{First: uint32(i), Count: 1}, ruleFree)
 				tr.since[i] = time.Now().Add(-tc.age)
+			}
+			if tc.flowing {
+				tr.arriving = &arrivals{}
+				tr.arriving.begin(tr.blob, 0, 1<<10).progress(10)
 			}
 			r, rule, ok := tr.pick(b)
 			if ok != tc.want || ok && rule != tc.rule {
