@@ -833,31 +833,23 @@ func (t *transfer) pick(fp *fpeer) (chunkRange, copyRule, bool) {
 		// taken much longer than a chunk usually takes (slowAfter): fp's link does not sit idle behind another
 		// peer's slow (or departed) uplink. With endGameFill or more in flight, only once nothing of the blob flows
 		// in; below it (the end game's last requests), whether or not its bytes trickle in.
-		slow := t.slowAfter()
-		switch {
-		case anyFree && t.seedLike(fp):
+		if anyFree && t.seedLike(fp) {
 			// The seed's uplink is the scarce one: it sends what no partial peer holds, and duplicates only in
 			// the end game.
 			return chunkRange{}, ruleFree, false
-		case anyFree || t.requested >= endGameFill:
-			// A copy requested while this node's downlink is full only takes bytes from the first copy: a
-			// receiver's downlink is the bottleneck of a fleet distribution's end (6.9). Below endGameFill the
-			// seed copies too: its uplink idles once every chunk has left it, while each last chunk comes from the
-			// one receiver that has it, to ten at once.
-			// While bytes of the blob still flow in, a request is slow because this node's downlink is shared (a
-			// half-rate host's every request; at 24 hosts, ten forwards at once), not because its sender stopped:
-			// a copy would only take bytes from the requests that flow. So slow copies wait until nothing of the
-			// blob has arrived for flowWindow (at 24 hosts a per-chunk test let 207 chunks a run arrive in vain; 6.8).
-			flowing := t.arriving.flowing(t.blob, now.Add(-flowWindow))
-			ok, rule = func(i int) bool {
-				return !flowing && dup(i) && now.Sub(t.since[i]) > slow
-			}, ruleSlow
-		default:
-			// Fewer than endGameFill in flight: the downlink would idle, so a slow request is copied even while its
-			// bytes trickle in (a sender holding a last chunk at a crawl). A copy of any younger request took bytes
-			// from the first copies of other receivers' last chunks at 24 hosts (1.29-1.36 against 1.25-1.27 without).
-			ok, rule = func(i int) bool { return dup(i) && now.Sub(t.since[i]) > slow }, ruleFill
 		}
+		// While bytes of the blob still flow in, a request is slow because this node's downlink is shared (a
+		// half-rate host's every request; at 24 hosts, ten forwards at once), not because its sender stopped: a
+		// copy would only take bytes from the requests that flow (at 24 hosts a per-chunk test let 207 chunks a
+		// run arrive in vain; 6.8). Below endGameFill in the end game the downlink would idle, so a slow request is
+		// copied even while its bytes trickle in (a sender holding a last chunk at a crawl), a seed-like peer
+		// included; copying younger ones there took bytes from other receivers' last chunks (6.9).
+		slow, flowing := t.slowAfter(), false
+		rule = ruleFill
+		if anyFree || t.requested >= endGameFill {
+			flowing, rule = t.arriving.flowing(t.blob, now.Add(-flowWindow)), ruleSlow
+		}
+		ok = func(i int) bool { return !flowing && dup(i) && now.Sub(t.since[i]) > slow }
 		var any reservoir
 		for i := t.low; i < n; i++ {
 			if ok(i) {
