@@ -31,6 +31,11 @@ const pieceLengthExp = 18
 // (seed ratio 0). A host's time is when aria2 runs its on-bt-download-complete hook: every piece downloaded and
 // hash-checked.
 type Aria2 struct {
+	// Encrypt makes every aria2c require BitTorrent's message stream encryption with RC4 on every byte (MSE/PE,
+	// `--bt-require-crypto --bt-min-crypto-level=arc4`): the protocol's own answer to an untrusted network, to
+	// compare with npu-agent, which encrypts every byte with TLS. The system is then "aria2-mse".
+	Encrypt bool
+
 	env      Env
 	torrent  string
 	infoHash [20]byte
@@ -42,11 +47,16 @@ type Aria2 struct {
 var _ System = (*Aria2)(nil)
 
 // Name implements System.
-func (*Aria2) Name() string { return "aria2" }
+func (a *Aria2) Name() string {
+	if a.Encrypt {
+		return "aria2-mse"
+	}
+	return "aria2"
+}
 
-// aria2Args are the options of every aria2c, seed and receivers alike.
-func aria2Args() []string {
-	return []string{
+// args are the options of every aria2c, seed and receivers alike.
+func (a *Aria2) args() []string {
+	args := []string{
 		"--no-conf=true", // nothing from the invoking user's ~/.aria2
 		"--enable-dht=false", "--enable-dht6=false", "--bt-enable-lpd=false", "--enable-peer-exchange=false",
 		"--disable-ipv6=true",
@@ -62,6 +72,10 @@ func aria2Args() []string {
 		// Die with the harness rather than linger if it is killed.
 		"--stop-with-process=" + strconv.Itoa(os.Getpid()),
 	}
+	if a.Encrypt {
+		args = append(args, "--bt-require-crypto=true", "--bt-min-crypto-level=arc4")
+	}
+	return args
 }
 
 // Setup implements System: it makes the torrent, starts the tracker (whitelisting the torrent: Debian's
@@ -121,7 +135,7 @@ func (a *Aria2) Setup(ctx context.Context, env Env) error {
 
 	// The seed checks its copy against the torrent before it seeds.
 	a.seed, err = start(ctx, env.Lab, SeedHost, filepath.Join(env.Dir, "seed-aria2.log"), "aria2c",
-		append(aria2Args(), "--dir="+filepath.Dir(env.Seed.Path), "--check-integrity=true", a.torrent)...)
+		append(a.args(), "--dir="+filepath.Dir(env.Seed.Path), "--check-integrity=true", a.torrent)...)
 	if err != nil {
 		return err
 	}
@@ -177,7 +191,7 @@ func (a *Aria2) Run(ctx context.Context) ([]HostResult, error) {
 	t0 := time.Now()
 	for i := 1; i < len(dirs); i++ {
 		p, err := start(ctx, a.env.Lab, i, filepath.Join(dirs[i], "aria2.log"), "aria2c",
-			append(aria2Args(), "--dir="+dirs[i], "--on-bt-download-complete="+filepath.Join(dirs[i], "done.sh"), a.torrent)...)
+			append(a.args(), "--dir="+dirs[i], "--on-bt-download-complete="+filepath.Join(dirs[i], "done.sh"), a.torrent)...)
 		if err != nil {
 			return nil, err
 		}

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -147,15 +148,16 @@ func TestRunVerifiesEveryCopy(t *testing.T) {
 	}
 }
 
-// TestRealSystems runs npu-agent (built from this repository), nginx and aria2 on a small fleet; nginx and aria2
-// only when their programs are installed (scripts/bench-fleet.sh installs them).
+// TestRealSystems runs npu-agent (built from this repository), nginx and aria2 (plain and encrypted) on a small
+// fleet; nginx and aria2 only when their programs are installed (scripts/bench-fleet.sh installs them).
 func TestRealSystems(t *testing.T) {
 	t.Parallel()
 	requireLab(t)
-	for _, s := range []System{&NPUAgent{}, &Nginx{}, &Aria2{}} {
+	aria2Tools := []string{"aria2c", "opentracker", "mktorrent"}
+	for _, s := range []System{&NPUAgent{}, &Nginx{}, &Aria2{}, &Aria2{Encrypt: true}} {
 		t.Run(s.Name(), func(t *testing.T) {
 			t.Parallel()
-			tools := map[string][]string{"nginx": {"nginx", "curl"}, "aria2": {"aria2c", "opentracker", "mktorrent"}}[s.Name()]
+			tools := map[string][]string{"nginx": {"nginx", "curl"}, "aria2": aria2Tools, "aria2-mse": aria2Tools}[s.Name()]
 			if err := requireTools(tools...); err != nil {
 				t.Skip(err)
 			}
@@ -184,5 +186,33 @@ func TestRealSystems(t *testing.T) {
 				t.Logf("host %d: %v", h.Host, h.Elapsed)
 			}
 		})
+	}
+}
+
+// TestAria2Encrypt: the encrypted variant is its own system and makes every aria2c require RC4 stream
+// encryption; the plain one asks for none.
+func TestAria2Encrypt(t *testing.T) {
+	t.Parallel()
+	crypto := []string{"--bt-require-crypto=true", "--bt-min-crypto-level=arc4"}
+	for _, tc := range []struct {
+		a    *Aria2
+		name string
+		want bool
+	}{
+		{&Aria2{}, "aria2", false},
+		{&Aria2{Encrypt: true}, "aria2-mse", true},
+	} {
+		if got := tc.a.Name(); got != tc.name {
+			t.Errorf("Name() = %q, want %q", got, tc.name)
+		}
+		args := strings.Join(tc.a.args(), " ")
+		for _, c := range crypto {
+			if strings.Contains(args, c) != tc.want {
+				t.Errorf("%s: %s in args = %v, want %v", tc.name, c, !tc.want, tc.want)
+			}
+		}
+		if strings.Contains(args, "crypto") && !tc.want {
+			t.Errorf("%s: args ask for encryption: %s", tc.name, args)
+		}
 	}
 }

@@ -38,6 +38,8 @@ var systems = map[string]func(options) fleetbench.System{
 	},
 	"nginx": func(options) fleetbench.System { return &fleetbench.Nginx{} },
 	"aria2": func(options) fleetbench.System { return &fleetbench.Aria2{} },
+	// The same with BitTorrent's encryption required on every connection (RC4 on every byte).
+	"aria2-mse": func(options) fleetbench.System { return &fleetbench.Aria2{Encrypt: true} },
 }
 
 var defaultSystems = "npu-agent,nginx,aria2"
